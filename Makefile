@@ -1,0 +1,174 @@
+# Makefile -- builds wbrokerd, libwbroker, the wbroker CLI and the tests.
+#
+#   make run                 install missing packages, build, run the daemon
+#   make test                install missing packages, build, run every test
+#   make SANITIZER=address   build (and test) under ASan; also: undefined
+#   make install             PREFIX=/usr/local, DESTDIR honoured
+#   make bench               run the benchmarks in bench/
+
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+BINDIR ?= $(PREFIX)/bin
+INCDIR ?= $(PREFIX)/include
+PYDIR ?= $(PREFIX)/lib/python3/dist-packages
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+
+VERSION_MAJOR := $(shell sed -n 's/^\#define WB_VERSION_MAJOR \([0-9]*\)/\1/p' include/wbroker.h)
+VERSION_MINOR := $(shell sed -n 's/^\#define WB_VERSION_MINOR \([0-9]*\)/\1/p' include/wbroker.h)
+VERSION_PATCH := $(shell sed -n 's/^\#define WB_VERSION_PATCH \([0-9]*\)/\1/p' include/wbroker.h)
+VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
+
+# Debian packages the build and the tests need; `make deps` installs the
+# missing ones (as root, or through sudo).
+DEB_PACKAGES := build-essential pkg-config libuv1-dev libmsgpack-dev \
+	libcmocka-dev libpcre2-dev libjansson-dev libsystemd-dev \
+	python3 python3-torch python3-torchvision python3-pytest
+
+# msgpack-c 4 (Debian 12) calls itself "msgpack"; newer releases "msgpack-c".
+MSGPACK_PC := $(shell pkg-config --exists msgpack-c 2>/dev/null && echo msgpack-c || echo msgpack)
+PKGS := libuv $(MSGPACK_PC) libpcre2-8 jansson libsystemd
+
+ifeq ($(SANITIZER),)
+BUILD ?= build
+SANFLAGS :=
+else ifeq ($(SANITIZER),address)
+BUILD ?= build-address
+SANFLAGS := -fsanitize=address -fno-omit-frame-pointer
+else ifeq ($(SANITIZER),undefined)
+BUILD ?= build-undefined
+SANFLAGS := -fsanitize=undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+else ifeq ($(SANITIZER),thread)
+BUILD ?= build-thread
+SANFLAGS := -fsanitize=thread
+else
+$(error SANITIZER must be address, undefined or thread)
+endif
+
+CC ?= cc
+OPT ?= -O2 -g
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+	-Wno-unused-parameter $(if $(WERROR),-Werror)
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CFLAGS_ALL = -std=gnu11 $(OPT) $(WARN) $(SANFLAGS) -fPIC -fvisibility=hidden \
+	-D_GNU_SOURCE -Iinclude -Iproto $(PKG_CFLAGS) $(CFLAGS)
+LDFLAGS_ALL = $(SANFLAGS) $(LDFLAGS)
+
+PROTO_SRC := $(wildcard proto/*.c)
+DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
+CLIENT_SRC := $(wildcard client/*.c)
+CLI_SRC := $(wildcard client/cli/*.c)
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+INTEG_SRC := $(wildcard tests/integration/test_*.c)
+TESTLIB_SRC := $(wildcard tests/lib/*.c)
+BENCH_SRC := $(wildcard bench/*.c)
+
+obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
+PROTO_OBJ := $(call obj,$(PROTO_SRC))
+DAEMON_OBJ := $(call obj,$(DAEMON_SRC))
+CLIENT_OBJ := $(call obj,$(CLIENT_SRC))
+TESTLIB_OBJ := $(call obj,$(TESTLIB_SRC))
+
+SONAME := libwbroker.so.$(VERSION_MAJOR)
+LIB_SO := $(BUILD)/libwbroker.so.$(VERSION)
+LIB_A := $(BUILD)/libwbroker.a
+DAEMON_BIN := $(BUILD)/wbrokerd
+CLI_BIN := $(BUILD)/wbroker
+UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+INTEG_BIN := $(patsubst tests/integration/%.c,$(BUILD)/tests/%,$(INTEG_SRC))
+BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
+
+.PHONY: all deps run test test-unit test-integration test-python bench \
+	install uninstall clean format
+.DEFAULT_GOAL := all
+
+all: $(DAEMON_BIN) $(CLI_BIN) $(LIB_SO) $(LIB_A) $(BUILD)/wbroker.pc \
+	$(UNIT_BIN) $(INTEG_BIN) $(BENCH_BIN)
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(BUILD)/%.o: %.c $(wildcard include/*.h proto/*.h daemon/*.h client/*.h tests/lib/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(LIB_SO): $(PROTO_OBJ) $(CLIENT_OBJ)
+	$(CC) -shared -Wl,-soname,$(SONAME) -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS)
+	ln -sf libwbroker.so.$(VERSION) $(BUILD)/$(SONAME)
+	ln -sf $(SONAME) $(BUILD)/libwbroker.so
+
+$(LIB_A): $(PROTO_OBJ) $(CLIENT_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(DAEMON_BIN): $(BUILD)/daemon/main.o $(DAEMON_OBJ) $(PROTO_OBJ)
+	$(CC) -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS) -lm
+
+$(CLI_BIN): $(call obj,$(CLI_SRC)) $(LIB_A)
+	$(CC) -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS) -lm
+
+$(BUILD)/tests/%: tests/unit/%.c $(DAEMON_OBJ) $(TESTLIB_OBJ) $(LIB_A) | $(DAEMON_BIN)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Itests/lib -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS) -lcmocka -lm
+
+$(BUILD)/tests/%: tests/integration/%.c $(DAEMON_OBJ) $(TESTLIB_OBJ) $(LIB_A) | $(DAEMON_BIN)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Itests/lib -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS) -lcmocka -lm
+
+$(BUILD)/bench/%: bench/%.c $(TESTLIB_OBJ) $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Itests/lib -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS) -lm
+
+$(BUILD)/wbroker.pc: wbroker.pc.in include/wbroker.h
+	@mkdir -p $(BUILD)
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+	    -e 's|@INCDIR@|$(INCDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+	    -e 's|@REQUIRES@|$(MSGPACK_PC)|' $< > $@
+
+# Runs the daemon in the foreground on the default socket.
+run: deps
+	$(MAKE) --no-print-directory $(DAEMON_BIN)
+	exec $(DAEMON_BIN) $(RUN_ARGS)
+
+# Every test: C unit and integration tests, then the Python tests.
+test: deps
+	$(MAKE) --no-print-directory all
+	WB_BUILD=$(BUILD) ./tests/run-tests $(if $(SANITIZER),--no-python)
+
+bench: deps
+	$(MAKE) --no-print-directory all
+	WB_BUILD=$(BUILD) ./bench/run-bench
+
+install: $(DAEMON_BIN) $(CLI_BIN) $(LIB_SO) $(LIB_A) $(BUILD)/wbroker.pc
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig \
+	  $(DESTDIR)$(INCDIR) $(DESTDIR)$(PYDIR)/wbroker $(DESTDIR)$(UNITDIR)
+	install -m 755 $(DAEMON_BIN) $(CLI_BIN) $(DESTDIR)$(BINDIR)/
+	install -m 644 include/wbroker.h $(DESTDIR)$(INCDIR)/
+	install -m 755 $(LIB_SO) $(DESTDIR)$(LIBDIR)/
+	ln -sf libwbroker.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libwbroker.so
+	install -m 644 $(LIB_A) $(DESTDIR)$(LIBDIR)/
+	install -m 644 $(BUILD)/wbroker.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
+	install -m 644 client/python/wbroker/*.py $(DESTDIR)$(PYDIR)/wbroker/
+	install -m 644 systemd/wbrokerd.service systemd/wbrokerd.socket $(DESTDIR)$(UNITDIR)/
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/wbrokerd $(DESTDIR)$(BINDIR)/wbroker \
+	  $(DESTDIR)$(INCDIR)/wbroker.h $(DESTDIR)$(LIBDIR)/libwbroker.* \
+	  $(DESTDIR)$(LIBDIR)/pkgconfig/wbroker.pc \
+	  $(DESTDIR)$(UNITDIR)/wbrokerd.service $(DESTDIR)$(UNITDIR)/wbrokerd.socket
+	rm -rf $(DESTDIR)$(PYDIR)/wbroker
+
+format:
+	clang-format -i include/*.h proto/*.[ch] daemon/*.[ch] client/*.[ch] client/cli/*.[ch] tests/*/*.[ch] bench/*.c
+
+clean:
+	rm -rf build build-address build-undefined build-thread

@@ -1,0 +1,61 @@
+/* resolve.h -- Resolves mapping rules against a source table and a target
+ * schema into a load plan and a PyTorch-style load report.
+ *
+ * Pure computation (no I/O, no daemon state): the daemon calls it on the
+ * event loop for every map request, so it must be O(keys x rules) with a
+ * bounded regex cost.  The error text is produced here and only here, so
+ * that C, Python and CLI users read the same bytes. */
+#ifndef WB_DAEMON_RESOLVE_H
+#define WB_DAEMON_RESOLVE_H
+
+#include <stddef.h>
+
+#include "../proto/rules.h"
+
+#define WB_REGEX_MATCH_LIMIT 100000 /* PCRE2 match limit per key per rule. */
+
+/* One tensor the target receives. */
+typedef struct wb__resolved {
+    char *target;               /* Target key (owned). */
+    size_t src;                 /* Index into the source table. */
+    int dtype;                  /* Dtype the target gets (may differ). */
+    int cast;                   /* 1 if dtype differs from the source's. */
+} wb__resolved;
+
+typedef struct wb__keylist {
+    char **v;                   /* Owned keys, in report order. */
+    size_t n;                   /* Keys in v. */
+    size_t cap;                 /* Allocated slots in v. */
+} wb__keylist;
+
+typedef struct wb__resolve_req {
+    const wb__tinfo *src;       /* Source table, in its stored order. */
+    size_t nsrc;                /* Entries in src. */
+    const wb__ruleset *rules;   /* May be NULL or empty. */
+    const wb__schema *schema;   /* NULL: no target schema. */
+    int strict;                 /* strict=True. */
+    int ignore_mismatch;        /* ignore_mismatched_sizes=True. */
+} wb__resolve_req;
+
+typedef struct wb__resolve_out {
+    wb__resolved *v;            /* Tensors to hand out, target order. */
+    size_t n;                   /* Entries in v. */
+    wb__keylist missing;        /* Target keys no source reached. */
+    wb__keylist unexpected;     /* Renamed source keys the target lacks. */
+    wb__keylist mismatched;     /* Keys whose shapes differ. */
+    wb__keylist cast;           /* Keys converted to the target dtype. */
+    wb__keylist aliased;        /* Target keys sharing a source with another. */
+    char *error_text;           /* PyTorch-format text, NULL if none. */
+    char errmsg[512];           /* Detail for a non-load error. */
+} wb__resolve_out;
+
+/* Resolves req into *out (zeroed first).  Returns 0 when the load may go
+ * ahead; WB_ELOAD when it must not (error_text set, v empty); WB_ERULE for
+ * a bad glob or regex (errmsg names the rule and the position);
+ * WB_ECOLLISION naming both source keys in errmsg; WB_EREGEX when the match
+ * limit is hit; WB_ENOMEM.  Free *out with wb__resolve_out_free() in every
+ * case. */
+int wb__resolve(const wb__resolve_req *req, wb__resolve_out *out);
+void wb__resolve_out_free(wb__resolve_out *out);
+
+#endif
