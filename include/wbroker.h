@@ -193,7 +193,7 @@ WB_EXTERN int wb_schema_add(wb_schema *s, const char *name, int dtype,
 
 /* ---------------------------------------------------------------- map */
 
-typedef struct wb_map wb_map;
+typedef struct wb_mapping wb_mapping;
 
 enum {
     WB_MAP_PRIVATE = 0,         /* Copy-on-write: writes stay private. */
@@ -217,7 +217,7 @@ typedef struct wb_tensor {
 /* Maps the latest (version 0) or a given version of model, read-only shared
  * or copy-on-write as flags say. */
 WB_EXTERN int wb_map(wb_client *c, const char *model, uint64_t version,
-                     int flags, wb_map **out);
+                     int flags, wb_mapping **out);
 /* Maps with a target schema and rules (either may be NULL).  On a load
  * error (strict violation, size mismatch) it returns WB_ELOAD, maps
  * nothing, and *out still holds the report (wb_map_error_text() has the
@@ -225,18 +225,18 @@ WB_EXTERN int wb_map(wb_client *c, const char *model, uint64_t version,
  * NULL. */
 WB_EXTERN int wb_load(wb_client *c, const char *model, uint64_t version,
                       const wb_schema *schema, const wb_rules *rules,
-                      int flags, wb_map **out);
+                      int flags, wb_mapping **out);
 
-WB_EXTERN uint64_t wb_map_version(const wb_map *m);
-WB_EXTERN size_t wb_map_count(const wb_map *m);
+WB_EXTERN uint64_t wb_map_version(const wb_mapping *m);
+WB_EXTERN size_t wb_map_count(const wb_mapping *m);
 /* Fills *t with tensor i of the mapped table.  Returns 0 or WB_EINVAL. */
-WB_EXTERN int wb_map_tensor(const wb_map *m, size_t i, wb_tensor *t);
+WB_EXTERN int wb_map_tensor(const wb_mapping *m, size_t i, wb_tensor *t);
 /* Looks a tensor up by target name; returns its index, or -1 when absent. */
-WB_EXTERN long wb_map_find(const wb_map *m, const char *name);
+WB_EXTERN long wb_map_find(const wb_mapping *m, const char *name);
 /* Metadata value for key, or NULL. */
-WB_EXTERN const char *wb_map_meta(const wb_map *m, const char *key);
-WB_EXTERN size_t wb_map_meta_count(const wb_map *m);
-WB_EXTERN int wb_map_meta_at(const wb_map *m, size_t i, const char **key,
+WB_EXTERN const char *wb_map_meta(const wb_mapping *m, const char *key);
+WB_EXTERN size_t wb_map_meta_count(const wb_mapping *m);
+WB_EXTERN int wb_map_meta_at(const wb_mapping *m, size_t i, const char **key,
                              const char **value);
 
 /* The load report. */
@@ -248,14 +248,14 @@ typedef enum {
     WB_KEYS_ALIASED,            /* Target keys sharing a source (tied). */
     WB_KEYS_COUNT
 } wb_keyset;
-WB_EXTERN size_t wb_map_keys_count(const wb_map *m, int which);
-WB_EXTERN const char *wb_map_key(const wb_map *m, int which, size_t i);
+WB_EXTERN size_t wb_map_keys_count(const wb_mapping *m, int which);
+WB_EXTERN const char *wb_map_key(const wb_mapping *m, int which, size_t i);
 /* PyTorch-format error text ("" when the load succeeded). */
-WB_EXTERN const char *wb_map_error_text(const wb_map *m);
+WB_EXTERN const char *wb_map_error_text(const wb_mapping *m);
 
 /* Unmaps and frees m.  Pointers into it are invalid afterwards.  Accepts
  * NULL. */
-WB_EXTERN void wb_unmap(wb_map *m);
+WB_EXTERN void wb_unmap(wb_mapping *m);
 
 /* ---------------------------------------------------------------- inspect */
 

@@ -1,0 +1,1295 @@
+/* handlers.c -- What wbrokerd does with each request.
+ *
+ * One function per operation.  Each validates its arguments first and
+ * answers with an error reply carrying a stable code; nothing here aborts
+ * or closes another client's state.  Slow work (backing a new segment with
+ * memory, converting dtypes) runs on libuv's thread pool and answers later. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "convert.h"
+#include "log.h"
+#include "resolve.h"
+
+/* A reply being built: a msgpack map whose size is known up front. */
+typedef struct reply {
+    msgpack_sbuffer sb;         /* Bytes. */
+    msgpack_packer pk;          /* Packer writing into sb. */
+} reply;
+
+/* Starts a success reply with nfields fields besides "id" and "err". */
+static void reply_begin(reply *r, uint64_t id, size_t nfields) {
+    msgpack_sbuffer_init(&r->sb);
+    msgpack_packer_init(&r->pk, &r->sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&r->pk, nfields + 2);
+    wb__pack_key(&r->pk, "id");
+    msgpack_pack_uint64(&r->pk, id);
+    wb__pack_key(&r->pk, "err");
+    msgpack_pack_int(&r->pk, 0);
+}
+
+/* Queues the reply on c with optional descriptors (ownership passes). */
+static void reply_send(wb__conn *c, reply *r, const int *fds, int nfds) {
+    size_t len = r->sb.size;
+    uint8_t *body = (uint8_t *)msgpack_sbuffer_release(&r->sb);
+    if (body == NULL) { /* Empty sbuffer: cannot happen with a map. */
+        for (int i = 0; i < nfds; i++)
+            close(fds[i]);
+        return;
+    }
+    wb__conn_send(c, body, len, fds, nfds);
+}
+
+void wb__reply_error(wb__conn *c, uint64_t id, int code, const char *fmt,
+                     ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 3);
+    wb__pack_key(&pk, "id");
+    msgpack_pack_uint64(&pk, id);
+    wb__pack_key(&pk, "err");
+    msgpack_pack_int(&pk, code);
+    wb__pack_key(&pk, "msg");
+    wb__pack_cstr(&pk, msg);
+    size_t len = sb.size;
+    wb__conn_send(c, (uint8_t *)msgpack_sbuffer_release(&sb), len, NULL, 0);
+    wb__debug("client %llu: error %s: %s", (unsigned long long)c->id,
+              wb_err_name(code), msg);
+}
+
+/* Reads the required string field key as a valid name into buf. */
+static int get_name(const msgpack_object *req, const char *key, char *buf) {
+    const char *s;
+    size_t n;
+    int rc = wb__mp_get_str(req, key, &s, &n);
+    if (rc == 1)
+        return WB_EINVAL;
+    if (rc)
+        return rc;
+    if (wb__check_name(s, n))
+        return WB_ENAME;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    return 0;
+}
+
+/* ------------------------------------------------------------ hello */
+
+static int op_hello(wb__conn *c, uint64_t id, const msgpack_object *req) {
+    uint64_t proto = 0;
+    if (wb__mp_get_u64(req, "proto", &proto) != 0 ||
+        proto != WB_PROTO_VERSION) {
+        wb__reply_error(c, id, WB_EVERSION,
+                        "client speaks protocol %llu, daemon speaks %d",
+                        (unsigned long long)proto, WB_PROTO_VERSION);
+        c->closing = 1;
+        return 0;
+    }
+    c->hello = 1;
+    reply r;
+    reply_begin(&r, id, 3);
+    wb__pack_key(&r.pk, "proto");
+    msgpack_pack_int(&r.pk, WB_PROTO_VERSION);
+    wb__pack_key(&r.pk, "server");
+    wb__pack_cstr(&r.pk, wb_version_string());
+    wb__pack_key(&r.pk, "pid");
+    msgpack_pack_uint32(&r.pk, (uint32_t)getpid());
+    reply_send(c, &r, NULL, 0);
+    return 0;
+}
+
+/* ------------------------------------------------------------ publish */
+
+/* Work item that backs a new segment off the loop. */
+typedef struct seg_job {
+    uv_work_t work;             /* libuv request. */
+    wb__pending *p;             /* Publish it serves. */
+    uint64_t req_id;            /* Request to answer. */
+    int rc;                     /* Result of the work. */
+    char err[256];              /* Detail on failure. */
+} seg_job;
+
+static void pending_free(wb__pending *p) {
+    if (p == NULL)
+        return;
+    if (p->v) {
+        p->v->refs = 1;
+        wb__version_unref(p->v); /* Closes the segment, refunds memory. */
+    }
+    free(p->model);
+    free(p->header);
+    free(p);
+}
+
+/* Unlinks p from its connection's list. */
+static void pending_unlink(wb__conn *c, wb__pending *p) {
+    for (wb__pending **pp = &c->pending; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            p->next = NULL;
+            return;
+        }
+}
+
+static void seg_job_work(uv_work_t *w) {
+    seg_job *j = w->data;
+    wb__version *v = j->p->v;
+    char label[64];
+    snprintf(label, sizeof(label), "wbroker:%.40s", j->p->model);
+    j->rc = wb__seg_create(label, v->accounted, &v->seg, j->err,
+                           sizeof(j->err));
+    if (j->rc)
+        return;
+    size_t done = 0;
+    while (done < j->p->header_len) {
+        ssize_t n = pwrite(v->seg.fd, j->p->header + done,
+                           j->p->header_len - done, (off_t)done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            snprintf(j->err, sizeof(j->err), "writing the header: %s",
+                     strerror(errno));
+            j->rc = WB_ESYS;
+            return;
+        }
+        done += (size_t)n;
+    }
+}
+
+static void seg_job_done(uv_work_t *w, int status) {
+    seg_job *j = w->data;
+    wb__pending *p = j->p;
+    wb__conn *c = p->conn;
+    if (c == NULL || c->closed) {
+        /* The publisher left while we worked: leave nothing behind. */
+        pending_free(p);
+        if (c)
+            wb__conn_unref(c);
+        free(j);
+        return;
+    }
+    if (status != 0 && j->rc == 0)
+        j->rc = WB_ESYS, snprintf(j->err, sizeof(j->err), "cancelled");
+    if (j->rc) {
+        wb__warn("client %llu: publish of %s failed: %s",
+                 (unsigned long long)c->id, p->model, j->err);
+        wb__reply_error(c, j->req_id, j->rc, "%s", j->err);
+        pending_unlink(c, p);
+        pending_free(p);
+    } else {
+        int fd = dup(p->v->seg.fd);
+        if (fd < 0) {
+            wb__reply_error(c, j->req_id, WB_ESYS, "dup: %s", strerror(errno));
+            pending_unlink(c, p);
+            pending_free(p);
+        } else {
+            p->ready = 1;
+            reply r;
+            reply_begin(&r, j->req_id, 3);
+            wb__pack_key(&r.pk, "pub");
+            msgpack_pack_uint64(&r.pk, p->id);
+            wb__pack_key(&r.pk, "size");
+            msgpack_pack_uint64(&r.pk, p->v->seg.size);
+            /* Offsets in declared order (see offsets_to_stored()). */
+            wb__pack_key(&r.pk, "offs");
+            msgpack_pack_array(&r.pk, p->v->n);
+            for (size_t i = 0; i < p->v->n; i++)
+                msgpack_pack_uint64(&r.pk, p->v->offset[i]);
+            reply_send(c, &r, &fd, 1);
+        }
+    }
+    free(j);
+    wb__conn_resume(c);
+    wb__conn_unref(c);
+}
+
+/* Reads the metadata map of a publish into v. */
+static int read_meta(wb__conn *c, uint64_t id, const msgpack_object *req,
+                     wb__version *v) {
+    const msgpack_object_map *mm = NULL;
+    int rc = wb__mp_get_map(req, "meta", &mm);
+    if (rc == 1)
+        return 0;
+    if (rc || mm->size > WB_MAX_META) {
+        wb__reply_error(c, id, rc ? rc : WB_ETOOBIG,
+                        "metadata must be a map of at most %d strings",
+                        WB_MAX_META);
+        return -1;
+    }
+    v->mkeys = calloc(mm->size ? mm->size : 1, sizeof(char *));
+    v->mvals = calloc(mm->size ? mm->size : 1, sizeof(char *));
+    if (!v->mkeys || !v->mvals) {
+        wb__reply_error(c, id, WB_ENOMEM, "out of memory");
+        return -1;
+    }
+    for (uint32_t i = 0; i < mm->size; i++) {
+        const msgpack_object *k = &mm->ptr[i].key, *val = &mm->ptr[i].val;
+        if (k->type != MSGPACK_OBJECT_STR || val->type != MSGPACK_OBJECT_STR ||
+            wb__check_name(k->via.str.ptr, k->via.str.size) ||
+            val->via.str.size > WB_MAX_META_BYTES ||
+            memchr(val->via.str.ptr, 0, val->via.str.size) ||
+            strncmp(k->via.str.ptr, "__metadata__", k->via.str.size) == 0) {
+            wb__reply_error(c, id, WB_EINVAL,
+                            "metadata entry %u: keys and values must be "
+                            "strings without NUL (values up to %d bytes)",
+                            i, WB_MAX_META_BYTES);
+            return -1;
+        }
+        v->mkeys[i] = wb__mp_strdup(k);
+        v->mvals[i] = wb__mp_strdup(val);
+        v->nmeta = i + 1;
+        if (!v->mkeys[i] || !v->mvals[i]) {
+            wb__reply_error(c, id, WB_ENOMEM, "out of memory");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int op_publish(wb__conn *c, uint64_t id, const msgpack_object *req) {
+    wb__broker *b = wb__g;
+    char model[WB_MAX_NAME + 1];
+    int rc = get_name(req, "model", model);
+    if (rc) {
+        wb__reply_error(c, id, rc, "publish needs a valid model name");
+        return 0;
+    }
+    const msgpack_object_array *ta;
+    if (wb__mp_get_array(req, "tensors", &ta) != 0) {
+        wb__reply_error(c, id, WB_EPROTO, "publish needs a tensor list");
+        return 0;
+    }
+    if (ta->size > WB_MAX_TENSORS) {
+        wb__reply_error(c, id, WB_ETOOBIG, "%u tensors: at most %u allowed",
+                        ta->size, WB_MAX_TENSORS);
+        return 0;
+    }
+    size_t npend = 0;
+    for (wb__pending *p = c->pending; p; p = p->next)
+        npend++;
+    if (npend >= WB_MAX_PENDING) {
+        wb__reply_error(c, id, WB_ETOOBIG,
+                        "at most %d publishes may be open per connection",
+                        WB_MAX_PENDING);
+        return 0;
+    }
+
+    wb__version *v = calloc(1, sizeof(*v));
+    wb__pending *p = calloc(1, sizeof(*p));
+    wb__tinfo *decl = calloc(ta->size ? ta->size : 1, sizeof(wb__tinfo));
+    wb__layout lay = {0};
+    if (!v || !p || !decl || !(p->model = strdup(model))) {
+        wb__reply_error(c, id, WB_ENOMEM, "out of memory");
+        goto fail;
+    }
+    v->refs = 1;
+    v->seg.fd = -1;
+    p->v = v;
+    for (uint32_t i = 0; i < ta->size; i++) {
+        rc = wb__decode_tinfo(&ta->ptr[i], &decl[i]);
+        if (rc) {
+            wb__reply_error(c, id, rc, "tensor %u: %s", i, wb_strerror(rc));
+            goto fail;
+        }
+    }
+    if (read_meta(c, id, req, v))
+        goto fail;
+    rc = wb__layout_build(decl, ta->size, v->mkeys, v->mvals, v->nmeta, &lay);
+    if (rc) {
+        wb__reply_error(c, id, rc, rc == WB_EEXIST
+                                       ? "two tensors share a name"
+                                       : "cannot lay the tensors out: %s",
+                        wb_strerror(rc));
+        goto fail;
+    }
+
+    /* The version keeps its tensors in stored order; the publisher gets
+     * offsets in declared order. */
+    v->n = ta->size;
+    v->t = calloc(v->n ? v->n : 1, sizeof(wb__tinfo));
+    v->offset = calloc(v->n ? v->n : 1, sizeof(uint64_t));
+    v->nbytes = calloc(v->n ? v->n : 1, sizeof(uint64_t));
+    if (!v->t || !v->offset || !v->nbytes) {
+        wb__reply_error(c, id, WB_ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (size_t k = 0; k < v->n; k++) {
+        size_t i = lay.order[k];
+        v->t[k] = decl[i];
+        decl[i].name = NULL;
+        v->nbytes[k] = lay.nbytes[i];
+        v->data_bytes += lay.nbytes[i];
+    }
+    /* Reuse lay.offset (declared order) for the reply, and store the
+     * stored-order offsets in the version. */
+    for (size_t k = 0; k < v->n; k++)
+        v->offset[k] = lay.offset[lay.order[k]];
+    uint64_t total = lay.header_len + lay.data_len;
+    uint64_t size = wb__seg_round(total);
+    if (total < lay.data_len || size < total) {
+        wb__reply_error(c, id, WB_ETOOBIG, "model too large");
+        goto fail;
+    }
+    rc = wb__mem_charge(b, size);
+    if (rc) {
+        wb__reply_error(c, id, WB_ELIMIT,
+                        "publishing %llu bytes would exceed the memory limit "
+                        "(%llu of %llu bytes in use)",
+                        (unsigned long long)size,
+                        (unsigned long long)b->mem_used,
+                        (unsigned long long)b->mem_limit);
+        goto fail;
+    }
+    v->accounted = size;
+    p->header = lay.header;
+    p->header_len = lay.header_len;
+    lay.header = NULL;
+
+    seg_job *j = calloc(1, sizeof(*j));
+    if (j == NULL) {
+        wb__reply_error(c, id, WB_ENOMEM, "out of memory");
+        goto fail;
+    }
+    /* Declared-order offsets travel in the version until the reply. */
+    uint64_t *stored = v->offset;
+    v->offset = lay.offset;
+    lay.offset = stored;
+    j->work.data = j;
+    j->p = p;
+    j->req_id = id;
+    p->id = ++b->next_pub_id;
+    p->conn = c;
+    p->next = c->pending;
+    c->pending = p;
+    c->refs++;
+    if (uv_queue_work(b->loop, &j->work, seg_job_work, seg_job_done) != 0) {
+        c->refs--;
+        c->pending = p->next;
+        free(j);
+        wb__reply_error(c, id, WB_ESYS, "cannot queue work");
+        goto fail;
+    }
+    for (size_t i = 0; i < ta->size; i++)
+        free(decl[i].name);
+    free(decl);
+    wb__layout_free(&lay);
+    return 1;
+
+fail:
+    for (size_t i = 0; decl && i < ta->size; i++)
+        free(decl[i].name);
+    free(decl);
+    wb__layout_free(&lay);
+    pending_free(p);
+    if (p == NULL && v)
+        wb__version_unref(v);
+    return 0;
+}
+
+/* Finds the connection's open publish named by the request's "pub". */
+static wb__pending *find_pending(wb__conn *c, uint64_t id,
+                                 const msgpack_object *req) {
+    uint64_t pub = 0;
+    if (wb__mp_get_u64(req, "pub", &pub) != 0) {
+        wb__reply_error(c, id, WB_EPROTO, "missing publish handle");
+        return NULL;
+    }
+    for (wb__pending *p = c->pending; p; p = p->next)
+        if (p->id == pub && p->ready)
+            return p;
+    wb__reply_error(c, id, WB_ESTATE, "no open publish %llu on this connection",
+                    (unsigned long long)pub);
+    return NULL;
+}
+
+/* Answers the watchers of m that wait for a version newer than theirs. */
+static void notify_watchers(wb__model *m);
+
+static int cmp_u64(const void *x, const void *y) {
+    uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
+    return a < b ? -1 : a > b;
+}
+
+/* Until the commit the version holds its offsets in declared order, as the
+ * publisher needs them; stored order is ascending offset order. */
+static void offsets_to_stored(wb__version *v) {
+    qsort(v->offset, v->n, sizeof(uint64_t), cmp_u64);
+}
+
+static int op_commit(wb__conn *c, uint64_t id, const msgpack_object *req) {
+    wb__broker *b = wb__g;
+    wb__pending *p = find_pending(c, id, req);
+    if (p == NULL)
+        return 0;
+    wb__version *v = p->v;
+    /* The header must still be the daemon's own. */
+    uint8_t *check = malloc(p->header_len);
+    int rc = 0;
+    if (check == NULL) {
+        rc = WB_ENOMEM;
+    } else {
+        ssize_t n = pread(v->seg.fd, check, p->header_len, 0);
+        if (n != (ssize_t)p->header_len ||
+            memcmp(check, p->header, p->header_len) != 0)
+            rc = WB_ECORRUPT;
+    }
+    free(check);
+    if (rc == 0)
+        rc = wb__seg_seal(&v->seg);
+    if (rc) {
+        wb__reply_error(c, id, rc,
+                        rc == WB_EBUSY
+                            ? "cannot seal %s: a writable mapping still "
+                              "exists; unmap before committing"
+                        : rc == WB_ECORRUPT
+                            ? "cannot commit %s: its header, seals or size "
+                              "were altered"
+                            : "cannot commit %s",
+                        p->model);
+        pending_unlink(c, p);
+        pending_free(p);
+        return 0;
+    }
+    wb__model *m = wb__model_get(b, p->model);
+    if (m == NULL) {
+        wb__reply_error(c, id, WB_ETOOBIG, "at most %d models", WB_MAX_MODELS);
+        pending_unlink(c, p);
+        pending_free(p);
+        return 0;
+    }
+    offsets_to_stored(v);
+    pending_unlink(c, p);
+    p->v = NULL;
+    v->number = ++m->last_number;
+    v->model = m;
+    wb__version **pp = &m->versions;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = v;
+    m->nversions++;
+    b->versions++;
+    wb__info("committed %s@%llu: %zu tensors, %llu bytes, segment %llu bytes "
+             "(client %llu pid %d)",
+             m->name, (unsigned long long)v->number, v->n,
+             (unsigned long long)v->data_bytes,
+             (unsigned long long)v->seg.size, (unsigned long long)c->id,
+             (int)c->cred.pid);
+    pending_free(p);
+
+    reply r;
+    reply_begin(&r, id, 1);
+    wb__pack_key(&r.pk, "version");
+    msgpack_pack_uint64(&r.pk, v->number);
+    reply_send(c, &r, NULL, 0);
+    notify_watchers(m);
+    return 0;
+}
+
+static int op_abort(wb__conn *c, uint64_t id, const msgpack_object *req) {
+    wb__pending *p = find_pending(c, id, req);
+    if (p == NULL)
+        return 0;
+    pending_unlink(c, p);
+    pending_free(p);
+    reply r;
+    reply_begin(&r, id, 0);
+    reply_send(c, &r, NULL, 0);
+    return 0;
+}
+
+/* ------------------------------------------------------------ map */
+
+/* Looks up model@version for a request, answering the error itself. */
+static wb__version *lookup(wb__conn *c, uint64_t id, const msgpack_object *req,
+                           char *model) {
+    int rc = get_name(req, "model", model);
+    if (rc) {
+        wb__reply_error(c, id, rc, "a valid model name is required");
+        return NULL;
+    }
+    uint64_t ver = 0;
+    if (wb__mp_get_u64(req, "version", &ver) < 0) {
+        wb__reply_error(c, id, WB_EPROTO, "version must be an integer");
+        return NULL;
+    }
+    wb__model *m = wb__model_find(wb__g, model);
+    if (m == NULL || m->versions == NULL) {
+        wb__reply_error(c, id, WB_ENOMODEL, "no model named '%s'", model);
+        return NULL;
+    }
+    wb__version *v = wb__version_find(m, ver);
+    if (v == NULL) {
+        wb__reply_error(c, id, WB_ENOVERSION,
+                        "model '%s' has no version %llu (latest is %llu)",
+                        model, (unsigned long long)ver,
+                        (unsigned long long)wb__version_latest(m)->number);
+        return NULL;
+    }
+    return v;
+}
+
+static void pack_keylist(msgpack_packer *pk, const char *key,
+                         const wb__keylist *kl) {
+    wb__pack_key(pk, key);
+    msgpack_pack_array(pk, kl ? kl->n : 0);
+    for (size_t i = 0; kl && i < kl->n; i++)
+        wb__pack_cstr(pk, kl->v[i]);
+}
+
+static void pack_meta(msgpack_packer *pk, const wb__version *v) {
+    wb__pack_key(pk, "meta");
+    msgpack_pack_map(pk, v->nmeta);
+    for (size_t i = 0; i < v->nmeta; i++) {
+        wb__pack_cstr(pk, v->mkeys[i]);
+        wb__pack_cstr(pk, v->mvals[i]);
+    }
+}
+
+/* Remembers that c maps model, for the readers count. */
+static void note_mapped(wb__conn *c, const char *model) {
+    for (size_t i = 0; i < c->nmapped; i++)
+        if (strcmp(c->mapped[i], model) == 0)
+            return;
+    char **m = realloc(c->mapped, (c->nmapped + 1) * sizeof(char *));
+    if (m == NULL)
+        return;
+    c->mapped = m;
+    if ((m[c->nmapped] = strdup(model)) != NULL)
+        c->nmapped++;
+}
+
+/* State of a map request: what to send once conversions are ready. */
+typedef struct map_req {
+    wb__conn *c;                /* Requester. */
+    uint64_t id;                /* Request id. */
+    wb__version *v;             /* Version mapped (referenced). */
+    int plan;                   /* Dry run. */
+    wb__resolve_out res;        /* Resolved tensors and the report. */
+    int resolved;               /* 1 if res is from wb__resolve. */
+    wb__derived **conv;         /* Per resolved tensor: converted copy. */
+    int waiting;                /* Conversions still running. */
+    int failed;                 /* First conversion error, or 0. */
+} map_req;
+
+static void map_req_free(map_req *mr) {
+    wb__resolve_out_free(&mr->res);
+    free(mr->conv);
+    wb__version_unref(mr->v);
+    free(mr);
+}
+
+/* Sends the map reply: segments, tensor table, metadata and report. */
+static void map_reply(map_req *mr) {
+    wb__conn *c = mr->c;
+    wb__version *v = mr->v;
+    int fds[WB_MAX_SEGMENTS];
+    int nfds = 0;
+    wb__segment *segs[WB_MAX_SEGMENTS];
+    int nsegs = 1;
+    segs[0] = &v->seg;
+
+    size_t n = mr->resolved ? mr->res.n : v->n;
+    int *segix = calloc(n ? n : 1, sizeof(int));
+    if (segix == NULL) {
+        wb__reply_error(c, mr->id, WB_ENOMEM, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        wb__derived *d = mr->conv ? mr->conv[i] : NULL;
+        if (d == NULL)
+            continue;
+        int k = 1;
+        while (k < nsegs && segs[k] != &d->seg)
+            k++;
+        if (k == nsegs) {
+            if (nsegs == WB_MAX_SEGMENTS) {
+                free(segix);
+                wb__reply_error(c, mr->id, WB_ETOOBIG,
+                                "more than %d converted tensors in one map",
+                                WB_MAX_SEGMENTS - 1);
+                return;
+            }
+            segs[nsegs++] = &d->seg;
+        }
+        segix[i] = k;
+    }
+    if (!mr->plan) {
+        for (int k = 0; k < nsegs; k++) {
+            int fd = wb__seg_open_ro(segs[k]);
+            if (fd < 0) {
+                for (int i = 0; i < nfds; i++)
+                    close(fds[i]);
+                free(segix);
+                wb__reply_error(c, mr->id, WB_ESYS,
+                                "cannot reopen a segment: %s",
+                                strerror(errno));
+                return;
+            }
+            fds[nfds++] = fd;
+        }
+    }
+
+    reply r;
+    reply_begin(&r, mr->id, 6);
+    wb__pack_key(&r.pk, "version");
+    msgpack_pack_uint64(&r.pk, v->number);
+    wb__pack_key(&r.pk, "segs");
+    msgpack_pack_array(&r.pk, (size_t)nsegs);
+    for (int k = 0; k < nsegs; k++)
+        msgpack_pack_uint64(&r.pk, segs[k]->size);
+    wb__pack_key(&r.pk, "tensors");
+    msgpack_pack_array(&r.pk, n);
+    for (size_t i = 0; i < n; i++) {
+        size_t s = mr->resolved ? mr->res.v[i].src : i;
+        const wb__tinfo *t = &v->t[s];
+        wb__derived *d = mr->conv ? mr->conv[i] : NULL;
+        int dtype = mr->resolved ? mr->res.v[i].dtype : t->dtype;
+        msgpack_pack_array(&r.pk, 8);
+        wb__pack_cstr(&r.pk, mr->resolved ? mr->res.v[i].target : t->name);
+        wb__pack_cstr(&r.pk, t->name);
+        wb__pack_cstr(&r.pk, wb_dtype_name(dtype));
+        msgpack_pack_array(&r.pk, (size_t)t->ndim);
+        for (int k = 0; k < t->ndim; k++)
+            msgpack_pack_uint64(&r.pk, (uint64_t)t->shape[k]);
+        msgpack_pack_uint32(&r.pk, (uint32_t)segix[i]);
+        msgpack_pack_uint64(&r.pk, d ? 0 : v->offset[s]);
+        msgpack_pack_uint64(&r.pk, d ? d->nbytes : v->nbytes[s]);
+        if (d || (mr->resolved && mr->res.v[i].cast))
+            msgpack_pack_true(&r.pk);
+        else
+            msgpack_pack_false(&r.pk);
+    }
+    pack_meta(&r.pk, v);
+    wb__pack_key(&r.pk, "report");
+    msgpack_pack_map(&r.pk, 5);
+    pack_keylist(&r.pk, "missing", mr->resolved ? &mr->res.missing : NULL);
+    pack_keylist(&r.pk, "unexpected",
+                 mr->resolved ? &mr->res.unexpected : NULL);
+    pack_keylist(&r.pk, "mismatched",
+                 mr->resolved ? &mr->res.mismatched : NULL);
+    pack_keylist(&r.pk, "cast", mr->resolved ? &mr->res.cast : NULL);
+    pack_keylist(&r.pk, "aliased", mr->resolved ? &mr->res.aliased : NULL);
+    wb__pack_key(&r.pk, "text");
+    wb__pack_cstr(&r.pk, "");
+    free(segix);
+    reply_send(c, &r, fds, nfds);
+    if (!mr->plan)
+        note_mapped(c, v->model->name);
+}
+
+/* Sends the load-error reply: the report and PyTorch's text, no mapping. */
+static void map_reply_load_error(map_req *mr) {
+    reply r;
+    msgpack_sbuffer_init(&r.sb);
+    msgpack_packer_init(&r.pk, &r.sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&r.pk, 6);
+    wb__pack_key(&r.pk, "id");
+    msgpack_pack_uint64(&r.pk, mr->id);
+    wb__pack_key(&r.pk, "err");
+    msgpack_pack_int(&r.pk, WB_ELOAD);
+    wb__pack_key(&r.pk, "msg");
+    wb__pack_cstr(&r.pk, mr->res.error_text);
+    wb__pack_key(&r.pk, "version");
+    msgpack_pack_uint64(&r.pk, mr->v->number);
+    wb__pack_key(&r.pk, "report");
+    msgpack_pack_map(&r.pk, 5);
+    pack_keylist(&r.pk, "missing", &mr->res.missing);
+    pack_keylist(&r.pk, "unexpected", &mr->res.unexpected);
+    pack_keylist(&r.pk, "mismatched", &mr->res.mismatched);
+    pack_keylist(&r.pk, "cast", &mr->res.cast);
+    pack_keylist(&r.pk, "aliased", &mr->res.aliased);
+    wb__pack_key(&r.pk, "text");
+    wb__pack_cstr(&r.pk, mr->res.error_text);
+    reply_send(mr->c, &r, NULL, 0);
+}
+
+/* Work item converting one tensor into a derived segment. */
+typedef struct conv_job {
+    uv_work_t work;             /* libuv request. */
+    wb__version *v;             /* Source version (referenced). */
+    wb__derived *d;             /* Destination. */
+    int rc;                     /* Result. */
+    char err[256];              /* Detail on failure. */
+    struct conv_wait *waiters;  /* Map requests waiting for it. */
+} conv_job;
+
+/* A map request waiting for a conversion. */
+typedef struct conv_wait {
+    map_req *mr;                /* The waiting request. */
+    struct conv_wait *next;     /* Next waiter. */
+} conv_wait;
+
+/* Conversions in flight, so that concurrent requests share them. */
+typedef struct conv_inflight {
+    conv_job *job;              /* The job. */
+    struct conv_inflight *next; /* Next in flight. */
+} conv_inflight;
+static conv_inflight *inflight;
+
+static void map_req_finish(map_req *mr) {
+    wb__conn *c = mr->c;
+    if (!c->closed) {
+        if (mr->failed)
+            wb__reply_error(c, mr->id, mr->failed, "dtype conversion failed");
+        else
+            map_reply(mr);
+        wb__conn_resume(c);
+    }
+    wb__conn_unref(c);
+    map_req_free(mr);
+}
+
+/* Converts count elements of the source tensor of d into d's segment
+ * through temporary mappings of both. */
+static int convert_into(const wb__version *v, wb__derived *d, uint64_t count,
+                        char *err, size_t errlen) {
+    uint64_t off = v->offset[d->src];
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t base = off / page * page;
+    size_t slen = (size_t)(off - base + v->nbytes[d->src]);
+    if (slen == 0 || d->nbytes == 0)
+        return 0;
+    uint8_t *src = mmap(NULL, slen, PROT_READ, MAP_SHARED, v->seg.fd,
+                        (off_t)base);
+    if (src == MAP_FAILED) {
+        snprintf(err, errlen, "mapping the source: %s", strerror(errno));
+        return WB_ESYS;
+    }
+    uint8_t *dst = mmap(NULL, d->nbytes, PROT_READ | PROT_WRITE, MAP_SHARED,
+                        d->seg.fd, 0);
+    if (dst == MAP_FAILED) {
+        snprintf(err, errlen, "mapping the copy: %s", strerror(errno));
+        munmap(src, slen);
+        return WB_ESYS;
+    }
+    int rc = wb__convert(d->dtype_from, d->dtype_to, src + (off - base), dst,
+                         count);
+    munmap(dst, d->nbytes);
+    munmap(src, slen);
+    if (rc)
+        snprintf(err, errlen, "unsupported conversion");
+    return rc;
+}
+
+static void conv_work(uv_work_t *w) {
+    conv_job *j = w->data;
+    wb__derived *d = j->d;
+    wb__version *v = j->v;
+    const wb__tinfo *t = &v->t[d->src];
+    uint64_t count = v->nbytes[d->src] / wb_dtype_size(t->dtype);
+    char label[64];
+    snprintf(label, sizeof(label), "wbroker:%.30s:cast", v->model->name);
+    j->rc = wb__seg_create(label, d->seg.size, &d->seg, j->err,
+                           sizeof(j->err));
+    if (j->rc)
+        return;
+    j->rc = convert_into(v, d, count, j->err, sizeof(j->err));
+    if (j->rc == 0)
+        j->rc = wb__seg_seal(&d->seg);
+}
+
+static void conv_done(uv_work_t *w, int status) {
+    conv_job *j = w->data;
+    wb__derived *d = j->d;
+    for (conv_inflight **pp = &inflight; *pp; pp = &(*pp)->next)
+        if ((*pp)->job == j) {
+            conv_inflight *f = *pp;
+            *pp = f->next;
+            free(f);
+            break;
+        }
+    if (j->rc == 0 && status == 0) {
+        d->ready = 1;
+    } else {
+        wb__warn("conversion of %s to %s failed: %s",
+                 j->v->t[d->src].name, wb_dtype_name(d->dtype_to), j->err);
+        /* Unlink the failed copy so that a later request tries again. */
+        for (wb__derived **pp = &j->v->derived; *pp; pp = &(*pp)->next)
+            if (*pp == d) {
+                *pp = d->next;
+                break;
+            }
+        wb__seg_close(&d->seg);
+        wb__mem_refund(wb__g, d->seg.size ? d->seg.size : 0);
+    }
+    for (conv_wait *cw = j->waiters, *next; cw; cw = next) {
+        next = cw->next;
+        map_req *mr = cw->mr;
+        if (!d->ready && !mr->failed)
+            mr->failed = j->rc ? j->rc : WB_ESYS;
+        if (--mr->waiting == 0)
+            map_req_finish(mr);
+        free(cw);
+    }
+    if (!d->ready)
+        free(d);
+    wb__version_unref(j->v);
+    free(j);
+}
+
+/* Arranges for every cast entry of mr to have its converted copy: reuses a
+ * ready one, joins one in flight, or starts one.  Returns 0 (mr->waiting
+ * says how many are outstanding) or an error code (already answered). */
+static int map_prepare_casts(map_req *mr) {
+    wb__version *v = mr->v;
+    for (size_t i = 0; i < mr->res.n; i++) {
+        wb__resolved *e = &mr->res.v[i];
+        if (!e->cast)
+            continue;
+        if (!mr->conv &&
+            !(mr->conv = calloc(mr->res.n, sizeof(wb__derived *))))
+            return WB_ENOMEM;
+        const wb__tinfo *t = &v->t[e->src];
+        wb__derived *d = v->derived;
+        while (d && !(d->src == e->src && d->dtype_to == e->dtype))
+            d = d->next;
+        if (d == NULL) {
+            if (!wb__convert_supported(t->dtype, e->dtype)) {
+                wb__reply_error(mr->c, mr->id, WB_EDTYPE,
+                                "cannot convert %s from %s to %s", t->name,
+                                wb_dtype_name(t->dtype),
+                                wb_dtype_name(e->dtype));
+                return WB_EDTYPE;
+            }
+            uint64_t count = v->nbytes[e->src] / wb_dtype_size(t->dtype);
+            uint64_t nbytes = count * wb_dtype_size(e->dtype);
+            uint64_t size = wb__seg_round(nbytes);
+            if (wb__mem_charge(wb__g, size)) {
+                wb__reply_error(mr->c, mr->id, WB_ELIMIT,
+                                "converting %s would exceed the memory limit",
+                                t->name);
+                return WB_ELIMIT;
+            }
+            conv_job *j = calloc(1, sizeof(*j));
+            conv_inflight *f = calloc(1, sizeof(*f));
+            d = calloc(1, sizeof(*d));
+            if (!j || !f || !d) {
+                free(j), free(f), free(d);
+                wb__mem_refund(wb__g, size);
+                return WB_ENOMEM;
+            }
+            d->dtype_from = t->dtype;
+            d->dtype_to = e->dtype;
+            d->src = e->src;
+            d->nbytes = nbytes;
+            d->seg.fd = -1;
+            d->seg.size = size;
+            d->next = v->derived;
+            v->derived = d;
+            j->work.data = j;
+            j->v = v;
+            j->d = d;
+            wb__version_ref(v);
+            f->job = j;
+            f->next = inflight;
+            inflight = f;
+            uv_queue_work(wb__g->loop, &j->work, conv_work, conv_done);
+        }
+        mr->conv[i] = d;
+        if (!d->ready) {
+            conv_inflight *f = inflight;
+            while (f && f->job->d != d)
+                f = f->next;
+            conv_wait *cw = calloc(1, sizeof(*cw));
+            if (f == NULL || cw == NULL) {
+                free(cw);
+                return WB_ENOMEM;
+            }
+            cw->mr = mr;
+            cw->next = f->job->waiters;
+            f->job->waiters = cw;
+            mr->waiting++;
+        }
+    }
+    return 0;
+}
+
+static int op_map(wb__conn *c, uint64_t id, const msgpack_object *req) {
+    char model[WB_MAX_NAME + 1];
+    wb__version *v = lookup(c, id, req, model);
+    if (v == NULL)
+        return 0;
+    int plan = 0, strict = 1, ignore = 0;
+    if (wb__mp_get_bool(req, "plan", &plan) < 0 ||
+        wb__mp_get_bool(req, "strict", &strict) < 0 ||
+        wb__mp_get_bool(req, "ignore_mismatch", &ignore) < 0) {
+        wb__reply_error(c, id, WB_EPROTO, "plan, strict and ignore_mismatch "
+                                          "must be booleans");
+        return 0;
+    }
+    map_req *mr = calloc(1, sizeof(*mr));
+    if (mr == NULL) {
+        wb__reply_error(c, id, WB_ENOMEM, "out of memory");
+        return 0;
+    }
+    mr->c = c;
+    mr->id = id;
+    mr->v = v;
+    mr->plan = plan;
+    wb__version_ref(v);
+
+    const msgpack_object_array *ra = NULL, *sa = NULL;
+    const msgpack_object *so = wb__mp_get(req, "schema");
+    int has_rules = wb__mp_get_array(req, "rules", &ra);
+    if (has_rules < 0 || (so && so->type != MSGPACK_OBJECT_NIL &&
+                          so->type != MSGPACK_OBJECT_MAP)) {
+        wb__reply_error(c, id, WB_EPROTO, "rules must be a list and schema a "
+                                          "map");
+        map_req_free(mr);
+        return 0;
+    }
+    int has_schema = so && so->type == MSGPACK_OBJECT_MAP;
+    if (has_rules == 0 || has_schema) {
+        wb__ruleset rs = {0};
+        wb__schema sc = {0};
+        int rc = 0;
+        if (has_rules == 0)
+            rc = wb__decode_rules(ra, &rs);
+        if (rc == 0 && has_schema) {
+            const char *tn = "";
+            size_t tl = 0;
+            if (wb__mp_get_array(so, "tensors", &sa) != 0 ||
+                wb__mp_get_str(so, "target", &tn, &tl) < 0)
+                rc = WB_EPROTO;
+            else if (sa->size > WB_MAX_TENSORS)
+                rc = WB_ETOOBIG;
+            sc.target = strndup(tn, tl);
+            for (uint32_t i = 0; rc == 0 && i < sa->size; i++) {
+                wb__tinfo t;
+                rc = wb__decode_tinfo(&sa->ptr[i], &t);
+                if (rc == 0)
+                    rc = wb__schema_push(&sc, t.name, t.dtype, t.ndim,
+                                         t.shape);
+                free(t.name);
+            }
+        }
+        if (rc) {
+            wb__reply_error(c, id, rc, "bad %s in map request: %s",
+                            rc == WB_ERULE ? "rule" : "schema or rules",
+                            wb_strerror(rc));
+            wb__ruleset_clear(&rs);
+            wb__schema_clear(&sc);
+            map_req_free(mr);
+            return 0;
+        }
+        wb__resolve_req rq = {.src = v->t,
+                              .nsrc = v->n,
+                              .rules = &rs,
+                              .schema = has_schema ? &sc : NULL,
+                              .strict = strict,
+                              .ignore_mismatch = ignore};
+        rc = wb__resolve(&rq, &mr->res);
+        mr->resolved = 1;
+        wb__ruleset_clear(&rs);
+        wb__schema_clear(&sc);
+        if (rc == WB_ELOAD) {
+            map_reply_load_error(mr);
+            map_req_free(mr);
+            return 0;
+        }
+        if (rc) {
+            wb__reply_error(c, id, rc, "%s",
+                            mr->res.errmsg[0] ? mr->res.errmsg
+                                              : wb_strerror(rc));
+            map_req_free(mr);
+            return 0;
+        }
+        if (!plan) {
+            rc = map_prepare_casts(mr);
+            if (rc) {
+                if (rc == WB_ENOMEM)
+                    wb__reply_error(c, id, rc, "out of memory");
+                if (mr->waiting == 0) {
+                    map_req_free(mr);
+                    return 0;
+                }
+                /* Some conversions already wait on mr: let them finish
+                 * it, reporting the failure. */
+                mr->failed = rc;
+                c->refs++;
+                return 1;
+            }
+            if (mr->waiting > 0) {
+                c->refs++;
+                return 1;
+            }
+        }
+    }
+    map_reply(mr);
+    map_req_free(mr);
+    return 0;
+}
+
+/* ------------------------------------------------------------ inspect */
+
+static int op_list(wb__conn *c, uint64_t id, const msgpack_object *req) {
+    wb__broker *b = wb__g;
+    size_t n = 0;
+    for (wb__model *m = b->models; m; m = m->next)
+        n += m->versions != NULL;
+    reply r;
+    reply_begin(&r, id, 1);
+    wb__pack_key(&r.pk, "models");
+    msgpack_pack_array(&r.pk, n);
+    for (wb__model *m = b->models; m; m = m->next) {
+        wb__version *v = wb__version_latest(m);
+        if (v == NULL)
+            continue;
+        msgpack_pack_array(&r.pk, 6);
+        wb__pack_cstr(&r.pk, m->name);
+        msgpack_pack_uint64(&r.pk, v->number);
+        msgpack_pack_uint64(&r.pk, m->nversions);
+        msgpack_pack_uint64(&r.pk, v->n);
+        msgpack_pack_uint64(&r.pk, v->data_bytes);
+        msgpack_pack_uint64(&r.pk, wb__model_readers(b, m->name));
+    }
+    reply_send(c, &r, NULL, 0);
+    return 0;
+}
+
+static int op_status(wb__conn *c, uint64_t id, const msgpack_object *req) {
+    wb__broker *b = wb__g;
+    size_t nmodels = 0;
+    for (wb__model *m = b->models; m; m = m->next)
+        nmodels += m->versions != NULL;
+    reply r;
+    reply_begin(&r, id, 8);
+    wb__pack_key(&r.pk, "server");
+    wb__pack_cstr(&r.pk, wb_version_string());
+    wb__pack_key(&r.pk, "uptime");
+    msgpack_pack_double(&r.pk, (double)uv_hrtime() / 1e9 - b->started);
+    wb__pack_key(&r.pk, "used");
+    msgpack_pack_uint64(&r.pk, b->mem_used);
+    wb__pack_key(&r.pk, "limit");
+    msgpack_pack_uint64(&r.pk, b->mem_limit);
+    wb__pack_key(&r.pk, "models");
+    msgpack_pack_uint64(&r.pk, nmodels);
+    wb__pack_key(&r.pk, "versions");
+    msgpack_pack_uint64(&r.pk, b->versions);
+    wb__pack_key(&r.pk, "clients");
+    msgpack_pack_uint64(&r.pk, b->nconns);
+    wb__pack_key(&r.pk, "pid");
+    msgpack_pack_uint32(&r.pk, (uint32_t)getpid());
+    reply_send(c, &r, NULL, 0);
+    return 0;
+}
+
+static int op_drop(wb__conn *c, uint64_t id, const msgpack_object *req) {
+    wb__broker *b = wb__g;
+    char model[WB_MAX_NAME + 1];
+    uint64_t ver = 0;
+    if (wb__mp_get_u64(req, "version", &ver) < 0) {
+        wb__reply_error(c, id, WB_EPROTO, "version must be an integer");
+        return 0;
+    }
+    uint64_t dropped = 0;
+    if (ver == 0) {
+        int rc = get_name(req, "model", model);
+        wb__model *m = rc ? NULL : wb__model_find(b, model);
+        if (rc || m == NULL || m->versions == NULL) {
+            wb__reply_error(c, id, rc ? rc : WB_ENOMODEL,
+                            "no model named '%s'", rc ? "" : model);
+            return 0;
+        }
+        while (m->versions) {
+            wb__version_drop(b, m->versions);
+            dropped++;
+        }
+        wb__model_gc(b, m);
+    } else {
+        wb__version *v = lookup(c, id, req, model);
+        if (v == NULL)
+            return 0;
+        wb__model *m = v->model;
+        wb__version_drop(b, v);
+        dropped = 1;
+        wb__model_gc(b, m);
+    }
+    reply r;
+    reply_begin(&r, id, 1);
+    wb__pack_key(&r.pk, "dropped");
+    msgpack_pack_uint64(&r.pk, dropped);
+    reply_send(c, &r, NULL, 0);
+    return 0;
+}
+
+/* ------------------------------------------------------------ watch */
+
+static void watch_closed(uv_handle_t *h) { free(h->data); }
+
+/* Removes w from its model and frees it (after its timer closes). */
+static void watch_free(wb__watch *w) {
+    wb__model *m = w->model;
+    for (wb__watch **pp = &m->watchers; *pp; pp = &(*pp)->next)
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    if (w->has_timer) {
+        uv_timer_stop(&w->timer);
+        w->timer.data = w;
+        uv_close((uv_handle_t *)&w->timer, watch_closed);
+    } else {
+        free(w);
+    }
+    wb__model_gc(wb__g, m);
+}
+
+/* Answers w with version and resumes its connection. */
+static void watch_answer(wb__watch *w, uint64_t version) {
+    wb__conn *c = w->conn;
+    reply r;
+    reply_begin(&r, w->req_id, 1);
+    wb__pack_key(&r.pk, "version");
+    msgpack_pack_uint64(&r.pk, version);
+    reply_send(c, &r, NULL, 0);
+    watch_free(w);
+    wb__conn_resume(c);
+}
+
+static void on_watch_timeout(uv_timer_t *t) {
+    wb__watch *w = t->data;
+    watch_answer(w, w->after);
+}
+
+static void notify_watchers(wb__model *m) {
+    wb__version *latest = wb__version_latest(m);
+    if (latest == NULL)
+        return;
+    wb__watch *w = m->watchers;
+    while (w) {
+        wb__watch *next = w->next;
+        if (latest->number > w->after)
+            watch_answer(w, latest->number);
+        w = next;
+    }
+}
+
+static int op_watch(wb__conn *c, uint64_t id, const msgpack_object *req) {
+    wb__broker *b = wb__g;
+    char model[WB_MAX_NAME + 1];
+    int rc = get_name(req, "model", model);
+    uint64_t after = 0;
+    int64_t timeout = -1;
+    if (rc || wb__mp_get_u64(req, "after", &after) < 0 ||
+        wb__mp_get_i64(req, "timeout", &timeout) < 0) {
+        wb__reply_error(c, id, rc ? rc : WB_EPROTO,
+                        "watch needs a model name, after and timeout");
+        return 0;
+    }
+    wb__model *m = wb__model_get(b, model);
+    if (m == NULL) {
+        wb__reply_error(c, id, WB_ETOOBIG, "at most %d models", WB_MAX_MODELS);
+        return 0;
+    }
+    wb__version *latest = wb__version_latest(m);
+    if ((latest && latest->number > after) || timeout == 0) {
+        reply r;
+        reply_begin(&r, id, 1);
+        wb__pack_key(&r.pk, "version");
+        msgpack_pack_uint64(&r.pk, latest && latest->number > after
+                                       ? latest->number
+                                       : after);
+        reply_send(c, &r, NULL, 0);
+        wb__model_gc(b, m);
+        return 0;
+    }
+    wb__watch *w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        wb__reply_error(c, id, WB_ENOMEM, "out of memory");
+        wb__model_gc(b, m);
+        return 0;
+    }
+    w->conn = c;
+    w->req_id = id;
+    w->after = after;
+    w->model = m;
+    w->next = m->watchers;
+    m->watchers = w;
+    if (timeout > 0) {
+        uv_timer_init(b->loop, &w->timer);
+        w->timer.data = w;
+        w->has_timer = 1;
+        uv_timer_start(&w->timer, on_watch_timeout, (uint64_t)timeout, 0);
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------ dispatch */
+
+void wb__conn_cleanup(wb__conn *c) {
+    while (c->pending) {
+        wb__pending *p = c->pending;
+        c->pending = p->next;
+        if (p->ready) {
+            wb__debug("client %llu left: aborting publish of %s",
+                      (unsigned long long)c->id, p->model);
+            pending_free(p);
+        } else {
+            p->conn = c; /* The segment job frees it; it sees c->closed. */
+            p->next = NULL;
+        }
+    }
+    for (wb__model *m = wb__g->models, *next; m; m = next) {
+        next = m->next;
+        for (wb__watch *w = m->watchers, *wn; w; w = wn) {
+            wn = w->next;
+            if (w->conn == c)
+                watch_free(w);
+        }
+    }
+    for (size_t i = 0; i < c->nmapped; i++)
+        free(c->mapped[i]);
+    free(c->mapped);
+    c->mapped = NULL;
+    c->nmapped = 0;
+}
+
+typedef int (*op_fn)(wb__conn *, uint64_t, const msgpack_object *);
+
+static const struct {
+    const char *name;           /* Value of "op". */
+    op_fn fn;                   /* Handler. */
+} ops[] = {
+    {"hello", op_hello},   {"publish", op_publish}, {"commit", op_commit},
+    {"abort", op_abort},   {"map", op_map},         {"list", op_list},
+    {"status", op_status}, {"drop", op_drop},       {"watch", op_watch},
+};
+
+int wb__handle(wb__conn *c, const msgpack_object *req) {
+    uint64_t id = 0;
+    const msgpack_object *op = wb__mp_get(req, "op");
+    if (wb__mp_get_u64(req, "id", &id) != 0 || op == NULL ||
+        op->type != MSGPACK_OBJECT_STR) {
+        wb__reply_error(c, id, WB_EPROTO, "a request needs an op and an id");
+        c->closing = 1;
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+        if (!wb__mp_streq(op, ops[i].name))
+            continue;
+        if (!c->hello && ops[i].fn != op_hello) {
+            wb__reply_error(c, id, WB_EPROTO, "hello first");
+            c->closing = 1;
+            return 0;
+        }
+        return ops[i].fn(c, id, req);
+    }
+    wb__reply_error(c, id, WB_EPROTO, "unknown op '%.*s'",
+                    (int)(op->via.str.size > 64 ? 64 : op->via.str.size),
+                    op->via.str.ptr);
+    return 0;
+}

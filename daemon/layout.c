@@ -1,0 +1,186 @@
+/* layout.c -- safetensors layout of a version: order, offsets, header. */
+#include "layout.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wire.h"
+
+void wb__buf_put(wb__buf *b, const char *s, size_t n) {
+    if (b->oom)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (p == NULL) {
+            b->oom = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+void wb__buf_printf(wb__buf *b, const char *fmt, ...) {
+    char tmp[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        wb__buf_put(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n
+                                                     : sizeof(tmp) - 1);
+}
+
+void wb__buf_json_str(wb__buf *b, const char *s) {
+    wb__buf_put(b, "\"", 1);
+    const char *run = s;
+    for (const char *p = s; *p; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        wb__buf_put(b, run, (size_t)(p - run));
+        if (c == '"')
+            wb__buf_put(b, "\\\"", 2);
+        else if (c == '\\')
+            wb__buf_put(b, "\\\\", 2);
+        else
+            wb__buf_printf(b, "\\u%04x", c);
+        run = p + 1;
+    }
+    wb__buf_put(b, run, strlen(run));
+    wb__buf_put(b, "\"", 1);
+}
+
+/* qsort_r comparator: larger elements first, then by name. */
+static int cmp_stored(const void *x, const void *y, void *arg) {
+    const wb__tinfo *t = arg;
+    const wb__tinfo *a = &t[*(const size_t *)x], *b = &t[*(const size_t *)y];
+    size_t sa = wb_dtype_size(a->dtype), sb = wb_dtype_size(b->dtype);
+    if (sa != sb)
+        return sa > sb ? -1 : 1;
+    return strcmp(a->name, b->name);
+}
+
+/* qsort_r comparator on names alone. */
+static int cmp_name(const void *x, const void *y, void *arg) {
+    const wb__tinfo *t = arg;
+    return strcmp(t[*(const size_t *)x].name, t[*(const size_t *)y].name);
+}
+
+/* 1 if two tensors share a name (or on OOM, which then fails later). */
+static int has_duplicate(const wb__tinfo *t, size_t n) {
+    size_t *ix = malloc((n ? n : 1) * sizeof(size_t));
+    if (ix == NULL)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        ix[i] = i;
+    qsort_r(ix, n, sizeof(size_t), cmp_name, (void *)t);
+    int dup = 0;
+    for (size_t k = 1; k < n && !dup; k++)
+        dup = strcmp(t[ix[k - 1]].name, t[ix[k]].name) == 0;
+    free(ix);
+    return dup;
+}
+
+int wb__layout_build(const wb__tinfo *t, size_t n, char *const *mkeys,
+                     char *const *mvals, size_t nmeta, wb__layout *out) {
+    memset(out, 0, sizeof(*out));
+    out->order = malloc((n ? n : 1) * sizeof(size_t));
+    out->offset = malloc((n ? n : 1) * sizeof(uint64_t));
+    out->nbytes = malloc((n ? n : 1) * sizeof(uint64_t));
+    if (!out->order || !out->offset || !out->nbytes)
+        goto oom;
+    for (size_t i = 0; i < n; i++)
+        out->order[i] = i;
+    qsort_r(out->order, n, sizeof(size_t), cmp_stored, (void *)t);
+    if (has_duplicate(t, n)) {
+        wb__layout_free(out);
+        return WB_EEXIST;
+    }
+
+    /* Data offsets relative to the data section. */
+    uint64_t pos = 0, *rel = out->offset;
+    for (size_t k = 0; k < n; k++) {
+        size_t i = out->order[k];
+        uint64_t nb;
+        if (wb__tensor_nbytes(t[i].dtype, t[i].ndim, t[i].shape, &nb))
+            goto toobig;
+        rel[i] = pos;
+        out->nbytes[i] = nb;
+        if (__builtin_add_overflow(pos, nb, &pos))
+            goto toobig;
+    }
+    out->data_len = pos;
+
+    wb__buf b = {0};
+    wb__buf_put(&b, "{", 1);
+    if (nmeta > 0) {
+        wb__buf_put(&b, "\"__metadata__\":{", 16);
+        for (size_t m = 0; m < nmeta; m++) {
+            if (m)
+                wb__buf_put(&b, ",", 1);
+            wb__buf_json_str(&b, mkeys[m]);
+            wb__buf_put(&b, ":", 1);
+            wb__buf_json_str(&b, mvals[m]);
+        }
+        wb__buf_put(&b, "}", 1);
+    }
+    for (size_t k = 0; k < n; k++) {
+        size_t i = out->order[k];
+        if (k || nmeta)
+            wb__buf_put(&b, ",", 1);
+        wb__buf_json_str(&b, t[i].name);
+        wb__buf_printf(&b, ":{\"dtype\":\"%s\",\"shape\":[",
+                       wb_dtype_name(t[i].dtype));
+        for (int d = 0; d < t[i].ndim; d++)
+            wb__buf_printf(&b, "%s%lld", d ? "," : "",
+                           (long long)t[i].shape[d]);
+        wb__buf_printf(&b, "],\"data_offsets\":[%llu,%llu]}",
+                       (unsigned long long)rel[i],
+                       (unsigned long long)(rel[i] + out->nbytes[i]));
+    }
+    wb__buf_put(&b, "}", 1);
+    while (!b.oom && (8 + b.len) % WB_DATA_ALIGN != 0)
+        wb__buf_put(&b, " ", 1);
+    if (b.oom) {
+        free(b.p);
+        goto oom;
+    }
+    out->header_len = 8 + b.len;
+    out->header = malloc(out->header_len);
+    if (out->header == NULL) {
+        free(b.p);
+        goto oom;
+    }
+    for (int i = 0; i < 8; i++)
+        out->header[i] = (uint8_t)((uint64_t)b.len >> (8 * i));
+    memcpy(out->header + 8, b.p, b.len);
+    free(b.p);
+    for (size_t i = 0; i < n; i++)
+        out->offset[i] += out->header_len;
+    return 0;
+toobig:
+    wb__layout_free(out);
+    return WB_ETOOBIG;
+oom:
+    wb__layout_free(out);
+    return WB_ENOMEM;
+}
+
+void wb__layout_free(wb__layout *l) {
+    if (l == NULL)
+        return;
+    free(l->order);
+    free(l->offset);
+    free(l->nbytes);
+    free(l->header);
+    memset(l, 0, sizeof(*l));
+}

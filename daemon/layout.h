@@ -1,0 +1,45 @@
+/* layout.h -- Lays a version out as a safetensors image.
+ *
+ * A segment holds: 8-byte little-endian header length N, N bytes of JSON
+ * header (space-padded so tensor data starts on a WB_DATA_ALIGN boundary),
+ * then the tensors back to back in safetensors order (larger elements first,
+ * then by name).  Any safetensors reader can read a segment, and an export
+ * is a single write of its first data_start + data_len bytes. */
+#ifndef WB_DAEMON_LAYOUT_H
+#define WB_DAEMON_LAYOUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../proto/rules.h"
+
+#define WB_DATA_ALIGN 64 /* Alignment of the data section, in bytes. */
+
+typedef struct wb__layout {
+    size_t *order;              /* order[k] = declared index stored k-th. */
+    uint64_t *offset;           /* Per declared tensor: absolute offset. */
+    uint64_t *nbytes;           /* Per declared tensor: bytes. */
+    uint8_t *header;            /* 8 + N header bytes. */
+    uint64_t header_len;        /* Bytes in header (= data start). */
+    uint64_t data_len;          /* Bytes of tensor data. */
+} wb__layout;
+
+/* Computes the layout of n tensors with metadata.  Returns 0, WB_EEXIST
+ * for a duplicate name, WB_ETOOBIG, or WB_ENOMEM. */
+int wb__layout_build(const wb__tinfo *t, size_t n, char *const *mkeys,
+                     char *const *mvals, size_t nmeta, wb__layout *out);
+void wb__layout_free(wb__layout *l);
+
+/* Appends s as a JSON string (quoted, escaped) to a growing buffer. */
+typedef struct wb__buf {
+    char *p;                    /* Bytes (NUL-terminated when ok). */
+    size_t len;                 /* Bytes used. */
+    size_t cap;                 /* Bytes allocated. */
+    int oom;                    /* 1 after a failed allocation. */
+} wb__buf;
+void wb__buf_put(wb__buf *b, const char *s, size_t n);
+void wb__buf_printf(wb__buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void wb__buf_json_str(wb__buf *b, const char *s);
+
+#endif

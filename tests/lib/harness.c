@@ -1,0 +1,176 @@
+/* harness.c -- Starts and inspects a real wbrokerd for the tests. */
+#include "harness.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+const char *wbt_build_dir(void) {
+    const char *b = getenv("WB_BUILD");
+    return b && *b ? b : "build";
+}
+
+int wbt_start(wbt_daemon *d, const char *const *extra) {
+    memset(d, 0, sizeof(*d));
+    snprintf(d->dir, sizeof(d->dir), "/tmp/wbt-XXXXXX");
+    if (mkdtemp(d->dir) == NULL)
+        return -1;
+    snprintf(d->sock, sizeof(d->sock), "%s/wb.sock", d->dir);
+    snprintf(d->log, sizeof(d->log), "%s/wbrokerd.log", d->dir);
+    char bin[256];
+    snprintf(bin, sizeof(bin), "%s/wbrokerd", wbt_build_dir());
+    const char *argv[32];
+    int a = 0;
+    argv[a++] = bin;
+    argv[a++] = "--socket";
+    argv[a++] = d->sock;
+    argv[a++] = "--log-level";
+    argv[a++] = "debug";
+    for (int i = 0; extra && extra[i] && a < 30; i++)
+        argv[a++] = extra[i];
+    argv[a] = NULL;
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        FILE *f = freopen(d->log, "w", stderr);
+        (void)f;
+        unsetenv("LISTEN_FDS");
+        unsetenv("NOTIFY_SOCKET");
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    d->pid = pid;
+    for (int i = 0; i < 500; i++) {
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", d->sock);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+            close(fd);
+            return 0;
+        }
+        if (fd >= 0)
+            close(fd);
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            d->pid = 0;
+            return -1;
+        }
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return -1;
+}
+
+int wbt_stop(wbt_daemon *d) {
+    int st = -1;
+    if (d->pid > 0) {
+        kill(d->pid, SIGTERM);
+        if (waitpid(d->pid, &st, 0) != d->pid)
+            st = -1;
+        d->pid = 0;
+    }
+    if (getenv("WBT_KEEP_LOGS") == NULL) {
+        unlink(d->log);
+        unlink(d->sock);
+        rmdir(d->dir);
+    }
+    return st;
+}
+
+wb_client *wbt_connect(const wbt_daemon *d) {
+    wb_client *c = NULL;
+    int rc = wb_connect(d->sock, &c);
+    if (rc) {
+        fprintf(stderr, "connect: %s: %s\n", wb_strerror(rc), wb_errmsg(c));
+        wb_close(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* Calls fn for each open descriptor's link target of pid. */
+static int scan_fds(pid_t pid, const char *prefix) {
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+    DIR *dir = opendir(path);
+    if (dir == NULL)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(dir))) {
+        if (e->d_name[0] == '.')
+            continue;
+        if (prefix == NULL) {
+            n++;
+            continue;
+        }
+        char link[320], target[256];
+        snprintf(link, sizeof(link), "%s/%s", path, e->d_name);
+        ssize_t k = readlink(link, target, sizeof(target) - 1);
+        if (k <= 0)
+            continue;
+        target[k] = '\0';
+        if (strstr(target, prefix))
+            n++;
+    }
+    closedir(dir);
+    return n;
+}
+
+int wbt_fd_count(const wbt_daemon *d) { return scan_fds(d->pid, NULL); }
+int wbt_segment_count(const wbt_daemon *d) {
+    return scan_fds(d->pid, "/memfd:wbroker:");
+}
+
+int wbt_alive(const wbt_daemon *d) {
+    return d->pid > 0 && kill(d->pid, 0) == 0 &&
+           waitpid(d->pid, NULL, WNOHANG) == 0;
+}
+
+uint64_t wbt_mem_used(const wbt_daemon *d) {
+    wb_client *c = wbt_connect(d);
+    wb_status st;
+    uint64_t used = UINT64_MAX;
+    if (c && wb_get_status(c, &st) == 0)
+        used = st.memory_used;
+    wb_close(c);
+    return used;
+}
+
+uint64_t wbt_publish_f32(wb_client *c, const char *model, size_t n,
+                         size_t len) {
+    wb_tensor_spec *specs = calloc(n, sizeof(*specs));
+    char (*names)[32] = calloc(n, 32);
+    int64_t shape[1] = {(int64_t)len};
+    for (size_t i = 0; i < n; i++) {
+        snprintf(names[i], 32, "t%zu", i);
+        specs[i] = (wb_tensor_spec){names[i], WB_F32, 1, shape};
+    }
+    wb_publish *p = NULL;
+    uint64_t version = 0;
+    int rc = wb_publish_begin(c, model, specs, n, NULL, 0, &p);
+    if (rc == 0) {
+        for (size_t i = 0; i < n; i++) {
+            size_t nb;
+            float *f = wb_publish_data(p, i, &nb);
+            for (size_t j = 0; j < len; j++)
+                f[j] = (float)(i * 1000 + j);
+        }
+        rc = wb_publish_commit(p, &version);
+    }
+    if (rc)
+        fprintf(stderr, "publish %s: %s: %s\n", model, wb_strerror(rc),
+                wb_errmsg(c));
+    free(specs);
+    free(names);
+    return rc ? 0 : version;
+}

@@ -1,0 +1,44 @@
+/* harness.h -- Starts a real wbrokerd for a test and inspects it.
+ *
+ * Each daemon gets its own temporary directory and socket; tests talk to it
+ * through the real client library. */
+#ifndef WB_TESTS_HARNESS_H
+#define WB_TESTS_HARNESS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "wbroker.h"
+
+typedef struct wbt_daemon {
+    pid_t pid;                  /* Daemon's process id. */
+    char dir[128];              /* Temporary directory. */
+    char sock[160];             /* Socket path inside dir. */
+    char log[160];              /* Daemon's stderr. */
+} wbt_daemon;
+
+/* Starts build/wbrokerd (WB_BUILD overrides the directory) with extra
+ * arguments (NULL-terminated, may be NULL) and waits until it accepts. */
+int wbt_start(wbt_daemon *d, const char *const *extra);
+/* SIGTERM, wait; returns the exit status (or -1). */
+int wbt_stop(wbt_daemon *d);
+/* Connects or fails the test. */
+wb_client *wbt_connect(const wbt_daemon *d);
+/* Open descriptors of the daemon, from /proc. */
+int wbt_fd_count(const wbt_daemon *d);
+/* memfd segments the daemon holds open (wbroker:* in /proc/PID/fd). */
+int wbt_segment_count(const wbt_daemon *d);
+/* 1 if the daemon is still running. */
+int wbt_alive(const wbt_daemon *d);
+/* Memory in use according to status. */
+uint64_t wbt_mem_used(const wbt_daemon *d);
+
+/* Publishes n float32 tensors "t<i>" of len elements each, element j of
+ * tensor i being i * 1000 + j.  Returns the version or fails the test. */
+uint64_t wbt_publish_f32(wb_client *c, const char *model, size_t n,
+                         size_t len);
+/* Path of the build directory ("build" unless WB_BUILD is set). */
+const char *wbt_build_dir(void);
+
+#endif
