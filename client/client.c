@@ -65,6 +65,7 @@ struct wb_mapping {
     void *segs[WB_MAX_SEGMENTS]; /* Mapped segments. */
     size_t seg_size[WB_MAX_SEGMENTS]; /* Bytes of each. */
     int nsegs;                  /* Segments mapped. */
+    int plain;                  /* 1 if mapped whole, without rules. */
 };
 
 /* Records a failure on c and returns code. */
@@ -704,6 +705,8 @@ int wb_load(wb_client *c, const char *model, uint64_t version,
                 rc = WB_ELOAD;
         } else {
             rc = read_mapping(c, m.root, mp, fds, nfds, flags);
+            mp->plain = schema == NULL && rules == NULL &&
+                        !(flags & WB_MAP_PLAN);
         }
     }
     for (int i = 0; i < nfds; i++)
@@ -720,6 +723,28 @@ int wb_load(wb_client *c, const char *model, uint64_t version,
 int wb_map(wb_client *c, const char *model, uint64_t version, int flags,
            wb_mapping **out) {
     return wb_load(c, model, version, NULL, NULL, flags, out);
+}
+
+int wb_map_image(const wb_mapping *m, const void **data, size_t *len) {
+    if (m == NULL || data == NULL || len == NULL)
+        return WB_EINVAL;
+    if (!m->plain || m->nsegs < 1 || m->seg_size[0] < 8)
+        return WB_ESTATE;
+    const uint8_t *base = m->segs[0];
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--)
+        hlen = (hlen << 8) | base[i];
+    if (hlen > m->seg_size[0] - 8)
+        return WB_ECORRUPT;
+    size_t end = 8 + (size_t)hlen;
+    for (size_t i = 0; i < m->n; i++) {
+        size_t e = (size_t)(m->t[i].data - base) + m->t[i].nbytes;
+        if (e > end)
+            end = e;
+    }
+    *data = base;
+    *len = end;
+    return 0;
 }
 
 uint64_t wb_map_version(const wb_mapping *m) { return m ? m->version : 0; }

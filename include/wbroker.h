@@ -253,6 +253,12 @@ WB_EXTERN const char *wb_map_key(const wb_mapping *m, int which, size_t i);
 /* PyTorch-format error text ("" when the load succeeded). */
 WB_EXTERN const char *wb_map_error_text(const wb_mapping *m);
 
+/* The version's whole safetensors image (header and data, exactly what a
+ * .safetensors file holds) as mapped by wb_map().  Returns 0, or
+ * WB_ESTATE for a plan or a mapping made with a schema or rules. */
+WB_EXTERN int wb_map_image(const wb_mapping *m, const void **data,
+                           size_t *len);
+
 /* Unmaps and frees m.  Pointers into it are invalid afterwards.  Accepts
  * NULL. */
 WB_EXTERN void wb_unmap(wb_mapping *m);
