@@ -1,0 +1,904 @@
+/* resolve.c -- Turns mapping rules, a source table and a target schema into
+ * a load plan and a PyTorch-style load report.
+ *
+ * Source keys go through the filters (include/exclude globs), then through
+ * the renames in order; the renamed keys are matched against the target
+ * schema by name and shape.  Lookups use small open-addressing hash tables,
+ * runs of exact renames are applied through one table rather than rule by
+ * rule, and every regex match is bounded by PCRE2 limits, so a request
+ * costs about O(keys x rules) and never blocks the event loop for long.
+ *
+ * The report mirrors torch.nn.Module.load_state_dict (torch 1.13): missing
+ * keys and size mismatches in target order, unexpected keys in the order
+ * PyTorch's module walk flags them (rebuilt from the flat target schema),
+ * and the same error text byte for byte. */
+#include <fnmatch.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "resolve.h"
+#include "rules_match.h"
+
+#define WB_REGEX_DEPTH_LIMIT 10000 /* PCRE2 backtracking depth per match. */
+#define WB_REGEX_HEAP_LIMIT 8192   /* PCRE2 heap per match, in KiB. */
+#define WB_HASH_MIN_CAP 16         /* Smallest hash table, in slots. */
+#define WB_KEYLIST_MIN_CAP 8       /* First allocation of a key list. */
+#define WB_ERRMSG_WHY_MAX 320      /* Bytes of a regex/template reason. */
+#define NONE SIZE_MAX              /* "No index" in index fields. */
+
+/* ---------------------------------------------------------------- hashing */
+
+/* One slot of an open-addressing table; key NULL means empty. */
+typedef struct hslot {
+    const char *key;            /* Borrowed key bytes (not NUL-terminated). */
+    size_t len;                 /* Bytes of key. */
+    uint64_t hash;              /* hash_bytes(key, len). */
+    size_t val;                 /* Value stored for the key. */
+} hslot;
+
+/* A string -> size_t table with linear probing, load factor <= 1/2. */
+typedef struct htab {
+    hslot *v;                   /* cap slots. */
+    size_t cap;                 /* Slots, a power of two (0: unallocated). */
+    size_t n;                   /* Keys stored. */
+} htab;
+
+/* FNV-1a, 64 bits. */
+static uint64_t hash_bytes(const char *s, size_t len) {
+    uint64_t h = 14695981039346656037ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+/* Allocates a table sized for about expect keys.  Returns 0 or
+ * WB_ENOMEM. */
+static int ht_init(htab *h, size_t expect) {
+    size_t cap = WB_HASH_MIN_CAP;
+    while (cap / 2 < expect) {
+        if (cap > SIZE_MAX / 2 / sizeof(hslot))
+            return WB_ENOMEM;
+        cap *= 2;
+    }
+    h->v = calloc(cap, sizeof *h->v);
+    if (h->v == NULL)
+        return WB_ENOMEM;
+    h->cap = cap;
+    h->n = 0;
+    return 0;
+}
+
+static void ht_free(htab *h) {
+    free(h->v);
+    memset(h, 0, sizeof *h);
+}
+
+/* Returns the slot holding key, or the empty slot where it would go. */
+static hslot *ht_slot(const htab *h, const char *key, size_t len,
+                      uint64_t hash) {
+    size_t mask = h->cap - 1;
+    for (size_t i = (size_t)hash & mask;; i = (i + 1) & mask) {
+        hslot *s = &h->v[i];
+        if (s->key == NULL ||
+            (s->hash == hash && s->len == len && memcmp(s->key, key, len) == 0))
+            return s;
+    }
+}
+
+/* Returns the slot of key, or NULL when the key is absent. */
+static hslot *ht_find(const htab *h, const char *key, size_t len) {
+    if (h->cap == 0)
+        return NULL;
+    hslot *s = ht_slot(h, key, len, hash_bytes(key, len));
+    return s->key != NULL ? s : NULL;
+}
+
+/* Doubles the table. */
+static int ht_grow(htab *h) {
+    htab nh;
+    if (ht_init(&nh, h->cap) != 0)
+        return WB_ENOMEM;
+    for (size_t i = 0; i < h->cap; i++)
+        if (h->v[i].key != NULL)
+            *ht_slot(&nh, h->v[i].key, h->v[i].len, h->v[i].hash) = h->v[i];
+    nh.n = h->n;
+    free(h->v);
+    *h = nh;
+    return 0;
+}
+
+/* Inserts key -> val unless key is there.  Returns 1 when inserted, 0 when
+ * the key existed (*old, if not NULL, receives its value), or WB_ENOMEM.
+ * The key bytes are borrowed and must outlive the table. */
+static int ht_put(htab *h, const char *key, size_t len, size_t val,
+                  size_t *old) {
+    if ((h->n + 1) * 2 > h->cap && ht_grow(h) != 0)
+        return WB_ENOMEM;
+    uint64_t hash = hash_bytes(key, len);
+    hslot *s = ht_slot(h, key, len, hash);
+    if (s->key != NULL) {
+        if (old != NULL)
+            *old = s->val;
+        return 0;
+    }
+    *s = (hslot){key, len, hash, val};
+    h->n++;
+    return 1;
+}
+
+/* ---------------------------------------------------------------- strings */
+
+/* A growing NUL-terminated byte string. */
+typedef struct sbuf {
+    char *p;                    /* Bytes, NUL-terminated (NULL if unused). */
+    size_t len;                 /* Bytes before the NUL. */
+    size_t cap;                 /* Allocated bytes. */
+} sbuf;
+
+/* Makes room for extra more bytes plus the NUL. */
+static int sb_reserve(sbuf *b, size_t extra) {
+    if (extra > SIZE_MAX / 2 - b->len)
+        return WB_ENOMEM;
+    size_t need = b->len + extra + 1;
+    if (need <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < need)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (p == NULL)
+        return WB_ENOMEM;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static int sb_add(sbuf *b, const char *s, size_t len) {
+    if (sb_reserve(b, len) != 0)
+        return WB_ENOMEM;
+    memcpy(b->p + b->len, s, len);
+    b->len += len;
+    b->p[b->len] = '\0';
+    return 0;
+}
+
+static int sb_adds(sbuf *b, const char *s) { return sb_add(b, s, strlen(s)); }
+
+static int sb_printf(sbuf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static int sb_printf(sbuf *b, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || sb_reserve(b, (size_t)n) != 0)
+        return WB_ENOMEM;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+/* Appends torch.Size([a, b, ...]) for a shape. */
+static int sb_shape(sbuf *b, int ndim, const int64_t *shape) {
+    int rc = sb_adds(b, "torch.Size([");
+    for (int i = 0; i < ndim && rc == 0; i++)
+        rc = sb_printf(b, i ? ", %" PRId64 : "%" PRId64, shape[i]);
+    return rc ? rc : sb_adds(b, "])");
+}
+
+/* Appends a copy of key (len bytes) to a key list. */
+static int kl_push(wb__keylist *kl, const char *key, size_t len) {
+    if (kl->n == kl->cap) {
+        size_t cap = kl->cap ? kl->cap * 2 : WB_KEYLIST_MIN_CAP;
+        char **v = cap <= SIZE_MAX / sizeof *v ? realloc(kl->v, cap * sizeof *v)
+                                               : NULL;
+        if (v == NULL)
+            return WB_ENOMEM;
+        kl->v = v;
+        kl->cap = cap;
+    }
+    char *c = strndup(key, len);
+    if (c == NULL)
+        return WB_ENOMEM;
+    kl->v[kl->n++] = c;
+    return 0;
+}
+
+static void kl_free(wb__keylist *kl) {
+    for (size_t i = 0; i < kl->n; i++)
+        free(kl->v[i]);
+    free(kl->v);
+    memset(kl, 0, sizeof *kl);
+}
+
+/* ---------------------------------------------------------------- rules */
+
+/* One rule, ready to apply. */
+typedef struct crule {
+    const wb__rule *r;          /* The rule as given. */
+    size_t alen;                /* strlen(r->a). */
+    size_t blen;                /* strlen(r->b). */
+    pcre2_code *re;             /* REGEX: compiled pattern. */
+    wb__template tpl;           /* REGEX: parsed replacement. */
+    size_t run_end;             /* RENAME opening a run: index past it. */
+    size_t next_same;           /* RENAME: next rename with the same a. */
+} crule;
+
+/* The whole rule list, ready to apply. */
+typedef struct compiled {
+    crule *v;                   /* Rules in order. */
+    size_t n;                   /* Rules in v. */
+    int has_include;            /* 1 if any include rule exists. */
+    htab inc_exact;             /* Include globs without metacharacters. */
+    htab exc_exact;             /* Exclude globs without metacharacters. */
+    size_t *inc_glob;           /* Indices of the other include rules. */
+    size_t n_inc_glob;          /* Entries in inc_glob. */
+    size_t *exc_glob;           /* Indices of the other exclude rules. */
+    size_t n_exc_glob;          /* Entries in exc_glob. */
+    size_t *casts;              /* Indices of the cast rules. */
+    size_t n_casts;             /* Entries in casts. */
+    htab rename_first;          /* RENAME a -> index of its first rule. */
+    pcre2_match_context *mctx;  /* Match limits for every regex. */
+    pcre2_match_data *md;       /* Ovector big enough for every regex. */
+} compiled;
+
+/* Writes "line N: " (or nothing) and the formatted text into out->errmsg.
+ * Returns rc. */
+static int rule_err(wb__resolve_out *out, const wb__rule *r, int rc,
+                    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static int rule_err(wb__resolve_out *out, const wb__rule *r, int rc,
+                    const char *fmt, ...) {
+    size_t n = 0;
+    if (r != NULL && r->line > 0) {
+        int k = snprintf(out->errmsg, sizeof out->errmsg, "line %d: ", r->line);
+        n = k > 0 && (size_t)k < sizeof out->errmsg ? (size_t)k : 0;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out->errmsg + n, sizeof out->errmsg - n, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+static void compiled_free(compiled *c) {
+    for (size_t i = 0; i < c->n; i++) {
+        pcre2_code_free(c->v[i].re);
+        wb__template_free(&c->v[i].tpl);
+    }
+    free(c->v);
+    free(c->inc_glob);
+    free(c->exc_glob);
+    free(c->casts);
+    ht_free(&c->inc_exact);
+    ht_free(&c->exc_exact);
+    ht_free(&c->rename_first);
+    pcre2_match_context_free(c->mctx);
+    pcre2_match_data_free(c->md);
+    memset(c, 0, sizeof *c);
+}
+
+/* Checks and prepares every rule.  Returns 0, WB_ERULE (errmsg says which
+ * rule and why) or WB_ENOMEM. */
+static int compile_rules(const wb__ruleset *rs, compiled *c,
+                         wb__resolve_out *out) {
+    memset(c, 0, sizeof *c);
+    size_t n = rs ? rs->n : 0;
+    uint32_t max_pairs = 1;
+    if (ht_init(&c->inc_exact, 0) || ht_init(&c->exc_exact, 0) ||
+        ht_init(&c->rename_first, 0))
+        goto nomem;
+    if (n == 0)
+        return 0;
+    c->v = calloc(n, sizeof *c->v);
+    c->inc_glob = calloc(n, sizeof(size_t));
+    c->exc_glob = calloc(n, sizeof(size_t));
+    c->casts = calloc(n, sizeof(size_t));
+    if (!c->v || !c->inc_glob || !c->exc_glob || !c->casts)
+        goto nomem;
+    c->n = n;
+    for (size_t i = 0; i < n; i++) {
+        const wb__rule *r = &rs->v[i];
+        crule *cr = &c->v[i];
+        cr->r = r;
+        cr->run_end = cr->next_same = NONE;
+        if (r->a == NULL || r->b == NULL)
+            return rule_err(out, r, WB_ERULE, "rule %zu has no operand", i);
+        cr->alen = strlen(r->a);
+        cr->blen = strlen(r->b);
+        switch (r->kind) {
+        case WB__RULE_INCLUDE:
+        case WB__RULE_EXCLUDE:
+        case WB__RULE_CAST: {
+            if (wb__glob_check(r->a) != 0)
+                return rule_err(out, r, WB_ERULE, "bad glob \"%s\"", r->a);
+            if (r->kind == WB__RULE_CAST) {
+                if (r->dtype < 0 || r->dtype >= WB_DTYPE_COUNT)
+                    return rule_err(out, r, WB_ERULE,
+                                    "cast \"%s\": unknown dtype %d", r->a,
+                                    r->dtype);
+                c->casts[c->n_casts++] = i;
+                break;
+            }
+            int inc = r->kind == WB__RULE_INCLUDE;
+            c->has_include |= inc;
+            if (!wb__glob_has_magic(r->a)) {
+                if (ht_put(inc ? &c->inc_exact : &c->exc_exact, r->a, cr->alen,
+                           i, NULL) < 0)
+                    goto nomem;
+            } else if (inc) {
+                c->inc_glob[c->n_inc_glob++] = i;
+            } else {
+                c->exc_glob[c->n_exc_glob++] = i;
+            }
+            break;
+        }
+        case WB__RULE_RENAME: {
+            if (cr->alen == 0)
+                return rule_err(out, r, WB_ERULE, "rename of an empty key");
+            size_t first;
+            int put = ht_put(&c->rename_first, r->a, cr->alen, i, &first);
+            if (put < 0)
+                goto nomem;
+            if (put == 0) {
+                /* Walk to the chain's tail; chains are short in practice,
+                 * and a long one costs only while compiling. */
+                size_t k = first;
+                while (c->v[k].next_same != NONE)
+                    k = c->v[k].next_same;
+                c->v[k].next_same = i;
+            }
+            if (i == 0 || rs->v[i - 1].kind != WB__RULE_RENAME) {
+                size_t j = i;
+                while (j < n && rs->v[j].kind == WB__RULE_RENAME)
+                    j++;
+                cr->run_end = j;
+            }
+            break;
+        }
+        case WB__RULE_PREFIX:
+            break;
+        case WB__RULE_REGEX: {
+            char why[WB_ERRMSG_WHY_MAX];
+            cr->re = wb__regex_compile(r->a, why, sizeof why);
+            if (cr->re == NULL) {
+                if (strcmp(why, "out of memory") == 0)
+                    goto nomem;
+                return rule_err(out, r, WB_ERULE, "regex \"%s\" %s", r->a, why);
+            }
+            int rc = wb__template_parse(cr->re, r->b, &cr->tpl, why, sizeof why);
+            if (rc == WB_ENOMEM)
+                goto nomem;
+            if (rc != 0)
+                return rule_err(out, r, WB_ERULE,
+                                "regex \"%s\": bad replacement \"%s\": %s",
+                                r->a, r->b, why);
+            uint32_t groups = 0;
+            pcre2_pattern_info(cr->re, PCRE2_INFO_CAPTURECOUNT, &groups);
+            if (groups + 1 > max_pairs)
+                max_pairs = groups + 1;
+            break;
+        }
+        default:
+            return rule_err(out, r, WB_ERULE, "unknown rule kind %d", r->kind);
+        }
+    }
+    c->mctx = pcre2_match_context_create(NULL);
+    c->md = pcre2_match_data_create(max_pairs, NULL);
+    if (c->mctx == NULL || c->md == NULL)
+        goto nomem;
+    pcre2_set_match_limit(c->mctx, WB_REGEX_MATCH_LIMIT);
+    pcre2_set_depth_limit(c->mctx, WB_REGEX_DEPTH_LIMIT);
+    pcre2_set_heap_limit(c->mctx, WB_REGEX_HEAP_LIMIT);
+    return 0;
+nomem:
+    snprintf(out->errmsg, sizeof out->errmsg, "out of memory");
+    return WB_ENOMEM;
+}
+
+/* Returns 1 if the filters keep source key name. */
+static int keep_key(const compiled *c, const char *name) {
+    size_t len = strlen(name);
+    if (ht_find(&c->exc_exact, name, len))
+        return 0;
+    for (size_t i = 0; i < c->n_exc_glob; i++)
+        if (fnmatch(c->v[c->exc_glob[i]].r->a, name, 0) == 0)
+            return 0;
+    if (!c->has_include || ht_find(&c->inc_exact, name, len))
+        return 1;
+    for (size_t i = 0; i < c->n_inc_glob; i++)
+        if (fnmatch(c->v[c->inc_glob[i]].r->a, name, 0) == 0)
+            return 1;
+    return 0;
+}
+
+/* Applies regex rule cr to *cur, writing the result through *tmp and
+ * swapping.  Returns 0 (also when the pattern does not match), WB_EREGEX
+ * on a match limit, WB_ERULE on another match error, or WB_ENOMEM. */
+static int apply_regex(compiled *c, const crule *cr, sbuf *cur, sbuf *tmp,
+                       wb__resolve_out *out) {
+    int rc = pcre2_match(cr->re, (PCRE2_SPTR)cur->p, cur->len, 0, 0, c->md,
+                         c->mctx);
+    if (rc == PCRE2_ERROR_NOMATCH)
+        return 0;
+    if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT ||
+        rc == PCRE2_ERROR_HEAPLIMIT)
+        return rule_err(out, cr->r, WB_EREGEX,
+                        "regex \"%s\" hit the match limit on key \"%s\"",
+                        cr->r->a, cur->p);
+    if (rc == PCRE2_ERROR_NOMEMORY)
+        return WB_ENOMEM;
+    if (rc < 0) {
+        PCRE2_UCHAR why[WB_ERRMSG_WHY_MAX];
+        pcre2_get_error_message(rc, why, sizeof why);
+        return rule_err(out, cr->r, WB_ERULE, "regex \"%s\" on key \"%s\": %s",
+                        cr->r->a, cur->p, (const char *)why);
+    }
+    const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(c->md);
+    tmp->len = 0;
+    if (sb_add(tmp, "", 0) != 0)
+        return WB_ENOMEM;
+    for (size_t i = 0; i < cr->tpl.n; i++) {
+        const wb__tpl_piece *pc = &cr->tpl.v[i];
+        int r;
+        if (pc->group < 0)
+            r = sb_add(tmp, cr->tpl.text + pc->off, pc->len);
+        else if (pc->group < rc && ov[2 * pc->group] != PCRE2_UNSET)
+            r = sb_add(tmp, cur->p + ov[2 * pc->group],
+                       ov[2 * pc->group + 1] - ov[2 * pc->group]);
+        else
+            r = 0; /* A group that did not take part gives "". */
+        if (r != 0)
+            return WB_ENOMEM;
+    }
+    sbuf t = *cur;
+    *cur = *tmp;
+    *tmp = t;
+    return 0;
+}
+
+/* Runs every rename of c over *cur.  Returns 0 or an error as
+ * apply_regex(). */
+static int rename_key(compiled *c, sbuf *cur, sbuf *tmp,
+                      wb__resolve_out *out) {
+    for (size_t i = 0; i < c->n;) {
+        const crule *cr = &c->v[i];
+        switch (cr->r->kind) {
+        case WB__RULE_RENAME: {
+            /* A run of exact renames [i, end): follow the chain of rules
+             * whose a equals the current key, in rule order. */
+            size_t end = cr->run_end, pos = i;
+            for (;;) {
+                hslot *s = ht_find(&c->rename_first, cur->p, cur->len);
+                if (s == NULL)
+                    break;
+                size_t k = s->val;
+                while (k != NONE && k < pos)
+                    k = c->v[k].next_same;
+                if (k == NONE || k >= end)
+                    break;
+                cur->len = 0;
+                if (sb_add(cur, c->v[k].r->b, c->v[k].blen) != 0)
+                    return WB_ENOMEM;
+                pos = k + 1;
+            }
+            i = end;
+            continue;
+        }
+        case WB__RULE_PREFIX:
+            if (cur->len >= cr->alen &&
+                memcmp(cur->p, cr->r->a, cr->alen) == 0) {
+                tmp->len = 0;
+                if (sb_add(tmp, cr->r->b, cr->blen) != 0 ||
+                    sb_add(tmp, cur->p + cr->alen, cur->len - cr->alen) != 0)
+                    return WB_ENOMEM;
+                sbuf t = *cur;
+                *cur = *tmp;
+                *tmp = t;
+            }
+            break;
+        case WB__RULE_REGEX: {
+            int rc = apply_regex(c, cr, cur, tmp, out);
+            if (rc != 0)
+                return rc;
+            break;
+        }
+        default:
+            break;
+        }
+        i++;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- resolve */
+
+/* One source key that passed the filters, after renaming. */
+typedef struct kent {
+    char *name;                 /* Renamed key (owned). */
+    size_t len;                 /* Bytes of name. */
+    size_t src;                 /* Index in the source table. */
+    size_t target;              /* Index in the schema, or NONE. */
+} kent;
+
+/* Working state of one wb__resolve() call. */
+typedef struct rstate {
+    const wb__resolve_req *req; /* The request. */
+    wb__resolve_out *out;       /* The answer being built. */
+    compiled rules;             /* Prepared rules. */
+    kent *kept;                 /* Kept source keys, in source order. */
+    size_t nkept;               /* Entries in kept. */
+    htab renamed;               /* Renamed key -> index in kept. */
+    htab targets;               /* Target key -> index in the schema. */
+    htab modules;               /* Module path ("a.b") -> preorder index. */
+} rstate;
+
+static int shape_eq(const wb__tinfo *a, const wb__tinfo *b) {
+    if (a->ndim != b->ndim)
+        return 0;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i])
+            return 0;
+    return 1;
+}
+
+/* Appends a resolved tensor to out->v (sized by the caller). */
+static int push_resolved(wb__resolve_out *out, const char *target, size_t src,
+                         int dtype, int cast) {
+    char *t = strdup(target);
+    if (t == NULL)
+        return WB_ENOMEM;
+    out->v[out->n++] = (wb__resolved){t, src, dtype, cast};
+    return 0;
+}
+
+/* Filters and renames every source key into st->kept, checking for
+ * collisions. */
+static int collect(rstate *st) {
+    const wb__resolve_req *req = st->req;
+    sbuf cur = {0}, tmp = {0};
+    int rc = 0;
+    st->kept = calloc(req->nsrc ? req->nsrc : 1, sizeof *st->kept);
+    if (st->kept == NULL || ht_init(&st->renamed, req->nsrc) != 0)
+        return WB_ENOMEM;
+    for (size_t i = 0; i < req->nsrc && rc == 0; i++) {
+        const char *name = req->src[i].name;
+        if (name == NULL || !keep_key(&st->rules, name))
+            continue;
+        cur.len = 0;
+        if (sb_adds(&cur, name) != 0) {
+            rc = WB_ENOMEM;
+            break;
+        }
+        rc = rename_key(&st->rules, &cur, &tmp, st->out);
+        if (rc != 0)
+            break;
+        if (cur.len == 0 || cur.len > WB_MAX_NAME) {
+            if (cur.len == 0)
+                rc = rule_err(st->out, NULL, WB_ERULE,
+                              "the rules rename \"%s\" to an empty key", name);
+            else
+                rc = rule_err(st->out, NULL, WB_ERULE,
+                              "the rules rename \"%s\" to a key longer than "
+                              "%d bytes",
+                              name, WB_MAX_NAME);
+            break;
+        }
+        kent *k = &st->kept[st->nkept];
+        k->name = strndup(cur.p, cur.len);
+        if (k->name == NULL) {
+            rc = WB_ENOMEM;
+            break;
+        }
+        k->len = cur.len;
+        k->src = i;
+        k->target = NONE;
+        st->nkept++;
+        size_t old;
+        int put = ht_put(&st->renamed, k->name, k->len, st->nkept - 1, &old);
+        if (put < 0) {
+            rc = WB_ENOMEM;
+        } else if (put == 0) {
+            rc = rule_err(st->out, NULL, WB_ECOLLISION,
+                          "source keys \"%s\" and \"%s\" both map to \"%s\"",
+                          req->src[st->kept[old].src].name, name, k->name);
+        }
+    }
+    free(cur.p);
+    free(tmp.p);
+    return rc;
+}
+
+/* Without a schema: every kept key, in source order, with its cast. */
+static int resolve_plain(rstate *st) {
+    const wb__resolve_req *req = st->req;
+    wb__resolve_out *out = st->out;
+    out->v = calloc(st->nkept ? st->nkept : 1, sizeof *out->v);
+    if (out->v == NULL)
+        return WB_ENOMEM;
+    for (size_t i = 0; i < st->nkept; i++) {
+        const kent *k = &st->kept[i];
+        int sdt = req->src[k->src].dtype, dt = sdt;
+        for (size_t j = st->rules.n_casts; j-- > 0;) {
+            const wb__rule *r = st->rules.v[st->rules.casts[j]].r;
+            if (fnmatch(r->a, k->name, 0) == 0) {
+                dt = r->dtype;
+                break;
+            }
+        }
+        if (push_resolved(out, k->name, k->src, dt, dt != sdt) != 0)
+            return WB_ENOMEM;
+        if (dt != sdt && kl_push(&out->cast, k->name, k->len) != 0)
+            return WB_ENOMEM;
+    }
+    return 0;
+}
+
+/* Builds the module table of the schema: every proper dotted prefix of a
+ * target key, numbered from 1 in preorder of first appearance (0 is the
+ * root). */
+static int build_modules(rstate *st) {
+    const wb__schema *s = st->req->schema;
+    if (ht_init(&st->modules, s->n) != 0)
+        return WB_ENOMEM;
+    for (size_t i = 0; i < s->n; i++) {
+        const char *name = s->v[i].name;
+        for (const char *d = strchr(name, '.'); d; d = strchr(d + 1, '.'))
+            if (ht_put(&st->modules, name, (size_t)(d - name),
+                       st->modules.n + 1, NULL) < 0)
+                return WB_ENOMEM;
+    }
+    return 0;
+}
+
+/* Module where PyTorch's walk flags unmatched key k as unexpected, or NONE
+ * when the walk never flags it (k names a submodule, or continues past a
+ * local tensor as in "fc.weight.x"). */
+static size_t flag_module(const rstate *st, const kent *k) {
+    size_t plen = 0, mod = 0;
+    for (;;) {
+        const char *dot = memchr(k->name + plen, '.', k->len - plen);
+        size_t cend = dot ? (size_t)(dot - k->name) : k->len;
+        int local = ht_find(&st->targets, k->name, cend) != NULL;
+        const hslot *m = ht_find(&st->modules, k->name, cend);
+        if (!local && m == NULL)
+            return mod;
+        if (m == NULL || dot == NULL)
+            return NONE;
+        mod = m->val;
+        plen = cend + 1;
+    }
+}
+
+/* Fills out->unexpected: the keys PyTorch flags, ordered by the module
+ * that flags them (preorder) and then by source order; after them the
+ * other unmatched keys, which PyTorch silently ignores, in source order. */
+static int list_unexpected(rstate *st) {
+    size_t nmod = st->modules.n + 1;
+    size_t *where = malloc((st->nkept ? st->nkept : 1) * sizeof *where);
+    size_t *count = calloc(nmod + 1, sizeof *count);
+    size_t *order = malloc((st->nkept ? st->nkept : 1) * sizeof *order);
+    int rc = WB_ENOMEM;
+    if (where == NULL || count == NULL || order == NULL)
+        goto done;
+    size_t nflag = 0;
+    for (size_t i = 0; i < st->nkept; i++) {
+        where[i] = NONE;
+        if (st->kept[i].target != NONE)
+            continue;
+        where[i] = flag_module(st, &st->kept[i]);
+        if (where[i] != NONE) {
+            count[where[i] + 1]++;
+            nflag++;
+        }
+    }
+    for (size_t m = 1; m <= nmod; m++)
+        count[m] += count[m - 1];
+    for (size_t i = 0; i < st->nkept; i++)
+        if (where[i] != NONE && st->kept[i].target == NONE)
+            order[count[where[i]]++] = i;
+    for (size_t j = 0; j < nflag; j++) {
+        const kent *k = &st->kept[order[j]];
+        if (kl_push(&st->out->unexpected, k->name, k->len) != 0)
+            goto done;
+    }
+    for (size_t i = 0; i < st->nkept; i++) {
+        const kent *k = &st->kept[i];
+        if (k->target == NONE && where[i] == NONE &&
+            kl_push(&st->out->unexpected, k->name, k->len) != 0)
+            goto done;
+    }
+    rc = 0;
+done:
+    free(where);
+    free(count);
+    free(order);
+    return rc;
+}
+
+/* Appends "\"a\", \"b\"" for a key list. */
+static int sb_keys(sbuf *b, const wb__keylist *kl) {
+    for (size_t i = 0; i < kl->n; i++)
+        if (sb_printf(b, i ? ", \"%s\"" : "\"%s\"", kl->v[i]) != 0)
+            return WB_ENOMEM;
+    return 0;
+}
+
+/* Builds out->error_text in PyTorch's format. */
+static int error_text(rstate *st) {
+    const wb__resolve_req *req = st->req;
+    const wb__resolve_out *out = st->out;
+    const wb__schema *s = req->schema;
+    sbuf b = {0};
+    int first = 1, rc;
+    rc = sb_printf(&b, "Error(s) in loading state_dict for %s:\n\t",
+                   s->target ? s->target : "");
+    if (rc == 0 && req->strict && out->missing.n > 0) {
+        rc = sb_adds(&b, "Missing key(s) in state_dict: ");
+        rc = rc ? rc : sb_keys(&b, &out->missing);
+        rc = rc ? rc : sb_adds(&b, ". ");
+        first = 0;
+    }
+    if (rc == 0 && req->strict && out->unexpected.n > 0) {
+        rc = sb_adds(&b, first ? "" : "\n\t");
+        rc = rc ? rc : sb_adds(&b, "Unexpected key(s) in state_dict: ");
+        rc = rc ? rc : sb_keys(&b, &out->unexpected);
+        rc = rc ? rc : sb_adds(&b, ". ");
+        first = 0;
+    }
+    for (size_t i = 0; rc == 0 && !req->ignore_mismatch && i < s->n; i++) {
+        const wb__tinfo *t = &s->v[i];
+        hslot *h = ht_find(&st->renamed, t->name, strlen(t->name));
+        if (h == NULL)
+            continue;
+        const wb__tinfo *src = &req->src[st->kept[h->val].src];
+        if (shape_eq(src, t))
+            continue;
+        rc = sb_printf(&b, "%ssize mismatch for %s: copying a param with shape ",
+                       first ? "" : "\n\t", t->name);
+        rc = rc ? rc : sb_shape(&b, src->ndim, src->shape);
+        rc = rc ? rc : sb_adds(&b, " from checkpoint, the shape in current "
+                                   "model is ");
+        rc = rc ? rc : sb_shape(&b, t->ndim, t->shape);
+        rc = rc ? rc : sb_adds(&b, ".");
+        first = 0;
+    }
+    if (rc != 0) {
+        free(b.p);
+        return WB_ENOMEM;
+    }
+    st->out->error_text = b.p;
+    return 0;
+}
+
+/* With a schema: matches kept keys to target keys and writes the report.
+ * Returns 0, WB_ELOAD, WB_EEXIST (a target key listed twice) or
+ * WB_ENOMEM. */
+static int resolve_schema(rstate *st) {
+    const wb__resolve_req *req = st->req;
+    const wb__schema *s = req->schema;
+    wb__resolve_out *out = st->out;
+    if (ht_init(&st->targets, s->n) != 0)
+        return WB_ENOMEM;
+    for (size_t i = 0; i < s->n; i++) {
+        if (s->v[i].name == NULL)
+            return rule_err(out, NULL, WB_EINVAL, "target key %zu has no name",
+                            i);
+        int put = ht_put(&st->targets, s->v[i].name, strlen(s->v[i].name), i,
+                         NULL);
+        if (put < 0)
+            return WB_ENOMEM;
+        if (put == 0)
+            return rule_err(out, NULL, WB_EEXIST,
+                            "target schema lists \"%s\" twice", s->v[i].name);
+    }
+    if (build_modules(st) != 0)
+        return WB_ENOMEM;
+    out->v = calloc(s->n ? s->n : 1, sizeof *out->v);
+    unsigned char *used = calloc(req->nsrc ? req->nsrc : 1, 1);
+    if (out->v == NULL || used == NULL) {
+        free(used);
+        return WB_ENOMEM;
+    }
+    int rc = 0;
+    for (size_t i = 0; i < s->n && rc == 0; i++) {
+        const wb__tinfo *t = &s->v[i];
+        size_t len = strlen(t->name);
+        hslot *h = ht_find(&st->renamed, t->name, len);
+        if (h == NULL) {
+            rc = kl_push(&out->missing, t->name, len);
+            continue;
+        }
+        kent *k = &st->kept[h->val];
+        k->target = i;
+        const wb__tinfo *src = &req->src[k->src];
+        if (!shape_eq(src, t)) {
+            rc = kl_push(&out->mismatched, t->name, len);
+            continue;
+        }
+        int cast = t->dtype != src->dtype;
+        rc = push_resolved(out, t->name, k->src, t->dtype, cast);
+        if (rc == 0 && cast)
+            rc = kl_push(&out->cast, t->name, len);
+        if (rc == 0 && used[k->src])
+            rc = kl_push(&out->aliased, t->name, len);
+        used[k->src] = 1;
+    }
+    free(used);
+    if (rc == 0)
+        rc = list_unexpected(st);
+    if (rc != 0)
+        return WB_ENOMEM;
+    int bad_size = out->mismatched.n > 0 && !req->ignore_mismatch;
+    int bad_keys = req->strict && (out->missing.n > 0 || out->unexpected.n > 0);
+    if (!bad_size && !bad_keys)
+        return 0;
+    for (size_t i = 0; i < out->n; i++)
+        free(out->v[i].target);
+    out->n = 0;
+    if (error_text(st) != 0)
+        return WB_ENOMEM;
+    snprintf(out->errmsg, sizeof out->errmsg, "%s", wb_strerror(WB_ELOAD));
+    return WB_ELOAD;
+}
+
+int wb__resolve(const wb__resolve_req *req, wb__resolve_out *out) {
+    if (out == NULL)
+        return WB_EINVAL;
+    memset(out, 0, sizeof *out);
+    if (req == NULL || (req->nsrc > 0 && req->src == NULL) ||
+        (req->schema != NULL && req->schema->n > 0 &&
+         req->schema->v == NULL)) {
+        snprintf(out->errmsg, sizeof out->errmsg, "invalid request");
+        return WB_EINVAL;
+    }
+    rstate st;
+    memset(&st, 0, sizeof st);
+    st.req = req;
+    st.out = out;
+    int rc = compile_rules(req->rules, &st.rules, out);
+    if (rc == 0)
+        rc = collect(&st);
+    if (rc == 0)
+        rc = req->schema ? resolve_schema(&st) : resolve_plain(&st);
+    if (rc == WB_ENOMEM)
+        snprintf(out->errmsg, sizeof out->errmsg, "out of memory");
+    if (rc != 0 && rc != WB_ELOAD) {
+        /* Keep errmsg, drop any partial result. */
+        char msg[sizeof out->errmsg];
+        memcpy(msg, out->errmsg, sizeof msg);
+        wb__resolve_out_free(out);
+        memcpy(out->errmsg, msg, sizeof msg);
+    }
+    for (size_t i = 0; i < st.nkept; i++)
+        free(st.kept[i].name);
+    free(st.kept);
+    ht_free(&st.renamed);
+    ht_free(&st.targets);
+    ht_free(&st.modules);
+    compiled_free(&st.rules);
+    return rc;
+}
+
+/* Frees everything *out holds and zeroes it.  Accepts NULL. */
+void wb__resolve_out_free(wb__resolve_out *out) {
+    if (out == NULL)
+        return;
+    for (size_t i = 0; i < out->n; i++)
+        free(out->v[i].target);
+    free(out->v);
+    kl_free(&out->missing);
+    kl_free(&out->unexpected);
+    kl_free(&out->mismatched);
+    kl_free(&out->cast);
+    kl_free(&out->aliased);
+    free(out->error_text);
+    memset(out, 0, sizeof *out);
+}
