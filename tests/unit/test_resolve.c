@@ -1,0 +1,472 @@
+/* test_resolve.c -- Unit tests of the resolver: filters, renames,
+ * collisions, regex limits, schema matching and the PyTorch-format load
+ * report. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "../../daemon/resolve.h"
+
+#define BIG_KEYS 100000 /* Keys of the performance tests. */
+#define BIG_SECONDS 2.0 /* Wall-clock budget of one big resolve. */
+
+/* A test table: a schema reused as a source table. */
+typedef struct table {
+    wb__schema s;               /* Tensors in order. */
+} table;
+
+/* Adds "name" with a shape of up to 3 sizes (-1 ends the list). */
+static void add(table *t, const char *name, int dtype, int64_t d0, int64_t d1,
+                int64_t d2) {
+    int64_t shp[3] = {d0, d1, d2};
+    int nd = d0 < 0 ? 0 : d1 < 0 ? 1 : d2 < 0 ? 2 : 3;
+    assert_int_equal(wb__schema_push(&t->s, name, dtype, nd, shp), 0);
+}
+
+/* Adds a 1-dim F32 tensor of size 4. */
+static void add1(table *t, const char *name) { add(t, name, WB_F32, 4, -1, -1); }
+
+/* Parses rules text into rs. */
+static void rules(wb__ruleset *rs, const char *text) {
+    char err[256];
+    int rc = wb__rules_parse_text(rs, text, NULL, NULL, err, sizeof err);
+    if (rc != 0)
+        fail_msg("rules: %s", err);
+}
+
+/* Runs the resolver. */
+static int run(const table *src, const wb__ruleset *rs, const table *tgt,
+               int strict, int ignore, wb__resolve_out *out) {
+    wb__resolve_req req = {src->s.v, src->s.n, rs, tgt ? &tgt->s : NULL,
+                           strict, ignore};
+    return wb__resolve(&req, out);
+}
+
+/* Joins a key list with commas, for compact asserts. */
+static const char *joined(const wb__keylist *kl) {
+    static char buf[4096];
+    buf[0] = '\0';
+    for (size_t i = 0; i < kl->n; i++) {
+        strcat(buf, i ? "," : "");
+        strcat(buf, kl->v[i]);
+    }
+    return buf;
+}
+
+/* Joins the resolved target names with commas. */
+static const char *targets(const wb__resolve_out *o) {
+    static char buf[4096];
+    buf[0] = '\0';
+    for (size_t i = 0; i < o->n; i++) {
+        strcat(buf, i ? "," : "");
+        strcat(buf, o->v[i].target);
+    }
+    return buf;
+}
+
+static void done(table *a, table *b, wb__ruleset *rs, wb__resolve_out *o) {
+    if (a)
+        wb__schema_clear(&a->s);
+    if (b)
+        wb__schema_clear(&b->s);
+    wb__ruleset_clear(rs);
+    wb__resolve_out_free(o);
+}
+
+/* Without rules or schema the source table comes back unchanged. */
+static void test_resolve_passthrough(void **state) {
+    (void)state;
+    table src = {0};
+    add1(&src, "b");
+    add(&src, "a", WB_I64, -1, -1, -1);
+    wb__resolve_out o;
+    assert_int_equal(run(&src, NULL, NULL, 1, 0, &o), 0);
+    assert_string_equal(targets(&o), "b,a");
+    assert_int_equal(o.v[1].src, 1);
+    assert_int_equal(o.v[1].dtype, WB_I64);
+    assert_int_equal(o.v[1].cast, 0);
+    assert_null(o.error_text);
+    done(&src, NULL, NULL, &o);
+}
+
+/* Includes keep matching keys, excludes win over includes, and '*'
+ * matches across dots. */
+static void test_resolve_filters(void **state) {
+    (void)state;
+    table src = {0};
+    add1(&src, "enc.l1.weight");
+    add1(&src, "enc.l1.bias");
+    add1(&src, "dec.weight");
+    add1(&src, "head.weight");
+    wb__ruleset rs = {0};
+    rules(&rs, "include enc.* head.weight\nexclude *.bias\n");
+    wb__resolve_out o;
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), 0);
+    assert_string_equal(targets(&o), "enc.l1.weight,head.weight");
+    done(&src, NULL, &rs, &o);
+}
+
+/* Renames apply in order, each to the result of the previous one. */
+static void test_resolve_rename_order(void **state) {
+    (void)state;
+    table src = {0};
+    add1(&src, "a");
+    add1(&src, "x");
+    wb__ruleset rs = {0}, rs2 = {0};
+    rules(&rs, "rename a -> b\nrename b -> c\nrename x -> y\n");
+    rules(&rs2, "rename b -> c\nrename a -> b\nprefix -> p.\nrename p.b -> q\n");
+    wb__resolve_out o;
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), 0);
+    assert_string_equal(targets(&o), "c,y");
+    wb__resolve_out_free(&o);
+    assert_int_equal(run(&src, &rs2, NULL, 1, 0, &o), 0);
+    assert_string_equal(targets(&o), "q,p.x");
+    wb__ruleset_clear(&rs2);
+    done(&src, NULL, &rs, &o);
+}
+
+/* Prefix rules strip, replace and add prefixes, and leave other keys. */
+static void test_resolve_prefix(void **state) {
+    (void)state;
+    table src = {0};
+    add1(&src, "module.fc.weight");
+    add1(&src, "other");
+    wb__ruleset rs = {0};
+    rules(&rs, "prefix module. ->\nprefix fc. -> head.\nprefix -> net.\n");
+    wb__resolve_out o;
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), 0);
+    assert_string_equal(targets(&o), "net.head.weight,net.other");
+    done(&src, NULL, &rs, &o);
+}
+
+/* Regexes must match the whole key, expand Python-style references, treat
+ * groups that did not take part as "", and pass other keys unchanged. */
+static void test_resolve_regex(void **state) {
+    (void)state;
+    table src = {0};
+    add1(&src, "layer12.weight");
+    add1(&src, "layer");
+    add1(&src, "xlayer1.bias");
+    add1(&src, "opt.w");
+    wb__ruleset rs = {0};
+    rules(&rs, "regex layer(\\d+)\\.(?P<rest>.*) -> fc\\1.\\g<rest>\n"
+               "regex layer -> L\n"
+               "regex (opt\\.)?(w)(z)? -> [\\1|\\2|\\3]\n");
+    wb__resolve_out o;
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), 0);
+    assert_string_equal(targets(&o), "fc12.weight,L,xlayer1.bias,[opt.|w|]");
+    done(&src, NULL, &rs, &o);
+}
+
+/* A large number of exact renames is applied through one table: 100,000
+ * keys through 100,000 renames (chained pairwise) take well under the
+ * budget and give the right names. */
+static void test_resolve_many_renames_fast(void **state) {
+    (void)state;
+    table src = {0};
+    wb__ruleset rs = {0};
+    char a[64], b[64];
+    for (int i = 0; i < BIG_KEYS; i++) {
+        snprintf(a, sizeof a, "k%d", i);
+        add1(&src, a);
+        snprintf(b, sizeof b, "m%d", i);
+        assert_int_equal(wb__ruleset_add(&rs, WB__RULE_RENAME, a, b, -1, 0), 0);
+    }
+    assert_int_equal(wb__ruleset_add(&rs, WB__RULE_RENAME, "m7", "k7", -1, 0), 0);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    wb__resolve_out o;
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double dt = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    assert_true(dt < BIG_SECONDS);
+    assert_int_equal(o.n, BIG_KEYS);
+    assert_string_equal(o.v[5].target, "m5");
+    assert_string_equal(o.v[7].target, "k7");
+    done(&src, NULL, &rs, &o);
+}
+
+/* 100,000 keys through a prefix, a regex and a schema resolve within the
+ * budget, with every key matched. */
+static void test_resolve_big_schema_fast(void **state) {
+    (void)state;
+    table src = {0}, tgt = {0};
+    char name[64];
+    for (int i = 0; i < BIG_KEYS; i++) {
+        snprintf(name, sizeof name, "module.layers.%d.w", i);
+        add1(&src, name);
+        snprintf(name, sizeof name, "net.blocks.%d.w", i);
+        add1(&tgt, name);
+    }
+    wb__ruleset rs = {0};
+    rules(&rs, "prefix module. ->\nregex layers\\.(\\d+)\\.(.*) -> blocks.\\1.\\2\n"
+               "prefix -> net.\n");
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    wb__resolve_out o;
+    assert_int_equal(run(&src, &rs, &tgt, 1, 0, &o), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double dt = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    assert_true(dt < BIG_SECONDS);
+    assert_int_equal(o.n, BIG_KEYS);
+    assert_int_equal(o.missing.n + o.unexpected.n + o.mismatched.n, 0);
+    done(&src, &tgt, &rs, &o);
+}
+
+/* Two source keys renamed onto one key fail with both names and the
+ * target in the message. */
+static void test_resolve_collision(void **state) {
+    (void)state;
+    table src = {0};
+    add1(&src, "module.w");
+    add1(&src, "w");
+    wb__ruleset rs = {0};
+    rules(&rs, "prefix module. ->\n");
+    wb__resolve_out o;
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ECOLLISION);
+    assert_string_equal(o.errmsg, "source keys \"module.w\" and \"w\" both map to \"w\"");
+    assert_int_equal(o.n, 0);
+    done(&src, NULL, &rs, &o);
+}
+
+/* Bad rules fail with WB_ERULE and a message naming the rule (and its
+ * line when it came from a file). */
+static void test_resolve_bad_rules(void **state) {
+    (void)state;
+    table src = {0};
+    add1(&src, "w");
+    wb__ruleset rs = {0};
+    wb__resolve_out o;
+    assert_int_equal(wb__ruleset_add(&rs, WB__RULE_REGEX, "layer(\\d+", "x", -1, 0), 0);
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ERULE);
+    assert_string_equal(o.errmsg, "regex \"layer(\\d+\" at offset 9: missing closing parenthesis");
+    wb__resolve_out_free(&o);
+    wb__ruleset_clear(&rs);
+    assert_int_equal(wb__ruleset_add(&rs, WB__RULE_EXCLUDE, "[abc", "", -1, 4), 0);
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ERULE);
+    assert_string_equal(o.errmsg, "line 4: bad glob \"[abc\"");
+    wb__resolve_out_free(&o);
+    wb__ruleset_clear(&rs);
+    assert_int_equal(wb__ruleset_add(&rs, WB__RULE_REGEX, "(a)", "\\2", -1, 2), 0);
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ERULE);
+    assert_string_equal(o.errmsg, "line 2: regex \"(a)\": bad replacement \"\\2\": invalid group reference 2");
+    wb__resolve_out_free(&o);
+    wb__ruleset_clear(&rs);
+    assert_int_equal(wb__ruleset_add(&rs, 42, "x", "", -1, 0), 0);
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ERULE);
+    wb__resolve_out_free(&o);
+    wb__ruleset_clear(&rs);
+    assert_int_equal(wb__ruleset_add(&rs, WB__RULE_CAST, "*", "", 99, 0), 0);
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ERULE);
+    wb__resolve_out_free(&o);
+    wb__ruleset_clear(&rs);
+    assert_int_equal(wb__ruleset_add(&rs, WB__RULE_RENAME, "w", "", -1, 0), 0);
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ERULE);
+    assert_string_equal(o.errmsg, "the rules rename \"w\" to an empty key");
+    done(&src, NULL, &rs, &o);
+}
+
+/* Catastrophic backtracking stops at the match limit with WB_EREGEX
+ * naming the pattern and the key. */
+static void test_resolve_regex_limit(void **state) {
+    (void)state;
+    table src = {0};
+    add1(&src, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab!");
+    wb__ruleset rs = {0};
+    rules(&rs, "regex (a+)+b -> x\n");
+    wb__resolve_out o;
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_EREGEX);
+    assert_non_null(strstr(o.errmsg, "regex \"(a+)+b\" hit the match limit on key \"aaaa"));
+    assert_string_equal(o.errmsg + 8, "regex \"(a+)+b\" hit the match limit on key "
+                                      "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab!\"");
+    assert_memory_equal(o.errmsg, "line 1: ", 8);
+    done(&src, NULL, &rs, &o);
+}
+
+/* Cast rules set the dtype without a schema (the last match wins) and
+ * report converted keys. */
+static void test_resolve_cast_rules(void **state) {
+    (void)state;
+    table src = {0};
+    add1(&src, "a.weight");
+    add1(&src, "a.bias");
+    add(&src, "steps", WB_I64, -1, -1, -1);
+    wb__ruleset rs = {0};
+    rules(&rs, "prefix a. -> b.\ncast b.* F16\ncast *.bias BF16\ncast a.* I8\n");
+    wb__resolve_out o;
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), 0);
+    assert_int_equal(o.v[0].dtype, WB_F16);
+    assert_int_equal(o.v[1].dtype, WB_BF16);
+    assert_int_equal(o.v[2].dtype, WB_I64);
+    assert_int_equal(o.v[2].cast, 0);
+    assert_string_equal(joined(&o.cast), "b.weight,b.bias");
+    done(&src, NULL, &rs, &o);
+}
+
+/* The example of the product page: strict load with missing, unexpected
+ * and mismatched keys gives PyTorch's text, an empty table, and the
+ * lists. */
+static void test_resolve_strict_error_text(void **state) {
+    (void)state;
+    table src = {0}, tgt = {0};
+    add(&src, "layer1.weight", WB_F32, 10, 20, -1);
+    add(&src, "layer1.bias", WB_F32, 10, -1, -1);
+    add(&src, "fc2.weight", WB_F32, 10, 20, -1);
+    add(&tgt, "fc1.weight", WB_F32, 10, 20, -1);
+    add(&tgt, "fc1.bias", WB_F32, 10, -1, -1);
+    add(&tgt, "fc2.weight", WB_F32, 10, 30, -1);
+    tgt.s.target = strdup("Net");
+    wb__resolve_out o;
+    assert_int_equal(run(&src, NULL, &tgt, 1, 0, &o), WB_ELOAD);
+    assert_string_equal(o.error_text,
+                        "Error(s) in loading state_dict for Net:\n"
+                        "\tMissing key(s) in state_dict: \"fc1.weight\", \"fc1.bias\". \n"
+                        "\tUnexpected key(s) in state_dict: \"layer1.weight\", \"layer1.bias\". \n"
+                        "\tsize mismatch for fc2.weight: copying a param with shape "
+                        "torch.Size([10, 20]) from checkpoint, the shape in current model is "
+                        "torch.Size([10, 30]).");
+    assert_int_equal(o.n, 0);
+    assert_string_equal(joined(&o.missing), "fc1.weight,fc1.bias");
+    assert_string_equal(joined(&o.unexpected), "layer1.weight,layer1.bias");
+    assert_string_equal(joined(&o.mismatched), "fc2.weight");
+    done(&src, &tgt, NULL, &o);
+}
+
+/* Non-strict loads skip missing and unexpected keys; a size mismatch is
+ * still an error unless ignored, and then it is reported and skipped. */
+static void test_resolve_nonstrict_and_ignore(void **state) {
+    (void)state;
+    table src = {0}, tgt = {0};
+    add(&src, "a", WB_F32, 2, -1, -1);
+    add(&src, "b", WB_F32, 3, -1, -1);
+    add(&src, "extra", WB_F32, 3, -1, -1);
+    add(&tgt, "a", WB_F16, 2, -1, -1);
+    add(&tgt, "b", WB_F32, -1, -1, -1);
+    add(&tgt, "gone", WB_F32, 1, -1, -1);
+    tgt.s.target = strdup("M");
+    wb__resolve_out o;
+    assert_int_equal(run(&src, NULL, &tgt, 0, 0, &o), WB_ELOAD);
+    assert_string_equal(o.error_text,
+                        "Error(s) in loading state_dict for M:\n\tsize mismatch for b: copying a "
+                        "param with shape torch.Size([3]) from checkpoint, the shape in current "
+                        "model is torch.Size([]).");
+    assert_string_equal(joined(&o.missing), "gone");
+    assert_string_equal(joined(&o.unexpected), "extra");
+    wb__resolve_out_free(&o);
+    assert_int_equal(run(&src, NULL, &tgt, 0, 1, &o), 0);
+    assert_null(o.error_text);
+    assert_string_equal(targets(&o), "a");
+    assert_int_equal(o.v[0].dtype, WB_F16);
+    assert_int_equal(o.v[0].cast, 1);
+    assert_string_equal(joined(&o.cast), "a");
+    assert_string_equal(joined(&o.mismatched), "b");
+    wb__resolve_out_free(&o);
+    /* Strict with ignore: the text lists keys but no size mismatch. */
+    assert_int_equal(run(&src, NULL, &tgt, 1, 1, &o), WB_ELOAD);
+    assert_string_equal(o.error_text,
+                        "Error(s) in loading state_dict for M:\n"
+                        "\tMissing key(s) in state_dict: \"gone\". \n"
+                        "\tUnexpected key(s) in state_dict: \"extra\". ");
+    done(&src, &tgt, NULL, &o);
+}
+
+/* Unexpected keys come in PyTorch's module-walk order; keys the walk never
+ * flags (a submodule's own name, a key below a tensor) follow. */
+static void test_resolve_unexpected_order(void **state) {
+    (void)state;
+    table src = {0}, tgt = {0};
+    add1(&tgt, "fc1.weight");
+    add1(&tgt, "blk.0.weight");
+    add1(&tgt, "blk.1.weight");
+    add1(&tgt, "head.weight");
+    add1(&src, "blk.1.extra");
+    add1(&src, "fc1.weight.x");
+    add1(&src, "zzz");
+    add1(&src, "fc1.extra");
+    add1(&src, "blk");
+    add1(&src, "blk.extra");
+    add1(&src, "blk.1.weight");
+    wb__resolve_out o;
+    assert_int_equal(run(&src, NULL, &tgt, 0, 0, &o), 0);
+    assert_string_equal(joined(&o.unexpected),
+                        "zzz,fc1.extra,blk.extra,blk.1.extra,fc1.weight.x,blk");
+    assert_string_equal(joined(&o.missing), "fc1.weight,blk.0.weight,head.weight");
+    assert_string_equal(targets(&o), "blk.1.weight");
+    done(&src, &tgt, NULL, &o);
+}
+
+/* A successful strict load returns the target's tensors in target order
+ * with the source index of each. */
+static void test_resolve_target_order(void **state) {
+    (void)state;
+    table src = {0}, tgt = {0};
+    add1(&src, "m.b");
+    add1(&src, "m.a");
+    add1(&tgt, "a");
+    add1(&tgt, "b");
+    wb__ruleset rs = {0};
+    rules(&rs, "prefix m. ->\n");
+    wb__resolve_out o;
+    assert_int_equal(run(&src, &rs, &tgt, 1, 0, &o), 0);
+    assert_string_equal(targets(&o), "a,b");
+    assert_int_equal(o.v[0].src, 1);
+    assert_int_equal(o.v[1].src, 0);
+    assert_int_equal(o.aliased.n, 0);
+    done(&src, &tgt, &rs, &o);
+}
+
+/* A target schema that names a key twice is refused. */
+static void test_resolve_duplicate_target(void **state) {
+    (void)state;
+    table src = {0}, tgt = {0};
+    add1(&src, "a");
+    add1(&tgt, "a");
+    add1(&tgt, "a");
+    wb__resolve_out o;
+    assert_int_equal(run(&src, NULL, &tgt, 1, 0, &o), WB_EEXIST);
+    assert_string_equal(o.errmsg, "target schema lists \"a\" twice");
+    done(&src, &tgt, NULL, &o);
+}
+
+/* Bad requests are refused and an output can always be freed twice. */
+static void test_resolve_bad_request(void **state) {
+    (void)state;
+    wb__resolve_out o;
+    wb__resolve_req req = {NULL, 3, NULL, NULL, 1, 0};
+    assert_int_equal(wb__resolve(&req, &o), WB_EINVAL);
+    wb__resolve_out_free(&o);
+    wb__resolve_out_free(&o);
+    wb__resolve_out_free(NULL);
+    assert_int_equal(wb__resolve(NULL, &o), WB_EINVAL);
+    assert_int_equal(wb__resolve(&req, NULL), WB_EINVAL);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_resolve_passthrough),
+        cmocka_unit_test(test_resolve_filters),
+        cmocka_unit_test(test_resolve_rename_order),
+        cmocka_unit_test(test_resolve_prefix),
+        cmocka_unit_test(test_resolve_regex),
+        cmocka_unit_test(test_resolve_many_renames_fast),
+        cmocka_unit_test(test_resolve_big_schema_fast),
+        cmocka_unit_test(test_resolve_collision),
+        cmocka_unit_test(test_resolve_bad_rules),
+        cmocka_unit_test(test_resolve_regex_limit),
+        cmocka_unit_test(test_resolve_cast_rules),
+        cmocka_unit_test(test_resolve_strict_error_text),
+        cmocka_unit_test(test_resolve_nonstrict_and_ignore),
+        cmocka_unit_test(test_resolve_unexpected_order),
+        cmocka_unit_test(test_resolve_target_order),
+        cmocka_unit_test(test_resolve_duplicate_target),
+        cmocka_unit_test(test_resolve_bad_request),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
