@@ -288,6 +288,11 @@ int wb_publish_begin(wb_client *c, const char *model,
         return fail(c, WB_ENAME, "invalid model name");
     if (n > WB_MAX_TENSORS || n_meta > WB_MAX_META)
         return fail(c, WB_ETOOBIG, "too many tensors or metadata entries");
+    for (size_t i = 0; i < n_meta; i++)
+        if (meta[i].key == NULL || meta[i].value == NULL ||
+            wb__check_name(meta[i].key, strlen(meta[i].key)))
+            return fail(c, WB_EINVAL, "metadata entry %zu: bad key or value",
+                        i);
     wb_publish *p = calloc(1, sizeof(*p));
     if (p == NULL || !(p->offs = calloc(n ? n : 1, sizeof(uint64_t))) ||
         !(p->nbytes = calloc(n ? n : 1, sizeof(uint64_t)))) {

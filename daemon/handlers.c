@@ -1278,16 +1278,14 @@ int wb__handle(wb__conn *c, const msgpack_object *req) {
         c->closing = 1;
         return 0;
     }
-    for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
-        if (!wb__mp_streq(op, ops[i].name))
-            continue;
-        if (!c->hello && ops[i].fn != op_hello) {
-            wb__reply_error(c, id, WB_EPROTO, "hello first");
-            c->closing = 1;
-            return 0;
-        }
-        return ops[i].fn(c, id, req);
+    if (!c->hello && !wb__mp_streq(op, "hello")) {
+        wb__reply_error(c, id, WB_EPROTO, "hello first");
+        c->closing = 1;
+        return 0;
     }
+    for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
+        if (wb__mp_streq(op, ops[i].name))
+            return ops[i].fn(c, id, req);
     wb__reply_error(c, id, WB_EPROTO, "unknown op '%.*s'",
                     (int)(op->via.str.size > 64 ? 64 : op->via.str.size),
                     op->via.str.ptr);

@@ -17,8 +17,6 @@
 #include "broker.h"
 #include "log.h"
 
-wb__broker *wb__g;
-
 static void usage(FILE *f) {
     fprintf(f,
             "usage: wbrokerd [OPTIONS]\n"

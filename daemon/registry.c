@@ -5,6 +5,8 @@
 #include "broker.h"
 #include "log.h"
 
+wb__broker *wb__g;
+
 wb__model *wb__model_find(wb__broker *b, const char *name) {
     for (wb__model *m = b->models; m; m = m->next)
         if (strcmp(m->name, name) == 0)

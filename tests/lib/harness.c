@@ -1,6 +1,8 @@
 /* harness.c -- Starts and inspects a real wbrokerd for the tests. */
 #include "harness.h"
 
+#include <msgpack.h>
+
 #include <dirent.h>
 #include <errno.h>
 #include <signal.h>
@@ -173,4 +175,96 @@ uint64_t wbt_publish_f32(wb_client *c, const char *model, size_t n,
     free(specs);
     free(names);
     return rc ? 0 : version;
+}
+
+int wbt_raw_connect(const wbt_daemon *d) {
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", d->sock);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+int wbt_raw_send(int fd, const void *buf, size_t len) {
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+int wbt_raw_frame(int fd, const void *body, size_t len) {
+    unsigned char h[4] = {(unsigned char)(len >> 24), (unsigned char)(len >> 16),
+                          (unsigned char)(len >> 8), (unsigned char)len};
+    if (wbt_raw_send(fd, h, 4))
+        return -1;
+    return wbt_raw_send(fd, body, len);
+}
+
+/* Reads exactly len bytes; -1 on EOF or error. */
+static int read_full(int fd, void *buf, size_t len) {
+    char *p = buf;
+    while (len > 0) {
+        ssize_t n = recv(fd, p, len, 0);
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+int wbt_raw_reply(int fd) {
+    unsigned char h[4];
+    if (read_full(fd, h, 4))
+        return 1;
+    size_t len = ((size_t)h[0] << 24) | ((size_t)h[1] << 16) |
+                 ((size_t)h[2] << 8) | h[3];
+    char *body = malloc(len ? len : 1);
+    if (body == NULL || read_full(fd, body, len)) {
+        free(body);
+        return 1;
+    }
+    msgpack_unpacked up;
+    msgpack_unpacked_init(&up);
+    size_t off = 0;
+    int err = 1000;
+    if (msgpack_unpack_next(&up, body, len, &off) == MSGPACK_UNPACK_SUCCESS &&
+        up.data.type == MSGPACK_OBJECT_MAP) {
+        for (uint32_t i = 0; i < up.data.via.map.size; i++) {
+            msgpack_object_kv *kv = &up.data.via.map.ptr[i];
+            if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == 3 &&
+                memcmp(kv->key.via.str.ptr, "err", 3) == 0)
+                err = kv->val.type == MSGPACK_OBJECT_NEGATIVE_INTEGER
+                          ? (int)kv->val.via.i64
+                          : (int)kv->val.via.u64;
+        }
+    }
+    msgpack_unpacked_destroy(&up);
+    free(body);
+    return err;
+}
+
+int wbt_raw_hello(int fd) {
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 3);
+    msgpack_pack_str_with_body(&pk, "op", 2);
+    msgpack_pack_str_with_body(&pk, "hello", 5);
+    msgpack_pack_str_with_body(&pk, "id", 2);
+    msgpack_pack_uint64(&pk, 1);
+    msgpack_pack_str_with_body(&pk, "proto", 5);
+    msgpack_pack_int(&pk, 1);
+    int rc = wbt_raw_frame(fd, sb.data, sb.size) ? -1 : wbt_raw_reply(fd);
+    msgpack_sbuffer_destroy(&sb);
+    return rc;
 }

@@ -13,9 +13,9 @@
 
 typedef struct wbt_daemon {
     pid_t pid;                  /* Daemon's process id. */
-    char dir[128];              /* Temporary directory. */
-    char sock[160];             /* Socket path inside dir. */
-    char log[160];              /* Daemon's stderr. */
+    char dir[64];              /* Temporary directory. */
+    char sock[100];             /* Socket path inside dir. */
+    char log[100];              /* Daemon's stderr. */
 } wbt_daemon;
 
 /* Starts build/wbrokerd (WB_BUILD overrides the directory) with extra
@@ -38,6 +38,16 @@ uint64_t wbt_mem_used(const wbt_daemon *d);
  * tensor i being i * 1000 + j.  Returns the version or fails the test. */
 uint64_t wbt_publish_f32(wb_client *c, const char *model, size_t n,
                          size_t len);
+/* Raw protocol access, for malformed input: a connected socket, a frame
+ * sender, and a reply reader that returns the reply's "err" (or 1 when the
+ * daemon closed the connection instead of answering). */
+int wbt_raw_connect(const wbt_daemon *d);
+int wbt_raw_send(int fd, const void *buf, size_t len);
+int wbt_raw_frame(int fd, const void *body, size_t len);
+int wbt_raw_reply(int fd);
+/* Sends a valid hello and reads its reply; returns its err. */
+int wbt_raw_hello(int fd);
+
 /* Path of the build directory ("build" unless WB_BUILD is set). */
 const char *wbt_build_dir(void);
 
