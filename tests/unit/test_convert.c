@@ -18,9 +18,9 @@
 
 #include <cmocka.h>
 
-#include "wbroker.h"
 #include "../../daemon/convert.h"
 #include "convert_vectors.h"
+#include "wbroker.h"
 
 #define CV_GOLDEN UINT64_C(0x9E3779B97F4A7C15) /* splitmix64 increment. */
 #define CV_CHUNK 65536 /* Elements converted per call in the hash loops. */
@@ -35,12 +35,6 @@ static uint32_t bits32(float f) {
     uint32_t w;
     memcpy(&w, &f, sizeof w);
     return w;
-}
-
-static float float32(uint32_t w) {
-    float f;
-    memcpy(&f, &w, sizeof f);
-    return f;
 }
 
 static uint64_t bits64(double d) {
@@ -95,12 +89,22 @@ static uint64_t cv_input(int dtype, uint64_t i) {
     uint64_t z2 = mix64(state ^ UINT64_C(0xA5A5A5A5A5A5A5A5));
     uint64_t mask = bits == 64 ? UINT64_MAX : (UINT64_C(1) << bits) - 1;
     switch (dtype) {
-    case WB_F64: ebits = 11, mbits = 52; break;
-    case WB_F32: ebits = 8, mbits = 23; break;
-    case WB_F16: ebits = 5, mbits = 10; break;
-    case WB_BF16: ebits = 8, mbits = 7; break;
-    case WB_BOOL: return z1 & 1;
-    default: return z1 & mask;
+    case WB_F64:
+        ebits = 11, mbits = 52;
+        break;
+    case WB_F32:
+        ebits = 8, mbits = 23;
+        break;
+    case WB_F16:
+        ebits = 5, mbits = 10;
+        break;
+    case WB_BF16:
+        ebits = 8, mbits = 7;
+        break;
+    case WB_BOOL:
+        return z1 & 1;
+    default:
+        return z1 & mask;
     }
     uint64_t mode = z2 & 3;
     if (mode == 0)
@@ -119,24 +123,47 @@ static uint64_t cv_input(int dtype, uint64_t i) {
     uint64_t half = p > 0 ? UINT64_C(1) << (p - 1) : 0;
     uint64_t t;
     switch ((z2 >> 30) & 3) {
-    case 0: t = 0; break;
-    case 1: t = low; break;
-    case 2: t = half; break;
-    default: t = half | (p > 1 ? 1 : 0); break;
+    case 0:
+        t = 0;
+        break;
+    case 1:
+        t = low;
+        break;
+    case 2:
+        t = half;
+        break;
+    default:
+        t = half | (p > 1 ? 1 : 0);
+        break;
     }
     mant = (mant & ~low) | t;
     return (sign << (bits - 1)) | ((uint64_t)e << mbits) | mant;
 }
 
-/* Order-dependent hash of n output bit patterns whose first index is 0;
- * mirrors block_hash() in the generator.  start offsets the index so that
- * an array can be hashed in chunks. */
+/* Order-dependent hash of n output bit patterns of size bytes at the
+ * (aligned) out; mirrors block_hash() in the generator.  start is the index
+ * of the first one, so that an array can be hashed in chunks. */
 static uint64_t cv_hash(const void *out, size_t size, size_t n,
                         uint64_t start) {
-    uint64_t h = 0;
-    for (size_t i = 0; i < n; i++)
-        h += mix64(load_bits(out, size, i) + (start + i) * CV_GOLDEN);
+    uint64_t h = 0, g = start * CV_GOLDEN;
+    const uint8_t *p1 = out;
+    const uint16_t *p2 = out;
+    const uint32_t *p4 = out;
+    const uint64_t *p8 = out;
+    for (size_t i = 0; i < n; i++, g += CV_GOLDEN) {
+        uint64_t v = size == 1   ? p1[i]
+                     : size == 2 ? p2[i]
+                     : size == 4 ? p4[i]
+                                 : p8[i];
+        h += mix64(v + g);
+    }
     return h;
+}
+
+/* The identity generator: input i is the bit pattern i. */
+static uint64_t every_input(int dtype, uint64_t i) {
+    (void)dtype;
+    return i;
 }
 
 /* Converts count generated inputs (input(i) for i in 0..count-1) from ->
@@ -151,8 +178,12 @@ static uint64_t hash_conversion(convert_fn fn, int from, int to,
     assert_non_null(dst);
     for (uint64_t off = 0; off < count; off += CV_CHUNK) {
         size_t n = count - off < CV_CHUNK ? (size_t)(count - off) : CV_CHUNK;
-        for (size_t i = 0; i < n; i++)
-            store_bits(src, fs, i, input(from, first + off + i));
+        if (input == every_input && fs == 4) /* The F32 blocks: fast. */
+            for (size_t i = 0; i < n; i++)
+                ((uint32_t *)(void *)src)[i] = (uint32_t)(first + off + i);
+        else
+            for (size_t i = 0; i < n; i++)
+                store_bits(src, fs, i, input(from, first + off + i));
         assert_int_equal(fn(from, to, src, dst, n), 0);
         h += cv_hash(dst, ts, n, off);
     }
@@ -161,28 +192,21 @@ static uint64_t hash_conversion(convert_fn fn, int from, int to,
     return h;
 }
 
-/* The identity generator: input i is the bit pattern i. */
-static uint64_t every_input(int dtype, uint64_t i) {
-    (void)dtype;
-    return i;
-}
-
 /* Every pair the module promises is supported, and narrowing is not. */
 static void test_convert_supported_pairs(void **state) {
     static const int floats[] = {WB_F64, WB_F32, WB_F16, WB_BF16};
     static const int widen[][2] = {
-        {WB_I8, WB_I16},   {WB_I8, WB_I32},   {WB_I8, WB_I64},
-        {WB_I16, WB_I32},  {WB_I16, WB_I64},  {WB_I32, WB_I64},
-        {WB_U8, WB_I16},   {WB_U8, WB_I32},   {WB_U8, WB_I64},
-        {WB_U8, WB_U16},   {WB_U8, WB_U32},   {WB_U8, WB_U64},
-        {WB_U16, WB_U32},  {WB_U16, WB_U64},  {WB_U16, WB_I32},
-        {WB_U16, WB_I64},  {WB_U32, WB_U64},  {WB_U32, WB_I64},
-        {WB_BOOL, WB_U8},  {WB_BOOL, WB_I8},  {WB_BOOL, WB_I64},
+        {WB_I8, WB_I16},   {WB_I8, WB_I32},  {WB_I8, WB_I64},  {WB_I16, WB_I32},
+        {WB_I16, WB_I64},  {WB_I32, WB_I64}, {WB_U8, WB_I16},  {WB_U8, WB_I32},
+        {WB_U8, WB_I64},   {WB_U8, WB_U16},  {WB_U8, WB_U32},  {WB_U8, WB_U64},
+        {WB_U16, WB_U32},  {WB_U16, WB_U64}, {WB_U16, WB_I32}, {WB_U16, WB_I64},
+        {WB_U32, WB_U64},  {WB_U32, WB_I64}, {WB_BOOL, WB_U8}, {WB_BOOL, WB_I8},
+        {WB_BOOL, WB_I64},
     };
     static const int refused[][2] = {
-        {WB_I64, WB_I32}, {WB_I8, WB_U8},    {WB_U8, WB_I8},
-        {WB_I16, WB_U16}, {WB_U16, WB_I16},  {WB_U32, WB_I32},
-        {WB_I8, WB_U64},  {WB_F32, WB_I32},  {WB_I32, WB_F32},
+        {WB_I64, WB_I32}, {WB_I8, WB_U8},       {WB_U8, WB_I8},
+        {WB_I16, WB_U16}, {WB_U16, WB_I16},     {WB_U32, WB_I32},
+        {WB_I8, WB_U64},  {WB_F32, WB_I32},     {WB_I32, WB_F32},
         {WB_U8, WB_BOOL}, {WB_F8_E4M3, WB_F32}, {WB_F32, WB_F8_E5M2},
         {WB_U64, WB_I64}, {WB_I64, WB_U64},
     };
@@ -236,8 +260,8 @@ static void test_convert_same_dtype_copies(void **state) {
 /* The exact F32 value of F16 bits h, computed independently with ldexp. */
 static float f16_reference(uint16_t h) {
     int e = (h >> 10) & 0x1F, m = h & 0x3FF;
-    float mag = e == 0 ? ldexpf((float)m, -24)
-                       : ldexpf((float)(m | 0x400), e - 25);
+    float mag =
+        e == 0 ? ldexpf((float)m, -24) : ldexpf((float)(m | 0x400), e - 25);
     return (h & 0x8000) ? -mag : mag;
 }
 
@@ -255,19 +279,18 @@ static void test_convert_f16_exhaustive(void **state) {
     for (uint32_t i = 0; i < 65536; i++) {
         int nan = (i & 0x7C00) == 0x7C00 && (i & 0x3FF) != 0;
         if (nan) {
-            uint32_t want = ((i & 0x8000u) << 16) | 0x7F800000u |
-                            0x00400000u | ((i & 0x3FFu) << 13);
+            uint32_t want = ((i & 0x8000u) << 16) | 0x7F800000u | 0x00400000u |
+                            ((i & 0x3FFu) << 13);
             assert_int_equal(f[0][i], want);
         } else if ((i & 0x7C00) == 0x7C00) {
-            assert_int_equal(f[0][i], (i & 0x8000u) ? 0xFF800000u
-                                                    : 0x7F800000u);
+            assert_int_equal(f[0][i],
+                             (i & 0x8000u) ? 0xFF800000u : 0x7F800000u);
         } else {
             assert_int_equal(f[0][i], bits32(f16_reference((uint16_t)i)));
         }
     }
     for (int k = 0; k < 2; k++) {
-        assert_int_equal(convert_fns[k](WB_F32, WB_F16, f[0], back, 65536),
-                         0);
+        assert_int_equal(convert_fns[k](WB_F32, WB_F16, f[0], back, 65536), 0);
         for (uint32_t i = 0; i < 65536; i++) {
             int nan = (i & 0x7C00) == 0x7C00 && (i & 0x3FF) != 0;
             assert_int_equal(back[i], nan ? (i & 0x8000u) | 0x7E00u : i);
@@ -284,8 +307,7 @@ static void test_convert_bf16_exhaustive(void **state) {
     for (uint32_t i = 0; i < 65536; i++)
         b[i] = (uint16_t)i;
     for (int k = 0; k < 2; k++)
-        assert_int_equal(convert_fns[k](WB_BF16, WB_F32, b, f[k], 65536),
-                         0);
+        assert_int_equal(convert_fns[k](WB_BF16, WB_F32, b, f[k], 65536), 0);
     for (uint32_t i = 0; i < 65536; i++) {
         assert_int_equal(f[0][i], i << 16);
         assert_int_equal(f[1][i], i << 16);
@@ -352,7 +374,7 @@ static void test_convert_f32_boundaries(void **state) {
 /* F64 narrows to F16 and BF16 through F32 (two roundings), as torch does,
  * and keeps what the hardware keeps of NaN payloads. */
 static void test_convert_f64_rounding_and_nans(void **state) {
-    double twice = 1 + ldexp(1, -11) + ldexp(1, -40); /* direct: 0x3C01 */
+    double twice = 1 + ldexp(1, -11) + ldexp(1, -40);   /* direct: 0x3C01 */
     double twice_bf = 1 + ldexp(1, -8) + ldexp(1, -40); /* direct: 0x3F81 */
     (void)state;
     assert_int_equal(conv(WB_F64, WB_F16, bits64(twice)), 0x3C00);
@@ -437,19 +459,20 @@ static void test_convert_integer_widening(void **state) {
  * give the same results as one aligned conversion. */
 static void test_convert_unaligned_and_tails(void **state) {
     static const int pairs[][2] = {
-        {WB_F32, WB_F16},  {WB_F16, WB_F32}, {WB_F32, WB_BF16},
-        {WB_BF16, WB_F32}, {WB_F64, WB_F16}, {WB_I8, WB_I64},
+        {WB_F32, WB_F16},  {WB_F16, WB_F32},  {WB_F32, WB_BF16},
+        {WB_BF16, WB_F32}, {WB_F64, WB_F16},  {WB_I8, WB_I64},
         {WB_F64, WB_F32},  {WB_BF16, WB_F16},
     };
+    uint64_t aligned[41];
     unsigned char src[8 * 41 + 1], ref[8 * 41], dst[8 * 41 + 1];
     (void)state;
     for (size_t p = 0; p < sizeof pairs / sizeof pairs[0]; p++) {
         int from = pairs[p][0], to = pairs[p][1];
         size_t fs = wb_dtype_size(from), ts = wb_dtype_size(to);
         for (size_t i = 0; i < 40; i++)
-            store_bits(src + 1, fs, i, cv_input(from, i + 7 * p));
-        memcpy(src, src + 1, 40 * fs); /* Aligned copy at src. */
-        assert_int_equal(wb__convert_portable(from, to, src, ref, 40), 0);
+            store_bits(aligned, fs, i, cv_input(from, i + 7 * p));
+        memcpy(src + 1, aligned, 40 * fs); /* Unaligned copy at src + 1. */
+        assert_int_equal(wb__convert_portable(from, to, aligned, ref, 40), 0);
         for (size_t n = 0; n <= 40; n++) {
             for (int k = 0; k < 2; k++) {
                 memset(dst, 0xAB, sizeof dst);
@@ -500,8 +523,8 @@ static void test_convert_torch_hashes(void **state) {
             uint64_t n = c->from == WB_BOOL
                              ? 2
                              : UINT64_C(1) << (8 * wb_dtype_size(c->from));
-            h = hash_conversion(convert_fns[k], c->from, c->to, every_input,
-                                0, n);
+            h = hash_conversion(convert_fns[k], c->from, c->to, every_input, 0,
+                                n);
             if (h != c->all_hash)
                 fail_msg("%s -> %s (%s): some bit pattern differs from torch",
                          wb_dtype_name(c->from), wb_dtype_name(c->to),
@@ -520,7 +543,7 @@ static int f32_block_selected(size_t k, int all) {
     for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++)
         if ((k & 0x7F) == edges[i])
             return 1;
-    return k % 37 == 5;
+    return 0;
 }
 
 /* torch's F32 -> F16 and F32 -> BF16 on blocks of 2^24 F32 bit patterns:
@@ -542,8 +565,8 @@ static void test_convert_torch_f32_blocks(void **state) {
                          "0x%02zx",
                          kk ? "portable" : "dispatch", k);
         }
-        uint64_t h = hash_conversion(wb__convert, WB_F32, WB_BF16,
-                                     every_input, k * block, block);
+        uint64_t h = hash_conversion(wb__convert, WB_F32, WB_BF16, every_input,
+                                     k * block, block);
         if (h != cv_f32_bf16_blocks[k])
             fail_msg("F32 -> BF16 differs from torch in block 0x%02zx", k);
     }
@@ -564,5 +587,7 @@ int main(void) {
         cmocka_unit_test(test_convert_torch_hashes),
         cmocka_unit_test(test_convert_torch_f32_blocks),
     };
+    if (getenv("WB_TEST_FILTER") != NULL) /* e.g. "*torch*" */
+        cmocka_set_test_filter(getenv("WB_TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
