@@ -7,7 +7,9 @@
  *
  * Results match torch 1.13's CPU `tensor.to(dtype)` bit for bit, including
  * its NaN encodings, which differ by pair:
- *   F32/F64 -> BF16   any NaN becomes 0xFFFF (torch's vectorised kernel);
+ *   F32/F64 -> BF16   any NaN becomes 0xFFFF (torch's vectorised kernel;
+ *                     for F64 torch itself gives 0x7FC0 to the last
+ *                     count % 16 elements, which its scalar loop converts);
  *   F16 -> BF16       any NaN becomes 0x7FC0 (torch's scalar c10 path);
  *   any  -> F16       a NaN becomes sign | 0x7E00 (payload dropped);
  *   F16/BF16/F32 -> wider floats  the payload is kept, and a NaN is
