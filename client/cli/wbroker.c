@@ -346,10 +346,12 @@ static int read_text_file(wb_cli *cli, const char *path, char **out) {
 }
 
 /* Builds the target schema from a safetensors file's header; the target's
- * name is the file's base name.  Returns 0, or reports the failure and
+ * name is the file's base name and *count its tensor count.  Returns 0, or reports the failure and
  * returns WB_CLI_FAIL. */
-static int load_target(wb_cli *cli, const char *path, wb_schema **out) {
+static int load_target(wb_cli *cli, const char *path, wb_schema **out,
+                       size_t *count) {
     *out = NULL;
+    *count = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return cli_fail(cli, errno == ENOENT ? WB_EIO : WB_ESYS, "%s: %s",
@@ -377,6 +379,7 @@ static int load_target(wb_cli *cli, const char *path, wb_schema **out) {
             return rc;
         }
     }
+    *count = f.n;
     wb__st_file_free(&f);
     *out = s;
     return 0;
@@ -409,14 +412,20 @@ static int load_rules(wb_cli *cli, const char *path, wb_rules **out) {
 static const char *const keyset_names[WB_KEYS_COUNT] = {
     "missing", "unexpected", "mismatched", "cast", "aliased"};
 
-/* Prints the plan report of m for people. */
-static void print_plan(const char *ref, const char *target,
-                       const wb_mapping *m, int loaded) {
-    printf("source    %s (version %" PRIu64 ")\n", ref, wb_map_version(m));
-    printf("target    %s\n", target);
-    printf("mapped    %zu\n", loaded ? wb_map_count(m) : (size_t)0);
+/* Prints the plan report of m for people: a summary, then each non-empty
+ * key set one key a line.  ntarget is the target's tensor count; rc the
+ * load's outcome. */
+static void print_plan(const char *ref, const char *target, size_t ntarget,
+                       const wb_mapping *m, int rc) {
+    printf("%-12s%s (version %" PRIu64 ")\n", "source", ref,
+           wb_map_version(m));
+    printf("%-12s%s (%zu tensors)\n", "target", target, ntarget);
+    printf("%-12s%s\n", "result",
+           rc ? "error: nothing would be loaded" : "ok");
+    printf("%-12s%zu of %zu target tensors\n", "mapped",
+           rc ? (size_t)0 : wb_map_count(m), ntarget);
     for (int w = 0; w < WB_KEYS_COUNT; w++)
-        printf("%-10s%zu\n", keyset_names[w], wb_map_keys_count(m, w));
+        printf("%-12s%zu\n", keyset_names[w], wb_map_keys_count(m, w));
     for (int w = 0; w < WB_KEYS_COUNT; w++) {
         size_t n = wb_map_keys_count(m, w);
         if (n == 0)
@@ -428,13 +437,15 @@ static void print_plan(const char *ref, const char *target,
     fflush(stdout);
 }
 
-/* Builds the JSON document of a plan; rc is the load's outcome. */
+/* Builds the JSON document of a plan; ntarget is the target's tensor
+ * count, rc the load's outcome. */
 static json_t *plan_json(const char *model, const char *target,
-                         const wb_mapping *m, int rc) {
-    json_t *o = json_pack("{s:s, s:I, s:s, s:b, s:I}", "model", model,
-                          "version", (json_int_t)wb_map_version(m), "target",
-                          target, "ok", rc == 0, "mapped",
-                          (json_int_t)(rc == 0 ? wb_map_count(m) : 0));
+                         size_t ntarget, const wb_mapping *m, int rc) {
+    json_t *o = json_pack(
+        "{s:s, s:I, s:s, s:I, s:b, s:I}", "model", model, "version",
+        (json_int_t)wb_map_version(m), "target", target, "target_tensors",
+        (json_int_t)ntarget, "ok", rc == 0, "mapped",
+        (json_int_t)(rc == 0 ? wb_map_count(m) : 0));
     for (int w = 0; o && w < WB_KEYS_COUNT; w++) {
         json_t *arr = json_array();
         for (size_t i = 0; arr && i < wb_map_keys_count(m, w); i++)
@@ -461,7 +472,8 @@ static int cmd_plan(wb_cli *cli, const wb_cli_args *a) {
     wb_schema *s = NULL;
     wb_rules *r = NULL;
     wb_mapping *m = NULL;
-    int rc = load_target(cli, a->target, &s);
+    size_t ntarget = 0;
+    int rc = load_target(cli, a->target, &s, &ntarget);
     if (rc == 0 && a->rules)
         rc = load_rules(cli, a->rules, &r);
     if (rc == 0)
@@ -481,15 +493,15 @@ static int cmd_plan(wb_cli *cli, const wb_cli_args *a) {
         return cli_fail_client(cli, rc);
     }
     if (cli->json) {
-        int out = cli_json_print(plan_json(model, a->target, m, rc));
+        int out = cli_json_print(plan_json(model, a->target, ntarget, m, rc));
         if (rc)
             fprintf(stderr, "%s\n", wb_map_error_text(m));
         wb_unmap(m);
         return rc || out ? WB_CLI_FAIL : WB_CLI_OK;
     }
     char ref[WB_MAX_NAME + WB_CLI_SIZE_BUF];
-    print_plan(ref_str(model, version, ref, sizeof(ref)), a->target, m,
-               rc == 0);
+    print_plan(ref_str(model, version, ref, sizeof(ref)), a->target, ntarget,
+               m, rc);
     if (rc)
         fprintf(stderr, "%s\n", wb_map_error_text(m));
     wb_unmap(m);
@@ -583,9 +595,13 @@ static const command commands[] = {
 static void print_help(FILE *f) {
     fputs(usage_head, f);
     fputs("\ncommands:\n", f);
-    for (size_t i = 0; i < N_COMMANDS; i++)
-        fprintf(f, "  %-8s %s\n           %s\n", commands[i].name,
-                commands[i].args, commands[i].help);
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        const command *c = &commands[i];
+        if (*c->args)
+            fprintf(f, "  %s %s\n      %s\n", c->name, c->args, c->help);
+        else
+            fprintf(f, "  %s\n      %s\n", c->name, c->help);
+    }
     fputs(usage_options, f);
 }
 

@@ -1,0 +1,578 @@
+"""Tests of the wbroker CLI (build/wbroker) against a real daemon.
+
+Safetensors files are written and read here by hand (struct + json), so the
+tests also check the CLI against an independent reader of the format.
+"""
+import json
+import os
+import select
+import struct
+import subprocess
+import time
+
+import pytest
+import torch
+
+DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
+    torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32",
+    torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def tensor_bytes(t):
+    """Little-endian C-order bytes of a tensor (bfloat16 via its bits)."""
+    t = t.contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().tobytes()
+    return t.numpy().tobytes()
+
+
+def write_st(path, tensors, metadata=None):
+    """Writes a safetensors file of name -> tensor; returns name -> bytes."""
+    header, blobs, off = {}, [], 0
+    raw = {}
+    for name, t in tensors.items():
+        b = tensor_bytes(t)
+        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        raw[name] = b
+        off += len(b)
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    return raw
+
+
+def write_header_only(path, tensors):
+    """Writes a target file: name -> (dtype, shape), zero-filled data."""
+    header, off = {}, 0
+    sizes = {"F32": 4, "F16": 2, "F64": 8, "I64": 8}
+    for name, (dt, shape) in tensors.items():
+        n = sizes[dt]
+        for s in shape:
+            n *= s
+        header[name] = {"dtype": dt, "shape": list(shape),
+                        "data_offsets": [off, off + n]}
+        off += n
+    h = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + bytes(off))
+
+
+def read_st(path):
+    """Independent reader: returns (metadata, name -> (dtype, shape, bytes))."""
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n].decode())
+    base = 8 + n
+    meta = header.pop("__metadata__", None)
+    out = {}
+    spans = []
+    for name, e in header.items():
+        b, end = e["data_offsets"]
+        out[name] = (e["dtype"], e["shape"], data[base + b:base + end])
+        spans.append((b, end))
+    spans.sort()
+    pos = 0
+    for b, end in spans:
+        assert b == pos, "holes or overlaps in %s" % path
+        pos = end
+    assert base + pos == len(data), "trailing bytes in %s" % path
+    return meta, out
+
+
+def cli(daemon, *args, check=None, timeout=60):
+    """Runs wbroker against the daemon; returns the CompletedProcess."""
+    p = subprocess.run([daemon.cli, "--socket", daemon.socket, *args],
+                       capture_output=True, text=True, timeout=timeout)
+    if check is not None:
+        assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
+    return p
+
+
+def cli_json(daemon, *args, check=0):
+    p = cli(daemon, "--json", *args, check=check)
+    return json.loads(p.stdout)
+
+
+def sample(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "fc1.weight": torch.randn(16, 8, generator=g),
+        "fc1.bias": torch.randn(16, generator=g),
+        "fc2.weight": torch.randn(4, 16, generator=g).half(),
+        "emb": torch.randn(3, 5, generator=g).to(torch.bfloat16),
+        "step": torch.tensor(7, dtype=torch.int64),
+        "mask": torch.tensor([True, False, True]),
+        "empty": torch.zeros(0, 4),
+    }
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = str(tmp_path / "model.safetensors")
+    raw = write_st(path, sample(), {"format": "pt", "note": "héllo"})
+    return path, raw
+
+
+# ---------------------------------------------------------------- import
+
+def test_cli_import_then_ls_and_info(daemon, model_file):
+    """An imported file shows up in ls and info, for people and in JSON."""
+    path, raw = model_file
+    p = cli(daemon, "import", path, "net", check=0)
+    assert "net@1" in p.stdout
+    assert cli_json(daemon, "import", path, "net")["version"] == 2
+
+    p = cli(daemon, "ls", check=0)
+    lines = p.stdout.splitlines()
+    assert lines[0].split() == ["MODEL", "LATEST", "VERSIONS", "TENSORS",
+                                "SIZE", "READERS"]
+    assert lines[1].split()[:4] == ["net", "2", "2", str(len(raw))]
+
+    (info,) = cli_json(daemon, "ls")
+    assert info == {"name": "net", "latest": 2, "versions": 2,
+                    "tensors": len(raw),
+                    "bytes": sum(len(b) for b in raw.values()),
+                    "readers": 0}
+
+    p = cli(daemon, "info", "net@1", check=0)
+    assert "version   1" in p.stdout
+    assert "format: pt" in p.stdout
+    for name in raw:
+        assert name in p.stdout
+    assert "[16, 8]" in p.stdout and "BF16" in p.stdout
+
+    j = cli_json(daemon, "info", "net")
+    assert j["model"] == "net" and j["version"] == 2
+    assert j["metadata"] == {"format": "pt", "note": "héllo"}
+    by = {t["name"]: t for t in j["tensors"]}
+    assert set(by) == set(raw)
+    assert by["fc1.weight"] == {"name": "fc1.weight", "dtype": "F32",
+                                "shape": [16, 8], "bytes": 16 * 8 * 4}
+    assert by["step"]["shape"] == [] and by["step"]["dtype"] == "I64"
+    assert by["empty"]["bytes"] == 0
+    assert j["bytes"] == sum(len(b) for b in raw.values())
+
+
+def test_cli_import_large_file_in_chunks(daemon, tmp_path):
+    """A tensor larger than one read chunk (8 MiB) arrives intact."""
+    path = str(tmp_path / "big.safetensors")
+    g = torch.Generator().manual_seed(1)
+    raw = write_st(path, {"a": torch.randn(3 << 20, generator=g),
+                          "b": torch.randn(5, generator=g)})
+    cli(daemon, "import", path, "big", check=0)
+    out = str(tmp_path / "out.safetensors")
+    cli(daemon, "export", "big", out, check=0)
+    _, got = read_st(out)
+    assert got["a"][2] == raw["a"] and got["b"][2] == raw["b"]
+
+
+@pytest.mark.parametrize("kind", [
+    "empty", "short_prefix", "header_too_long", "bad_json", "truncated_data",
+    "overlap", "bad_dtype", "shape_mismatch", "trailing_bytes", "missing"])
+def test_cli_import_refuses_bad_files(daemon, tmp_path, model_file, kind):
+    """Corrupt, truncated or missing files are refused with exit 1, and no
+    model appears."""
+    good, _ = model_file
+    data = open(good, "rb").read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    path = str(tmp_path / "bad.safetensors")
+
+    def with_header(h, body=data[8 + n:]):
+        hb = json.dumps(h).encode()
+        return struct.pack("<Q", len(hb)) + hb + body
+
+    if kind == "empty":
+        blob = b""
+    elif kind == "short_prefix":
+        blob = data[:5]
+    elif kind == "header_too_long":
+        blob = struct.pack("<Q", len(data)) + data[8:]
+    elif kind == "bad_json":
+        blob = struct.pack("<Q", 10) + b"{not json}" + data[8 + n:]
+    elif kind == "truncated_data":
+        blob = data[:-3]
+    elif kind == "overlap":
+        header["fc1.bias"]["data_offsets"] = header["fc1.weight"]["data_offsets"]
+        blob = with_header(header)
+    elif kind == "bad_dtype":
+        header["fc1.bias"]["dtype"] = "F128"
+        blob = with_header(header)
+    elif kind == "shape_mismatch":
+        header["fc1.bias"]["shape"] = [17]
+        blob = with_header(header)
+    elif kind == "trailing_bytes":
+        blob = data + b"\0" * 4
+    if kind != "missing":
+        open(path, "wb").write(blob)
+    p = cli(daemon, "import", path, "bad", check=1)
+    assert p.stderr.startswith("wbroker: ")
+    assert "bad.safetensors" in p.stderr
+    j = cli_json(daemon, "import", path, "bad", check=1)
+    assert j["error"] in ("EFORMAT", "EIO", "ESYS") and j["code"] < 0
+    assert cli_json(daemon, "ls") == []
+    assert cli_json(daemon, "status")["versions"] == 0
+
+
+def test_cli_import_bad_model_name(daemon, model_file):
+    """An invalid model name is the daemon's error: exit 1, nothing added."""
+    path, _ = model_file
+    j = cli_json(daemon, "import", path, "x" * 2000, check=1)
+    assert j["error"] == "ENAME"
+    assert cli_json(daemon, "ls") == []
+
+
+# ---------------------------------------------------------------- export
+
+def test_cli_export_matches_the_imported_file(daemon, model_file, tmp_path):
+    """export writes a valid safetensors file whose tensors and metadata are
+    the imported ones, byte for byte."""
+    path, raw = model_file
+    cli(daemon, "import", path, "net", check=0)
+    out = str(tmp_path / "out.safetensors")
+    p = cli(daemon, "export", "net", out, check=0)
+    assert "net@1" in p.stdout
+    assert not os.path.exists(out + ".tmp")
+    meta, got = read_st(out)
+    assert meta == {"format": "pt", "note": "héllo"}
+    src = sample()
+    assert set(got) == set(raw)
+    for name, t in src.items():
+        dt, shape, b = got[name]
+        assert dt == DTYPES[t.dtype] and shape == list(t.shape)
+        assert b == raw[name], name
+
+
+def test_cli_export_round_trips(daemon, model_file, tmp_path):
+    """An exported file imports back to the same content, and exporting that
+    gives an identical file."""
+    path, raw = model_file
+    cli(daemon, "import", path, "a", check=0)
+    one = str(tmp_path / "one.safetensors")
+    two = str(tmp_path / "two.safetensors")
+    cli(daemon, "export", "a@1", one, check=0)
+    cli(daemon, "import", one, "b", check=0)
+    j = cli_json(daemon, "export", "b", two)
+    assert j["model"] == "b" and j["version"] == 1
+    assert j["bytes"] == os.path.getsize(two)
+    assert open(one, "rb").read() == open(two, "rb").read()
+    assert {k: v[2] for k, v in read_st(two)[1].items()} == raw
+
+
+def test_cli_export_picks_the_version_and_replaces_the_file(daemon, tmp_path):
+    """export MODEL@VERSION writes that version; an existing FILE is replaced."""
+    p1, p2 = str(tmp_path / "1.safetensors"), str(tmp_path / "2.safetensors")
+    r1 = write_st(p1, {"w": torch.ones(4)})
+    r2 = write_st(p2, {"w": torch.full((4,), 2.0)})
+    cli(daemon, "import", p1, "m", check=0)
+    cli(daemon, "import", p2, "m", check=0)
+    out = str(tmp_path / "out.safetensors")
+    open(out, "wb").write(b"old")
+    cli(daemon, "export", "m@1", out, check=0)
+    assert read_st(out)[1]["w"][2] == r1["w"]
+    cli(daemon, "export", "m", out, check=0)
+    assert read_st(out)[1]["w"][2] == r2["w"]
+    j = cli_json(daemon, "export", "m@3", out, check=1)
+    assert j["error"] == "ENOVERSION"
+    assert read_st(out)[1]["w"][2] == r2["w"]
+
+
+def test_cli_export_to_unwritable_place_fails(daemon, model_file, tmp_path):
+    """A file that cannot be written is a system error: exit 1."""
+    path, _ = model_file
+    cli(daemon, "import", path, "net", check=0)
+    p = cli(daemon, "export", "net", str(tmp_path / "no" / "such" / "f"),
+            check=1)
+    assert "no/such/f.tmp" in p.stderr
+
+
+# ---------------------------------------------------------------- rm
+
+def test_cli_rm_version_and_model(daemon, model_file):
+    """rm MODEL@VERSION drops one version, rm MODEL drops them all."""
+    path, _ = model_file
+    for _ in range(3):
+        cli(daemon, "import", path, "net", check=0)
+    p = cli(daemon, "rm", "net@2", check=0)
+    assert "net@2" in p.stdout
+    (info,) = cli_json(daemon, "ls")
+    assert info["versions"] == 2 and info["latest"] == 3
+    j = cli_json(daemon, "info", "net@2", check=1)
+    assert j["error"] == "ENOVERSION" and j["code"] == -5
+    assert cli_json(daemon, "info", "net@1")["version"] == 1
+    assert cli_json(daemon, "rm", "net") == {"model": "net", "version": None,
+                                             "dropped": True}
+    assert cli_json(daemon, "ls") == []
+    assert cli_json(daemon, "rm", "net", check=1)["error"] == "ENOMODEL"
+
+
+# ---------------------------------------------------------------- errors
+
+def test_cli_unknown_model(daemon):
+    """An unknown model is exit 1 with ENOMODEL, on stderr and in JSON."""
+    p = cli(daemon, "info", "nope", check=1)
+    assert p.stderr.startswith("wbroker: no such model")
+    assert p.stdout == ""
+    j = cli_json(daemon, "info", "nope", check=1)
+    assert j["error"] == "ENOMODEL" and j["code"] == -4
+    assert "nope" in j["message"]
+    assert cli_json(daemon, "export", "nope", "/dev/null", check=1)["error"] \
+        == "ENOMODEL"
+
+
+def test_cli_model_names_with_at_signs(daemon, model_file):
+    """Only a last '@' followed by digits separates a version."""
+    path, _ = model_file
+    cli(daemon, "import", path, "team@site", check=0)
+    assert cli_json(daemon, "info", "team@site")["model"] == "team@site"
+    assert cli_json(daemon, "info", "team@site@1")["version"] == 1
+
+
+@pytest.mark.parametrize("args", [
+    [], ["bogus"], ["--bogus", "ls"], ["ls", "extra"], ["info"],
+    ["info", "a", "b"], ["info", "m@0"], ["info", "m@"], ["info", "@3"],
+    ["info", "m@99999999999999999999999"], ["rm"], ["import", "f"],
+    ["export", "m"], ["watch"], ["plan", "m"], ["plan", "m", "--target"],
+    ["info", "--no-strict", "m"], ["--socket"], ["status", "--frobnicate"],
+])
+def test_cli_bad_usage(daemon, args):
+    """Bad usage exits 2 and says why on stderr."""
+    p = cli(daemon, *args, check=2)
+    assert p.stderr.startswith("wbroker: ")
+    assert p.stdout == ""
+
+
+def test_cli_unreachable_daemon(tmp_path):
+    """No daemon: exit 1 and the message names the socket path."""
+    from conftest import BUILD
+    sock = str(tmp_path / "nobody-home.sock")
+    exe = os.path.join(BUILD, "wbroker")
+    p = subprocess.run([exe, "--socket", sock, "ls"], capture_output=True,
+                       text=True)
+    assert p.returncode == 1
+    assert sock in p.stderr
+    p = subprocess.run([exe, "--json", "status"], capture_output=True,
+                       text=True, env=dict(os.environ, WBROKER_SOCKET=sock))
+    assert p.returncode == 1
+    j = json.loads(p.stdout)
+    assert j["error"] == "ECONNECT" and sock in j["message"]
+
+
+def test_cli_help_and_version(daemon):
+    """--help and --version succeed without a daemon."""
+    p = cli(daemon, "--help", check=0)
+    for cmd in ("status", "ls", "info", "import", "export", "plan", "rm",
+                "watch"):
+        assert cmd in p.stdout
+    p = cli(daemon, "--version", check=0)
+    assert p.stdout.startswith("wbroker ")
+    assert cli(daemon, "plan", "--help", check=0).stdout.count("--target")
+
+
+# ---------------------------------------------------------------- status
+
+def test_cli_status(daemon, model_file):
+    """status reports the daemon's version, pid, memory and counts."""
+    path, _ = model_file
+    cli(daemon, "import", path, "net", check=0)
+    cli(daemon, "import", path, "net", check=0)
+    j = cli_json(daemon, "status")
+    assert j["pid"] == daemon.pid
+    assert j["models"] == 1 and j["versions"] == 2
+    assert j["clients"] >= 1
+    assert j["memory_used"] > 0 and j["memory_limit"] >= j["memory_used"]
+    assert j["uptime"] >= 0 and isinstance(j["version"], str)
+    assert j["socket"] == daemon.socket
+    p = cli(daemon, "status", check=0)
+    for word in ("wbrokerd", "uptime", "memory", "models", "versions",
+                 "clients", str(daemon.pid), daemon.socket):
+        assert word in p.stdout
+
+
+def test_cli_uses_wbroker_socket_env(daemon):
+    """Without --socket the CLI finds the daemon through $WBROKER_SOCKET."""
+    p = subprocess.run([daemon.cli, "--json", "status"], capture_output=True,
+                       text=True, env=daemon.env())
+    assert p.returncode == 0 and json.loads(p.stdout)["pid"] == daemon.pid
+
+
+# ---------------------------------------------------------------- plan
+
+@pytest.fixture
+def plan_setup(daemon, tmp_path):
+    """A source model keyed layerN.* and a target file keyed fcN.*."""
+    g = torch.Generator().manual_seed(2)
+    src = str(tmp_path / "src.safetensors")
+    write_st(src, {"layer1.weight": torch.randn(20, 10, generator=g),
+                   "layer1.bias": torch.randn(20, generator=g),
+                   "layer2.weight": torch.randn(5, 20, generator=g),
+                   "layer2.bias": torch.randn(5, generator=g)})
+    cli(daemon, "import", src, "net", check=0)
+    target = str(tmp_path / "Net.safetensors")
+    write_header_only(target, {"fc1.weight": ("F32", [20, 10]),
+                               "fc1.bias": ("F32", [20]),
+                               "fc2.weight": ("F32", [5, 20]),
+                               "fc2.bias": ("F32", [5])})
+    rules = str(tmp_path / "rules.txt")
+    with open(rules, "w") as f:
+        f.write("# layerN.x -> fcN.x\n"
+                "regex layer(\\d+)\\.(.*) -> fc\\1.\\2\n")
+    return target, rules, tmp_path
+
+
+def test_cli_plan_with_rules_maps_everything(daemon, plan_setup):
+    """A rules file that renames layerN to fcN maps every target tensor."""
+    target, rules, _ = plan_setup
+    p = cli(daemon, "plan", "net", "--target", target, "--rules", rules,
+            check=0)
+    assert "mapped      4 of 4 target tensors" in p.stdout
+    assert "result      ok" in p.stdout
+    j = cli_json(daemon, "plan", "net", "--target", target, "--rules", rules)
+    assert j["ok"] is True and j["mapped"] == 4 and j["version"] == 1
+    assert j["target"].endswith("Net.safetensors") and j["target_tensors"] == 4
+    assert j["missing"] == [] and j["unexpected"] == []
+    assert j["mismatched"] == [] and j["cast"] == []
+
+
+def test_cli_plan_strict_failure(daemon, plan_setup):
+    """Without rules a strict plan fails: exit 1, PyTorch-format text."""
+    target, _, _ = plan_setup
+    p = cli(daemon, "plan", "net", "--target", target, check=1)
+    assert "Error(s) in loading state_dict for Net.safetensors:" in p.stderr
+    assert 'Missing key(s) in state_dict: "fc1.weight"' in p.stderr
+    assert "Unexpected key(s) in state_dict:" in p.stderr
+    assert "missing keys:" in p.stdout and "  layer1.bias" in p.stdout
+    j = cli_json(daemon, "plan", "net", "--target", target, check=1)
+    assert j["ok"] is False and j["error"] == "ELOAD" and j["code"] == -20
+    assert j["message"].startswith("Error(s) in loading state_dict for")
+    assert sorted(j["missing"]) == ["fc1.bias", "fc1.weight", "fc2.bias",
+                                    "fc2.weight"]
+    assert sorted(j["unexpected"]) == ["layer1.bias", "layer1.weight",
+                                       "layer2.bias", "layer2.weight"]
+
+
+def test_cli_plan_no_strict_reports_keys(daemon, plan_setup):
+    """--no-strict reports missing and unexpected keys and succeeds."""
+    target, _, tmp = plan_setup
+    rules = str(tmp / "partial.txt")
+    with open(rules, "w") as f:
+        f.write("rename layer1.weight -> fc1.weight\n"
+                "exclude layer2.*\n")
+    p = cli(daemon, "plan", "net", "--target", target, "--rules", rules,
+            check=1)
+    assert "Missing key(s)" in p.stderr
+    j = cli_json(daemon, "plan", "net", "--target", target, "--rules", rules,
+                 "--no-strict")
+    assert j["ok"] is True and j["mapped"] == 1
+    assert sorted(j["missing"]) == ["fc1.bias", "fc2.bias", "fc2.weight"]
+    assert j["unexpected"] == ["layer1.bias"]
+
+
+def test_cli_plan_size_mismatch_and_cast(daemon, plan_setup):
+    """A size mismatch fails even with --no-strict unless ignored; a dtype
+    difference is a cast."""
+    _, rules, tmp = plan_setup
+    target = str(tmp / "Other.safetensors")
+    write_header_only(target, {"fc1.weight": ("F32", [20, 11]),
+                               "fc1.bias": ("F16", [20]),
+                               "fc2.weight": ("F32", [5, 20]),
+                               "fc2.bias": ("F32", [5])})
+    p = cli(daemon, "plan", "net", "--target", target, "--rules", rules,
+            "--no-strict", check=1)
+    assert "size mismatch for fc1.weight" in p.stderr
+    j = cli_json(daemon, "plan", "net", "--target", target, "--rules", rules,
+                 "--no-strict", "--ignore-mismatched-sizes")
+    assert j["ok"] is True and j["mismatched"] == ["fc1.weight"]
+    assert j["cast"] == ["fc1.bias"] and j["mapped"] == 3
+
+
+def test_cli_plan_errors(daemon, plan_setup):
+    """A bad rules file, a missing target or model is exit 1."""
+    target, rules, tmp = plan_setup
+    bad = str(tmp / "bad.txt")
+    with open(bad, "w") as f:
+        f.write("rename a\n")
+    p = cli(daemon, "plan", "net", "--target", target, "--rules", bad,
+            check=1)
+    assert "line 1" in p.stderr
+    cli(daemon, "plan", "net", "--target", str(tmp / "none"), check=1)
+    j = cli_json(daemon, "plan", "zzz", "--target", target, check=1)
+    assert j["error"] == "ENOMODEL"
+
+
+# ---------------------------------------------------------------- watch
+
+class LineReader:
+    """Reads lines from a pipe with a timeout, without Python's buffering
+    hiding lines from select()."""
+
+    def __init__(self, f):
+        self.fd = f.fileno()
+        self.buf = b""
+
+    def line(self, timeout):
+        """Returns the next line (str), or None after timeout seconds."""
+        deadline = time.time() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.time()
+            if left <= 0:
+                return None
+            r, _, _ = select.select([self.fd], [], [], left)
+            if r:
+                chunk = os.read(self.fd, 4096)
+                if not chunk:
+                    return None
+                self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode()
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_cli_watch_prints_new_versions(daemon, model_file, as_json):
+    """watch prints a version that another process commits, and not the
+    versions that existed before it started."""
+    path, _ = model_file
+    cli(daemon, "import", path, "net", check=0)
+    args = [daemon.cli, "--socket", daemon.socket] + \
+        (["--json"] if as_json else []) + ["watch", "net"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE)
+    out = LineReader(proc.stdout)
+
+    def parse(line):
+        if as_json:
+            j = json.loads(line)
+            assert j["model"] == "net"
+            return j["version"]
+        return int(line)
+
+    try:
+        # watch starts from the latest version it finds; publish until it
+        # has surely started and reports one.
+        line = None
+        published = []
+        deadline = time.time() + 20
+        while line is None and time.time() < deadline:
+            published.append(cli_json(daemon, "import", path, "net")["version"])
+            line = out.line(0.5)
+        assert line is not None
+        got = parse(line)
+        assert got in published and got > 1
+        v = cli_json(daemon, "import", path, "net")["version"]
+        while got != v:
+            line = out.line(10)
+            assert line is not None
+            nxt = parse(line)
+            assert nxt > got and nxt in published + [v]
+            got = nxt
+    finally:
+        proc.kill()
+        proc.wait()
