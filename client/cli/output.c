@@ -19,8 +19,8 @@
 /* ---------------------------------------------------------------- formats */
 
 const char *cli_size(uint64_t bytes, char *buf, size_t len) {
-    static const char *const units[] = {"KiB", "MiB", "GiB", "TiB", "PiB",
-                                        "EiB"};
+    static const char *const units[] = {"KiB", "MiB", "GiB",
+                                        "TiB", "PiB", "EiB"};
     if (bytes < 1024) {
         snprintf(buf, len, "%" PRIu64 " B", bytes);
         return buf;

@@ -25,17 +25,17 @@
 #include "../safetensors.h"
 #include "cli.h"
 
-#define WB_CLI_BAR_WIDTH 30          /* Characters of the progress bar. */
+#define WB_CLI_BAR_WIDTH 30            /* Characters of the progress bar. */
 #define WB_CLI_BAR_PERIOD_NS 100000000 /* Min nanoseconds between redraws. */
 
 /* A progress bar on stderr, drawn only when stderr is a terminal. */
 typedef struct progress {
-    int on;               /* 1 if stderr is a terminal. */
-    const char *verb;     /* "importing" or "exporting". */
-    uint64_t total;       /* Bytes to move. */
-    uint64_t done;        /* Bytes moved so far. */
-    int64_t last_ns;      /* Monotonic time of the last redraw. */
-    int drawn;            /* 1 if a bar is on the screen. */
+    int on;           /* 1 if stderr is a terminal. */
+    const char *verb; /* "importing" or "exporting". */
+    uint64_t total;   /* Bytes to move. */
+    uint64_t done;    /* Bytes moved so far. */
+    int64_t last_ns;  /* Monotonic time of the last redraw. */
+    int drawn;        /* 1 if a bar is on the screen. */
 } progress;
 
 /* Monotonic clock in nanoseconds. */
@@ -112,8 +112,8 @@ static int read_exact(wb_cli *cli, int fd, const char *path, uint8_t *dst,
         if (n == 0) {
             progress_end(pr, 0);
             return cli_fail(cli, WB_EIO,
-                            "%s: unexpected end of file at byte %" PRIu64,
-                            path, off);
+                            "%s: unexpected end of file at byte %" PRIu64, path,
+                            off);
         }
         dst += n;
         off += (uint64_t)n;
@@ -142,8 +142,7 @@ static int fill_publish(wb_cli *cli, int fd, const char *path,
                             "the file holds %" PRIu64,
                             t->name, nb, len);
         }
-        if (read_exact(cli, fd, path, dst, f->data_start + t->begin, len,
-                       &pr))
+        if (read_exact(cli, fd, path, dst, f->data_start + t->begin, len, &pr))
             return WB_CLI_FAIL;
     }
     progress_end(&pr, 1);
@@ -210,8 +209,8 @@ int cmd_import(wb_cli *cli, const wb_cli_args *a) {
         if (cli->json)
             rc = cli_json_print(json_pack(
                 "{s:s, s:I, s:s, s:I, s:I}", "model", model, "version",
-                (json_int_t)version, "file", path, "tensors",
-                (json_int_t)f.n, "bytes", (json_int_t)f.data_len));
+                (json_int_t)version, "file", path, "tensors", (json_int_t)f.n,
+                "bytes", (json_int_t)f.data_len));
         else
             printf("imported %s as %s@%" PRIu64 " (%zu tensors, %s)\n", path,
                    model, version, f.n,
@@ -243,8 +242,8 @@ static int write_all(int fd, const uint8_t *data, size_t len, progress *pr) {
 /* Writes the image to path atomically: path.tmp, fsync, rename, fsync of
  * the directory.  Returns 0, or reports the failure and returns
  * WB_CLI_FAIL with path untouched and path.tmp removed. */
-static int write_file_atomic(wb_cli *cli, const char *path,
-                             const uint8_t *data, size_t len) {
+static int write_file_atomic(wb_cli *cli, const char *path, const uint8_t *data,
+                             size_t len) {
     char tmp[WB_CLI_PATH_BUF];
     if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp))
         return cli_fail(cli, WB_EINVAL, "%s: path too long", path);
@@ -325,10 +324,9 @@ int cmd_export(wb_cli *cli, const wb_cli_args *a) {
         return rc;
     char size[WB_CLI_SIZE_BUF];
     if (cli->json)
-        return cli_json_print(json_pack("{s:s, s:I, s:s, s:I}", "model",
-                                        model, "version", (json_int_t)v,
-                                        "file", path, "bytes",
-                                        (json_int_t)len));
+        return cli_json_print(json_pack("{s:s, s:I, s:s, s:I}", "model", model,
+                                        "version", (json_int_t)v, "file", path,
+                                        "bytes", (json_int_t)len));
     printf("exported %s@%" PRIu64 " to %s (%s)\n", model, v, path,
            cli_size(len, size, sizeof(size)));
     return WB_CLI_OK;

@@ -20,15 +20,18 @@
 #include "../safetensors.h"
 #include "cli.h"
 
+/* Runs one command with its parsed arguments; returns the exit status. */
+typedef int (*command_fn)(wb_cli *cli, const wb_cli_args *a);
+
 /* One command: its name, its runner and what arguments it takes. */
 typedef struct command {
-    const char *name;                         /* Word on the command line. */
-    int (*run)(wb_cli *, const wb_cli_args *); /* Runs it; returns exit code. */
-    int min_pos;                              /* Fewest positionals. */
-    int max_pos;                              /* Most positionals. */
-    int plan_opts;                            /* 1 if it takes plan's options. */
-    const char *args;                         /* Argument synopsis. */
-    const char *help;                         /* One-line description. */
+    const char *name; /* Word on the command line. */
+    command_fn run;   /* Runs it. */
+    int min_pos;      /* Fewest positionals. */
+    int max_pos;      /* Most positionals. */
+    int plan_opts;    /* 1 if it takes plan's options. */
+    const char *args; /* Argument synopsis. */
+    const char *help; /* One-line description. */
 } command;
 
 static const char usage_head[] =
@@ -80,8 +83,8 @@ int cli_parse_ref(const char *ref, char *model, size_t modellen,
     const char *at = strrchr(ref, '@');
     size_t n = strlen(ref);
     *version = 0;
-    if (at != NULL && (at[1] == '\0' || strspn(at + 1, "0123456789") ==
-                                            strlen(at + 1))) {
+    if (at != NULL &&
+        (at[1] == '\0' || strspn(at + 1, "0123456789") == strlen(at + 1))) {
         const char *d = at + 1;
         if (*d == '\0') {
             cli_usage_error("'%s': missing version after '@'", ref);
@@ -190,21 +193,19 @@ static int cmd_ls(wb_cli *cli, const wb_cli_args *a) {
         wb_model_info_free(v, n);
         return cli_json_print(arr);
     }
-    static const char *const head[] = {"MODEL",    ">LATEST", ">VERSIONS",
-                                       ">TENSORS", ">SIZE",   ">READERS",
-                                       NULL};
+    static const char *const head[] = {
+        "MODEL", ">LATEST", ">VERSIONS", ">TENSORS", ">SIZE", ">READERS", NULL};
     wb_cli_table t;
     cli_table_init(&t, head);
     rc = WB_CLI_OK;
     for (size_t i = 0; i < n && rc == WB_CLI_OK; i++) {
         char b[4][WB_CLI_SIZE_BUF], size[WB_CLI_SIZE_BUF];
-        const char *row[] = {
-            v[i].name,
-            u64_str(v[i].latest, b[0], sizeof(b[0])),
-            u64_str(v[i].nversions, b[1], sizeof(b[1])),
-            u64_str(v[i].tensors, b[2], sizeof(b[2])),
-            cli_size(v[i].bytes, size, sizeof(size)),
-            u64_str(v[i].readers, b[3], sizeof(b[3]))};
+        const char *row[] = {v[i].name,
+                             u64_str(v[i].latest, b[0], sizeof(b[0])),
+                             u64_str(v[i].nversions, b[1], sizeof(b[1])),
+                             u64_str(v[i].tensors, b[2], sizeof(b[2])),
+                             cli_size(v[i].bytes, size, sizeof(size)),
+                             u64_str(v[i].readers, b[3], sizeof(b[3]))};
         if (cli_table_add(&t, row))
             rc = cli_fail(cli, WB_ENOMEM, "building the table");
     }
@@ -274,11 +275,11 @@ static json_t *info_json(const char *model, const wb_mapping *m) {
             continue;
         total += t.nbytes;
         const char *dt = wb_dtype_name(t.dtype);
-        json_array_append_new(
-            tensors, json_pack("{s:s, s:s, s:o, s:I}", "name", t.name,
-                               "dtype", dt ? dt : "?", "shape",
-                               cli_json_shape(t.ndim, t.shape), "bytes",
-                               (json_int_t)t.nbytes));
+        json_array_append_new(tensors,
+                              json_pack("{s:s, s:s, s:o, s:I}", "name", t.name,
+                                        "dtype", dt ? dt : "?", "shape",
+                                        cli_json_shape(t.ndim, t.shape),
+                                        "bytes", (json_int_t)t.nbytes));
     }
     for (size_t i = 0; meta && i < wb_map_meta_count(m); i++) {
         const char *k, *v;
@@ -286,8 +287,8 @@ static json_t *info_json(const char *model, const wb_mapping *m) {
             json_object_set_new(meta, k, json_string(v));
     }
     return json_pack("{s:s, s:I, s:I, s:o, s:o}", "model", model, "version",
-                     (json_int_t)wb_map_version(m), "bytes",
-                     (json_int_t)total, "tensors", tensors, "metadata", meta);
+                     (json_int_t)wb_map_version(m), "bytes", (json_int_t)total,
+                     "tensors", tensors, "metadata", meta);
 }
 
 /* `info MODEL[@VERSION]`: tensors and metadata, without mapping. */
@@ -346,16 +347,15 @@ static int read_text_file(wb_cli *cli, const char *path, char **out) {
 }
 
 /* Builds the target schema from a safetensors file's header; the target's
- * name is the file's base name and *count its tensor count.  Returns 0, or reports the failure and
- * returns WB_CLI_FAIL. */
+ * name is the file's base name and *count its tensor count.  Returns 0, or
+ * reports the failure and returns WB_CLI_FAIL. */
 static int load_target(wb_cli *cli, const char *path, wb_schema **out,
                        size_t *count) {
     *out = NULL;
     *count = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return cli_fail(cli, errno == ENOENT ? WB_EIO : WB_ESYS, "%s: %s",
-                        path, strerror(errno));
+        return cli_fail(cli, WB_ESYS, "%s: %s", path, strerror(errno));
     wb__st_file f;
     char err[WB_CLI_ERR_BUF] = "";
     int rc = wb__st_read_file_header(fd, &f, err, sizeof(err));
@@ -417,11 +417,9 @@ static const char *const keyset_names[WB_KEYS_COUNT] = {
  * load's outcome. */
 static void print_plan(const char *ref, const char *target, size_t ntarget,
                        const wb_mapping *m, int rc) {
-    printf("%-12s%s (version %" PRIu64 ")\n", "source", ref,
-           wb_map_version(m));
+    printf("%-12s%s (version %" PRIu64 ")\n", "source", ref, wb_map_version(m));
     printf("%-12s%s (%zu tensors)\n", "target", target, ntarget);
-    printf("%-12s%s\n", "result",
-           rc ? "error: nothing would be loaded" : "ok");
+    printf("%-12s%s\n", "result", rc ? "error: nothing would be loaded" : "ok");
     printf("%-12s%zu of %zu target tensors\n", "mapped",
            rc ? (size_t)0 : wb_map_count(m), ntarget);
     for (int w = 0; w < WB_KEYS_COUNT; w++)
@@ -439,13 +437,13 @@ static void print_plan(const char *ref, const char *target, size_t ntarget,
 
 /* Builds the JSON document of a plan; ntarget is the target's tensor
  * count, rc the load's outcome. */
-static json_t *plan_json(const char *model, const char *target,
-                         size_t ntarget, const wb_mapping *m, int rc) {
-    json_t *o = json_pack(
-        "{s:s, s:I, s:s, s:I, s:b, s:I}", "model", model, "version",
-        (json_int_t)wb_map_version(m), "target", target, "target_tensors",
-        (json_int_t)ntarget, "ok", rc == 0, "mapped",
-        (json_int_t)(rc == 0 ? wb_map_count(m) : 0));
+static json_t *plan_json(const char *model, const char *target, size_t ntarget,
+                         const wb_mapping *m, int rc) {
+    json_t *o =
+        json_pack("{s:s, s:I, s:s, s:I, s:b, s:I}", "model", model, "version",
+                  (json_int_t)wb_map_version(m), "target", target,
+                  "target_tensors", (json_int_t)ntarget, "ok", rc == 0,
+                  "mapped", (json_int_t)(rc == 0 ? wb_map_count(m) : 0));
     for (int w = 0; o && w < WB_KEYS_COUNT; w++) {
         json_t *arr = json_array();
         for (size_t i = 0; arr && i < wb_map_keys_count(m, w); i++)
@@ -500,8 +498,8 @@ static int cmd_plan(wb_cli *cli, const wb_cli_args *a) {
         return rc || out ? WB_CLI_FAIL : WB_CLI_OK;
     }
     char ref[WB_MAX_NAME + WB_CLI_SIZE_BUF];
-    print_plan(ref_str(model, version, ref, sizeof(ref)), a->target, ntarget,
-               m, rc);
+    print_plan(ref_str(model, version, ref, sizeof(ref)), a->target, ntarget, m,
+               rc);
     if (rc)
         fprintf(stderr, "%s\n", wb_map_error_text(m));
     wb_unmap(m);
@@ -522,10 +520,10 @@ static int cmd_rm(wb_cli *cli, const wb_cli_args *a) {
     if (rc)
         return cli_fail_client(cli, rc);
     if (cli->json)
-        return cli_json_print(json_pack(
-            "{s:s, s:o, s:b}", "model", model, "version",
-            version ? json_integer((json_int_t)version) : json_null(),
-            "dropped", 1));
+        return cli_json_print(
+            json_pack("{s:s, s:o, s:b}", "model", model, "version",
+                      version ? json_integer((json_int_t)version) : json_null(),
+                      "dropped", 1));
     if (version)
         printf("dropped %s@%" PRIu64 "\n", model, version);
     else
@@ -552,8 +550,8 @@ static int cmd_watch(wb_cli *cli, const wb_cli_args *a) {
         if (cli->json) {
             json_t *o = json_pack("{s:s, s:I}", "model", model, "version",
                                   (json_int_t)v);
-            char *s = o ? json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII)
-                        : NULL;
+            char *s =
+                o ? json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
             json_decref(o);
             if (s)
                 printf("%s\n", s);
