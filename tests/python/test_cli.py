@@ -175,6 +175,40 @@ def test_cli_import_large_file_in_chunks(daemon, tmp_path):
     assert got["a"][2] == raw["a"] and got["b"][2] == raw["b"]
 
 
+def test_cli_import_progress_only_on_a_terminal(daemon, model_file):
+    """import draws a progress bar on stderr when it is a terminal, and
+    writes nothing there otherwise."""
+    path, _ = model_file
+    p = cli(daemon, "import", path, "net", check=0)
+    assert p.stderr == ""
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.run([daemon.cli, "--socket", daemon.socket,
+                               "import", path, "net"],
+                              stdout=subprocess.PIPE, stderr=slave, timeout=60)
+        os.close(slave)
+        slave = -1
+        err = b""
+        while True:
+            r, _, _ = select.select([master], [], [], 1)
+            if not r:
+                break
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            err += chunk
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0
+    assert b"100%" in err and b"importing" in err
+    assert b"net@2" in proc.stdout
+
+
 @pytest.mark.parametrize("kind", [
     "empty", "short_prefix", "header_too_long", "bad_json", "truncated_data",
     "overlap", "bad_dtype", "shape_mismatch", "trailing_bytes", "missing"])
