@@ -1,0 +1,178 @@
+"""_lib.py -- ctypes declarations of libwbroker (include/wbroker.h).
+
+The library is found through $WBROKER_LIB when set, else through
+ctypes.util.find_library("wbroker"), else as "libwbroker.so.0" (the soname
+that ``make install`` puts on the loader path).  It is loaded on first use,
+so ``import wbroker`` works even where the library is absent.
+"""
+import ctypes
+import ctypes.util
+import os
+import threading
+
+# Mirrors of the header's constants.
+WB_MAX_DIMS = 16
+WB_MAX_NAME = 1024
+
+WB_MAP_PRIVATE = 0
+WB_MAP_SHARED = 1 << 0
+WB_MAP_NONSTRICT = 1 << 1
+WB_MAP_IGNORE_MISMATCH = 1 << 2
+WB_MAP_PLAN = 1 << 3
+
+WB_KEYS_MISSING = 0
+WB_KEYS_UNEXPECTED = 1
+WB_KEYS_MISMATCHED = 2
+WB_KEYS_CAST = 3
+WB_KEYS_ALIASED = 4
+
+# Error codes used by name in the package (the header has the full table).
+WB_EINVAL = -1
+WB_ENOMODEL = -4
+WB_ENOVERSION = -5
+WB_EDTYPE = -8
+WB_ECONNECT = -13
+WB_ECLOSED = -14
+WB_ERULE = -18
+WB_ELOAD = -20
+WB_EFORMAT = -25
+
+# wb_dtype values, in the header's order.
+DTYPE_NAMES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8",
+               "BOOL", "F8_E4M3", "F8_E5M2", "U16", "U32", "U64")
+DTYPE_CODES = {name: code for code, name in enumerate(DTYPE_NAMES)}
+DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4,
+               "I16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1,
+               "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+
+c_int64_p = ctypes.POINTER(ctypes.c_int64)
+
+
+class wb_tensor_spec(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p),
+                ("dtype", ctypes.c_int),
+                ("ndim", ctypes.c_int),
+                ("shape", c_int64_p)]
+
+
+class wb_kv(ctypes.Structure):
+    _fields_ = [("key", ctypes.c_char_p),
+                ("value", ctypes.c_char_p)]
+
+
+class wb_tensor(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p),
+                ("source", ctypes.c_char_p),
+                ("dtype", ctypes.c_int),
+                ("ndim", ctypes.c_int),
+                ("shape", ctypes.c_int64 * WB_MAX_DIMS),
+                ("data", ctypes.c_void_p),
+                ("nbytes", ctypes.c_size_t),
+                ("cast", ctypes.c_int)]
+
+
+class wb_model_info(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p),
+                ("latest", ctypes.c_uint64),
+                ("nversions", ctypes.c_uint64),
+                ("tensors", ctypes.c_uint64),
+                ("bytes", ctypes.c_uint64),
+                ("readers", ctypes.c_uint64)]
+
+
+class wb_status(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_char * 32),
+                ("uptime", ctypes.c_double),
+                ("memory_used", ctypes.c_uint64),
+                ("memory_limit", ctypes.c_uint64),
+                ("models", ctypes.c_uint64),
+                ("versions", ctypes.c_uint64),
+                ("clients", ctypes.c_uint64),
+                ("pid", ctypes.c_uint32)]
+
+
+_P = ctypes.c_void_p
+_PP = ctypes.POINTER(ctypes.c_void_p)
+_S = ctypes.c_char_p
+_I = ctypes.c_int
+_Z = ctypes.c_size_t
+_U64 = ctypes.c_uint64
+
+# name: (restype, argtypes)
+_PROTOTYPES = {
+    "wb_version": (ctypes.c_uint, []),
+    "wb_version_string": (_S, []),
+    "wb_strerror": (_S, [_I]),
+    "wb_err_name": (_S, [_I]),
+    "wb_socket_path": (_I, [_S, ctypes.c_char_p, _Z]),
+    "wb_connect": (_I, [_S, _PP]),
+    "wb_close": (None, [_P]),
+    "wb_errmsg": (ctypes.c_char_p, [_P]),
+    "wb_publish_begin": (_I, [_P, _S, ctypes.POINTER(wb_tensor_spec), _Z,
+                              ctypes.POINTER(wb_kv), _Z, _PP]),
+    "wb_publish_data": (_P, [_P, _Z, ctypes.POINTER(_Z)]),
+    "wb_publish_commit": (_I, [_P, ctypes.POINTER(_U64)]),
+    "wb_publish_abort": (None, [_P]),
+    "wb_rules_new": (_P, []),
+    "wb_rules_free": (None, [_P]),
+    "wb_rules_include": (_I, [_P, _S]),
+    "wb_rules_exclude": (_I, [_P, _S]),
+    "wb_rules_rename": (_I, [_P, _S, _S]),
+    "wb_rules_rename_prefix": (_I, [_P, _S, _S]),
+    "wb_rules_rename_regex": (_I, [_P, _S, _S]),
+    "wb_rules_parse": (_I, [_P, _S, ctypes.c_char_p, _Z]),
+    "wb_schema_new": (_P, [_S]),
+    "wb_schema_free": (None, [_P]),
+    "wb_schema_add": (_I, [_P, _S, _I, _I, c_int64_p]),
+    "wb_map": (_I, [_P, _S, _U64, _I, _PP]),
+    "wb_load": (_I, [_P, _S, _U64, _P, _P, _I, _PP]),
+    "wb_map_version": (_U64, [_P]),
+    "wb_map_count": (_Z, [_P]),
+    "wb_map_tensor": (_I, [_P, _Z, ctypes.POINTER(wb_tensor)]),
+    "wb_map_meta_count": (_Z, [_P]),
+    "wb_map_meta_at": (_I, [_P, _Z, ctypes.POINTER(_S), ctypes.POINTER(_S)]),
+    "wb_map_keys_count": (_Z, [_P, _I]),
+    "wb_map_key": (_S, [_P, _I, _Z]),
+    "wb_map_error_text": (_S, [_P]),
+    "wb_map_image": (_I, [_P, _PP, ctypes.POINTER(_Z)]),
+    "wb_unmap": (None, [_P]),
+    "wb_list": (_I, [_P, ctypes.POINTER(ctypes.POINTER(wb_model_info)),
+                     ctypes.POINTER(_Z)]),
+    "wb_model_info_free": (None, [ctypes.POINTER(wb_model_info), _Z]),
+    "wb_get_status": (_I, [_P, ctypes.POINTER(wb_status)]),
+    "wb_drop": (_I, [_P, _S, _U64]),
+    "wb_watch": (_I, [_P, _S, _U64, _I, ctypes.POINTER(_U64)]),
+}
+
+_lib = None
+_lock = threading.Lock()
+
+
+def library_path():
+    """The path or soname that load() opens."""
+    path = os.environ.get("WBROKER_LIB")
+    if path:
+        return path
+    return ctypes.util.find_library("wbroker") or "libwbroker.so.0"
+
+
+def load():
+    """Returns the loaded libwbroker with its prototypes declared."""
+    global _lib
+    if _lib is not None:
+        return _lib
+    with _lock:
+        if _lib is None:
+            path = library_path()
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError as e:
+                raise ImportError(
+                    "cannot load libwbroker (%s): %s; set WBROKER_LIB to the "
+                    "path of libwbroker.so" % (path, e)) from e
+            for name, (res, args) in _PROTOTYPES.items():
+                fn = getattr(lib, name)
+                fn.restype = res
+                fn.argtypes = args
+            _lib = lib
+    return _lib

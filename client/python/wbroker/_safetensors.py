@@ -1,0 +1,210 @@
+"""_safetensors.py -- Reads and validates safetensors file headers.
+
+A safetensors file is an 8-byte little-endian header length N, N bytes of
+UTF-8 JSON (possibly padded with trailing spaces) and the data buffer.  The
+JSON maps each tensor name to {"dtype", "shape", "data_offsets"}, offsets
+relative to the data buffer, plus an optional "__metadata__" object of
+strings.  The checks follow client/safetensors.c: nothing in the file is
+trusted, and every refusal is a FormatError saying why.
+"""
+import json
+import struct
+
+from ._lib import DTYPE_SIZES, WB_MAX_DIMS, WB_MAX_NAME
+
+PREFIX_LEN = 8                  # Bytes of the header-length prefix.
+MAX_HEADER = 100 << 20          # Max JSON header bytes.
+METADATA_KEY = "__metadata__"   # Key of the metadata object.
+
+
+class FormatError(ValueError):
+    """A safetensors file that does not follow the format."""
+
+
+class TensorEntry:
+    """One tensor of a header: name, dtype name, shape, [begin, end)."""
+
+    __slots__ = ("name", "dtype", "shape", "begin", "end")
+
+    def __init__(self, name, dtype, shape, begin, end):
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.begin = begin
+        self.end = end
+
+
+class Header:
+    """A parsed header: tensors in data order, metadata and data offset."""
+
+    __slots__ = ("tensors", "metadata", "data_start", "data_len")
+
+    def __init__(self, tensors, metadata, data_start, data_len):
+        self.tensors = tensors
+        self.metadata = metadata
+        self.data_start = data_start
+        self.data_len = data_len
+
+
+def _no_duplicates(pairs):
+    seen = {}
+    for k, v in pairs:
+        if k in seen:
+            raise FormatError("duplicate key %r in the header" % (k,))
+        seen[k] = v
+    return seen
+
+
+def _no_constant(name):
+    raise FormatError("header is not valid JSON: %s" % name)
+
+
+def _is_uint(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_name(name):
+    if not name:
+        raise FormatError("empty tensor name")
+    raw = name.encode("utf-8", "surrogatepass")
+    if len(raw) > WB_MAX_NAME:
+        raise FormatError("tensor name of %d bytes exceeds %d: %r..."
+                          % (len(raw), WB_MAX_NAME, name[:40]))
+    if "\0" in name:
+        raise FormatError("tensor name %r contains a NUL byte" % (name,))
+
+
+def _tensor(name, entry):
+    _check_name(name)
+    if not isinstance(entry, dict):
+        raise FormatError("tensor %r: entry is not an object" % (name,))
+    dtype = entry.get("dtype")
+    if not isinstance(dtype, str):
+        raise FormatError('tensor %r: "dtype" missing or not a string'
+                          % (name,))
+    if dtype not in DTYPE_SIZES:
+        raise FormatError("tensor %r: unknown dtype %r" % (name, dtype[:32]))
+    shape = entry.get("shape")
+    if not isinstance(shape, list):
+        raise FormatError('tensor %r: "shape" missing or not an array'
+                          % (name,))
+    if len(shape) > WB_MAX_DIMS:
+        raise FormatError("tensor %r: %d dimensions exceed %d"
+                          % (name, len(shape), WB_MAX_DIMS))
+    for i, s in enumerate(shape):
+        if not _is_uint(s):
+            raise FormatError("tensor %r: shape[%d] is not a non-negative "
+                              "integer" % (name, i))
+    offs = entry.get("data_offsets")
+    if not isinstance(offs, list) or len(offs) != 2:
+        raise FormatError('tensor %r: "data_offsets" is not an array of two '
+                          "integers" % (name,))
+    begin, end = offs
+    if not _is_uint(begin) or not _is_uint(end):
+        raise FormatError("tensor %r: data_offsets are not two non-negative "
+                          "integers" % (name,))
+    if end < begin:
+        raise FormatError("tensor %r: data_offsets [%d, %d] end before they "
+                          "begin" % (name, begin, end))
+    need = DTYPE_SIZES[dtype]
+    for s in shape:
+        need *= s
+    if need >= 1 << 64:
+        raise FormatError("tensor %r: shape's byte size overflows 64 bits"
+                          % (name,))
+    if end - begin != need:
+        raise FormatError("tensor %r: data_offsets span %d bytes but %s "
+                          "shape needs %d" % (name, end - begin, dtype, need))
+    return TensorEntry(name, dtype, tuple(shape), begin, end)
+
+
+def _metadata(obj):
+    if not isinstance(obj, dict):
+        raise FormatError('"%s" is not an object' % METADATA_KEY)
+    for k, v in obj.items():
+        if not isinstance(v, str):
+            raise FormatError("metadata value of %r is not a string"
+                              % (k[:64],))
+        if "\0" in k:
+            raise FormatError("metadata key %r contains a NUL byte" % (k,))
+        if "\0" in v:
+            raise FormatError("metadata value of %r contains a NUL byte"
+                              % (k[:64],))
+    return dict(obj)
+
+
+def parse_header(head, file_size):
+    """Parses the header at the start of a file of file_size bytes.
+
+    head must hold the 8-byte prefix and the whole JSON header (more bytes
+    are ignored).  Returns a Header whose tensors are in data order; raises
+    FormatError for an invalid file."""
+    if file_size < PREFIX_LEN or len(head) < PREFIX_LEN:
+        raise FormatError("file of %d bytes is shorter than the 8-byte "
+                          "header length" % file_size)
+    (n,) = struct.unpack_from("<Q", head, 0)
+    if n > MAX_HEADER:
+        raise FormatError("header length %d exceeds the limit of %d bytes"
+                          % (n, MAX_HEADER))
+    if n > file_size - PREFIX_LEN:
+        raise FormatError("header length %d runs past the end of the "
+                          "%d-byte file" % (n, file_size))
+    if len(head) < PREFIX_LEN + n:
+        raise FormatError("truncated header: %d of %d bytes"
+                          % (len(head) - PREFIX_LEN, n))
+    raw = bytes(head[PREFIX_LEN:PREFIX_LEN + n])
+    if not raw.startswith(b"{"):
+        raise FormatError("JSON header does not start with '{'")
+    try:
+        text = raw.decode("utf-8")
+        obj = json.loads(text, object_pairs_hook=_no_duplicates,
+                         parse_constant=_no_constant)
+    except UnicodeDecodeError as e:
+        raise FormatError("header is not valid UTF-8: %s" % e) from None
+    except json.JSONDecodeError as e:
+        raise FormatError("header is not valid JSON: %s" % e) from None
+    if not isinstance(obj, dict):
+        raise FormatError("header JSON is not an object")
+    metadata = {}
+    tensors = []
+    for name, entry in obj.items():
+        if name == METADATA_KEY:
+            metadata = _metadata(entry)
+        else:
+            tensors.append(_tensor(name, entry))
+    tensors.sort(key=lambda t: (t.begin, t.end))
+    data_start = PREFIX_LEN + n
+    data_len = file_size - data_start
+    pos, prev = 0, None
+    for t in tensors:
+        if t.begin < pos:
+            raise FormatError("tensor %r at [%d, %d) overlaps %r"
+                              % (t.name, t.begin, t.end, prev.name))
+        if t.begin > pos:
+            raise FormatError("hole in the data buffer: [%d, %d) before "
+                              "tensor %r belongs to no tensor"
+                              % (pos, t.begin, t.name))
+        pos, prev = t.end, t
+    if pos != data_len:
+        raise FormatError("tensors cover %d bytes but the data buffer (file "
+                          "size - %d) has %d" % (pos, data_start, data_len))
+    return Header(tensors, metadata, data_start, data_len)
+
+
+def read_header(f, file_size):
+    """Reads and parses the header of the open binary file f (at offset 0)."""
+    head = f.read(PREFIX_LEN)
+    if len(head) < PREFIX_LEN:
+        raise FormatError("file of %d bytes is shorter than the 8-byte "
+                          "header length" % file_size)
+    (n,) = struct.unpack("<Q", head)
+    if n <= MAX_HEADER and n <= file_size - PREFIX_LEN:
+        rest = bytearray()
+        while len(rest) < n:
+            chunk = f.read(n - len(rest))
+            if not chunk:
+                break
+            rest += chunk
+        head += bytes(rest)
+    return parse_header(head, file_size)
+
