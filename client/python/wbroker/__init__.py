@@ -24,6 +24,7 @@ import collections.abc
 import ctypes
 import os
 import threading
+import time
 
 from . import _lib
 from ._safetensors import FormatError
@@ -817,15 +818,17 @@ class Client:
         return v.value
 
     def watch(self, name, timeout=None):
-        """Yields each version of `name` committed from now on (blocking
-        between them; if several commit while the caller is busy, the
-        newest is yielded).  Stops after `timeout` seconds without a new
-        version when timeout is not None.  The model need not exist yet.
-        The wait is cut into one-second calls so that signals (Ctrl-C) are
-        handled."""
-        import time
+        """Returns an iterator over the versions of `name` committed after
+        this call (it blocks between them; if several commit while the
+        caller is busy, the newest is yielded).  With a timeout (seconds),
+        iteration stops after that long without a new version.  The model
+        need not exist yet.  Waits are cut into one-second calls so that
+        signals (Ctrl-C) are handled; use a client of its own for it, since
+        each wait holds this client."""
         raw = _enc(name)
-        last = self._watch_once(raw, 0, 0)
+        return self._watch(raw, self._watch_once(raw, 0, 0), timeout)
+
+    def _watch(self, raw, last, timeout):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = 1000
