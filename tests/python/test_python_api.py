@@ -79,6 +79,7 @@ def sample_tensors():
         "mask": torch.tensor([True, False, True]),
         "scalar": torch.tensor(3.5),
         "empty": torch.zeros(0, 4),
+        "slice": torch.arange(10.0)[3:7],           # a storage offset
     }
 
 

@@ -259,7 +259,8 @@ def test_python_plan_touches_nothing(daemon, tmp_path):
 def test_python_rules_include_exclude_file(daemon, tmp_path):
     pub = wb_proc.publish(daemon, tmp_path, "layer", "layers", seed=1)
     rules = tmp_path / "map.rules"
-    rules.write_text("# map layers to fc\nregex layer(\\d+)\\.(.*) -> fc\\1.\\2\n")
+    rules.write_text("# map layers to fc\n"
+                     "regex layer(\\d+)\\.(.*) -> fc\\1.\\2\n")
     with wbroker.connect(daemon.socket) as c:
         target = wb_models.build("fc", seed=2)
         r = c.load_into(target, "layers", rules=str(rules),

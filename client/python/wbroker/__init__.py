@@ -229,8 +229,9 @@ class LoadResult:
     or outside the module's parameters and buffers); aliased_keys: target
     keys that share a source with another; version: the version loaded;
     error: the PyTorch-format error text when the load fails or (for a
-    plan) would fail, else None.  missing_keys and unexpected_keys compare equal to
-    those of torch's load_state_dict(strict=False) for the same pair."""
+    plan) would fail, else None.  The key lists are plain lists, so they
+    compare equal to those of torch's load_state_dict(strict=False) for
+    the same pair."""
 
     __slots__ = ("missing_keys", "unexpected_keys", "mismatched_keys",
                  "cast_keys", "copied_keys", "aliased_keys", "version",
@@ -622,7 +623,7 @@ class Client:
 
     def state_dict(self, name, version=None):
         """The tensors of a version (None: the latest) as a dict name ->
-        tensor, in published order.  The tensors view the shared memory
+        tensor, in the order the daemon stores them.  The tensors view the shared memory
         copy-on-write, without a copy; writes to them stay private.  The
         memory is unmapped when the last of them is collected."""
         _torch()
