@@ -10,6 +10,7 @@ import copy
 import os
 import re
 import sys
+import warnings
 
 import pytest
 import torch
@@ -73,7 +74,8 @@ def test_python_transfer_identical(daemon, tmp_path):
     target = wb_models.build("net", seed=2)
     fresh = copy.deepcopy(target)
     params = {k: id(p) for k, p in target.named_parameters()}
-    with wbroker.connect(daemon.socket) as c:
+    with wbroker.connect(daemon.socket) as c, warnings.catch_warnings():
+        warnings.simplefilter("error")      # no read-only buffer warning
         r = c.load_into(target, "net")
     assert r.version == pub.version == 1
     assert torch.equal(forward(target, "net"), pub.output)
