@@ -40,9 +40,9 @@ typedef struct wb__version {
     struct wb__model *model;    /* Owning model (NULL while pending). */
     wb__segment seg;            /* The safetensors image. */
     size_t n;                   /* Tensors. */
-    wb__tinfo *t;               /* Tensors in stored (safetensors) order. */
-    uint64_t *offset;           /* Absolute offset of each stored tensor. */
-    uint64_t *nbytes;           /* Bytes of each stored tensor. */
+    wb__tinfo *t;               /* Tensors in published order. */
+    uint64_t *offset;           /* Absolute offset of each tensor. */
+    uint64_t *nbytes;           /* Bytes of each tensor. */
     uint64_t data_bytes;        /* Sum of nbytes. */
     char **mkeys;               /* Metadata keys. */
     char **mvals;               /* Metadata values. */

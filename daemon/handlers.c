@@ -203,7 +203,6 @@ static void seg_job_done(uv_work_t *w, int status) {
             msgpack_pack_uint64(&r.pk, p->id);
             wb__pack_key(&r.pk, "size");
             msgpack_pack_uint64(&r.pk, p->v->seg.size);
-            /* Offsets in declared order (see offsets_to_stored()). */
             wb__pack_key(&r.pk, "offs");
             msgpack_pack_array(&r.pk, p->v->n);
             for (size_t i = 0; i < p->v->n; i++)
@@ -316,27 +315,16 @@ static int op_publish(wb__conn *c, uint64_t id, const msgpack_object *req) {
         goto fail;
     }
 
-    /* The version keeps its tensors in stored order; the publisher gets
-     * offsets in declared order. */
+    /* The version keeps its tensors in published order (the order PyTorch
+     * reports keys in); only the bytes are laid out in safetensors order. */
     v->n = ta->size;
-    v->t = calloc(v->n ? v->n : 1, sizeof(wb__tinfo));
-    v->offset = calloc(v->n ? v->n : 1, sizeof(uint64_t));
-    v->nbytes = calloc(v->n ? v->n : 1, sizeof(uint64_t));
-    if (!v->t || !v->offset || !v->nbytes) {
-        wb__reply_error(c, id, WB_ENOMEM, "out of memory");
-        goto fail;
-    }
-    for (size_t k = 0; k < v->n; k++) {
-        size_t i = lay.order[k];
-        v->t[k] = decl[i];
-        decl[i].name = NULL;
-        v->nbytes[k] = lay.nbytes[i];
-        v->data_bytes += lay.nbytes[i];
-    }
-    /* Reuse lay.offset (declared order) for the reply, and store the
-     * stored-order offsets in the version. */
-    for (size_t k = 0; k < v->n; k++)
-        v->offset[k] = lay.offset[lay.order[k]];
+    v->t = decl;
+    decl = NULL;
+    v->offset = lay.offset;
+    v->nbytes = lay.nbytes;
+    lay.offset = lay.nbytes = NULL;
+    for (size_t i = 0; i < v->n; i++)
+        v->data_bytes += v->nbytes[i];
     uint64_t total = lay.header_len + lay.data_len;
     uint64_t size = wb__seg_round(total);
     if (total < lay.data_len || size < total) {
@@ -363,10 +351,6 @@ static int op_publish(wb__conn *c, uint64_t id, const msgpack_object *req) {
         wb__reply_error(c, id, WB_ENOMEM, "out of memory");
         goto fail;
     }
-    /* Declared-order offsets travel in the version until the reply. */
-    uint64_t *stored = v->offset;
-    v->offset = lay.offset;
-    lay.offset = stored;
     j->work.data = j;
     j->p = p;
     j->req_id = id;
@@ -382,9 +366,6 @@ static int op_publish(wb__conn *c, uint64_t id, const msgpack_object *req) {
         wb__reply_error(c, id, WB_ESYS, "cannot queue work");
         goto fail;
     }
-    for (size_t i = 0; i < ta->size; i++)
-        free(decl[i].name);
-    free(decl);
     wb__layout_free(&lay);
     return 1;
 
@@ -417,17 +398,6 @@ static wb__pending *find_pending(wb__conn *c, uint64_t id,
 
 /* Answers the watchers of m that wait for a version newer than theirs. */
 static void notify_watchers(wb__model *m);
-
-static int cmp_u64(const void *x, const void *y) {
-    uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
-    return a < b ? -1 : a > b;
-}
-
-/* Until the commit the version holds its offsets in declared order, as the
- * publisher needs them; stored order is ascending offset order. */
-static void offsets_to_stored(wb__version *v) {
-    qsort(v->offset, v->n, sizeof(uint64_t), cmp_u64);
-}
 
 static int op_commit(wb__conn *c, uint64_t id, const msgpack_object *req) {
     wb__broker *b = wb__g;
@@ -470,7 +440,6 @@ static int op_commit(wb__conn *c, uint64_t id, const msgpack_object *req) {
         pending_free(p);
         return 0;
     }
-    offsets_to_stored(v);
     pending_unlink(c, p);
     p->v = NULL;
     v->number = ++m->last_number;
