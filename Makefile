@@ -96,7 +96,7 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(BUILD)/%.o: %.c $(wildcard include/*.h proto/*.h daemon/*.h client/*.h tests/lib/*.h)
+$(BUILD)/%.o: %.c $(wildcard include/*.h proto/*.h daemon/*.h client/*.h client/cli/*.h tests/lib/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
