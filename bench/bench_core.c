@@ -292,8 +292,11 @@ int main(int argc, char **argv) {
             pid_t pids[4];
             for (int k = 0; k < 4; k++) {
                 pids[k] = fork();
-                if (pids[k] == 0)
+                if (pids[k] == 0) {
+                    close(go[1]); /* Else no consumer ever sees EOF. */
+                    close(ready[0]);
                     consumer(d.sock, "bench", ready[1], go[0]);
+                }
             }
             char b;
             for (int k = 0; k < 4; k++)
