@@ -31,6 +31,7 @@ typedef struct wb__derived {
     size_t src;                 /* Source tensor index (stored order). */
     wb__segment seg;            /* Sealed segment holding the copy. */
     uint64_t nbytes;            /* Bytes of the converted tensor. */
+    uint64_t accounted;         /* Bytes charged to the memory limit. */
     int ready;                  /* 1 once converted and sealed. */
     struct wb__derived *next;   /* Next in the version's list. */
 } wb__derived;

@@ -290,13 +290,16 @@ static int op_publish(wb__conn *c, uint64_t id, const msgpack_object *req) {
     wb__pending *p = calloc(1, sizeof(*p));
     wb__tinfo *decl = calloc(ta->size ? ta->size : 1, sizeof(wb__tinfo));
     wb__layout lay = {0};
+    if (v) {
+        v->refs = 1;
+        v->seg.fd = -1;
+    }
+    if (p)
+        p->v = v; /* From here pending_free(p) frees v as well. */
     if (!v || !p || !decl || !(p->model = strdup(model))) {
         wb__reply_error(c, id, WB_ENOMEM, "out of memory");
         goto fail;
     }
-    v->refs = 1;
-    v->seg.fd = -1;
-    p->v = v;
     for (uint32_t i = 0; i < ta->size; i++) {
         rc = wb__decode_tinfo(&ta->ptr[i], &decl[i]);
         if (rc) {
@@ -374,8 +377,9 @@ fail:
         free(decl[i].name);
     free(decl);
     wb__layout_free(&lay);
-    pending_free(p);
-    if (p == NULL && v)
+    if (p)
+        pending_free(p);
+    else
         wb__version_unref(v);
     return 0;
 }
@@ -792,7 +796,7 @@ static void conv_done(uv_work_t *w, int status) {
                 break;
             }
         wb__seg_close(&d->seg);
-        wb__mem_refund(wb__g, d->seg.size ? d->seg.size : 0);
+        wb__mem_refund(wb__g, d->accounted);
     }
     for (conv_wait *cw = j->waiters, *next; cw; cw = next) {
         next = cw->next;
@@ -854,6 +858,7 @@ static int map_prepare_casts(map_req *mr) {
             d->dtype_to = e->dtype;
             d->src = e->src;
             d->nbytes = nbytes;
+            d->accounted = size;
             d->seg.fd = -1;
             d->seg.size = size;
             d->next = v->derived;
@@ -1004,11 +1009,17 @@ static int op_map(wb__conn *c, uint64_t id, const msgpack_object *req) {
 
 /* ------------------------------------------------------------ inspect */
 
+/* Models that hold at least one committed version. */
+static size_t held_models(const wb__broker *b) {
+    size_t n = 0;
+    for (const wb__model *m = b->models; m; m = m->next)
+        n += m->versions != NULL;
+    return n;
+}
+
 static int op_list(wb__conn *c, uint64_t id, const msgpack_object *req) {
     wb__broker *b = wb__g;
-    size_t n = 0;
-    for (wb__model *m = b->models; m; m = m->next)
-        n += m->versions != NULL;
+    size_t n = held_models(b);
     reply r;
     reply_begin(&r, id, 1);
     wb__pack_key(&r.pk, "models");
@@ -1031,9 +1042,7 @@ static int op_list(wb__conn *c, uint64_t id, const msgpack_object *req) {
 
 static int op_status(wb__conn *c, uint64_t id, const msgpack_object *req) {
     wb__broker *b = wb__g;
-    size_t nmodels = 0;
-    for (wb__model *m = b->models; m; m = m->next)
-        nmodels += m->versions != NULL;
+    size_t nmodels = held_models(b);
     reply r;
     reply_begin(&r, id, 8);
     wb__pack_key(&r.pk, "server");

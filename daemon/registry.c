@@ -56,6 +56,8 @@ static void version_free(wb__version *v) {
     for (wb__derived *d = v->derived, *next; d; d = next) {
         next = d->next;
         wb__seg_close(&d->seg);
+        if (wb__g)
+            wb__mem_refund(wb__g, d->accounted);
         free(d);
     }
     wb__seg_close(&v->seg);

@@ -203,6 +203,21 @@ def test_python_float16_target_casts(daemon, tmp_path):
         assert_zero_copy(target)
 
 
+# Converted copies are charged to the memory limit once, however many
+# consumers share them, and refunded when their version is dropped.
+def test_python_cast_memory_is_accounted(daemon, tmp_path):
+    wb_proc.publish(daemon, tmp_path, "net", "net", seed=1)
+    with wbroker.connect(daemon.socket) as c:
+        plain = c.status().memory_used
+        c.load_into(wb_models.build("net", seed=2).half(), "net")
+        converted = c.status().memory_used
+        assert converted > plain
+        c.load_into(wb_models.build("net", seed=3).half(), "net")
+        assert c.status().memory_used == converted
+        c.drop("net")
+        assert c.status().memory_used == 0
+
+
 # Writes to loaded weights stay private to the writer.
 def test_python_writes_stay_private(daemon, tmp_path):
     pub = wb_proc.publish(daemon, tmp_path, "net", "net", seed=1)
