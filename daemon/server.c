@@ -178,6 +178,14 @@ static void conn_process(wb__conn *c) {
     if (pos > 0 && !c->closed) {
         memmove(c->in, c->in + pos, c->in_len - pos);
         c->in_len -= pos;
+        /* Give back the room a large frame needed once it is handled. */
+        if (c->in_cap > 4 * WB_READ_CHUNK && c->in_len <= WB_READ_CHUNK) {
+            uint8_t *p = realloc(c->in, WB_READ_CHUNK);
+            if (p != NULL) {
+                c->in = p;
+                c->in_cap = WB_READ_CHUNK;
+            }
+        }
     }
 }
 
