@@ -555,9 +555,16 @@ typedef struct map_req {
     wb__derived **conv;         /* Per resolved tensor: converted copy. */
     int waiting;                /* Conversions still running. */
     int failed;                 /* First conversion error, or 0. */
+    wb__ruleset rs;             /* Decoded rules (owned). */
+    wb__schema sc;              /* Decoded target schema (owned). */
+    wb__resolve_req rq;         /* What resolution reads. */
+    int rc;                     /* Resolution's result. */
+    uv_work_t work;             /* Resolution on the thread pool. */
 } map_req;
 
 static void map_req_free(map_req *mr) {
+    wb__ruleset_clear(&mr->rs);
+    wb__schema_clear(&mr->sc);
     wb__resolve_out_free(&mr->res);
     free(mr->conv);
     wb__version_unref(mr->v);
@@ -891,6 +898,71 @@ static int map_prepare_casts(map_req *mr) {
     return 0;
 }
 
+/* Answers mr once resolved (mr->rc, mr->res): with the load error or
+ * another error, or with the mapping once its conversions are ready.
+ * Returns 1 if mr waits for conversions (the connection is paused and
+ * referenced, and map_req_finish() completes it), else 0 with mr answered
+ * and freed. */
+static int map_resolved(map_req *mr) {
+    wb__conn *c = mr->c;
+    mr->resolved = 1;
+    if (mr->rc == WB_ELOAD) {
+        map_reply_load_error(mr);
+        map_req_free(mr);
+        return 0;
+    }
+    if (mr->rc) {
+        wb__reply_error(c, mr->id, mr->rc, "%s",
+                        mr->res.errmsg[0] ? mr->res.errmsg
+                                          : wb_strerror(mr->rc));
+        map_req_free(mr);
+        return 0;
+    }
+    if (!mr->plan) {
+        int rc = map_prepare_casts(mr);
+        if (rc) {
+            if (rc == WB_ENOMEM)
+                wb__reply_error(c, mr->id, rc, "out of memory");
+            if (mr->waiting == 0) {
+                map_req_free(mr);
+                return 0;
+            }
+            /* Some conversions already wait on mr: let them finish it,
+             * reporting the failure. */
+            mr->failed = rc;
+            c->refs++;
+            return 1;
+        }
+        if (mr->waiting > 0) {
+            c->refs++;
+            return 1;
+        }
+    }
+    map_reply(mr);
+    map_req_free(mr);
+    return 0;
+}
+
+static void resolve_work(uv_work_t *w) {
+    map_req *mr = w->data;
+    mr->rc = wb__resolve(&mr->rq, &mr->res);
+}
+
+/* Back on the loop: answers the request unless its client went away. */
+static void resolve_done(uv_work_t *w, int status) {
+    map_req *mr = w->data;
+    wb__conn *c = mr->c;
+    if (status != 0 && mr->rc == 0) {
+        wb__resolve_out_free(&mr->res);
+        mr->rc = WB_ESYS;
+    }
+    if (c->closed)
+        map_req_free(mr);
+    else if (map_resolved(mr) == 0)
+        wb__conn_resume(c);
+    wb__conn_unref(c);
+}
+
 static int op_map(wb__conn *c, uint64_t id, const msgpack_object *req) {
     char model[WB_MAX_NAME + 1];
     wb__version *v = lookup(c, id, req, model);
@@ -926,85 +998,59 @@ static int op_map(wb__conn *c, uint64_t id, const msgpack_object *req) {
         return 0;
     }
     int has_schema = so && so->type == MSGPACK_OBJECT_MAP;
-    if (has_rules == 0 || has_schema) {
-        wb__ruleset rs = {0};
-        wb__schema sc = {0};
-        int rc = 0;
-        if (has_rules == 0)
-            rc = wb__decode_rules(ra, &rs);
-        if (rc == 0 && has_schema) {
-            const char *tn = "";
-            size_t tl = 0;
-            if (wb__mp_get_array(so, "tensors", &sa) != 0 ||
-                wb__mp_get_str(so, "target", &tn, &tl) < 0)
-                rc = WB_EPROTO;
-            else if (sa->size > WB_MAX_TENSORS)
-                rc = WB_ETOOBIG;
-            sc.target = strndup(tn, tl);
-            for (uint32_t i = 0; rc == 0 && i < sa->size; i++) {
-                wb__tinfo t;
-                rc = wb__decode_tinfo(&sa->ptr[i], &t);
-                if (rc == 0)
-                    rc = wb__schema_push(&sc, t.name, t.dtype, t.ndim,
-                                         t.shape);
-                free(t.name);
-            }
-        }
-        if (rc) {
-            wb__reply_error(c, id, rc, "bad %s in map request: %s",
-                            rc == WB_ERULE ? "rule" : "schema or rules",
-                            wb_strerror(rc));
-            wb__ruleset_clear(&rs);
-            wb__schema_clear(&sc);
-            map_req_free(mr);
-            return 0;
-        }
-        wb__resolve_req rq = {.src = v->t,
-                              .nsrc = v->n,
-                              .rules = &rs,
-                              .schema = has_schema ? &sc : NULL,
-                              .strict = strict,
-                              .ignore_mismatch = ignore};
-        rc = wb__resolve(&rq, &mr->res);
-        mr->resolved = 1;
-        wb__ruleset_clear(&rs);
-        wb__schema_clear(&sc);
-        if (rc == WB_ELOAD) {
-            map_reply_load_error(mr);
-            map_req_free(mr);
-            return 0;
-        }
-        if (rc) {
-            wb__reply_error(c, id, rc, "%s",
-                            mr->res.errmsg[0] ? mr->res.errmsg
-                                              : wb_strerror(rc));
-            map_req_free(mr);
-            return 0;
-        }
-        if (!plan) {
-            rc = map_prepare_casts(mr);
-            if (rc) {
-                if (rc == WB_ENOMEM)
-                    wb__reply_error(c, id, rc, "out of memory");
-                if (mr->waiting == 0) {
-                    map_req_free(mr);
-                    return 0;
-                }
-                /* Some conversions already wait on mr: let them finish
-                 * it, reporting the failure. */
-                mr->failed = rc;
-                c->refs++;
-                return 1;
-            }
-            if (mr->waiting > 0) {
-                c->refs++;
-                return 1;
-            }
+    if (has_rules != 0 && !has_schema) {
+        map_reply(mr);
+        map_req_free(mr);
+        return 0;
+    }
+    int rc = 0;
+    if (has_rules == 0)
+        rc = wb__decode_rules(ra, &mr->rs);
+    if (rc == 0 && has_schema) {
+        const char *tn = "";
+        size_t tl = 0;
+        if (wb__mp_get_array(so, "tensors", &sa) != 0 ||
+            wb__mp_get_str(so, "target", &tn, &tl) < 0)
+            rc = WB_EPROTO;
+        else if (sa->size > WB_MAX_TENSORS)
+            rc = WB_ETOOBIG;
+        mr->sc.target = strndup(tn, tl);
+        for (uint32_t i = 0; rc == 0 && i < sa->size; i++) {
+            wb__tinfo t;
+            rc = wb__decode_tinfo(&sa->ptr[i], &t);
+            if (rc == 0)
+                rc = wb__schema_push(&mr->sc, t.name, t.dtype, t.ndim,
+                                     t.shape);
+            free(t.name);
         }
     }
-    map_reply(mr);
-    map_req_free(mr);
-    return 0;
+    if (rc) {
+        wb__reply_error(c, id, rc, "bad %s in map request: %s",
+                        rc == WB_ERULE ? "rule" : "schema or rules",
+                        wb_strerror(rc));
+        map_req_free(mr);
+        return 0;
+    }
+    mr->rq = (wb__resolve_req){.src = v->t,
+                               .nsrc = v->n,
+                               .rules = &mr->rs,
+                               .schema = has_schema ? &mr->sc : NULL,
+                               .strict = strict,
+                               .ignore_mismatch = ignore,
+                               .budget_ms = WB_RULES_BUDGET_MS};
+    /* Rules may take up to their budget: they run off the loop so that
+     * other clients are served meanwhile.  A schema alone costs a few hash
+     * lookups per key and is resolved here. */
+    if (mr->rs.n > 0) {
+        mr->work.data = mr;
+        if (uv_queue_work(wb__g->loop, &mr->work, resolve_work,
+                          resolve_done) == 0) {
+            c->refs++;
+            return 1;
+        }
+    }
+    mr->rc = wb__resolve(&mr->rq, &mr->res);
+    return map_resolved(mr);
 }
 
 /* ------------------------------------------------------------ inspect */

@@ -6,7 +6,9 @@
  * schema by name and shape.  Lookups use small open-addressing hash tables,
  * runs of exact renames are applied through one table rather than rule by
  * rule, and every regex match is bounded by PCRE2 limits, so a request
- * costs about O(keys x rules) and never blocks the event loop for long.
+ * costs about O(keys x rules); a time budget stops a request whose rules
+ * are legal but slow on every key (a pattern just under the match limit,
+ * applied to 100,000 keys).
  *
  * The report mirrors torch.nn.Module.load_state_dict (torch 1.13): missing
  * keys and size mismatches in target order, unexpected keys in the order
@@ -19,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "resolve.h"
 #include "rules_match.h"
@@ -28,6 +31,7 @@
 #define WB_HASH_MIN_CAP 16         /* Smallest hash table, in slots. */
 #define WB_KEYLIST_MIN_CAP 8       /* First allocation of a key list. */
 #define WB_ERRMSG_WHY_MAX 320      /* Bytes of a regex/template reason. */
+#define WB_BUDGET_CHECK_KEYS 16    /* Keys between two looks at the clock. */
 #define NONE SIZE_MAX              /* "No index" in index fields. */
 
 /* ---------------------------------------------------------------- hashing */
@@ -559,8 +563,14 @@ static int push_resolved(wb__resolve_out *out, const char *target, size_t src,
     return 0;
 }
 
+static uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 /* Filters and renames every source key into st->kept, checking for
- * collisions. */
+ * collisions and, every few keys, the time budget. */
 static int collect(rstate *st) {
     const wb__resolve_req *req = st->req;
     sbuf cur = {0}, tmp = {0};
@@ -568,8 +578,17 @@ static int collect(rstate *st) {
     st->kept = calloc(req->nsrc ? req->nsrc : 1, sizeof *st->kept);
     if (st->kept == NULL || ht_init(&st->renamed, req->nsrc) != 0)
         return WB_ENOMEM;
+    uint64_t start = req->budget_ms && st->rules.n ? now_ms() : 0;
     for (size_t i = 0; i < req->nsrc && rc == 0; i++) {
         const char *name = req->src[i].name;
+        if (start && i > 0 && i % WB_BUDGET_CHECK_KEYS == 0 &&
+            now_ms() - start > req->budget_ms) {
+            rc = rule_err(st->out, NULL, WB_EREGEX,
+                          "the rules took longer than %u ms; stopped at key "
+                          "%zu of %zu (\"%s\")",
+                          req->budget_ms, i, req->nsrc, name ? name : "");
+            break;
+        }
         if (name == NULL || !keep_key(&st->rules, name))
             continue;
         cur.len = 0;

@@ -1,9 +1,10 @@
 /* resolve.h -- Resolves mapping rules against a source table and a target
  * schema into a load plan and a PyTorch-style load report.
  *
- * Pure computation (no I/O, no daemon state): the daemon calls it on the
- * event loop for every map request, so it must be O(keys x rules) with a
- * bounded regex cost.  The error text is produced here and only here, so
+ * Pure computation (no I/O, no daemon state), safe to run on any thread:
+ * the daemon runs requests with rules on libuv's thread pool.  The cost is
+ * O(keys x rules), every regex match is bounded by PCRE2's match limit, and
+ * a request's whole rule application by a time budget.  The error text is produced here and only here, so
  * that C, Python and CLI users read the same bytes. */
 #ifndef WB_DAEMON_RESOLVE_H
 #define WB_DAEMON_RESOLVE_H
@@ -13,6 +14,7 @@
 #include "../proto/rules.h"
 
 #define WB_REGEX_MATCH_LIMIT 100000 /* PCRE2 match limit per key per rule. */
+#define WB_RULES_BUDGET_MS 2000     /* Time for one request's rules. */
 
 /* One tensor the target receives. */
 typedef struct wb__resolved {
@@ -35,6 +37,8 @@ typedef struct wb__resolve_req {
     const wb__schema *schema;   /* NULL: no target schema. */
     int strict;                 /* strict=True. */
     int ignore_mismatch;        /* ignore_mismatched_sizes=True. */
+    unsigned budget_ms;         /* Time allowed for filtering and renaming
+                                   every key; 0 means no limit. */
 } wb__resolve_req;
 
 typedef struct wb__resolve_out {
@@ -52,8 +56,8 @@ typedef struct wb__resolve_out {
 /* Resolves req into *out (zeroed first).  Returns 0 when the load may go
  * ahead; WB_ELOAD when it must not (error_text set, v empty); WB_ERULE for
  * a bad glob or regex (errmsg names the rule and the position);
- * WB_ECOLLISION naming both source keys in errmsg; WB_EREGEX when the match
- * limit is hit; WB_ENOMEM.  Free *out with wb__resolve_out_free() in every
+ * WB_ECOLLISION naming both source keys in errmsg; WB_EREGEX when a match
+ * limit or the time budget is hit; WB_ENOMEM.  Free *out with wb__resolve_out_free() in every
  * case. */
 int wb__resolve(const wb__resolve_req *req, wb__resolve_out *out);
 void wb__resolve_out_free(wb__resolve_out *out);

@@ -59,7 +59,7 @@ WB_EXTERN const char *wb_version_string(void);
     X(ERULE, -18, "invalid mapping rule")                                      \
     X(ECOLLISION, -19, "two source keys map to one target key")                \
     X(ELOAD, -20, "error(s) in loading state_dict")                            \
-    X(EREGEX, -21, "regular expression match limit exceeded")                  \
+    X(EREGEX, -21, "mapping rules exceeded a match or time limit")             \
     X(ESYS, -22, "system error")                                               \
     X(EVERSION, -23, "protocol version mismatch")                              \
     X(ENOMEM, -24, "out of memory")                                            \

@@ -29,60 +29,37 @@
 
 /* ------------------------------------------------------------ fixtures */
 
-static int start_with(void **state, const char *const *extra) {
-    wbt_daemon *d = calloc(1, sizeof(*d));
-    if (d == NULL || wbt_start(d, extra) != 0) {
-        free(d);
-        return -1;
-    }
-    *state = d;
-    return 0;
-}
-
 static int setup(void **state) {
     static const char *const extra[] = {"--memory-limit", "1G", NULL};
-    return start_with(state, extra);
+    return wbt_setup(state, extra);
 }
 
 static int setup_small(void **state) {
     static const char *const extra[] = {"--memory-limit", "64M", NULL};
-    return start_with(state, extra);
+    return wbt_setup(state, extra);
 }
 
 static int setup_huge(void **state) {
     static const char *const extra[] = {"--memory-limit", "1024T", NULL};
-    return start_with(state, extra);
+    return wbt_setup(state, extra);
 }
 
 /* Stops the daemon; a clean exit (status 0) is part of every test. */
-static int teardown(void **state) {
-    wbt_daemon *d = *state;
-    int st = wbt_stop(d);
-    free(d);
-    return (WIFEXITED(st) && WEXITSTATUS(st) == 0) ? 0 : -1;
-}
+static int teardown(void **state) { return wbt_teardown(state); }
 
 static void sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
 }
 
-/* Waits up to 5 s for the daemon to hold no segments and no memory. */
 static void wait_clean(const wbt_daemon *d) {
-    for (int i = 0; i < 500; i++) {
-        if (wbt_segment_count(d) == 0 && wbt_mem_used(d) == 0)
-            return;
-        sleep_ms(10);
-    }
+    wbt_wait_clean(d);
     assert_int_equal(wbt_segment_count(d), 0);
     assert_int_equal(wbt_mem_used(d), 0);
 }
 
-/* Waits up to 5 s for the daemon's descriptor count to return to n. */
 static void wait_fds(const wbt_daemon *d, int n) {
-    for (int i = 0; i < 500 && wbt_fd_count(d) != n; i++)
-        sleep_ms(10);
-    assert_int_equal(wbt_fd_count(d), n);
+    assert_int_equal(wbt_wait_fds(d, n), n);
 }
 
 /* Runs fn(d) in a child process and returns its exit status. */
@@ -306,74 +283,59 @@ static void test_daemon_no_space(void **state) {
     wb_close(c);
 }
 
-/* Sends a frame whose body is a msgpack map built by fn. */
-static void send_map(int fd, void (*fn)(msgpack_packer *)) {
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    fn(&pk);
-    wbt_raw_frame(fd, sb.data, sb.size);
-    msgpack_sbuffer_destroy(&sb);
-}
-
-static void pk_str(msgpack_packer *pk, const char *s) {
-    msgpack_pack_str_with_body(pk, s, strlen(s));
-}
-
 static void body_unknown_op(msgpack_packer *pk) {
     msgpack_pack_map(pk, 2);
-    pk_str(pk, "op");
-    pk_str(pk, "explode");
-    pk_str(pk, "id");
+    wbt_pk_str(pk, "op");
+    wbt_pk_str(pk, "explode");
+    wbt_pk_str(pk, "id");
     msgpack_pack_uint64(pk, 2);
 }
 
 static void body_bad_types(msgpack_packer *pk) {
     msgpack_pack_map(pk, 4);
-    pk_str(pk, "op");
-    pk_str(pk, "publish");
-    pk_str(pk, "id");
+    wbt_pk_str(pk, "op");
+    wbt_pk_str(pk, "publish");
+    wbt_pk_str(pk, "id");
     msgpack_pack_uint64(pk, 3);
-    pk_str(pk, "model");
+    wbt_pk_str(pk, "model");
     msgpack_pack_int(pk, 42);
-    pk_str(pk, "tensors");
-    pk_str(pk, "not a list");
+    wbt_pk_str(pk, "tensors");
+    wbt_pk_str(pk, "not a list");
 }
 
 static void body_bad_tensor(msgpack_packer *pk) {
     msgpack_pack_map(pk, 4);
-    pk_str(pk, "op");
-    pk_str(pk, "publish");
-    pk_str(pk, "id");
+    wbt_pk_str(pk, "op");
+    wbt_pk_str(pk, "publish");
+    wbt_pk_str(pk, "id");
     msgpack_pack_uint64(pk, 4);
-    pk_str(pk, "model");
-    pk_str(pk, "m");
-    pk_str(pk, "tensors");
+    wbt_pk_str(pk, "model");
+    wbt_pk_str(pk, "m");
+    wbt_pk_str(pk, "tensors");
     msgpack_pack_array(pk, 1);
     msgpack_pack_array(pk, 3);
-    pk_str(pk, "w");
-    pk_str(pk, "F99");
+    wbt_pk_str(pk, "w");
+    wbt_pk_str(pk, "F99");
     msgpack_pack_array(pk, 0);
 }
 
 static void body_commit_unknown(msgpack_packer *pk) {
     msgpack_pack_map(pk, 3);
-    pk_str(pk, "op");
-    pk_str(pk, "commit");
-    pk_str(pk, "id");
+    wbt_pk_str(pk, "op");
+    wbt_pk_str(pk, "commit");
+    wbt_pk_str(pk, "id");
     msgpack_pack_uint64(pk, 5);
-    pk_str(pk, "pub");
+    wbt_pk_str(pk, "pub");
     msgpack_pack_uint64(pk, 999999);
 }
 
 static void body_bad_proto(msgpack_packer *pk) {
     msgpack_pack_map(pk, 3);
-    pk_str(pk, "op");
-    pk_str(pk, "hello");
-    pk_str(pk, "id");
+    wbt_pk_str(pk, "op");
+    wbt_pk_str(pk, "hello");
+    wbt_pk_str(pk, "id");
     msgpack_pack_uint64(pk, 1);
-    pk_str(pk, "proto");
+    wbt_pk_str(pk, "proto");
     msgpack_pack_int(pk, 99);
 }
 
@@ -431,21 +393,21 @@ static void test_daemon_garbage_frames(void **state) {
             unsigned char h[6] = {0, 0, 1, 0, 0x82, 0xa2};
             wbt_raw_send(fd, h, sizeof(h));
         } else if (kind == 3) { /* A request before the hello. */
-            send_map(fd, body_unknown_op);
+            wbt_raw_packed(fd, body_unknown_op);
             assert_int_equal(wbt_raw_reply(fd), WB_EPROTO);
             assert_int_equal(wbt_raw_reply(fd), 1); /* closed */
         } else if (kind == 4) { /* Unknown op after the hello. */
             assert_int_equal(wbt_raw_hello(fd), 0);
-            send_map(fd, body_unknown_op);
+            wbt_raw_packed(fd, body_unknown_op);
             assert_int_equal(wbt_raw_reply(fd), WB_EPROTO);
         } else if (kind == 5) { /* Wrong types. */
             assert_int_equal(wbt_raw_hello(fd), 0);
-            send_map(fd, body_bad_types);
+            wbt_raw_packed(fd, body_bad_types);
             int err = wbt_raw_reply(fd);
             assert_true(err == WB_EINVAL || err == WB_EPROTO);
-            send_map(fd, body_bad_tensor);
+            wbt_raw_packed(fd, body_bad_tensor);
             assert_int_equal(wbt_raw_reply(fd), WB_EDTYPE);
-            send_map(fd, body_commit_unknown);
+            wbt_raw_packed(fd, body_commit_unknown);
             assert_int_equal(wbt_raw_reply(fd), WB_ESTATE);
         } else if (kind == 6) { /* A map within a map within ... */
             unsigned char deep[64];
@@ -462,7 +424,7 @@ static void test_daemon_garbage_frames(void **state) {
             send_hello_with_fd(fd);
             assert_int_equal(wbt_raw_reply(fd), 0);
         } else if (kind == 8) { /* Wrong protocol version. */
-            send_map(fd, body_bad_proto);
+            wbt_raw_packed(fd, body_bad_proto);
             assert_int_equal(wbt_raw_reply(fd), WB_EVERSION);
         } else { /* Billion-element header inside a valid frame. */
             unsigned char body[] = {0x81, 0xa1, 'x', 0xdd, 0x3b,

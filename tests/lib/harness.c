@@ -268,3 +268,59 @@ int wbt_raw_hello(int fd) {
     msgpack_sbuffer_destroy(&sb);
     return rc;
 }
+
+int wbt_setup(void **state, const char *const *extra) {
+    wbt_daemon *d = calloc(1, sizeof(*d));
+    if (d == NULL || wbt_start(d, extra) != 0) {
+        free(d);
+        return -1;
+    }
+    *state = d;
+    return 0;
+}
+
+int wbt_teardown(void **state) {
+    wbt_daemon *d = *state;
+    int st = wbt_stop(d);
+    free(d);
+    return (WIFEXITED(st) && WEXITSTATUS(st) == 0) ? 0 : -1;
+}
+
+void wbt_raw_packed(int fd, void (*fn)(msgpack_packer *)) {
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    fn(&pk);
+    wbt_raw_frame(fd, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+void wbt_pk_str(msgpack_packer *pk, const char *s) {
+    msgpack_pack_str_with_body(pk, s, strlen(s));
+}
+
+static void nap_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+int wbt_wait_fds(const wbt_daemon *d, int n) {
+    for (int i = 0; i < 500 && wbt_fd_count(d) != n; i++)
+        nap_ms(10);
+    return wbt_fd_count(d);
+}
+
+int wbt_wait_segments(const wbt_daemon *d, int n) {
+    for (int i = 0; i < 500 && wbt_segment_count(d) != n; i++)
+        nap_ms(10);
+    return wbt_segment_count(d);
+}
+
+void wbt_wait_clean(const wbt_daemon *d) {
+    for (int i = 0; i < 500; i++) {
+        if (wbt_segment_count(d) == 0 && wbt_mem_used(d) == 0)
+            return;
+        nap_ms(10);
+    }
+}

@@ -29,6 +29,15 @@ wb_client *wbt_connect(const wbt_daemon *d);
 int wbt_fd_count(const wbt_daemon *d);
 /* memfd segments the daemon holds open (wbroker:* in /proc/PID/fd). */
 int wbt_segment_count(const wbt_daemon *d);
+/* Waits up to 5 s for the descriptor count to become n; returns the
+ * count at the end. */
+int wbt_wait_fds(const wbt_daemon *d, int n);
+/* Waits up to 5 s for the segment count to become n (read-only
+ * descriptors for a reply are closed just after it is sent); returns the
+ * count at the end. */
+int wbt_wait_segments(const wbt_daemon *d, int n);
+/* Waits up to 5 s for the daemon to hold no segments and no memory. */
+void wbt_wait_clean(const wbt_daemon *d);
 /* 1 if the daemon is still running. */
 int wbt_alive(const wbt_daemon *d);
 /* Memory in use according to status. */
@@ -47,6 +56,16 @@ int wbt_raw_frame(int fd, const void *body, size_t len);
 int wbt_raw_reply(int fd);
 /* Sends a valid hello and reads its reply; returns its err. */
 int wbt_raw_hello(int fd);
+
+/* cmocka fixtures: starts a daemon with extra arguments into *state;
+ * stops it and fails unless it exited cleanly (status 0). */
+int wbt_setup(void **state, const char *const *extra);
+int wbt_teardown(void **state);
+
+/* Sends a frame whose body is the msgpack built by fn; packs a string. */
+struct msgpack_packer;
+void wbt_raw_packed(int fd, void (*fn)(struct msgpack_packer *));
+void wbt_pk_str(struct msgpack_packer *pk, const char *s);
 
 /* Path of the build directory ("build" unless WB_BUILD is set). */
 const char *wbt_build_dir(void);

@@ -122,7 +122,7 @@ static json_t *run_case(json_t *c) {
     if (r->has_ignore)
         ignore = r->ignore;
     wb__resolve_req req = {src.v, src.n, &r->rs, has_schema ? &tgt : NULL,
-                           strict, ignore};
+                           strict, ignore, WB_RULES_BUDGET_MS};
     wb__resolve_out o;
     rc = wb__resolve(&req, &o);
     json_object_set_new(res, "rc", json_string(wb_err_name(rc)));

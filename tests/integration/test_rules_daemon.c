@@ -1,0 +1,437 @@
+/* test_rules_daemon.c -- Mapping rules and dtype conversion through a real
+ * wbrokerd: slow and pathological regexes while other clients are served,
+ * malformed rules and schemas on the wire, and converted copies that are
+ * made once, shared, accounted and freed with their version. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <msgpack.h>
+
+#include "../../daemon/convert.h"
+#include "harness.h"
+#include "rules.h"
+
+static int setup(void **state) {
+    static const char *const extra[] = {"--memory-limit", "1G", NULL};
+    return wbt_setup(state, extra);
+}
+
+static int teardown(void **state) {
+    return wbt_teardown(state);
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ------------------------------------------------------------ regexes */
+
+#define WIDE_KEYS 100000 /* Keys of the wide model. */
+#define WIDE_AS 15       /* Leading 'a's of each key. */
+
+/* Publishes "wide": WIDE_KEYS one-byte tensors named WIDE_AS 'a's and a
+ * six-digit number, keys on which "(a+)+[bc]" backtracks about 2^15 steps
+ * (under the per-match limit, about a millisecond each). */
+static void publish_wide(wb_client *c) {
+    wb_tensor_spec *specs = calloc(WIDE_KEYS, sizeof(*specs));
+    char(*names)[WIDE_AS + 8] = calloc(WIDE_KEYS, sizeof(*names));
+    assert_non_null(specs);
+    assert_non_null(names);
+    int64_t shape[1] = {1};
+    for (size_t i = 0; i < WIDE_KEYS; i++) {
+        memset(names[i], 'a', WIDE_AS);
+        snprintf(names[i] + WIDE_AS, 8, "%06zu", i);
+        specs[i] = (wb_tensor_spec){names[i], WB_U8, 1, shape};
+    }
+    wb_publish *p;
+    assert_int_equal(wb_publish_begin(c, "wide", specs, WIDE_KEYS, NULL, 0, &p),
+                     0);
+    uint64_t v = 0;
+    assert_int_equal(wb_publish_commit(p, &v), 0);
+    assert_int_equal(v, 1);
+    free(specs);
+    free(names);
+}
+
+typedef struct slow_load {
+    const wbt_daemon *d; /* Daemon to ask. */
+    const char *pattern; /* Regex rename applied to every key. */
+    int rc;              /* wb_load's result. */
+    char errmsg[512];    /* The client's error message. */
+    double seconds;      /* How long the request took. */
+    atomic_int done;     /* Set when the answer came. */
+} slow_load;
+
+static void *slow_load_run(void *arg) {
+    slow_load *s = arg;
+    wb_client *c = wbt_connect(s->d);
+    wb_rules *r = wb_rules_new();
+    wb_rules_rename_regex(r, s->pattern, "x\\1");
+    wb_mapping *m = NULL;
+    double t0 = now();
+    s->rc = wb_load(c, "wide", 0, NULL, r, WB_MAP_PLAN, &m);
+    s->seconds = now() - t0;
+    snprintf(s->errmsg, sizeof(s->errmsg), "%s", wb_errmsg(c));
+    atomic_store(&s->done, 1);
+    wb_unmap(m);
+    wb_rules_free(r);
+    wb_close(c);
+    return NULL;
+}
+
+/* A catastrophic pattern stops at the per-match limit on the first key,
+ * with an error naming the rule and the key. */
+static void test_rules_regex_match_limit(void **state) {
+    wbt_daemon *d = *state;
+    wb_client *c = wbt_connect(d);
+    publish_wide(c);
+    slow_load s = {.d = d, .pattern = "(a|a)+[bc]"};
+    slow_load_run(&s);
+    assert_int_equal(s.rc, WB_EREGEX);
+    assert_non_null(strstr(s.errmsg, "regex \"(a|a)+[bc]\" hit the match "
+                                     "limit on key \"aaaaaaaaaaaaaaa000000\""));
+    assert_true(s.seconds < 1.0);
+    wb_close(c);
+}
+
+/* A pattern that stays under the per-match limit but is slow on each of
+ * 100,000 keys is stopped by the request's time budget, off the event
+ * loop: another client publishes, maps and asks for status meanwhile. */
+static void test_rules_regex_budget_others_served(void **state) {
+    wbt_daemon *d = *state;
+    wb_client *c = wbt_connect(d);
+    publish_wide(c);
+    int fds = wbt_fd_count(d);
+    slow_load s = {.d = d, .pattern = "(a+)+[bc]"};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, slow_load_run, &s), 0);
+    usleep(200 * 1000); /* Let the slow request reach the daemon. */
+    for (int i = 0; i < 5; i++) {
+        double t0 = now();
+        wb_status st;
+        assert_int_equal(wb_get_status(c, &st), 0);
+        char name[16];
+        snprintf(name, sizeof(name), "other%d", i);
+        assert_int_equal(wbt_publish_f32(c, name, 2, 256), 1);
+        wb_mapping *m;
+        assert_int_equal(wb_map(c, name, 0, WB_MAP_SHARED, &m), 0);
+        wb_unmap(m);
+        assert_true(now() - t0 < 0.5);
+    }
+    /* All of that was served while the slow request was in flight. */
+    assert_int_equal(atomic_load(&s.done), 0);
+    pthread_join(th, NULL);
+    assert_int_equal(s.rc, WB_EREGEX);
+    assert_non_null(strstr(s.errmsg, "the rules took longer than 2000 ms"));
+    assert_true(s.seconds >= 2.0 && s.seconds < 30.0);
+    /* Nothing leaked; the model is intact and still served. */
+    assert_int_equal(wbt_wait_fds(d, fds + 5), fds + 5);
+    wb_mapping *m;
+    assert_int_equal(wb_map(c, "wide", 0, WB_MAP_SHARED, &m), 0);
+    assert_int_equal(wb_map_count(m), WIDE_KEYS);
+    wb_unmap(m);
+    wb_close(c);
+}
+
+/* A client that disconnects while its rules run on the thread pool does
+ * not disturb the daemon: the result is dropped when it comes back. */
+static void test_rules_client_gone_midway(void **state) {
+    wbt_daemon *d = *state;
+    wb_client *c = wbt_connect(d);
+    publish_wide(c);
+    int fds = wbt_fd_count(d);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        slow_load s = {.d = d, .pattern = "(a+)+[bc]"};
+        pthread_t th;
+        pthread_create(&th, NULL, slow_load_run, &s);
+        usleep(300 * 1000);
+        _exit(0); /* Mid-request. */
+    }
+    assert_int_equal(waitpid(pid, NULL, 0), pid);
+    sleep(3); /* The budget runs out; the answer has nobody to go to. */
+    assert_true(wbt_alive(d));
+    assert_int_equal(wbt_wait_fds(d, fds), fds);
+    wb_status st;
+    assert_int_equal(wb_get_status(c, &st), 0);
+    assert_int_equal(st.clients, 1);
+    wb_close(c);
+}
+
+/* ------------------------------------------------------------ wire */
+
+static void map_head(msgpack_packer *pk, int extra) {
+    msgpack_pack_map(pk, (size_t)(3 + extra));
+    wbt_pk_str(pk, "op");
+    wbt_pk_str(pk, "map");
+    wbt_pk_str(pk, "id");
+    msgpack_pack_uint64(pk, 7);
+    wbt_pk_str(pk, "model");
+    wbt_pk_str(pk, "m");
+}
+
+static void rule(msgpack_packer *pk, int kind, const char *a, const char *b,
+                 int dtype) {
+    msgpack_pack_array(pk, 5);
+    msgpack_pack_int(pk, kind);
+    wbt_pk_str(pk, a);
+    wbt_pk_str(pk, b);
+    msgpack_pack_int(pk, dtype);
+    msgpack_pack_int(pk, 0);
+}
+
+static void body_rules_not_list(msgpack_packer *pk) {
+    map_head(pk, 1);
+    wbt_pk_str(pk, "rules");
+    wbt_pk_str(pk, "rename everything");
+}
+
+static void body_rule_short(msgpack_packer *pk) {
+    map_head(pk, 1);
+    wbt_pk_str(pk, "rules");
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_int(pk, 1);
+    wbt_pk_str(pk, "a");
+}
+
+static void body_rule_kind(msgpack_packer *pk) {
+    map_head(pk, 1);
+    wbt_pk_str(pk, "rules");
+    msgpack_pack_array(pk, 1);
+    rule(pk, 99, "a", "b", -1);
+}
+
+static void body_rule_bad_regex(msgpack_packer *pk) {
+    map_head(pk, 1);
+    wbt_pk_str(pk, "rules");
+    msgpack_pack_array(pk, 1);
+    rule(pk, WB__RULE_REGEX, "layer(\\d+", "x", -1);
+}
+
+static void body_rule_bad_dtype(msgpack_packer *pk) {
+    map_head(pk, 1);
+    wbt_pk_str(pk, "rules");
+    msgpack_pack_array(pk, 1);
+    rule(pk, WB__RULE_CAST, "*", "", 1000);
+}
+
+static void body_schema_not_map(msgpack_packer *pk) {
+    map_head(pk, 1);
+    wbt_pk_str(pk, "schema");
+    msgpack_pack_array(pk, 0);
+}
+
+/* A schema of n tensors named t0, each of dtype dt and one size dim. */
+static void schema(msgpack_packer *pk, int n, const char *dt, int dim) {
+    map_head(pk, 1);
+    wbt_pk_str(pk, "schema");
+    msgpack_pack_map(pk, 2);
+    wbt_pk_str(pk, "target");
+    wbt_pk_str(pk, "Net");
+    wbt_pk_str(pk, "tensors");
+    msgpack_pack_array(pk, (size_t)n);
+    for (int i = 0; i < n; i++) {
+        msgpack_pack_array(pk, 3);
+        wbt_pk_str(pk, "t0");
+        wbt_pk_str(pk, dt);
+        msgpack_pack_array(pk, 1);
+        msgpack_pack_int(pk, dim);
+    }
+}
+
+static void body_schema_negative(msgpack_packer *pk) {
+    schema(pk, 1, "F32", -4);
+}
+
+static void body_schema_dtype(msgpack_packer *pk) {
+    schema(pk, 1, "F12", 4);
+}
+
+static void body_schema_duplicate(msgpack_packer *pk) {
+    schema(pk, 2, "F32", 4);
+}
+
+/* Malformed rules and schemas get an error with a stable code on the same
+ * connection, which keeps working; nothing leaks. */
+static void test_rules_malformed_on_wire(void **state) {
+    wbt_daemon *d = *state;
+    wb_client *c = wbt_connect(d);
+    assert_int_equal(wbt_publish_f32(c, "m", 1, 4), 1);
+    int fds = wbt_fd_count(d);
+    int fd = wbt_raw_connect(d);
+    assert_true(fd >= 0);
+    assert_int_equal(wbt_raw_hello(fd), 0);
+    static const struct {
+        void (*body)(msgpack_packer *);
+        int err;
+    } cases[] = {
+        {body_rules_not_list, WB_EPROTO},   {body_rule_short, WB_EPROTO},
+        {body_rule_kind, WB_ERULE},         {body_rule_bad_regex, WB_ERULE},
+        {body_rule_bad_dtype, WB_ERULE},    {body_schema_not_map, WB_EPROTO},
+        {body_schema_negative, WB_ESHAPE},  {body_schema_dtype, WB_EDTYPE},
+        {body_schema_duplicate, WB_EEXIST},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        wbt_raw_packed(fd, cases[i].body);
+        int err = wbt_raw_reply(fd);
+        if (err != cases[i].err)
+            fail_msg("case %zu: err %d, want %d", i, err, cases[i].err);
+    }
+    assert_int_equal(wbt_raw_hello(fd), 0);
+    close(fd);
+    assert_int_equal(wbt_wait_fds(d, fds), fds);
+    assert_int_equal(wbt_mem_used(d), 2 << 20);
+    wb_close(c);
+}
+
+/* ------------------------------------------------------------ conversion */
+
+#define CT 4            /* Tensors of the converted model. */
+#define CE (512 * 1024) /* Elements per tensor (2 MiB of F32). */
+
+typedef struct cast_load {
+    const wbt_daemon *d; /* Daemon to ask. */
+    int dtype;           /* Dtype the target wants. */
+    wb_client *c;        /* Kept open with its mapping. */
+    wb_mapping *m;       /* The result. */
+    int rc;              /* wb_load's result. */
+} cast_load;
+
+static void *cast_load_run(void *arg) {
+    cast_load *l = arg;
+    l->c = wbt_connect(l->d);
+    wb_schema *s = wb_schema_new("Net");
+    int64_t shape[1] = {CE};
+    for (int i = 0; i < CT; i++) {
+        char name[8];
+        snprintf(name, sizeof(name), "t%d", i);
+        wb_schema_add(s, name, l->dtype, 1, shape);
+    }
+    l->rc = wb_load(l->c, "m", 0, s, NULL, WB_MAP_SHARED, &l->m);
+    wb_schema_free(s);
+    return NULL;
+}
+
+static void cast_load_done(cast_load *l) {
+    wb_unmap(l->m);
+    wb_close(l->c);
+}
+
+/* Checks that l's tensors hold the source values converted as torch does
+ * (wb__convert is checked bit for bit against torch elsewhere). */
+static void check_converted(const cast_load *l, size_t esize) {
+    float *src = malloc(CE * sizeof(float));
+    uint8_t *want = malloc(CE * esize);
+    assert_non_null(src);
+    assert_non_null(want);
+    for (int i = 0; i < CT; i++) {
+        for (size_t j = 0; j < CE; j++)
+            src[j] = (float)((size_t)i * 1000 + j);
+        assert_int_equal(wb__convert(WB_F32, l->dtype, src, want, CE), 0);
+        wb_tensor t;
+        assert_int_equal(wb_map_tensor(l->m, (size_t)i, &t), 0);
+        assert_int_equal(t.dtype, l->dtype);
+        assert_int_equal(t.cast, 1);
+        assert_int_equal(t.nbytes, CE * esize);
+        assert_memory_equal(t.data, want, CE * esize);
+    }
+    free(src);
+    free(want);
+}
+
+/* Two clients asking the same conversion at once get one converted copy,
+ * made once and shared; a third converting to another dtype gets its own;
+ * a plain consumer of the same version sees the source untouched.  The
+ * copies are accounted, outlive a drop while mapped, and are freed with
+ * their version. */
+static void test_rules_conversion_shared(void **state) {
+    wbt_daemon *d = *state;
+    wb_client *c = wbt_connect(d);
+    assert_int_equal(wbt_publish_f32(c, "m", CT, CE), 1);
+    uint64_t base = wbt_mem_used(d);
+    assert_int_equal(base, (uint64_t)CT * CE * 4 + (2 << 20));
+    int segs = wbt_segment_count(d);
+
+    cast_load a = {.d = d, .dtype = WB_F16}, b = {.d = d, .dtype = WB_F16};
+    pthread_t ta, tb;
+    assert_int_equal(pthread_create(&ta, NULL, cast_load_run, &a), 0);
+    assert_int_equal(pthread_create(&tb, NULL, cast_load_run, &b), 0);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    assert_int_equal(a.rc, 0);
+    assert_int_equal(b.rc, 0);
+    check_converted(&a, 2);
+    check_converted(&b, 2);
+    /* One copy per tensor, 1 MiB each in 2 MiB units, whoever asked. */
+    uint64_t f16 = (uint64_t)CT * (2 << 20);
+    assert_int_equal(wbt_wait_segments(d, segs + CT), segs + CT);
+    assert_int_equal(wbt_mem_used(d), base + f16);
+
+    cast_load e = {.d = d, .dtype = WB_BF16};
+    cast_load_run(&e);
+    assert_int_equal(e.rc, 0);
+    check_converted(&e, 2);
+    assert_int_equal(wbt_wait_segments(d, segs + 2 * CT), segs + 2 * CT);
+    assert_int_equal(wbt_mem_used(d), base + 2 * f16);
+
+    /* A later F16 consumer reuses the cached copy. */
+    cast_load l = {.d = d, .dtype = WB_F16};
+    cast_load_run(&l);
+    assert_int_equal(l.rc, 0);
+    assert_int_equal(wbt_wait_segments(d, segs + 2 * CT), segs + 2 * CT);
+    cast_load_done(&l);
+
+    wb_mapping *plain;
+    assert_int_equal(wb_map(c, "m", 0, WB_MAP_SHARED, &plain), 0);
+    wb_tensor t;
+    assert_int_equal(wb_map_tensor(plain, 3, &t), 0);
+    assert_int_equal(t.cast, 0);
+    assert_true(((const float *)t.data)[7] == 3007.0f);
+
+    /* Dropped while mapped: every mapping stays valid, and the memory goes
+     * when the last one does. */
+    assert_int_equal(wb_drop(c, "m", 0), 0);
+    check_converted(&a, 2);
+    check_converted(&e, 2);
+    cast_load_done(&a);
+    cast_load_done(&b);
+    cast_load_done(&e);
+    wb_unmap(plain);
+    wbt_wait_clean(d);
+    assert_int_equal(wbt_segment_count(d), 0);
+    assert_int_equal(wbt_mem_used(d), 0);
+    wb_close(c);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_rules_regex_match_limit, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_rules_regex_budget_others_served,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rules_client_gone_midway, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_rules_malformed_on_wire, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_rules_conversion_shared, setup,
+                                        teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
