@@ -24,15 +24,23 @@
 struct wb__conn;
 struct wb__model;
 
-/* A dtype-converted copy of a version's tensors, in a segment of its own. */
+/* A segment of dtype-converted copies, written by one conversion job. */
+typedef struct wb__dseg {
+    wb__segment seg;            /* Sealed once every copy is written. */
+    uint64_t accounted;         /* Bytes charged to the memory limit. */
+    int ready;                  /* 1 once converted and sealed. */
+    struct conv_job *job;       /* The job writing it, until it is done. */
+    struct wb__dseg *next;      /* Next in the version's list. */
+} wb__dseg;
+
+/* A dtype-converted copy of one tensor of a version. */
 typedef struct wb__derived {
     int dtype_from;             /* Source dtype. */
     int dtype_to;               /* Converted dtype. */
     size_t src;                 /* Source tensor index (stored order). */
-    wb__segment seg;            /* Sealed segment holding the copy. */
+    wb__dseg *ds;               /* Segment holding the copy. */
+    uint64_t offset;            /* Where in it. */
     uint64_t nbytes;            /* Bytes of the converted tensor. */
-    uint64_t accounted;         /* Bytes charged to the memory limit. */
-    int ready;                  /* 1 once converted and sealed. */
     struct wb__derived *next;   /* Next in the version's list. */
 } wb__derived;
 
@@ -52,6 +60,7 @@ typedef struct wb__version {
     int refs;                   /* Registry + in-flight jobs. */
     int dropped;                /* 1 once no longer listed. */
     wb__derived *derived;       /* Converted copies. */
+    wb__dseg *dsegs;            /* Segments holding them. */
     struct wb__version *next;   /* Next newer version of the model. */
 } wb__version;
 

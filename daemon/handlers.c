@@ -592,17 +592,17 @@ static void map_reply(map_req *mr) {
         if (d == NULL)
             continue;
         int k = 1;
-        while (k < nsegs && segs[k] != &d->seg)
+        while (k < nsegs && segs[k] != &d->ds->seg)
             k++;
         if (k == nsegs) {
             if (nsegs == WB_MAX_SEGMENTS) {
                 free(segix);
                 wb__reply_error(c, mr->id, WB_ETOOBIG,
-                                "more than %d converted tensors in one map",
+                                "copies in more than %d segments in one map",
                                 WB_MAX_SEGMENTS - 1);
                 return;
             }
-            segs[nsegs++] = &d->seg;
+            segs[nsegs++] = &d->ds->seg;
         }
         segix[i] = k;
     }
@@ -645,7 +645,7 @@ static void map_reply(map_req *mr) {
         for (int k = 0; k < t->ndim; k++)
             msgpack_pack_uint64(&r.pk, (uint64_t)t->shape[k]);
         msgpack_pack_uint32(&r.pk, (uint32_t)segix[i]);
-        msgpack_pack_uint64(&r.pk, d ? 0 : v->offset[s]);
+        msgpack_pack_uint64(&r.pk, d ? d->offset : v->offset[s]);
         msgpack_pack_uint64(&r.pk, d ? d->nbytes : v->nbytes[s]);
         if (d || (mr->resolved && mr->res.v[i].cast))
             msgpack_pack_true(&r.pk);
@@ -697,10 +697,14 @@ static void map_reply_load_error(map_req *mr) {
 }
 
 /* Work item converting one tensor into a derived segment. */
+/* A conversion of a batch of tensors into one new segment. */
 typedef struct conv_job {
     uv_work_t work;             /* libuv request. */
     wb__version *v;             /* Source version (referenced). */
-    wb__derived *d;             /* Destination. */
+    wb__dseg *ds;               /* Destination segment. */
+    wb__derived **items;        /* The copies it writes. */
+    size_t nitems;              /* Entries in items. */
+    char label[64];             /* Name of the memfd. */
     int rc;                     /* Result. */
     char err[256];              /* Detail on failure. */
     struct conv_wait *waiters;  /* Map requests waiting for it. */
@@ -711,13 +715,6 @@ typedef struct conv_wait {
     map_req *mr;                /* The waiting request. */
     struct conv_wait *next;     /* Next waiter. */
 } conv_wait;
-
-/* Conversions in flight, so that concurrent requests share them. */
-typedef struct conv_inflight {
-    conv_job *job;              /* The job. */
-    struct conv_inflight *next; /* Next in flight. */
-} conv_inflight;
-static conv_inflight *inflight;
 
 static void map_req_finish(map_req *mr) {
     wb__conn *c = mr->c;
@@ -732,32 +729,26 @@ static void map_req_finish(map_req *mr) {
     map_req_free(mr);
 }
 
-/* Converts count elements of the source tensor of d into d's segment
- * through temporary mappings of both. */
-static int convert_into(const wb__version *v, wb__derived *d, uint64_t count,
-                        char *err, size_t errlen) {
+/* Converts the source tensor of d into dst + d->offset.  Both sides are
+ * mapped with MAP_POPULATE: faulting fresh shared pages one at a time
+ * costs far more than the conversion itself. */
+static int convert_one(const wb__version *v, const wb__derived *d,
+                       uint8_t *dst, char *err, size_t errlen) {
     uint64_t off = v->offset[d->src];
     uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
     uint64_t base = off / page * page;
     size_t slen = (size_t)(off - base + v->nbytes[d->src]);
-    if (slen == 0 || d->nbytes == 0)
+    if (v->nbytes[d->src] == 0)
         return 0;
-    uint8_t *src = mmap(NULL, slen, PROT_READ, MAP_SHARED, v->seg.fd,
-                        (off_t)base);
+    uint8_t *src = mmap(NULL, slen, PROT_READ, MAP_SHARED | MAP_POPULATE,
+                        v->seg.fd, (off_t)base);
     if (src == MAP_FAILED) {
         snprintf(err, errlen, "mapping the source: %s", strerror(errno));
         return WB_ESYS;
     }
-    uint8_t *dst = mmap(NULL, d->nbytes, PROT_READ | PROT_WRITE, MAP_SHARED,
-                        d->seg.fd, 0);
-    if (dst == MAP_FAILED) {
-        snprintf(err, errlen, "mapping the copy: %s", strerror(errno));
-        munmap(src, slen);
-        return WB_ESYS;
-    }
-    int rc = wb__convert(d->dtype_from, d->dtype_to, src + (off - base), dst,
-                         count);
-    munmap(dst, d->nbytes);
+    uint64_t count = v->nbytes[d->src] / wb_dtype_size(d->dtype_from);
+    int rc = wb__convert(d->dtype_from, d->dtype_to, src + (off - base),
+                         dst + d->offset, count);
     munmap(src, slen);
     if (rc)
         snprintf(err, errlen, "unsupported conversion");
@@ -766,65 +757,173 @@ static int convert_into(const wb__version *v, wb__derived *d, uint64_t count,
 
 static void conv_work(uv_work_t *w) {
     conv_job *j = w->data;
-    wb__derived *d = j->d;
-    wb__version *v = j->v;
-    const wb__tinfo *t = &v->t[d->src];
-    uint64_t count = v->nbytes[d->src] / wb_dtype_size(t->dtype);
-    char label[64];
-    snprintf(label, sizeof(label), "wbroker:%.30s:cast", v->model->name);
-    j->rc = wb__seg_create(label, d->seg.size, &d->seg, j->err,
+    wb__dseg *ds = j->ds;
+    j->rc = wb__seg_create(j->label, ds->seg.size, &ds->seg, j->err,
                            sizeof(j->err));
     if (j->rc)
         return;
-    j->rc = convert_into(v, d, count, j->err, sizeof(j->err));
+    uint8_t *dst = mmap(NULL, ds->seg.size, PROT_READ | PROT_WRITE,
+                        MAP_SHARED | MAP_POPULATE, ds->seg.fd, 0);
+    if (dst == MAP_FAILED) {
+        snprintf(j->err, sizeof(j->err), "mapping the copy: %s",
+                 strerror(errno));
+        j->rc = WB_ESYS;
+        return;
+    }
+    for (size_t i = 0; i < j->nitems && j->rc == 0; i++)
+        j->rc = convert_one(j->v, j->items[i], dst, j->err, sizeof(j->err));
+    munmap(dst, ds->seg.size);
     if (j->rc == 0)
-        j->rc = wb__seg_seal(&d->seg);
+        j->rc = wb__seg_seal(&ds->seg);
+}
+
+/* Forgets the copies of a failed job, so that a later request tries
+ * again, and gives their memory back. */
+static void conv_discard(conv_job *j) {
+    wb__version *v = j->v;
+    for (wb__derived **pp = &v->derived; *pp;) {
+        wb__derived *d = *pp;
+        if (d->ds == j->ds) {
+            *pp = d->next;
+            free(d);
+        } else {
+            pp = &d->next;
+        }
+    }
+    for (wb__dseg **pp = &v->dsegs; *pp; pp = &(*pp)->next)
+        if (*pp == j->ds) {
+            *pp = j->ds->next;
+            break;
+        }
+    wb__seg_close(&j->ds->seg);
+    wb__mem_refund(wb__g, j->ds->accounted);
+    free(j->ds);
 }
 
 static void conv_done(uv_work_t *w, int status) {
     conv_job *j = w->data;
-    wb__derived *d = j->d;
-    for (conv_inflight **pp = &inflight; *pp; pp = &(*pp)->next)
-        if ((*pp)->job == j) {
-            conv_inflight *f = *pp;
-            *pp = f->next;
-            free(f);
-            break;
-        }
-    if (j->rc == 0 && status == 0) {
-        d->ready = 1;
+    int ok = j->rc == 0 && status == 0;
+    j->ds->job = NULL;
+    if (ok) {
+        j->ds->ready = 1;
     } else {
-        wb__warn("conversion of %s to %s failed: %s",
-                 j->v->t[d->src].name, wb_dtype_name(d->dtype_to), j->err);
-        /* Unlink the failed copy so that a later request tries again. */
-        for (wb__derived **pp = &j->v->derived; *pp; pp = &(*pp)->next)
-            if (*pp == d) {
-                *pp = d->next;
-                break;
-            }
-        wb__seg_close(&d->seg);
-        wb__mem_refund(wb__g, d->accounted);
+        wb__warn("converting %zu tensors of %s to %s failed: %s", j->nitems,
+                 j->label, wb_dtype_name(j->items[0]->dtype_to), j->err);
+        conv_discard(j);
     }
     for (conv_wait *cw = j->waiters, *next; cw; cw = next) {
         next = cw->next;
         map_req *mr = cw->mr;
-        if (!d->ready && !mr->failed)
+        if (!ok && !mr->failed)
             mr->failed = j->rc ? j->rc : WB_ESYS;
         if (--mr->waiting == 0)
             map_req_finish(mr);
         free(cw);
     }
-    if (!d->ready)
-        free(d);
     wb__version_unref(j->v);
+    free(j->items);
     free(j);
 }
 
+/* Makes mr wait for job j (once, however many of its copies mr uses). */
+static int conv_join(conv_job *j, map_req *mr) {
+    for (conv_wait *cw = j->waiters; cw; cw = cw->next)
+        if (cw->mr == mr)
+            return 0;
+    conv_wait *cw = calloc(1, sizeof(*cw));
+    if (cw == NULL)
+        return WB_ENOMEM;
+    cw->mr = mr;
+    cw->next = j->waiters;
+    j->waiters = cw;
+    mr->waiting++;
+    return 0;
+}
+
+/* Starts one job converting every copy mr needs that nobody has made or
+ * started yet (the cast entries of mr->conv still NULL, nmissing of them)
+ * into one segment, so that a map reply carries few descriptors however
+ * many tensors are cast.  Returns 0 or an error code (WB_ELIMIT already
+ * answered). */
+static int conv_start(map_req *mr, size_t nmissing) {
+    wb__version *v = mr->v;
+    conv_job *j = calloc(1, sizeof(*j));
+    wb__dseg *ds = calloc(1, sizeof(*ds));
+    wb__derived **items = calloc(nmissing, sizeof(*items));
+    size_t n = 0;
+    uint64_t pos = 0;
+    for (size_t i = 0; j && ds && items && i < mr->res.n; i++) {
+        const wb__resolved *e = &mr->res.v[i];
+        if (!e->cast || mr->conv[i])
+            continue;
+        wb__derived *d = calloc(1, sizeof(*d));
+        if (d == NULL)
+            break;
+        const wb__tinfo *t = &v->t[e->src];
+        d->dtype_from = t->dtype;
+        d->dtype_to = e->dtype;
+        d->src = e->src;
+        d->ds = ds;
+        d->offset = pos;
+        d->nbytes = v->nbytes[e->src] / wb_dtype_size(t->dtype) *
+                    wb_dtype_size(e->dtype);
+        pos += (d->nbytes + WB_DATA_ALIGN - 1) / WB_DATA_ALIGN * WB_DATA_ALIGN;
+        items[n++] = d;
+    }
+    uint64_t size = wb__seg_round(pos);
+    int rc = n < nmissing ? WB_ENOMEM : 0;
+    if (rc == 0 && wb__mem_charge(wb__g, size)) {
+        rc = WB_ELIMIT;
+        wb__reply_error(mr->c, mr->id, WB_ELIMIT,
+                        "converting %zu tensors (%llu bytes) would exceed the "
+                        "memory limit",
+                        nmissing, (unsigned long long)size);
+    }
+    if (rc) {
+        for (size_t k = 0; k < n; k++)
+            free(items[k]);
+        free(items), free(j), free(ds);
+        return rc;
+    }
+    ds->accounted = size;
+    ds->seg.fd = -1;
+    ds->seg.size = size;
+    ds->job = j;
+    ds->next = v->dsegs;
+    v->dsegs = ds;
+    n = 0;
+    for (size_t i = 0; i < mr->res.n; i++)
+        if (mr->res.v[i].cast && !mr->conv[i]) {
+            mr->conv[i] = items[n++];
+            mr->conv[i]->next = v->derived;
+            v->derived = mr->conv[i];
+        }
+    j->work.data = j;
+    j->v = v;
+    j->ds = ds;
+    j->items = items;
+    j->nitems = n;
+    snprintf(j->label, sizeof(j->label), "wbroker:%.30s:cast", v->model->name);
+    wb__version_ref(v);
+    if (conv_join(j, mr) != 0) {
+        conv_discard(j);
+        wb__version_unref(v);
+        free(items);
+        free(j);
+        return WB_ENOMEM;
+    }
+    /* Cannot fail: the loop and both callbacks are valid. */
+    uv_queue_work(wb__g->loop, &j->work, conv_work, conv_done);
+    return 0;
+}
+
 /* Arranges for every cast entry of mr to have its converted copy: reuses a
- * ready one, joins one in flight, or starts one.  Returns 0 (mr->waiting
- * says how many are outstanding) or an error code (already answered). */
+ * ready one, joins one in flight, or starts one job for all the others.
+ * Returns 0 (mr->waiting says how many jobs are outstanding) or an error
+ * code (already answered). */
 static int map_prepare_casts(map_req *mr) {
     wb__version *v = mr->v;
+    size_t nmissing = 0;
     for (size_t i = 0; i < mr->res.n; i++) {
         wb__resolved *e = &mr->res.v[i];
         if (!e->cast)
@@ -844,58 +943,14 @@ static int map_prepare_casts(map_req *mr) {
                                 wb_dtype_name(e->dtype));
                 return WB_EDTYPE;
             }
-            uint64_t count = v->nbytes[e->src] / wb_dtype_size(t->dtype);
-            uint64_t nbytes = count * wb_dtype_size(e->dtype);
-            uint64_t size = wb__seg_round(nbytes);
-            if (wb__mem_charge(wb__g, size)) {
-                wb__reply_error(mr->c, mr->id, WB_ELIMIT,
-                                "converting %s would exceed the memory limit",
-                                t->name);
-                return WB_ELIMIT;
-            }
-            conv_job *j = calloc(1, sizeof(*j));
-            conv_inflight *f = calloc(1, sizeof(*f));
-            d = calloc(1, sizeof(*d));
-            if (!j || !f || !d) {
-                free(j), free(f), free(d);
-                wb__mem_refund(wb__g, size);
-                return WB_ENOMEM;
-            }
-            d->dtype_from = t->dtype;
-            d->dtype_to = e->dtype;
-            d->src = e->src;
-            d->nbytes = nbytes;
-            d->accounted = size;
-            d->seg.fd = -1;
-            d->seg.size = size;
-            d->next = v->derived;
-            v->derived = d;
-            j->work.data = j;
-            j->v = v;
-            j->d = d;
-            wb__version_ref(v);
-            f->job = j;
-            f->next = inflight;
-            inflight = f;
-            uv_queue_work(wb__g->loop, &j->work, conv_work, conv_done);
+            nmissing++;
+            continue;
         }
         mr->conv[i] = d;
-        if (!d->ready) {
-            conv_inflight *f = inflight;
-            while (f && f->job->d != d)
-                f = f->next;
-            conv_wait *cw = calloc(1, sizeof(*cw));
-            if (f == NULL || cw == NULL) {
-                free(cw);
-                return WB_ENOMEM;
-            }
-            cw->mr = mr;
-            cw->next = f->job->waiters;
-            f->job->waiters = cw;
-            mr->waiting++;
-        }
+        if (!d->ds->ready && conv_join(d->ds->job, mr) != 0)
+            return WB_ENOMEM;
     }
-    return 0;
+    return nmissing ? conv_start(mr, nmissing) : 0;
 }
 
 /* Answers mr once resolved (mr->rc, mr->res): with the load error or

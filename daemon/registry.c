@@ -55,10 +55,14 @@ void wb__version_ref(wb__version *v) { v->refs++; }
 static void version_free(wb__version *v) {
     for (wb__derived *d = v->derived, *next; d; d = next) {
         next = d->next;
-        wb__seg_close(&d->seg);
-        if (wb__g)
-            wb__mem_refund(wb__g, d->accounted);
         free(d);
+    }
+    for (wb__dseg *ds = v->dsegs, *next; ds; ds = next) {
+        next = ds->next;
+        wb__seg_close(&ds->seg);
+        if (wb__g)
+            wb__mem_refund(wb__g, ds->accounted);
+        free(ds);
     }
     wb__seg_close(&v->seg);
     if (wb__g)
