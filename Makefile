@@ -123,7 +123,7 @@ $(BUILD)/tests/%: tests/integration/%.c $(DAEMON_OBJ) $(TESTLIB_OBJ) $(LIB_A) | 
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Itests/lib -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS) -lcmocka -lm
 
-$(BUILD)/bench/%: bench/%.c $(TESTLIB_OBJ) $(LIB_A)
+$(BUILD)/bench/%: bench/%.c $(DAEMON_OBJ) $(TESTLIB_OBJ) $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Itests/lib -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS) -lm
 
