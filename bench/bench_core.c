@@ -94,7 +94,7 @@ static int publish(wb_client *c, const char *name, const model *m,
     wb_tensor_spec *specs = calloc(m->n, sizeof(*specs));
     for (size_t i = 0; i < m->n; i++)
         specs[i] = (wb_tensor_spec){m->names[i], WB_F32, m->ndim[i],
-                                    m->shapes[i]};
+                                    m->shapes[i], NULL};
     wb_publish *p;
     int rc = wb_publish_begin(c, name, specs, m->n, NULL, 0, &p);
     free(specs);

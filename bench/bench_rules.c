@@ -232,7 +232,8 @@ static int model_publish(wb_client *c, const char *name, const model *m) {
     if (specs == NULL)
         return WB_ENOMEM;
     for (size_t i = 0; i < m->n; i++)
-        specs[i] = (wb_tensor_spec){m->src[i], WB_F32, m->ndim[i], m->shape[i]};
+        specs[i] =
+            (wb_tensor_spec){m->src[i], WB_F32, m->ndim[i], m->shape[i], NULL};
     wb_publish *p;
     int rc = wb_publish_begin(c, name, specs, m->n, NULL, 0, &p);
     free(specs);
@@ -578,7 +579,7 @@ static int bench_cast(wb_client *c, const float *src, size_t bytes,
         return -1;
     for (int i = 0; i < CAST_TENSORS; i++) {
         snprintf(names[i], sizeof names[i], "layers.%d.weight", i);
-        specs[i] = (wb_tensor_spec){names[i], WB_F32, 2, shape};
+        specs[i] = (wb_tensor_spec){names[i], WB_F32, 2, shape, NULL};
         if (wb_schema_add(s16, names[i], WB_F16, 2, shape) ||
             wb_schema_add(s32, names[i], WB_F32, 2, shape))
             return -1;

@@ -276,6 +276,37 @@ void wb_close(wb_client *c) {
 
 /* ------------------------------------------------------------ publish */
 
+/* Finds the tensor tensors[i] is tied to: an earlier one, itself not tied,
+ * of the same dtype and shape.  Stores its index in *to.  Returns 0 or
+ * WB_EINVAL (recorded on c). */
+static int find_tie(wb_client *c, const wb_tensor_spec *tensors, size_t i,
+                    size_t *to) {
+    const wb_tensor_spec *t = &tensors[i];
+    for (size_t j = i; j-- > 0;) {
+        const wb_tensor_spec *r = &tensors[j];
+        if (strcmp(r->name, t->tied_to) != 0)
+            continue;
+        if (r->tied_to)
+            return fail(c, WB_EINVAL,
+                        "tensor %s: tied to %s, which is "
+                        "itself tied (name the stored tensor)",
+                        t->name, r->name);
+        if (r->dtype != t->dtype || r->ndim != t->ndim ||
+            (t->ndim && memcmp(r->shape, t->shape,
+                               (size_t)t->ndim * sizeof(int64_t)) != 0))
+            return fail(c, WB_EINVAL,
+                        "tensor %s: tied to %s, which has "
+                        "another dtype or shape",
+                        t->name, r->name);
+        *to = j;
+        return 0;
+    }
+    return fail(c, WB_EINVAL,
+                "tensor %s: tied to %s, which is not an "
+                "earlier tensor",
+                t->name, t->tied_to);
+}
+
 int wb_publish_begin(wb_client *c, const char *model,
                      const wb_tensor_spec *tensors, size_t n,
                      const wb_kv *meta, size_t n_meta, wb_publish **out) {
@@ -306,6 +337,7 @@ int wb_publish_begin(wb_client *c, const char *model,
     msgpack_sbuffer sb;
     msgpack_packer pk;
     int rc = 0;
+    size_t nties = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
         const wb_tensor_spec *t = &tensors[i];
         if (t->name == NULL || wb__check_name(t->name, strlen(t->name)))
@@ -318,12 +350,25 @@ int wb_publish_begin(wb_client *c, const char *model,
             rc = fail(c, wb_dtype_size(t->dtype) ? WB_ESHAPE : WB_EDTYPE,
                       "tensor %s: invalid %s", t->name,
                       wb_dtype_size(t->dtype) ? "shape" : "dtype");
+        else if (t->tied_to)
+            nties++;
     }
+    size_t(*ties)[2] = nties ? calloc(nties, sizeof(*ties)) : NULL;
+    if (rc == 0 && nties && ties == NULL)
+        rc = fail(c, WB_ENOMEM, "out of memory");
+    for (size_t i = 0, k = 0; i < n && rc == 0; i++)
+        if (tensors[i].tied_to) {
+            ties[k][0] = i;
+            rc = find_tie(c, tensors, i, &ties[k][1]);
+            k++;
+        }
     if (rc) {
+        free(ties);
         wb_publish_abort(p);
         return rc;
     }
-    uint64_t id = req_begin(c, &sb, &pk, "publish", n_meta ? 3 : 2);
+    uint64_t id =
+        req_begin(c, &sb, &pk, "publish", 2 + (n_meta > 0) + (nties > 0));
     wb__pack_key(&pk, "model");
     wb__pack_cstr(&pk, model);
     wb__pack_key(&pk, "tensors");
@@ -339,6 +384,16 @@ int wb_publish_begin(wb_client *c, const char *model,
             wb__pack_cstr(&pk, meta[i].value);
         }
     }
+    if (nties) {
+        wb__pack_key(&pk, "tied");
+        msgpack_pack_array(&pk, nties);
+        for (size_t k = 0; k < nties; k++) {
+            msgpack_pack_array(&pk, 2);
+            msgpack_pack_uint64(&pk, ties[k][0]);
+            msgpack_pack_uint64(&pk, ties[k][1]);
+        }
+    }
+    free(ties);
     wb__msg m;
     int fd = -1, nfds = 0;
     rc = roundtrip(c, &sb, id, &m, &fd, &nfds, 1);

@@ -185,6 +185,70 @@ static int st_parse_metadata(json_t *m, wb__st_file *f, char *err,
     return 0;
 }
 
+/* Index of the tensor named name in f, or SIZE_MAX. */
+static size_t st_find(const wb__st_file *f, const char *name) {
+    for (size_t i = 0; i < f->n; i++)
+        if (strcmp(f->t[i].name, name) == 0)
+            return i;
+    return SIZE_MAX;
+}
+
+/* Turns the WB_TIED_KEY metadata entry, if any, into f's ties: a JSON
+ * object mapping each alias (not itself a tensor) to a stored tensor.  The
+ * entry leaves the metadata.  Returns 0 or WB_EFORMAT / WB_ENOMEM. */
+static int st_parse_ties(wb__st_file *f, char *err, size_t errlen) {
+    size_t m = 0;
+    while (m < f->n_meta && strcmp(f->meta_keys[m], WB_TIED_KEY) != 0)
+        m++;
+    if (m == f->n_meta)
+        return 0;
+    json_error_t jerr;
+    json_t *o = json_loads(f->meta_vals[m], JSON_REJECT_DUPLICATES, &jerr);
+    if (!json_is_object(o)) {
+        json_decref(o);
+        return st_fail(err, errlen, WB_EFORMAT,
+                       "metadata '%s' is not a JSON object of names",
+                       WB_TIED_KEY);
+    }
+    size_t n = json_object_size(o);
+    f->tie_alias = calloc(n ? n : 1, sizeof *f->tie_alias);
+    f->tie_of = calloc(n ? n : 1, sizeof *f->tie_of);
+    if (f->tie_alias == NULL || f->tie_of == NULL) {
+        json_decref(o);
+        return st_fail(err, errlen, WB_ENOMEM, "out of memory");
+    }
+    const char *alias;
+    json_t *v;
+    int rc = 0;
+    json_object_foreach(o, alias, v) {
+        size_t of =
+            json_is_string(v) ? st_find(f, json_string_value(v)) : SIZE_MAX;
+        if (of == SIZE_MAX || st_find(f, alias) != SIZE_MAX) {
+            rc = st_fail(err, errlen, WB_EFORMAT,
+                         "metadata '%s': '%.64s' must tie a new name to a "
+                         "stored tensor",
+                         WB_TIED_KEY, alias);
+            break;
+        }
+        if ((f->tie_alias[f->n_ties] = strdup(alias)) == NULL) {
+            rc = st_fail(err, errlen, WB_ENOMEM, "out of memory");
+            break;
+        }
+        f->tie_of[f->n_ties++] = of;
+    }
+    json_decref(o);
+    if (rc == 0) {
+        free(f->meta_keys[m]);
+        free(f->meta_vals[m]);
+        f->n_meta--;
+        memmove(f->meta_keys + m, f->meta_keys + m + 1,
+                (f->n_meta - m) * sizeof *f->meta_keys);
+        memmove(f->meta_vals + m, f->meta_vals + m + 1,
+                (f->n_meta - m) * sizeof *f->meta_vals);
+    }
+    return rc;
+}
+
 /* Parses the JSON root into f (whose header fields are set) and checks the
  * tensors' layout.  Returns 0 or an error with err set; on error f may hold
  * partial allocations for the caller to free. */
@@ -238,7 +302,7 @@ static int st_parse_root(json_t *root, wb__st_file *f, char *err,
                        (unsigned long long)pos,
                        (unsigned long long)f->data_start,
                        (unsigned long long)f->data_len);
-    return 0;
+    return st_parse_ties(f, err, errlen);
 }
 
 int wb__st_parse_header(const uint8_t *buf, size_t len, uint64_t file_size,
@@ -366,5 +430,9 @@ void wb__st_file_free(wb__st_file *f) {
     }
     free(f->meta_keys);
     free(f->meta_vals);
+    for (size_t i = 0; i < f->n_ties; i++)
+        free(f->tie_alias[i]);
+    free(f->tie_alias);
+    free(f->tie_of);
     memset(f, 0, sizeof *f);
 }

@@ -33,7 +33,11 @@ typedef struct wb__st_file {
     size_t n;            /* Number of tensors. */
     char **meta_keys;    /* Metadata keys, in file order. */
     char **meta_vals;    /* Metadata values, parallel to meta_keys. */
-    size_t n_meta;       /* Number of metadata entries. */
+    size_t n_meta;       /* Number of metadata entries (without the
+                            WB_TIED_KEY entry, which becomes the ties). */
+    char **tie_alias;    /* Names that share a stored tensor's bytes. */
+    size_t *tie_of;      /* Per alias: index in t of the stored tensor. */
+    size_t n_ties;       /* Number of aliases. */
     uint64_t header_len; /* N, the JSON header's length in bytes. */
     uint64_t data_start; /* Offset of the data buffer in the file: 8 + N. */
     uint64_t data_len;   /* Bytes of the data buffer (tensors tile it). */

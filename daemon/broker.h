@@ -52,7 +52,9 @@ typedef struct wb__version {
     wb__tinfo *t;               /* Tensors in published order. */
     uint64_t *offset;           /* Absolute offset of each tensor. */
     uint64_t *nbytes;           /* Bytes of each tensor. */
-    uint64_t data_bytes;        /* Sum of nbytes. */
+    size_t *tie;                /* NULL, or per tensor the index of the one
+                                   whose bytes it shares (its own if none). */
+    uint64_t data_bytes;        /* Bytes stored (tied tensors once). */
     char **mkeys;               /* Metadata keys. */
     char **mvals;               /* Metadata values. */
     size_t nmeta;               /* Metadata entries. */

@@ -240,11 +240,20 @@ static int read_meta(wb__conn *c, uint64_t id, const msgpack_object *req,
             wb__check_name(k->via.str.ptr, k->via.str.size) ||
             val->via.str.size > WB_MAX_META_BYTES ||
             memchr(val->via.str.ptr, 0, val->via.str.size) ||
-            strncmp(k->via.str.ptr, "__metadata__", k->via.str.size) == 0) {
+            (k->via.str.size == 12 &&
+             memcmp(k->via.str.ptr, "__metadata__", 12) == 0)) {
             wb__reply_error(c, id, WB_EINVAL,
                             "metadata entry %u: keys and values must be "
                             "strings without NUL (values up to %d bytes)",
                             i, WB_MAX_META_BYTES);
+            return -1;
+        }
+        if (k->via.str.size == strlen(WB_TIED_KEY) &&
+            memcmp(k->via.str.ptr, WB_TIED_KEY, k->via.str.size) == 0) {
+            wb__reply_error(c, id, WB_EINVAL,
+                            "metadata key \"%s\" is reserved: tie tensors "
+                            "with tied_to",
+                            WB_TIED_KEY);
             return -1;
         }
         v->mkeys[i] = wb__mp_strdup(k);
@@ -254,6 +263,61 @@ static int read_meta(wb__conn *c, uint64_t id, const msgpack_object *req,
             wb__reply_error(c, id, WB_ENOMEM, "out of memory");
             return -1;
         }
+    }
+    return 0;
+}
+
+/* Reads the optional "tied" list of [alias, stored] index pairs of a
+ * publish into v->tie.  Each alias follows its stored tensor, has its dtype
+ * and shape, and is tied once; a stored tensor is not itself tied.  Returns
+ * 0, or -1 after answering. */
+static int read_ties(wb__conn *c, uint64_t id, const msgpack_object *req,
+                     const wb__tinfo *t, size_t n, wb__version *v) {
+    const msgpack_object_array *ta = NULL;
+    int rc = wb__mp_get_array(req, "tied", &ta);
+    if (rc == 1 || (rc == 0 && ta->size == 0))
+        return 0;
+    if (rc || ta->size > n) {
+        wb__reply_error(c, id, WB_EPROTO,
+                        "tied must be a list of at most "
+                        "one pair per tensor");
+        return -1;
+    }
+    v->tie = malloc((n ? n : 1) * sizeof(size_t));
+    if (v->tie == NULL) {
+        wb__reply_error(c, id, WB_ENOMEM, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        v->tie[i] = i;
+    for (uint32_t k = 0; k < ta->size; k++) {
+        const msgpack_object *o = &ta->ptr[k];
+        if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 2 ||
+            o->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+            o->via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+            wb__reply_error(c, id, WB_EPROTO, "tie %u: not a pair of indices",
+                            k);
+            return -1;
+        }
+        uint64_t a = o->via.array.ptr[0].via.u64;
+        uint64_t s = o->via.array.ptr[1].via.u64;
+        const char *why = NULL;
+        if (a >= n || s >= a)
+            why = "the stored tensor must come before its alias";
+        else if (v->tie[a] != a)
+            why = "the alias is tied twice";
+        else if (v->tie[s] != s)
+            why = "the stored tensor is itself tied";
+        else if (t[a].dtype != t[s].dtype || t[a].ndim != t[s].ndim ||
+                 memcmp(t[a].shape, t[s].shape,
+                        (size_t)t[a].ndim * sizeof(int64_t)) != 0)
+            why = "dtypes or shapes differ";
+        if (why) {
+            wb__reply_error(c, id, WB_EINVAL, "tie %u (%llu to %llu): %s", k,
+                            (unsigned long long)a, (unsigned long long)s, why);
+            return -1;
+        }
+        v->tie[a] = (size_t)s;
     }
     return 0;
 }
@@ -307,9 +371,10 @@ static int op_publish(wb__conn *c, uint64_t id, const msgpack_object *req) {
             goto fail;
         }
     }
-    if (read_meta(c, id, req, v))
+    if (read_meta(c, id, req, v) || read_ties(c, id, req, decl, ta->size, v))
         goto fail;
-    rc = wb__layout_build(decl, ta->size, v->mkeys, v->mvals, v->nmeta, &lay);
+    rc = wb__layout_build(decl, ta->size, v->tie, v->mkeys, v->mvals, v->nmeta,
+                          &lay);
     if (rc) {
         wb__reply_error(c, id, rc, rc == WB_EEXIST
                                        ? "two tensors share a name"
@@ -327,7 +392,8 @@ static int op_publish(wb__conn *c, uint64_t id, const msgpack_object *req) {
     v->nbytes = lay.nbytes;
     lay.offset = lay.nbytes = NULL;
     for (size_t i = 0; i < v->n; i++)
-        v->data_bytes += v->nbytes[i];
+        if (v->tie == NULL || v->tie[i] == i)
+            v->data_bytes += v->nbytes[i];
     uint64_t total = lay.header_len + lay.data_len;
     uint64_t size = wb__seg_round(total);
     if (total < lay.data_len || size < total) {
@@ -1088,6 +1154,7 @@ static int op_map(wb__conn *c, uint64_t id, const msgpack_object *req) {
     }
     mr->rq = (wb__resolve_req){.src = v->t,
                                .nsrc = v->n,
+                               .tie = v->tie,
                                .rules = &mr->rs,
                                .schema = has_schema ? &mr->sc : NULL,
                                .strict = strict,

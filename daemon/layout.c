@@ -59,10 +59,22 @@ void wb__buf_json_str(wb__buf *b, const char *s) {
     wb__buf_put(b, "\"", 1);
 }
 
-/* qsort_r comparator: larger elements first, then by name. */
+typedef struct order_ctx {
+    const wb__tinfo *t; /* Tensors. */
+    const size_t *tie;  /* NULL, or what each is tied to. */
+} order_ctx;
+
+/* qsort_r comparator: stored tensors before tied ones, larger elements
+ * first, then by name. */
 static int cmp_stored(const void *x, const void *y, void *arg) {
-    const wb__tinfo *t = arg;
-    const wb__tinfo *a = &t[*(const size_t *)x], *b = &t[*(const size_t *)y];
+    const order_ctx *o = arg;
+    size_t ix = *(const size_t *)x, iy = *(const size_t *)y;
+    if (o->tie) {
+        int tx = o->tie[ix] != ix, ty = o->tie[iy] != iy;
+        if (tx != ty)
+            return tx - ty;
+    }
+    const wb__tinfo *a = &o->t[ix], *b = &o->t[iy];
     size_t sa = wb_dtype_size(a->dtype), sb = wb_dtype_size(b->dtype);
     if (sa != sb)
         return sa > sb ? -1 : 1;
@@ -90,8 +102,34 @@ static int has_duplicate(const wb__tinfo *t, size_t n) {
     return dup;
 }
 
-int wb__layout_build(const wb__tinfo *t, size_t n, char *const *mkeys,
-                     char *const *mvals, size_t nmeta, wb__layout *out) {
+/* Appends the WB_TIED_KEY metadata entry: a JSON object {alias: stored}
+ * as a JSON string. */
+static void put_ties(wb__buf *b, const wb__tinfo *t, const size_t *tie,
+                     const size_t *tied, size_t ntied, size_t nmeta) {
+    wb__buf obj = {0};
+    wb__buf_put(&obj, "{", 1);
+    for (size_t k = 0; k < ntied; k++) {
+        if (k)
+            wb__buf_put(&obj, ",", 1);
+        wb__buf_json_str(&obj, t[tied[k]].name);
+        wb__buf_put(&obj, ":", 1);
+        wb__buf_json_str(&obj, t[tie[tied[k]]].name);
+    }
+    wb__buf_put(&obj, "}", 1);
+    if (nmeta)
+        wb__buf_put(b, ",", 1);
+    wb__buf_json_str(b, WB_TIED_KEY);
+    wb__buf_put(b, ":", 1);
+    if (obj.oom)
+        b->oom = 1;
+    else
+        wb__buf_json_str(b, obj.p);
+    free(obj.p);
+}
+
+int wb__layout_build(const wb__tinfo *t, size_t n, const size_t *tie,
+                     char *const *mkeys, char *const *mvals, size_t nmeta,
+                     wb__layout *out) {
     memset(out, 0, sizeof(*out));
     out->order = malloc((n ? n : 1) * sizeof(size_t));
     out->offset = malloc((n ? n : 1) * sizeof(uint64_t));
@@ -100,7 +138,12 @@ int wb__layout_build(const wb__tinfo *t, size_t n, char *const *mkeys,
         goto oom;
     for (size_t i = 0; i < n; i++)
         out->order[i] = i;
-    qsort_r(out->order, n, sizeof(size_t), cmp_stored, (void *)t);
+    order_ctx ctx = {t, tie};
+    qsort_r(out->order, n, sizeof(size_t), cmp_stored, &ctx);
+    size_t nstored = n;
+    while (tie && nstored > 0 &&
+           tie[out->order[nstored - 1]] != out->order[nstored - 1])
+        nstored--;
     if (has_duplicate(t, n)) {
         wb__layout_free(out);
         return WB_EEXIST;
@@ -108,7 +151,7 @@ int wb__layout_build(const wb__tinfo *t, size_t n, char *const *mkeys,
 
     /* Data offsets relative to the data section. */
     uint64_t pos = 0, *rel = out->offset;
-    for (size_t k = 0; k < n; k++) {
+    for (size_t k = 0; k < nstored; k++) {
         size_t i = out->order[k];
         uint64_t nb;
         if (wb__tensor_nbytes(t[i].dtype, t[i].ndim, t[i].shape, &nb))
@@ -119,10 +162,15 @@ int wb__layout_build(const wb__tinfo *t, size_t n, char *const *mkeys,
             goto toobig;
     }
     out->data_len = pos;
+    for (size_t k = nstored; k < n; k++) {
+        size_t i = out->order[k];
+        rel[i] = rel[tie[i]];
+        out->nbytes[i] = out->nbytes[tie[i]];
+    }
 
     wb__buf b = {0};
     wb__buf_put(&b, "{", 1);
-    if (nmeta > 0) {
+    if (nmeta > 0 || nstored < n) {
         wb__buf_put(&b, "\"__metadata__\":{", 16);
         for (size_t m = 0; m < nmeta; m++) {
             if (m)
@@ -131,11 +179,13 @@ int wb__layout_build(const wb__tinfo *t, size_t n, char *const *mkeys,
             wb__buf_put(&b, ":", 1);
             wb__buf_json_str(&b, mvals[m]);
         }
+        if (nstored < n)
+            put_ties(&b, t, tie, out->order + nstored, n - nstored, nmeta);
         wb__buf_put(&b, "}", 1);
     }
-    for (size_t k = 0; k < n; k++) {
+    for (size_t k = 0; k < nstored; k++) {
         size_t i = out->order[k];
-        if (k || nmeta)
+        if (k || nmeta || nstored < n)
             wb__buf_put(&b, ",", 1);
         wb__buf_json_str(&b, t[i].name);
         wb__buf_printf(&b, ":{\"dtype\":\"%s\",\"shape\":[",

@@ -16,7 +16,8 @@
 #define WB_DATA_ALIGN 64 /* Alignment of the data section, in bytes. */
 
 typedef struct wb__layout {
-    size_t *order;              /* order[k] = declared index stored k-th. */
+    size_t *order;              /* order[k] = declared index stored k-th;
+                                   tied tensors come last. */
     uint64_t *offset;           /* Per declared tensor: absolute offset. */
     uint64_t *nbytes;           /* Per declared tensor: bytes. */
     uint8_t *header;            /* 8 + N header bytes. */
@@ -24,10 +25,14 @@ typedef struct wb__layout {
     uint64_t data_len;          /* Bytes of tensor data. */
 } wb__layout;
 
-/* Computes the layout of n tensors with metadata.  Returns 0, WB_EEXIST
- * for a duplicate name, WB_ETOOBIG, or WB_ENOMEM. */
-int wb__layout_build(const wb__tinfo *t, size_t n, char *const *mkeys,
-                     char *const *mvals, size_t nmeta, wb__layout *out);
+/* Computes the layout of n tensors with metadata.  tie is NULL or gives
+ * for each tensor the index of the one whose bytes it shares (its own
+ * index if none): a tied tensor takes no bytes and no header entry, and the
+ * header's metadata records it under WB_TIED_KEY.  Returns 0, WB_EEXIST for
+ * a duplicate name, WB_ETOOBIG, or WB_ENOMEM. */
+int wb__layout_build(const wb__tinfo *t, size_t n, const size_t *tie,
+                     char *const *mkeys, char *const *mvals, size_t nmeta,
+                     wb__layout *out);
 void wb__layout_free(wb__layout *l);
 
 /* Appends s as a JSON string (quoted, escaped) to a growing buffer. */

@@ -75,6 +75,7 @@ static void version_free(wb__version *v) {
     }
     free(v->t);
     free(v->offset);
+    free(v->tie);
     free(v->nbytes);
     free(v->mkeys);
     free(v->mvals);

@@ -846,9 +846,10 @@ static int resolve_schema(rstate *st) {
         rc = push_resolved(out, t->name, k->src, t->dtype, cast);
         if (rc == 0 && cast)
             rc = kl_push(&out->cast, t->name, len);
-        if (rc == 0 && used[k->src])
+        size_t root = req->tie ? req->tie[k->src] : k->src;
+        if (rc == 0 && used[root])
             rc = kl_push(&out->aliased, t->name, len);
-        used[k->src] = 1;
+        used[root] = 1;
     }
     free(used);
     if (rc == 0)

@@ -33,6 +33,8 @@ typedef struct wb__keylist {
 typedef struct wb__resolve_req {
     const wb__tinfo *src;       /* Source table, in its stored order. */
     size_t nsrc;                /* Entries in src. */
+    const size_t *tie;          /* NULL, or per source tensor the index of
+                                   the one whose bytes it shares. */
     const wb__ruleset *rules;   /* May be NULL or empty. */
     const wb__schema *schema;   /* NULL: no target schema. */
     int strict;                 /* strict=True. */
@@ -48,7 +50,8 @@ typedef struct wb__resolve_out {
     wb__keylist unexpected;     /* Renamed source keys the target lacks. */
     wb__keylist mismatched;     /* Keys whose shapes differ. */
     wb__keylist cast;           /* Keys converted to the target dtype. */
-    wb__keylist aliased;        /* Target keys sharing a source with another. */
+    wb__keylist aliased;        /* Target keys whose source bytes an earlier
+                                   target key also receives (tied). */
     char *error_text;           /* PyTorch-format text, NULL if none. */
     char errmsg[512];           /* Detail for a non-load error. */
 } wb__resolve_out;

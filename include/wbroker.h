@@ -133,12 +133,21 @@ typedef struct wb_tensor_spec {
     int dtype;                  /* A wb_dtype. */
     int ndim;                   /* 0..WB_MAX_DIMS. */
     const int64_t *shape;       /* ndim sizes, each >= 0. */
+    const char *tied_to;        /* NULL, or the name of an earlier tensor of
+                                   the same dtype and shape whose bytes this
+                                   one shares (tied weights): stored once. */
 } wb_tensor_spec;
 
 typedef struct wb_kv {
     const char *key;            /* Metadata key (UTF-8). */
     const char *value;          /* Metadata value (UTF-8). */
 } wb_kv;
+
+/* Metadata key under which a version's safetensors image (and an exported
+ * file) records its tied tensors, as a JSON object {"alias": "stored"}:
+ * the image lists each stored tensor once, as safetensors requires.
+ * Reserved: publishers cannot set it; importers turn it back into ties. */
+#define WB_TIED_KEY "wbroker.tied"
 
 /* Declares a new version of model with n tensors and optional string
  * metadata.  The daemon lays out a shared segment and the library maps it
@@ -149,7 +158,8 @@ WB_EXTERN int wb_publish_begin(wb_client *c, const char *model,
                                const wb_kv *meta, size_t n_meta,
                                wb_publish **out);
 /* Writable pointer to tensor i (declared order) and its size in bytes, or
- * NULL if i is out of range. */
+ * NULL if i is out of range.  A tied tensor gives the bytes of the tensor
+ * it is tied to. */
 WB_EXTERN void *wb_publish_data(wb_publish *p, size_t i, size_t *nbytes);
 /* Unmaps the writable mapping, asks the daemon to seal and commit, and frees
  * p whatever the outcome.  On success *version (may be NULL) is the new

@@ -155,25 +155,29 @@ static int fill_publish(wb_cli *cli, int fd, const char *path,
 static int publish_file(wb_cli *cli, int fd, const char *path,
                         const char *model, const wb__st_file *f,
                         uint64_t *version) {
-    wb_tensor_spec *specs = calloc(f->n ? f->n : 1, sizeof(*specs));
+    size_t n = f->n + f->n_ties;
+    wb_tensor_spec *specs = calloc(n ? n : 1, sizeof(*specs));
     wb_kv *kv = calloc(f->n_meta ? f->n_meta : 1, sizeof(*kv));
     if (specs == NULL || kv == NULL) {
         free(specs);
         free(kv);
-        return cli_fail(cli, WB_ENOMEM, "declaring %zu tensors", f->n);
+        return cli_fail(cli, WB_ENOMEM, "declaring %zu tensors", n);
     }
-    for (size_t i = 0; i < f->n; i++) {
-        specs[i].name = f->t[i].name;
-        specs[i].dtype = f->t[i].dtype;
-        specs[i].ndim = f->t[i].ndim;
-        specs[i].shape = f->t[i].shape;
+    for (size_t i = 0; i < n; i++) {
+        /* The file's tensors, then its aliases tied to them. */
+        const wb__st_tensor *t = &f->t[i < f->n ? i : f->tie_of[i - f->n]];
+        specs[i].name = i < f->n ? t->name : f->tie_alias[i - f->n];
+        specs[i].dtype = t->dtype;
+        specs[i].ndim = t->ndim;
+        specs[i].shape = t->shape;
+        specs[i].tied_to = i < f->n ? NULL : t->name;
     }
     for (size_t i = 0; i < f->n_meta; i++) {
         kv[i].key = f->meta_keys[i];
         kv[i].value = f->meta_vals[i];
     }
     wb_publish *p = NULL;
-    int rc = wb_publish_begin(cli->c, model, specs, f->n, kv, f->n_meta, &p);
+    int rc = wb_publish_begin(cli->c, model, specs, n, kv, f->n_meta, &p);
     free(specs);
     free(kv);
     if (rc)

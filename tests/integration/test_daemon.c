@@ -25,6 +25,7 @@
 
 #include <msgpack.h>
 
+#include "../../client/safetensors.h"
 #include "harness.h"
 
 /* ------------------------------------------------------------ fixtures */
@@ -203,7 +204,7 @@ static int publish_and_die(const wbt_daemon *d) {
     char names[NT][16];
     for (int i = 0; i < NT; i++) {
         snprintf(names[i], sizeof(names[i]), "t%d", i);
-        specs[i] = (wb_tensor_spec){names[i], WB_F32, 1, shape};
+        specs[i] = (wb_tensor_spec){names[i], WB_F32, 1, shape, NULL};
     }
     wb_publish *p;
     if (wb_publish_begin(c, "m", specs, NT, NULL, 0, &p))
@@ -251,7 +252,7 @@ static void test_daemon_memory_limit(void **state) {
     wbt_daemon *d = *state;
     wb_client *c = wbt_connect(d);
     int64_t shape[1] = {100 * 1024 * 1024 / 4};
-    wb_tensor_spec spec = {"big", WB_F32, 1, shape};
+    wb_tensor_spec spec = {"big", WB_F32, 1, shape, NULL};
     wb_publish *p = NULL;
     assert_int_equal(wb_publish_begin(c, "big", &spec, 1, NULL, 0, &p),
                      WB_ELIMIT);
@@ -272,7 +273,7 @@ static void test_daemon_no_space(void **state) {
     wbt_daemon *d = *state;
     wb_client *c = wbt_connect(d);
     int64_t shape[2] = {1024 * 1024, 1024 * 1024}; /* 4 TiB of F32. */
-    wb_tensor_spec spec = {"huge", WB_F32, 2, shape};
+    wb_tensor_spec spec = {"huge", WB_F32, 2, shape, NULL};
     wb_publish *p = NULL;
     assert_int_equal(wb_publish_begin(c, "huge", &spec, 1, NULL, 0, &p),
                      WB_ENOSPC);
@@ -478,7 +479,7 @@ static void test_daemon_commit_while_mapped_writable(void **state) {
     wbt_daemon *d = *state;
     wb_client *c = wbt_connect(d);
     int64_t shape[1] = {1024};
-    wb_tensor_spec spec = {"w", WB_F32, 1, shape};
+    wb_tensor_spec spec = {"w", WB_F32, 1, shape, NULL};
     wb_publish *p;
     assert_int_equal(wb_publish_begin(c, "m", &spec, 1, NULL, 0, &p), 0);
     int go[2];
@@ -508,7 +509,7 @@ static void test_daemon_header_tampered(void **state) {
     wbt_daemon *d = *state;
     wb_client *c = wbt_connect(d);
     int64_t shape[1] = {16};
-    wb_tensor_spec spec = {"w", WB_F32, 1, shape};
+    wb_tensor_spec spec = {"w", WB_F32, 1, shape, NULL};
     wb_publish *p;
     assert_int_equal(wb_publish_begin(c, "m", &spec, 1, NULL, 0, &p), 0);
     char *data = wb_publish_data(p, 0, NULL);
@@ -529,7 +530,7 @@ static void test_daemon_versions_metadata_watch(void **state) {
     wbt_daemon *d = *state;
     wb_client *c = wbt_connect(d);
     int64_t shape[1] = {4};
-    wb_tensor_spec spec = {"w", WB_I32, 1, shape};
+    wb_tensor_spec spec = {"w", WB_I32, 1, shape, NULL};
     for (int32_t ver = 1; ver <= 3; ver++) {
         char val[16];
         snprintf(val, sizeof(val), "step-%d", ver);
@@ -595,10 +596,11 @@ static void test_daemon_bad_declarations(void **state) {
     wb_client *c = wbt_connect(d);
     int64_t shape[1] = {4};
     int64_t neg[1] = {-1};
-    wb_tensor_spec dup[2] = {{"w", WB_F32, 1, shape}, {"w", WB_F16, 1, shape}};
-    wb_tensor_spec baddt = {"w", 99, 1, shape};
-    wb_tensor_spec badshape = {"w", WB_F32, 1, neg};
-    wb_tensor_spec badname = {"", WB_F32, 1, shape};
+    wb_tensor_spec dup[2] = {{"w", WB_F32, 1, shape, NULL},
+                             {"w", WB_F16, 1, shape, NULL}};
+    wb_tensor_spec baddt = {"w", 99, 1, shape, NULL};
+    wb_tensor_spec badshape = {"w", WB_F32, 1, neg, NULL};
+    wb_tensor_spec badname = {"", WB_F32, 1, shape, NULL};
     wb_publish *p;
     assert_int_equal(wb_publish_begin(c, "m", dup, 2, NULL, 0, &p), WB_EEXIST);
     assert_int_equal(wb_publish_begin(c, "m", &baddt, 1, NULL, 0, &p),
@@ -653,6 +655,97 @@ static void test_daemon_many_tensors(void **state) {
     wb_close(c);
 }
 
+/* Tied tensors are stored once and published under every name: both names
+ * map to the same bytes, the image stays a valid safetensors file listing
+ * the stored tensor once and the ties under WB_TIED_KEY, and a target
+ * receiving both names reports the second as aliased.  Bad ties and the
+ * reserved metadata key are refused. */
+static void test_daemon_tied_tensors(void **state) {
+    wbt_daemon *d = *state;
+    wb_client *c = wbt_connect(d);
+    int64_t mat[2] = {4, 8}, vec[1] = {8};
+    wb_tensor_spec specs[3] = {{"emb", WB_F32, 2, mat, NULL},
+                               {"norm", WB_F32, 1, vec, NULL},
+                               {"head", WB_F32, 2, mat, "emb"}};
+    wb_publish *p;
+    assert_int_equal(wb_publish_begin(c, "lm", specs, 3, NULL, 0, &p), 0);
+    size_t nb;
+    float *emb = wb_publish_data(p, 0, &nb);
+    assert_int_equal(nb, 32 * 4);
+    assert_ptr_equal(wb_publish_data(p, 2, NULL), emb);
+    for (int i = 0; i < 32; i++)
+        emb[i] = (float)i;
+    float *norm = wb_publish_data(p, 1, NULL);
+    for (int i = 0; i < 8; i++)
+        norm[i] = 1.0f;
+    uint64_t v;
+    assert_int_equal(wb_publish_commit(p, &v), 0);
+
+    wb_model_info *info;
+    size_t n;
+    assert_int_equal(wb_list(c, &info, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(info[0].tensors, 3);
+    assert_int_equal(info[0].bytes, (32 + 8) * 4); /* Stored once. */
+    wb_model_info_free(info, n);
+
+    wb_mapping *m;
+    assert_int_equal(wb_map(c, "lm", 0, WB_MAP_SHARED, &m), 0);
+    wb_tensor te, th;
+    assert_int_equal(wb_map_tensor(m, (size_t)wb_map_find(m, "emb"), &te), 0);
+    assert_int_equal(wb_map_tensor(m, (size_t)wb_map_find(m, "head"), &th), 0);
+    assert_ptr_equal(te.data, th.data);
+    assert_true(((const float *)th.data)[31] == 31.0f);
+    assert_null(wb_map_meta(m, WB_TIED_KEY));
+    const void *img;
+    size_t len;
+    assert_int_equal(wb_map_image(m, &img, &len), 0);
+    wb__st_file f;
+    char err[256];
+    assert_int_equal(wb__st_parse_header(img, len, len, &f, err, sizeof(err)),
+                     0);
+    assert_int_equal(f.n, 2);
+    assert_non_null(strstr((const char *)img + 8,
+                           "\"" WB_TIED_KEY
+                           "\":\"{\\\"head\\\":\\\"emb\\\"}\""));
+    assert_int_equal(f.n_meta, 0);
+    assert_int_equal(f.n_ties, 1);
+    assert_string_equal(f.tie_alias[0], "head");
+    assert_string_equal(f.t[f.tie_of[0]].name, "emb");
+    wb__st_file_free(&f);
+    wb_unmap(m);
+
+    wb_schema *s = wb_schema_new("LM");
+    wb_schema_add(s, "emb", WB_F32, 2, mat);
+    wb_schema_add(s, "head", WB_F32, 2, mat);
+    wb_schema_add(s, "norm", WB_F32, 1, vec);
+    assert_int_equal(wb_load(c, "lm", 0, s, NULL, WB_MAP_SHARED, &m), 0);
+    assert_int_equal(wb_map_keys_count(m, WB_KEYS_ALIASED), 1);
+    assert_string_equal(wb_map_key(m, WB_KEYS_ALIASED, 0), "head");
+    wb_unmap(m);
+    wb_schema_free(s);
+
+    /* Bad ties are refused before anything is laid out. */
+    wb_tensor_spec later[2] = {{"head", WB_F32, 2, mat, "emb"},
+                               {"emb", WB_F32, 2, mat, NULL}};
+    wb_tensor_spec shape[2] = {{"emb", WB_F32, 2, mat, NULL},
+                               {"head", WB_F32, 1, vec, "emb"}};
+    wb_tensor_spec chain[3] = {{"emb", WB_F32, 2, mat, NULL},
+                               {"head", WB_F32, 2, mat, "emb"},
+                               {"out", WB_F32, 2, mat, "head"}};
+    assert_int_equal(wb_publish_begin(c, "x", later, 2, NULL, 0, &p),
+                     WB_EINVAL);
+    assert_non_null(strstr(wb_errmsg(c), "not an earlier tensor"));
+    assert_int_equal(wb_publish_begin(c, "x", shape, 2, NULL, 0, &p),
+                     WB_EINVAL);
+    assert_int_equal(wb_publish_begin(c, "x", chain, 3, NULL, 0, &p),
+                     WB_EINVAL);
+    wb_kv kv = {WB_TIED_KEY, "{}"};
+    assert_int_equal(wb_publish_begin(c, "x", specs, 2, &kv, 1, &p), WB_EINVAL);
+    assert_non_null(strstr(wb_errmsg(c), "reserved"));
+    wb_close(c);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(
@@ -678,6 +771,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_daemon_bad_declarations, setup,
                                         teardown),
         cmocka_unit_test(test_daemon_connect_refused),
+        cmocka_unit_test_setup_teardown(test_daemon_tied_tensors, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_daemon_many_tensors, setup,
                                         teardown),
     };

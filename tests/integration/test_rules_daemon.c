@@ -56,7 +56,7 @@ static void publish_wide(wb_client *c) {
     for (size_t i = 0; i < WIDE_KEYS; i++) {
         memset(names[i], 'a', WIDE_AS);
         snprintf(names[i] + WIDE_AS, 8, "%06zu", i);
-        specs[i] = (wb_tensor_spec){names[i], WB_U8, 1, shape};
+        specs[i] = (wb_tensor_spec){names[i], WB_U8, 1, shape, NULL};
     }
     wb_publish *p;
     assert_int_equal(wb_publish_begin(c, "wide", specs, WIDE_KEYS, NULL, 0, &p),

@@ -155,7 +155,7 @@ uint64_t wbt_publish_f32(wb_client *c, const char *model, size_t n,
     int64_t shape[1] = {(int64_t)len};
     for (size_t i = 0; i < n; i++) {
         snprintf(names[i], 32, "t%zu", i);
-        specs[i] = (wb_tensor_spec){names[i], WB_F32, 1, shape};
+        specs[i] = (wb_tensor_spec){names[i], WB_F32, 1, shape, NULL};
     }
     wb_publish *p = NULL;
     uint64_t version = 0;

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import struct
+import subprocess
 import threading
 import warnings
 
@@ -287,6 +288,12 @@ BAD_FILES = {
                         "data_offsets": [0, 0]}}, b"", "shape"),
     "metadata": ({"__metadata__": {"k": 1}}, b"", "metadata"),
     "not_object": (b"[1, 2]      ", b"", "'{'"),
+    "tie_unknown": ({"__metadata__": {"wbroker.tied": '{"b": "nope"}'},
+                     "a": {"dtype": "F32", "shape": [1],
+                           "data_offsets": [0, 4]}}, b"\0" * 4, "tie"),
+    "tie_json": ({"__metadata__": {"wbroker.tied": "[1]"},
+                  "a": {"dtype": "F32", "shape": [1],
+                        "data_offsets": [0, 4]}}, b"\0" * 4, "tied"),
 }
 
 
@@ -380,3 +387,69 @@ def test_python_ignore_mismatched_sizes(daemon):
     assert r.missing_keys == [] and r.unexpected_keys == []
     assert torch.equal(target[0].weight, src[0].weight)
     assert torch.equal(target[1].weight, keep)
+
+
+class TiedLM(torch.nn.Module):
+    """A small language model whose output layer shares the embedding."""
+
+    def __init__(self, tie=True):
+        super().__init__()
+        self.emb = torch.nn.Embedding(50, 16)
+        self.body = torch.nn.Linear(16, 16)
+        self.head = torch.nn.Linear(16, 50, bias=False)
+        if tie:
+            self.head.weight = self.emb.weight
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.body(self.emb(x))))
+
+
+# Tied weights are stored once and published under both names; a tied
+# target stays tied, an untied one gets its own copy of the second; export
+# lists the stored tensor once and records the tie, which both importers
+# (Python and the CLI) restore.
+def test_python_tied_weights(daemon, tmp_path):
+    torch.manual_seed(3)
+    src = TiedLM()
+    x = torch.arange(10)
+    out = tmp_path / "lm.safetensors"
+    with wbroker.connect(daemon.socket) as c:
+        c.publish("lm", src)
+        (info,) = [m for m in c.models() if m.name == "lm"]
+        assert info.tensors == 4
+        assert info.bytes == (50 * 16 + 16 * 16 + 16) * 4
+        sd = c.state_dict("lm")
+        assert sd["emb.weight"].data_ptr() == sd["head.weight"].data_ptr()
+
+        torch.manual_seed(4)
+        dst = TiedLM()
+        r = c.load_into(dst, "lm")
+        assert r.aliased_keys == ["head.weight"] and r.copied_keys == []
+        assert dst.head.weight is dst.emb.weight
+        assert torch.equal(dst(x), src(x))
+
+        untied = TiedLM(tie=False)
+        r = c.load_into(untied, "lm")
+        assert r.copied_keys == ["head.weight"]
+        assert untied.head.weight.data_ptr() != untied.emb.weight.data_ptr()
+        with torch.no_grad():
+            untied.head.weight.add_(1)
+        assert torch.equal(untied.emb.weight, src.emb.weight)
+
+        c.export("lm", out)
+        got, meta = read_st(out)
+        assert sorted(got) == ["body.bias", "body.weight", "emb.weight"]
+        assert json.loads(meta["wbroker.tied"]) == {"head.weight":
+                                                    "emb.weight"}
+        assert c.publish_file(out, "lm2") == 1
+        subprocess.run([daemon.cli, "--socket", daemon.socket, "import",
+                        str(out), "lm3"], check=True, capture_output=True)
+        for name in ("lm2", "lm3"):
+            sd = c.state_dict(name)
+            assert sd["head.weight"].data_ptr() == sd["emb.weight"].data_ptr()
+            assert torch.equal(sd["head.weight"], src.emb.weight.detach())
+            assert c.metadata(name) == {}
+        with pytest.raises(wbroker.Error) as err:
+            c.publish("bad", {"w": torch.ones(2)},
+                      metadata={"wbroker.tied": "{}"})
+        assert "reserved" in str(err.value)

@@ -44,8 +44,13 @@ static void rules(wb__ruleset *rs, const char *text) {
 /* Runs the resolver. */
 static int run(const table *src, const wb__ruleset *rs, const table *tgt,
                int strict, int ignore, wb__resolve_out *out) {
-    wb__resolve_req req = {src->s.v, src->s.n, rs, tgt ? &tgt->s : NULL,
-                           strict, ignore, WB_RULES_BUDGET_MS};
+    wb__resolve_req req = {.src = src->s.v,
+                           .nsrc = src->s.n,
+                           .rules = rs,
+                           .schema = tgt ? &tgt->s : NULL,
+                           .strict = strict,
+                           .ignore_mismatch = ignore,
+                           .budget_ms = WB_RULES_BUDGET_MS};
     return wb__resolve(&req, out);
 }
 
@@ -439,7 +444,7 @@ static void test_resolve_duplicate_target(void **state) {
 static void test_resolve_bad_request(void **state) {
     (void)state;
     wb__resolve_out o;
-    wb__resolve_req req = {NULL, 3, NULL, NULL, 1, 0, 0};
+    wb__resolve_req req = {.src = NULL, .nsrc = 3, .strict = 1};
     assert_int_equal(wb__resolve(&req, &o), WB_EINVAL);
     wb__resolve_out_free(&o);
     wb__resolve_out_free(&o);

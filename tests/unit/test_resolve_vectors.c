@@ -121,8 +121,13 @@ static json_t *run_case(json_t *c) {
         strict = r->strict;
     if (r->has_ignore)
         ignore = r->ignore;
-    wb__resolve_req req = {src.v, src.n, &r->rs, has_schema ? &tgt : NULL,
-                           strict, ignore, WB_RULES_BUDGET_MS};
+    wb__resolve_req req = {.src = src.v,
+                           .nsrc = src.n,
+                           .rules = &r->rs,
+                           .schema = has_schema ? &tgt : NULL,
+                           .strict = strict,
+                           .ignore_mismatch = ignore,
+                           .budget_ms = WB_RULES_BUDGET_MS};
     wb__resolve_out o;
     rc = wb__resolve(&req, &o);
     json_object_set_new(res, "rc", json_string(wb_err_name(rc)));

@@ -507,6 +507,40 @@ static void test_safetensors_refuses_bad_metadata(void **state) {
     refuse("{\"__metadata__\":\"x\"}", 0, WB_EFORMAT, "not an object");
 }
 
+/* The WB_TIED_KEY entry becomes ties (and leaves the metadata); a bad one
+ * is refused. */
+static void test_safetensors_ties(void **state) {
+    (void)state;
+    wb__st_file f;
+    char err[ERR_LEN];
+    const char *ok = "{\"__metadata__\":{\"a\":\"b\",\"wbroker.tied\":"
+                     "\"{\\\"head\\\":\\\"emb\\\"}\"},"
+                     "\"emb\":{\"dtype\":\"U8\",\"shape\":[4],"
+                     "\"data_offsets\":[0,4]}}";
+    assert_int_equal(parse(ok, 4, &f, err), 0);
+    assert_int_equal(f.n, 1);
+    assert_int_equal(f.n_meta, 1);
+    assert_string_equal(f.meta_keys[0], "a");
+    assert_int_equal(f.n_ties, 1);
+    assert_string_equal(f.tie_alias[0], "head");
+    assert_int_equal(f.tie_of[0], 0);
+    wb__st_file_free(&f);
+    static const char *const bad[] = {
+        "\"[1]\"",                         /* Not an object. */
+        "\"{\\\"head\\\":\\\"nope\\\"}\"", /* Unknown tensor. */
+        "\"{\\\"emb\\\":\\\"emb\\\"}\"",   /* Alias is a tensor. */
+        "\"{\\\"head\\\":3}\"",            /* Not a name. */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char json[512];
+        snprintf(json, sizeof(json),
+                 "{\"__metadata__\":{\"wbroker.tied\":%s},\"emb\":{"
+                 "\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]}}",
+                 bad[i]);
+        refuse(json, 4, WB_EFORMAT, "wbroker.tied");
+    }
+}
+
 /* Directory for the file tests, made by the group setup. */
 static char tmpdir[] = "/tmp/wb-test-st-XXXXXX";
 
@@ -678,6 +712,7 @@ int main(void) {
         cmocka_unit_test(test_safetensors_refuses_size_mismatch),
         cmocka_unit_test(test_safetensors_refuses_bad_layout),
         cmocka_unit_test(test_safetensors_refuses_bad_metadata),
+        cmocka_unit_test(test_safetensors_ties),
         cmocka_unit_test(test_safetensors_reads_file),
         cmocka_unit_test(test_safetensors_random_garbage),
     };

@@ -154,6 +154,31 @@ def _torch_dtype(code):
 
 # ------------------------------------------------------------------ mappings
 
+def _declare(entries):
+    """wb_tensor_spec array for (name, dtype code, shape, tied to or None)
+    entries, and the buffers it points into (keep them alive)."""
+    specs = (_lib.wb_tensor_spec * max(len(entries), 1))()
+    keep = []
+    for i, (name, code, shape, tied) in enumerate(entries):
+        dims = (ctypes.c_int64 * max(len(shape), 1))(*shape)
+        keep.append(dims)
+        specs[i].name = _enc(name)
+        specs[i].dtype = code
+        specs[i].ndim = len(shape)
+        specs[i].shape = ctypes.cast(dims, _lib.c_int64_p)
+        specs[i].tied_to = None if tied is None else _enc(tied)
+    return specs, keep
+
+
+def _kvs(meta):
+    """wb_kv array of a dict of str -> str, and its length."""
+    kvs = (_lib.wb_kv * max(len(meta), 1))()
+    for i, (k, v) in enumerate(meta.items()):
+        kvs[i].key = _enc(k, "metadata key")
+        kvs[i].value = _enc(v, "metadata value")
+    return kvs, len(meta)
+
+
 class _Mapping:
     """Owns one wb_mapping; unmaps it when collected or closed.
 
@@ -481,10 +506,11 @@ class Client:
         """Publishes an nn.Module's state_dict (or a dict name -> tensor) as
         a new version of model `name` and returns its number.
 
-        Tensors are detached, moved to the CPU and written in C order;
-        tensors that share storage (tied weights) are published under each
-        of their names.  metadata is a dict of str -> str.  Nothing is
-        visible to readers unless the whole version commits."""
+        Tensors are detached, moved to the CPU and written in C order.
+        Tensors that are the same view of the same storage (tied weights)
+        are stored once and published under each of their names.  metadata
+        is a dict of str -> str.  Nothing is visible to readers unless the
+        whole version commits."""
         torch = _torch()
         if isinstance(model, torch.nn.Module):
             sd = model.state_dict()
@@ -493,7 +519,8 @@ class Client:
         else:
             raise TypeError("publish takes an nn.Module or a dict of tensors, "
                             "not %s" % type(model).__name__)
-        items = []
+        items = []              # (key, tensor, dtype code, tied to)
+        first = {}              # view identity -> first key with it
         for key, t in sd.items():
             if not isinstance(key, str):
                 raise TypeError("state_dict keys must be str, not %r"
@@ -505,33 +532,28 @@ class Client:
             if t.layout != torch.strided or t.is_quantized:
                 raise TypeError("state_dict[%r]: only dense tensors can be "
                                 "published" % (key,))
+            tied = None
+            if t.numel() > 0:
+                ident = (t.device, t.data_ptr(), t.dtype, tuple(t.shape),
+                         t.stride())
+                tied = first.setdefault(ident, key)
+                tied = None if tied == key else tied
             if t.device.type != "cpu":
                 t = t.cpu()
-            items.append((key, t, _dtype_code(t.dtype, key)))
-        n = len(items)
-        specs = (_lib.wb_tensor_spec * max(n, 1))()
-        keep = []
-        for i, (key, t, code) in enumerate(items):
-            shape = (ctypes.c_int64 * max(t.dim(), 1))(*t.shape)
-            keep.append(shape)
-            specs[i].name = _enc(key)
-            specs[i].dtype = code
-            specs[i].ndim = t.dim()
-            specs[i].shape = ctypes.cast(shape, _lib.c_int64_p)
-        meta = dict(metadata or {})
-        kvs = (_lib.wb_kv * max(len(meta), 1))()
-        for i, (k, v) in enumerate(meta.items()):
-            kvs[i].key = _enc(k, "metadata key")
-            kvs[i].value = _enc(v, "metadata value")
+            items.append((key, t, _dtype_code(t.dtype, key), tied))
+        specs, keep = _declare([(key, code, tuple(t.shape), tied)
+                                for key, t, code, tied in items])
+        kvs, nmeta = _kvs(metadata or {})
         lib = self._lib
         with self._lock:
             c = self._handle()
             p = ctypes.c_void_p()
-            self._check(lib.wb_publish_begin(c, _enc(name), specs, n, kvs,
-                                             len(meta), ctypes.byref(p)))
+            self._check(lib.wb_publish_begin(c, _enc(name), specs, len(items),
+                                             kvs, nmeta, ctypes.byref(p)))
             try:
-                for i, (key, t, _) in enumerate(items):
-                    self._write(p, i, key, t)
+                for i, (key, t, _, tied) in enumerate(items):
+                    if tied is None:
+                        self._write(p, i, key, t)
             except BaseException:
                 lib.wb_publish_abort(p)
                 raise
@@ -562,33 +584,28 @@ class Client:
     def publish_file(self, path, name, metadata=None):
         """Publishes a .safetensors file as a new version of `name` and
         returns its number.  The header is validated first (FormatError);
-        the file's metadata is kept, updated by `metadata`."""
+        the file's metadata is kept, updated by `metadata`, and names a
+        file made by `export` records as tied are tied again."""
         lib = self._lib
         with open(path, "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
             from ._safetensors import read_header
             h = read_header(f, size)
-            n = len(h.tensors)
-            specs = (_lib.wb_tensor_spec * max(n, 1))()
-            keep = []
-            for i, t in enumerate(h.tensors):
-                shape = (ctypes.c_int64 * max(len(t.shape), 1))(*t.shape)
-                keep.append(shape)
-                specs[i].name = _enc(t.name)
-                specs[i].dtype = _lib.DTYPE_CODES[t.dtype]
-                specs[i].ndim = len(t.shape)
-                specs[i].shape = ctypes.cast(shape, _lib.c_int64_p)
+            by_name = {t.name: t for t in h.tensors}
+            decl = [(t.name, _lib.DTYPE_CODES[t.dtype], t.shape, None)
+                    for t in h.tensors]
+            decl += [(alias, _lib.DTYPE_CODES[by_name[s].dtype],
+                      by_name[s].shape, s) for alias, s in h.ties.items()]
+            specs, keep = _declare(decl)
             meta = dict(h.metadata)
             meta.update(metadata or {})
-            kvs = (_lib.wb_kv * max(len(meta), 1))()
-            for i, (k, v) in enumerate(meta.items()):
-                kvs[i].key = _enc(k, "metadata key")
-                kvs[i].value = _enc(v, "metadata value")
+            kvs, nmeta = _kvs(meta)
             with self._lock:
                 c = self._handle()
                 p = ctypes.c_void_p()
-                self._check(lib.wb_publish_begin(c, _enc(name), specs, n, kvs,
-                                                 len(meta), ctypes.byref(p)))
+                self._check(lib.wb_publish_begin(c, _enc(name), specs,
+                                                 len(decl), kvs, nmeta,
+                                                 ctypes.byref(p)))
                 try:
                     f.seek(h.data_start)
                     for i, t in enumerate(h.tensors):
@@ -741,10 +758,14 @@ class Client:
 
     def _apply(self, model, targets, owner, lib, m, result):
         """Points model's tensors at the mapped views (or copies into
-        them).  Every view is built and checked before anything changes."""
+        them).  Every view is built and checked before anything changes.
+        Tied targets (one tensor under two keys) stay tied; two distinct
+        target tensors fed by one tied source are not tied by the load: the
+        second gets a copy."""
         torch = _torch()
         actions = []            # (target tensor, view, how)
         fallback = {}           # key -> view, for load_state_dict
+        placed = {}             # mapped address -> target tensor viewing it
         for i in range(lib.wb_map_count(m)):
             t = _tensor_at(lib, m, i)
             key = _dec(t.name)
@@ -762,7 +783,8 @@ class Client:
             if not _is_member(model, key, dst):
                 fallback[key] = view
                 result.copied_keys.append(key)
-            elif dst.device.type == "cpu" and dst.layout == torch.strided:
+            elif (dst.device.type == "cpu" and dst.layout == torch.strided
+                  and (not t.nbytes or placed.setdefault(t.data, dst) is dst)):
                 actions.append((dst, view, "map"))
             else:
                 actions.append((dst, view, "copy"))

@@ -52,7 +52,11 @@ class wb_tensor_spec(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p),
                 ("dtype", ctypes.c_int),
                 ("ndim", ctypes.c_int),
-                ("shape", c_int64_p)]
+                ("shape", c_int64_p),
+                ("tied_to", ctypes.c_char_p)]
+
+# Metadata key recording tied tensors in an image or file (wbroker.h).
+TIED_KEY = "wbroker.tied"
 
 
 class wb_kv(ctypes.Structure):

@@ -5,12 +5,14 @@ UTF-8 JSON (possibly padded with trailing spaces) and the data buffer.  The
 JSON maps each tensor name to {"dtype", "shape", "data_offsets"}, offsets
 relative to the data buffer, plus an optional "__metadata__" object of
 strings.  The checks follow client/safetensors.c: nothing in the file is
-trusted, and every refusal is a FormatError saying why.
+trusted, and every refusal is a FormatError saying why.  A "wbroker.tied"
+metadata entry (a JSON object alias -> stored tensor, written for tied
+weights) becomes Header.ties.
 """
 import json
 import struct
 
-from ._lib import DTYPE_SIZES, WB_MAX_DIMS, WB_MAX_NAME
+from ._lib import DTYPE_SIZES, TIED_KEY, WB_MAX_DIMS, WB_MAX_NAME
 
 PREFIX_LEN = 8                  # Bytes of the header-length prefix.
 MAX_HEADER = 100 << 20          # Max JSON header bytes.
@@ -35,13 +37,15 @@ class TensorEntry:
 
 
 class Header:
-    """A parsed header: tensors in data order, metadata and data offset."""
+    """A parsed header: tensors in data order, metadata, ties (alias ->
+    stored tensor name) and data offset."""
 
-    __slots__ = ("tensors", "metadata", "data_start", "data_len")
+    __slots__ = ("tensors", "metadata", "ties", "data_start", "data_len")
 
-    def __init__(self, tensors, metadata, data_start, data_len):
+    def __init__(self, tensors, metadata, ties, data_start, data_len):
         self.tensors = tensors
         self.metadata = metadata
+        self.ties = ties
         self.data_start = data_start
         self.data_len = data_len
 
@@ -188,7 +192,28 @@ def parse_header(head, file_size):
     if pos != data_len:
         raise FormatError("tensors cover %d bytes but the data buffer (file "
                           "size - %d) has %d" % (pos, data_start, data_len))
-    return Header(tensors, metadata, data_start, data_len)
+    return Header(tensors, metadata, _ties(metadata, tensors), data_start,
+                  data_len)
+
+
+def _ties(metadata, tensors):
+    """Takes the TIED_KEY entry out of metadata and returns its ties."""
+    if TIED_KEY not in metadata:
+        return {}
+    names = {t.name for t in tensors}
+    try:
+        ties = json.loads(metadata.pop(TIED_KEY),
+                          object_pairs_hook=_no_duplicates)
+    except (json.JSONDecodeError, FormatError):
+        ties = None
+    if not isinstance(ties, dict):
+        raise FormatError("metadata %r is not a JSON object of names"
+                          % TIED_KEY)
+    for alias, stored in ties.items():
+        if alias in names or stored not in names:
+            raise FormatError("metadata %r: %r must tie a new name to a "
+                              "stored tensor" % (TIED_KEY, alias))
+    return ties
 
 
 def read_header(f, file_size):
