@@ -39,6 +39,10 @@ void wb_rules_free(wb_rules *r) {
     free(r);
 }
 
+const char *wb_rules_errmsg(const wb_rules *r) {
+    return r ? r->errmsg : "";
+}
+
 /* Appends an include or exclude filter after checking the glob. */
 static int add_glob(wb_rules *r, int kind, const char *glob) {
     if (r == NULL)

@@ -186,6 +186,10 @@ WB_EXTERN int wb_rules_rename_regex(wb_rules *r, const char *pattern,
 /* Converts keys matching glob (after renaming) to dtype when the target
  * schema does not say otherwise. */
 WB_EXTERN int wb_rules_cast(wb_rules *r, const char *glob, int dtype);
+/* Detail of the last failed wb_rules_* call on r ("" if none), e.g.
+ * "regex \"layer(\\d+\" at offset 9: missing closing parenthesis".
+ * Accepts NULL. */
+WB_EXTERN const char *wb_rules_errmsg(const wb_rules *r);
 /* Appends the rules of a rules-file text.  On failure nothing is appended
  * and err (if not NULL) receives "line N: why". */
 WB_EXTERN int wb_rules_parse(wb_rules *r, const char *text, char *err,

@@ -299,3 +299,8 @@ def test_python_rules_include_exclude_file(daemon, tmp_path):
         with pytest.raises(wbroker.Error) as err:
             c.load_into(target, "layers", rules="regex layer( -> x\n")
         assert err.value.name == "ERULE" and "line 1" in str(err.value)
+        # The same from a keyword argument names the position too.
+        with pytest.raises(wbroker.Error) as err:
+            c.load_into(target, "layers", rename=[(r"layer(\d+", "x")])
+        assert err.value.name == "ERULE"
+        assert "at offset 9: missing closing parenthesis" in str(err.value)

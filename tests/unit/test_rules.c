@@ -255,7 +255,7 @@ static void test_rules_api_validates(void **state) {
     assert_int_equal(wb_rules_rename(r, "a", NULL), WB_EINVAL);
     assert_int_equal(wb_rules_rename(r, longname, "b"), WB_ENAME);
     assert_int_equal(wb_rules_rename_regex(r, "layer(\\d+", "x"), WB_ERULE);
-    assert_string_equal(r->errmsg, "regex \"layer(\\d+\" at offset 9: missing closing parenthesis");
+    assert_string_equal(wb_rules_errmsg(r), "regex \"layer(\\d+\" at offset 9: missing closing parenthesis");
     assert_int_equal(wb_rules_rename_regex(r, "(a)", "\\3"), WB_ERULE);
     assert_int_equal(wb_rules_rename_regex(r, "", "x"), WB_ERULE);
     assert_int_equal(wb_rules_cast(r, "*", 99), WB_EDTYPE);

@@ -406,7 +406,8 @@ class _Rules:
 
     def _check(self, rc, what):
         if rc:
-            _raise(rc, "%s: %s" % (what, _dec(self._lib.wb_strerror(rc))))
+            _raise(rc, "%s: %s" % (what,
+                                   _dec(self._lib.wb_rules_errmsg(self.ptr))))
 
     def _fill(self, include, exclude, rename, rules):
         lib = self._lib

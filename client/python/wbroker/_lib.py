@@ -119,6 +119,7 @@ _PROTOTYPES = {
     "wb_publish_abort": (None, [_P]),
     "wb_rules_new": (_P, []),
     "wb_rules_free": (None, [_P]),
+    "wb_rules_errmsg": (_S, [_P]),
     "wb_rules_include": (_I, [_P, _S]),
     "wb_rules_exclude": (_I, [_P, _S]),
     "wb_rules_rename": (_I, [_P, _S, _S]),
