@@ -21,21 +21,6 @@
 
 #include "harness.h"
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof(double), cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 /* A transformer-like model of about total bytes in ntensors float32
  * tensors: per layer a square attention block, two MLP matrices (4x) and
@@ -112,7 +97,7 @@ static int publish(wb_client *c, const char *name, const model *m,
 
 /* Maps name and resolves every tensor to a pointer. */
 static double map_once(wb_client *c, const char *name, const model *m) {
-    double t0 = now();
+    double t0 = wbt_now();
     wb_mapping *mp;
     if (wb_map(c, name, 0, WB_MAP_SHARED, &mp))
         return -1;
@@ -122,7 +107,7 @@ static double map_once(wb_client *c, const char *name, const model *m) {
         wb_map_tensor(mp, (size_t)wb_map_find(mp, m->names[i]), &t);
         sink += (uintptr_t)t.data;
     }
-    double dt = now() - t0;
+    double dt = wbt_now() - t0;
     wb_unmap(mp);
     (void)sink;
     return dt;
@@ -198,18 +183,6 @@ static void consumer(const char *sock, const char *name, int ready_fd,
     _exit(0);
 }
 
-static size_t parse_size(const char *s) {
-    char *end;
-    double v = strtod(s, &end);
-    if (*end == 'K')
-        v *= 1024;
-    else if (*end == 'M')
-        v *= 1024 * 1024;
-    else if (*end == 'G')
-        v *= 1024.0 * 1024 * 1024;
-    return (size_t)v;
-}
-
 int main(int argc, char **argv) {
     const char *sizes = "64M,1G,4G";
     size_t ntensors = 300;
@@ -238,7 +211,7 @@ int main(int argc, char **argv) {
     snprintf(list, sizeof(list), "%s", sizes);
     double map64 = 0;
     for (char *tok = strtok(list, ","); tok; tok = strtok(NULL, ",")) {
-        size_t total = parse_size(tok);
+        size_t total = wbt_parse_size(tok);
         model m;
         model_make(&m, total, ntensors);
         uint8_t *src = malloc(m.total), *dst = malloc(m.total);
@@ -249,15 +222,15 @@ int main(int argc, char **argv) {
             prun = 3;
         double tm[16], tp[16], tmap[64];
         for (int r = 0; r < prun; r++) {
-            double t0 = now();
+            double t0 = wbt_now();
             memcpy(dst, src, m.total);
-            tm[r] = now() - t0;
-            t0 = now();
+            tm[r] = wbt_now() - t0;
+            t0 = wbt_now();
             if (publish(c, "bench", &m, src)) {
                 fprintf(stderr, "publish: %s\n", wb_errmsg(c));
                 return 1;
             }
-            tp[r] = now() - t0;
+            tp[r] = wbt_now() - t0;
             wb_drop(c, "bench", 0);
         }
         free(dst);
@@ -273,8 +246,8 @@ int main(int argc, char **argv) {
         (void)touch;
         const char *ps = page_size_seen();
         wb_unmap(mp);
-        double mm = median(tm, prun), mp_ = median(tp, prun);
-        double mapms = median(tmap, runs < 64 ? runs : 64) * 1e3;
+        double mm = wbt_median(tm, prun), mp_ = wbt_median(tp, prun);
+        double mapms = wbt_median(tmap, runs < 64 ? runs : 64) * 1e3;
         if (map64 == 0)
             map64 = mapms;
         printf("%-6s %8zu %7.2f GB/s %7.2f GB/s %8.2f %10.3f   %s\n", tok,

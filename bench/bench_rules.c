@@ -47,39 +47,12 @@
 #include "../daemon/segment.h"
 #include "harness.h"
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof(double), cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 /* Nearest-rank 90th percentile (sorts v). */
 static double p90(double *v, int n) {
-    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    wbt_median(v, n); /* Sorts. */
     int k = (9 * n + 9) / 10; /* ceil(0.9 n) */
     return v[k > 0 ? k - 1 : 0];
-}
-
-static size_t parse_size(const char *s) {
-    char *end;
-    double v = strtod(s, &end);
-    if (*end == 'K')
-        v *= 1024;
-    else if (*end == 'M')
-        v *= 1024 * 1024;
-    else if (*end == 'G')
-        v *= 1024.0 * 1024 * 1024;
-    return (size_t)v;
 }
 
 /* ---------------------------------------------------------------- model */
@@ -305,9 +278,9 @@ static int check_case(wb_client *c, const model *m, const req_case *rc) {
 /* One timed wb_load(); returns seconds, or -1 on failure. */
 static double time_load(wb_client *c, const req_case *rc, int flags) {
     wb_mapping *mp;
-    double t0 = now();
+    double t0 = wbt_now();
     int err = wb_load(c, "rules", 0, rc->schema, rc->rules, flags, &mp);
-    double dt = now() - t0;
+    double dt = wbt_now() - t0;
     if (err) {
         fprintf(stderr, "%s: %s: %s\n", rc->label, wb_err_name(err),
                 wb_errmsg(c));
@@ -364,7 +337,7 @@ static int bench_rules(wb_client *c, size_t ntensors, int runs) {
         }
     double med[6], hi[6];
     for (int j = 0; j < 6; j++) {
-        med[j] = median(t[j], runs) * 1e3;
+        med[j] = wbt_median(t[j], runs) * 1e3;
         hi[j] = p90(t[j], runs) * 1e3;
         free(t[j]);
     }
@@ -443,7 +416,7 @@ static int bench_convert(const float *src, size_t bytes, uint16_t *out16,
     for (int r = -1; r < runs; r++)
         for (int s = 0; s < NOPS; s++) {
             int j = (s + (r < 0 ? 0 : r)) % NOPS, rc = 0;
-            double t0 = now();
+            double t0 = wbt_now();
             if (j == 0)
                 memcpy(cpy, src, bytes);
             else if (j == 1)
@@ -452,7 +425,7 @@ static int bench_convert(const float *src, size_t bytes, uint16_t *out16,
                 rc = wb__convert(WB_F32, WB_F16, src, out16, n);
             else
                 rc = wb__convert_portable(WB_F32, WB_F16, src, bf, n);
-            double dt = now() - t0;
+            double dt = wbt_now() - t0;
             if (rc) {
                 fprintf(stderr, "%s: %s\n", label[j], wb_err_name(rc));
                 return -1;
@@ -465,7 +438,7 @@ static int bench_convert(const float *src, size_t bytes, uint16_t *out16,
     (void)sink;
     double med[NOPS];
     for (int j = 0; j < NOPS; j++) {
-        med[j] = median(t[j], runs);
+        med[j] = wbt_median(t[j], runs);
         free(t[j]);
     }
     printf("%-34s %10s %10s %16s\n", "operation", "median", "GB/s",
@@ -487,9 +460,9 @@ enum { CAST_TENSORS = 32 };
 static double time_cast_load(wb_client *c, const wb_schema *s,
                              wb_mapping **keep) {
     wb_mapping *mp;
-    double t0 = now();
+    double t0 = wbt_now();
     int err = wb_load(c, "cast", 0, s, NULL, WB_MAP_SHARED, &mp);
-    double dt = now() - t0;
+    double dt = wbt_now() - t0;
     if (err) {
         fprintf(stderr, "cast load: %s: %s\n", wb_err_name(err), wb_errmsg(c));
         wb_unmap(mp);
@@ -530,17 +503,17 @@ static int check_cast(const wb_mapping *mp, const uint16_t *ref, size_t per) {
 static double replay_cast(const wb__segment *srcseg, size_t per, double *tseg,
                           double *tconv) {
     size_t sbytes = per * 4, dbytes = per * 2;
-    double t0 = now(), ts = 0, tc = 0;
+    double t0 = wbt_now(), ts = 0, tc = 0;
     for (size_t i = 0; i < CAST_TENSORS; i++) {
         wb__segment d;
         char err[128];
-        double t1 = now();
+        double t1 = wbt_now();
         if (wb__seg_create("wbroker:bench:cast", wb__seg_round(dbytes), &d, err,
                            sizeof err)) {
             fprintf(stderr, "replay: %s\n", err);
             return -1;
         }
-        ts += now() - t1;
+        ts += wbt_now() - t1;
         void *sp = mmap(NULL, sbytes, PROT_READ, MAP_SHARED, srcseg->fd,
                         (off_t)(i * sbytes));
         void *dp =
@@ -549,9 +522,9 @@ static double replay_cast(const wb__segment *srcseg, size_t per, double *tseg,
             perror("replay: mmap");
             return -1;
         }
-        t1 = now();
+        t1 = wbt_now();
         int rc = wb__convert(WB_F32, WB_F16, sp, dp, per);
-        tc += now() - t1;
+        tc += wbt_now() - t1;
         munmap(dp, dbytes);
         munmap(sp, sbytes);
         if (rc || wb__seg_seal(&d)) {
@@ -562,7 +535,7 @@ static double replay_cast(const wb__segment *srcseg, size_t per, double *tseg,
     }
     *tseg = ts;
     *tconv = tc;
-    return now() - t0;
+    return wbt_now() - t0;
 }
 
 static int bench_cast(wb_client *c, const float *src, size_t bytes,
@@ -642,7 +615,7 @@ static int bench_cast(wb_client *c, const float *src, size_t bytes,
     wb__seg_close(&srcseg);
     double med[6];
     for (int j = 0; j < 6; j++) {
-        med[j] = median(t[j], runs);
+        med[j] = wbt_median(t[j], runs);
         free(t[j]);
     }
     printf("%-42s %10.1f ms\n", "load, float32 schema (no conversion)",
@@ -674,7 +647,7 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--runs") == 0)
             runs = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--convert-size") == 0)
-            csize = parse_size(argv[i + 1]);
+            csize = wbt_parse_size(argv[i + 1]);
         else if (strcmp(argv[i], "--convert-runs") == 0)
             cruns = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--cast-runs") == 0)
@@ -699,7 +672,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     wb_client *c = wbt_connect(&d);
-    double t0 = now();
+    double t0 = wbt_now();
     printf("# wbroker rules and conversion benchmark\n");
     int rc = bench_rules(c, ntensors, runs);
 
@@ -718,7 +691,7 @@ int main(int argc, char **argv) {
     if (rc == 0)
         printf("\ntotal %.0f s; reproduce: %s/bench/bench_rules --tensors "
                "%zu --runs %d\n",
-               now() - t0, wbt_build_dir(), ntensors, runs);
+               wbt_now() - t0, wbt_build_dir(), ntensors, runs);
     wb_close(c);
     if (rc) { /* The daemon's warnings say why; wbt_stop() removes them. */
         FILE *f = fopen(d.log, "re");

@@ -33,12 +33,6 @@ static int teardown(void **state) {
     return wbt_teardown(state);
 }
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* ------------------------------------------------------------ regexes */
 
 #define WIDE_KEYS 100000 /* Keys of the wide model. */
@@ -83,9 +77,9 @@ static void *slow_load_run(void *arg) {
     wb_rules *r = wb_rules_new();
     wb_rules_rename_regex(r, s->pattern, "x\\1");
     wb_mapping *m = NULL;
-    double t0 = now();
+    double t0 = wbt_now();
     s->rc = wb_load(c, "wide", 0, NULL, r, WB_MAP_PLAN, &m);
-    s->seconds = now() - t0;
+    s->seconds = wbt_now() - t0;
     snprintf(s->errmsg, sizeof(s->errmsg), "%s", wb_errmsg(c));
     atomic_store(&s->done, 1);
     wb_unmap(m);
@@ -105,7 +99,6 @@ static void test_rules_regex_match_limit(void **state) {
     assert_int_equal(s.rc, WB_EREGEX);
     assert_non_null(strstr(s.errmsg, "regex \"(a|a)+[bc]\" hit the match "
                                      "limit on key \"aaaaaaaaaaaaaaa000000\""));
-    assert_true(s.seconds < 1.0);
     wb_close(c);
 }
 
@@ -122,7 +115,6 @@ static void test_rules_regex_budget_others_served(void **state) {
     assert_int_equal(pthread_create(&th, NULL, slow_load_run, &s), 0);
     usleep(200 * 1000); /* Let the slow request reach the daemon. */
     for (int i = 0; i < 5; i++) {
-        double t0 = now();
         wb_status st;
         assert_int_equal(wb_get_status(c, &st), 0);
         char name[16];
@@ -131,14 +123,13 @@ static void test_rules_regex_budget_others_served(void **state) {
         wb_mapping *m;
         assert_int_equal(wb_map(c, name, 0, WB_MAP_SHARED, &m), 0);
         wb_unmap(m);
-        assert_true(now() - t0 < 0.5);
     }
     /* All of that was served while the slow request was in flight. */
     assert_int_equal(atomic_load(&s.done), 0);
     pthread_join(th, NULL);
     assert_int_equal(s.rc, WB_EREGEX);
     assert_non_null(strstr(s.errmsg, "the rules took longer than 2000 ms"));
-    assert_true(s.seconds >= 2.0 && s.seconds < 30.0);
+    assert_true(s.seconds >= 2.0); /* The budget ran out, not the work. */
     /* Nothing leaked; the model is intact and still served. */
     assert_int_equal(wbt_wait_fds(d, fds + 5), fds + 5);
     wb_mapping *m;

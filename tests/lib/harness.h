@@ -67,6 +67,14 @@ struct msgpack_packer;
 void wbt_raw_packed(int fd, void (*fn)(struct msgpack_packer *));
 void wbt_pk_str(struct msgpack_packer *pk, const char *s);
 
+/* CLOCK_MONOTONIC in seconds. */
+double wbt_now(void);
+/* Median of n > 0 values (sorts v in place). */
+double wbt_median(double *v, int n);
+
+/* "64M", "1G", "512K" or a plain number of bytes. */
+size_t wbt_parse_size(const char *s);
+
 /* Path of the build directory ("build" unless WB_BUILD is set). */
 const char *wbt_build_dir(void);
 
