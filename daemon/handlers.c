@@ -621,6 +621,7 @@ typedef struct map_req {
     wb__derived **conv;         /* Per resolved tensor: converted copy. */
     int waiting;                /* Conversions still running. */
     int failed;                 /* First conversion error, or 0. */
+    int answered;               /* 1 once the error reply went out. */
     wb__ruleset rs;             /* Decoded rules (owned). */
     wb__schema sc;              /* Decoded target schema (owned). */
     wb__resolve_req rq;         /* What resolution reads. */
@@ -785,9 +786,9 @@ typedef struct conv_wait {
 static void map_req_finish(map_req *mr) {
     wb__conn *c = mr->c;
     if (!c->closed) {
-        if (mr->failed)
+        if (mr->failed && !mr->answered)
             wb__reply_error(c, mr->id, mr->failed, "dtype conversion failed");
-        else
+        else if (!mr->failed)
             map_reply(mr);
         wb__conn_resume(c);
     }
@@ -1048,9 +1049,10 @@ static int map_resolved(map_req *mr) {
                 map_req_free(mr);
                 return 0;
             }
-            /* Some conversions already wait on mr: let them finish it,
-             * reporting the failure. */
+            /* Some conversions already wait on mr: it is answered, but
+             * freed when they finish. */
             mr->failed = rc;
+            mr->answered = 1;
             c->refs++;
             return 1;
         }

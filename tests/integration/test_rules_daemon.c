@@ -411,6 +411,60 @@ static void test_rules_conversion_shared(void **state) {
     wb_close(c);
 }
 
+typedef struct big_cast {
+    const wbt_daemon *d; /* Daemon to ask. */
+    int rc;              /* wb_load's result. */
+} big_cast;
+
+#define BIG_E (32 * 1024 * 1024) /* Elements of the big tensor (128 MiB). */
+
+/* Loads "big" as float16 (a conversion of a few hundred ms). */
+static void *big_cast_run(void *arg) {
+    big_cast *b = arg;
+    wb_client *c = wbt_connect(b->d);
+    wb_schema *s = wb_schema_new("Net");
+    int64_t shape[1] = {BIG_E};
+    wb_schema_add(s, "big", WB_F16, 1, shape);
+    wb_mapping *m = NULL;
+    b->rc = wb_load(c, "big", 0, s, NULL, WB_MAP_SHARED | WB_MAP_NONSTRICT, &m);
+    wb_unmap(m);
+    wb_schema_free(s);
+    wb_close(c);
+    return NULL;
+}
+
+/* A request that joins a conversion in flight and then fails (a dtype
+ * pair without a conversion) is answered once: the same connection's next
+ * request gets its own answer, and the joined conversion completes. */
+static void test_rules_cast_error_while_joined(void **state) {
+    wbt_daemon *d = *state;
+    wb_client *c = wbt_connect(d);
+    int64_t big[1] = {BIG_E}, small[1] = {4};
+    wb_tensor_spec specs[2] = {{"big", WB_F32, 1, big, NULL},
+                               {"small", WB_F32, 1, small, NULL}};
+    wb_publish *p;
+    assert_int_equal(wb_publish_begin(c, "big", specs, 2, NULL, 0, &p), 0);
+    assert_int_equal(wb_publish_commit(p, NULL), 0);
+    big_cast b = {.d = d};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, big_cast_run, &b), 0);
+    usleep(50 * 1000); /* Let the conversion start. */
+    wb_schema *s = wb_schema_new("Net");
+    wb_schema_add(s, "big", WB_F16, 1, big);
+    wb_schema_add(s, "small", WB_I8, 1, small); /* No F32 -> I8. */
+    wb_mapping *m = NULL;
+    assert_int_equal(wb_load(c, "big", 0, s, NULL, WB_MAP_SHARED, &m),
+                     WB_EDTYPE);
+    assert_non_null(strstr(wb_errmsg(c), "cannot convert small"));
+    wb_schema_free(s);
+    wb_status st;
+    assert_int_equal(wb_get_status(c, &st), 0);
+    assert_int_equal(wb_get_status(c, &st), 0);
+    pthread_join(th, NULL);
+    assert_int_equal(b.rc, 0);
+    wb_close(c);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_rules_regex_match_limit, setup,
@@ -423,6 +477,8 @@ int main(void) {
                                         teardown),
         cmocka_unit_test_setup_teardown(test_rules_conversion_shared, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_rules_cast_error_while_joined,
+                                        setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
