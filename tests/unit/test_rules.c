@@ -12,6 +12,7 @@
 #include "../../client/rules_internal.h"
 #include "rules.h"
 #include "rules_match.h"
+#include "wire.h"
 
 #define ERRLEN 256 /* Bytes of an error buffer in these tests. */
 
@@ -295,6 +296,52 @@ static void test_rules_api_parse(void **state) {
     wb_rules_free(r);
 }
 
+/* Packs r's rules as a map request carries them, without the line
+ * numbers (diagnostics only). */
+static msgpack_sbuffer pack_without_lines(wb_rules *r) {
+    for (size_t i = 0; i < r->rs.n; i++)
+        r->rs.v[i].line = 0;
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    wb__pack_rules(&pk, &r->rs);
+    return sb;
+}
+
+/* The same rules built with C calls (which the Python keyword arguments
+ * use) and from a rules file put the same rules on the wire. */
+static void test_rules_calls_and_file_agree(void **state) {
+    (void)state;
+    wb_rules *calls = wb_rules_new(), *file = wb_rules_new();
+    assert_int_equal(wb_rules_include(calls, "encoder.*"), 0);
+    assert_int_equal(wb_rules_exclude(calls, "*.bias"), 0);
+    assert_int_equal(wb_rules_rename(calls, "emb", "tok_emb"), 0);
+    assert_int_equal(wb_rules_rename_prefix(calls, "module.", ""), 0);
+    assert_int_equal(
+        wb_rules_rename_regex(calls, "layer(\\d+)\\.(.*)", "fc\\1.\\2"), 0);
+    assert_int_equal(wb_rules_cast(calls, "*", WB_F16), 0);
+    char err[ERRLEN];
+    assert_int_equal(wb_rules_parse(file,
+                                    "# the same, from a file\n"
+                                    "include encoder.*\n"
+                                    "exclude *.bias\n"
+                                    "rename emb -> tok_emb\n"
+                                    "prefix module. ->\n"
+                                    "regex layer(\\d+)\\.(.*) -> fc\\1.\\2\n"
+                                    "cast * F16\n",
+                                    err, sizeof err),
+                     0);
+    msgpack_sbuffer a = pack_without_lines(calls);
+    msgpack_sbuffer b = pack_without_lines(file);
+    assert_int_equal(a.size, b.size);
+    assert_memory_equal(a.data, b.data, a.size);
+    msgpack_sbuffer_destroy(&a);
+    msgpack_sbuffer_destroy(&b);
+    wb_rules_free(calls);
+    wb_rules_free(file);
+}
+
 /* Schemas keep the target name and tensors in order. */
 static void test_rules_schema_api(void **state) {
     (void)state;
@@ -327,6 +374,7 @@ int main(void) {
         cmocka_unit_test(test_rules_parse_empty),
         cmocka_unit_test(test_rules_api_validates),
         cmocka_unit_test(test_rules_api_parse),
+        cmocka_unit_test(test_rules_calls_and_file_agree),
         cmocka_unit_test(test_rules_schema_api),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
