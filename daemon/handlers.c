@@ -848,6 +848,13 @@ static void conv_work(uv_work_t *w) {
  * again, and gives their memory back. */
 static void conv_discard(conv_job *j) {
     wb__version *v = j->v;
+    for (size_t k = 0; k < j->nitems; k++)
+        for (wb__derived **pp = &v->by_src[j->items[k]->src]; *pp;
+             pp = &(*pp)->next_src)
+            if (*pp == j->items[k]) {
+                *pp = j->items[k]->next_src;
+                break;
+            }
     for (wb__derived **pp = &v->derived; *pp;) {
         wb__derived *d = *pp;
         if (d->ds == j->ds) {
@@ -961,9 +968,11 @@ static int conv_start(map_req *mr, size_t nmissing) {
     n = 0;
     for (size_t i = 0; i < mr->res.n; i++)
         if (mr->res.v[i].cast && !mr->conv[i]) {
-            mr->conv[i] = items[n++];
-            mr->conv[i]->next = v->derived;
-            v->derived = mr->conv[i];
+            wb__derived *d = mr->conv[i] = items[n++];
+            d->next = v->derived;
+            v->derived = d;
+            d->next_src = v->by_src[d->src];
+            v->by_src[d->src] = d;
         }
     j->work.data = j;
     j->v = v;
@@ -998,10 +1007,12 @@ static int map_prepare_casts(map_req *mr) {
         if (!mr->conv &&
             !(mr->conv = calloc(mr->res.n, sizeof(wb__derived *))))
             return WB_ENOMEM;
+        if (!v->by_src && !(v->by_src = calloc(v->n, sizeof(wb__derived *))))
+            return WB_ENOMEM;
         const wb__tinfo *t = &v->t[e->src];
-        wb__derived *d = v->derived;
-        while (d && !(d->src == e->src && d->dtype_to == e->dtype))
-            d = d->next;
+        wb__derived *d = v->by_src[e->src];
+        while (d && d->dtype_to != e->dtype)
+            d = d->next_src;
         if (d == NULL) {
             if (!wb__convert_supported(t->dtype, e->dtype)) {
                 wb__reply_error(mr->c, mr->id, WB_EDTYPE,

@@ -76,6 +76,7 @@ static void version_free(wb__version *v) {
     free(v->t);
     free(v->offset);
     free(v->tie);
+    free(v->by_src);
     free(v->nbytes);
     free(v->mkeys);
     free(v->mvals);
