@@ -764,13 +764,31 @@ static void map_reply_load_error(map_req *mr) {
 }
 
 /* Work item converting one tensor into a derived segment. */
-/* A conversion of a batch of tensors into one new segment. */
-typedef struct conv_job {
+#define WB_CONV_PART_MIN (16u << 20) /* Fewest output bytes worth a thread. */
+
+/* One share of a conversion job: the output bytes [lo, hi) of its
+ * segment, written by one thread-pool thread. */
+typedef struct conv_part {
     uv_work_t work;             /* libuv request. */
+    struct conv_job *j;         /* The job. */
+    uint64_t lo, hi;            /* Output bytes, WB_DATA_ALIGN-aligned. */
+    int rc;                     /* Result. */
+    char err[160];              /* Detail on failure. */
+} conv_part;
+
+/* A conversion of a batch of tensors into one new segment: the segment is
+ * made on the thread pool, then written by parts in parallel, then sealed
+ * on the loop. */
+typedef struct conv_job {
+    uv_work_t work;             /* libuv request making the segment. */
     wb__version *v;             /* Source version (referenced). */
     wb__dseg *ds;               /* Destination segment. */
-    wb__derived **items;        /* The copies it writes. */
+    wb__derived **items;        /* The copies it writes, by offset. */
     size_t nitems;              /* Entries in items. */
+    uint64_t out_bytes;         /* Output bytes the items span. */
+    conv_part *parts;           /* The parts writing them. */
+    unsigned nparts;            /* Entries in parts. */
+    unsigned left;              /* Parts still running. */
     char label[64];             /* Name of the memfd. */
     int rc;                     /* Result. */
     char err[256];              /* Detail on failure. */
@@ -796,52 +814,112 @@ static void map_req_finish(map_req *mr) {
     map_req_free(mr);
 }
 
-/* Converts the source tensor of d into dst + d->offset.  Both sides are
- * mapped with MAP_POPULATE: faulting fresh shared pages one at a time
- * costs far more than the conversion itself. */
-static int convert_one(const wb__version *v, const wb__derived *d,
-                       uint8_t *dst, char *err, size_t errlen) {
-    uint64_t off = v->offset[d->src];
-    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
-    uint64_t base = off / page * page;
-    size_t slen = (size_t)(off - base + v->nbytes[d->src]);
-    if (v->nbytes[d->src] == 0)
+/* Converts the elements of d's source tensor that land in the output
+ * bytes [lo, hi) of the segment, whose bytes from base on are mapped at
+ * dst.  The source range is mapped with MAP_POPULATE: faulting fresh
+ * shared pages one at a time costs more than the conversion itself. */
+static int convert_range(const wb__version *v, const wb__derived *d,
+                         uint64_t lo, uint64_t hi, uint8_t *dst,
+                         uint64_t base, char *err, size_t errlen) {
+    size_t isz = wb_dtype_size(d->dtype_from), osz = wb_dtype_size(d->dtype_to);
+    uint64_t from = lo > d->offset ? lo : d->offset;
+    uint64_t to = d->offset + d->nbytes < hi ? d->offset + d->nbytes : hi;
+    if (from >= to)
         return 0;
+    uint64_t first = (from - d->offset) / osz, count = (to - from) / osz;
+    uint64_t off = v->offset[d->src] + first * isz;
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t sbase = off / page * page;
+    size_t slen = (size_t)(off - sbase + count * isz);
     uint8_t *src = mmap(NULL, slen, PROT_READ, MAP_SHARED | MAP_POPULATE,
-                        v->seg.fd, (off_t)base);
+                        v->seg.fd, (off_t)sbase);
     if (src == MAP_FAILED) {
         snprintf(err, errlen, "mapping the source: %s", strerror(errno));
         return WB_ESYS;
     }
-    uint64_t count = v->nbytes[d->src] / wb_dtype_size(d->dtype_from);
-    int rc = wb__convert(d->dtype_from, d->dtype_to, src + (off - base),
-                         dst + d->offset, count);
+    int rc = wb__convert(d->dtype_from, d->dtype_to, src + (off - sbase),
+                         dst + (from - base), (size_t)count);
     munmap(src, slen);
     if (rc)
         snprintf(err, errlen, "unsupported conversion");
     return rc;
 }
 
-static void conv_work(uv_work_t *w) {
-    conv_job *j = w->data;
-    wb__dseg *ds = j->ds;
-    j->rc = wb__seg_create(j->label, ds->seg.size, &ds->seg, j->err,
-                           sizeof(j->err));
-    if (j->rc)
-        return;
-    uint8_t *dst = mmap(NULL, ds->seg.size, PROT_READ | PROT_WRITE,
-                        MAP_SHARED | MAP_POPULATE, ds->seg.fd, 0);
+/* Writes part's share of the output through a populated mapping of it. */
+static void conv_part_work(uv_work_t *w) {
+    conv_part *pt = w->data;
+    conv_job *j = pt->j;
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t base = pt->lo / page * page;
+    size_t len = (size_t)(pt->hi - base);
+    uint8_t *dst = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                        MAP_SHARED | MAP_POPULATE, j->ds->seg.fd, (off_t)base);
     if (dst == MAP_FAILED) {
-        snprintf(j->err, sizeof(j->err), "mapping the copy: %s",
+        snprintf(pt->err, sizeof(pt->err), "mapping the copy: %s",
                  strerror(errno));
-        j->rc = WB_ESYS;
+        pt->rc = WB_ESYS;
         return;
     }
-    for (size_t i = 0; i < j->nitems && j->rc == 0; i++)
-        j->rc = convert_one(j->v, j->items[i], dst, j->err, sizeof(j->err));
-    munmap(dst, ds->seg.size);
+    for (size_t i = 0; i < j->nitems && pt->rc == 0; i++)
+        pt->rc = convert_range(j->v, j->items[i], pt->lo, pt->hi, dst, base,
+                               pt->err, sizeof(pt->err));
+    munmap(dst, len);
+}
+
+static void conv_create_work(uv_work_t *w) {
+    conv_job *j = w->data;
+    j->rc = wb__seg_create(j->label, j->ds->seg.size, &j->ds->seg, j->err,
+                           sizeof(j->err));
+}
+
+static void conv_finish(conv_job *j);
+
+static void conv_part_done(uv_work_t *w, int status) {
+    conv_part *pt = w->data;
+    conv_job *j = pt->j;
+    if ((pt->rc || status) && j->rc == 0) {
+        j->rc = pt->rc ? pt->rc : WB_ESYS;
+        snprintf(j->err, sizeof(j->err), "%s", pt->err);
+    }
+    if (--j->left > 0)
+        return;
     if (j->rc == 0)
-        j->rc = wb__seg_seal(&ds->seg);
+        j->rc = wb__seg_seal(&j->ds->seg);
+    conv_finish(j);
+}
+
+/* The segment exists: splits the output into up to one part per thread of
+ * parallelism, at least WB_CONV_PART_MIN bytes each, and starts them. */
+static void conv_created(uv_work_t *w, int status) {
+    conv_job *j = w->data;
+    if (status && j->rc == 0)
+        j->rc = WB_ESYS;
+    uint64_t n = (j->out_bytes + WB_CONV_PART_MIN - 1) / WB_CONV_PART_MIN;
+    unsigned cpus = uv_available_parallelism();
+    j->nparts = (unsigned)(n < cpus ? n : cpus);
+    if (j->rc == 0 && j->nparts > 0 &&
+        !(j->parts = calloc(j->nparts, sizeof(conv_part))))
+        j->rc = WB_ENOMEM;
+    if (j->rc || j->nparts == 0) {
+        if (j->rc == 0)
+            j->rc = wb__seg_seal(&j->ds->seg);
+        conv_finish(j);
+        return;
+    }
+    uint64_t share = (j->out_bytes / j->nparts + WB_DATA_ALIGN - 1) /
+                     WB_DATA_ALIGN * WB_DATA_ALIGN;
+    j->left = j->nparts;
+    for (unsigned k = 0; k < j->nparts; k++) {
+        conv_part *pt = &j->parts[k];
+        pt->work.data = pt;
+        pt->j = j;
+        pt->lo = k * share < j->out_bytes ? k * share : j->out_bytes;
+        pt->hi = k + 1 == j->nparts || (k + 1) * share > j->out_bytes
+                     ? j->out_bytes
+                     : (k + 1) * share;
+        /* Cannot fail: the loop and both callbacks are valid. */
+        uv_queue_work(wb__g->loop, &pt->work, conv_part_work, conv_part_done);
+    }
 }
 
 /* Forgets the copies of a failed job, so that a later request tries
@@ -874,9 +952,10 @@ static void conv_discard(conv_job *j) {
     free(j->ds);
 }
 
-static void conv_done(uv_work_t *w, int status) {
-    conv_job *j = w->data;
-    int ok = j->rc == 0 && status == 0;
+/* Ends job j: marks its copies ready or discards them, and completes the
+ * requests that waited for it. */
+static void conv_finish(conv_job *j) {
+    int ok = j->rc == 0;
     j->ds->job = NULL;
     if (ok) {
         j->ds->ready = 1;
@@ -895,6 +974,7 @@ static void conv_done(uv_work_t *w, int status) {
         free(cw);
     }
     wb__version_unref(j->v);
+    free(j->parts);
     free(j->items);
     free(j);
 }
@@ -944,6 +1024,8 @@ static int conv_start(map_req *mr, size_t nmissing) {
         pos += (d->nbytes + WB_DATA_ALIGN - 1) / WB_DATA_ALIGN * WB_DATA_ALIGN;
         items[n++] = d;
     }
+    if (j)
+        j->out_bytes = pos;
     uint64_t size = wb__seg_round(pos);
     int rc = n < nmissing ? WB_ENOMEM : 0;
     if (rc == 0 && wb__mem_charge(wb__g, size)) {
@@ -989,7 +1071,7 @@ static int conv_start(map_req *mr, size_t nmissing) {
         return WB_ENOMEM;
     }
     /* Cannot fail: the loop and both callbacks are valid. */
-    uv_queue_work(wb__g->loop, &j->work, conv_work, conv_done);
+    uv_queue_work(wb__g->loop, &j->work, conv_create_work, conv_created);
     return 0;
 }
 

@@ -418,7 +418,13 @@ typedef struct big_cast {
 
 #define BIG_E (32 * 1024 * 1024) /* Elements of the big tensor (128 MiB). */
 
-/* Loads "big" as float16 (a conversion of a few hundred ms). */
+/* Value j of the big tensor: every float16 rounding case comes up. */
+static float big_value(size_t j) {
+    return (float)j * 0.37f - 1e6f;
+}
+
+/* Loads "big" as float16 (a conversion of a few hundred ms, in parallel
+ * parts that split the tensor) and checks every element. */
 static void *big_cast_run(void *arg) {
     big_cast *b = arg;
     wb_client *c = wbt_connect(b->d);
@@ -426,7 +432,20 @@ static void *big_cast_run(void *arg) {
     int64_t shape[1] = {BIG_E};
     wb_schema_add(s, "big", WB_F16, 1, shape);
     wb_mapping *m = NULL;
+    float chunk[4096];
+    uint16_t want[4096];
     b->rc = wb_load(c, "big", 0, s, NULL, WB_MAP_SHARED | WB_MAP_NONSTRICT, &m);
+    wb_tensor t;
+    if (b->rc == 0 && wb_map_tensor(m, 0, &t) == 0) {
+        const uint16_t *got = t.data;
+        for (size_t j = 0; j < BIG_E && b->rc == 0; j += 4096) {
+            for (size_t k = 0; k < 4096; k++)
+                chunk[k] = big_value(j + k);
+            wb__convert(WB_F32, WB_F16, chunk, want, 4096);
+            if (memcmp(got + j, want, sizeof(want)) != 0)
+                b->rc = -1000;
+        }
+    }
     wb_unmap(m);
     wb_schema_free(s);
     wb_close(c);
@@ -444,6 +463,9 @@ static void test_rules_cast_error_while_joined(void **state) {
                                {"small", WB_F32, 1, small, NULL}};
     wb_publish *p;
     assert_int_equal(wb_publish_begin(c, "big", specs, 2, NULL, 0, &p), 0);
+    float *w = wb_publish_data(p, 0, NULL);
+    for (size_t j = 0; j < BIG_E; j++)
+        w[j] = big_value(j);
     assert_int_equal(wb_publish_commit(p, NULL), 0);
     big_cast b = {.d = d};
     pthread_t th;
