@@ -3,9 +3,10 @@
  *
  *   build/bench/bench_core [--sizes 64M,1G,4G] [--tensors 300] [--runs 9]
  *
- * publish: copy every tensor into the broker and commit, as a ratio to a
- *          single-threaded memcpy of the same bytes (into a pre-faulted
- *          private buffer) measured in the same run;
+ * publish: copy every tensor into the broker and commit, through the
+ *          mapping wb_publish_data() gives and with wb_publish_write(), as
+ *          ratios to a single-threaded memcpy of the same bytes (into a
+ *          pre-faulted private buffer) measured in the same run;
  * map:     median latency from request to usable pointers for every tensor;
  * memory:  four consumer processes map the model and read every byte; the
  *          sum of their PSS and the growth of Shmem in /proc/meminfo.
@@ -73,9 +74,10 @@ static void model_free(model *m) {
     free(m->nbytes);
 }
 
-/* Publishes m from src (one buffer, tensors back to back). */
+/* Publishes m from src (one buffer, tensors back to back), copying
+ * through the mapping or, with by_write, with wb_publish_write(). */
 static int publish(wb_client *c, const char *name, const model *m,
-                   const uint8_t *src) {
+                   const uint8_t *src, int by_write) {
     wb_tensor_spec *specs = calloc(m->n, sizeof(*specs));
     for (size_t i = 0; i < m->n; i++)
         specs[i] = (wb_tensor_spec){m->names[i], WB_F32, m->ndim[i],
@@ -86,11 +88,21 @@ static int publish(wb_client *c, const char *name, const model *m,
     if (rc)
         return rc;
     size_t off = 0;
-    for (size_t i = 0; i < m->n; i++) {
-        size_t nb;
-        void *dst = wb_publish_data(p, i, &nb);
-        memcpy(dst, src + off, nb);
-        off += nb;
+    for (size_t i = 0; i < m->n && rc == 0; i++) {
+        if (by_write) {
+            rc = wb_publish_write(p, i, src + off, m->nbytes[i], 0);
+        } else {
+            void *dst = wb_publish_data(p, i, NULL);
+            if (dst == NULL)
+                rc = WB_ESYS;
+            else
+                memcpy(dst, src + off, m->nbytes[i]);
+        }
+        off += m->nbytes[i];
+    }
+    if (rc) {
+        wb_publish_abort(p);
+        return rc;
     }
     return wb_publish_commit(p, NULL);
 }
@@ -205,8 +217,9 @@ int main(int argc, char **argv) {
 
     printf("# wbroker core benchmark: %s, %zu tensors, median of %d runs\n",
            sizes, ntensors, runs);
-    printf("%-6s %8s %10s %10s %8s %10s %12s\n", "size", "tensors",
-           "memcpy", "publish", "ratio", "map(ms)", "page size");
+    printf("%-6s %8s %12s %12s %8s %12s %8s %10s %12s\n", "size", "tensors",
+           "memcpy", "pub(map)", "ratio", "pub(write)", "ratio", "map(ms)",
+           "page size");
     char list[256];
     snprintf(list, sizeof(list), "%s", sizes);
     double map64 = 0;
@@ -220,21 +233,23 @@ int main(int argc, char **argv) {
         int prun = runs > 5 ? 5 : runs;
         if (m.total > (2ull << 30))
             prun = 3;
-        double tm[16], tp[16], tmap[64];
+        double tm[16], tp[16], tw[16], tmap[64];
         for (int r = 0; r < prun; r++) {
             double t0 = wbt_now();
             memcpy(dst, src, m.total);
             tm[r] = wbt_now() - t0;
-            t0 = wbt_now();
-            if (publish(c, "bench", &m, src)) {
-                fprintf(stderr, "publish: %s\n", wb_errmsg(c));
-                return 1;
+            for (int by_write = 0; by_write < 2; by_write++) {
+                t0 = wbt_now();
+                if (publish(c, "bench", &m, src, by_write)) {
+                    fprintf(stderr, "publish: %s\n", wb_errmsg(c));
+                    return 1;
+                }
+                (by_write ? tw : tp)[r] = wbt_now() - t0;
+                wb_drop(c, "bench", 0);
             }
-            tp[r] = wbt_now() - t0;
-            wb_drop(c, "bench", 0);
         }
         free(dst);
-        publish(c, "bench", &m, src);
+        publish(c, "bench", &m, src, 1);
         free(src);
         for (int r = 0; r < runs && r < 64; r++)
             tmap[r] = map_once(c, "bench", &m);
@@ -247,12 +262,15 @@ int main(int argc, char **argv) {
         const char *ps = page_size_seen();
         wb_unmap(mp);
         double mm = wbt_median(tm, prun), mp_ = wbt_median(tp, prun);
+        double mw = wbt_median(tw, prun);
         double mapms = wbt_median(tmap, runs < 64 ? runs : 64) * 1e3;
         if (map64 == 0)
             map64 = mapms;
-        printf("%-6s %8zu %7.2f GB/s %7.2f GB/s %8.2f %10.3f   %s\n", tok,
-               m.n, (double)m.total / mm / 1e9, (double)m.total / mp_ / 1e9,
-               mm / mp_, mapms, ps);
+        printf("%-6s %8zu %7.2f GB/s %7.2f GB/s %8.2f %7.2f GB/s %8.2f %10.3f   "
+               "%s\n",
+               tok, m.n, (double)m.total / mm / 1e9,
+               (double)m.total / mp_ / 1e9, mm / mp_,
+               (double)m.total / mw / 1e9, mm / mw, mapms, ps);
         printf("       map latency relative to the first size: %.2fx\n",
                mapms / map64);
 

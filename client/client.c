@@ -28,8 +28,9 @@ struct wb_client {
 struct wb_publish {
     wb_client *c;               /* Connection that opened it. */
     uint64_t pub;               /* Daemon's handle. */
-    uint8_t *base;              /* Writable shared mapping. */
-    size_t size;                /* Bytes mapped. */
+    int fd;                     /* The segment, writable, until commit. */
+    uint8_t *base;              /* Writable shared mapping, once asked for. */
+    size_t size;                /* Bytes of the segment. */
     size_t n;                   /* Tensors. */
     uint64_t *offs;             /* Offset of each tensor (declared order). */
     uint64_t *nbytes;           /* Bytes of each tensor. */
@@ -333,6 +334,7 @@ int wb_publish_begin(wb_client *c, const char *model,
         return fail(c, WB_ENOMEM, "out of memory");
     }
     p->c = c;
+    p->fd = -1;
     p->n = n;
     msgpack_sbuffer sb;
     msgpack_packer pk;
@@ -415,16 +417,9 @@ int wb_publish_begin(wb_client *c, const char *model,
     }
     wb__msg_free(&m);
     if (rc == 0) {
-        p->base = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                       MAP_SHARED | MAP_POPULATE, fd, 0);
-        if (p->base == MAP_FAILED) {
-            p->base = NULL;
-            rc = fail(c, WB_ESYS, "mapping the new segment: %s",
-                      strerror(errno));
-        } else {
-            p->size = size;
-            madvise(p->base, size, MADV_HUGEPAGE);
-        }
+        p->fd = fd; /* Mapped by the first wb_publish_data(). */
+        p->size = size;
+        fd = -1;
     }
     if (fd >= 0)
         close(fd);
@@ -439,17 +434,54 @@ int wb_publish_begin(wb_client *c, const char *model,
 }
 
 void *wb_publish_data(wb_publish *p, size_t i, size_t *nbytes) {
-    if (p == NULL || i >= p->n || p->base == NULL)
+    if (p == NULL || i >= p->n || p->fd < 0)
         return NULL;
+    if (p->base == NULL) {
+        void *b = mmap(NULL, p->size, PROT_READ | PROT_WRITE,
+                       MAP_SHARED | MAP_POPULATE, p->fd, 0);
+        if (b == MAP_FAILED) {
+            fail(p->c, WB_ESYS, "mapping the new segment: %s",
+                 strerror(errno));
+            return NULL;
+        }
+        madvise(b, p->size, MADV_HUGEPAGE);
+        p->base = b;
+    }
     if (nbytes)
         *nbytes = p->nbytes[i];
     return p->base + p->offs[i];
+}
+
+int wb_publish_write(wb_publish *p, size_t i, const void *src, size_t len,
+                     size_t off) {
+    if (p == NULL || i >= p->n || p->fd < 0 || (len && src == NULL) ||
+        off > p->nbytes[i] || len > p->nbytes[i] - off)
+        return p ? fail(p->c, WB_EINVAL, "tensor %zu: bytes [%zu, +%zu) out "
+                                         "of range",
+                        i, off, len)
+                 : WB_EINVAL;
+    const uint8_t *s = src;
+    uint64_t at = p->offs[i] + off;
+    while (len > 0) {
+        ssize_t w = pwrite(p->fd, s, len, (off_t)at);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return fail(p->c, WB_ESYS, "writing tensor %zu: %s", i,
+                        w < 0 ? strerror(errno) : "no progress");
+        s += w;
+        at += (uint64_t)w;
+        len -= (size_t)w;
+    }
+    return 0;
 }
 
 /* Unmaps and frees p without talking to the daemon. */
 static void publish_free(wb_publish *p) {
     if (p->base)
         munmap(p->base, p->size);
+    if (p->fd >= 0)
+        close(p->fd);
     free(p->offs);
     free(p->nbytes);
     free(p);

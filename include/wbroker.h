@@ -150,18 +150,27 @@ typedef struct wb_kv {
 #define WB_TIED_KEY "wbroker.tied"
 
 /* Declares a new version of model with n tensors and optional string
- * metadata.  The daemon lays out a shared segment and the library maps it
- * writable; fill each tensor through wb_publish_data() and then commit or
- * abort.  Nothing is visible to readers before the commit. */
+ * metadata.  The daemon lays out and backs a shared segment; fill each
+ * tensor by copying bytes in with wb_publish_write(), or by writing where
+ * wb_publish_data() points, then commit or abort.  Nothing is visible to
+ * readers before the commit. */
 WB_EXTERN int wb_publish_begin(wb_client *c, const char *model,
                                const wb_tensor_spec *tensors, size_t n,
                                const wb_kv *meta, size_t n_meta,
                                wb_publish **out);
 /* Writable pointer to tensor i (declared order) and its size in bytes, or
- * NULL if i is out of range.  A tied tensor gives the bytes of the tensor
- * it is tied to. */
+ * NULL if i is out of range or the segment cannot be mapped (wb_errmsg()
+ * says why).  The first call maps the segment.  A tied tensor gives the
+ * bytes of the tensor it is tied to. */
 WB_EXTERN void *wb_publish_data(wb_publish *p, size_t i, size_t *nbytes);
-/* Unmaps the writable mapping, asks the daemon to seal and commit, and frees
+/* Copies len bytes from src into tensor i at byte offset off, with write(2)
+ * on the segment rather than through a mapping: for bytes that already
+ * exist elsewhere this is the faster way in (the kernel fills fresh shared
+ * pages without a fault each).  Returns 0, WB_EINVAL (out of range) or
+ * WB_ESYS. */
+WB_EXTERN int wb_publish_write(wb_publish *p, size_t i, const void *src,
+                               size_t len, size_t off);
+/* Unmaps any writable mapping, asks the daemon to seal and commit, and frees
  * p whatever the outcome.  On success *version (may be NULL) is the new
  * version number. */
 WB_EXTERN int wb_publish_commit(wb_publish *p, uint64_t *version);

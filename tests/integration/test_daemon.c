@@ -482,6 +482,7 @@ static void test_daemon_commit_while_mapped_writable(void **state) {
     wb_tensor_spec spec = {"w", WB_F32, 1, shape, NULL};
     wb_publish *p;
     assert_int_equal(wb_publish_begin(c, "m", &spec, 1, NULL, 0, &p), 0);
+    assert_non_null(wb_publish_data(p, 0, NULL)); /* Maps it writable. */
     int go[2];
     assert_int_equal(pipe(go), 0);
     pid_t pid = fork();
@@ -655,6 +656,41 @@ static void test_daemon_many_tensors(void **state) {
     wb_close(c);
 }
 
+/* wb_publish_write() fills tensors without a mapping (in pieces, at
+ * offsets), refuses bytes out of range, and the commit seals them. */
+static void test_daemon_publish_write(void **state) {
+    wbt_daemon *d = *state;
+    wb_client *c = wbt_connect(d);
+    int64_t shape[1] = {1000};
+    wb_tensor_spec specs[2] = {{"a", WB_F32, 1, shape, NULL},
+                               {"b", WB_I16, 1, shape, NULL}};
+    float fa[1000];
+    int16_t ib[1000];
+    for (int i = 0; i < 1000; i++) {
+        fa[i] = (float)i / 4;
+        ib[i] = (int16_t)(i - 500);
+    }
+    wb_publish *p;
+    assert_int_equal(wb_publish_begin(c, "w", specs, 2, NULL, 0, &p), 0);
+    assert_int_equal(wb_publish_write(p, 0, fa, sizeof(fa), 0), 0);
+    assert_int_equal(wb_publish_write(p, 1, ib, 600, 0), 0);
+    assert_int_equal(wb_publish_write(p, 1, (char *)ib + 600, 1400, 600), 0);
+    assert_int_equal(wb_publish_write(p, 1, ib, 2, 1999), WB_EINVAL);
+    assert_non_null(strstr(wb_errmsg(c), "out of range"));
+    assert_int_equal(wb_publish_write(p, 2, ib, 1, 0), WB_EINVAL);
+    assert_int_equal(wb_publish_write(NULL, 0, ib, 1, 0), WB_EINVAL);
+    assert_int_equal(wb_publish_commit(p, NULL), 0);
+    wb_mapping *m;
+    assert_int_equal(wb_map(c, "w", 0, WB_MAP_SHARED, &m), 0);
+    wb_tensor t;
+    assert_int_equal(wb_map_tensor(m, (size_t)wb_map_find(m, "a"), &t), 0);
+    assert_memory_equal(t.data, fa, sizeof(fa));
+    assert_int_equal(wb_map_tensor(m, (size_t)wb_map_find(m, "b"), &t), 0);
+    assert_memory_equal(t.data, ib, sizeof(ib));
+    wb_unmap(m);
+    wb_close(c);
+}
+
 /* Tied tensors are stored once and published under every name: both names
  * map to the same bytes, the image stays a valid safetensors file listing
  * the stored tensor once and the ties under WB_TIED_KEY, and a target
@@ -771,6 +807,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_daemon_bad_declarations, setup,
                                         teardown),
         cmocka_unit_test(test_daemon_connect_refused),
+        cmocka_unit_test_setup_teardown(test_daemon_publish_write, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_daemon_tied_tensors, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_daemon_many_tensors, setup,

@@ -563,18 +563,21 @@ class Client:
             return version.value
 
     def _write(self, p, i, key, t):
-        """Copies tensor t into slot i of publish p."""
+        """Copies tensor t into slot i of publish p: a contiguous tensor
+        with write(2), which fills fresh shared pages faster than a copy
+        through a mapping; another through the mapping, in one pass."""
+        need = t.numel() * t.element_size()
+        if t.is_contiguous():
+            rc = self._lib.wb_publish_write(p, i, t.data_ptr(), need, 0)
+            if rc:
+                _raise(rc, "tensor %r: %s" % (key, _dec(self._lib.wb_errmsg(
+                    self._c))))
+            return
         nbytes = ctypes.c_size_t()
         ptr = self._lib.wb_publish_data(p, i, ctypes.byref(nbytes))
-        need = t.numel() * t.element_size()
-        if nbytes.value != need:
+        if not ptr or nbytes.value != need:
             raise Error(_lib.WB_EINVAL, "tensor %r: daemon laid out %d bytes, "
                         "the tensor has %d" % (key, nbytes.value, need))
-        if need == 0:
-            return
-        if t.is_contiguous():
-            ctypes.memmove(ptr, t.data_ptr(), need)
-            return
         torch = _torch()
         buf = (ctypes.c_ubyte * need).from_address(ptr)
         dst = torch.frombuffer(buf, dtype=t.dtype, count=t.numel())

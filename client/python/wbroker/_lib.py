@@ -115,6 +115,7 @@ _PROTOTYPES = {
     "wb_publish_begin": (_I, [_P, _S, ctypes.POINTER(wb_tensor_spec), _Z,
                               ctypes.POINTER(wb_kv), _Z, _PP]),
     "wb_publish_data": (_P, [_P, _Z, ctypes.POINTER(_Z)]),
+    "wb_publish_write": (_I, [_P, _Z, ctypes.c_void_p, _Z, _Z]),
     "wb_publish_commit": (_I, [_P, ctypes.POINTER(_U64)]),
     "wb_publish_abort": (None, [_P]),
     "wb_rules_new": (_P, []),
