@@ -95,14 +95,18 @@ static void progress_end(progress *p, int ok) {
 
 /* ---------------------------------------------------------------- import */
 
-/* Reads len bytes at file offset off into dst, in chunks, counting them in
- * the progress bar.  Returns 0, or reports the failure and returns
+/* Copies tensor i of p from len bytes at file offset off, in chunks
+ * through buf (WB_CLI_IO_CHUNK bytes) and wb_publish_write(), counting them
+ * in the progress bar.  Returns 0, or reports the failure and returns
  * WB_CLI_FAIL. */
-static int read_exact(wb_cli *cli, int fd, const char *path, uint8_t *dst,
-                      uint64_t off, uint64_t len, progress *pr) {
-    while (len > 0) {
-        size_t want = len < WB_CLI_IO_CHUNK ? (size_t)len : WB_CLI_IO_CHUNK;
-        ssize_t n = pread(fd, dst, want, (off_t)off);
+static int copy_tensor(wb_cli *cli, int fd, const char *path, wb_publish *p,
+                       size_t i, uint8_t *buf, uint64_t off, uint64_t len,
+                       progress *pr) {
+    uint64_t done = 0;
+    while (done < len) {
+        size_t want = len - done < WB_CLI_IO_CHUNK ? (size_t)(len - done)
+                                                   : WB_CLI_IO_CHUNK;
+        ssize_t n = pread(fd, buf, want, (off_t)(off + done));
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
@@ -113,11 +117,14 @@ static int read_exact(wb_cli *cli, int fd, const char *path, uint8_t *dst,
             progress_end(pr, 0);
             return cli_fail(cli, WB_EIO,
                             "%s: unexpected end of file at byte %" PRIu64, path,
-                            off);
+                            off + done);
         }
-        dst += n;
-        off += (uint64_t)n;
-        len -= (uint64_t)n;
+        int rc = wb_publish_write(p, i, buf, (size_t)n, (size_t)done);
+        if (rc) {
+            progress_end(pr, 0);
+            return cli_fail_client(cli, rc);
+        }
+        done += (uint64_t)n;
         progress_add(pr, (uint64_t)n);
     }
     return 0;
@@ -128,25 +135,23 @@ static int read_exact(wb_cli *cli, int fd, const char *path, uint8_t *dst,
  * abort). */
 static int fill_publish(wb_cli *cli, int fd, const char *path,
                         const wb__st_file *f, wb_publish *p) {
+    uint8_t *buf = malloc(WB_CLI_IO_CHUNK);
+    if (buf == NULL)
+        return cli_fail(cli, WB_ENOMEM, "out of memory");
     progress pr;
     progress_init(&pr, "importing", f->data_len);
-    for (size_t i = 0; i < f->n; i++) {
+    /* The parser checked that each tensor's bytes match its shape, which
+     * is what the daemon laid out; wb_publish_write() refuses any more. */
+    int rc = 0;
+    for (size_t i = 0; i < f->n && rc == 0; i++) {
         const wb__st_tensor *t = &f->t[i];
-        uint64_t len = t->end - t->begin;
-        size_t nb = 0;
-        uint8_t *dst = wb_publish_data(p, i, &nb);
-        if ((dst == NULL && len != 0) || (uint64_t)nb != len) {
-            progress_end(&pr, 0);
-            return cli_fail(cli, WB_EPROTO,
-                            "tensor '%s': the daemon laid out %zu bytes, "
-                            "the file holds %" PRIu64,
-                            t->name, nb, len);
-        }
-        if (read_exact(cli, fd, path, dst, f->data_start + t->begin, len, &pr))
-            return WB_CLI_FAIL;
+        rc = copy_tensor(cli, fd, path, p, i, buf, f->data_start + t->begin,
+                         t->end - t->begin, &pr);
     }
-    progress_end(&pr, 1);
-    return 0;
+    free(buf);
+    if (rc == 0)
+        progress_end(&pr, 1);
+    return rc;
 }
 
 /* Declares f's tensors and metadata to the daemon, fills them and commits.

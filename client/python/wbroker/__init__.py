@@ -154,6 +154,9 @@ def _torch_dtype(code):
 
 # ------------------------------------------------------------------ mappings
 
+_COPY_CHUNK = 8 << 20          # Bytes per read when importing a file.
+
+
 def _declare(entries):
     """wb_tensor_spec array for (name, dtype code, shape, tied to or None)
     entries, and the buffers it points into (keep them alive)."""
@@ -612,8 +615,9 @@ class Client:
                                                  ctypes.byref(p)))
                 try:
                     f.seek(h.data_start)
+                    buf = ctypes.create_string_buffer(_COPY_CHUNK)
                     for i, t in enumerate(h.tensors):
-                        self._read_into(f, p, i, t, path)
+                        self._read_into(f, p, i, t, path, buf)
                 except BaseException:
                     lib.wb_publish_abort(p)
                     raise
@@ -621,24 +625,27 @@ class Client:
                 self._check(lib.wb_publish_commit(p, ctypes.byref(version)))
                 return version.value
 
-    def _read_into(self, f, p, i, t, path):
-        nbytes = ctypes.c_size_t()
-        ptr = self._lib.wb_publish_data(p, i, ctypes.byref(nbytes))
+    def _read_into(self, f, p, i, t, path, buf):
+        """Copies tensor t of file f into slot i of publish p through buf
+        (a ctypes buffer) and wb_publish_write().  The header was checked:
+        t's bytes match its shape, which is what the daemon laid out."""
         need = t.end - t.begin
-        if nbytes.value != need:
-            raise Error(_lib.WB_EINVAL, "tensor %r: daemon laid out %d bytes, "
-                        "the file has %d" % (t.name, nbytes.value, need))
-        if need == 0:
-            return
-        mv = memoryview((ctypes.c_ubyte * need).from_address(ptr)).cast("B")
+        mv = memoryview(buf).cast("B")
         done = 0
-        while done < need:
-            got = f.readinto(mv[done:done + (64 << 20)])
-            if not got:
-                raise Error(-26, "%s: file ended inside tensor %r"
-                            % (path, t.name))
-            done += got
-        mv.release()
+        try:
+            while done < need:
+                got = f.readinto(mv[:min(len(mv), need - done)])
+                if not got:
+                    raise Error(-26, "%s: file ended inside tensor %r"
+                                % (path, t.name))
+                rc = self._lib.wb_publish_write(p, i, ctypes.addressof(buf),
+                                                got, done)
+                if rc:
+                    _raise(rc, "tensor %r: %s" % (t.name, _dec(
+                        self._lib.wb_errmsg(self._c))))
+                done += got
+        finally:
+            mv.release()
 
     # -- map
 
