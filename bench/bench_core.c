@@ -207,13 +207,10 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--runs") == 0)
             runs = atoi(argv[i + 1]);
     }
-    static const char *const extra[] = {"--log-level", "warn", NULL};
     wbt_daemon d;
-    if (wbt_start(&d, extra)) {
-        fprintf(stderr, "cannot start %s/wbrokerd\n", wbt_build_dir());
+    wb_client *c = wbt_bench_start(&d);
+    if (c == NULL)
         return 1;
-    }
-    wb_client *c = wbt_connect(&d);
 
     printf("# wbroker core benchmark: %s, %zu tensors, median of %d runs\n",
            sizes, ntensors, runs);

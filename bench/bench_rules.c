@@ -665,13 +665,10 @@ int main(int argc, char **argv) {
     castruns = castruns < 1 ? 1 : castruns;
     csize = round_size(csize);
 
-    static const char *const extra[] = {"--log-level", "warn", NULL};
     wbt_daemon d;
-    if (wbt_start(&d, extra)) {
-        fprintf(stderr, "cannot start %s/wbrokerd\n", wbt_build_dir());
+    wb_client *c = wbt_bench_start(&d);
+    if (c == NULL)
         return 1;
-    }
-    wb_client *c = wbt_connect(&d);
     double t0 = wbt_now();
     printf("# wbroker rules and conversion benchmark\n");
     int rc = bench_rules(c, ntensors, runs);

@@ -352,3 +352,17 @@ size_t wbt_parse_size(const char *s) {
         v *= 1024.0 * 1024 * 1024;
     return (size_t)v;
 }
+
+wb_client *wbt_bench_start(wbt_daemon *d) {
+    static const char *const extra[] = {"--log-level", "warn", NULL};
+    if (wbt_start(d, extra)) {
+        fprintf(stderr, "cannot start %s/wbrokerd\n", wbt_build_dir());
+        return NULL;
+    }
+    wb_client *c = wbt_connect(d);
+    if (c == NULL) {
+        fprintf(stderr, "cannot connect to %s\n", d->sock);
+        wbt_stop(d);
+    }
+    return c;
+}

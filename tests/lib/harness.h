@@ -75,6 +75,10 @@ double wbt_median(double *v, int n);
 /* "64M", "1G", "512K" or a plain number of bytes. */
 size_t wbt_parse_size(const char *s);
 
+/* For benchmarks: starts a quiet daemon (warnings only) and connects;
+ * NULL, after saying why on stderr, if either fails. */
+wb_client *wbt_bench_start(wbt_daemon *d);
+
 /* Path of the build directory ("build" unless WB_BUILD is set). */
 const char *wbt_build_dir(void);
 
