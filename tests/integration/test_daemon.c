@@ -691,6 +691,79 @@ static void test_daemon_publish_write(void **state) {
     wb_close(c);
 }
 
+/* Which malformed "tied" list body_tied() sends. */
+static int tied_case;
+
+/* A publish of a[2], b[2] (F32) and c[3] (F32) with a bad "tied" list. */
+static void body_tied(msgpack_packer *pk) {
+    msgpack_pack_map(pk, 5);
+    wbt_pk_str(pk, "op");
+    wbt_pk_str(pk, "publish");
+    wbt_pk_str(pk, "id");
+    msgpack_pack_uint64(pk, 9);
+    wbt_pk_str(pk, "model");
+    wbt_pk_str(pk, "t");
+    wbt_pk_str(pk, "tensors");
+    msgpack_pack_array(pk, 3);
+    static const char *const names[3] = {"a", "b", "c"};
+    for (int i = 0; i < 3; i++) {
+        msgpack_pack_array(pk, 3);
+        wbt_pk_str(pk, names[i]);
+        wbt_pk_str(pk, "F32");
+        msgpack_pack_array(pk, 1);
+        msgpack_pack_uint64(pk, i < 2 ? 2 : 3);
+    }
+    wbt_pk_str(pk, "tied");
+    static const int pairs[][2] = {
+        {0, 1}, /* The stored tensor comes after its alias. */
+        {2, 0}, /* Shapes differ. */
+        {1, 1}, /* Tied to itself. */
+        {9, 0}, /* No such tensor. */
+    };
+    if (tied_case == 0) {
+        wbt_pk_str(pk, "b=a"); /* Not a list. */
+    } else if (tied_case == 1) {
+        msgpack_pack_array(pk, 1);
+        msgpack_pack_array(pk, 1); /* Not a pair. */
+        msgpack_pack_uint64(pk, 1);
+    } else if (tied_case == 2) {
+        msgpack_pack_array(pk, 2); /* Tied twice. */
+        for (int k = 0; k < 2; k++) {
+            msgpack_pack_array(pk, 2);
+            msgpack_pack_uint64(pk, 1);
+            msgpack_pack_uint64(pk, 0);
+        }
+    } else {
+        msgpack_pack_array(pk, 1);
+        msgpack_pack_array(pk, 2);
+        msgpack_pack_uint64(pk, (uint64_t)pairs[tied_case - 3][0]);
+        msgpack_pack_uint64(pk, (uint64_t)pairs[tied_case - 3][1]);
+    }
+}
+
+/* The daemon checks ties itself: a malformed or impossible "tied" list is
+ * refused with a stable code, and nothing is laid out or leaked. */
+static void test_daemon_bad_ties_on_wire(void **state) {
+    wbt_daemon *d = *state;
+    int fds = wbt_fd_count(d);
+    int fd = wbt_raw_connect(d);
+    assert_true(fd >= 0);
+    assert_int_equal(wbt_raw_hello(fd), 0);
+    static const int want[] = {WB_EPROTO, WB_EPROTO, WB_EINVAL, WB_EINVAL,
+                               WB_EINVAL, WB_EINVAL, WB_EINVAL};
+    for (tied_case = 0; tied_case < 7; tied_case++) {
+        wbt_raw_packed(fd, body_tied);
+        int err = wbt_raw_reply(fd);
+        if (err != want[tied_case])
+            fail_msg("case %d: err %d, want %d", tied_case, err,
+                     want[tied_case]);
+    }
+    close(fd);
+    assert_int_equal(wbt_wait_fds(d, fds), fds);
+    assert_int_equal(wbt_segment_count(d), 0);
+    assert_int_equal(wbt_mem_used(d), 0);
+}
+
 /* Tied tensors are stored once and published under every name: both names
  * map to the same bytes, the image stays a valid safetensors file listing
  * the stored tensor once and the ties under WB_TIED_KEY, and a target
@@ -807,6 +880,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_daemon_bad_declarations, setup,
                                         teardown),
         cmocka_unit_test(test_daemon_connect_refused),
+        cmocka_unit_test_setup_teardown(test_daemon_bad_ties_on_wire, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_daemon_publish_write, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_daemon_tied_tensors, setup,
