@@ -41,7 +41,6 @@ typedef struct wb__derived {
     wb__dseg *ds;               /* Segment holding the copy. */
     uint64_t offset;            /* Where in it. */
     uint64_t nbytes;            /* Bytes of the converted tensor. */
-    struct wb__derived *next;   /* Next in the version's list. */
     struct wb__derived *next_src; /* Next copy of the same source tensor. */
 } wb__derived;
 
@@ -62,9 +61,8 @@ typedef struct wb__version {
     uint64_t accounted;         /* Bytes charged to the memory limit. */
     int refs;                   /* Registry + in-flight jobs. */
     int dropped;                /* 1 once no longer listed. */
-    wb__derived *derived;       /* Converted copies. */
-    wb__derived **by_src;       /* Per tensor, its copies (NULL until the
-                                   first conversion). */
+    wb__derived **by_src;       /* Per tensor, its converted copies (NULL
+                                   until the first conversion). */
     wb__dseg *dsegs;            /* Segments holding them. */
     struct wb__version *next;   /* Next newer version of the model. */
 } wb__version;

@@ -763,7 +763,6 @@ static void map_reply_load_error(map_req *mr) {
     reply_send(mr->c, &r, NULL, 0);
 }
 
-/* Work item converting one tensor into a derived segment. */
 #define WB_CONV_PART_MIN (16u << 20) /* Fewest output bytes worth a thread. */
 
 /* One share of a conversion job: the output bytes [lo, hi) of its
@@ -926,21 +925,14 @@ static void conv_created(uv_work_t *w, int status) {
  * again, and gives their memory back. */
 static void conv_discard(conv_job *j) {
     wb__version *v = j->v;
-    for (size_t k = 0; k < j->nitems; k++)
-        for (wb__derived **pp = &v->by_src[j->items[k]->src]; *pp;
-             pp = &(*pp)->next_src)
-            if (*pp == j->items[k]) {
-                *pp = j->items[k]->next_src;
+    for (size_t k = 0; k < j->nitems; k++) {
+        wb__derived *d = j->items[k];
+        for (wb__derived **pp = &v->by_src[d->src]; *pp; pp = &(*pp)->next_src)
+            if (*pp == d) {
+                *pp = d->next_src;
                 break;
             }
-    for (wb__derived **pp = &v->derived; *pp;) {
-        wb__derived *d = *pp;
-        if (d->ds == j->ds) {
-            *pp = d->next;
-            free(d);
-        } else {
-            pp = &d->next;
-        }
+        free(d);
     }
     for (wb__dseg **pp = &v->dsegs; *pp; pp = &(*pp)->next)
         if (*pp == j->ds) {
@@ -1051,8 +1043,6 @@ static int conv_start(map_req *mr, size_t nmissing) {
     for (size_t i = 0; i < mr->res.n; i++)
         if (mr->res.v[i].cast && !mr->conv[i]) {
             wb__derived *d = mr->conv[i] = items[n++];
-            d->next = v->derived;
-            v->derived = d;
             d->next_src = v->by_src[d->src];
             v->by_src[d->src] = d;
         }

@@ -53,10 +53,11 @@ void wb__version_ref(wb__version *v) { v->refs++; }
 
 /* Frees a version whose last reference is gone, returning its memory. */
 static void version_free(wb__version *v) {
-    for (wb__derived *d = v->derived, *next; d; d = next) {
-        next = d->next;
-        free(d);
-    }
+    for (size_t i = 0; v->by_src && i < v->n; i++)
+        for (wb__derived *d = v->by_src[i], *next; d; d = next) {
+            next = d->next_src;
+            free(d);
+        }
     for (wb__dseg *ds = v->dsegs, *next; ds; ds = next) {
         next = ds->next;
         wb__seg_close(&ds->seg);
