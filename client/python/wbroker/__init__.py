@@ -152,7 +152,7 @@ def _torch_dtype(code):
     return dt
 
 
-# ------------------------------------------------------------------ mappings
+# ------------------------------------------------------------------ publishing
 
 _COPY_CHUNK = 8 << 20          # Bytes per read when importing a file.
 
@@ -181,6 +181,8 @@ def _kvs(meta):
         kvs[i].value = _enc(v, "metadata value")
     return kvs, len(meta)
 
+
+# ------------------------------------------------------------------ mappings
 
 class _Mapping:
     """Owns one wb_mapping; unmaps it when collected or closed.
@@ -571,10 +573,8 @@ class Client:
         through a mapping; another through the mapping, in one pass."""
         need = t.numel() * t.element_size()
         if t.is_contiguous():
-            rc = self._lib.wb_publish_write(p, i, t.data_ptr(), need, 0)
-            if rc:
-                _raise(rc, "tensor %r: %s" % (key, _dec(self._lib.wb_errmsg(
-                    self._c))))
+            self._check(self._lib.wb_publish_write(p, i, t.data_ptr(), need,
+                                                   0))
             return
         nbytes = ctypes.c_size_t()
         ptr = self._lib.wb_publish_data(p, i, ctypes.byref(nbytes))
@@ -638,11 +638,8 @@ class Client:
                 if not got:
                     raise Error(-26, "%s: file ended inside tensor %r"
                                 % (path, t.name))
-                rc = self._lib.wb_publish_write(p, i, ctypes.addressof(buf),
-                                                got, done)
-                if rc:
-                    _raise(rc, "tensor %r: %s" % (t.name, _dec(
-                        self._lib.wb_errmsg(self._c))))
+                self._check(self._lib.wb_publish_write(
+                    p, i, ctypes.addressof(buf), got, done))
                 done += got
         finally:
             mv.release()
