@@ -198,7 +198,8 @@ def test_cli_import_progress_only_on_a_terminal(daemon, model_file):
 
 @pytest.mark.parametrize("kind", [
     "empty", "short_prefix", "header_too_long", "bad_json", "truncated_data",
-    "overlap", "bad_dtype", "shape_mismatch", "trailing_bytes", "missing"])
+    "overlap", "bad_dtype", "shape_mismatch", "trailing_bytes", "bad_tie",
+    "missing"])
 def test_cli_import_refuses_bad_files(daemon, tmp_path, model_file, kind):
     """Corrupt, truncated or missing files are refused with exit 1, and no
     model appears."""
@@ -233,11 +234,17 @@ def test_cli_import_refuses_bad_files(daemon, tmp_path, model_file, kind):
         blob = with_header(header)
     elif kind == "trailing_bytes":
         blob = data + b"\0" * 4
+    elif kind == "bad_tie":         # An alias of a tensor the file lacks.
+        header.setdefault("__metadata__", {})["wbroker.tied"] = \
+            json.dumps({"head.weight": "nope"})
+        blob = with_header(header)
     if kind != "missing":
         open(path, "wb").write(blob)
     p = cli(daemon, "import", path, "bad", check=1)
     assert p.stderr.startswith("wbroker: ")
     assert "bad.safetensors" in p.stderr
+    if kind == "bad_tie":
+        assert "wbroker.tied" in p.stderr
     j = cli_json(daemon, "import", path, "bad", check=1)
     assert j["error"] in ("EFORMAT", "EIO", "ESYS") and j["code"] < 0
     assert cli_json(daemon, "ls") == []
