@@ -26,6 +26,10 @@ DEB_PACKAGES := build-essential pkg-config libuv1-dev libmsgpack-dev \
 
 # msgpack-c 4 (Debian 12) calls itself "msgpack"; newer releases "msgpack-c".
 MSGPACK_PC := $(shell pkg-config --exists msgpack-c 2>/dev/null && echo msgpack-c || echo msgpack)
+# Each program links only what it uses: the client library (and so the CLI
+# and Python) needs no event loop and no systemd.
+CLIENT_PKGS := $(MSGPACK_PC) libpcre2-8 jansson
+DAEMON_PKGS := libuv $(MSGPACK_PC) libpcre2-8 libsystemd
 PKGS := libuv $(MSGPACK_PC) libpcre2-8 jansson libsystemd
 
 ifeq ($(SANITIZER),)
@@ -50,11 +54,13 @@ WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
 	-Wno-unused-parameter $(if $(WERROR),-Werror)
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CLIENT_LIBS = $(shell pkg-config --libs $(CLIENT_PKGS) 2>/dev/null)
+DAEMON_LIBS = $(shell pkg-config --libs $(DAEMON_PKGS) 2>/dev/null)
 CFLAGS_ALL = -std=gnu11 $(OPT) $(WARN) $(SANFLAGS) -fPIC -fvisibility=hidden \
-	-D_GNU_SOURCE -Iinclude -Iproto $(PKG_CFLAGS) $(CFLAGS)
+	-D_GNU_SOURCE -Iinclude -Iproto -Icommon $(PKG_CFLAGS) -MMD -MP $(CFLAGS)
 LDFLAGS_ALL = $(SANFLAGS) $(LDFLAGS)
 
-PROTO_SRC := $(wildcard proto/*.c)
+PROTO_SRC := $(wildcard proto/*.c) $(wildcard common/*.c)
 DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
 CLIENT_SRC := $(wildcard client/*.c)
 CLI_SRC := $(wildcard client/cli/*.c)
@@ -96,12 +102,15 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(BUILD)/%.o: %.c $(wildcard include/*.h proto/*.h daemon/*.h client/*.h client/cli/*.h tests/lib/*.h)
+# Header dependencies come from the compiler (-MMD -MP).
+$(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
 $(LIB_SO): $(PROTO_OBJ) $(CLIENT_OBJ)
-	$(CC) -shared -Wl,-soname,$(SONAME) -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS)
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--as-needed -o $@ $^ $(LDFLAGS_ALL) $(CLIENT_LIBS)
 	ln -sf libwbroker.so.$(VERSION) $(BUILD)/$(SONAME)
 	ln -sf $(SONAME) $(BUILD)/libwbroker.so
 
@@ -110,10 +119,10 @@ $(LIB_A): $(PROTO_OBJ) $(CLIENT_OBJ)
 	ar rcs $@ $^
 
 $(DAEMON_BIN): $(BUILD)/daemon/main.o $(DAEMON_OBJ) $(PROTO_OBJ)
-	$(CC) -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS) -lm
+	$(CC) -Wl,--as-needed -o $@ $^ $(LDFLAGS_ALL) $(DAEMON_LIBS) -lm
 
 $(CLI_BIN): $(call obj,$(CLI_SRC)) $(LIB_A)
-	$(CC) -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS) -lm
+	$(CC) -Wl,--as-needed -o $@ $^ $(LDFLAGS_ALL) $(CLIENT_LIBS) -lm
 
 $(BUILD)/tests/%: tests/unit/%.c $(DAEMON_OBJ) $(TESTLIB_OBJ) $(LIB_A) | $(DAEMON_BIN)
 	@mkdir -p $(dir $@)

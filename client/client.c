@@ -15,6 +15,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "fdpass.h"
+#include "hash.h"
 #include "rules_internal.h"
 #include "wire.h"
 
@@ -106,33 +108,15 @@ static int send_all(wb_client *c, const uint8_t *buf, size_t len) {
 static int recv_all(wb_client *c, uint8_t *buf, size_t len, int *fds,
                     int *nfds, int maxfds) {
     while (len > 0) {
-        struct iovec iov = {buf, len};
-        union {
-            char b[CMSG_SPACE(sizeof(int) * WB_MAX_SEGMENTS)];
-            struct cmsghdr align;
-        } ctl;
-        struct msghdr msg = {0};
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = ctl.b;
-        msg.msg_controllen = sizeof(ctl.b);
-        ssize_t n = recvmsg(c->fd, &msg, MSG_CMSG_CLOEXEC);
-        if (n < 0 && errno == EINTR)
-            continue;
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); n >= 0 && cm;
-             cm = CMSG_NXTHDR(&msg, cm)) {
-            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-                continue;
-            size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            for (size_t i = 0; i < k; i++) {
-                int fd;
-                memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-                if (fds && *nfds < maxfds)
-                    fds[(*nfds)++] = fd;
-                else
-                    close(fd);
-            }
-        }
+        int got = 0, ctrunc = 0;
+        int room = fds ? maxfds - *nfds : 0;
+        ssize_t n = wb__fd_recv(c->fd, buf, len, fds ? fds + *nfds : NULL,
+                                room, &got, &ctrunc, 0);
+        if (n > 0 && fds)
+            *nfds += got;
+        if (n > 0 && ctrunc)
+            return fail(c, WB_EPROTO, "descriptors from %s were truncated",
+                        c->path);
         if (n <= 0)
             return fail(c, WB_ECLOSED, "daemon at %s closed the connection%s%s",
                         c->path, n < 0 ? ": " : "",
@@ -537,13 +521,6 @@ void wb_publish_abort(wb_publish *p) {
 
 /* ------------------------------------------------------------ map */
 
-static uint64_t hash_name(const char *s) {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
 /* Builds the name index of m.  Returns 0 or WB_ENOMEM. */
 static int index_build(wb_mapping *m) {
     size_t cap = 16;
@@ -556,7 +533,7 @@ static int index_build(wb_mapping *m) {
     for (size_t i = 0; i < cap; i++)
         m->index[i] = SIZE_MAX;
     for (size_t i = 0; i < m->n; i++) {
-        size_t k = hash_name(m->t[i].name) & (cap - 1);
+        size_t k = wb__hash_bytes(m->t[i].name, strlen(m->t[i].name)) & (cap - 1);
         while (m->index[k] != SIZE_MAX)
             k = (k + 1) & (cap - 1);
         m->index[k] = i;
@@ -567,7 +544,7 @@ static int index_build(wb_mapping *m) {
 long wb_map_find(const wb_mapping *m, const char *name) {
     if (m == NULL || name == NULL || m->index == NULL)
         return -1;
-    size_t k = hash_name(name) & (m->index_cap - 1);
+    size_t k = wb__hash_bytes(name, strlen(name)) & (m->index_cap - 1);
     while (m->index[k] != SIZE_MAX) {
         if (strcmp(m->t[m->index[k]].name, name) == 0)
             return (long)m->index[k];

@@ -8,37 +8,6 @@
 
 #include "wire.h"
 
-void wb__buf_put(wb__buf *b, const char *s, size_t n) {
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (p == NULL) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-void wb__buf_printf(wb__buf *b, const char *fmt, ...) {
-    char tmp[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        wb__buf_put(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n
-                                                     : sizeof(tmp) - 1);
-}
-
 void wb__buf_json_str(wb__buf *b, const char *s) {
     wb__buf_put(b, "\"", 1);
     const char *run = s;

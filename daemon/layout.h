@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "../proto/rules.h"
+#include "buf.h"
 
 #define WB_DATA_ALIGN 64 /* Alignment of the data section, in bytes. */
 
@@ -35,16 +36,7 @@ int wb__layout_build(const wb__tinfo *t, size_t n, const size_t *tie,
                      wb__layout *out);
 void wb__layout_free(wb__layout *l);
 
-/* Appends s as a JSON string (quoted, escaped) to a growing buffer. */
-typedef struct wb__buf {
-    char *p;                    /* Bytes (NUL-terminated when ok). */
-    size_t len;                 /* Bytes used. */
-    size_t cap;                 /* Bytes allocated. */
-    int oom;                    /* 1 after a failed allocation. */
-} wb__buf;
-void wb__buf_put(wb__buf *b, const char *s, size_t n);
-void wb__buf_printf(wb__buf *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+/* Appends s as a JSON string (quoted, escaped). */
 void wb__buf_json_str(wb__buf *b, const char *s);
 
 #endif

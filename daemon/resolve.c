@@ -23,118 +23,16 @@
 #include <string.h>
 #include <time.h>
 
+#include "hash.h"
 #include "resolve.h"
 #include "rules_match.h"
 
 #define WB_REGEX_DEPTH_LIMIT 10000 /* PCRE2 backtracking depth per match. */
 #define WB_REGEX_HEAP_LIMIT 8192   /* PCRE2 heap per match, in KiB. */
-#define WB_HASH_MIN_CAP 16         /* Smallest hash table, in slots. */
 #define WB_KEYLIST_MIN_CAP 8       /* First allocation of a key list. */
 #define WB_ERRMSG_WHY_MAX 320      /* Bytes of a regex/template reason. */
 #define WB_BUDGET_CHECK_KEYS 16    /* Keys between two looks at the clock. */
 #define NONE SIZE_MAX              /* "No index" in index fields. */
-
-/* ---------------------------------------------------------------- hashing */
-
-/* One slot of an open-addressing table; key NULL means empty. */
-typedef struct hslot {
-    const char *key;            /* Borrowed key bytes (not NUL-terminated). */
-    size_t len;                 /* Bytes of key. */
-    uint64_t hash;              /* hash_bytes(key, len). */
-    size_t val;                 /* Value stored for the key. */
-} hslot;
-
-/* A string -> size_t table with linear probing, load factor <= 1/2. */
-typedef struct htab {
-    hslot *v;                   /* cap slots. */
-    size_t cap;                 /* Slots, a power of two (0: unallocated). */
-    size_t n;                   /* Keys stored. */
-} htab;
-
-/* FNV-1a, 64 bits. */
-static uint64_t hash_bytes(const char *s, size_t len) {
-    uint64_t h = 14695981039346656037ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
-/* Allocates a table sized for about expect keys.  Returns 0 or
- * WB_ENOMEM. */
-static int ht_init(htab *h, size_t expect) {
-    size_t cap = WB_HASH_MIN_CAP;
-    while (cap / 2 < expect) {
-        if (cap > SIZE_MAX / 2 / sizeof(hslot))
-            return WB_ENOMEM;
-        cap *= 2;
-    }
-    h->v = calloc(cap, sizeof *h->v);
-    if (h->v == NULL)
-        return WB_ENOMEM;
-    h->cap = cap;
-    h->n = 0;
-    return 0;
-}
-
-static void ht_free(htab *h) {
-    free(h->v);
-    memset(h, 0, sizeof *h);
-}
-
-/* Returns the slot holding key, or the empty slot where it would go. */
-static hslot *ht_slot(const htab *h, const char *key, size_t len,
-                      uint64_t hash) {
-    size_t mask = h->cap - 1;
-    for (size_t i = (size_t)hash & mask;; i = (i + 1) & mask) {
-        hslot *s = &h->v[i];
-        if (s->key == NULL ||
-            (s->hash == hash && s->len == len && memcmp(s->key, key, len) == 0))
-            return s;
-    }
-}
-
-/* Returns the slot of key, or NULL when the key is absent. */
-static hslot *ht_find(const htab *h, const char *key, size_t len) {
-    if (h->cap == 0)
-        return NULL;
-    hslot *s = ht_slot(h, key, len, hash_bytes(key, len));
-    return s->key != NULL ? s : NULL;
-}
-
-/* Doubles the table. */
-static int ht_grow(htab *h) {
-    htab nh;
-    if (ht_init(&nh, h->cap) != 0)
-        return WB_ENOMEM;
-    for (size_t i = 0; i < h->cap; i++)
-        if (h->v[i].key != NULL)
-            *ht_slot(&nh, h->v[i].key, h->v[i].len, h->v[i].hash) = h->v[i];
-    nh.n = h->n;
-    free(h->v);
-    *h = nh;
-    return 0;
-}
-
-/* Inserts key -> val unless key is there.  Returns 1 when inserted, 0 when
- * the key existed (*old, if not NULL, receives its value), or WB_ENOMEM.
- * The key bytes are borrowed and must outlive the table. */
-static int ht_put(htab *h, const char *key, size_t len, size_t val,
-                  size_t *old) {
-    if ((h->n + 1) * 2 > h->cap && ht_grow(h) != 0)
-        return WB_ENOMEM;
-    uint64_t hash = hash_bytes(key, len);
-    hslot *s = ht_slot(h, key, len, hash);
-    if (s->key != NULL) {
-        if (old != NULL)
-            *old = s->val;
-        return 0;
-    }
-    *s = (hslot){key, len, hash, val};
-    h->n++;
-    return 1;
-}
 
 /* ---------------------------------------------------------------- strings */
 
@@ -241,15 +139,15 @@ typedef struct compiled {
     crule *v;                   /* Rules in order. */
     size_t n;                   /* Rules in v. */
     int has_include;            /* 1 if any include rule exists. */
-    htab inc_exact;             /* Include globs without metacharacters. */
-    htab exc_exact;             /* Exclude globs without metacharacters. */
+    wb__htab inc_exact;             /* Include globs without metacharacters. */
+    wb__htab exc_exact;             /* Exclude globs without metacharacters. */
     size_t *inc_glob;           /* Indices of the other include rules. */
     size_t n_inc_glob;          /* Entries in inc_glob. */
     size_t *exc_glob;           /* Indices of the other exclude rules. */
     size_t n_exc_glob;          /* Entries in exc_glob. */
     size_t *casts;              /* Indices of the cast rules. */
     size_t n_casts;             /* Entries in casts. */
-    htab rename_first;          /* RENAME a -> index of its first rule. */
+    wb__htab rename_first;          /* RENAME a -> index of its first rule. */
     pcre2_match_context *mctx;  /* Match limits for every regex. */
     pcre2_match_data *md;       /* Ovector big enough for every regex. */
 } compiled;
@@ -281,9 +179,9 @@ static void compiled_free(compiled *c) {
     free(c->inc_glob);
     free(c->exc_glob);
     free(c->casts);
-    ht_free(&c->inc_exact);
-    ht_free(&c->exc_exact);
-    ht_free(&c->rename_first);
+    wb__ht_free(&c->inc_exact);
+    wb__ht_free(&c->exc_exact);
+    wb__ht_free(&c->rename_first);
     pcre2_match_context_free(c->mctx);
     pcre2_match_data_free(c->md);
     memset(c, 0, sizeof *c);
@@ -296,8 +194,8 @@ static int compile_rules(const wb__ruleset *rs, compiled *c,
     memset(c, 0, sizeof *c);
     size_t n = rs ? rs->n : 0;
     uint32_t max_pairs = 1;
-    if (ht_init(&c->inc_exact, 0) || ht_init(&c->exc_exact, 0) ||
-        ht_init(&c->rename_first, 0))
+    if (wb__ht_init(&c->inc_exact, 0) || wb__ht_init(&c->exc_exact, 0) ||
+        wb__ht_init(&c->rename_first, 0))
         goto nomem;
     if (n == 0)
         return 0;
@@ -334,7 +232,7 @@ static int compile_rules(const wb__ruleset *rs, compiled *c,
             int inc = r->kind == WB__RULE_INCLUDE;
             c->has_include |= inc;
             if (!wb__glob_has_magic(r->a)) {
-                if (ht_put(inc ? &c->inc_exact : &c->exc_exact, r->a, cr->alen,
+                if (wb__ht_put(inc ? &c->inc_exact : &c->exc_exact, r->a, cr->alen,
                            i, NULL) < 0)
                     goto nomem;
             } else if (inc) {
@@ -348,7 +246,7 @@ static int compile_rules(const wb__ruleset *rs, compiled *c,
             if (cr->alen == 0)
                 return rule_err(out, r, WB_ERULE, "rename of an empty key");
             size_t first;
-            int put = ht_put(&c->rename_first, r->a, cr->alen, i, &first);
+            int put = wb__ht_put(&c->rename_first, r->a, cr->alen, i, &first);
             if (put < 0)
                 goto nomem;
             if (put == 0) {
@@ -410,12 +308,12 @@ nomem:
 /* Returns 1 if the filters keep source key name. */
 static int keep_key(const compiled *c, const char *name) {
     size_t len = strlen(name);
-    if (ht_find(&c->exc_exact, name, len))
+    if (wb__ht_find(&c->exc_exact, name, len))
         return 0;
     for (size_t i = 0; i < c->n_exc_glob; i++)
         if (fnmatch(c->v[c->exc_glob[i]].r->a, name, 0) == 0)
             return 0;
-    if (!c->has_include || ht_find(&c->inc_exact, name, len))
+    if (!c->has_include || wb__ht_find(&c->inc_exact, name, len))
         return 1;
     for (size_t i = 0; i < c->n_inc_glob; i++)
         if (fnmatch(c->v[c->inc_glob[i]].r->a, name, 0) == 0)
@@ -480,7 +378,7 @@ static int rename_key(compiled *c, sbuf *cur, sbuf *tmp,
              * whose a equals the current key, in rule order. */
             size_t end = cr->run_end, pos = i;
             for (;;) {
-                hslot *s = ht_find(&c->rename_first, cur->p, cur->len);
+                wb__hslot *s = wb__ht_find(&c->rename_first, cur->p, cur->len);
                 if (s == NULL)
                     break;
                 size_t k = s->val;
@@ -539,9 +437,9 @@ typedef struct rstate {
     compiled rules;             /* Prepared rules. */
     kent *kept;                 /* Kept source keys, in source order. */
     size_t nkept;               /* Entries in kept. */
-    htab renamed;               /* Renamed key -> index in kept. */
-    htab targets;               /* Target key -> index in the schema. */
-    htab modules;               /* Module path ("a.b") -> preorder index. */
+    wb__htab renamed;               /* Renamed key -> index in kept. */
+    wb__htab targets;               /* Target key -> index in the schema. */
+    wb__htab modules;               /* Module path ("a.b") -> preorder index. */
 } rstate;
 
 static int shape_eq(const wb__tinfo *a, const wb__tinfo *b) {
@@ -576,7 +474,7 @@ static int collect(rstate *st) {
     sbuf cur = {0}, tmp = {0};
     int rc = 0;
     st->kept = calloc(req->nsrc ? req->nsrc : 1, sizeof *st->kept);
-    if (st->kept == NULL || ht_init(&st->renamed, req->nsrc) != 0)
+    if (st->kept == NULL || wb__ht_init(&st->renamed, req->nsrc) != 0)
         return WB_ENOMEM;
     uint64_t start = req->budget_ms && st->rules.n ? now_ms() : 0;
     for (size_t i = 0; i < req->nsrc && rc == 0; i++) {
@@ -621,7 +519,7 @@ static int collect(rstate *st) {
         k->target = NONE;
         st->nkept++;
         size_t old;
-        int put = ht_put(&st->renamed, k->name, k->len, st->nkept - 1, &old);
+        int put = wb__ht_put(&st->renamed, k->name, k->len, st->nkept - 1, &old);
         if (put < 0) {
             rc = WB_ENOMEM;
         } else if (put == 0) {
@@ -665,12 +563,12 @@ static int resolve_plain(rstate *st) {
  * root). */
 static int build_modules(rstate *st) {
     const wb__schema *s = st->req->schema;
-    if (ht_init(&st->modules, s->n) != 0)
+    if (wb__ht_init(&st->modules, s->n) != 0)
         return WB_ENOMEM;
     for (size_t i = 0; i < s->n; i++) {
         const char *name = s->v[i].name;
         for (const char *d = strchr(name, '.'); d; d = strchr(d + 1, '.'))
-            if (ht_put(&st->modules, name, (size_t)(d - name),
+            if (wb__ht_put(&st->modules, name, (size_t)(d - name),
                        st->modules.n + 1, NULL) < 0)
                 return WB_ENOMEM;
     }
@@ -685,8 +583,8 @@ static size_t flag_module(const rstate *st, const kent *k) {
     for (;;) {
         const char *dot = memchr(k->name + plen, '.', k->len - plen);
         size_t cend = dot ? (size_t)(dot - k->name) : k->len;
-        int local = ht_find(&st->targets, k->name, cend) != NULL;
-        const hslot *m = ht_find(&st->modules, k->name, cend);
+        int local = wb__ht_find(&st->targets, k->name, cend) != NULL;
+        const wb__hslot *m = wb__ht_find(&st->modules, k->name, cend);
         if (!local && m == NULL)
             return mod;
         if (m == NULL || dot == NULL)
@@ -774,7 +672,7 @@ static int error_text(rstate *st) {
     }
     for (size_t i = 0; rc == 0 && !req->ignore_mismatch && i < s->n; i++) {
         const wb__tinfo *t = &s->v[i];
-        hslot *h = ht_find(&st->renamed, t->name, strlen(t->name));
+        wb__hslot *h = wb__ht_find(&st->renamed, t->name, strlen(t->name));
         if (h == NULL)
             continue;
         const wb__tinfo *src = &req->src[st->kept[h->val].src];
@@ -804,13 +702,13 @@ static int resolve_schema(rstate *st) {
     const wb__resolve_req *req = st->req;
     const wb__schema *s = req->schema;
     wb__resolve_out *out = st->out;
-    if (ht_init(&st->targets, s->n) != 0)
+    if (wb__ht_init(&st->targets, s->n) != 0)
         return WB_ENOMEM;
     for (size_t i = 0; i < s->n; i++) {
         if (s->v[i].name == NULL)
             return rule_err(out, NULL, WB_EINVAL, "target key %zu has no name",
                             i);
-        int put = ht_put(&st->targets, s->v[i].name, strlen(s->v[i].name), i,
+        int put = wb__ht_put(&st->targets, s->v[i].name, strlen(s->v[i].name), i,
                          NULL);
         if (put < 0)
             return WB_ENOMEM;
@@ -830,7 +728,7 @@ static int resolve_schema(rstate *st) {
     for (size_t i = 0; i < s->n && rc == 0; i++) {
         const wb__tinfo *t = &s->v[i];
         size_t len = strlen(t->name);
-        hslot *h = ht_find(&st->renamed, t->name, len);
+        wb__hslot *h = wb__ht_find(&st->renamed, t->name, len);
         if (h == NULL) {
             rc = kl_push(&out->missing, t->name, len);
             continue;
@@ -900,9 +798,9 @@ int wb__resolve(const wb__resolve_req *req, wb__resolve_out *out) {
     for (size_t i = 0; i < st.nkept; i++)
         free(st.kept[i].name);
     free(st.kept);
-    ht_free(&st.renamed);
-    ht_free(&st.targets);
-    ht_free(&st.modules);
+    wb__ht_free(&st.renamed);
+    wb__ht_free(&st.targets);
+    wb__ht_free(&st.modules);
     compiled_free(&st.rules);
     return rc;
 }
