@@ -126,15 +126,15 @@ $(CLI_BIN): $(call obj,$(CLI_SRC)) $(LIB_A)
 
 $(BUILD)/tests/%: tests/unit/%.c $(DAEMON_OBJ) $(TESTLIB_OBJ) $(LIB_A) | $(DAEMON_BIN)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -Itests/lib -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS) -lcmocka -lm
+	$(CC) $(CFLAGS_ALL) -Itests/lib -o $@ $(filter %.c %.o %.a,$^) $(LDFLAGS_ALL) $(PKG_LIBS) -lcmocka -lm
 
 $(BUILD)/tests/%: tests/integration/%.c $(DAEMON_OBJ) $(TESTLIB_OBJ) $(LIB_A) | $(DAEMON_BIN)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -Itests/lib -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS) -lcmocka -lm
+	$(CC) $(CFLAGS_ALL) -Itests/lib -o $@ $(filter %.c %.o %.a,$^) $(LDFLAGS_ALL) $(PKG_LIBS) -lcmocka -lm
 
 $(BUILD)/bench/%: bench/%.c $(DAEMON_OBJ) $(TESTLIB_OBJ) $(LIB_A)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -Itests/lib -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS) -lm
+	$(CC) $(CFLAGS_ALL) -Itests/lib -o $@ $(filter %.c %.o %.a,$^) $(LDFLAGS_ALL) $(PKG_LIBS) -lm
 
 $(BUILD)/wbroker.pc: wbroker.pc.in include/wbroker.h
 	@mkdir -p $(BUILD)

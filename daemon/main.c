@@ -14,8 +14,22 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
-#include "broker.h"
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include "conn.h"
 #include "log.h"
+#include "ops.h"
+#include "registry.h"
+#include "session.h"
+#include "worker.h"
+
+#define WB_DEFAULT_CLIENT_TIMEOUT 30 /* Seconds, --client-timeout. */
+#define WB_LIMBO_RETRY_MS 500        /* How often abandoned segments that a
+                                        client still maps are retried. */
+
+
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -32,6 +46,10 @@ static void usage(FILE *f) {
             "  --memory-limit SIZE  shared memory to hold, e.g. 8G or 50%% "
             "(default 50%% of RAM)\n"
             "  --socket-mode MODE   permissions of the socket (default 0660)\n"
+            "  --client-timeout S   close clients that say no hello, stall in\n"
+            "                       a frame or read no replies for S "
+            "seconds\n"
+            "                       (default 30; 0 never)\n"
             "  --log-level LEVEL    debug, info, warn or error (default "
             "info)\n"
             "  --version            print the version and exit\n"
@@ -80,7 +98,70 @@ static void make_socket_dir(const char *path) {
         wb__warn("mkdir %s: %s", dir, strerror(errno));
 }
 
+/* Creates, binds and listens on path; the socket's mode is set before
+ * listen() so that no client ever sees other permissions.  A stale socket
+ * file is replaced; a live daemon on the path is an error. */
+static int bind_path(const char *path, unsigned mode) {
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        wb__error("socket path too long: %s", path);
+        return -1;
+    }
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            wb__error("%s exists and is not a socket", path);
+            close(fd);
+            return -1;
+        }
+        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (probe >= 0 &&
+            connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+            close(probe);
+            close(fd);
+            wb__error("another daemon is listening on %s", path);
+            return -1;
+        }
+        if (probe >= 0)
+            close(probe);
+        unlink(path);
+    }
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        chmod(path, mode) < 0 || listen(fd, 128) < 0) {
+        wb__error("listening on %s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+
+/* Makes a listening socket: systemd's (inherited_fd >= 0) made
+ * non-blocking, or a new one bound at path.  Returns the fd or -1. */
+static int listen_socket(const char *path, unsigned mode, int inherited_fd) {
+    int fd = inherited_fd;
+    if (fd < 0)
+        return bind_path(path, mode);
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+        return -1;
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    return fd;
+}
+
 static uv_signal_t sig_term, sig_int;
+static uv_timer_t limbo_timer;
+static int stopping;
+static char bound_path[108]; /* Socket path to unlink at exit, or "". */
+
+static void on_limbo_timer(uv_timer_t *t) {
+    if (wb__reg.nlimbo)
+        wb__limbo_retry();
+}
 
 static void on_walk_close(uv_handle_t *h, void *arg) {
     if (!uv_is_closing(h))
@@ -88,13 +169,15 @@ static void on_walk_close(uv_handle_t *h, void *arg) {
 }
 
 static void on_signal(uv_signal_t *s, int signum) {
-    wb__broker *b = s->data;
-    if (b->stopping)
+    if (stopping)
         return;
-    b->stopping = 1;
+    stopping = 1;
     wb__info("%s: shutting down", strsignal(signum));
     sd_notify(0, "STOPPING=1");
-    wb__server_stop(b);
+    wb__conn_shutdown();
+    if (bound_path[0])
+        unlink(bound_path);
+    uv_timer_stop(&limbo_timer);
     uv_signal_stop(&sig_term);
     uv_signal_stop(&sig_int);
     uv_close((uv_handle_t *)&sig_term, NULL);
@@ -107,6 +190,7 @@ int main(int argc, char **argv) {
         {"memory-limit", required_argument, NULL, 'm'},
         {"socket-mode", required_argument, NULL, 'p'},
         {"log-level", required_argument, NULL, 'l'},
+        {"client-timeout", required_argument, NULL, 't'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -114,9 +198,21 @@ int main(int argc, char **argv) {
     const char *socket_opt = NULL;
     uint64_t limit = 0;
     unsigned mode = 0660;
+    unsigned timeout = WB_DEFAULT_CLIENT_TIMEOUT;
     int c;
-    while ((c = getopt_long(argc, argv, "s:m:p:l:Vh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "s:m:p:l:t:Vh", opts, NULL)) != -1) {
         switch (c) {
+        case 't': {
+            char *end;
+            unsigned long t = strtoul(optarg, &end, 10);
+            if (*optarg == '\0' || *end || t > 86400) {
+                fprintf(stderr, "wbrokerd: bad --client-timeout '%s'\n",
+                        optarg);
+                return 2;
+            }
+            timeout = (unsigned)t;
+            break;
+        }
         case 's': socket_opt = optarg; break;
         case 'm':
             if (parse_size(optarg, &limit) || limit == 0) {
@@ -154,14 +250,18 @@ int main(int argc, char **argv) {
     if (limit == 0)
         limit = 1ull << 30;
 
+    uint64_t cg = wb__cgroup_memory_max();
+    if (cg != 0 && limit > cg) {
+        wb__warn("memory limit lowered from %llu to %llu bytes: the daemon's "
+                 "cgroup allows no more (memory.max)",
+                 (unsigned long long)limit, (unsigned long long)cg);
+        limit = cg;
+    }
+
     signal(SIGPIPE, SIG_IGN);
-    static wb__broker broker;
-    wb__broker *b = &broker;
-    wb__g = b;
-    b->loop = uv_default_loop();
-    b->listen_fd = -1;
-    b->mem_limit = limit;
-    b->started = (double)uv_hrtime() / 1e9;
+    uv_loop_t *loop = uv_default_loop();
+    wb__reg.mem_limit = limit;
+    wb__started = (double)uv_hrtime() / 1e9;
 
     int inherited = -1;
     int nfds = sd_listen_fds(1);
@@ -179,34 +279,42 @@ int main(int argc, char **argv) {
     }
     if (inherited < 0)
         make_socket_dir(path);
-    if (wb__server_listen(b, path, mode, inherited) < 0)
+    int lfd = listen_socket(path, mode, inherited);
+    if (lfd < 0)
         return 1;
+    if (inherited < 0)
+        snprintf(bound_path, sizeof(bound_path), "%s", path);
+    if (wb__worker_start(loop) != 0 ||
+        wb__conn_listen(loop, lfd, &wb__dispatch_ops, timeout) != 0) {
+        wb__error("cannot start the event loop's handles");
+        return 1;
+    }
 
-    uv_signal_init(b->loop, &sig_term);
-    uv_signal_init(b->loop, &sig_int);
-    sig_term.data = sig_int.data = b;
+    uv_signal_init(loop, &sig_term);
+    uv_signal_init(loop, &sig_int);
     uv_signal_start(&sig_term, on_signal, SIGTERM);
     uv_signal_start(&sig_int, on_signal, SIGINT);
+    uv_timer_init(loop, &limbo_timer);
+    uv_timer_start(&limbo_timer, on_limbo_timer, WB_LIMBO_RETRY_MS,
+                   WB_LIMBO_RETRY_MS);
 
-    wb__info("wbrokerd %s listening on %s (memory limit %llu bytes, pid %d)",
+    wb__info("wbrokerd %s listening on %s (memory limit %llu bytes, client "
+             "timeout %u s, pid %d)",
              wb_version_string(), inherited >= 0 ? "systemd socket" : path,
-             (unsigned long long)limit, (int)getpid());
+             (unsigned long long)limit, timeout, (int)getpid());
     sd_notifyf(0, "READY=1\nSTATUS=serving on %s\nMAINPID=%d",
                inherited >= 0 ? "systemd socket" : path, (int)getpid());
 
-    uv_run(b->loop, UV_RUN_DEFAULT);
+    uv_run(loop, UV_RUN_DEFAULT);
 
-    /* Drop every version so that each segment is closed and accounted. */
-    while (b->models) {
-        wb__model *m = b->models;
-        while (m->versions)
-            wb__version_drop(b, m->versions);
-        m->watchers = NULL;
-        wb__model_gc(b, m);
-    }
-    uv_walk(b->loop, on_walk_close, NULL);
-    uv_run(b->loop, UV_RUN_DEFAULT);
-    uv_loop_close(b->loop);
+    /* Every connection is closed: finish the worker's tasks, then drop
+     * every version so that each segment is closed and accounted. */
+    wb__worker_stop();
+    uv_run(loop, UV_RUN_NOWAIT);
+    wb__registry_clear();
+    uv_walk(loop, on_walk_close, NULL);
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_loop_close(loop);
     wb__info("stopped");
     return 0;
 }

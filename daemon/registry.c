@@ -1,37 +1,89 @@
-/* registry.c -- Models, committed versions, references and accounting. */
+/* registry.c -- Models, versions, references and memory accounting. */
+#include "registry.h"
+
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "broker.h"
 #include "log.h"
+#include "wbroker.h"
 
-wb__broker *wb__g;
+wb__registry wb__reg;
 
-wb__model *wb__model_find(wb__broker *b, const char *name) {
-    for (wb__model *m = b->models; m; m = m->next)
+wb__model *wb__model_find(const char *name) {
+    assert(name != NULL);
+    for (wb__model *m = wb__reg.models; m; m = m->next)
         if (strcmp(m->name, name) == 0)
             return m;
     return NULL;
 }
 
-wb__model *wb__model_get(wb__broker *b, const char *name) {
-    wb__model *m = wb__model_find(b, name);
-    if (m)
-        return m;
-    if (b->nmodels >= WB_MAX_MODELS)
-        return NULL;
-    m = calloc(1, sizeof(*m));
-    if (m == NULL || (m->name = strdup(name)) == NULL) {
-        free(m);
+/* 1 if m counts against WB_MAX_MODELS (it holds versions or is in use). */
+static int model_live(const wb__model *m) {
+    return m->versions != NULL || m->refs > 0;
+}
+
+/* Forgets the oldest record (a name with nothing left but its number). */
+static void forget_oldest_record(void) {
+    wb__model **victim = NULL;
+    for (wb__model **pp = &wb__reg.models; *pp; pp = &(*pp)->next)
+        if (!model_live(*pp))
+            victim = pp; /* The list is newest first: keep the last. */
+    if (victim == NULL)
+        return;
+    wb__model *m = *victim;
+    *victim = m->next;
+    wb__reg.nrecords--;
+    wb__debug("forgot the version numbers of %s (last %llu)", m->name,
+              (unsigned long long)m->last_number);
+    free(m->name);
+    free(m);
+}
+
+wb__model *wb__model_acquire(const char *name) {
+    wb__model *m = wb__model_find(name);
+    if (m == NULL) {
+        if (wb__reg.nmodels >= WB_MAX_MODELS)
+            return NULL;
+        m = calloc(1, sizeof(*m));
+        if (m == NULL || (m->name = strdup(name)) == NULL) {
+            free(m);
+            return NULL;
+        }
+        m->next = wb__reg.models;
+        wb__reg.models = m;
+        wb__reg.nrecords++; /* Becomes live just below. */
+    } else if (!model_live(m) && wb__reg.nmodels >= WB_MAX_MODELS) {
         return NULL;
     }
-    m->next = b->models;
-    b->models = m;
-    b->nmodels++;
+    wb__model_ref(m);
     return m;
 }
 
-wb__version *wb__version_find(wb__model *m, uint64_t number) {
+void wb__model_ref(wb__model *m) {
+    assert(m->refs >= 0);
+    if (!model_live(m)) {
+        wb__reg.nrecords--;
+        wb__reg.nmodels++;
+    }
+    m->refs++;
+}
+
+void wb__model_unref(wb__model *m) {
+    if (m == NULL)
+        return;
+    assert(m->refs > 0);
+    m->refs--;
+    if (model_live(m))
+        return;
+    assert(m->watchers == NULL);
+    wb__reg.nmodels--;
+    wb__reg.nrecords++;
+    if (wb__reg.nrecords > WB_MAX_MODEL_RECORDS)
+        forget_oldest_record();
+}
+
+wb__version *wb__version_find(const wb__model *m, uint64_t number) {
     if (m == NULL)
         return NULL;
     if (number == 0)
@@ -42,17 +94,31 @@ wb__version *wb__version_find(wb__model *m, uint64_t number) {
     return NULL;
 }
 
-wb__version *wb__version_latest(wb__model *m) {
+wb__version *wb__version_latest(const wb__model *m) {
     wb__version *last = NULL;
     for (wb__version *v = m ? m->versions : NULL; v; v = v->next)
         last = v;
     return last;
 }
 
-void wb__version_ref(wb__version *v) { v->refs++; }
+wb__version *wb__version_new(void) {
+    wb__version *v = calloc(1, sizeof(*v));
+    if (v == NULL)
+        return NULL;
+    v->refs = 1;
+    wb__seg_init(&v->seg);
+    return v;
+}
+
+void wb__version_ref(wb__version *v) {
+    assert(v->refs > 0);
+    v->refs++;
+}
 
 /* Frees a version whose last reference is gone, returning its memory. */
 static void version_free(wb__version *v) {
+    assert(v->refs == 0);
+    assert(!v->listed);
     for (size_t i = 0; v->by_src && i < v->n; i++)
         for (wb__derived *d = v->by_src[i], *next; d; d = next) {
             next = d->next_src;
@@ -60,20 +126,20 @@ static void version_free(wb__version *v) {
         }
     for (wb__dseg *ds = v->dsegs, *next; ds; ds = next) {
         next = ds->next;
+        assert(ds->job == NULL); /* A job holds a reference on v. */
         wb__seg_close(&ds->seg);
-        if (wb__g)
-            wb__mem_refund(wb__g, ds->accounted);
+        wb__mem_refund(ds->accounted);
         free(ds);
     }
     wb__seg_close(&v->seg);
-    if (wb__g)
-        wb__mem_refund(wb__g, v->accounted);
+    wb__mem_refund(v->accounted);
     for (size_t i = 0; i < v->n; i++)
         free(v->t[i].name);
     for (size_t i = 0; i < v->nmeta; i++) {
         free(v->mkeys[i]);
         free(v->mvals[i]);
     }
+    wb__model *m = v->model;
     free(v->t);
     free(v->offset);
     free(v->tie);
@@ -82,61 +148,145 @@ static void version_free(wb__version *v) {
     free(v->mkeys);
     free(v->mvals);
     free(v);
+    wb__model_unref(m);
 }
 
 void wb__version_unref(wb__version *v) {
-    if (v != NULL && --v->refs == 0)
+    if (v == NULL)
+        return;
+    assert(v->refs > 0);
+    if (--v->refs == 0)
         version_free(v);
 }
 
-void wb__version_drop(wb__broker *b, wb__version *v) {
+void wb__version_commit(wb__model *m, wb__version *v) {
+    assert(v->model == NULL && !v->listed && v->number == 0);
+    assert(v->refs >= 1);
+    wb__model_ref(m);
+    v->model = m;
+    v->number = ++m->last_number;
+    v->listed = 1;
+    wb__version **pp = &m->versions;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = v;
+    m->nversions++;
+    wb__reg.versions++;
+}
+
+void wb__version_drop(wb__version *v) {
+    assert(v->listed && v->model != NULL);
     wb__model *m = v->model;
     wb__version **pp = &m->versions;
     while (*pp && *pp != v)
         pp = &(*pp)->next;
-    if (*pp == NULL)
-        return;
+    assert(*pp == v);
     *pp = v->next;
     v->next = NULL;
-    v->dropped = 1;
+    v->listed = 0;
+    assert(m->nversions > 0 && wb__reg.versions > 0);
     m->nversions--;
-    b->versions--;
+    wb__reg.versions--;
     wb__info("dropped %s@%llu", m->name, (unsigned long long)v->number);
     wb__version_unref(v);
 }
 
-void wb__model_gc(wb__broker *b, wb__model *m) {
-    if (m->versions || m->watchers)
-        return;
-    wb__model **pp = &b->models;
-    while (*pp && *pp != m)
-        pp = &(*pp)->next;
-    if (*pp == NULL)
-        return;
-    *pp = m->next;
-    b->nmodels--;
-    free(m->name);
-    free(m);
-}
-
-int wb__mem_charge(wb__broker *b, uint64_t bytes) {
-    if (bytes > b->mem_limit || b->mem_used > b->mem_limit - bytes)
+int wb__mem_charge(uint64_t bytes) {
+    if (bytes > wb__reg.mem_limit ||
+        wb__reg.mem_used > wb__reg.mem_limit - bytes)
         return WB_ELIMIT;
-    b->mem_used += bytes;
+    wb__reg.mem_used += bytes;
     return 0;
 }
 
-void wb__mem_refund(wb__broker *b, uint64_t bytes) {
-    b->mem_used = bytes > b->mem_used ? 0 : b->mem_used - bytes;
+void wb__mem_refund(uint64_t bytes) {
+    assert(bytes <= wb__reg.mem_used);
+    wb__reg.mem_used -= bytes;
 }
 
-uint64_t wb__model_readers(wb__broker *b, const char *name) {
-    uint64_t n = 0;
-    for (wb__conn *c = b->conns; c; c = c->next)
-        for (size_t i = 0; i < c->nmapped; i++)
-            if (strcmp(c->mapped[i], name) == 0) {
-                n++;
-                break;
-            }
+void wb__seg_abandon(wb__segment *seg, uint64_t accounted) {
+    if (seg->fd < 0) {
+        wb__mem_refund(accounted);
+        return;
+    }
+    int rc = wb__seg_release(seg);
+    if (rc == 0) {
+        wb__seg_close(seg);
+        wb__mem_refund(accounted);
+        return;
+    }
+    if (rc == WB_ECORRUPT) {
+        /* Sealed with pages in it (written after a check, then sealed by
+         * the commit): whoever kept a descriptor keeps them, for as long
+         * as it likes.  They stay charged for good. */
+        wb__warn("an abandoned segment keeps %llu bytes that a client may "
+                 "hold: they stay charged",
+                 (unsigned long long)wb__seg_allocated(seg));
+        wb__seg_close(seg);
+        return;
+    }
+    wb__limbo *l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        /* Keep it charged for good rather than lose track of it. */
+        wb__warn("out of memory: %llu bytes stay charged",
+                 (unsigned long long)accounted);
+        wb__seg_close(seg);
+        return;
+    }
+    wb__seg_move(&l->seg, seg);
+    l->accounted = accounted;
+    l->next = wb__reg.limbo;
+    wb__reg.limbo = l;
+    wb__reg.nlimbo++;
+    wb__info("a client still maps an abandoned segment writable: %llu "
+             "bytes stay charged until it unmaps",
+             (unsigned long long)accounted);
+}
+
+size_t wb__limbo_retry(void) {
+    for (wb__limbo **pp = &wb__reg.limbo; *pp;) {
+        wb__limbo *l = *pp;
+        if (wb__seg_release(&l->seg) != 0) {
+            pp = &l->next;
+            continue;
+        }
+        *pp = l->next;
+        wb__reg.nlimbo--;
+        wb__seg_close(&l->seg);
+        wb__mem_refund(l->accounted);
+        wb__debug("abandoned segment freed: %llu bytes",
+                  (unsigned long long)l->accounted);
+        free(l);
+    }
+    return wb__reg.nlimbo;
+}
+
+uint64_t wb__registry_shmem(void) { return wb__seg_allocated_total(); }
+
+size_t wb__registry_models_held(void) {
+    size_t n = 0;
+    for (const wb__model *m = wb__reg.models; m; m = m->next)
+        n += m->versions != NULL;
     return n;
+}
+
+void wb__registry_clear(void) {
+    for (wb__model *m = wb__reg.models; m; m = m->next)
+        while (m->versions)
+            wb__version_drop(m->versions);
+    while (wb__reg.limbo) {
+        wb__limbo *l = wb__reg.limbo;
+        wb__reg.limbo = l->next;
+        wb__seg_close(&l->seg);
+        wb__mem_refund(l->accounted);
+        free(l);
+    }
+    wb__reg.nlimbo = 0;
+    while (wb__reg.models) {
+        wb__model *m = wb__reg.models;
+        wb__reg.models = m->next;
+        free(m->name);
+        free(m);
+    }
+    wb__reg.nmodels = wb__reg.nrecords = 0;
 }

@@ -1,6 +1,7 @@
 /* segment.c -- memfd-backed shared-memory segments. */
 #include "segment.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -10,6 +11,61 @@
 #include <unistd.h>
 
 #include "wbroker.h"
+
+/* Every open segment, for wb__seg_allocated_total(); loop thread only. */
+static wb__segment *open_segments;
+
+static void seg_link(wb__segment *s) {
+    s->prev = NULL;
+    s->next = open_segments;
+    if (open_segments)
+        open_segments->prev = s;
+    open_segments = s;
+}
+
+static void seg_unlink(wb__segment *s) {
+    if (s->prev)
+        s->prev->next = s->next;
+    else if (open_segments == s)
+        open_segments = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+}
+
+void wb__seg_init(wb__segment *s) {
+    s->fd = -1;
+    s->size = 0;
+    s->prev = s->next = NULL;
+}
+
+void wb__seg_move(wb__segment *dst, wb__segment *src) {
+    assert(src->fd >= 0);
+    seg_unlink(src);
+    dst->fd = src->fd;
+    dst->size = src->size;
+    seg_link(dst);
+    wb__seg_init(src);
+}
+
+uint64_t wb__seg_allocated(const wb__segment *s) {
+    struct stat st;
+    if (s->fd < 0 || fstat(s->fd, &st) < 0)
+        return 0;
+    return (uint64_t)st.st_blocks * 512;
+}
+
+uint64_t wb__seg_allocated_total(void) {
+    uint64_t n = 0;
+    for (const wb__segment *s = open_segments; s; s = s->next)
+        n += wb__seg_allocated(s);
+    return n;
+}
+
+void wb__seg_register(wb__segment *s) {
+    assert(s->fd >= 0);
+    seg_link(s);
+}
 
 uint64_t wb__seg_round(uint64_t bytes) {
     if (bytes == 0)
@@ -40,10 +96,30 @@ static uint64_t meminfo_field(const char *key) {
 uint64_t wb__mem_available(void) { return meminfo_field("MemAvailable"); }
 uint64_t wb__mem_total(void) { return meminfo_field("MemTotal"); }
 
+uint64_t wb__cgroup_memory_max(void) {
+    FILE *f = fopen("/proc/self/cgroup", "re");
+    if (f == NULL)
+        return 0;
+    char line[512], path[600] = "";
+    while (fgets(line, sizeof(line), f))
+        if (strncmp(line, "0::", 3) == 0) {
+            line[strcspn(line, "\n")] = '\0';
+            snprintf(path, sizeof(path), "/sys/fs/cgroup%s/memory.max",
+                     line + 3);
+            break;
+        }
+    fclose(f);
+    if (path[0] == '\0' || (f = fopen(path, "re")) == NULL)
+        return 0;
+    unsigned long long v = 0;
+    int ok = fscanf(f, "%llu", &v) == 1;
+    fclose(f);
+    return ok ? (uint64_t)v : 0;
+}
+
 int wb__seg_create(const char *label, uint64_t size, wb__segment *out,
                    char *err, size_t errlen) {
-    out->fd = -1;
-    out->size = 0;
+    wb__seg_init(out);
     uint64_t avail = wb__mem_available();
     if (avail != 0 && size + WB_SEG_RESERVE > avail) {
         snprintf(err, errlen,
@@ -88,16 +164,61 @@ int wb__seg_seal(wb__segment *s) {
     return 0;
 }
 
-int wb__seg_open_ro(const wb__segment *s) {
+/* Opens the segment's file anew with flags (a new file description). */
+static int seg_reopen(const wb__segment *s, int flags) {
     char path[64];
     snprintf(path, sizeof(path), "/proc/self/fd/%d", s->fd);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    return open(path, flags | O_CLOEXEC);
+}
+
+int wb__seg_open_ro(const wb__segment *s) {
+    int fd = seg_reopen(s, O_RDONLY);
     return fd < 0 ? WB_ESYS : fd;
+}
+
+int wb__seg_open_rw(const wb__segment *s) {
+    int fd = seg_reopen(s, O_RDWR);
+    return fd < 0 ? WB_ESYS : fd;
+}
+
+void *wb__seg_map_ro(const wb__segment *s, uint64_t off, size_t len,
+                     int populate) {
+    assert(s->fd >= 0);
+    int fd = seg_reopen(s, O_RDONLY);
+    if (fd < 0)
+        return NULL;
+    void *p = mmap(NULL, len, PROT_READ,
+                   MAP_SHARED | (populate ? MAP_POPULATE : 0), fd,
+                   (off_t)off);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return p == MAP_FAILED ? NULL : p;
+}
+
+int wb__seg_release(wb__segment *s) {
+    assert(s->fd >= 0);
+    int seals = fcntl(s->fd, F_GET_SEALS);
+    if (seals < 0)
+        return WB_ECORRUPT;
+    if (!(seals & F_SEAL_WRITE)) {
+        /* Pages written between the punch and the seal survive the seal;
+         * the check below reports them. */
+        if (fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+                      (off_t)s->size) < 0)
+            return WB_ECORRUPT;
+        if (fcntl(s->fd, F_ADD_SEALS, F_SEAL_WRITE) < 0)
+            return errno == EBUSY ? WB_EBUSY : WB_ECORRUPT;
+    }
+    if (!(seals & F_SEAL_SEAL))
+        fcntl(s->fd, F_ADD_SEALS, F_SEAL_SEAL);
+    return wb__seg_allocated(s) == 0 ? 0 : WB_ECORRUPT;
 }
 
 void wb__seg_close(wb__segment *s) {
     if (s == NULL || s->fd < 0)
         return;
+    seg_unlink(s);
     close(s->fd);
     s->fd = -1;
 }

@@ -15,7 +15,13 @@
 typedef struct wb__segment {
     int fd;                     /* Read-write descriptor, -1 when closed. */
     uint64_t size;              /* Bytes, a multiple of WB_SEG_UNIT. */
+    struct wb__segment *prev;   /* Previous open segment (all are listed,
+                                   for wb__seg_allocated_total). */
+    struct wb__segment *next;   /* Next open segment. */
 } wb__segment;
+
+/* Makes s a closed segment (fd -1). */
+void wb__seg_init(wb__segment *s);
 
 /* Rounds bytes up to whole segment units (at least one). */
 uint64_t wb__seg_round(uint64_t bytes);
@@ -27,10 +33,36 @@ uint64_t wb__seg_round(uint64_t bytes);
  * Returns 0, WB_ENOSPC or WB_ESYS (err says why). */
 int wb__seg_create(const char *label, uint64_t size, wb__segment *out,
                    char *err, size_t errlen);
+/* Lists a segment made by wb__seg_create() (which may run off the loop)
+ * among the open ones; call on the loop before anything else uses it. */
+void wb__seg_register(wb__segment *s);
 /* Seals the segment against writes for good.  Fails with WB_EBUSY while a
  * writable shared mapping of it exists anywhere, and with WB_ECORRUPT if
  * someone else changed its seals or size. */
 int wb__seg_seal(wb__segment *s);
+/* Seals a segment that is not, or no longer, meant to be committed: punches
+ * every page out (so no descriptor a client kept can pin memory) and seals
+ * it against writes, growing and shrinking.  Returns 0 when the segment is
+ * sealed and holds no pages, WB_EBUSY while a writable mapping elsewhere
+ * prevents the seal (try again later), or WB_ECORRUPT when pages written
+ * after the punch remain (they stay until the last holder closes). */
+int wb__seg_release(wb__segment *s);
+/* Opens a new read-write file description of the segment for a publisher
+ * (a reopen, so flags it sets, such as O_APPEND, never reach the daemon's
+ * own description).  Returns the fd or WB_ESYS. */
+int wb__seg_open_rw(const wb__segment *s);
+/* Maps len bytes at offset off (page-aligned) of a sealed segment,
+ * read-only, through a read-only descriptor: Linux before 6.7 refuses
+ * mapping a write-sealed file through a writable one.  populate asks for
+ * MAP_POPULATE.  Returns the address or NULL (errno set). */
+void *wb__seg_map_ro(const wb__segment *s, uint64_t off, size_t len,
+                     int populate);
+/* Moves an open segment from src to dst (src becomes closed). */
+void wb__seg_move(wb__segment *dst, wb__segment *src);
+/* Bytes the kernel has allocated (st_blocks) to every open segment. */
+uint64_t wb__seg_allocated_total(void);
+/* Bytes allocated to one segment, from fstat. */
+uint64_t wb__seg_allocated(const wb__segment *s);
 /* Opens a new read-only descriptor of the segment (a reopen, not a dup, so
  * the receiver can neither write nor add seals).  Returns the fd or
  * WB_ESYS. */
@@ -40,6 +72,9 @@ int wb__seg_open_ro(const wb__segment *s);
 void wb__seg_close(wb__segment *s);
 /* MemAvailable from /proc/meminfo in bytes, or 0 when unknown. */
 uint64_t wb__mem_available(void);
+/* memory.max of the daemon's cgroup (v2) in bytes, or 0 when there is
+ * none or it is "max". */
+uint64_t wb__cgroup_memory_max(void);
 /* MemTotal from /proc/meminfo in bytes, or 0 when unknown. */
 uint64_t wb__mem_total(void);
 

@@ -1,0 +1,556 @@
+/* op_publish.c -- publish, commit, abort and drop: writing versions and
+ * removing them.
+ *
+ * A publish lays the declared tensors out as a safetensors image, charges
+ * its size against the memory limit, backs a segment on the thread pool
+ * and hands the publisher a writable descriptor of its own.  A commit
+ * seals the segment first and then checks what the publisher could have
+ * changed (the header, BOOL bytes), so that nothing checked can change
+ * after the check.  An abandoned publish (abort, a failed commit, a client
+ * that left) has its pages punched out and is sealed, so that a descriptor
+ * the client kept pins no memory; while a writable mapping prevents that,
+ * it stays charged (registry.c's limbo). */
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "layout.h"
+#include "log.h"
+#include "ops.h"
+#include "registry.h"
+#include "reply.h"
+#include "wire.h"
+
+#define WB_REPLY_SLACK 4096 /* Bytes of a map reply besides its tables. */
+
+/* A publish between "publish" and "commit"/"abort". */
+typedef struct wb__pending {
+    uint64_t id;                /* Handle the client names it by. */
+    char *model;                /* Model it will become a version of. */
+    wb__version *v;             /* The version being written (owned). */
+    uint8_t *header;            /* Header bytes the daemon wrote. */
+    uint64_t header_len;        /* Bytes in header. */
+    struct wb__pending *next;   /* Next of the session's publishes. */
+} wb__pending;
+
+/* Backs a new segment off the loop (libuv's pool: trusted work only). */
+typedef struct seg_job {
+    uv_work_t work;             /* libuv request. */
+    wb__session *s;             /* Publisher (referenced). */
+    wb__pending *p;             /* Publish it serves (owned until done). */
+    uint64_t req_id;            /* Request to answer. */
+    int rc;                     /* Result of the work. */
+    char err[256];              /* Detail on failure. */
+} seg_job;
+
+static uint64_t next_pub_id; /* Handle of the next publish. */
+
+/* Frees p and gives its segment up (abandoned, see the file comment). */
+static void pending_free(wb__pending *p) {
+    if (p == NULL)
+        return;
+    wb__version *v = p->v;
+    if (v) {
+        wb__seg_abandon(&v->seg, v->accounted);
+        v->accounted = 0;
+        wb__version_unref(v);
+    }
+    free(p->model);
+    free(p->header);
+    free(p);
+}
+
+/* Unlinks p from s's list. */
+static void pending_unlink(wb__session *s, wb__pending *p) {
+    for (wb__pending **pp = &s->pending; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            p->next = NULL;
+            assert(s->npending > 0);
+            s->npending--;
+            return;
+        }
+    assert(0 && "publish not on its session");
+}
+
+void wb__publish_session_closed(wb__session *s) {
+    while (s->pending) {
+        wb__pending *p = s->pending;
+        wb__debug("client %llu left: aborting publish of %s",
+                  (unsigned long long)s->id, p->model);
+        pending_unlink(s, p);
+        pending_free(p);
+    }
+}
+
+static void seg_job_work(uv_work_t *w) {
+    seg_job *j = w->data;
+    wb__version *v = j->p->v;
+    char label[64];
+    snprintf(label, sizeof(label), "wbroker:%.40s", j->p->model);
+    j->rc = wb__seg_create(label, v->accounted, &v->seg, j->err,
+                           sizeof(j->err));
+    for (size_t done = 0; j->rc == 0 && done < j->p->header_len;) {
+        ssize_t n = pwrite(v->seg.fd, j->p->header + done,
+                           j->p->header_len - done, (off_t)done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            snprintf(j->err, sizeof(j->err), "writing the header: %s",
+                     strerror(errno));
+            j->rc = WB_ESYS;
+        } else {
+            done += (size_t)n;
+        }
+    }
+}
+
+static void seg_job_done(uv_work_t *w, int status) {
+    seg_job *j = w->data;
+    wb__session *s = j->s;
+    wb__pending *p = j->p;
+    if (p->v->seg.fd >= 0)
+        wb__seg_register(&p->v->seg);
+    if (status != 0 && j->rc == 0)
+        j->rc = WB_ESYS, snprintf(j->err, sizeof(j->err), "cancelled");
+    int fd = -1;
+    if (j->rc == 0 && wb__session_live(s) &&
+        (fd = wb__seg_open_rw(&p->v->seg)) < 0) {
+        j->rc = WB_ESYS;
+        snprintf(j->err, sizeof(j->err), "reopening the segment: %s",
+                 strerror(errno));
+    }
+    if (!wb__session_live(s)) {
+        pending_free(p); /* The publisher left while we worked. */
+    } else if (j->rc) {
+        wb__warn("client %llu: publish of %s failed: %s",
+                 (unsigned long long)s->id, p->model, j->err);
+        wb__reply_error(s, j->req_id, j->rc, "%s", j->err);
+        pending_free(p);
+    } else {
+        p->next = s->pending;
+        s->pending = p;
+        s->npending++;
+        wb__reply r;
+        wb__reply_begin(&r, j->req_id, 3);
+        wb__pack_key(&r.pk, "pub");
+        msgpack_pack_uint64(&r.pk, p->id);
+        wb__pack_key(&r.pk, "size");
+        msgpack_pack_uint64(&r.pk, p->v->seg.size);
+        wb__pack_key(&r.pk, "offs");
+        msgpack_pack_array(&r.pk, p->v->n);
+        for (size_t i = 0; i < p->v->n; i++)
+            msgpack_pack_uint64(&r.pk, p->v->offset[i]);
+        wb__reply_send(s, &r, &fd, 1);
+    }
+    wb__session_resume(s);
+    wb__session_unref(s);
+    free(j);
+}
+
+/* 1 unless s[0..n) is valid UTF-8 without NUL (checked in name-sized
+ * pieces cut at character boundaries). */
+static int meta_text_invalid(const char *s, size_t n) {
+    while (n > 0) {
+        size_t k = n < WB_MAX_NAME ? n : WB_MAX_NAME;
+        while (k < n && k > 0 && ((unsigned char)s[k] & 0xc0) == 0x80)
+            k--;
+        if (k == 0 || wb__check_name(s, k))
+            return 1;
+        s += k;
+        n -= k;
+    }
+    return 0;
+}
+
+/* Reads the metadata map of a publish into v.  Returns 0, or -1 after
+ * answering. */
+static int read_meta(wb__session *s, uint64_t id, const msgpack_object *req,
+                     wb__version *v) {
+    const msgpack_object_map *mm = NULL;
+    int rc = wb__mp_get_map(req, "meta", &mm);
+    if (rc == 1)
+        return 0;
+    if (rc || mm->size > WB_MAX_META) {
+        wb__reply_error(s, id, rc ? rc : WB_ETOOBIG,
+                        "metadata must be a map of at most %d strings",
+                        WB_MAX_META);
+        return -1;
+    }
+    v->mkeys = calloc(mm->size ? mm->size : 1, sizeof(char *));
+    v->mvals = calloc(mm->size ? mm->size : 1, sizeof(char *));
+    if (!v->mkeys || !v->mvals) {
+        wb__reply_error(s, id, WB_ENOMEM, "out of memory");
+        return -1;
+    }
+    for (uint32_t i = 0; i < mm->size; i++) {
+        const msgpack_object *k = &mm->ptr[i].key, *val = &mm->ptr[i].val;
+        if (k->type != MSGPACK_OBJECT_STR || val->type != MSGPACK_OBJECT_STR ||
+            wb__check_name(k->via.str.ptr, k->via.str.size) ||
+            val->via.str.size > WB_MAX_META_BYTES ||
+            meta_text_invalid(val->via.str.ptr, val->via.str.size) ||
+            (k->via.str.size == 12 &&
+             memcmp(k->via.str.ptr, "__metadata__", 12) == 0)) {
+            wb__reply_error(s, id, WB_EINVAL,
+                            "metadata entry %u: keys and values must be "
+                            "UTF-8 strings without NUL (values up to %d "
+                            "bytes)",
+                            i, WB_MAX_META_BYTES);
+            return -1;
+        }
+        if (k->via.str.size == strlen(WB_TIED_KEY) &&
+            memcmp(k->via.str.ptr, WB_TIED_KEY, k->via.str.size) == 0) {
+            wb__reply_error(s, id, WB_EINVAL,
+                            "metadata key \"%s\" is reserved: tie tensors "
+                            "with tied_to",
+                            WB_TIED_KEY);
+            return -1;
+        }
+        v->mkeys[i] = wb__mp_strdup(k);
+        v->mvals[i] = wb__mp_strdup(val);
+        v->nmeta = i + 1;
+        if (!v->mkeys[i] || !v->mvals[i]) {
+            wb__reply_error(s, id, WB_ENOMEM, "out of memory");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Reads the optional "tied" list of [alias, stored] index pairs of a
+ * publish into v->tie.  Each alias follows its stored tensor, has its dtype
+ * and shape, and is tied once; a stored tensor is not itself tied.  Returns
+ * 0, or -1 after answering. */
+static int read_ties(wb__session *s, uint64_t id, const msgpack_object *req,
+                     const wb__tinfo *t, size_t n, wb__version *v) {
+    const msgpack_object_array *ta = NULL;
+    int rc = wb__mp_get_array(req, "tied", &ta);
+    if (rc == 1 || (rc == 0 && ta->size == 0))
+        return 0;
+    if (rc || ta->size > n) {
+        wb__reply_error(s, id, WB_EPROTO,
+                        "tied must be a list of at most one pair per tensor");
+        return -1;
+    }
+    v->tie = malloc((n ? n : 1) * sizeof(size_t));
+    if (v->tie == NULL) {
+        wb__reply_error(s, id, WB_ENOMEM, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        v->tie[i] = i;
+    for (uint32_t k = 0; k < ta->size; k++) {
+        const msgpack_object *o = &ta->ptr[k];
+        if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 2 ||
+            o->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+            o->via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+            wb__reply_error(s, id, WB_EPROTO, "tie %u: not a pair of indices",
+                            k);
+            return -1;
+        }
+        uint64_t a = o->via.array.ptr[0].via.u64;
+        uint64_t st = o->via.array.ptr[1].via.u64;
+        const char *why = NULL;
+        if (a >= n || st >= a)
+            why = "the stored tensor must come before its alias";
+        else if (v->tie[a] != a)
+            why = "the alias is tied twice";
+        else if (v->tie[st] != st)
+            why = "the stored tensor is itself tied";
+        else if (t[a].dtype != t[st].dtype || t[a].ndim != t[st].ndim ||
+                 memcmp(t[a].shape, t[st].shape,
+                        (size_t)t[a].ndim * sizeof(int64_t)) != 0)
+            why = "dtypes or shapes differ";
+        if (why) {
+            wb__reply_error(s, id, WB_EINVAL, "tie %u (%llu to %llu): %s", k,
+                            (unsigned long long)a, (unsigned long long)st,
+                            why);
+            return -1;
+        }
+        v->tie[a] = (size_t)st;
+    }
+    return 0;
+}
+
+/* Bytes a plain map reply of v takes at most, so that a version that could
+ * never be mapped is refused at publish. */
+static uint64_t map_reply_bound(const wb__version *v) {
+    uint64_t n = WB_REPLY_SLACK;
+    for (size_t i = 0; i < v->n; i++)
+        n += 2 * (strlen(v->t[i].name) + 5) + 48 + 9 * (uint64_t)v->t[i].ndim;
+    for (size_t i = 0; i < v->nmeta; i++)
+        n += strlen(v->mkeys[i]) + strlen(v->mvals[i]) + 10;
+    return n;
+}
+
+void wb__op_publish(wb__session *s, uint64_t id, const msgpack_object *req) {
+    char model[WB_MAX_NAME + 1];
+    int rc = wb__req_name(req, "model", model);
+    if (rc) {
+        wb__reply_error(s, id, rc, "publish needs a valid model name");
+        return;
+    }
+    const msgpack_object_array *ta;
+    if (wb__mp_get_array(req, "tensors", &ta) != 0) {
+        wb__reply_error(s, id, WB_EPROTO, "publish needs a tensor list");
+        return;
+    }
+    if (ta->size > WB_MAX_TENSORS) {
+        wb__reply_error(s, id, WB_ETOOBIG, "%u tensors: at most %u allowed",
+                        ta->size, WB_MAX_TENSORS);
+        return;
+    }
+    if (s->npending >= WB_MAX_PENDING) {
+        wb__reply_error(s, id, WB_ETOOBIG,
+                        "at most %d publishes may be open per connection",
+                        WB_MAX_PENDING);
+        return;
+    }
+
+    wb__version *v = wb__version_new();
+    wb__pending *p = calloc(1, sizeof(*p));
+    wb__tinfo *decl = calloc(ta->size ? ta->size : 1, sizeof(wb__tinfo));
+    wb__layout lay = {0};
+    seg_job *j = NULL;
+    if (p)
+        p->v = v; /* From here pending_free(p) frees v as well. */
+    if (!v || !p || !decl || !(p->model = strdup(model))) {
+        wb__reply_error(s, id, WB_ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (uint32_t i = 0; i < ta->size; i++) {
+        rc = wb__decode_tinfo(&ta->ptr[i], &decl[i]);
+        if (rc) {
+            wb__reply_error(s, id, rc, "tensor %u: %s", i, wb_strerror(rc));
+            goto fail;
+        }
+    }
+    if (read_meta(s, id, req, v) || read_ties(s, id, req, decl, ta->size, v))
+        goto fail;
+    rc = wb__layout_build(decl, ta->size, v->tie, v->mkeys, v->mvals, v->nmeta,
+                          &lay);
+    if (rc) {
+        wb__reply_error(s, id, rc,
+                        rc == WB_EEXIST ? "two tensors share a name"
+                                        : "cannot lay the tensors out: %s",
+                        wb_strerror(rc));
+        goto fail;
+    }
+
+    /* The version keeps its tensors in published order (the order PyTorch
+     * reports keys in); only the bytes are laid out in safetensors order. */
+    v->n = ta->size;
+    v->t = decl;
+    decl = NULL;
+    v->offset = lay.offset;
+    v->nbytes = lay.nbytes;
+    lay.offset = lay.nbytes = NULL;
+    for (size_t i = 0; i < v->n; i++)
+        if (v->tie == NULL || v->tie[i] == i)
+            v->data_bytes += v->nbytes[i];
+    uint64_t total = lay.header_len + lay.data_len;
+    uint64_t size = wb__seg_round(total);
+    if (total < lay.data_len || size < total) {
+        wb__reply_error(s, id, WB_ETOOBIG, "model too large");
+        goto fail;
+    }
+    uint64_t bound = map_reply_bound(v);
+    if (bound > WB_MAX_FRAME) {
+        wb__reply_error(s, id, WB_ETOOBIG,
+                        "its tensor table would take about %llu bytes in a "
+                        "map reply, more than the %u-byte frame limit",
+                        (unsigned long long)bound, WB_MAX_FRAME);
+        goto fail;
+    }
+    if (wb__mem_charge(size)) {
+        wb__reply_error(s, id, WB_ELIMIT,
+                        "publishing %llu bytes would exceed the memory limit "
+                        "(%llu of %llu bytes in use)",
+                        (unsigned long long)size,
+                        (unsigned long long)wb__reg.mem_used,
+                        (unsigned long long)wb__reg.mem_limit);
+        goto fail;
+    }
+    v->accounted = size;
+    v->image_len = total;
+    p->header = lay.header;
+    p->header_len = lay.header_len;
+    lay.header = NULL;
+    if ((j = calloc(1, sizeof(*j))) == NULL) {
+        wb__reply_error(s, id, WB_ENOMEM, "out of memory");
+        goto fail;
+    }
+    j->work.data = j;
+    j->s = s;
+    j->p = p;
+    j->req_id = id;
+    p->id = ++next_pub_id;
+    if (uv_queue_work(uv_default_loop(), &j->work, seg_job_work,
+                      seg_job_done) != 0) {
+        free(j);
+        wb__reply_error(s, id, WB_ESYS, "cannot queue work");
+        goto fail;
+    }
+    wb__session_ref(s);
+    wb__session_pause(s);
+    wb__layout_free(&lay);
+    return;
+
+fail:
+    for (size_t i = 0; decl && i < ta->size; i++)
+        free(decl[i].name);
+    free(decl);
+    wb__layout_free(&lay);
+    if (p)
+        pending_free(p);
+    else
+        wb__version_unref(v);
+}
+
+/* Finds the session's open publish named by the request's "pub". */
+static wb__pending *find_pending(wb__session *s, uint64_t id,
+                                 const msgpack_object *req) {
+    uint64_t pub = 0;
+    if (wb__mp_get_u64(req, "pub", &pub) != 0) {
+        wb__reply_error(s, id, WB_EPROTO, "missing publish handle");
+        return NULL;
+    }
+    for (wb__pending *p = s->pending; p; p = p->next)
+        if (p->id == pub)
+            return p;
+    wb__reply_error(s, id, WB_ESTATE, "no open publish %llu on this connection",
+                    (unsigned long long)pub);
+    return NULL;
+}
+
+/* 1 if every byte of the n at p is 0 or 1 (a valid torch.bool). */
+static int bool_bytes_valid(const uint8_t *p, size_t n) {
+    uint8_t any = 0;
+    for (size_t i = 0; i < n; i++)
+        any |= p[i] & 0xfe;
+    return any == 0;
+}
+
+/* Checks what the publisher wrote into v's segment and could have
+ * got wrong: the header must be the daemon's own, BOOL bytes 0 or 1.
+ * Returns 0, or an error code with why filled in. */
+static int check_sealed(const wb__pending *p, char *why, size_t n) {
+    const wb__version *v = p->v;
+    uint8_t *base = wb__seg_map_ro(&v->seg, 0, (size_t)v->image_len, 0);
+    if (base == NULL) {
+        snprintf(why, n, "mapping it: %s", strerror(errno));
+        return WB_ESYS;
+    }
+    int rc = 0;
+    if (memcmp(base, p->header, p->header_len) != 0) {
+        snprintf(why, n, "its header was altered");
+        rc = WB_ECORRUPT;
+    }
+    for (size_t i = 0; rc == 0 && i < v->n; i++)
+        if (v->t[i].dtype == WB_BOOL &&
+            !bool_bytes_valid(base + v->offset[i], (size_t)v->nbytes[i])) {
+            snprintf(why, n, "BOOL tensor %s holds bytes other than 0 and 1",
+                     v->t[i].name);
+            rc = WB_EINVAL;
+        }
+    munmap(base, (size_t)v->image_len);
+    return rc;
+}
+
+void wb__op_commit(wb__session *s, uint64_t id, const msgpack_object *req) {
+    wb__pending *p = find_pending(s, id, req);
+    if (p == NULL)
+        return;
+    pending_unlink(s, p);
+    wb__version *v = p->v;
+    char why[WB_MAX_NAME + 128] = "";
+    /* Check, seal, check again: the first check catches honest mistakes
+     * while the pages can still be given back, the second one anything
+     * changed before the seal took. */
+    int rc = check_sealed(p, why, sizeof(why));
+    if (rc == 0)
+        rc = wb__seg_seal(&v->seg);
+    if (rc == 0)
+        rc = check_sealed(p, why, sizeof(why));
+    wb__model *m = NULL;
+    if (rc == 0 && (m = wb__model_acquire(p->model)) == NULL) {
+        rc = WB_ETOOBIG;
+        snprintf(why, sizeof(why), "at most %d models", WB_MAX_MODELS);
+    }
+    if (rc) {
+        wb__reply_error(
+            s, id, rc, "cannot commit %s: %s", p->model,
+            rc == WB_EBUSY ? "a writable mapping still exists; unmap before "
+                             "committing"
+            : why[0]       ? why
+                           : "its seals or size were altered");
+        pending_free(p);
+        return;
+    }
+    p->v = NULL;
+    wb__version_commit(m, v);
+    wb__model_unref(m);
+    wb__info("committed %s@%llu: %zu tensors, %llu bytes, segment %llu bytes "
+             "(client %llu pid %d)",
+             m->name, (unsigned long long)v->number, v->n,
+             (unsigned long long)v->data_bytes,
+             (unsigned long long)v->seg.size, (unsigned long long)s->id,
+             (int)s->cred.pid);
+    pending_free(p);
+    wb__reply r;
+    wb__reply_begin(&r, id, 1);
+    wb__pack_key(&r.pk, "version");
+    msgpack_pack_uint64(&r.pk, v->number);
+    wb__reply_send(s, &r, NULL, 0);
+    wb__watch_notify(m);
+}
+
+void wb__op_abort(wb__session *s, uint64_t id, const msgpack_object *req) {
+    wb__pending *p = find_pending(s, id, req);
+    if (p == NULL)
+        return;
+    pending_unlink(s, p);
+    pending_free(p);
+    wb__reply r;
+    wb__reply_begin(&r, id, 0);
+    wb__reply_send(s, &r, NULL, 0);
+}
+
+void wb__op_drop(wb__session *s, uint64_t id, const msgpack_object *req) {
+    char model[WB_MAX_NAME + 1];
+    uint64_t ver = 0, dropped = 0;
+    if (wb__mp_get_u64(req, "version", &ver) < 0) {
+        wb__reply_error(s, id, WB_EPROTO, "version must be an integer");
+        return;
+    }
+    if (ver == 0) {
+        int rc = wb__req_name(req, "model", model);
+        wb__model *m = rc ? NULL : wb__model_find(model);
+        if (rc || m == NULL || m->versions == NULL) {
+            wb__reply_error(s, id, rc ? rc : WB_ENOMODEL,
+                            "no model named '%s'", rc ? "" : model);
+            return;
+        }
+        wb__model_ref(m);
+        while (m->versions) {
+            wb__version_drop(m->versions);
+            dropped++;
+        }
+        wb__model_unref(m);
+    } else {
+        wb__version *v = wb__req_version(s, id, req, model);
+        if (v == NULL)
+            return;
+        wb__version_drop(v);
+        dropped = 1;
+    }
+    wb__reply r;
+    wb__reply_begin(&r, id, 1);
+    wb__pack_key(&r.pk, "dropped");
+    msgpack_pack_uint64(&r.pk, dropped);
+    wb__reply_send(s, &r, NULL, 0);
+}

@@ -1,0 +1,67 @@
+/* reply.c -- Building and queueing replies. */
+#include "reply.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "wire.h"
+
+#define WB_ERRMSG_MAX 1024 /* Bytes of an error sentence. */
+
+void wb__reply_begin(wb__reply *r, uint64_t id, size_t nfields) {
+    msgpack_sbuffer_init(&r->sb);
+    msgpack_packer_init(&r->pk, &r->sb, msgpack_sbuffer_write);
+    r->id = id;
+    msgpack_pack_map(&r->pk, nfields + 2);
+    wb__pack_key(&r->pk, "id");
+    msgpack_pack_uint64(&r->pk, id);
+    wb__pack_key(&r->pk, "err");
+    msgpack_pack_int(&r->pk, 0);
+}
+
+void wb__reply_begin_error(wb__reply *r, uint64_t id, int code,
+                           const char *msg, size_t nfields) {
+    msgpack_sbuffer_init(&r->sb);
+    msgpack_packer_init(&r->pk, &r->sb, msgpack_sbuffer_write);
+    r->id = id;
+    msgpack_pack_map(&r->pk, nfields + 3);
+    wb__pack_key(&r->pk, "id");
+    msgpack_pack_uint64(&r->pk, id);
+    wb__pack_key(&r->pk, "err");
+    msgpack_pack_int(&r->pk, code);
+    wb__pack_key(&r->pk, "msg");
+    wb__pack_cstr(&r->pk, msg);
+}
+
+void wb__reply_send(wb__session *s, wb__reply *r, const int *fds, int nfds) {
+    size_t len = r->sb.size;
+    if (!wb__session_live(s) || len > WB_MAX_FRAME) {
+        for (int i = 0; i < nfds; i++)
+            close(fds[i]);
+        msgpack_sbuffer_destroy(&r->sb);
+        if (wb__session_live(s))
+            wb__reply_error(s, r->id, WB_ETOOBIG,
+                            "the reply would take %zu bytes, more than the "
+                            "%u-byte frame limit",
+                            len, WB_MAX_FRAME);
+        return;
+    }
+    wb__conn_send(s->conn, r->sb.data, len, fds, nfds);
+    msgpack_sbuffer_destroy(&r->sb);
+}
+
+void wb__reply_error(wb__session *s, uint64_t id, int code, const char *fmt,
+                     ...) {
+    char msg[WB_ERRMSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    wb__debug("client %llu: error %s: %s", (unsigned long long)s->id,
+              wb_err_name(code), msg);
+    wb__reply r;
+    wb__reply_begin_error(&r, id, code, msg, 0);
+    wb__reply_send(s, &r, NULL, 0);
+}

@@ -1,0 +1,34 @@
+/* reply.h -- Building and queueing replies.
+ *
+ * A reply is one msgpack map: "id", "err" and the operation's fields.
+ * Every reply goes through wb__reply_send(), which refuses to send one
+ * larger than the frame limit (the client gets WB_ETOOBIG instead, and
+ * the connection stays usable), and drops it when the client is gone. */
+#ifndef WB_DAEMON_REPLY_H
+#define WB_DAEMON_REPLY_H
+
+#include <msgpack.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "session.h"
+
+typedef struct wb__reply {
+    msgpack_sbuffer sb;         /* Bytes. */
+    msgpack_packer pk;          /* Packer writing into sb. */
+    uint64_t id;                /* Request answered. */
+} wb__reply;
+
+/* Starts a success reply with nfields fields besides "id" and "err". */
+void wb__reply_begin(wb__reply *r, uint64_t id, size_t nfields);
+/* Starts an error reply with code, "msg" and nfields more fields. */
+void wb__reply_begin_error(wb__reply *r, uint64_t id, int code,
+                           const char *msg, size_t nfields);
+/* Queues the reply on s with nfds descriptors (ownership of r's bytes
+ * and of the descriptors passes in every case). */
+void wb__reply_send(wb__session *s, wb__reply *r, const int *fds, int nfds);
+/* Sends an error reply: code and a formatted sentence. */
+void wb__reply_error(wb__session *s, uint64_t id, int code, const char *fmt,
+                     ...) __attribute__((format(printf, 4, 5)));
+
+#endif

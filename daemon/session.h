@@ -1,0 +1,59 @@
+/* session.h -- What the request layer keeps per connection.
+ *
+ * A session is the request-level half of a connection: whether it said
+ * hello, its open publishes, the watch it waits in, the models it mapped.
+ * The connection (conn.c) owns the socket; the session outlives it while a
+ * thread-pool job or a pending answer still refers to it, and such a job
+ * finds conn == NULL once the client is gone. */
+#ifndef WB_DAEMON_SESSION_H
+#define WB_DAEMON_SESSION_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "conn.h"
+
+#define WB_MAX_PENDING 16 /* Open publishes per connection. */
+
+struct wb__pending;
+struct wb__watch;
+
+typedef struct wb__session {
+    wb__conn *conn;             /* Transport, NULL once it closed. */
+    uint64_t id;                /* Connection serial, for logs. */
+    struct ucred cred;          /* Peer's pid, uid, gid. */
+    int hello;                  /* 1 once the hello was exchanged. */
+    int busy;                   /* 1 while a request awaits its answer. */
+    int refs;                   /* The connection's + jobs'. */
+    struct wb__pending *pending; /* Open publishes. */
+    size_t npending;            /* Entries in pending. */
+    struct wb__watch *watch;    /* The watch it waits in, or NULL. */
+    char **mapped;              /* Models it has mapped (readers count). */
+    size_t nmapped;             /* Entries in mapped. */
+    struct wb__session *prev;   /* Previous session. */
+    struct wb__session *next;   /* Next session. */
+} wb__session;
+
+void wb__session_ref(wb__session *s);
+/* Drops a reference; the last frees the session.  Accepts NULL. */
+void wb__session_unref(wb__session *s);
+/* 1 while the client is still connected and not closing. */
+int wb__session_live(const wb__session *s);
+/* Parks the current request: no further pipelined request of s runs until
+ * wb__session_resume(). */
+void wb__session_pause(wb__session *s);
+/* Ends the park once the parked request was answered (deferred: the next
+ * pipelined request runs from the loop, not from the caller). */
+void wb__session_resume(wb__session *s);
+/* Records that s mapped model (for the readers count). */
+void wb__session_note_mapped(wb__session *s, const char *model);
+/* Connected sessions that mapped model. */
+uint64_t wb__sessions_mapping(const char *model);
+/* Connected clients. */
+size_t wb__sessions_count(void);
+
+/* The callbacks the connection layer calls (dispatch.c). */
+extern const wb__conn_ops wb__dispatch_ops;
+
+#endif
