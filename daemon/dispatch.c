@@ -99,26 +99,29 @@ int wb__req_name(const msgpack_object *req, const char *key, char *buf) {
 
 wb__version *wb__req_version(wb__session *s, uint64_t id,
                              const msgpack_object *req, char *model) {
-    int rc = wb__req_name(req, "model", model);
+    wb__model_req mr;
+    int rc = wb__decode_model_req(req, &mr);
+    if (rc == 0 && wb__check_name(mr.model.p, mr.model.n))
+        rc = WB_ENAME;
     if (rc) {
-        wb__reply_error(s, id, rc, "a valid model name is required");
+        wb__reply_error(s, id, rc,
+                        rc == WB_EPROTO ? "model must be a string and "
+                                          "version an integer"
+                                        : "a valid model name is required");
         return NULL;
     }
-    uint64_t ver = 0;
-    if (wb__mp_get_u64(req, "version", &ver) < 0) {
-        wb__reply_error(s, id, WB_EPROTO, "version must be an integer");
-        return NULL;
-    }
+    memcpy(model, mr.model.p, mr.model.n);
+    model[mr.model.n] = '\0';
     wb__model *m = wb__model_find(model);
     if (m == NULL || m->versions == NULL) {
         wb__reply_error(s, id, WB_ENOMODEL, "no model named '%s'", model);
         return NULL;
     }
-    wb__version *v = wb__version_find(m, ver);
+    wb__version *v = wb__version_find(m, mr.version);
     if (v == NULL)
         wb__reply_error(s, id, WB_ENOVERSION,
                         "model '%s' has no version %llu (latest is %llu)",
-                        model, (unsigned long long)ver,
+                        model, (unsigned long long)mr.version,
                         (unsigned long long)wb__version_latest(m)->number);
     return v;
 }
@@ -126,25 +129,19 @@ wb__version *wb__req_version(wb__session *s, uint64_t id,
 /* ------------------------------------------------------------ hello */
 
 static void op_hello(wb__session *s, uint64_t id, const msgpack_object *req) {
-    uint64_t proto = 0;
-    if (wb__mp_get_u64(req, "proto", &proto) != 0 ||
-        proto != WB_PROTO_VERSION) {
+    wb__hello_req h;
+    if (wb__decode_hello_req(req, &h) != 0 || h.proto != WB_PROTO_VERSION) {
         wb__reply_error(s, id, WB_EVERSION,
                         "client speaks protocol %llu, daemon speaks %d",
-                        (unsigned long long)proto, WB_PROTO_VERSION);
+                        (unsigned long long)h.proto, WB_PROTO_VERSION);
         wb__conn_close_later(s->conn, 0);
         return;
     }
     s->hello = 1;
     wb__conn_hello_done(s->conn);
     wb__reply r;
-    wb__reply_begin(&r, id, 3);
-    wb__pack_key(&r.pk, "proto");
-    msgpack_pack_int(&r.pk, WB_PROTO_VERSION);
-    wb__pack_key(&r.pk, "server");
-    wb__pack_cstr(&r.pk, wb_version_string());
-    wb__pack_key(&r.pk, "pid");
-    msgpack_pack_uint32(&r.pk, (uint32_t)getpid());
+    wb__reply_init(&r, id);
+    wb__pack_hello_rep(&r.pk, id, (uint32_t)getpid());
     wb__reply_send(s, &r, NULL, 0);
 }
 

@@ -263,6 +263,12 @@ int main(int argc, char **argv) {
     wb__reg.mem_limit = limit;
     wb__started = (double)uv_hrtime() / 1e9;
 
+    /* Before the socket exists: whoever sees it may already signal us. */
+    uv_signal_init(loop, &sig_term);
+    uv_signal_init(loop, &sig_int);
+    uv_signal_start(&sig_term, on_signal, SIGTERM);
+    uv_signal_start(&sig_int, on_signal, SIGINT);
+
     int inherited = -1;
     int nfds = sd_listen_fds(1);
     if (nfds > 1) {
@@ -290,10 +296,6 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    uv_signal_init(loop, &sig_term);
-    uv_signal_init(loop, &sig_int);
-    uv_signal_start(&sig_term, on_signal, SIGTERM);
-    uv_signal_start(&sig_int, on_signal, SIGINT);
     uv_timer_init(loop, &limbo_timer);
     uv_timer_start(&limbo_timer, on_limbo_timer, WB_LIMBO_RETRY_MS,
                    WB_LIMBO_RETRY_MS);

@@ -1,6 +1,8 @@
 /* op_inspect.c -- list and status: what the daemon holds. */
+#include <string.h>
 #include <unistd.h>
 
+#include "msg.h"
 #include "ops.h"
 #include "registry.h"
 #include "reply.h"
@@ -8,46 +10,50 @@
 
 double wb__started;
 
+/* Cursor over the models that hold versions, for the list encoder. */
+typedef struct list_cursor {
+    wb__model *m;               /* Next model to look at. */
+} list_cursor;
+
+static void list_row(void *arg, size_t i, wb__list_entry *e) {
+    list_cursor *cur = arg;
+    while (cur->m && cur->m->versions == NULL)
+        cur->m = cur->m->next;
+    wb__model *m = cur->m;
+    cur->m = m->next;
+    const wb__version *v = wb__version_latest(m);
+    e->name.p = m->name;
+    e->name.n = strlen(m->name);
+    e->latest = v->number;
+    e->versions = m->nversions;
+    e->tensors = v->n;
+    e->bytes = v->data_bytes;
+    e->readers = wb__sessions_mapping(m->name);
+}
+
 void wb__op_list(wb__session *s, uint64_t id, const msgpack_object *req) {
+    list_cursor cur = {wb__reg.models};
     wb__reply r;
-    wb__reply_begin(&r, id, 1);
-    wb__pack_key(&r.pk, "models");
-    msgpack_pack_array(&r.pk, wb__registry_models_held());
-    for (wb__model *m = wb__reg.models; m; m = m->next) {
-        wb__version *v = wb__version_latest(m);
-        if (v == NULL)
-            continue;
-        msgpack_pack_array(&r.pk, 6);
-        wb__pack_cstr(&r.pk, m->name);
-        msgpack_pack_uint64(&r.pk, v->number);
-        msgpack_pack_uint64(&r.pk, m->nversions);
-        msgpack_pack_uint64(&r.pk, v->n);
-        msgpack_pack_uint64(&r.pk, v->data_bytes);
-        msgpack_pack_uint64(&r.pk, wb__sessions_mapping(m->name));
-    }
+    wb__reply_init(&r, id);
+    wb__pack_list_rep(&r.pk, id, wb__registry_models_held(), list_row, &cur);
     wb__reply_send(s, &r, NULL, 0);
 }
 
 void wb__op_status(wb__session *s, uint64_t id, const msgpack_object *req) {
+    const char *ver = wb_version_string();
+    wb__status_rep st = {
+        .server = {ver, strlen(ver)},
+        .uptime = (double)uv_hrtime() / 1e9 - wb__started,
+        .used = wb__reg.mem_used,
+        .limit = wb__reg.mem_limit,
+        .shmem = wb__registry_shmem(),
+        .models = wb__registry_models_held(),
+        .versions = wb__reg.versions,
+        .clients = wb__sessions_count(),
+        .pid = (uint32_t)getpid(),
+    };
     wb__reply r;
-    wb__reply_begin(&r, id, 9);
-    wb__pack_key(&r.pk, "server");
-    wb__pack_cstr(&r.pk, wb_version_string());
-    wb__pack_key(&r.pk, "uptime");
-    msgpack_pack_double(&r.pk, (double)uv_hrtime() / 1e9 - wb__started);
-    wb__pack_key(&r.pk, "used");
-    msgpack_pack_uint64(&r.pk, wb__reg.mem_used);
-    wb__pack_key(&r.pk, "limit");
-    msgpack_pack_uint64(&r.pk, wb__reg.mem_limit);
-    wb__pack_key(&r.pk, "shmem");
-    msgpack_pack_uint64(&r.pk, wb__registry_shmem());
-    wb__pack_key(&r.pk, "models");
-    msgpack_pack_uint64(&r.pk, wb__registry_models_held());
-    wb__pack_key(&r.pk, "versions");
-    msgpack_pack_uint64(&r.pk, wb__reg.versions);
-    wb__pack_key(&r.pk, "clients");
-    msgpack_pack_uint64(&r.pk, wb__sessions_count());
-    wb__pack_key(&r.pk, "pid");
-    msgpack_pack_uint32(&r.pk, (uint32_t)getpid());
+    wb__reply_init(&r, id);
+    wb__pack_status_rep(&r.pk, id, &st);
     wb__reply_send(s, &r, NULL, 0);
 }

@@ -18,6 +18,7 @@
 
 #include "convjob.h"
 #include "log.h"
+#include "msg.h"
 #include "ops.h"
 #include "registry.h"
 #include "reply.h"
@@ -37,15 +38,14 @@ typedef struct map_req {
     int resolved;               /* 1 if res is from wb__resolve. */
     wb__derived **conv;         /* Per resolved tensor: converted copy. */
     int answered;               /* 1 once an error reply went out. */
-    wb__ruleset rs;             /* Decoded rules (owned). */
-    wb__schema sc;              /* Decoded target schema (owned). */
+    wb__map_req mq;             /* The decoded request (owns schema and
+                                   rules). */
     wb__resolve_req rq;         /* What resolution reads. */
     int rc;                     /* Resolution's result. */
 } map_req;
 
 static void map_req_free(map_req *mr) {
-    wb__ruleset_clear(&mr->rs);
-    wb__schema_clear(&mr->sc);
+    wb__map_req_free(&mr->mq);
     wb__resolve_out_free(&mr->res);
     free(mr->conv);
     wb__version_unref(mr->v);
@@ -53,21 +53,52 @@ static void map_req_free(map_req *mr) {
     free(mr);
 }
 
-static void pack_keylist(msgpack_packer *pk, const char *key,
-                         const wb__keylist *kl) {
-    wb__pack_key(pk, key);
-    msgpack_pack_array(pk, kl ? kl->n : 0);
-    for (size_t i = 0; kl && i < kl->n; i++)
-        wb__pack_cstr(pk, kl->v[i]);
+/* The report of mr in the form the encoder takes. */
+static wb__report_src report_of(const map_req *mr) {
+    wb__report_src rep;
+    memset(&rep, 0, sizeof(rep));
+    if (mr->resolved) {
+        const wb__keylist *kl[WB_KEYS_COUNT] = {
+            NULL};
+        kl[WB_KEYS_MISSING] = &mr->res.missing;
+        kl[WB_KEYS_UNEXPECTED] = &mr->res.unexpected;
+        kl[WB_KEYS_MISMATCHED] = &mr->res.mismatched;
+        kl[WB_KEYS_CAST] = &mr->res.cast;
+        kl[WB_KEYS_ALIASED] = &mr->res.aliased;
+        for (int w = 0; w < WB_KEYS_COUNT; w++) {
+            rep.keys[w] = kl[w]->v;
+            rep.n[w] = kl[w]->n;
+        }
+    }
+    rep.text = mr->resolved && mr->res.error_text ? mr->res.error_text : "";
+    return rep;
 }
 
-static void pack_meta(msgpack_packer *pk, const wb__version *v) {
-    wb__pack_key(pk, "meta");
-    msgpack_pack_map(pk, v->nmeta);
-    for (size_t i = 0; i < v->nmeta; i++) {
-        wb__pack_cstr(pk, v->mkeys[i]);
-        wb__pack_cstr(pk, v->mvals[i]);
-    }
+/* What the row callback of the map encoder reads. */
+typedef struct map_rows {
+    const map_req *mr;          /* The request answered. */
+    const int *segix;           /* Per row, its segment's index. */
+} map_rows;
+
+static void map_row(void *arg, size_t i, wb__map_entry *e) {
+    const map_rows *mrs = arg;
+    const map_req *mr = mrs->mr;
+    const wb__version *v = mr->v;
+    size_t si = mr->resolved ? mr->res.v[i].src : i;
+    const wb__tinfo *t = &v->t[si];
+    const wb__derived *d = mr->conv ? mr->conv[i] : NULL;
+    const char *target = mr->resolved ? mr->res.v[i].target : t->name;
+    e->target.p = target;
+    e->target.n = strlen(target);
+    e->source.p = t->name;
+    e->source.n = strlen(t->name);
+    e->dtype = mr->resolved ? mr->res.v[i].dtype : t->dtype;
+    e->ndim = t->ndim;
+    memcpy(e->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+    e->seg = (uint64_t)mrs->segix[i];
+    e->offset = d ? d->offset : v->offset[si];
+    e->nbytes = d ? d->nbytes : v->nbytes[si];
+    e->cast = d != NULL || (mr->resolved && mr->res.v[i].cast);
 }
 
 /* Sends the map reply: segments, tensor table, metadata and report. */
@@ -76,7 +107,8 @@ static void map_reply(map_req *mr) {
     wb__version *v = mr->v;
     int fds[WB_MAX_SEGMENTS];
     int nfds = 0;
-    wb__segment *segs[WB_MAX_SEGMENTS];
+    const wb__segment *segs[WB_MAX_SEGMENTS];
+    uint64_t sizes[WB_MAX_SEGMENTS];
     int nsegs = 1;
     segs[0] = &v->seg;
 
@@ -105,64 +137,26 @@ static void map_reply(map_req *mr) {
         }
         segix[i] = k;
     }
-    if (!mr->plan) {
-        for (int k = 0; k < nsegs; k++) {
-            int fd = wb__seg_open_ro(segs[k]);
-            if (fd < 0) {
-                for (int i = 0; i < nfds; i++)
-                    close(fds[i]);
-                free(segix);
-                wb__reply_error(s, mr->id, WB_ESYS,
-                                "cannot reopen a segment: %s",
-                                strerror(errno));
-                return;
-            }
-            fds[nfds++] = fd;
-        }
-    }
-
-    wb__reply r;
-    wb__reply_begin(&r, mr->id, 6);
-    wb__pack_key(&r.pk, "version");
-    msgpack_pack_uint64(&r.pk, v->number);
-    wb__pack_key(&r.pk, "segs");
-    msgpack_pack_array(&r.pk, (size_t)nsegs);
     for (int k = 0; k < nsegs; k++)
-        msgpack_pack_uint64(&r.pk, segs[k]->size);
-    wb__pack_key(&r.pk, "tensors");
-    msgpack_pack_array(&r.pk, n);
-    for (size_t i = 0; i < n; i++) {
-        size_t si = mr->resolved ? mr->res.v[i].src : i;
-        const wb__tinfo *t = &v->t[si];
-        wb__derived *d = mr->conv ? mr->conv[i] : NULL;
-        int dtype = mr->resolved ? mr->res.v[i].dtype : t->dtype;
-        msgpack_pack_array(&r.pk, 8);
-        wb__pack_cstr(&r.pk, mr->resolved ? mr->res.v[i].target : t->name);
-        wb__pack_cstr(&r.pk, t->name);
-        wb__pack_cstr(&r.pk, wb_dtype_name(dtype));
-        msgpack_pack_array(&r.pk, (size_t)t->ndim);
-        for (int k = 0; k < t->ndim; k++)
-            msgpack_pack_uint64(&r.pk, (uint64_t)t->shape[k]);
-        msgpack_pack_uint32(&r.pk, (uint32_t)segix[i]);
-        msgpack_pack_uint64(&r.pk, d ? d->offset : v->offset[si]);
-        msgpack_pack_uint64(&r.pk, d ? d->nbytes : v->nbytes[si]);
-        if (d || (mr->resolved && mr->res.v[i].cast))
-            msgpack_pack_true(&r.pk);
-        else
-            msgpack_pack_false(&r.pk);
+        sizes[k] = segs[k]->size;
+    for (int k = 0; !mr->plan && k < nsegs; k++) {
+        int fd = wb__seg_open_ro(segs[k]);
+        if (fd < 0) {
+            for (int i = 0; i < nfds; i++)
+                close(fds[i]);
+            free(segix);
+            wb__reply_error(s, mr->id, WB_ESYS, "cannot reopen a segment: %s",
+                            strerror(errno));
+            return;
+        }
+        fds[nfds++] = fd;
     }
-    pack_meta(&r.pk, v);
-    wb__pack_key(&r.pk, "report");
-    msgpack_pack_map(&r.pk, 5);
-    pack_keylist(&r.pk, "missing", mr->resolved ? &mr->res.missing : NULL);
-    pack_keylist(&r.pk, "unexpected",
-                 mr->resolved ? &mr->res.unexpected : NULL);
-    pack_keylist(&r.pk, "mismatched",
-                 mr->resolved ? &mr->res.mismatched : NULL);
-    pack_keylist(&r.pk, "cast", mr->resolved ? &mr->res.cast : NULL);
-    pack_keylist(&r.pk, "aliased", mr->resolved ? &mr->res.aliased : NULL);
-    wb__pack_key(&r.pk, "text");
-    wb__pack_cstr(&r.pk, "");
+    map_rows rows = {mr, segix};
+    wb__report_src rep = report_of(mr);
+    wb__reply r;
+    wb__reply_init(&r, mr->id);
+    wb__pack_map_rep(&r.pk, mr->id, v->number, sizes, (size_t)nsegs, n,
+                     map_row, &rows, v->mkeys, v->mvals, v->nmeta, &rep);
     free(segix);
     wb__reply_send(s, &r, fds, nfds);
     if (!mr->plan)
@@ -171,19 +165,10 @@ static void map_reply(map_req *mr) {
 
 /* Sends the load-error reply: the report and PyTorch's text, no mapping. */
 static void map_reply_load_error(map_req *mr) {
+    wb__report_src rep = report_of(mr);
     wb__reply r;
-    wb__reply_begin_error(&r, mr->id, WB_ELOAD, mr->res.error_text, 3);
-    wb__pack_key(&r.pk, "version");
-    msgpack_pack_uint64(&r.pk, mr->v->number);
-    wb__pack_key(&r.pk, "report");
-    msgpack_pack_map(&r.pk, 5);
-    pack_keylist(&r.pk, "missing", &mr->res.missing);
-    pack_keylist(&r.pk, "unexpected", &mr->res.unexpected);
-    pack_keylist(&r.pk, "mismatched", &mr->res.mismatched);
-    pack_keylist(&r.pk, "cast", &mr->res.cast);
-    pack_keylist(&r.pk, "aliased", &mr->res.aliased);
-    wb__pack_key(&r.pk, "text");
-    wb__pack_cstr(&r.pk, mr->res.error_text);
+    wb__reply_init(&r, mr->id);
+    wb__pack_load_error_rep(&r.pk, mr->id, mr->v->number, &rep);
     wb__reply_send(mr->s, &r, NULL, 0);
 }
 
@@ -262,56 +247,11 @@ static void resolve_done(wb__task *t) {
         map_req_end(mr);
 }
 
-/* Decodes the optional schema and rules of a map request into mr.
- * Returns 0 or an error code. */
-static int decode_target(map_req *mr, const msgpack_object *req,
-                         int *has_schema, int *has_rules) {
-    const msgpack_object_array *ra = NULL, *sa = NULL;
-    const msgpack_object *so = wb__mp_get(req, "schema");
-    int hr = wb__mp_get_array(req, "rules", &ra);
-    if (hr < 0 || (so && so->type != MSGPACK_OBJECT_NIL &&
-                   so->type != MSGPACK_OBJECT_MAP))
-        return WB_EPROTO;
-    *has_rules = hr == 0;
-    *has_schema = so && so->type == MSGPACK_OBJECT_MAP;
-    int rc = 0;
-    if (*has_rules)
-        rc = wb__decode_rules(ra, &mr->rs);
-    if (rc == 0 && *has_schema) {
-        const char *tn = "";
-        size_t tl = 0;
-        if (wb__mp_get_array(so, "tensors", &sa) != 0 ||
-            wb__mp_get_str(so, "target", &tn, &tl) < 0)
-            return WB_EPROTO;
-        if (sa->size > WB_MAX_TENSORS)
-            return WB_ETOOBIG;
-        if ((mr->sc.target = strndup(tn, tl)) == NULL)
-            return WB_ENOMEM;
-        for (uint32_t i = 0; rc == 0 && i < sa->size; i++) {
-            wb__tinfo t;
-            rc = wb__decode_tinfo(&sa->ptr[i], &t);
-            if (rc == 0)
-                rc = wb__schema_push(&mr->sc, t.name, t.dtype, t.ndim,
-                                     t.shape);
-            free(t.name);
-        }
-    }
-    return rc;
-}
-
 void wb__op_map(wb__session *s, uint64_t id, const msgpack_object *req) {
     char model[WB_MAX_NAME + 1];
     wb__version *v = wb__req_version(s, id, req, model);
     if (v == NULL)
         return;
-    int plan = 0, strict = 1, ignore = 0;
-    if (wb__mp_get_bool(req, "plan", &plan) < 0 ||
-        wb__mp_get_bool(req, "strict", &strict) < 0 ||
-        wb__mp_get_bool(req, "ignore_mismatch", &ignore) < 0) {
-        wb__reply_error(s, id, WB_EPROTO,
-                        "plan, strict and ignore_mismatch must be booleans");
-        return;
-    }
     map_req *mr = calloc(1, sizeof(*mr));
     if (mr == NULL) {
         wb__reply_error(s, id, WB_ENOMEM, "out of memory");
@@ -320,11 +260,9 @@ void wb__op_map(wb__session *s, uint64_t id, const msgpack_object *req) {
     mr->s = s;
     mr->id = id;
     mr->v = v;
-    mr->plan = plan;
     wb__session_ref(s);
     wb__version_ref(v);
-    int has_schema = 0, has_rules = 0;
-    int rc = decode_target(mr, req, &has_schema, &has_rules);
+    int rc = wb__decode_map_req(req, &mr->mq);
     if (rc) {
         wb__reply_error(s, id, rc, "bad %s in map request: %s",
                         rc == WB_ERULE ? "rule" : "schema or rules",
@@ -332,20 +270,22 @@ void wb__op_map(wb__session *s, uint64_t id, const msgpack_object *req) {
         map_req_free(mr);
         return;
     }
-    if (!has_schema && !has_rules) {
+    mr->plan = mr->mq.plan;
+    if (!mr->mq.has_schema && !mr->mq.has_rules) {
         /* The whole version, as stored. */
         map_reply(mr);
         map_req_free(mr);
         return;
     }
-    mr->rq = (wb__resolve_req){.src = v->t,
-                               .nsrc = v->n,
-                               .tie = v->tie,
-                               .rules = &mr->rs,
-                               .schema = has_schema ? &mr->sc : NULL,
-                               .strict = strict,
-                               .ignore_mismatch = ignore,
-                               .budget_ms = WB_RULES_BUDGET_MS};
+    mr->rq = (wb__resolve_req){
+        .src = v->t,
+        .nsrc = v->n,
+        .tie = v->tie,
+        .rules = &mr->mq.rules,
+        .schema = mr->mq.has_schema ? &mr->mq.schema : NULL,
+        .strict = mr->mq.strict,
+        .ignore_mismatch = mr->mq.ignore_mismatch,
+        .budget_ms = WB_RULES_BUDGET_MS};
     mr->task.work = resolve_work;
     mr->task.done = resolve_done;
     wb__session_pause(s);

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "layout.h"
+#include "msg.h"
 #include "log.h"
 #include "ops.h"
 #include "registry.h"
@@ -136,15 +137,9 @@ static void seg_job_done(uv_work_t *w, int status) {
         s->pending = p;
         s->npending++;
         wb__reply r;
-        wb__reply_begin(&r, j->req_id, 3);
-        wb__pack_key(&r.pk, "pub");
-        msgpack_pack_uint64(&r.pk, p->id);
-        wb__pack_key(&r.pk, "size");
-        msgpack_pack_uint64(&r.pk, p->v->seg.size);
-        wb__pack_key(&r.pk, "offs");
-        msgpack_pack_array(&r.pk, p->v->n);
-        for (size_t i = 0; i < p->v->n; i++)
-            msgpack_pack_uint64(&r.pk, p->v->offset[i]);
+        wb__reply_init(&r, j->req_id);
+        wb__pack_publish_rep(&r.pk, j->req_id, p->id, p->v->seg.size,
+                             p->v->offset, p->v->n);
         wb__reply_send(s, &r, &fd, 1);
     }
     wb__session_resume(s);
@@ -167,51 +162,39 @@ static int meta_text_invalid(const char *s, size_t n) {
     return 0;
 }
 
-/* Reads the metadata map of a publish into v.  Returns 0, or -1 after
- * answering. */
-static int read_meta(wb__session *s, uint64_t id, const msgpack_object *req,
+/* Copies the metadata of a publish into v after checking it.  Returns 0,
+ * or -1 after answering. */
+static int read_meta(wb__session *s, uint64_t id, const wb__publish_req *pr,
                      wb__version *v) {
-    const msgpack_object_map *mm = NULL;
-    int rc = wb__mp_get_map(req, "meta", &mm);
-    if (rc == 1)
+    if (pr->nmeta == 0)
         return 0;
-    if (rc || mm->size > WB_MAX_META) {
-        wb__reply_error(s, id, rc ? rc : WB_ETOOBIG,
-                        "metadata must be a map of at most %d strings",
-                        WB_MAX_META);
-        return -1;
-    }
-    v->mkeys = calloc(mm->size ? mm->size : 1, sizeof(char *));
-    v->mvals = calloc(mm->size ? mm->size : 1, sizeof(char *));
+    v->mkeys = calloc(pr->nmeta, sizeof(char *));
+    v->mvals = calloc(pr->nmeta, sizeof(char *));
     if (!v->mkeys || !v->mvals) {
         wb__reply_error(s, id, WB_ENOMEM, "out of memory");
         return -1;
     }
-    for (uint32_t i = 0; i < mm->size; i++) {
-        const msgpack_object *k = &mm->ptr[i].key, *val = &mm->ptr[i].val;
-        if (k->type != MSGPACK_OBJECT_STR || val->type != MSGPACK_OBJECT_STR ||
-            wb__check_name(k->via.str.ptr, k->via.str.size) ||
-            val->via.str.size > WB_MAX_META_BYTES ||
-            meta_text_invalid(val->via.str.ptr, val->via.str.size) ||
-            (k->via.str.size == 12 &&
-             memcmp(k->via.str.ptr, "__metadata__", 12) == 0)) {
+    for (size_t i = 0; i < pr->nmeta; i++) {
+        wb__str k = pr->mkeys[i], val = pr->mvals[i];
+        if (wb__check_name(k.p, k.n) || val.n > WB_MAX_META_BYTES ||
+            meta_text_invalid(val.p, val.n) ||
+            (k.n == 12 && memcmp(k.p, "__metadata__", 12) == 0)) {
             wb__reply_error(s, id, WB_EINVAL,
-                            "metadata entry %u: keys and values must be "
+                            "metadata entry %zu: keys and values must be "
                             "UTF-8 strings without NUL (values up to %d "
                             "bytes)",
                             i, WB_MAX_META_BYTES);
             return -1;
         }
-        if (k->via.str.size == strlen(WB_TIED_KEY) &&
-            memcmp(k->via.str.ptr, WB_TIED_KEY, k->via.str.size) == 0) {
+        if (k.n == strlen(WB_TIED_KEY) && memcmp(k.p, WB_TIED_KEY, k.n) == 0) {
             wb__reply_error(s, id, WB_EINVAL,
                             "metadata key \"%s\" is reserved: tie tensors "
                             "with tied_to",
                             WB_TIED_KEY);
             return -1;
         }
-        v->mkeys[i] = wb__mp_strdup(k);
-        v->mvals[i] = wb__mp_strdup(val);
+        v->mkeys[i] = wb__str_dup(k);
+        v->mvals[i] = wb__str_dup(val);
         v->nmeta = i + 1;
         if (!v->mkeys[i] || !v->mvals[i]) {
             wb__reply_error(s, id, WB_ENOMEM, "out of memory");
@@ -221,21 +204,16 @@ static int read_meta(wb__session *s, uint64_t id, const msgpack_object *req,
     return 0;
 }
 
-/* Reads the optional "tied" list of [alias, stored] index pairs of a
- * publish into v->tie.  Each alias follows its stored tensor, has its dtype
- * and shape, and is tied once; a stored tensor is not itself tied.  Returns
- * 0, or -1 after answering. */
-static int read_ties(wb__session *s, uint64_t id, const msgpack_object *req,
-                     const wb__tinfo *t, size_t n, wb__version *v) {
-    const msgpack_object_array *ta = NULL;
-    int rc = wb__mp_get_array(req, "tied", &ta);
-    if (rc == 1 || (rc == 0 && ta->size == 0))
+/* Turns the declared ties of a publish into v->tie after checking them:
+ * each alias follows its stored tensor, has its dtype and shape, and is
+ * tied once; a stored tensor is not itself tied.  Returns 0, or -1 after
+ * answering. */
+static int read_ties(wb__session *s, uint64_t id, const wb__publish_req *pr,
+                     wb__version *v) {
+    const wb__tinfo *t = pr->t;
+    size_t n = pr->n;
+    if (pr->nties == 0)
         return 0;
-    if (rc || ta->size > n) {
-        wb__reply_error(s, id, WB_EPROTO,
-                        "tied must be a list of at most one pair per tensor");
-        return -1;
-    }
     v->tie = malloc((n ? n : 1) * sizeof(size_t));
     if (v->tie == NULL) {
         wb__reply_error(s, id, WB_ENOMEM, "out of memory");
@@ -243,17 +221,8 @@ static int read_ties(wb__session *s, uint64_t id, const msgpack_object *req,
     }
     for (size_t i = 0; i < n; i++)
         v->tie[i] = i;
-    for (uint32_t k = 0; k < ta->size; k++) {
-        const msgpack_object *o = &ta->ptr[k];
-        if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 2 ||
-            o->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-            o->via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
-            wb__reply_error(s, id, WB_EPROTO, "tie %u: not a pair of indices",
-                            k);
-            return -1;
-        }
-        uint64_t a = o->via.array.ptr[0].via.u64;
-        uint64_t st = o->via.array.ptr[1].via.u64;
+    for (size_t k = 0; k < pr->nties; k++) {
+        uint64_t a = pr->ties[k].alias, st = pr->ties[k].stored;
         const char *why = NULL;
         if (a >= n || st >= a)
             why = "the stored tensor must come before its alias";
@@ -266,7 +235,7 @@ static int read_ties(wb__session *s, uint64_t id, const msgpack_object *req,
                         (size_t)t[a].ndim * sizeof(int64_t)) != 0)
             why = "dtypes or shapes differ";
         if (why) {
-            wb__reply_error(s, id, WB_EINVAL, "tie %u (%llu to %llu): %s", k,
+            wb__reply_error(s, id, WB_EINVAL, "tie %zu (%llu to %llu): %s", k,
                             (unsigned long long)a, (unsigned long long)st,
                             why);
             return -1;
@@ -289,49 +258,52 @@ static uint64_t map_reply_bound(const wb__version *v) {
 
 void wb__op_publish(wb__session *s, uint64_t id, const msgpack_object *req) {
     char model[WB_MAX_NAME + 1];
-    int rc = wb__req_name(req, "model", model);
+    wb__publish_req pr;
+    size_t bad = 0;
+    int rc = wb__decode_publish_req(req, &pr, &bad);
+    if (rc == 0 && wb__check_name(pr.model.p, pr.model.n))
+        rc = WB_ENAME;
     if (rc) {
-        wb__reply_error(s, id, rc, "publish needs a valid model name");
+        if (rc == WB_ETOOBIG)
+            wb__reply_error(s, id, rc,
+                            "at most %u tensors and %d metadata entries",
+                            WB_MAX_TENSORS, WB_MAX_META);
+        else if (rc == WB_ENAME && pr.t == NULL)
+            wb__reply_error(s, id, rc, "publish needs a valid model name");
+        else if (rc == WB_EPROTO)
+            wb__reply_error(s, id, rc,
+                            "publish needs a model name and a tensor list "
+                            "(entry %zu is malformed)",
+                            bad);
+        else
+            wb__reply_error(s, id, rc, "tensor %zu: %s", bad,
+                            wb_strerror(rc));
+        wb__publish_req_free(&pr);
         return;
     }
-    const msgpack_object_array *ta;
-    if (wb__mp_get_array(req, "tensors", &ta) != 0) {
-        wb__reply_error(s, id, WB_EPROTO, "publish needs a tensor list");
-        return;
-    }
-    if (ta->size > WB_MAX_TENSORS) {
-        wb__reply_error(s, id, WB_ETOOBIG, "%u tensors: at most %u allowed",
-                        ta->size, WB_MAX_TENSORS);
-        return;
-    }
+    memcpy(model, pr.model.p, pr.model.n);
+    model[pr.model.n] = '\0';
     if (s->npending >= WB_MAX_PENDING) {
         wb__reply_error(s, id, WB_ETOOBIG,
                         "at most %d publishes may be open per connection",
                         WB_MAX_PENDING);
+        wb__publish_req_free(&pr);
         return;
     }
 
     wb__version *v = wb__version_new();
     wb__pending *p = calloc(1, sizeof(*p));
-    wb__tinfo *decl = calloc(ta->size ? ta->size : 1, sizeof(wb__tinfo));
     wb__layout lay = {0};
     seg_job *j = NULL;
     if (p)
         p->v = v; /* From here pending_free(p) frees v as well. */
-    if (!v || !p || !decl || !(p->model = strdup(model))) {
+    if (!v || !p || !(p->model = strdup(model))) {
         wb__reply_error(s, id, WB_ENOMEM, "out of memory");
         goto fail;
     }
-    for (uint32_t i = 0; i < ta->size; i++) {
-        rc = wb__decode_tinfo(&ta->ptr[i], &decl[i]);
-        if (rc) {
-            wb__reply_error(s, id, rc, "tensor %u: %s", i, wb_strerror(rc));
-            goto fail;
-        }
-    }
-    if (read_meta(s, id, req, v) || read_ties(s, id, req, decl, ta->size, v))
+    if (read_meta(s, id, &pr, v) || read_ties(s, id, &pr, v))
         goto fail;
-    rc = wb__layout_build(decl, ta->size, v->tie, v->mkeys, v->mvals, v->nmeta,
+    rc = wb__layout_build(pr.t, pr.n, v->tie, v->mkeys, v->mvals, v->nmeta,
                           &lay);
     if (rc) {
         wb__reply_error(s, id, rc,
@@ -343,9 +315,10 @@ void wb__op_publish(wb__session *s, uint64_t id, const msgpack_object *req) {
 
     /* The version keeps its tensors in published order (the order PyTorch
      * reports keys in); only the bytes are laid out in safetensors order. */
-    v->n = ta->size;
-    v->t = decl;
-    decl = NULL;
+    v->n = pr.n;
+    v->t = pr.t; /* Takes over the names. */
+    pr.t = NULL;
+    pr.n = 0;
     v->offset = lay.offset;
     v->nbytes = lay.nbytes;
     lay.offset = lay.nbytes = NULL;
@@ -398,12 +371,11 @@ void wb__op_publish(wb__session *s, uint64_t id, const msgpack_object *req) {
     wb__session_ref(s);
     wb__session_pause(s);
     wb__layout_free(&lay);
+    wb__publish_req_free(&pr);
     return;
 
 fail:
-    for (size_t i = 0; decl && i < ta->size; i++)
-        free(decl[i].name);
-    free(decl);
+    wb__publish_req_free(&pr);
     wb__layout_free(&lay);
     if (p)
         pending_free(p);
@@ -415,7 +387,7 @@ fail:
 static wb__pending *find_pending(wb__session *s, uint64_t id,
                                  const msgpack_object *req) {
     uint64_t pub = 0;
-    if (wb__mp_get_u64(req, "pub", &pub) != 0) {
+    if (wb__decode_pub_req(req, &pub) != 0) {
         wb__reply_error(s, id, WB_EPROTO, "missing publish handle");
         return NULL;
     }
@@ -502,9 +474,8 @@ void wb__op_commit(wb__session *s, uint64_t id, const msgpack_object *req) {
              (int)s->cred.pid);
     pending_free(p);
     wb__reply r;
-    wb__reply_begin(&r, id, 1);
-    wb__pack_key(&r.pk, "version");
-    msgpack_pack_uint64(&r.pk, v->number);
+    wb__reply_init(&r, id);
+    wb__pack_u64_rep(&r.pk, id, "version", v->number);
     wb__reply_send(s, &r, NULL, 0);
     wb__watch_notify(m);
 }
@@ -516,19 +487,28 @@ void wb__op_abort(wb__session *s, uint64_t id, const msgpack_object *req) {
     pending_unlink(s, p);
     pending_free(p);
     wb__reply r;
-    wb__reply_begin(&r, id, 0);
+    wb__reply_init(&r, id);
+    wb__pack_u64_rep(&r.pk, id, NULL, 0);
     wb__reply_send(s, &r, NULL, 0);
 }
 
 void wb__op_drop(wb__session *s, uint64_t id, const msgpack_object *req) {
     char model[WB_MAX_NAME + 1];
-    uint64_t ver = 0, dropped = 0;
-    if (wb__mp_get_u64(req, "version", &ver) < 0) {
-        wb__reply_error(s, id, WB_EPROTO, "version must be an integer");
+    wb__model_req dr;
+    uint64_t dropped = 0;
+    int rc = wb__decode_model_req(req, &dr);
+    if (rc == WB_EPROTO) {
+        wb__reply_error(s, id, rc, "model must be a string and version an "
+                                   "integer");
         return;
     }
-    if (ver == 0) {
-        int rc = wb__req_name(req, "model", model);
+    if (dr.version == 0) {
+        if (rc == 0 && wb__check_name(dr.model.p, dr.model.n))
+            rc = WB_ENAME;
+        if (rc == 0) {
+            memcpy(model, dr.model.p, dr.model.n);
+            model[dr.model.n] = '\0';
+        }
         wb__model *m = rc ? NULL : wb__model_find(model);
         if (rc || m == NULL || m->versions == NULL) {
             wb__reply_error(s, id, rc ? rc : WB_ENOMODEL,
@@ -549,8 +529,7 @@ void wb__op_drop(wb__session *s, uint64_t id, const msgpack_object *req) {
         dropped = 1;
     }
     wb__reply r;
-    wb__reply_begin(&r, id, 1);
-    wb__pack_key(&r.pk, "dropped");
-    msgpack_pack_uint64(&r.pk, dropped);
+    wb__reply_init(&r, id);
+    wb__pack_u64_rep(&r.pk, id, "dropped", dropped);
     wb__reply_send(s, &r, NULL, 0);
 }

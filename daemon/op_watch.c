@@ -8,6 +8,7 @@
  * so a notification pass never sees the list change under it. */
 #include <assert.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "ops.h"
 #include "registry.h"
@@ -52,9 +53,8 @@ static void watch_free(wb__watch *w) {
 static void watch_answer(wb__watch *w, uint64_t version) {
     wb__session *s = w->s;
     wb__reply r;
-    wb__reply_begin(&r, w->req_id, 1);
-    wb__pack_key(&r.pk, "version");
-    msgpack_pack_uint64(&r.pk, version);
+    wb__reply_init(&r, w->req_id);
+    wb__pack_u64_rep(&r.pk, w->req_id, "version", version);
     wb__reply_send(s, &r, NULL, 0);
     watch_free(w);
     wb__session_resume(s);
@@ -85,15 +85,19 @@ void wb__watch_session_closed(wb__session *s) {
 
 void wb__op_watch(wb__session *s, uint64_t id, const msgpack_object *req) {
     char model[WB_MAX_NAME + 1];
-    int rc = wb__req_name(req, "model", model);
-    uint64_t after = 0;
-    int64_t timeout = -1;
-    if (rc || wb__mp_get_u64(req, "after", &after) < 0 ||
-        wb__mp_get_i64(req, "timeout", &timeout) < 0) {
-        wb__reply_error(s, id, rc ? rc : WB_EPROTO,
+    wb__watch_req wr;
+    int rc = wb__decode_watch_req(req, &wr);
+    if (rc == 0 && wb__check_name(wr.model.p, wr.model.n))
+        rc = WB_ENAME;
+    if (rc) {
+        wb__reply_error(s, id, rc,
                         "watch needs a model name, after and timeout");
         return;
     }
+    memcpy(model, wr.model.p, wr.model.n);
+    model[wr.model.n] = '\0';
+    uint64_t after = wr.after;
+    int64_t timeout = wr.timeout_ms;
     wb__model *m = wb__model_acquire(model);
     if (m == NULL) {
         wb__reply_error(s, id, WB_ETOOBIG, "at most %d models", WB_MAX_MODELS);
@@ -102,11 +106,10 @@ void wb__op_watch(wb__session *s, uint64_t id, const msgpack_object *req) {
     wb__version *latest = wb__version_latest(m);
     if ((latest && latest->number > after) || timeout == 0) {
         wb__reply r;
-        wb__reply_begin(&r, id, 1);
-        wb__pack_key(&r.pk, "version");
-        msgpack_pack_uint64(&r.pk, latest && latest->number > after
-                                       ? latest->number
-                                       : after);
+        wb__reply_init(&r, id);
+        wb__pack_u64_rep(&r.pk, id, "version",
+                         latest && latest->number > after ? latest->number
+                                                          : after);
         wb__reply_send(s, &r, NULL, 0);
         wb__model_unref(m);
         return;

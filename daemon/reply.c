@@ -10,29 +10,10 @@
 
 #define WB_ERRMSG_MAX 1024 /* Bytes of an error sentence. */
 
-void wb__reply_begin(wb__reply *r, uint64_t id, size_t nfields) {
+void wb__reply_init(wb__reply *r, uint64_t id) {
     msgpack_sbuffer_init(&r->sb);
     msgpack_packer_init(&r->pk, &r->sb, msgpack_sbuffer_write);
     r->id = id;
-    msgpack_pack_map(&r->pk, nfields + 2);
-    wb__pack_key(&r->pk, "id");
-    msgpack_pack_uint64(&r->pk, id);
-    wb__pack_key(&r->pk, "err");
-    msgpack_pack_int(&r->pk, 0);
-}
-
-void wb__reply_begin_error(wb__reply *r, uint64_t id, int code,
-                           const char *msg, size_t nfields) {
-    msgpack_sbuffer_init(&r->sb);
-    msgpack_packer_init(&r->pk, &r->sb, msgpack_sbuffer_write);
-    r->id = id;
-    msgpack_pack_map(&r->pk, nfields + 3);
-    wb__pack_key(&r->pk, "id");
-    msgpack_pack_uint64(&r->pk, id);
-    wb__pack_key(&r->pk, "err");
-    msgpack_pack_int(&r->pk, code);
-    wb__pack_key(&r->pk, "msg");
-    wb__pack_cstr(&r->pk, msg);
 }
 
 void wb__reply_send(wb__session *s, wb__reply *r, const int *fds, int nfds) {
@@ -62,6 +43,9 @@ void wb__reply_error(wb__session *s, uint64_t id, int code, const char *fmt,
     wb__debug("client %llu: error %s: %s", (unsigned long long)s->id,
               wb_err_name(code), msg);
     wb__reply r;
-    wb__reply_begin_error(&r, id, code, msg, 0);
+    wb__reply_init(&r, id);
+    wb__pack_rep_begin(&r.pk, id, code, 1);
+    wb__pack_key(&r.pk, "msg");
+    wb__pack_cstr(&r.pk, msg);
     wb__reply_send(s, &r, NULL, 0);
 }

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "msg.h"
 #include "session.h"
 
 typedef struct wb__reply {
@@ -19,11 +20,9 @@ typedef struct wb__reply {
     uint64_t id;                /* Request answered. */
 } wb__reply;
 
-/* Starts a success reply with nfields fields besides "id" and "err". */
-void wb__reply_begin(wb__reply *r, uint64_t id, size_t nfields);
-/* Starts an error reply with code, "msg" and nfields more fields. */
-void wb__reply_begin_error(wb__reply *r, uint64_t id, int code,
-                           const char *msg, size_t nfields);
+/* Prepares r to answer request id: the body is then packed into r->pk by
+ * one of proto/msg.h's encoders. */
+void wb__reply_init(wb__reply *r, uint64_t id);
 /* Queues the reply on s with nfds descriptors (ownership of r's bytes
  * and of the descriptors passes in every case). */
 void wb__reply_send(wb__session *s, wb__reply *r, const int *fds, int nfds);

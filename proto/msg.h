@@ -1,0 +1,259 @@
+/* msg.h -- One codec per message of the wire protocol.
+ *
+ * Every request and reply of docs/protocol.md has a C struct here, an
+ * encoder and a decoder, and the daemon and the client library both go
+ * through them, so that no side packs or unpacks fields by hand (the tensor
+ * table of a map reply, the list entries) and the two cannot drift.
+ * Decoders check every field's type and every array's shape, never the
+ * meaning (names, limits, ties: the daemon checks those and answers with
+ * its own sentences).  Strings decode as views (wb__str) into the decoded
+ * message, which must outlive the struct; arrays are allocated and freed
+ * with the message's free function.  Encoders write the whole body
+ * ("op"/"id" or "id"/"err" included) into a msgpack packer; those that
+ * stream a long table take a callback per entry. */
+#ifndef WB_PROTO_MSG_H
+#define WB_PROTO_MSG_H
+
+#include <msgpack.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rules.h"
+#include "wbroker.h"
+
+/* A string inside a decoded message (not NUL-terminated). */
+typedef struct wb__str {
+    const char *p;              /* Bytes. */
+    size_t n;                   /* Length. */
+} wb__str;
+
+/* Copies a view into a new NUL-terminated string (NULL on OOM). */
+char *wb__str_dup(wb__str s);
+
+/* ---------------------------------------------------------------- envelope */
+
+/* Starts a request: a map of nfields + 2 entries, "op" and "id" first. */
+void wb__pack_req_begin(msgpack_packer *pk, const char *op, uint64_t id,
+                        size_t nfields);
+/* Starts a reply: a map of nfields + 2 entries, "id" and "err" first; for
+ * err != 0 add "msg" with wb__pack_key/wb__pack_cstr (count it). */
+void wb__pack_rep_begin(msgpack_packer *pk, uint64_t id, int err,
+                        size_t nfields);
+/* The envelope of a decoded reply: its id, err and msg (empty if none).
+ * Returns 0 or WB_EPROTO. */
+int wb__decode_rep_envelope(const msgpack_object *root, uint64_t *id,
+                            int *err, wb__str *msg);
+
+/* ---------------------------------------------------------------- hello */
+
+typedef struct wb__hello_req {
+    uint64_t proto;             /* WB_PROTO_VERSION of the client. */
+    wb__str client;             /* Client library version. */
+} wb__hello_req;
+
+typedef struct wb__hello_rep {
+    uint64_t proto;             /* WB_PROTO_VERSION of the daemon. */
+    wb__str server;             /* Daemon version. */
+    uint32_t pid;               /* Daemon's process id. */
+} wb__hello_rep;
+
+void wb__pack_hello_req(msgpack_packer *pk, uint64_t id,
+                        const char *client_version);
+int wb__decode_hello_req(const msgpack_object *root, wb__hello_req *out);
+void wb__pack_hello_rep(msgpack_packer *pk, uint64_t id, uint32_t pid);
+int wb__decode_hello_rep(const msgpack_object *root, wb__hello_rep *out);
+
+/* ---------------------------------------------------------------- publish */
+
+/* A declared tie: tensor alias shares the bytes of the earlier stored. */
+typedef struct wb__tie {
+    uint64_t alias;             /* Index of the tied tensor. */
+    uint64_t stored;            /* Index of the tensor it shares. */
+} wb__tie;
+
+typedef struct wb__publish_req {
+    wb__str model;              /* Model name. */
+    wb__tinfo *t;               /* Declared tensors (names allocated). */
+    size_t n;                   /* Entries in t. */
+    wb__str *mkeys;             /* Metadata keys. */
+    wb__str *mvals;             /* Metadata values. */
+    size_t nmeta;               /* Metadata entries. */
+    wb__tie *ties;              /* Declared ties. */
+    size_t nties;               /* Entries in ties. */
+} wb__publish_req;
+
+/* Packs a publish; ties may be NULL when nties is 0. */
+void wb__pack_publish_req(msgpack_packer *pk, uint64_t id, const char *model,
+                          const wb_tensor_spec *t, size_t n, const wb_kv *meta,
+                          size_t nmeta, const wb__tie *ties, size_t nties);
+/* Decodes a publish.  Returns 0, WB_EPROTO (shape of the message), the
+ * tensor entry's error (WB_ENAME, WB_EDTYPE, WB_ESHAPE) with *bad set to
+ * its index, WB_ETOOBIG (more than WB_MAX_TENSORS or WB_MAX_META) or
+ * WB_ENOMEM.  Free with wb__publish_req_free() in every case. */
+int wb__decode_publish_req(const msgpack_object *root, wb__publish_req *out,
+                           size_t *bad);
+void wb__publish_req_free(wb__publish_req *r);
+
+typedef struct wb__publish_rep {
+    uint64_t pub;               /* Handle of the open publish. */
+    uint64_t size;              /* Bytes of the segment. */
+    uint64_t *offs;             /* Absolute offset per declared tensor. */
+    size_t n;                   /* Entries in offs. */
+} wb__publish_rep;
+
+void wb__pack_publish_rep(msgpack_packer *pk, uint64_t id, uint64_t pub,
+                          uint64_t size, const uint64_t *offs, size_t n);
+int wb__decode_publish_rep(const msgpack_object *root, wb__publish_rep *out);
+void wb__publish_rep_free(wb__publish_rep *r);
+
+/* ---------------------------------------------------------------- commit,
+ * abort, drop, watch: small fixed messages */
+
+void wb__pack_pub_req(msgpack_packer *pk, const char *op, uint64_t id,
+                      uint64_t pub);
+int wb__decode_pub_req(const msgpack_object *root, uint64_t *pub);
+/* A reply with one unsigned field (commit: "version", drop: "dropped",
+ * watch: "version"), or none when key is NULL (abort). */
+void wb__pack_u64_rep(msgpack_packer *pk, uint64_t id, const char *key,
+                      uint64_t value);
+int wb__decode_u64_rep(const msgpack_object *root, const char *key,
+                       uint64_t *value);
+
+typedef struct wb__model_req {
+    wb__str model;              /* Model name. */
+    uint64_t version;           /* 0: latest (map) or all (drop). */
+} wb__model_req;
+
+void wb__pack_drop_req(msgpack_packer *pk, uint64_t id, const char *model,
+                       uint64_t version);
+/* Decodes the model and version of a drop or a map.  Returns 0, WB_EINVAL
+ * (no model) or WB_EPROTO. */
+int wb__decode_model_req(const msgpack_object *root, wb__model_req *out);
+
+typedef struct wb__watch_req {
+    wb__str model;              /* Model name. */
+    uint64_t after;             /* Answer once latest > after. */
+    int64_t timeout_ms;         /* < 0 forever, 0 at once. */
+} wb__watch_req;
+
+void wb__pack_watch_req(msgpack_packer *pk, uint64_t id, const char *model,
+                        uint64_t after, int64_t timeout_ms);
+int wb__decode_watch_req(const msgpack_object *root, wb__watch_req *out);
+
+/* ---------------------------------------------------------------- map */
+
+typedef struct wb__map_req {
+    wb__model_req mv;           /* Model and version. */
+    int plan;                   /* Dry run. */
+    int strict;                 /* strict=True (default 1). */
+    int ignore_mismatch;        /* ignore_mismatched_sizes=True. */
+    int has_schema;             /* 1 if a target schema came. */
+    wb__schema schema;          /* The target (owned). */
+    int has_rules;              /* 1 if rules came. */
+    wb__ruleset rules;          /* The rules (owned). */
+} wb__map_req;
+
+/* Packs a map request; schema and rules may be NULL. */
+void wb__pack_map_req(msgpack_packer *pk, uint64_t id, const char *model,
+                      uint64_t version, int plan, int strict,
+                      int ignore_mismatch, const wb__schema *schema,
+                      const wb__ruleset *rules);
+/* Returns 0, WB_EINVAL (no model), WB_EPROTO, WB_ERULE, WB_ETOOBIG, a
+ * schema entry's error, or WB_ENOMEM.  Free with wb__map_req_free(). */
+int wb__decode_map_req(const msgpack_object *root, wb__map_req *out);
+void wb__map_req_free(wb__map_req *r);
+
+/* One row of a map reply's tensor table. */
+typedef struct wb__map_entry {
+    wb__str target;             /* Target key. */
+    wb__str source;             /* Source key. */
+    int dtype;                  /* Dtype handed out. */
+    int ndim;                   /* Dimensions. */
+    int64_t shape[WB_MAX_DIMS]; /* Sizes. */
+    uint64_t seg;               /* Index into the reply's segments. */
+    uint64_t offset;            /* Byte offset in that segment. */
+    uint64_t nbytes;            /* Bytes. */
+    int cast;                   /* 1 if converted. */
+} wb__map_entry;
+
+/* The report of a map reply (also of a load error). */
+typedef struct wb__report {
+    wb__str *keys[WB_KEYS_COUNT]; /* Keys per wb_keyset. */
+    size_t n[WB_KEYS_COUNT];    /* Entries of each. */
+    wb__str text;               /* PyTorch-format error text. */
+} wb__report;
+
+/* The report as the daemon packs it: each keyset as an array of C
+ * strings (NULL arrays count as empty). */
+typedef struct wb__report_src {
+    char *const *keys[WB_KEYS_COUNT]; /* Keys per wb_keyset. */
+    size_t n[WB_KEYS_COUNT];    /* Entries of each. */
+    const char *text;           /* Error text, "" if none. */
+} wb__report_src;
+
+typedef struct wb__map_rep {
+    uint64_t version;           /* Version mapped. */
+    uint64_t *segs;             /* Size of each segment. */
+    size_t nsegs;               /* Entries in segs. */
+    wb__map_entry *t;           /* Tensor table. */
+    size_t n;                   /* Entries in t. */
+    wb__str *mkeys;             /* Metadata keys. */
+    wb__str *mvals;             /* Metadata values. */
+    size_t nmeta;               /* Metadata entries. */
+    wb__report report;          /* The load report. */
+} wb__map_rep;
+
+/* Packs a map reply with n table rows produced by row(arg, i, &entry). */
+void wb__pack_map_rep(msgpack_packer *pk, uint64_t id, uint64_t version,
+                      const uint64_t *segs, size_t nsegs, size_t n,
+                      void (*row)(void *arg, size_t i, wb__map_entry *e),
+                      void *arg, char *const *mkeys, char *const *mvals,
+                      size_t nmeta, const wb__report_src *report);
+/* Packs the reply to a strict load that failed: WB_ELOAD, the report and
+ * its text (also as "msg"), and the version. */
+void wb__pack_load_error_rep(msgpack_packer *pk, uint64_t id, uint64_t version,
+                             const wb__report_src *report);
+/* Decodes a map reply (or, with err WB_ELOAD, only version and report).
+ * Returns 0, WB_EPROTO or WB_ENOMEM.  Free with wb__map_rep_free(). */
+int wb__decode_map_rep(const msgpack_object *root, int load_error,
+                       wb__map_rep *out);
+void wb__map_rep_free(wb__map_rep *r);
+
+/* ---------------------------------------------------------------- list */
+
+typedef struct wb__list_entry {
+    wb__str name;               /* Model name. */
+    uint64_t latest;            /* Latest version. */
+    uint64_t versions;          /* Versions held. */
+    uint64_t tensors;           /* Tensors of the latest. */
+    uint64_t bytes;             /* Bytes of the latest. */
+    uint64_t readers;           /* Clients that mapped it. */
+} wb__list_entry;
+
+/* Packs a list reply of n entries produced by row(arg, i, &entry). */
+void wb__pack_list_rep(msgpack_packer *pk, uint64_t id, size_t n,
+                       void (*row)(void *arg, size_t i, wb__list_entry *e),
+                       void *arg);
+/* Decodes a list reply into *out (allocated, *n entries; free()). */
+int wb__decode_list_rep(const msgpack_object *root, wb__list_entry **out,
+                        size_t *n);
+
+/* ---------------------------------------------------------------- status */
+
+typedef struct wb__status_rep {
+    wb__str server;             /* Daemon version. */
+    double uptime;              /* Seconds since start. */
+    uint64_t used;              /* Bytes charged to the limit. */
+    uint64_t limit;             /* The limit. */
+    uint64_t shmem;             /* Bytes the kernel allocated to segments. */
+    uint64_t models;            /* Models holding versions. */
+    uint64_t versions;          /* Versions held. */
+    uint64_t clients;           /* Connected clients. */
+    uint32_t pid;               /* Daemon's process id. */
+} wb__status_rep;
+
+void wb__pack_status_rep(msgpack_packer *pk, uint64_t id,
+                         const wb__status_rep *st);
+int wb__decode_status_rep(const msgpack_object *root, wb__status_rep *out);
+
+#endif
