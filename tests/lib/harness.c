@@ -9,6 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ctype.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -20,7 +24,9 @@ const char *wbt_build_dir(void) {
     return b && *b ? b : "build";
 }
 
-int wbt_start(wbt_daemon *d, const char *const *extra) {
+/* Starts the daemon; nofile > 0 sets its RLIMIT_NOFILE first. */
+static int start_daemon(wbt_daemon *d, const char *const *extra,
+                        unsigned long nofile) {
     memset(d, 0, sizeof(*d));
     snprintf(d->dir, sizeof(d->dir), "/tmp/wbt-XXXXXX");
     if (mkdtemp(d->dir) == NULL)
@@ -47,6 +53,12 @@ int wbt_start(wbt_daemon *d, const char *const *extra) {
         (void)f;
         unsetenv("LISTEN_FDS");
         unsetenv("NOTIFY_SOCKET");
+        setenv("LIBC_FATAL_STDERR_", "1", 1); /* glibc's aborts to the log. */
+        if (nofile > 0) {
+            struct rlimit rl = {nofile, nofile};
+            if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+                _exit(126);
+        }
         execv(bin, (char *const *)argv);
         _exit(127);
     }
@@ -70,6 +82,15 @@ int wbt_start(wbt_daemon *d, const char *const *extra) {
         nanosleep(&ts, NULL);
     }
     return -1;
+}
+
+int wbt_start(wbt_daemon *d, const char *const *extra) {
+    return start_daemon(d, extra, 0);
+}
+
+int wbt_start_limits(wbt_daemon *d, const char *const *extra,
+                     unsigned long nofile) {
+    return start_daemon(d, extra, nofile);
 }
 
 int wbt_stop(wbt_daemon *d) {
@@ -365,4 +386,534 @@ wb_client *wbt_bench_start(wbt_daemon *d) {
         wbt_stop(d);
     }
     return c;
+}
+
+/* ------------------------------------------------------------ abuse */
+
+int wbt_running(const wbt_daemon *d) {
+    if (d->pid <= 0 || kill(d->pid, 0) != 0)
+        return 0;
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)d->pid);
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *rp = strrchr(buf, ')');
+    return rp && rp[1] == ' ' && rp[2] != 'Z' && rp[2] != 'X';
+}
+
+int wbt_finish(wbt_daemon *d) {
+    int st = -1, found_dead = !wbt_running(d);
+    if (d->pid > 0) {
+        kill(d->pid, SIGTERM);
+        for (int i = 0; i < 1000; i++) {
+            pid_t r = waitpid(d->pid, &st, WNOHANG);
+            if (r == d->pid)
+                break;
+            if (r < 0) { /* Already reaped elsewhere. */
+                st = -1;
+                break;
+            }
+            if (i == 999) {
+                fprintf(stderr, "wbrokerd %d ignored SIGTERM for 10 s\n",
+                        (int)d->pid);
+                kill(d->pid, SIGKILL);
+                waitpid(d->pid, &st, 0);
+                st = -1;
+            }
+            nap_ms(10);
+        }
+        d->pid = 0;
+    }
+    if (found_dead || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        if (found_dead)
+            fprintf(stderr, "wbrokerd had died before the end of the test\n");
+        if (st == -1)
+            ;
+        else if (WIFSIGNALED(st))
+            fprintf(stderr, "wbrokerd was killed by signal %d\n",
+                    WTERMSIG(st));
+        else if (WIFEXITED(st))
+            fprintf(stderr, "wbrokerd exited with status %d\n",
+                    WEXITSTATUS(st));
+        wbt_log_tail(d, 60);
+    }
+    if (getenv("WBT_KEEP_LOGS") == NULL) {
+        unlink(d->log);
+        unlink(d->sock);
+        rmdir(d->dir);
+    }
+    return found_dead && st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0
+               ? -1
+               : st;
+}
+
+static volatile pid_t watchdog_pid;   /* Daemon the watchdog kills. */
+static volatile sig_atomic_t watchdog_fired; /* 1 once it killed it. */
+
+static void on_watchdog(int sig) {
+    (void)sig;
+    if (!watchdog_fired) {
+        static const char msg[] = "\nwatchdog: the test is stuck; killing "
+                                  "the daemon so that it fails\n";
+        ssize_t w = write(2, msg, sizeof(msg) - 1);
+        (void)w;
+        if (watchdog_pid > 0)
+            kill(watchdog_pid, SIGKILL);
+        watchdog_fired = 1;
+        alarm(30);
+        return;
+    }
+    static const char msg[] = "watchdog: still stuck; giving up\n";
+    ssize_t w = write(2, msg, sizeof(msg) - 1);
+    (void)w;
+    _exit(99);
+}
+
+void wbt_watchdog(const wbt_daemon *d, unsigned seconds) {
+    alarm(0);
+    watchdog_fired = 0;
+    watchdog_pid = d ? d->pid : 0;
+    if (seconds == 0)
+        return;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_watchdog;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGALRM, &sa, NULL);
+    alarm(seconds);
+}
+
+double wbt_cpu_seconds(const wbt_daemon *d) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)d->pid);
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return -1;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    if (p == NULL)
+        return -1;
+    /* After the command: state (3), then fields 4..; utime is 14. */
+    unsigned long long utime = 0, stime = 0;
+    p += 2;
+    for (int field = 3; field < 14 && p; field++) {
+        p = strchr(p, ' ');
+        if (p)
+            p++;
+    }
+    if (p == NULL || sscanf(p, "%llu %llu", &utime, &stime) != 2)
+        return -1;
+    return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* Calls fn on each line of the log; returns the number of lines. */
+static int log_scan(const wbt_daemon *d, void (*fn)(const char *, void *),
+                    void *arg) {
+    FILE *f = fopen(d->log, "re");
+    if (f == NULL)
+        return 0;
+    char *line = NULL;
+    size_t cap = 0;
+    int n = 0;
+    while (getline(&line, &cap, f) >= 0) {
+        if (fn)
+            fn(line, arg);
+        n++;
+    }
+    free(line);
+    fclose(f);
+    return n;
+}
+
+int wbt_log_lines(const wbt_daemon *d) { return log_scan(d, NULL, NULL); }
+
+typedef struct grep_state {
+    int skip;                   /* Lines still to skip. */
+    const char *const *needles; /* Words looked for. */
+    int hits;                   /* Lines found. */
+} grep_state;
+
+static void grep_line(const char *line, void *arg) {
+    grep_state *g = arg;
+    if (g->skip > 0) {
+        g->skip--;
+        return;
+    }
+    for (int i = 0; g->needles[i]; i++)
+        if (strcasestr(line, g->needles[i])) {
+            g->hits++;
+            return;
+        }
+}
+
+int wbt_log_grep(const wbt_daemon *d, int skip, const char *const *needles) {
+    grep_state g = {skip, needles, 0};
+    log_scan(d, grep_line, &g);
+    return g.hits;
+}
+
+typedef struct tail_state {
+    char *lines[64];            /* Ring of the last lines. */
+    int n;                      /* Lines seen. */
+    int keep;                   /* Lines kept (<= 64). */
+} tail_state;
+
+static void tail_line(const char *line, void *arg) {
+    tail_state *t = arg;
+    int k = t->n++ % t->keep;
+    free(t->lines[k]);
+    t->lines[k] = strdup(line);
+}
+
+void wbt_log_tail(const wbt_daemon *d, int n) {
+    tail_state t = {.keep = n < 1 ? 1 : n > 64 ? 64 : n};
+    log_scan(d, tail_line, &t);
+    int first = t.n > t.keep ? t.n - t.keep : 0;
+    fprintf(stderr, "---- last %d lines of %s ----\n", t.n - first, d->log);
+    for (int i = first; i < t.n; i++) {
+        char *l = t.lines[i % t.keep];
+        fputs(l ? l : "?\n", stderr);
+    }
+    fprintf(stderr, "----\n");
+    for (int i = 0; i < t.keep; i++)
+        free(t.lines[i]);
+}
+
+uint64_t wbt_shmem_bytes(void) {
+    FILE *f = fopen("/proc/meminfo", "re");
+    char line[256];
+    unsigned long long kb = 0;
+    while (f && fgets(line, sizeof(line), f))
+        if (sscanf(line, "Shmem: %llu kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return (uint64_t)kb * 1024;
+}
+
+long wbt_clients(const wbt_daemon *d) {
+    wb_client *c = wbt_connect(d);
+    wb_status st;
+    long n = -1;
+    if (c && wb_get_status(c, &st) == 0)
+        n = (long)st.clients;
+    wb_close(c);
+    return n;
+}
+
+/* ------------------------------------------------------------ frames */
+
+void wbt_frames_add(wbt_frames *f, const void *body, size_t len) {
+    if (f->len + 4 + len > f->cap) {
+        size_t cap = f->cap ? f->cap : 4096;
+        while (cap < f->len + 4 + len)
+            cap *= 2;
+        uint8_t *p = realloc(f->data, cap);
+        if (p == NULL)
+            abort();
+        f->data = p;
+        f->cap = cap;
+    }
+    uint8_t *h = f->data + f->len;
+    h[0] = (uint8_t)(len >> 24);
+    h[1] = (uint8_t)(len >> 16);
+    h[2] = (uint8_t)(len >> 8);
+    h[3] = (uint8_t)len;
+    memcpy(h + 4, body, len);
+    f->len += 4 + len;
+}
+
+/* A request being packed: a map of nfields fields besides op and id. */
+typedef struct req {
+    msgpack_sbuffer sb;         /* Bytes. */
+    msgpack_packer pk;          /* Packer into sb. */
+} req;
+
+static msgpack_packer *req_begin(req *r, const char *op, uint64_t id,
+                                 size_t nfields) {
+    msgpack_sbuffer_init(&r->sb);
+    msgpack_packer_init(&r->pk, &r->sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&r->pk, nfields + 2);
+    wbt_pk_str(&r->pk, "op");
+    wbt_pk_str(&r->pk, op);
+    wbt_pk_str(&r->pk, "id");
+    msgpack_pack_uint64(&r->pk, id);
+    return &r->pk;
+}
+
+static void req_end(req *r, wbt_frames *f) {
+    wbt_frames_add(f, r->sb.data, r->sb.size);
+    msgpack_sbuffer_destroy(&r->sb);
+}
+
+void wbt_frames_hello(wbt_frames *f, uint64_t id) {
+    req r;
+    msgpack_packer *pk = req_begin(&r, "hello", id, 1);
+    wbt_pk_str(pk, "proto");
+    msgpack_pack_int(pk, 1);
+    req_end(&r, f);
+}
+
+void wbt_frames_status(wbt_frames *f, uint64_t id) {
+    req r;
+    req_begin(&r, "status", id, 0);
+    req_end(&r, f);
+}
+
+void wbt_frames_watch(wbt_frames *f, uint64_t id, const char *model,
+                      uint64_t after, int64_t timeout_ms) {
+    req r;
+    msgpack_packer *pk = req_begin(&r, "watch", id, 3);
+    wbt_pk_str(pk, "model");
+    wbt_pk_str(pk, model);
+    wbt_pk_str(pk, "after");
+    msgpack_pack_uint64(pk, after);
+    wbt_pk_str(pk, "timeout");
+    msgpack_pack_int64(pk, timeout_ms);
+    req_end(&r, f);
+}
+
+static void frames_pub(wbt_frames *f, const char *op, uint64_t id,
+                       uint64_t pub) {
+    req r;
+    msgpack_packer *pk = req_begin(&r, op, id, 1);
+    wbt_pk_str(pk, "pub");
+    msgpack_pack_uint64(pk, pub);
+    req_end(&r, f);
+}
+
+void wbt_frames_commit(wbt_frames *f, uint64_t id, uint64_t pub) {
+    frames_pub(f, "commit", id, pub);
+}
+
+void wbt_frames_abort(wbt_frames *f, uint64_t id, uint64_t pub) {
+    frames_pub(f, "abort", id, pub);
+}
+
+void wbt_frames_drop(wbt_frames *f, uint64_t id, const char *model,
+                     uint64_t version) {
+    req r;
+    msgpack_packer *pk = req_begin(&r, "drop", id, 2);
+    wbt_pk_str(pk, "model");
+    wbt_pk_str(pk, model);
+    wbt_pk_str(pk, "version");
+    msgpack_pack_uint64(pk, version);
+    req_end(&r, f);
+}
+
+void wbt_frames_map(wbt_frames *f, uint64_t id, const char *model,
+                    uint64_t version) {
+    req r;
+    msgpack_packer *pk = req_begin(&r, "map", id, 2);
+    wbt_pk_str(pk, "model");
+    wbt_pk_str(pk, model);
+    wbt_pk_str(pk, "version");
+    msgpack_pack_uint64(pk, version);
+    req_end(&r, f);
+}
+
+void wbt_frames_publish_f32(wbt_frames *f, uint64_t id, const char *model,
+                            size_t n, size_t len) {
+    req r;
+    msgpack_packer *pk = req_begin(&r, "publish", id, 2);
+    wbt_pk_str(pk, "model");
+    wbt_pk_str(pk, model);
+    wbt_pk_str(pk, "tensors");
+    msgpack_pack_array(pk, n);
+    for (size_t i = 0; i < n; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "t%zu", i);
+        msgpack_pack_array(pk, 3);
+        wbt_pk_str(pk, name);
+        wbt_pk_str(pk, "F32");
+        msgpack_pack_array(pk, 1);
+        msgpack_pack_uint64(pk, len);
+    }
+    req_end(&r, f);
+}
+
+int wbt_frames_send(int fd, const wbt_frames *f) {
+    return wbt_raw_send(fd, f->data, f->len);
+}
+
+void wbt_frames_free(wbt_frames *f) {
+    free(f->data);
+    memset(f, 0, sizeof(*f));
+}
+
+/* ------------------------------------------------------------ replies */
+
+/* What wbt_reply.priv holds. */
+typedef struct reply_priv {
+    char *body;                 /* The frame's body. */
+    msgpack_unpacked up;        /* Unpacked body. */
+} reply_priv;
+
+/* Reads exactly len bytes before the deadline, collecting descriptors.
+ * Returns 0, WBT_CLOSED or WBT_TIMEOUT. */
+static int read_until(int fd, void *buf, size_t len, double deadline,
+                      wbt_reply *r) {
+    char *p = buf;
+    while (len > 0) {
+        int left = (int)((deadline - wbt_now()) * 1000);
+        if (left < 0)
+            return WBT_TIMEOUT;
+        struct pollfd pfd = {fd, POLLIN, 0};
+        int k = poll(&pfd, 1, left);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k == 0)
+            return WBT_TIMEOUT;
+        struct iovec iov = {p, len};
+        union {
+            char buf[CMSG_SPACE(sizeof(int) * 64)];
+            struct cmsghdr align;
+        } ctl;
+        struct msghdr msg = {0};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = ctl.buf;
+        msg.msg_controllen = sizeof(ctl.buf);
+        ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        for (struct cmsghdr *cm = n > 0 ? CMSG_FIRSTHDR(&msg) : NULL; cm;
+             cm = CMSG_NXTHDR(&msg, cm)) {
+            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+                continue;
+            size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (size_t i = 0; i < nfd; i++) {
+                int got;
+                memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+                if (r && r->nfds < 64)
+                    r->fds[r->nfds++] = got;
+                else
+                    close(got);
+            }
+        }
+        if (n <= 0)
+            return WBT_CLOSED;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+int wbt_raw_read(int fd, int timeout_ms, wbt_reply *r) {
+    memset(r, 0, sizeof(*r));
+    double deadline = wbt_now() + timeout_ms / 1000.0;
+    unsigned char h[4];
+    int rc = read_until(fd, h, 4, deadline, r);
+    if (rc)
+        return r->err = rc;
+    size_t len = ((size_t)h[0] << 24) | ((size_t)h[1] << 16) |
+                 ((size_t)h[2] << 8) | h[3];
+    reply_priv *pv = calloc(1, sizeof(*pv));
+    if (pv == NULL || (pv->body = malloc(len ? len : 1)) == NULL)
+        abort();
+    msgpack_unpacked_init(&pv->up);
+    r->priv = pv;
+    rc = read_until(fd, pv->body, len, deadline, r);
+    if (rc)
+        return r->err = rc;
+    size_t off = 0;
+    r->err = WBT_MALFORMED;
+    if (msgpack_unpack_next(&pv->up, pv->body, len, &off) ==
+            MSGPACK_UNPACK_SUCCESS &&
+        pv->up.data.type == MSGPACK_OBJECT_MAP) {
+        r->root = &pv->up.data;
+        const msgpack_object_map *m = &r->root->via.map;
+        for (uint32_t i = 0; i < m->size; i++) {
+            const msgpack_object *k = &m->ptr[i].key, *v = &m->ptr[i].val;
+            if (k->type != MSGPACK_OBJECT_STR || k->via.str.size != 3 ||
+                memcmp(k->via.str.ptr, "err", 3) != 0)
+                continue;
+            if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+                r->err = (int)v->via.i64;
+            else if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+                r->err = (int)v->via.u64;
+        }
+        r->id = wbt_reply_u64(r, "id");
+    }
+    return r->err;
+}
+
+uint64_t wbt_reply_u64(const wbt_reply *r, const char *key) {
+    if (r->root == NULL)
+        return UINT64_MAX;
+    const msgpack_object_map *m = &r->root->via.map;
+    size_t kl = strlen(key);
+    for (uint32_t i = 0; i < m->size; i++) {
+        const msgpack_object *k = &m->ptr[i].key, *v = &m->ptr[i].val;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == kl &&
+            memcmp(k->via.str.ptr, key, kl) == 0 &&
+            v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+            return v->via.u64;
+    }
+    return UINT64_MAX;
+}
+
+void wbt_reply_free(wbt_reply *r) {
+    for (int i = 0; i < r->nfds; i++)
+        if (r->fds[i] >= 0)
+            close(r->fds[i]);
+    reply_priv *pv = r->priv;
+    if (pv) {
+        msgpack_unpacked_destroy(&pv->up);
+        free(pv->body);
+        free(pv);
+    }
+    memset(r, 0, sizeof(*r));
+}
+
+int wbt_raw_wait_closed(int fd, int timeout_ms) {
+    double deadline = wbt_now() + timeout_ms / 1000.0;
+    wbt_reply sink;
+    memset(&sink, 0, sizeof(sink));
+    char buf[4096];
+    for (;;) {
+        double left = deadline - wbt_now();
+        if (left < 0)
+            return 0;
+        /* Any bytes will do: read them one chunk at a time. */
+        struct pollfd pfd = {fd, POLLIN, 0};
+        int k = poll(&pfd, 1, (int)(left * 1000) + 1);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k == 0)
+            continue;
+        struct iovec iov = {buf, sizeof(buf)};
+        union {
+            char b[CMSG_SPACE(sizeof(int) * 64)];
+            struct cmsghdr align;
+        } ctl;
+        struct msghdr msg = {0};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = ctl.b;
+        msg.msg_controllen = sizeof(ctl.b);
+        ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (n <= 0)
+            return 1;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm;
+             cm = CMSG_NXTHDR(&msg, cm)) {
+            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+                continue;
+            size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (size_t i = 0; i < nfd; i++) {
+                int got;
+                memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+                close(got);
+            }
+        }
+    }
 }

@@ -82,4 +82,91 @@ wb_client *wbt_bench_start(wbt_daemon *d);
 /* Path of the build directory ("build" unless WB_BUILD is set). */
 const char *wbt_build_dir(void);
 
+/* ------------------------------------------------------------ abuse */
+
+/* Like wbt_start, with the daemon's RLIMIT_NOFILE (soft and hard) set to
+ * nofile before exec (0 leaves it unchanged). */
+int wbt_start_limits(wbt_daemon *d, const char *const *extra,
+                     unsigned long nofile);
+/* Stops the daemon (SIGTERM, then SIGKILL after 10 s) and returns its wait
+ * status, like wbt_stop; on anything but a clean exit (or if it was found
+ * dead) it first prints the end of the daemon's log to stderr, where an
+ * AddressSanitizer report lands. */
+int wbt_finish(wbt_daemon *d);
+/* 1 if the daemon's process exists and has not exited (does not reap it,
+ * so that wbt_finish still sees how it ended). */
+int wbt_running(const wbt_daemon *d);
+/* Arms a watchdog for the calling process: after seconds, it says so on
+ * stderr and SIGKILLs d's daemon, so that every call blocked on it returns
+ * and the test fails instead of hanging; 30 s later it exits the program.
+ * 0 disarms it. */
+void wbt_watchdog(const wbt_daemon *d, unsigned seconds);
+/* User + system CPU seconds the daemon has used (/proc/PID/stat), or -1. */
+double wbt_cpu_seconds(const wbt_daemon *d);
+/* Lines in the daemon's log so far. */
+int wbt_log_lines(const wbt_daemon *d);
+/* Lines of the log after the first skip that contain any of the needles
+ * (NULL-terminated list; case-insensitive). */
+int wbt_log_grep(const wbt_daemon *d, int skip, const char *const *needles);
+/* Prints the last n lines of the daemon's log to stderr. */
+void wbt_log_tail(const wbt_daemon *d, int n);
+/* Shmem of /proc/meminfo, in bytes. */
+uint64_t wbt_shmem_bytes(void);
+/* Connected clients according to status (the asking one included), or
+ * -1 if status fails. */
+long wbt_clients(const wbt_daemon *d);
+
+/* Several request frames built into one buffer, to be sent in one write
+ * (pipelined).  A zeroed struct is an empty buffer. */
+typedef struct wbt_frames {
+    uint8_t *data;              /* Frames, back to back. */
+    size_t len;                 /* Bytes in data. */
+    size_t cap;                 /* Bytes allocated. */
+} wbt_frames;
+/* Appends one frame around a msgpack body. */
+void wbt_frames_add(wbt_frames *f, const void *body, size_t len);
+void wbt_frames_hello(wbt_frames *f, uint64_t id);
+void wbt_frames_status(wbt_frames *f, uint64_t id);
+/* watch model after, with timeout_ms (-1 forever). */
+void wbt_frames_watch(wbt_frames *f, uint64_t id, const char *model,
+                      uint64_t after, int64_t timeout_ms);
+void wbt_frames_commit(wbt_frames *f, uint64_t id, uint64_t pub);
+void wbt_frames_abort(wbt_frames *f, uint64_t id, uint64_t pub);
+/* drop model version (0: every version). */
+void wbt_frames_drop(wbt_frames *f, uint64_t id, const char *model,
+                     uint64_t version);
+/* A plain map of model version (0: latest), no schema or rules. */
+void wbt_frames_map(wbt_frames *f, uint64_t id, const char *model,
+                    uint64_t version);
+/* publish of n F32 tensors "t<i>" of len elements. */
+void wbt_frames_publish_f32(wbt_frames *f, uint64_t id, const char *model,
+                            size_t n, size_t len);
+/* Sends every frame in one go; 0 or -1. */
+int wbt_frames_send(int fd, const wbt_frames *f);
+void wbt_frames_free(wbt_frames *f);
+
+/* One reply read from a raw connection, with its descriptors. */
+#define WBT_CLOSED 1      /* wbt_raw_read: the daemon closed the socket. */
+#define WBT_TIMEOUT 2     /* wbt_raw_read: no whole frame in time. */
+#define WBT_MALFORMED 1000 /* wbt_raw_read: not a map with an "err". */
+typedef struct wbt_reply {
+    int err;                    /* The reply's "err", or a WBT_ code. */
+    uint64_t id;                /* The reply's "id". */
+    int fds[64];                /* Descriptors that came with it. */
+    int nfds;                   /* Entries in fds. */
+    const struct msgpack_object *root; /* Decoded map, or NULL. */
+    void *priv;                 /* Body and unpacked message. */
+} wbt_reply;
+/* Reads one reply frame, waiting at most timeout_ms in all; returns
+ * r->err.  Free r with wbt_reply_free() whatever the outcome. */
+int wbt_raw_read(int fd, int timeout_ms, wbt_reply *r);
+/* Unsigned field key of the reply, or UINT64_MAX when absent. */
+uint64_t wbt_reply_u64(const wbt_reply *r, const char *key);
+/* Frees the reply and closes the descriptors still in fds (set an entry
+ * to -1 to keep it). */
+void wbt_reply_free(wbt_reply *r);
+/* Waits up to timeout_ms for the daemon to close fd, reading and
+ * discarding whatever arrives (descriptors closed); 1 if it closed. */
+int wbt_raw_wait_closed(int fd, int timeout_ms);
+
 #endif
