@@ -26,8 +26,6 @@
 #include "worker.h"
 
 #define WB_DEFAULT_CLIENT_TIMEOUT 30 /* Seconds, --client-timeout. */
-#define WB_LIMBO_RETRY_MS 500        /* How often abandoned segments that a
-                                        client still maps are retried. */
 
 
 
@@ -154,14 +152,8 @@ static int listen_socket(const char *path, unsigned mode, int inherited_fd) {
 }
 
 static uv_signal_t sig_term, sig_int;
-static uv_timer_t limbo_timer;
 static int stopping;
 static char bound_path[108]; /* Socket path to unlink at exit, or "". */
-
-static void on_limbo_timer(uv_timer_t *t) {
-    if (wb__reg.nlimbo)
-        wb__limbo_retry();
-}
 
 static void on_walk_close(uv_handle_t *h, void *arg) {
     if (!uv_is_closing(h))
@@ -177,7 +169,6 @@ static void on_signal(uv_signal_t *s, int signum) {
     wb__conn_shutdown();
     if (bound_path[0])
         unlink(bound_path);
-    uv_timer_stop(&limbo_timer);
     uv_signal_stop(&sig_term);
     uv_signal_stop(&sig_int);
     uv_close((uv_handle_t *)&sig_term, NULL);
@@ -296,9 +287,6 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    uv_timer_init(loop, &limbo_timer);
-    uv_timer_start(&limbo_timer, on_limbo_timer, WB_LIMBO_RETRY_MS,
-                   WB_LIMBO_RETRY_MS);
 
     wb__info("wbrokerd %s listening on %s (memory limit %llu bytes, client "
              "timeout %u s, pid %d)",

@@ -4,18 +4,17 @@
  * A publish lays the declared tensors out as a safetensors image, charges
  * its size against the memory limit, backs a segment on the thread pool
  * and hands the publisher a writable descriptor of its own.  A commit
- * seals the segment first and then checks what the publisher could have
- * changed (the header, BOOL bytes), so that nothing checked can change
- * after the check.  An abandoned publish (abort, a failed commit, a client
- * that left) has its pages punched out and is sealed, so that a descriptor
- * the client kept pins no memory; while a writable mapping prevents that,
- * it stays charged (registry.c's limbo). */
+ * forbids writes first and then checks what the publisher could have got
+ * wrong (the header, BOOL bytes), so that nothing checked can change after
+ * the check, then seals the segment for good.  An abandoned publish
+ * (abort, a failed commit, a client that left) is truncated to nothing and
+ * sealed, so that a descriptor or mapping the client kept pins no memory,
+ * and its charge is refunded at once. */
 #include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "layout.h"
@@ -399,6 +398,8 @@ static wb__pending *find_pending(wb__session *s, uint64_t id,
     return NULL;
 }
 
+#define WB_CHECK_CHUNK (1u << 20) /* Bytes read at a time by a check. */
+
 /* 1 if every byte of the n at p is 0 or 1 (a valid torch.bool). */
 static int bool_bytes_valid(const uint8_t *p, size_t n) {
     uint8_t any = 0;
@@ -407,29 +408,49 @@ static int bool_bytes_valid(const uint8_t *p, size_t n) {
     return any == 0;
 }
 
-/* Checks what the publisher wrote into v's segment and could have
- * got wrong: the header must be the daemon's own, BOOL bytes 0 or 1.
- * Returns 0, or an error code with why filled in. */
+/* Checks what the publisher wrote into v's write-sealed segment and could
+ * have got wrong: the header must be the daemon's own, BOOL bytes 0 or 1.
+ * Reads with pread, so that a segment truncated under it is an error, not
+ * a SIGBUS.  Returns 0, or an error code with why filled in. */
 static int check_sealed(const wb__pending *p, char *why, size_t n) {
     const wb__version *v = p->v;
-    uint8_t *base = wb__seg_map_ro(&v->seg, 0, (size_t)v->image_len, 0);
-    if (base == NULL) {
-        snprintf(why, n, "mapping it: %s", strerror(errno));
-        return WB_ESYS;
+    uint8_t *buf = malloc(WB_CHECK_CHUNK);
+    if (buf == NULL) {
+        snprintf(why, n, "out of memory");
+        return WB_ENOMEM;
     }
     int rc = 0;
-    if (memcmp(base, p->header, p->header_len) != 0) {
-        snprintf(why, n, "its header was altered");
-        rc = WB_ECORRUPT;
-    }
-    for (size_t i = 0; rc == 0 && i < v->n; i++)
-        if (v->t[i].dtype == WB_BOOL &&
-            !bool_bytes_valid(base + v->offset[i], (size_t)v->nbytes[i])) {
-            snprintf(why, n, "BOOL tensor %s holds bytes other than 0 and 1",
-                     v->t[i].name);
-            rc = WB_EINVAL;
+    for (uint64_t off = 0; rc == 0 && off < p->header_len;
+         off += WB_CHECK_CHUNK) {
+        size_t k = (size_t)(p->header_len - off < WB_CHECK_CHUNK
+                                ? p->header_len - off
+                                : WB_CHECK_CHUNK);
+        if (wb__seg_read(&v->seg, off, buf, k) != 0 ||
+            memcmp(buf, p->header + off, k) != 0) {
+            snprintf(why, n, "its header was altered");
+            rc = WB_ECORRUPT;
         }
-    munmap(base, (size_t)v->image_len);
+    }
+    for (size_t i = 0; rc == 0 && i < v->n; i++) {
+        if (v->t[i].dtype != WB_BOOL || (v->tie && v->tie[i] != i))
+            continue;
+        for (uint64_t off = 0; rc == 0 && off < v->nbytes[i];
+             off += WB_CHECK_CHUNK) {
+            size_t k = (size_t)(v->nbytes[i] - off < WB_CHECK_CHUNK
+                                    ? v->nbytes[i] - off
+                                    : WB_CHECK_CHUNK);
+            if (wb__seg_read(&v->seg, v->offset[i] + off, buf, k) != 0) {
+                snprintf(why, n, "its size was altered");
+                rc = WB_ECORRUPT;
+            } else if (!bool_bytes_valid(buf, k)) {
+                snprintf(why, n,
+                         "BOOL tensor %s holds bytes other than 0 and 1",
+                         v->t[i].name);
+                rc = WB_EINVAL;
+            }
+        }
+    }
+    free(buf);
     return rc;
 }
 
@@ -440,14 +461,14 @@ void wb__op_commit(wb__session *s, uint64_t id, const msgpack_object *req) {
     pending_unlink(s, p);
     wb__version *v = p->v;
     char why[WB_MAX_NAME + 128] = "";
-    /* Check, seal, check again: the first check catches honest mistakes
-     * while the pages can still be given back, the second one anything
-     * changed before the seal took. */
-    int rc = check_sealed(p, why, sizeof(why));
-    if (rc == 0)
-        rc = wb__seg_seal(&v->seg);
+    /* Forbid writes, then check, then seal for good: nothing checked can
+     * change after the check, and a failed check can still give every page
+     * back (the segment can be truncated until the final seal). */
+    int rc = wb__seg_seal_write(&v->seg);
     if (rc == 0)
         rc = check_sealed(p, why, sizeof(why));
+    if (rc == 0)
+        rc = wb__seg_seal(&v->seg);
     wb__model *m = NULL;
     if (rc == 0 && (m = wb__model_acquire(p->model)) == NULL) {
         rc = WB_ETOOBIG;

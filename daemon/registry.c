@@ -205,60 +205,15 @@ void wb__mem_refund(uint64_t bytes) {
 }
 
 void wb__seg_abandon(wb__segment *seg, uint64_t accounted) {
-    if (seg->fd < 0) {
-        wb__mem_refund(accounted);
-        return;
-    }
-    int rc = wb__seg_release(seg);
-    if (rc == 0) {
-        wb__seg_close(seg);
-        wb__mem_refund(accounted);
-        return;
-    }
-    if (rc == WB_ECORRUPT) {
-        /* Sealed with pages in it (written after a check, then sealed by
-         * the commit): whoever kept a descriptor keeps them, for as long
-         * as it likes.  They stay charged for good. */
+    if (seg->fd >= 0 && wb__seg_release(seg) != 0) {
         wb__warn("an abandoned segment keeps %llu bytes that a client may "
                  "hold: they stay charged",
                  (unsigned long long)wb__seg_allocated(seg));
-        wb__seg_close(seg);
-        return;
+        wb__reg.mem_pinned += accounted;
+        accounted = 0;
     }
-    wb__limbo *l = calloc(1, sizeof(*l));
-    if (l == NULL) {
-        /* Keep it charged for good rather than lose track of it. */
-        wb__warn("out of memory: %llu bytes stay charged",
-                 (unsigned long long)accounted);
-        wb__seg_close(seg);
-        return;
-    }
-    wb__seg_move(&l->seg, seg);
-    l->accounted = accounted;
-    l->next = wb__reg.limbo;
-    wb__reg.limbo = l;
-    wb__reg.nlimbo++;
-    wb__info("a client still maps an abandoned segment writable: %llu "
-             "bytes stay charged until it unmaps",
-             (unsigned long long)accounted);
-}
-
-size_t wb__limbo_retry(void) {
-    for (wb__limbo **pp = &wb__reg.limbo; *pp;) {
-        wb__limbo *l = *pp;
-        if (wb__seg_release(&l->seg) != 0) {
-            pp = &l->next;
-            continue;
-        }
-        *pp = l->next;
-        wb__reg.nlimbo--;
-        wb__seg_close(&l->seg);
-        wb__mem_refund(l->accounted);
-        wb__debug("abandoned segment freed: %llu bytes",
-                  (unsigned long long)l->accounted);
-        free(l);
-    }
-    return wb__reg.nlimbo;
+    wb__seg_close(seg);
+    wb__mem_refund(accounted);
 }
 
 uint64_t wb__registry_shmem(void) { return wb__seg_allocated_total(); }
@@ -274,14 +229,6 @@ void wb__registry_clear(void) {
     for (wb__model *m = wb__reg.models; m; m = m->next)
         while (m->versions)
             wb__version_drop(m->versions);
-    while (wb__reg.limbo) {
-        wb__limbo *l = wb__reg.limbo;
-        wb__reg.limbo = l->next;
-        wb__seg_close(&l->seg);
-        wb__mem_refund(l->accounted);
-        free(l);
-    }
-    wb__reg.nlimbo = 0;
     while (wb__reg.models) {
         wb__model *m = wb__reg.models;
         wb__reg.models = m->next;

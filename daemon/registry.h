@@ -86,15 +86,6 @@ typedef struct wb__model {
     struct wb__model *next;     /* Next model (or record). */
 } wb__model;
 
-/* A segment the daemon gave up but cannot free yet: an aborted publish
- * whose pages a writable mapping elsewhere keeps alive.  It stays charged
- * until punching its pages out and sealing it succeeds. */
-typedef struct wb__limbo {
-    wb__segment seg;            /* The segment, read-write. */
-    uint64_t accounted;         /* Bytes still charged. */
-    struct wb__limbo *next;     /* Next such segment. */
-} wb__limbo;
-
 typedef struct wb__registry {
     wb__model *models;          /* Models and remembered names. */
     size_t nmodels;             /* Entries in models holding versions or
@@ -103,8 +94,9 @@ typedef struct wb__registry {
     uint64_t mem_used;          /* Bytes charged to the limit. */
     uint64_t mem_limit;         /* Effective limit in bytes. */
     uint64_t versions;          /* Committed versions listed. */
-    wb__limbo *limbo;           /* Segments waiting to be freed. */
-    size_t nlimbo;              /* Entries in limbo. */
+    uint64_t mem_pinned;        /* Bytes charged for good: abandoned
+                                   segments sealed with pages a client may
+                                   still hold. */
 } wb__registry;
 
 extern wb__registry wb__reg; /* The daemon's one registry. */
@@ -144,16 +136,14 @@ int wb__mem_charge(uint64_t bytes);
 /* Refunds bytes charged before. */
 void wb__mem_refund(uint64_t bytes);
 
-/* Gives up a segment that a client may still hold writable: punches its
- * pages out and seals it against writes, then refunds accounted bytes and
- * closes it.  When a writable mapping elsewhere prevents that, the segment
- * stays charged in limbo and wb__limbo_retry() tries again. */
+/* Gives up a segment that a client may still hold: empties and seals it
+ * (wb__seg_release), closes it and refunds accounted bytes.  A segment
+ * that was already sealed for good with pages in it keeps them for as long
+ * as any holder likes: those bytes stay charged (mem_pinned). */
 void wb__seg_abandon(wb__segment *seg, uint64_t accounted);
-/* Retries every segment in limbo; returns how many are left. */
-size_t wb__limbo_retry(void);
 
 /* Bytes of shared memory the kernel has allocated to every segment the
- * daemon holds (versions, copies, publishes in progress, limbo). */
+ * daemon holds (versions, copies, publishes in progress). */
 uint64_t wb__registry_shmem(void);
 /* Models holding at least one committed version. */
 size_t wb__registry_models_held(void);

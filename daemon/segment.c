@@ -140,7 +140,10 @@ int wb__seg_create(const char *label, uint64_t size, wb__segment *out,
         return (rc == ENOSPC || rc == ENOMEM || rc == EFBIG) ? WB_ENOSPC
                                                                : WB_ESYS;
     }
-    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
+    /* Growing is forbidden from the start (a publisher could otherwise
+     * take memory beyond what it was charged); shrinking only at the seal,
+     * so that an abandoned segment can still be truncated to nothing. */
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_GROW) < 0) {
         snprintf(err, errlen, "sealing size: %s", strerror(errno));
         close(fd);
         return WB_ESYS;
@@ -150,10 +153,17 @@ int wb__seg_create(const char *label, uint64_t size, wb__segment *out,
     return 0;
 }
 
-int wb__seg_seal(wb__segment *s) {
+int wb__seg_seal_write(wb__segment *s) {
     if (fcntl(s->fd, F_ADD_SEALS, F_SEAL_WRITE) < 0)
         return errno == EBUSY ? WB_EBUSY : WB_ECORRUPT;
-    if (fcntl(s->fd, F_ADD_SEALS, F_SEAL_SEAL) < 0)
+    return 0;
+}
+
+int wb__seg_seal(wb__segment *s) {
+    int rc = wb__seg_seal_write(s);
+    if (rc)
+        return rc;
+    if (fcntl(s->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL) < 0)
         return WB_ECORRUPT;
     int seals = fcntl(s->fd, F_GET_SEALS);
     int want = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL;
@@ -161,6 +171,21 @@ int wb__seg_seal(wb__segment *s) {
     if (seals < 0 || (seals & want) != want || fstat(s->fd, &st) < 0 ||
         (uint64_t)st.st_size != s->size)
         return WB_ECORRUPT;
+    return 0;
+}
+
+int wb__seg_read(const wb__segment *s, uint64_t off, void *buf, size_t len) {
+    uint8_t *p = buf;
+    while (len > 0) {
+        ssize_t n = pread(s->fd, p, len, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return WB_ECORRUPT;
+        p += n;
+        off += (uint64_t)n;
+        len -= (size_t)n;
+    }
     return 0;
 }
 
@@ -201,17 +226,16 @@ int wb__seg_release(wb__segment *s) {
     int seals = fcntl(s->fd, F_GET_SEALS);
     if (seals < 0)
         return WB_ECORRUPT;
-    if (!(seals & F_SEAL_WRITE)) {
-        /* Pages written between the punch and the seal survive the seal;
-         * the check below reports them. */
-        if (fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
-                      (off_t)s->size) < 0)
+    if (!(seals & F_SEAL_SHRINK)) {
+        /* Truncating frees every page, mapped or not; with shrinking and
+         * growing then sealed no descriptor anywhere can get one back. */
+        if (ftruncate(s->fd, 0) < 0 ||
+            fcntl(s->fd, F_ADD_SEALS,
+                  F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
             return WB_ECORRUPT;
-        if (fcntl(s->fd, F_ADD_SEALS, F_SEAL_WRITE) < 0)
-            return errno == EBUSY ? WB_EBUSY : WB_ECORRUPT;
+        fcntl(s->fd, F_ADD_SEALS, F_SEAL_WRITE); /* EBUSY if mapped: fine. */
+        s->size = 0;
     }
-    if (!(seals & F_SEAL_SEAL))
-        fcntl(s->fd, F_ADD_SEALS, F_SEAL_SEAL);
     return wb__seg_allocated(s) == 0 ? 0 : WB_ECORRUPT;
 }
 

@@ -1,6 +1,8 @@
 /* segment.h -- Shared-memory segments: the one interface to the allocator.
  *
- * A segment is a sealable file of whole WB_SEG_UNIT units.  Today's only
+ * A segment is a sealable file of whole WB_SEG_UNIT units.  It may never
+ * grow; it is sealed against writes, shrinking and further seals at
+ * commit.  Today's only
  * backend is memfd_create(); later backends (a tmpfs mounted with huge=,
  * hugetlbfs, named POSIX shared memory) plug in behind these functions. */
 #ifndef WB_DAEMON_SEGMENT_H
@@ -36,16 +38,25 @@ int wb__seg_create(const char *label, uint64_t size, wb__segment *out,
 /* Lists a segment made by wb__seg_create() (which may run off the loop)
  * among the open ones; call on the loop before anything else uses it. */
 void wb__seg_register(wb__segment *s);
-/* Seals the segment against writes for good.  Fails with WB_EBUSY while a
- * writable shared mapping of it exists anywhere, and with WB_ECORRUPT if
- * someone else changed its seals or size. */
+/* Forbids writes (the first step of a commit): fails with WB_EBUSY while
+ * a writable shared mapping of it exists anywhere.  The segment can still
+ * be truncated by the daemon (wb__seg_release) until wb__seg_seal(). */
+int wb__seg_seal_write(wb__segment *s);
+/* Seals the segment for good: writes, shrinking, growing and further seals
+ * (the write seal first, if not yet there).  Fails with WB_EBUSY while a
+ * writable shared mapping exists, and with WB_ECORRUPT if someone else
+ * changed its seals or size. */
 int wb__seg_seal(wb__segment *s);
-/* Seals a segment that is not, or no longer, meant to be committed: punches
- * every page out (so no descriptor a client kept can pin memory) and seals
- * it against writes, growing and shrinking.  Returns 0 when the segment is
- * sealed and holds no pages, WB_EBUSY while a writable mapping elsewhere
- * prevents the seal (try again later), or WB_ECORRUPT when pages written
- * after the punch remain (they stay until the last holder closes). */
+/* Reads len bytes at off with pread (no mapping, so a file someone
+ * truncated gives WB_ECORRUPT, never a SIGBUS).  Returns 0 or
+ * WB_ECORRUPT. */
+int wb__seg_read(const wb__segment *s, uint64_t off, void *buf, size_t len);
+/* Empties a segment that is not, or no longer, meant to be committed:
+ * truncates it to nothing and seals shrinking and growing, so that no
+ * descriptor or mapping a client kept can pin or allocate a page (a kept
+ * mapping faults on access).  Returns 0 when it holds no pages, or
+ * WB_ECORRUPT for a segment already sealed for good that still holds
+ * pages (they stay until the last holder closes). */
 int wb__seg_release(wb__segment *s);
 /* Opens a new read-write file description of the segment for a publisher
  * (a reopen, so flags it sets, such as O_APPEND, never reach the daemon's
