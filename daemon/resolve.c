@@ -14,6 +14,7 @@
  * keys and size mismatches in target order, unexpected keys in the order
  * PyTorch's module walk flags them (rebuilt from the flat target schema),
  * and the same error text byte for byte. */
+#include <assert.h>
 #include <fnmatch.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -31,6 +32,8 @@
 #define WB_REGEX_HEAP_LIMIT 8192   /* PCRE2 heap per match, in KiB. */
 #define WB_KEYLIST_MIN_CAP 8       /* First allocation of a key list. */
 #define WB_ERRMSG_WHY_MAX 320      /* Bytes of a regex/template reason. */
+#define WB_ERRMSG_KEY_MAX 96       /* Bytes of a key quoted in an errmsg. */
+#define WB_ERRMSG_OPERAND_MAX 64   /* Bytes of a rule operand in an errmsg. */
 #define WB_BUDGET_CHECK_KEYS 16    /* Keys between two looks at the clock. */
 #define NONE SIZE_MAX              /* "No index" in index fields. */
 
@@ -94,6 +97,43 @@ static int sb_shape(sbuf *b, int ndim, const int64_t *shape) {
     for (int i = 0; i < ndim && rc == 0; i++)
         rc = sb_printf(b, i ? ", %" PRId64 : "%" PRId64, shape[i]);
     return rc ? rc : sb_adds(b, "])");
+}
+
+/* A key being renamed.  Fixed size: no rename may make a key longer than
+ * WB_MAX_NAME bytes, so renaming never allocates. */
+typedef struct kbuf {
+    size_t len;                 /* Bytes before the NUL, <= WB_MAX_NAME. */
+    char p[WB_MAX_NAME + 1];    /* The key, NUL-terminated. */
+} kbuf;
+
+/* Appends len bytes of s to k.  Returns 0, or -1 with k unchanged when
+ * the key would grow past WB_MAX_NAME bytes. */
+static int kb_add(kbuf *k, const char *s, size_t len) {
+    assert(k->len <= WB_MAX_NAME);
+    if (len > WB_MAX_NAME - k->len)
+        return -1;
+    memcpy(k->p + k->len, s, len);
+    k->len += len;
+    k->p[k->len] = '\0';
+    return 0;
+}
+
+/* Room for a shortened string: max bytes, "..." and the NUL. */
+#define WB_SHORT_BUF(max) ((max) + 4)
+
+/* Copies at most max bytes of s (len bytes) into out, which holds
+ * WB_SHORT_BUF(max) bytes, cutting at a UTF-8 character boundary and
+ * marking a cut with "...".  Returns out, for messages. */
+static const char *shorten(char *out, size_t max, const char *s, size_t len) {
+    size_t n = len;
+    if (n > max) {
+        n = max;
+        while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+            n--; /* s[n] continues a character: cut before it. */
+    }
+    memcpy(out, s, n);
+    strcpy(out + n, n < len ? "..." : "");
+    return out;
 }
 
 /* Appends a copy of key (len bytes) to a key list. */
@@ -321,12 +361,47 @@ static int keep_key(const compiled *c, const char *name) {
     return 0;
 }
 
-/* Applies regex rule cr to *cur, writing the result through *tmp and
- * swapping.  Returns 0 (also when the pattern does not match), WB_EREGEX
- * on a match limit, WB_ERULE on another match error, or WB_ENOMEM. */
-static int apply_regex(compiled *c, const crule *cr, sbuf *cur, sbuf *tmp,
-                       wb__resolve_out *out) {
-    int rc = pcre2_match(cr->re, (PCRE2_SPTR)cur->p, cur->len, 0, 0, c->md,
+/* Fails a rename that would make key (the key rule cr applies to, renamed
+ * from source key src) longer than WB_MAX_NAME bytes.  The message names
+ * the rule by its line, or by its place in the request (from 1) when it
+ * came from a call, and quotes the start of each string.  Returns
+ * WB_ERULE. */
+static int key_too_long(const compiled *c, const crule *cr, const kbuf *key,
+                        const char *src, wb__resolve_out *out) {
+    static const char *const kind[] = {[WB__RULE_RENAME] = "rename",
+                                       [WB__RULE_PREFIX] = "prefix",
+                                       [WB__RULE_REGEX] = "regex"};
+    assert(cr->r->kind >= WB__RULE_RENAME && cr->r->kind <= WB__RULE_REGEX);
+    char a[WB_SHORT_BUF(WB_ERRMSG_OPERAND_MAX)];
+    char b[WB_SHORT_BUF(WB_ERRMSG_OPERAND_MAX)];
+    char k[WB_SHORT_BUF(WB_ERRMSG_KEY_MAX)], sk[WB_SHORT_BUF(WB_ERRMSG_KEY_MAX)];
+    shorten(a, WB_ERRMSG_OPERAND_MAX, cr->r->a, cr->alen);
+    shorten(b, WB_ERRMSG_OPERAND_MAX, cr->r->b, cr->blen);
+    shorten(k, WB_ERRMSG_KEY_MAX, key->p, key->len);
+    shorten(sk, WB_ERRMSG_KEY_MAX, src, strlen(src));
+    int n = cr->r->line > 0
+                ? snprintf(out->errmsg, sizeof out->errmsg, "line %d: ",
+                           cr->r->line)
+                : snprintf(out->errmsg, sizeof out->errmsg, "rule %zu: ",
+                           (size_t)(cr - c->v) + 1);
+    assert(n > 0 && (size_t)n < sizeof out->errmsg);
+    snprintf(out->errmsg + n, sizeof out->errmsg - (size_t)n,
+             "%s \"%s\" -> \"%s\" makes key \"%s\" longer than %d bytes "
+             "(source key \"%s\")",
+             kind[cr->r->kind], a, b, k, WB_MAX_NAME, sk);
+    return WB_ERULE;
+}
+
+/* Applies regex rule cr to **cur, expanding the replacement into **tmp
+ * and swapping the two.  The expansion stops at WB_MAX_NAME bytes.
+ * Returns 0 (also when the pattern does not match), WB_EREGEX on a match
+ * limit, WB_ERULE on another match error or a key too long, or
+ * WB_ENOMEM. */
+static int apply_regex(compiled *c, const crule *cr, const char *src,
+                       kbuf **cur, kbuf **tmp, wb__resolve_out *out) {
+    const kbuf *in = *cur;
+    kbuf *res = *tmp;
+    int rc = pcre2_match(cr->re, (PCRE2_SPTR)in->p, in->len, 0, 0, c->md,
                          c->mctx);
     if (rc == PCRE2_ERROR_NOMATCH)
         return 0;
@@ -334,80 +409,79 @@ static int apply_regex(compiled *c, const crule *cr, sbuf *cur, sbuf *tmp,
         rc == PCRE2_ERROR_HEAPLIMIT)
         return rule_err(out, cr->r, WB_EREGEX,
                         "regex \"%s\" hit the match limit on key \"%s\"",
-                        cr->r->a, cur->p);
+                        cr->r->a, in->p);
     if (rc == PCRE2_ERROR_NOMEMORY)
         return WB_ENOMEM;
     if (rc < 0) {
         PCRE2_UCHAR why[WB_ERRMSG_WHY_MAX];
         pcre2_get_error_message(rc, why, sizeof why);
         return rule_err(out, cr->r, WB_ERULE, "regex \"%s\" on key \"%s\": %s",
-                        cr->r->a, cur->p, (const char *)why);
+                        cr->r->a, in->p, (const char *)why);
     }
     const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(c->md);
-    tmp->len = 0;
-    if (sb_add(tmp, "", 0) != 0)
-        return WB_ENOMEM;
+    res->len = 0;
+    res->p[0] = '\0';
     for (size_t i = 0; i < cr->tpl.n; i++) {
         const wb__tpl_piece *pc = &cr->tpl.v[i];
-        int r;
+        int r = 0;
         if (pc->group < 0)
-            r = sb_add(tmp, cr->tpl.text + pc->off, pc->len);
+            r = kb_add(res, cr->tpl.text + pc->off, pc->len);
         else if (pc->group < rc && ov[2 * pc->group] != PCRE2_UNSET)
-            r = sb_add(tmp, cur->p + ov[2 * pc->group],
+            r = kb_add(res, in->p + ov[2 * pc->group],
                        ov[2 * pc->group + 1] - ov[2 * pc->group]);
-        else
-            r = 0; /* A group that did not take part gives "". */
+        /* else a group that did not take part gives "". */
         if (r != 0)
-            return WB_ENOMEM;
+            return key_too_long(c, cr, in, src, out);
     }
-    sbuf t = *cur;
-    *cur = *tmp;
-    *tmp = t;
+    *tmp = *cur;
+    *cur = res;
     return 0;
 }
 
-/* Runs every rename of c over *cur.  Returns 0 or an error as
- * apply_regex(). */
-static int rename_key(compiled *c, sbuf *cur, sbuf *tmp,
+/* Runs every rename of c over **cur (renamed from source key src), using
+ * **tmp as scratch; either may be swapped.  Every intermediate key stays
+ * within WB_MAX_NAME bytes.  Returns 0 or an error as apply_regex(). */
+static int rename_key(compiled *c, const char *src, kbuf **cur, kbuf **tmp,
                       wb__resolve_out *out) {
     for (size_t i = 0; i < c->n;) {
         const crule *cr = &c->v[i];
+        kbuf *k = *cur;
         switch (cr->r->kind) {
         case WB__RULE_RENAME: {
             /* A run of exact renames [i, end): follow the chain of rules
              * whose a equals the current key, in rule order. */
             size_t end = cr->run_end, pos = i;
             for (;;) {
-                wb__hslot *s = wb__ht_find(&c->rename_first, cur->p, cur->len);
+                wb__hslot *s = wb__ht_find(&c->rename_first, k->p, k->len);
                 if (s == NULL)
                     break;
-                size_t k = s->val;
-                while (k != NONE && k < pos)
-                    k = c->v[k].next_same;
-                if (k == NONE || k >= end)
+                size_t j = s->val;
+                while (j != NONE && j < pos)
+                    j = c->v[j].next_same;
+                if (j == NONE || j >= end)
                     break;
-                cur->len = 0;
-                if (sb_add(cur, c->v[k].r->b, c->v[k].blen) != 0)
-                    return WB_ENOMEM;
-                pos = k + 1;
+                if (c->v[j].blen > WB_MAX_NAME)
+                    return key_too_long(c, &c->v[j], k, src, out);
+                k->len = 0;
+                kb_add(k, c->v[j].r->b, c->v[j].blen);
+                pos = j + 1;
             }
             i = end;
             continue;
         }
         case WB__RULE_PREFIX:
-            if (cur->len >= cr->alen &&
-                memcmp(cur->p, cr->r->a, cr->alen) == 0) {
-                tmp->len = 0;
-                if (sb_add(tmp, cr->r->b, cr->blen) != 0 ||
-                    sb_add(tmp, cur->p + cr->alen, cur->len - cr->alen) != 0)
-                    return WB_ENOMEM;
-                sbuf t = *cur;
-                *cur = *tmp;
-                *tmp = t;
+            if (k->len >= cr->alen && memcmp(k->p, cr->r->a, cr->alen) == 0) {
+                kbuf *t = *tmp;
+                t->len = 0;
+                if (kb_add(t, cr->r->b, cr->blen) != 0 ||
+                    kb_add(t, k->p + cr->alen, k->len - cr->alen) != 0)
+                    return key_too_long(c, cr, k, src, out);
+                *tmp = k;
+                *cur = t;
             }
             break;
         case WB__RULE_REGEX: {
-            int rc = apply_regex(c, cr, cur, tmp, out);
+            int rc = apply_regex(c, cr, src, cur, tmp, out);
             if (rc != 0)
                 return rc;
             break;
@@ -471,11 +545,15 @@ static uint64_t now_ms(void) {
  * collisions and, every few keys, the time budget. */
 static int collect(rstate *st) {
     const wb__resolve_req *req = st->req;
-    sbuf cur = {0}, tmp = {0};
+    kbuf *cur = malloc(sizeof *cur), *tmp = malloc(sizeof *tmp);
     int rc = 0;
     st->kept = calloc(req->nsrc ? req->nsrc : 1, sizeof *st->kept);
-    if (st->kept == NULL || wb__ht_init(&st->renamed, req->nsrc) != 0)
+    if (cur == NULL || tmp == NULL || st->kept == NULL ||
+        wb__ht_init(&st->renamed, req->nsrc) != 0) {
+        free(cur);
+        free(tmp);
         return WB_ENOMEM;
+    }
     uint64_t start = req->budget_ms && st->rules.n ? now_ms() : 0;
     for (size_t i = 0; i < req->nsrc && rc == 0; i++) {
         const char *name = req->src[i].name;
@@ -489,32 +567,31 @@ static int collect(rstate *st) {
         }
         if (name == NULL || !keep_key(&st->rules, name))
             continue;
-        cur.len = 0;
-        if (sb_adds(&cur, name) != 0) {
-            rc = WB_ENOMEM;
+        size_t len = strnlen(name, WB_MAX_NAME + 1);
+        if (len > WB_MAX_NAME) {
+            rc = rule_err(st->out, NULL, WB_EINVAL,
+                          "source key %zu is longer than %d bytes", i,
+                          WB_MAX_NAME);
             break;
         }
-        rc = rename_key(&st->rules, &cur, &tmp, st->out);
+        cur->len = 0;
+        kb_add(cur, name, len);
+        rc = rename_key(&st->rules, name, &cur, &tmp, st->out);
         if (rc != 0)
             break;
-        if (cur.len == 0 || cur.len > WB_MAX_NAME) {
-            if (cur.len == 0)
-                rc = rule_err(st->out, NULL, WB_ERULE,
-                              "the rules rename \"%s\" to an empty key", name);
-            else
-                rc = rule_err(st->out, NULL, WB_ERULE,
-                              "the rules rename \"%s\" to a key longer than "
-                              "%d bytes",
-                              name, WB_MAX_NAME);
+        assert(cur->len <= WB_MAX_NAME);
+        if (cur->len == 0) {
+            rc = rule_err(st->out, NULL, WB_ERULE,
+                          "the rules rename \"%s\" to an empty key", name);
             break;
         }
         kent *k = &st->kept[st->nkept];
-        k->name = strndup(cur.p, cur.len);
+        k->name = strndup(cur->p, cur->len);
         if (k->name == NULL) {
             rc = WB_ENOMEM;
             break;
         }
-        k->len = cur.len;
+        k->len = cur->len;
         k->src = i;
         k->target = NONE;
         st->nkept++;
@@ -528,8 +605,8 @@ static int collect(rstate *st) {
                           req->src[st->kept[old].src].name, name, k->name);
         }
     }
-    free(cur.p);
-    free(tmp.p);
+    free(cur);
+    free(tmp);
     return rc;
 }
 

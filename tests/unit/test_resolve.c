@@ -295,6 +295,134 @@ static void test_resolve_regex_limit(void **state) {
     done(&src, NULL, &rs, &o);
 }
 
+/* "ab" doubled by rule after rule: 2 << k bytes after k rules. */
+static void doubled(char *buf, size_t len) {
+    for (size_t i = 0; i < len; i++)
+        buf[i] = "ab"[i % 2];
+    buf[len] = '\0';
+}
+
+/* No rename makes a key longer than WB_MAX_NAME bytes: 40 regexes that
+ * each double the key (which would ask for 2 TiB) stop at the rule that
+ * passes 1024 bytes, with WB_ERULE naming that rule (its line, or its
+ * place in the request) and quoting the start of the key it applied to;
+ * a key of exactly 1024 bytes is kept. */
+static void test_resolve_key_growth_capped(void **state) {
+    (void)state;
+    table src = {0};
+    add1(&src, "ab");
+    add1(&src, "w");
+    wb__ruleset rs = {0};
+    char text[40 * 24] = "";
+    for (int i = 0; i < 40; i++)
+        strcat(text, "regex (.*) -> \\1\\1\n");
+    rules(&rs, text);
+    char key[WB_MAX_NAME + 1], want[512];
+    doubled(key, 96);
+    snprintf(want, sizeof want,
+             "line 10: regex \"(.*)\" -> \"\\1\\1\" makes key \"%s...\" "
+             "longer than 1024 bytes (source key \"ab\")",
+             key);
+    wb__resolve_out o;
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ERULE);
+    assert_string_equal(o.errmsg, want);
+    assert_int_equal(o.n, 0);
+    wb__resolve_out_free(&o);
+    wb__ruleset_clear(&rs);
+
+    /* The same rules from calls: named by their place, from 1. */
+    for (int i = 0; i < 40; i++)
+        assert_int_equal(
+            wb__ruleset_add(&rs, WB__RULE_REGEX, "(.*)", "\\1\\1", -1, 0), 0);
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ERULE);
+    memcpy(want, "rule", 4);
+    assert_string_equal(o.errmsg, want);
+    wb__resolve_out_free(&o);
+
+    /* Nine doublings reach exactly 1024 bytes, which is allowed. */
+    rs.n = 9;
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), 0);
+    assert_int_equal(o.n, 2);
+    doubled(key, WB_MAX_NAME);
+    assert_string_equal(o.v[0].target, key);
+    assert_int_equal(strlen(o.v[1].target), 512);
+    rs.n = 40;
+    done(&src, NULL, &rs, &o);
+}
+
+/* Exact and prefix renames are capped the same way, and a source key
+ * that is itself longer than WB_MAX_NAME is refused. */
+static void test_resolve_key_growth_other_renames(void **state) {
+    (void)state;
+    table src = {0};
+    char big[WB_MAX_NAME + 2], want[512];
+    memset(big, 'k', 1000);
+    big[1000] = '\0';
+    add1(&src, "w");
+    add1(&src, big);
+    wb__ruleset rs = {0};
+    wb__resolve_out o;
+
+    /* A 25-byte prefix on a 1000-byte key: 1025 bytes. */
+    rules(&rs, "prefix -> 0123456789abcdefghijklmno\n");
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ERULE);
+    snprintf(want, sizeof want,
+             "line 1: prefix \"\" -> \"0123456789abcdefghijklmno\" makes key "
+             "\"%.96s...\" longer than 1024 bytes (source key \"%.96s...\")",
+             big, big);
+    assert_string_equal(o.errmsg, want);
+    wb__resolve_out_free(&o);
+    wb__ruleset_clear(&rs);
+
+    /* 24 bytes fit exactly. */
+    rules(&rs, "prefix -> 0123456789abcdefghijklmn\n");
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), 0);
+    assert_int_equal(strlen(o.v[1].target), WB_MAX_NAME);
+    wb__resolve_out_free(&o);
+    wb__ruleset_clear(&rs);
+
+    /* An exact rename to 1025 bytes (possible from a call or the wire),
+     * after a rename that keeps the key short. */
+    memset(big, 'n', WB_MAX_NAME + 1);
+    big[WB_MAX_NAME + 1] = '\0';
+    assert_int_equal(wb__ruleset_add(&rs, WB__RULE_RENAME, "w", "v", -1, 0), 0);
+    assert_int_equal(wb__ruleset_add(&rs, WB__RULE_RENAME, "v", big, -1, 0), 0);
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ERULE);
+    assert_string_equal(o.errmsg,
+                        "rule 2: rename \"v\" -> \"nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn"
+                        "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn...\" makes key \"v\" "
+                        "longer than 1024 bytes (source key \"w\")");
+    wb__resolve_out_free(&o);
+    wb__ruleset_clear(&rs);
+
+    /* Quoted keys are cut at a character boundary: 95 ASCII bytes, then
+     * a two-byte character across the 96-byte mark. */
+    char utf[WB_MAX_NAME + 1];
+    memset(utf, 'u', 95);
+    memcpy(utf + 95, "\xc3\xa9", 2);
+    memset(utf + 97, 'u', 1000 - 97);
+    utf[1000] = '\0';
+    table src2 = {0};
+    add1(&src2, utf);
+    rules(&rs, "prefix -> 0123456789abcdefghijklmno\n");
+    assert_int_equal(run(&src2, &rs, NULL, 1, 0, &o), WB_ERULE);
+    snprintf(want, sizeof want, "makes key \"%.95s...\" longer", utf);
+    assert_non_null(strstr(o.errmsg, want));
+    wb__resolve_out_free(&o);
+    wb__ruleset_clear(&rs);
+    wb__schema_clear(&src2.s);
+
+    /* A source key longer than a name may be (not from the daemon, which
+     * checks names, but from any caller). */
+    wb__tinfo *t = &src.s.v[0];
+    free(t->name);
+    t->name = strdup(big);
+    assert_non_null(t->name);
+    assert_int_equal(run(&src, NULL, NULL, 1, 0, &o), WB_EINVAL);
+    assert_string_equal(o.errmsg, "source key 0 is longer than 1024 bytes");
+    done(&src, NULL, &rs, &o);
+}
+
 /* Cast rules set the dtype without a schema (the last match wins) and
  * report converted keys. */
 static void test_resolve_cast_rules(void **state) {
@@ -465,6 +593,8 @@ int main(void) {
         cmocka_unit_test(test_resolve_collision),
         cmocka_unit_test(test_resolve_bad_rules),
         cmocka_unit_test(test_resolve_regex_limit),
+        cmocka_unit_test(test_resolve_key_growth_capped),
+        cmocka_unit_test(test_resolve_key_growth_other_renames),
         cmocka_unit_test(test_resolve_cast_rules),
         cmocka_unit_test(test_resolve_strict_error_text),
         cmocka_unit_test(test_resolve_nonstrict_and_ignore),
