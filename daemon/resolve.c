@@ -34,7 +34,8 @@
 #define WB_ERRMSG_WHY_MAX 320      /* Bytes of a regex/template reason. */
 #define WB_ERRMSG_KEY_MAX 96       /* Bytes of a key quoted in an errmsg. */
 #define WB_ERRMSG_OPERAND_MAX 64   /* Bytes of a rule operand in an errmsg. */
-#define WB_BUDGET_CHECK_KEYS 16    /* Keys between two looks at the clock. */
+#define WB_BUDGET_CHECK_BYTES 65536 /* Key bytes handled between two looks
+                                      at the clock (tens of microseconds). */
 #define NONE SIZE_MAX              /* "No index" in index fields. */
 
 /* ---------------------------------------------------------------- strings */
@@ -345,26 +346,140 @@ nomem:
     return WB_ENOMEM;
 }
 
-/* Returns 1 if the filters keep source key name. */
-static int keep_key(const compiled *c, const char *name) {
-    size_t len = strlen(name);
-    if (wb__ht_find(&c->exc_exact, name, len))
+/* ---------------------------------------------------------------- budget */
+
+/* The clock the budget is checked against: CLOCK_MONOTONIC as of the
+ * last timer tick.  It costs a few ns a read where CLOCK_MONOTONIC costs
+ * about 25, and is never ahead of CLOCK_MONOTONIC, so the budget is never
+ * found spent early, and late by at most one tick (1 to 10 ms). */
+#ifdef CLOCK_MONOTONIC_COARSE
+#define WB_BUDGET_CLOCK CLOCK_MONOTONIC_COARSE
+#else
+#define WB_BUDGET_CLOCK CLOCK_MONOTONIC
+#endif
+
+/* The time budget of one wb__resolve() call.  Every step that may take
+ * long (a regex match) looks at the clock when it is done; cheap steps
+ * count the key bytes they handle, and the clock is read after every
+ * WB_BUDGET_CHECK_BYTES of them. */
+typedef struct budget {
+    uint64_t deadline;          /* CLOCK_MONOTONIC in ns; 0: no limit. */
+    size_t work;                /* Key bytes handled since the last look. */
+    int spent;                  /* 1 once the deadline has passed. */
+} budget;
+
+static uint64_t clock_ns(clockid_t id) {
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Starts a budget of ms milliseconds from now; 0 means no limit. */
+static void budget_start(budget *b, unsigned ms) {
+    memset(b, 0, sizeof *b);
+    if (ms > 0)
+        b->deadline = clock_ns(CLOCK_MONOTONIC) + (uint64_t)ms * 1000000u;
+}
+
+/* Looks at the clock.  Returns 1 (and stays spent) once the deadline has
+ * passed, else 0. */
+static int budget_check(budget *b) {
+    b->work = 0;
+    if (b->deadline != 0 && !b->spent &&
+        clock_ns(WB_BUDGET_CLOCK) >= b->deadline)
+        b->spent = 1;
+    return b->spent;
+}
+
+/* Counts bytes of cheap work, looking at the clock once enough has been
+ * done since the last look.  Returns 1 if the budget is spent. */
+static inline int budget_charge(budget *b, size_t bytes) {
+    b->work += bytes;
+    if (b->work >= WB_BUDGET_CHECK_BYTES)
+        return budget_check(b);
+    return b->spent;
+}
+
+/* ---------------------------------------------------------------- state */
+
+/* One source key that passed the filters, after renaming. */
+typedef struct kent {
+    char *name;                 /* Renamed key (owned). */
+    size_t len;                 /* Bytes of name. */
+    size_t src;                 /* Index in the source table. */
+    size_t target;              /* Index in the schema, or NONE. */
+} kent;
+
+/* Working state of one wb__resolve() call. */
+typedef struct rstate {
+    const wb__resolve_req *req; /* The request. */
+    wb__resolve_out *out;       /* The answer being built. */
+    budget budget;              /* Time left for the whole call. */
+    compiled rules;             /* Prepared rules. */
+    kent *kept;                 /* Kept source keys, in source order. */
+    size_t nkept;               /* Entries in kept. */
+    wb__htab renamed;           /* Renamed key -> index in kept. */
+    wb__htab targets;           /* Target key -> index in the schema. */
+    wb__htab modules;           /* Module path ("a.b") -> preorder index. */
+} rstate;
+
+/* Writes "line N: " for rule cr, or "rule N: " (its place in the request,
+ * from 1) when it came from a call, into out->errmsg.  Returns the bytes
+ * written. */
+static size_t rule_where(const compiled *c, const crule *cr,
+                         wb__resolve_out *out) {
+    int n = cr->r->line > 0
+                ? snprintf(out->errmsg, sizeof out->errmsg, "line %d: ",
+                           cr->r->line)
+                : snprintf(out->errmsg, sizeof out->errmsg, "rule %zu: ",
+                           (size_t)(cr - c->v) + 1);
+    assert(n > 0 && (size_t)n < sizeof out->errmsg);
+    return (size_t)n;
+}
+
+/* Fails the request because its time budget ran out while the rules
+ * handled source key i (cr: the rule just applied to it, or NULL).
+ * Returns WB_EREGEX. */
+static int rules_over_budget(rstate *st, const crule *cr, size_t i) {
+    const wb__resolve_req *req = st->req;
+    size_t n = cr ? rule_where(&st->rules, cr, st->out) : 0;
+    const char *name = req->src[i].name ? req->src[i].name : "";
+    char k[WB_SHORT_BUF(WB_ERRMSG_KEY_MAX)];
+    shorten(k, WB_ERRMSG_KEY_MAX, name, strnlen(name, WB_MAX_NAME));
+    snprintf(st->out->errmsg + n, sizeof st->out->errmsg - n,
+             "the rules took longer than %u ms; stopped at key %zu of %zu "
+             "(\"%s\")",
+             req->budget_ms, i, req->nsrc, k);
+    return WB_EREGEX;
+}
+
+/* ---------------------------------------------------------------- renames */
+
+/* Returns 1 if the filters keep source key name (len bytes), else 0; also
+ * 0 when the budget ran out meanwhile. */
+static int keep_key(rstate *st, const char *name, size_t len) {
+    const compiled *c = &st->rules;
+    if (c->exc_exact.n > 0 && wb__ht_find(&c->exc_exact, name, len))
         return 0;
     for (size_t i = 0; i < c->n_exc_glob; i++)
-        if (fnmatch(c->v[c->exc_glob[i]].r->a, name, 0) == 0)
+        if (fnmatch(c->v[c->exc_glob[i]].r->a, name, 0) == 0 ||
+            budget_charge(&st->budget, len))
             return 0;
-    if (!c->has_include || wb__ht_find(&c->inc_exact, name, len))
+    if (!c->has_include ||
+        (c->inc_exact.n > 0 && wb__ht_find(&c->inc_exact, name, len)))
         return 1;
-    for (size_t i = 0; i < c->n_inc_glob; i++)
+    for (size_t i = 0; i < c->n_inc_glob; i++) {
         if (fnmatch(c->v[c->inc_glob[i]].r->a, name, 0) == 0)
             return 1;
+        if (budget_charge(&st->budget, len))
+            return 0;
+    }
     return 0;
 }
 
 /* Fails a rename that would make key (the key rule cr applies to, renamed
  * from source key src) longer than WB_MAX_NAME bytes.  The message names
- * the rule by its line, or by its place in the request (from 1) when it
- * came from a call, and quotes the start of each string.  Returns
+ * the rule (rule_where()) and quotes the start of each string.  Returns
  * WB_ERULE. */
 static int key_too_long(const compiled *c, const crule *cr, const kbuf *key,
                         const char *src, wb__resolve_out *out) {
@@ -379,13 +494,8 @@ static int key_too_long(const compiled *c, const crule *cr, const kbuf *key,
     shorten(b, WB_ERRMSG_OPERAND_MAX, cr->r->b, cr->blen);
     shorten(k, WB_ERRMSG_KEY_MAX, key->p, key->len);
     shorten(sk, WB_ERRMSG_KEY_MAX, src, strlen(src));
-    int n = cr->r->line > 0
-                ? snprintf(out->errmsg, sizeof out->errmsg, "line %d: ",
-                           cr->r->line)
-                : snprintf(out->errmsg, sizeof out->errmsg, "rule %zu: ",
-                           (size_t)(cr - c->v) + 1);
-    assert(n > 0 && (size_t)n < sizeof out->errmsg);
-    snprintf(out->errmsg + n, sizeof out->errmsg - (size_t)n,
+    size_t n = rule_where(c, cr, out);
+    snprintf(out->errmsg + n, sizeof out->errmsg - n,
              "%s \"%s\" -> \"%s\" makes key \"%s\" longer than %d bytes "
              "(source key \"%s\")",
              kind[cr->r->kind], a, b, k, WB_MAX_NAME, sk);
@@ -438,19 +548,22 @@ static int apply_regex(compiled *c, const crule *cr, const char *src,
     return 0;
 }
 
-/* Runs every rename of c over **cur (renamed from source key src), using
- * **tmp as scratch; either may be swapped.  Every intermediate key stays
- * within WB_MAX_NAME bytes.  Returns 0 or an error as apply_regex(). */
-static int rename_key(compiled *c, const char *src, kbuf **cur, kbuf **tmp,
-                      wb__resolve_out *out) {
-    for (size_t i = 0; i < c->n;) {
-        const crule *cr = &c->v[i];
+/* Runs every rename over **cur, source key i, using **tmp as scratch;
+ * either may be swapped.  Every intermediate key stays within WB_MAX_NAME
+ * bytes, and the budget is looked at after every regex match and counted
+ * for every other rename.  Returns 0 or an error as apply_regex(), or
+ * WB_EREGEX when the budget runs out. */
+static int rename_key(rstate *st, size_t i, kbuf **cur, kbuf **tmp) {
+    compiled *c = &st->rules;
+    const char *src = st->req->src[i].name;
+    for (size_t r = 0; r < c->n;) {
+        const crule *cr = &c->v[r];
         kbuf *k = *cur;
         switch (cr->r->kind) {
         case WB__RULE_RENAME: {
-            /* A run of exact renames [i, end): follow the chain of rules
+            /* A run of exact renames [r, end): follow the chain of rules
              * whose a equals the current key, in rule order. */
-            size_t end = cr->run_end, pos = i;
+            size_t end = cr->run_end, pos = r;
             for (;;) {
                 wb__hslot *s = wb__ht_find(&c->rename_first, k->p, k->len);
                 if (s == NULL)
@@ -461,12 +574,14 @@ static int rename_key(compiled *c, const char *src, kbuf **cur, kbuf **tmp,
                 if (j == NONE || j >= end)
                     break;
                 if (c->v[j].blen > WB_MAX_NAME)
-                    return key_too_long(c, &c->v[j], k, src, out);
+                    return key_too_long(c, &c->v[j], k, src, st->out);
                 k->len = 0;
                 kb_add(k, c->v[j].r->b, c->v[j].blen);
+                if (budget_charge(&st->budget, k->len))
+                    return rules_over_budget(st, &c->v[j], i);
                 pos = j + 1;
             }
-            i = end;
+            r = end;
             continue;
         }
         case WB__RULE_PREFIX:
@@ -475,46 +590,31 @@ static int rename_key(compiled *c, const char *src, kbuf **cur, kbuf **tmp,
                 t->len = 0;
                 if (kb_add(t, cr->r->b, cr->blen) != 0 ||
                     kb_add(t, k->p + cr->alen, k->len - cr->alen) != 0)
-                    return key_too_long(c, cr, k, src, out);
+                    return key_too_long(c, cr, k, src, st->out);
                 *tmp = k;
                 *cur = t;
+                if (budget_charge(&st->budget, t->len))
+                    return rules_over_budget(st, cr, i);
             }
             break;
         case WB__RULE_REGEX: {
-            int rc = apply_regex(c, cr, src, cur, tmp, out);
+            int rc = apply_regex(c, cr, src, cur, tmp, st->out);
             if (rc != 0)
                 return rc;
+            /* One match may take milliseconds within the match limit. */
+            if (budget_check(&st->budget))
+                return rules_over_budget(st, cr, i);
             break;
         }
         default:
             break;
         }
-        i++;
+        r++;
     }
     return 0;
 }
 
 /* ---------------------------------------------------------------- resolve */
-
-/* One source key that passed the filters, after renaming. */
-typedef struct kent {
-    char *name;                 /* Renamed key (owned). */
-    size_t len;                 /* Bytes of name. */
-    size_t src;                 /* Index in the source table. */
-    size_t target;              /* Index in the schema, or NONE. */
-} kent;
-
-/* Working state of one wb__resolve() call. */
-typedef struct rstate {
-    const wb__resolve_req *req; /* The request. */
-    wb__resolve_out *out;       /* The answer being built. */
-    compiled rules;             /* Prepared rules. */
-    kent *kept;                 /* Kept source keys, in source order. */
-    size_t nkept;               /* Entries in kept. */
-    wb__htab renamed;               /* Renamed key -> index in kept. */
-    wb__htab targets;               /* Target key -> index in the schema. */
-    wb__htab modules;               /* Module path ("a.b") -> preorder index. */
-} rstate;
 
 static int shape_eq(const wb__tinfo *a, const wb__tinfo *b) {
     if (a->ndim != b->ndim)
@@ -535,14 +635,8 @@ static int push_resolved(wb__resolve_out *out, const char *target, size_t src,
     return 0;
 }
 
-static uint64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Filters and renames every source key into st->kept, checking for
- * collisions and, every few keys, the time budget. */
+ * collisions and the time budget. */
 static int collect(rstate *st) {
     const wb__resolve_req *req = st->req;
     kbuf *cur = malloc(sizeof *cur), *tmp = malloc(sizeof *tmp);
@@ -554,18 +648,9 @@ static int collect(rstate *st) {
         free(tmp);
         return WB_ENOMEM;
     }
-    uint64_t start = req->budget_ms && st->rules.n ? now_ms() : 0;
     for (size_t i = 0; i < req->nsrc && rc == 0; i++) {
         const char *name = req->src[i].name;
-        if (start && i > 0 && i % WB_BUDGET_CHECK_KEYS == 0 &&
-            now_ms() - start > req->budget_ms) {
-            rc = rule_err(st->out, NULL, WB_EREGEX,
-                          "the rules took longer than %u ms; stopped at key "
-                          "%zu of %zu (\"%s\")",
-                          req->budget_ms, i, req->nsrc, name ? name : "");
-            break;
-        }
-        if (name == NULL || !keep_key(&st->rules, name))
+        if (name == NULL)
             continue;
         size_t len = strnlen(name, WB_MAX_NAME + 1);
         if (len > WB_MAX_NAME) {
@@ -574,9 +659,16 @@ static int collect(rstate *st) {
                           WB_MAX_NAME);
             break;
         }
+        int keep = keep_key(st, name, len);
+        if (budget_charge(&st->budget, len)) {
+            rc = rules_over_budget(st, NULL, i);
+            break;
+        }
+        if (!keep)
+            continue;
         cur->len = 0;
         kb_add(cur, name, len);
-        rc = rename_key(&st->rules, name, &cur, &tmp, st->out);
+        rc = rename_key(st, i, &cur, &tmp);
         if (rc != 0)
             break;
         assert(cur->len <= WB_MAX_NAME);
@@ -858,6 +950,7 @@ int wb__resolve(const wb__resolve_req *req, wb__resolve_out *out) {
     memset(&st, 0, sizeof st);
     st.req = req;
     st.out = out;
+    budget_start(&st.budget, req->budget_ms);
     int rc = compile_rules(req->rules, &st.rules, out);
     if (rc == 0)
         rc = collect(&st);

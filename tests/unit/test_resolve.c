@@ -295,6 +295,38 @@ static void test_resolve_regex_limit(void **state) {
     done(&src, NULL, &rs, &o);
 }
 
+/* The time budget is looked at after every rule, not only between keys:
+ * one key through 400 regexes that each backtrack for milliseconds (under
+ * the match limit, about a second in all) stops once the budget of 100 ms
+ * is spent, naming the rule it stopped after and the key. */
+static void test_resolve_budget_per_rule(void **state) {
+    (void)state;
+    table src = {0};
+    add1(&src, "aaaaaaaaaaaaaaa000000");
+    wb__ruleset rs = {0};
+    for (int i = 0; i < 400; i++)
+        assert_int_equal(
+            wb__ruleset_add(&rs, WB__RULE_REGEX, "(a+)+[bc]", "x", -1, i + 1),
+            0);
+    wb__resolve_req req = {.src = src.s.v, .nsrc = src.s.n, .rules = &rs,
+                           .strict = 1, .budget_ms = 100};
+    wb__resolve_out o;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(wb__resolve(&req, &o), WB_EREGEX);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double dt = (double)(t1.tv_sec - t0.tv_sec) +
+                (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    assert_true(dt >= 0.1); /* The budget ran out, not the work. */
+    int line = 0;
+    char tail[256] = "";
+    assert_int_equal(sscanf(o.errmsg, "line %d: %255[^\n]", &line, tail), 2);
+    assert_true(line > 1 && line < 400);
+    assert_string_equal(tail, "the rules took longer than 100 ms; stopped at "
+                              "key 0 of 1 (\"aaaaaaaaaaaaaaa000000\")");
+    done(&src, NULL, &rs, &o);
+}
+
 /* "ab" doubled by rule after rule: 2 << k bytes after k rules. */
 static void doubled(char *buf, size_t len) {
     for (size_t i = 0; i < len; i++)
@@ -593,6 +625,7 @@ int main(void) {
         cmocka_unit_test(test_resolve_collision),
         cmocka_unit_test(test_resolve_bad_rules),
         cmocka_unit_test(test_resolve_regex_limit),
+        cmocka_unit_test(test_resolve_budget_per_rule),
         cmocka_unit_test(test_resolve_key_growth_capped),
         cmocka_unit_test(test_resolve_key_growth_other_renames),
         cmocka_unit_test(test_resolve_cast_rules),
