@@ -225,6 +225,89 @@ static void test_resolve_big_schema_fast(void **state) {
     done(&src, &tgt, &rs, &o);
 }
 
+/* Key i of the long-key tests: 450 one-letter module levels, the first
+ * 300 shared by every key and the rest by groups of keys, then a leaf
+ * (about 1 KiB). */
+static void long_key(char *buf, int i, const char *leaf) {
+    size_t n = 0;
+    for (int j = 0; j < 450; j++)
+        n += (size_t)sprintf(buf + n, "%c.", j < 300 ? 'm' : 'a' + (i / 16 + j) % 3);
+    sprintf(buf + n, "%s%04d", leaf, i);
+}
+
+/* Matching long keys costs time linear in the bytes of the keys: 4,000
+ * target keys of 1 KiB with 450 module levels each, and 4,000 source
+ * keys, half of them unexpected (under the deepest module), resolve well
+ * within a second with the right report.  Looking up every module prefix
+ * of every key as a string took seconds. */
+static void test_resolve_long_keys_fast(void **state) {
+    (void)state;
+    table src = {0}, tgt = {0};
+    char name[WB_MAX_NAME + 1];
+    for (int i = 0; i < 4000; i++) {
+        long_key(name, i, "w");
+        assert_true(strlen(name) > 900 && strlen(name) <= WB_MAX_NAME);
+        add1(&tgt, name);
+        long_key(name, i, i % 2 ? "u" : "w");
+        add1(&src, name);
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    wb__resolve_out o;
+    assert_int_equal(run(&src, NULL, &tgt, 0, 0, &o), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double dt = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    assert_true(dt < BIG_SECONDS / 2);
+    assert_int_equal(o.n, 2000);
+    assert_int_equal(o.missing.n, 2000);
+    assert_int_equal(o.unexpected.n, 2000);
+    long_key(name, 1, "w");
+    assert_string_equal(o.missing.v[0], name);
+    /* Flagged by module, each module's keys in source order: the 672 odd
+     * keys of group 0 (i / 16 % 3 == 0, whose modules come first in the
+     * schema), then group 1's from key 17, last group 2's up to 3983. */
+    long_key(name, 1, "u");
+    assert_string_equal(o.unexpected.v[0], name);
+    long_key(name, 17, "u");
+    assert_string_equal(o.unexpected.v[672], name);
+    long_key(name, 3983, "u");
+    assert_string_equal(o.unexpected.v[1999], name);
+    long_key(name, 3998, "w");
+    assert_string_equal(o.v[1999].target, name);
+    done(&src, &tgt, NULL, &o);
+}
+
+/* A missing and an unexpected key next to each other in a deep schema:
+ * walks that share modules with the key before them, and walks that
+ * leave them, flag each key where PyTorch does. */
+static void test_resolve_unexpected_shared_prefixes(void **state) {
+    (void)state;
+    table src = {0}, tgt = {0};
+    add1(&tgt, "a.b.c.w");
+    add1(&tgt, "a.b.d.w");
+    add1(&tgt, "a.x");
+    add1(&tgt, "e.w");
+    add1(&src, "a.b.c.u");   /* Under a.b.c. */
+    add1(&src, "a.b.c.w.z"); /* Past the local tensor w: never flagged. */
+    add1(&src, "a.b.u");     /* Under a.b, sharing a.b with the key before. */
+    add1(&src, "a.b.d.w.q"); /* Never flagged. */
+    add1(&src, "a.b.d.u");   /* Under a.b.d. */
+    add1(&src, "a.x.y");     /* Past the local tensor a.x. */
+    add1(&src, "a.u");       /* Under a. */
+    add1(&src, "e.w");
+    add1(&src, "e");         /* Names the submodule e: never flagged. */
+    add1(&src, "a.b.c.v");   /* Under a.b.c again, after other walks. */
+    add1(&src, "q.r");       /* At the root. */
+    wb__resolve_out o;
+    assert_int_equal(run(&src, NULL, &tgt, 0, 0, &o), 0);
+    assert_string_equal(joined(&o.unexpected),
+                        "q.r,a.u,a.b.u,a.b.c.u,a.b.c.v,a.b.d.u,a.b.c.w.z,"
+                        "a.b.d.w.q,a.x.y,e");
+    assert_string_equal(joined(&o.missing), "a.b.c.w,a.b.d.w,a.x");
+    assert_string_equal(targets(&o), "e.w");
+    done(&src, &tgt, NULL, &o);
+}
+
 /* Two source keys renamed onto one key fail with both names and the
  * target in the message. */
 static void test_resolve_collision(void **state) {
@@ -622,6 +705,8 @@ int main(void) {
         cmocka_unit_test(test_resolve_regex),
         cmocka_unit_test(test_resolve_many_renames_fast),
         cmocka_unit_test(test_resolve_big_schema_fast),
+        cmocka_unit_test(test_resolve_long_keys_fast),
+        cmocka_unit_test(test_resolve_unexpected_shared_prefixes),
         cmocka_unit_test(test_resolve_collision),
         cmocka_unit_test(test_resolve_bad_rules),
         cmocka_unit_test(test_resolve_regex_limit),
