@@ -2,8 +2,8 @@
  * wbrokerd, each next to a baseline measured in the same run.
  *
  *   build/bench/bench_rules [--tensors 10000] [--runs 101]
- *                           [--convert-size 256M] [--convert-runs 9]
- *                           [--cast-runs 3]
+ *                           [--long-runs 21] [--convert-size 256M]
+ *                           [--convert-runs 9] [--cast-runs 3]
  *
  * rules:   a real daemon holds a transformer-like model of --tensors small
  *          float32 tensors saved from DistributedDataParallel
@@ -23,6 +23,13 @@
  *          load of each is checked first: no missing, unexpected,
  *          mismatched or cast key, and every target key from the source
  *          key it must come from.
+ * long:    a model of LONG_KEYS tensors whose keys are about 1 KiB long
+ *          (LONG_DEPTH module levels, "mod0.mod1.(...).t0042"), and a
+ *          target schema of the same keys, no rules.  Median wb_load()
+ *          latency, plan and map, of the full schema next to the baseline
+ *          of no schema (both interleaved, --long-runs each), and the
+ *          median of wb__resolve() alone in this process next to the same
+ *          resolution of as many keys of 32 bytes.
  * convert: in this process, on --convert-size of float32 weights-like
  *          values, wb__convert() F32 -> BF16 and F32 -> F16 (and the
  *          portable F32 -> F16 loop) in GB/s of input, next to memcpy of
@@ -44,6 +51,7 @@
 #include <time.h>
 
 #include "../daemon/convert.h"
+#include "../daemon/resolve.h"
 #include "../daemon/segment.h"
 #include "harness.h"
 
@@ -362,6 +370,149 @@ static int bench_rules(wb_client *c, size_t ntensors, int runs) {
     return 0;
 }
 
+/* ---------------------------------------------------------------- long */
+
+enum { LONG_KEYS = 4000, LONG_DEPTH = 200 };
+
+/* Key i of the long-key model: LONG_DEPTH module levels shared by every
+ * key ("mod0.mod1.(...).mod9.mod0..."), then "t%04zu"; 1,005 bytes.  With
+ * short = 1 the key of the 32-byte baseline instead. */
+static void long_key(char *buf, size_t cap, size_t i, int short_key) {
+    size_t n = 0;
+    if (short_key) {
+        snprintf(buf, cap, "encoder.layers.%04zu.mlp.weight", i);
+        return;
+    }
+    for (int j = 0; j < LONG_DEPTH; j++)
+        n += (size_t)snprintf(buf + n, cap - n, "mod%d.", j % 10);
+    snprintf(buf + n, cap - n, "t%04zu", i);
+}
+
+/* Median seconds of wb__resolve() in this process on LONG_KEYS keys (long
+ * or short), as source table and as target schema, no rules; -1 on a
+ * failure. */
+static double time_resolve(int short_key, int runs) {
+    wb__schema src = {0};
+    char key[WB_MAX_NAME + 1];
+    int64_t shape[1] = {1};
+    for (size_t i = 0; i < LONG_KEYS; i++) {
+        long_key(key, sizeof key, i, short_key);
+        if (wb__schema_push(&src, key, WB_U8, 1, shape))
+            return -1;
+    }
+    wb__resolve_req req = {.src = src.v, .nsrc = src.n, .schema = &src,
+                           .strict = 1, .budget_ms = WB_RULES_BUDGET_MS};
+    double *t = calloc((size_t)runs, sizeof(double)), med = -1;
+    for (int r = -1; t && r < runs; r++) {
+        wb__resolve_out out;
+        double t0 = wbt_now();
+        int rc = wb__resolve(&req, &out);
+        double dt = wbt_now() - t0;
+        size_t n = out.n;
+        wb__resolve_out_free(&out);
+        if (rc != 0 || n != LONG_KEYS) {
+            fprintf(stderr, "wb__resolve: %s\n", wb_err_name(rc));
+            free(t);
+            wb__schema_clear(&src);
+            return -1;
+        }
+        if (r >= 0)
+            t[r] = dt;
+    }
+    if (t)
+        med = wbt_median(t, runs);
+    free(t);
+    wb__schema_clear(&src);
+    return med;
+}
+
+static int bench_long(wb_client *c, int runs) {
+    wb_tensor_spec *specs = calloc(LONG_KEYS, sizeof(*specs));
+    char(*names)[WB_MAX_NAME + 1] = calloc(LONG_KEYS, sizeof(*names));
+    wb_schema *s = wb_schema_new("long-target");
+    int64_t shape[1] = {1};
+    if (!specs || !names || !s)
+        return -1;
+    for (size_t i = 0; i < LONG_KEYS; i++) {
+        long_key(names[i], sizeof names[i], i, 0);
+        specs[i] = (wb_tensor_spec){names[i], WB_U8, 1, shape, NULL};
+        if (wb_schema_add(s, names[i], WB_U8, 1, shape))
+            return -1;
+    }
+    wb_publish *p;
+    if (wb_publish_begin(c, "long", specs, LONG_KEYS, NULL, 0, &p) ||
+        wb_publish_commit(p, NULL)) {
+        fprintf(stderr, "publish long: %s\n", wb_errmsg(c));
+        return -1;
+    }
+    printf("\n# long keys: %d tensors, keys of %zu bytes (%d module "
+           "levels), no rules; wb_load latency, %d runs (+2 warm-up), "
+           "interleaved\n",
+           LONG_KEYS, strlen(names[0]), LONG_DEPTH, runs);
+    wb_mapping *mp;
+    int err = wb_load(c, "long", 0, s, NULL, WB_MAP_SHARED, &mp);
+    size_t bad = err ? 1 : 0;
+    for (int w = 0; !err && w < WB_KEYS_COUNT; w++)
+        bad += wb_map_keys_count(mp, w);
+    if (!err && wb_map_count(mp) != LONG_KEYS)
+        bad++;
+    printf("check %-34s %zu tensors: %s\n", "(d) full schema of long keys",
+           err ? 0 : wb_map_count(mp), bad ? "FAILED" : "ok");
+    wb_unmap(mp);
+    if (bad) {
+        fprintf(stderr, "long: %s: %s\n", wb_err_name(err), wb_errmsg(c));
+        return -1;
+    }
+    /* Four timed requests per run: {no schema, schema} x {plan, map}. */
+    const req_case cases[2] = {
+        {"(e) no schema (baseline)", NULL, NULL, 0},
+        {"(d) full schema, no rules", s, NULL, 0},
+    };
+    double *t[4];
+    for (int j = 0; j < 4; j++)
+        if ((t[j] = calloc((size_t)runs, sizeof(double))) == NULL)
+            return -1;
+    for (int r = -2; r < runs; r++)
+        for (int k = 0; k < 4; k++) {
+            int j = (k + (r < 0 ? 0 : r)) % 4;
+            wb_mapping *m;
+            double t0 = wbt_now();
+            err = wb_load(c, "long", 0, cases[j % 2].schema, NULL,
+                          j < 2 ? WB_MAP_PLAN : WB_MAP_SHARED, &m);
+            double dt = wbt_now() - t0;
+            wb_unmap(m);
+            if (err) {
+                fprintf(stderr, "long: %s: %s\n", wb_err_name(err),
+                        wb_errmsg(c));
+                return -1;
+            }
+            if (r >= 0)
+                t[j][r] = dt;
+        }
+    double med[4];
+    for (int j = 0; j < 4; j++) {
+        med[j] = wbt_median(t[j], runs) * 1e3;
+        free(t[j]);
+    }
+    printf("%-36s %12s %12s\n", "request", "plan median", "map median");
+    for (int k = 0; k < 2; k++)
+        printf("%-36s %9.2f ms %9.2f ms\n", cases[k].label, med[k],
+               med[2 + k]);
+    printf("%-36s %11.2fx %11.2fx\n", "ratio (d)/(e)  (schema's cost)",
+           med[1] / med[0], med[3] / med[2]);
+    double rl = time_resolve(0, runs), rs = time_resolve(1, runs);
+    if (rl < 0 || rs < 0)
+        return -1;
+    printf("%-36s %9.2f ms\n", "wb__resolve alone, 1 KiB keys", rl * 1e3);
+    printf("%-36s %9.2f ms  (1 KiB / 32 B: %.1fx)\n",
+           "wb__resolve alone, 32-byte keys", rs * 1e3, rl / rs);
+    wb_schema_free(s);
+    free(specs);
+    free(names);
+    wb_drop(c, "long", 0);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- convert */
 
 /* Weights-like float32 values: a triangular distribution around 0 of width
@@ -640,12 +791,14 @@ static int bench_cast(wb_client *c, const float *src, size_t bytes,
 
 int main(int argc, char **argv) {
     size_t ntensors = 10000, csize = 256u << 20;
-    int runs = 101, cruns = 9, castruns = 3;
+    int runs = 101, lruns = 21, cruns = 9, castruns = 3;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--tensors") == 0)
             ntensors = (size_t)atol(argv[i + 1]);
         else if (strcmp(argv[i], "--runs") == 0)
             runs = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--long-runs") == 0)
+            lruns = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--convert-size") == 0)
             csize = wbt_parse_size(argv[i + 1]);
         else if (strcmp(argv[i], "--convert-runs") == 0)
@@ -654,13 +807,15 @@ int main(int argc, char **argv) {
             castruns = atoi(argv[i + 1]);
         else {
             fprintf(stderr,
-                    "usage: %s [--tensors N] [--runs N] [--convert-size "
-                    "SIZE] [--convert-runs N] [--cast-runs N]\n",
+                    "usage: %s [--tensors N] [--runs N] [--long-runs N] "
+                    "[--convert-size SIZE] [--convert-runs N] [--cast-runs "
+                    "N]\n",
                     argv[0]);
             return 2;
         }
     }
     runs = runs < 1 ? 1 : runs;
+    lruns = lruns < 1 ? 1 : lruns;
     cruns = cruns < 1 ? 1 : cruns;
     castruns = castruns < 1 ? 1 : castruns;
     csize = round_size(csize);
@@ -672,6 +827,8 @@ int main(int argc, char **argv) {
     double t0 = wbt_now();
     printf("# wbroker rules and conversion benchmark\n");
     int rc = bench_rules(c, ntensors, runs);
+    if (rc == 0)
+        rc = bench_long(c, lruns);
 
     float *src = rc ? NULL : malloc(csize);
     uint16_t *out16 = rc ? NULL : malloc(csize / 2);
@@ -687,8 +844,8 @@ int main(int argc, char **argv) {
     free(out16);
     if (rc == 0)
         printf("\ntotal %.0f s; reproduce: %s/bench/bench_rules --tensors "
-               "%zu --runs %d\n",
-               wbt_now() - t0, wbt_build_dir(), ntensors, runs);
+               "%zu --runs %d --long-runs %d\n",
+               wbt_now() - t0, wbt_build_dir(), ntensors, runs, lruns);
     wb_close(c);
     if (rc) { /* The daemon's warnings say why; wbt_stop() removes them. */
         FILE *f = fopen(d.log, "re");

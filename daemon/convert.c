@@ -6,6 +6,7 @@
  * at -O2 already.  The half-precision routines are those of the FP16
  * library that PyTorch's c10::Half uses; the BF16 rounding is the one of
  * torch's AVX2 kernel.  See convert.h for the NaN rules. */
+#include <assert.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -86,6 +87,8 @@ static inline uint16_t f32_to_bf16(uint32_t w, uint16_t nan_bits) {
     return nan ? nan_bits : (uint16_t)rounded;
 }
 
+#define WB__BOOL_BLOCK 64 /* Bytes wb__bool_valid() checks between exits. */
+
 #define WB__BF16_NAN_VEC 0xFFFF    /* torch's AVX2 kernel: F32/F64 -> BF16. */
 #define WB__BF16_NAN_SCALAR 0x7FC0 /* c10::BFloat16: F16 -> BF16. */
 
@@ -141,7 +144,10 @@ WB__LOOP(cv_u16_u64, uint16_t, uint64_t, v)
 WB__LOOP(cv_u32_i64, uint32_t, int64_t, v)
 WB__LOOP(cv_u32_u64, uint32_t, uint64_t, v)
 
-/* BOOL: any non-zero byte is true and becomes 1. */
+/* BOOL: any non-zero byte is true and becomes 1 (torch leaves a byte other
+ * than 0 and 1 undefined), also when BOOL is copied to BOOL.  The byte is
+ * read as uint8_t, never as _Bool, which the compiler may assume 0 or 1. */
+WB__LOOP(cv_bool_bool, uint8_t, uint8_t, v != 0)
 WB__LOOP(cv_bool_u8, uint8_t, uint8_t, v != 0)
 WB__LOOP(cv_bool_i8, uint8_t, int8_t, v != 0)
 WB__LOOP(cv_bool_i16, uint8_t, int16_t, v != 0)
@@ -151,7 +157,8 @@ WB__LOOP(cv_bool_u16, uint8_t, uint16_t, v != 0)
 WB__LOOP(cv_bool_u32, uint8_t, uint32_t, v != 0)
 WB__LOOP(cv_bool_u64, uint8_t, uint64_t, v != 0)
 
-/* The loop for each supported pair of distinct dtypes, NULL elsewhere. */
+/* The loop for each supported pair of distinct dtypes and for BOOL to
+ * BOOL, NULL elsewhere (another dtype to itself is a plain copy). */
 static const wb__convert_fn convert_table[WB_DTYPE_COUNT][WB_DTYPE_COUNT] = {
     [WB_F32][WB_BF16] = cv_f32_bf16, [WB_F32][WB_F16] = cv_f32_f16,
     [WB_F16][WB_F32] = cv_f16_f32,   [WB_BF16][WB_F32] = cv_bf16_f32,
@@ -168,6 +175,7 @@ static const wb__convert_fn convert_table[WB_DTYPE_COUNT][WB_DTYPE_COUNT] = {
     [WB_U16][WB_I32] = cv_u16_i32,   [WB_U16][WB_I64] = cv_u16_i64,
     [WB_U16][WB_U32] = cv_u16_u32,   [WB_U16][WB_U64] = cv_u16_u64,
     [WB_U32][WB_I64] = cv_u32_i64,   [WB_U32][WB_U64] = cv_u32_u64,
+    [WB_BOOL][WB_BOOL] = cv_bool_bool,
     [WB_BOOL][WB_U8] = cv_bool_u8,   [WB_BOOL][WB_I8] = cv_bool_i8,
     [WB_BOOL][WB_I16] = cv_bool_i16, [WB_BOOL][WB_I32] = cv_bool_i32,
     [WB_BOOL][WB_I64] = cv_bool_i64, [WB_BOOL][WB_U16] = cv_bool_u16,
@@ -235,7 +243,8 @@ int wb__convert_portable(int from, int to, const void *src, void *dst,
         return WB_EDTYPE;
     if (count == 0)
         return 0;
-    if (from == to) {
+    if (convert_table[from][to] == NULL) {
+        assert(from == to);
         memcpy(dst, src, count * wb_dtype_size(from));
         return 0;
     }
@@ -255,4 +264,32 @@ int wb__convert(int from, int to, const void *src, void *dst, size_t count) {
     }
 #endif
     return wb__convert_portable(from, to, src, dst, count);
+}
+
+/* Eight bytes at a time: a byte is 0 or 1 exactly when no bit but its
+ * lowest is set, so the bytes of a block are ORed together and tested
+ * once; the loop over whole blocks vectorises. */
+WB__HOT int wb__bool_valid(const void *p, size_t n) {
+    const uint64_t high = ~UINT64_C(0x0101010101010101);
+    const unsigned char *b = p;
+    size_t i = 0;
+    for (; n - i >= WB__BOOL_BLOCK; i += WB__BOOL_BLOCK) {
+        uint64_t acc = 0;
+        for (size_t k = 0; k < WB__BOOL_BLOCK; k += sizeof acc) {
+            uint64_t w;
+            memcpy(&w, b + i + k, sizeof w);
+            acc |= w;
+        }
+        if (acc & high)
+            return 0;
+    }
+    uint64_t acc = 0;
+    for (; n - i >= sizeof acc; i += sizeof acc) {
+        uint64_t w;
+        memcpy(&w, b + i, sizeof w);
+        acc |= w;
+    }
+    for (; i < n; i++)
+        acc |= b[i];
+    return (acc & high) == 0;
 }

@@ -4,6 +4,9 @@
  * pool, splitting large tensors into ranges itself.  Supported are the
  * floating types among each other (F64, F32, F16, BF16), lossless integer
  * widening, BOOL to any integer type, and any dtype to itself (a copy).
+ * Every conversion from BOOL reads any non-zero byte as true and writes
+ * 1, BOOL to BOOL too: torch leaves a bool byte other than 0 and 1
+ * undefined, so no such byte leaves the daemon.
  *
  * Results match torch 1.13's CPU `tensor.to(dtype)` bit for bit, including
  * its NaN encodings, which differ by pair:
@@ -34,5 +37,11 @@ int wb__convert(int from, int to, const void *src, void *dst, size_t count);
  * results are identical.  For tests and benchmarks. */
 int wb__convert_portable(int from, int to, const void *src, void *dst,
                          size_t count);
+
+/* Returns 1 if each of the n bytes at p is 0 or 1 (a valid BOOL tensor;
+ * also for n == 0, when p may be NULL), else 0.  Reads eight bytes at a
+ * time; p needs no alignment.  For refusing, at commit, a BOOL tensor
+ * that holds another byte. */
+int wb__bool_valid(const void *p, size_t n);
 
 #endif /* WB_DAEMON_CONVERT_H */

@@ -226,17 +226,28 @@ char *wb__mp_strdup(const msgpack_object *o) {
     return s;
 }
 
-int wb__check_name(const char *s, size_t n) {
-    if (n == 0 || n > WB_MAX_NAME)
-        return WB_ENAME;
-    const unsigned char *p = (const unsigned char *)s;
+/* Returns 1 if p[0..n) is valid UTF-8 (no overlong form, no surrogate,
+ * nothing above U+10FFFF, no cut sequence) without a NUL byte, else 0.
+ * Runs of ASCII go eight bytes at a time. */
+static int utf8_valid(const unsigned char *p, size_t n) {
+    const uint64_t ones = UINT64_C(0x0101010101010101);
+    const uint64_t highs = UINT64_C(0x8080808080808080);
     size_t i = 0;
     while (i < n) {
+        if (n - i >= sizeof(uint64_t)) {
+            uint64_t w;
+            memcpy(&w, p + i, sizeof w);
+            /* No byte >= 0x80 and no zero byte: eight ASCII characters. */
+            if (((w | ((w - ones) & ~w)) & highs) == 0) {
+                i += sizeof w;
+                continue;
+            }
+        }
         unsigned c = p[i];
         size_t extra;
         uint32_t cp, min;
         if (c == 0)
-            return WB_ENAME;
+            return 0;
         if (c < 0x80) {
             i++;
             continue;
@@ -247,20 +258,34 @@ int wb__check_name(const char *s, size_t n) {
         } else if ((c & 0xf8) == 0xf0) {
             extra = 3, cp = c & 0x07, min = 0x10000;
         } else {
-            return WB_ENAME;
+            return 0;
         }
         if (extra > n - i - 1)
-            return WB_ENAME;
+            return 0;
         for (size_t k = 1; k <= extra; k++) {
             if ((p[i + k] & 0xc0) != 0x80)
-                return WB_ENAME;
+                return 0;
             cp = (cp << 6) | (p[i + k] & 0x3f);
         }
         if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return WB_ENAME;
+            return 0;
         i += extra + 1;
     }
-    return 0;
+    return 1;
+}
+
+int wb__check_name(const char *s, size_t n) {
+    if (n == 0 || n > WB_MAX_NAME || s == NULL)
+        return WB_ENAME;
+    return utf8_valid((const unsigned char *)s, n) ? 0 : WB_ENAME;
+}
+
+int wb__check_text(const char *s, size_t n) {
+    if (n == 0)
+        return 0;
+    if (s == NULL)
+        return WB_EINVAL;
+    return utf8_valid((const unsigned char *)s, n) ? 0 : WB_EINVAL;
 }
 
 int wb__tensor_nbytes(int dtype, int ndim, const int64_t *shape,

@@ -72,6 +72,10 @@ int wb__mp_streq(const msgpack_object *o, const char *s);
 /* Validates a tensor or model name: 1..WB_MAX_NAME bytes of valid UTF-8
  * without NUL.  Returns 0 or WB_ENAME. */
 int wb__check_name(const char *s, size_t n);
+/* Validates a text value (a metadata value): any number of bytes, even
+ * none, of valid UTF-8 without NUL, judged as wb__check_name() judges a
+ * name.  s may be NULL when n is 0.  Returns 0 or WB_EINVAL. */
+int wb__check_text(const char *s, size_t n);
 
 /* Decodes a tensor entry [name, dtype-name, [dims...]] into *t (name
  * allocated).  Returns 0, WB_ENAME, WB_EDTYPE, WB_ESHAPE or WB_EPROTO. */

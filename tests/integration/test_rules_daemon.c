@@ -1,6 +1,7 @@
 /* test_rules_daemon.c -- Mapping rules and dtype conversion through a real
  * wbrokerd: slow and pathological regexes while other clients are served,
- * malformed rules and schemas on the wire, and converted copies that are
+ * renames that would grow keys without bound, malformed rules and schemas
+ * on the wire, and converted copies that are
  * made once, shared, accounted and freed with their version. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -162,6 +163,84 @@ static void test_rules_client_gone_midway(void **state) {
     wb_status st;
     assert_int_equal(wb_get_status(c, &st), 0);
     assert_int_equal(st.clients, 1);
+    wb_close(c);
+}
+
+/* Peak resident memory of the daemon in KiB (VmHWM), or -1. */
+static long daemon_peak_kib(const wbt_daemon *d) {
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)d->pid);
+    FILE *f = fopen(path, "re");
+    long kib = -1;
+    while (f && fgets(line, sizeof(line), f))
+        if (sscanf(line, "VmHWM: %ld kB", &kib) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kib;
+}
+
+/* Rules that grow a key without bound (40 regexes each doubling it, which
+ * would ask for 2 TiB) are refused with WB_ERULE at the rule that passes
+ * WB_MAX_NAME bytes, before the time budget (that would be WB_EREGEX) and
+ * without the daemon growing; the connection and the daemon go on
+ * serving, and nothing leaks. */
+static void test_rules_key_growth_refused(void **state) {
+    wbt_daemon *d = *state;
+    wb_client *c = wbt_connect(d);
+    assert_int_equal(wbt_publish_f32(c, "m", 4, 4), 1);
+    int fds = wbt_fd_count(d);
+    long peak = daemon_peak_kib(d);
+    assert_true(peak > 0);
+    char text[40 * 24] = "", err[256];
+    for (int i = 0; i < 40; i++)
+        strcat(text, "regex (.*) -> \\1\\1\n");
+    wb_rules *r = wb_rules_new();
+    assert_int_equal(wb_rules_parse(r, text, err, sizeof(err)), 0);
+    for (int k = 0; k < 2; k++) {
+        wb_mapping *m = NULL;
+        int flags = k == 0 ? WB_MAP_SHARED : WB_MAP_PLAN;
+        assert_int_equal(wb_load(c, "m", 0, NULL, r, flags, &m), WB_ERULE);
+        assert_null(m);
+        assert_non_null(strstr(wb_errmsg(c),
+                               "line 10: regex \"(.*)\" -> \"\\1\\1\" makes key "
+                               "\"t0t0t0t0"));
+        assert_non_null(strstr(wb_errmsg(c), "...\" longer than 1024 bytes "
+                                             "(source key \"t0\")"));
+    }
+    wb_rules_free(r);
+    /* The daemon never held the keys: its peak grew by far less than even
+     * one doubling past a megabyte would take. */
+    assert_true(daemon_peak_kib(d) - peak < 16 * 1024);
+
+    /* The same connection: status, a plain map, and rules within the
+     * limit (nine doublings of "t0": exactly 1024 bytes). */
+    wb_status st;
+    assert_int_equal(wb_get_status(c, &st), 0);
+    wb_mapping *m;
+    assert_int_equal(wb_map(c, "m", 0, WB_MAP_SHARED, &m), 0);
+    assert_int_equal(wb_map_count(m), 4);
+    wb_unmap(m);
+    r = wb_rules_new();
+    for (int i = 0; i < 9; i++)
+        assert_int_equal(wb_rules_rename_regex(r, "(.*)", "\\1\\1"), 0);
+    assert_int_equal(wb_load(c, "m", 0, NULL, r, WB_MAP_SHARED, &m), 0);
+    assert_int_equal(wb_map_count(m), 4);
+    wb_tensor t;
+    assert_int_equal(wb_map_tensor(m, 1, &t), 0);
+    assert_int_equal(strlen(t.name), WB_MAX_NAME);
+    assert_memory_equal(t.name, "t1t1t1t1", 8);
+    assert_string_equal(t.source, "t1");
+    wb_unmap(m);
+    wb_rules_free(r);
+
+    /* Another client is served too. */
+    wb_client *c2 = wbt_connect(d);
+    assert_int_equal(wb_get_status(c2, &st), 0);
+    assert_int_equal(st.clients, 2);
+    wb_close(c2);
+    assert_true(wbt_alive(d));
+    assert_int_equal(wbt_wait_fds(d, fds), fds);
     wb_close(c);
 }
 
@@ -494,6 +573,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_rules_regex_budget_others_served,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_rules_client_gone_midway, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_rules_key_growth_refused, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_rules_malformed_on_wire, setup,
                                         teardown),

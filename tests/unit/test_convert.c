@@ -243,7 +243,8 @@ static void test_convert_refuses_unsupported(void **state) {
     assert_int_equal(wb__convert(WB_F8_E4M3, WB_F8_E4M3, NULL, NULL, 0), 0);
 }
 
-/* A dtype converted to itself is copied byte for byte, NaN payloads too. */
+/* A dtype converted to itself is copied byte for byte, NaN payloads too;
+ * BOOL alone comes out as 0 or 1. */
 static void test_convert_same_dtype_copies(void **state) {
     unsigned char src[64], dst[64];
     (void)state;
@@ -253,8 +254,87 @@ static void test_convert_same_dtype_copies(void **state) {
         memset(dst, 0, sizeof dst);
         size_t n = sizeof src / wb_dtype_size(d);
         assert_int_equal(wb__convert(d, d, src, dst, n), 0);
-        assert_memory_equal(src, dst, n * wb_dtype_size(d));
+        if (d != WB_BOOL) {
+            assert_memory_equal(src, dst, n * wb_dtype_size(d));
+            continue;
+        }
+        for (size_t i = 0; i < n; i++)
+            assert_int_equal(dst[i], src[i] != 0);
     }
+}
+
+/* Every conversion from BOOL, BOOL to BOOL included, reads each of the 256
+ * byte values as false (0) or true (any other) and writes 0 or 1, through
+ * both entry points, at every alignment and for the vector loops' tails. */
+static void test_convert_bool_normalised(void **state) {
+    static const int to[] = {WB_BOOL, WB_U8,  WB_I8,  WB_I16, WB_I32,
+                             WB_I64,  WB_U16, WB_U32, WB_U64};
+    unsigned char src[256 + 8], dst[(256 + 8) * 8];
+    (void)state;
+    for (size_t t = 0; t < sizeof to / sizeof to[0]; t++) {
+        size_t es = wb_dtype_size(to[t]);
+        assert_true(wb__convert_supported(WB_BOOL, to[t]));
+        for (size_t k = 0; k < 2; k++)
+            for (size_t off = 0; off < 8; off++) {
+                for (size_t i = 0; i < 256; i++)
+                    src[off + i] = (unsigned char)(i * 167 + 13 * off);
+                size_t n = 256 - off * 3; /* Tails of every length mod 8. */
+                memset(dst, 0xAA, sizeof dst);
+                assert_int_equal(convert_fns[k](WB_BOOL, to[t], src + off,
+                                                dst + off, n),
+                                 0);
+                for (size_t i = 0; i < n; i++) {
+                    uint64_t v = 0;
+                    memcpy(&v, dst + off + i * es, es);
+                    if (v != (src[off + i] != 0))
+                        fail_msg("BOOL byte 0x%02x -> %s gave %llu",
+                                 src[off + i], wb_dtype_name(to[t]),
+                                 (unsigned long long)v);
+                }
+                /* Nothing written past the last element. */
+                assert_int_equal(dst[off + n * es], 0xAA);
+            }
+    }
+}
+
+/* wb__bool_valid accepts exactly the buffers whose every byte is 0 or 1:
+ * one bad byte (any value from 2 to 255) is found at every position of
+ * buffers of every length up to a few blocks, at every alignment. */
+static void test_convert_bool_valid(void **state) {
+    static const unsigned char bad[] = {2, 3, 0x10, 0x7F, 0x80, 0x81, 0xFE,
+                                        0xFF};
+    enum { MAXN = 200 };
+    unsigned char buf[MAXN + 8];
+    (void)state;
+    assert_int_equal(wb__bool_valid(NULL, 0), 1);
+    for (size_t off = 0; off < 8; off++)
+        for (size_t n = 0; n <= MAXN; n++) {
+            for (size_t i = 0; i < n; i++)
+                buf[off + i] = (unsigned char)((i * 7 + n) % 3 == 0);
+            buf[off + n] = 0xFF; /* Past the end: must not be read. */
+            if (off > 0)
+                buf[off - 1] = 0xFF;
+            if (wb__bool_valid(buf + off, n) != 1)
+                fail_msg("valid buffer of %zu bytes at +%zu refused", n, off);
+            for (size_t at = 0; at < n; at++) {
+                unsigned char keep = buf[off + at];
+                buf[off + at] = bad[(at + n) % sizeof bad];
+                if (wb__bool_valid(buf + off, n) != 0)
+                    fail_msg("byte 0x%02x at %zu of %zu (+%zu) accepted",
+                             buf[off + at], at, n, off);
+                buf[off + at] = keep;
+            }
+        }
+    /* A large buffer, valid, then with one bad byte near its end. */
+    size_t big = (16u << 20) + 5;
+    unsigned char *v = calloc(big, 1);
+    assert_non_null(v);
+    for (size_t i = 0; i < big; i += 3)
+        v[i] = 1;
+    assert_int_equal(wb__bool_valid(v, big), 1);
+    v[big - 2] = 0x40;
+    assert_int_equal(wb__bool_valid(v, big), 0);
+    free(v);
 }
 
 /* The exact F32 value of F16 bits h, computed independently with ldexp. */
@@ -577,6 +657,8 @@ int main(void) {
         cmocka_unit_test(test_convert_supported_pairs),
         cmocka_unit_test(test_convert_refuses_unsupported),
         cmocka_unit_test(test_convert_same_dtype_copies),
+        cmocka_unit_test(test_convert_bool_normalised),
+        cmocka_unit_test(test_convert_bool_valid),
         cmocka_unit_test(test_convert_f16_exhaustive),
         cmocka_unit_test(test_convert_bf16_exhaustive),
         cmocka_unit_test(test_convert_f32_boundaries),

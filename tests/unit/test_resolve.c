@@ -225,6 +225,89 @@ static void test_resolve_big_schema_fast(void **state) {
     done(&src, &tgt, &rs, &o);
 }
 
+/* Key i of the long-key tests: 450 one-letter module levels, the first
+ * 300 shared by every key and the rest by groups of keys, then a leaf
+ * (about 1 KiB). */
+static void long_key(char *buf, int i, const char *leaf) {
+    size_t n = 0;
+    for (int j = 0; j < 450; j++)
+        n += (size_t)sprintf(buf + n, "%c.", j < 300 ? 'm' : 'a' + (i / 16 + j) % 3);
+    sprintf(buf + n, "%s%04d", leaf, i);
+}
+
+/* Matching long keys costs time linear in the bytes of the keys: 4,000
+ * target keys of 1 KiB with 450 module levels each, and 4,000 source
+ * keys, half of them unexpected (under the deepest module), resolve well
+ * within a second with the right report.  Looking up every module prefix
+ * of every key as a string took seconds. */
+static void test_resolve_long_keys_fast(void **state) {
+    (void)state;
+    table src = {0}, tgt = {0};
+    char name[WB_MAX_NAME + 1];
+    for (int i = 0; i < 4000; i++) {
+        long_key(name, i, "w");
+        assert_true(strlen(name) > 900 && strlen(name) <= WB_MAX_NAME);
+        add1(&tgt, name);
+        long_key(name, i, i % 2 ? "u" : "w");
+        add1(&src, name);
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    wb__resolve_out o;
+    assert_int_equal(run(&src, NULL, &tgt, 0, 0, &o), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double dt = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    assert_true(dt < BIG_SECONDS / 2);
+    assert_int_equal(o.n, 2000);
+    assert_int_equal(o.missing.n, 2000);
+    assert_int_equal(o.unexpected.n, 2000);
+    long_key(name, 1, "w");
+    assert_string_equal(o.missing.v[0], name);
+    /* Flagged by module, each module's keys in source order: the 672 odd
+     * keys of group 0 (i / 16 % 3 == 0, whose modules come first in the
+     * schema), then group 1's from key 17, last group 2's up to 3983. */
+    long_key(name, 1, "u");
+    assert_string_equal(o.unexpected.v[0], name);
+    long_key(name, 17, "u");
+    assert_string_equal(o.unexpected.v[672], name);
+    long_key(name, 3983, "u");
+    assert_string_equal(o.unexpected.v[1999], name);
+    long_key(name, 3998, "w");
+    assert_string_equal(o.v[1999].target, name);
+    done(&src, &tgt, NULL, &o);
+}
+
+/* A missing and an unexpected key next to each other in a deep schema:
+ * walks that share modules with the key before them, and walks that
+ * leave them, flag each key where PyTorch does. */
+static void test_resolve_unexpected_shared_prefixes(void **state) {
+    (void)state;
+    table src = {0}, tgt = {0};
+    add1(&tgt, "a.b.c.w");
+    add1(&tgt, "a.b.d.w");
+    add1(&tgt, "a.x");
+    add1(&tgt, "e.w");
+    add1(&src, "a.b.c.u");   /* Under a.b.c. */
+    add1(&src, "a.b.c.w.z"); /* Past the local tensor w: never flagged. */
+    add1(&src, "a.b.u");     /* Under a.b, sharing a.b with the key before. */
+    add1(&src, "a.b.d.w.q"); /* Never flagged. */
+    add1(&src, "a.b.d.u");   /* Under a.b.d. */
+    add1(&src, "a.x.y");     /* Past the local tensor a.x. */
+    add1(&src, "a.u");       /* Under a. */
+    add1(&src, "e.w");
+    add1(&src, "e");         /* Names the submodule e: never flagged. */
+    add1(&src, "a.b.c.v");   /* Under a.b.c again, after other walks. */
+    add1(&src, "q.r");       /* At the root. */
+    wb__resolve_out o;
+    assert_int_equal(run(&src, NULL, &tgt, 0, 0, &o), 0);
+    assert_string_equal(joined(&o.unexpected),
+                        "q.r,a.u,a.b.u,a.b.c.u,a.b.c.v,a.b.d.u,a.b.c.w.z,"
+                        "a.b.d.w.q,a.x.y,e");
+    assert_string_equal(joined(&o.missing), "a.b.c.w,a.b.d.w,a.x");
+    assert_string_equal(targets(&o), "e.w");
+    done(&src, &tgt, NULL, &o);
+}
+
 /* Two source keys renamed onto one key fail with both names and the
  * target in the message. */
 static void test_resolve_collision(void **state) {
@@ -292,6 +375,166 @@ static void test_resolve_regex_limit(void **state) {
     assert_string_equal(o.errmsg + 8, "regex \"(a+)+b\" hit the match limit on key "
                                       "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab!\"");
     assert_memory_equal(o.errmsg, "line 1: ", 8);
+    done(&src, NULL, &rs, &o);
+}
+
+/* The time budget is looked at after every rule, not only between keys:
+ * one key through 400 regexes that each backtrack for milliseconds (under
+ * the match limit, about a second in all) stops once the budget of 100 ms
+ * is spent, naming the rule it stopped after and the key. */
+static void test_resolve_budget_per_rule(void **state) {
+    (void)state;
+    table src = {0};
+    add1(&src, "aaaaaaaaaaaaaaa000000");
+    wb__ruleset rs = {0};
+    for (int i = 0; i < 400; i++)
+        assert_int_equal(
+            wb__ruleset_add(&rs, WB__RULE_REGEX, "(a+)+[bc]", "x", -1, i + 1),
+            0);
+    wb__resolve_req req = {.src = src.s.v, .nsrc = src.s.n, .rules = &rs,
+                           .strict = 1, .budget_ms = 100};
+    wb__resolve_out o;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(wb__resolve(&req, &o), WB_EREGEX);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double dt = (double)(t1.tv_sec - t0.tv_sec) +
+                (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    assert_true(dt >= 0.1); /* The budget ran out, not the work. */
+    int line = 0;
+    char tail[256] = "";
+    assert_int_equal(sscanf(o.errmsg, "line %d: %255[^\n]", &line, tail), 2);
+    assert_true(line > 1 && line < 400);
+    assert_string_equal(tail, "the rules took longer than 100 ms; stopped at "
+                              "key 0 of 1 (\"aaaaaaaaaaaaaaa000000\")");
+    done(&src, NULL, &rs, &o);
+}
+
+/* "ab" doubled by rule after rule: 2 << k bytes after k rules. */
+static void doubled(char *buf, size_t len) {
+    for (size_t i = 0; i < len; i++)
+        buf[i] = "ab"[i % 2];
+    buf[len] = '\0';
+}
+
+/* No rename makes a key longer than WB_MAX_NAME bytes: 40 regexes that
+ * each double the key (which would ask for 2 TiB) stop at the rule that
+ * passes 1024 bytes, with WB_ERULE naming that rule (its line, or its
+ * place in the request) and quoting the start of the key it applied to;
+ * a key of exactly 1024 bytes is kept. */
+static void test_resolve_key_growth_capped(void **state) {
+    (void)state;
+    table src = {0};
+    add1(&src, "ab");
+    add1(&src, "w");
+    wb__ruleset rs = {0};
+    char text[40 * 24] = "";
+    for (int i = 0; i < 40; i++)
+        strcat(text, "regex (.*) -> \\1\\1\n");
+    rules(&rs, text);
+    char key[WB_MAX_NAME + 1], want[512];
+    doubled(key, 96);
+    snprintf(want, sizeof want,
+             "line 10: regex \"(.*)\" -> \"\\1\\1\" makes key \"%s...\" "
+             "longer than 1024 bytes (source key \"ab\")",
+             key);
+    wb__resolve_out o;
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ERULE);
+    assert_string_equal(o.errmsg, want);
+    assert_int_equal(o.n, 0);
+    wb__resolve_out_free(&o);
+    wb__ruleset_clear(&rs);
+
+    /* The same rules from calls: named by their place, from 1. */
+    for (int i = 0; i < 40; i++)
+        assert_int_equal(
+            wb__ruleset_add(&rs, WB__RULE_REGEX, "(.*)", "\\1\\1", -1, 0), 0);
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ERULE);
+    memcpy(want, "rule", 4);
+    assert_string_equal(o.errmsg, want);
+    wb__resolve_out_free(&o);
+
+    /* Nine doublings reach exactly 1024 bytes, which is allowed. */
+    rs.n = 9;
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), 0);
+    assert_int_equal(o.n, 2);
+    doubled(key, WB_MAX_NAME);
+    assert_string_equal(o.v[0].target, key);
+    assert_int_equal(strlen(o.v[1].target), 512);
+    rs.n = 40;
+    done(&src, NULL, &rs, &o);
+}
+
+/* Exact and prefix renames are capped the same way, and a source key
+ * that is itself longer than WB_MAX_NAME is refused. */
+static void test_resolve_key_growth_other_renames(void **state) {
+    (void)state;
+    table src = {0};
+    char big[WB_MAX_NAME + 2], want[512];
+    memset(big, 'k', 1000);
+    big[1000] = '\0';
+    add1(&src, "w");
+    add1(&src, big);
+    wb__ruleset rs = {0};
+    wb__resolve_out o;
+
+    /* A 25-byte prefix on a 1000-byte key: 1025 bytes. */
+    rules(&rs, "prefix -> 0123456789abcdefghijklmno\n");
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ERULE);
+    snprintf(want, sizeof want,
+             "line 1: prefix \"\" -> \"0123456789abcdefghijklmno\" makes key "
+             "\"%.96s...\" longer than 1024 bytes (source key \"%.96s...\")",
+             big, big);
+    assert_string_equal(o.errmsg, want);
+    wb__resolve_out_free(&o);
+    wb__ruleset_clear(&rs);
+
+    /* 24 bytes fit exactly. */
+    rules(&rs, "prefix -> 0123456789abcdefghijklmn\n");
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), 0);
+    assert_int_equal(strlen(o.v[1].target), WB_MAX_NAME);
+    wb__resolve_out_free(&o);
+    wb__ruleset_clear(&rs);
+
+    /* An exact rename to 1025 bytes (possible from a call or the wire),
+     * after a rename that keeps the key short. */
+    memset(big, 'n', WB_MAX_NAME + 1);
+    big[WB_MAX_NAME + 1] = '\0';
+    assert_int_equal(wb__ruleset_add(&rs, WB__RULE_RENAME, "w", "v", -1, 0), 0);
+    assert_int_equal(wb__ruleset_add(&rs, WB__RULE_RENAME, "v", big, -1, 0), 0);
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ERULE);
+    assert_string_equal(o.errmsg,
+                        "rule 2: rename \"v\" -> \"nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn"
+                        "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn...\" makes key \"v\" "
+                        "longer than 1024 bytes (source key \"w\")");
+    wb__resolve_out_free(&o);
+    wb__ruleset_clear(&rs);
+
+    /* Quoted keys are cut at a character boundary: 95 ASCII bytes, then
+     * a two-byte character across the 96-byte mark. */
+    char utf[WB_MAX_NAME + 1];
+    memset(utf, 'u', 95);
+    memcpy(utf + 95, "\xc3\xa9", 2);
+    memset(utf + 97, 'u', 1000 - 97);
+    utf[1000] = '\0';
+    table src2 = {0};
+    add1(&src2, utf);
+    rules(&rs, "prefix -> 0123456789abcdefghijklmno\n");
+    assert_int_equal(run(&src2, &rs, NULL, 1, 0, &o), WB_ERULE);
+    snprintf(want, sizeof want, "makes key \"%.95s...\" longer", utf);
+    assert_non_null(strstr(o.errmsg, want));
+    wb__resolve_out_free(&o);
+    wb__ruleset_clear(&rs);
+    wb__schema_clear(&src2.s);
+
+    /* A source key longer than a name may be (not from the daemon, which
+     * checks names, but from any caller). */
+    wb__tinfo *t = &src.s.v[0];
+    free(t->name);
+    t->name = strdup(big);
+    assert_non_null(t->name);
+    assert_int_equal(run(&src, NULL, NULL, 1, 0, &o), WB_EINVAL);
+    assert_string_equal(o.errmsg, "source key 0 is longer than 1024 bytes");
     done(&src, NULL, &rs, &o);
 }
 
@@ -462,9 +705,14 @@ int main(void) {
         cmocka_unit_test(test_resolve_regex),
         cmocka_unit_test(test_resolve_many_renames_fast),
         cmocka_unit_test(test_resolve_big_schema_fast),
+        cmocka_unit_test(test_resolve_long_keys_fast),
+        cmocka_unit_test(test_resolve_unexpected_shared_prefixes),
         cmocka_unit_test(test_resolve_collision),
         cmocka_unit_test(test_resolve_bad_rules),
         cmocka_unit_test(test_resolve_regex_limit),
+        cmocka_unit_test(test_resolve_budget_per_rule),
+        cmocka_unit_test(test_resolve_key_growth_capped),
+        cmocka_unit_test(test_resolve_key_growth_other_renames),
         cmocka_unit_test(test_resolve_cast_rules),
         cmocka_unit_test(test_resolve_strict_error_text),
         cmocka_unit_test(test_resolve_nonstrict_and_ignore),

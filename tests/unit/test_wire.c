@@ -1,5 +1,6 @@
 /* test_wire.c -- Unit tests of the wire protocol: framing, the bounded
- * msgpack check, typed accessors, tensor and rule encodings, names. */
+ * msgpack check, typed accessors, tensor and rule encodings, names and
+ * text values. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -232,6 +233,86 @@ static void test_wire_names(void **state) {
     assert_int_equal(wb__check_name(big, WB_MAX_NAME + 1), WB_ENAME);
 }
 
+/* Metadata values: any length (even none) of valid UTF-8 without NUL.  A
+ * value is refused for an overlong encoding, a surrogate, a code point
+ * above U+10FFFF, a cut or broken sequence, or a stray byte, wherever it
+ * stands in a long value (inside or after the eight-byte ASCII runs). */
+static void test_wire_text(void **state) {
+    (void)state;
+    static const struct {
+        const char *s;
+        size_t n;
+        int want;
+    } cases[] = {
+        {"", 0, 0},
+        {"resnet50 trained on ImageNet", 28, 0},
+        {"\xc3\xa9t\xc3\xa9", 5, 0},                 /* U+00E9 */
+        {"\xe2\x82\xac", 3, 0},                      /* U+20AC */
+        {"\xef\xbf\xbf", 3, 0},                      /* U+FFFF */
+        {"\xf0\x9f\x98\x80", 4, 0},                  /* U+1F600 */
+        {"\xf4\x8f\xbf\xbf", 4, 0},                  /* U+10FFFF */
+        {"\xed\x9f\xbf", 3, 0},                      /* U+D7FF */
+        {"\xee\x80\x80", 3, 0},                      /* U+E000 */
+        {"a\0b", 3, WB_EINVAL},                      /* NUL */
+        {"\0", 1, WB_EINVAL},
+        {"\xc0\x80", 2, WB_EINVAL},                  /* overlong NUL */
+        {"\xc0\xaf", 2, WB_EINVAL},                  /* overlong '/' */
+        {"\xc1\xbf", 2, WB_EINVAL},                  /* overlong U+7F */
+        {"\xe0\x80\xaf", 3, WB_EINVAL},              /* overlong, 3 bytes */
+        {"\xe0\x9f\xbf", 3, WB_EINVAL},              /* overlong U+7FF */
+        {"\xf0\x80\x80\xaf", 4, WB_EINVAL},          /* overlong, 4 bytes */
+        {"\xf0\x8f\xbf\xbf", 4, WB_EINVAL},          /* overlong U+FFFF */
+        {"\xed\xa0\x80", 3, WB_EINVAL},              /* U+D800 */
+        {"\xed\xbf\xbf", 3, WB_EINVAL},              /* U+DFFF */
+        {"\xed\xa0\xbd\xed\xb8\x80", 6, WB_EINVAL},  /* CESU-8 pair */
+        {"\xf4\x90\x80\x80", 4, WB_EINVAL},          /* U+110000 */
+        {"\xf7\xbf\xbf\xbf", 4, WB_EINVAL},          /* U+1FFFFF */
+        {"\xf8\x88\x80\x80\x80", 5, WB_EINVAL},      /* 5-byte form */
+        {"\xfc\x84\x80\x80\x80\x80", 6, WB_EINVAL},  /* 6-byte form */
+        {"\xc3", 1, WB_EINVAL},                      /* truncated */
+        {"\xe2\x82", 2, WB_EINVAL},
+        {"\xf0\x9f\x98", 3, WB_EINVAL},
+        {"ab\xe2\x82", 4, WB_EINVAL},
+        {"\xe2\x82x", 3, WB_EINVAL},                 /* broken */
+        {"\xf0\x9f\x98\x28", 4, WB_EINVAL},
+        {"\x80", 1, WB_EINVAL},                      /* stray continuation */
+        {"a\xbf" "b", 3, WB_EINVAL},
+        {"\xfe", 1, WB_EINVAL},
+        {"\xff", 1, WB_EINVAL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        if (wb__check_text(cases[i].s, cases[i].n) != cases[i].want)
+            fail_msg("case %zu: want %d", i, cases[i].want);
+    assert_int_equal(wb__check_text(NULL, 0), 0);
+    assert_int_equal(wb__check_text(NULL, 1), WB_EINVAL);
+    /* Longer than any name: 1 MiB of ASCII and of 3-byte characters. */
+    size_t big = 1u << 20;
+    char *v = malloc(big + 8);
+    assert_non_null(v);
+    memset(v, 'x', big);
+    assert_int_equal(wb__check_text(v, big), 0);
+    for (size_t i = 0; i + 3 <= big; i += 3)
+        memcpy(v + i, "\xe2\x82\xac", 3);
+    assert_int_equal(wb__check_text(v, big / 3 * 3), 0);
+    /* Each bad sequence at every offset of an ASCII run, for every
+     * alignment against the eight-byte steps. */
+    static const char *const bad[] = {"\xc0\xaf", "\xed\xa0\x80",
+                                      "\xf4\x90\x80\x80", "\xe2\x82", "\0",
+                                      "\x80"};
+    static const size_t badlen[] = {2, 3, 4, 2, 1, 1};
+    for (size_t b = 0; b < sizeof bad / sizeof bad[0]; b++)
+        for (size_t at = 0; at < 40; at++) {
+            memset(v, 'a', 64);
+            memcpy(v + at, bad[b], badlen[b]);
+            if (wb__check_text(v, 64) != WB_EINVAL)
+                fail_msg("bad sequence %zu at %zu accepted", b, at);
+            /* Cut at the end of the value. */
+            if (b == 3 && wb__check_text(v, at + badlen[b]) != WB_EINVAL)
+                fail_msg("cut sequence at the end %zu accepted", at);
+        }
+    free(v);
+}
+
 /* Rules survive encoding and decoding, and bad kinds are refused. */
 static void test_wire_rules_roundtrip(void **state) {
     wb__ruleset rs = {0}, back = {0};
@@ -305,6 +386,7 @@ int main(void) {
         cmocka_unit_test(test_wire_object_limit),
         cmocka_unit_test(test_wire_tinfo_errors),
         cmocka_unit_test(test_wire_names),
+        cmocka_unit_test(test_wire_text),
         cmocka_unit_test(test_wire_rules_roundtrip),
         cmocka_unit_test(test_wire_frame_header),
         cmocka_unit_test(test_wire_error_table),
