@@ -17,7 +17,7 @@
  * asked for anything and again just before the rename, because the rename
  * would replace it rather than write to it (for a link, replace the link
  * rather than what it points to).  A replaced FILE keeps its permission
- * bits.
+ * bits.  FILE "-" writes the image to standard output instead.
  *
  * Both draw a progress bar on stderr when stderr is a terminal. */
 #include <errno.h>
@@ -504,6 +504,9 @@ int cmd_export(wb_cli *cli, const wb_cli_args *a) {
     if (to_stdout && cli->json)
         return cli_usage_error("export: cannot write the file to stdout "
                                "with --json");
+    if (to_stdout && isatty(STDOUT_FILENO))
+        return cli_usage_error("export: refusing to write a safetensors "
+                               "image to a terminal (redirect stdout)");
     /* Refuse a FILE we would not replace before asking the daemon. */
     export_target t = {.dfd = -1};
     if (!to_stdout && target_open(cli, path, &t))

@@ -504,6 +504,64 @@ def test_cli_export_checks_the_file_again_before_the_rename(daemon, tmp_path):
                                             "wbrokerd.log"]
 
 
+def test_cli_export_to_stdout(daemon, model_file, tmp_path):
+    """FILE '-' writes the safetensors image to standard output, the same
+    bytes as a file; './-' is a file named '-'."""
+    path, raw = model_file
+    cli(daemon, "import", path, "net", check=0)
+    out = str(tmp_path / "out.safetensors")
+    cli(daemon, "export", "net", out, check=0)
+    p = subprocess.run([daemon.cli, "--socket", daemon.socket, "export",
+                        "net@1", "-"], capture_output=True, timeout=60)
+    assert p.returncode == 0 and p.stderr == b""
+    assert p.stdout == open(out, "rb").read()
+    piped = str(tmp_path / "piped.safetensors")
+    with open(piped, "wb") as f:
+        subprocess.run([daemon.cli, "--socket", daemon.socket, "export",
+                        "net", "-"], stdout=f, check=True, timeout=60)
+    meta, got = read_st(piped)
+    assert meta == {"format": "pt", "note": "héllo"}
+    assert {k: v[2] for k, v in got.items()} == raw
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    subprocess.run([daemon.cli, "--socket", daemon.socket, "export", "net",
+                    "./-"], cwd=cwd, check=True, capture_output=True,
+                   timeout=60)
+    assert open(cwd / "-", "rb").read() == p.stdout
+    # An unknown version writes nothing to stdout.
+    p = subprocess.run([daemon.cli, "--socket", daemon.socket, "export",
+                        "net@9", "-"], capture_output=True, timeout=60)
+    assert p.returncode == 1 and p.stdout == b""
+    assert b"no such version" in p.stderr
+
+
+def test_cli_export_to_stdout_refuses_json_and_terminals(daemon, model_file):
+    """'-' cannot be combined with --json, and is refused when stdout is a
+    terminal: exit 2, nothing written."""
+    path, _ = model_file
+    cli(daemon, "import", path, "net", check=0)
+    p = cli(daemon, "--json", "export", "net", "-", check=2)
+    assert p.stdout == "" and "--json" in p.stderr
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.run([daemon.cli, "--socket", daemon.socket,
+                               "export", "net", "-"], stdout=slave,
+                              stderr=subprocess.PIPE, timeout=60)
+        os.close(slave)
+        slave = -1
+        try:                        # EIO: closed slave, nothing written.
+            got = os.read(master, 4096)
+        except OSError:
+            got = b""
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    assert proc.returncode == 2, proc.stderr
+    assert b"terminal" in proc.stderr
+    assert got == b""
+
+
 # ---------------------------------------------------------------- rm
 
 def test_cli_rm_version_and_model(daemon, model_file):
@@ -587,6 +645,8 @@ def test_cli_help_and_version(daemon):
     p = cli(daemon, "--version", check=0)
     assert p.stdout.startswith("wbroker ")
     assert cli(daemon, "plan", "--help", check=0).stdout.count("--target")
+    p = cli(daemon, "export", "--help", check=0)
+    assert "FILE|-" in p.stdout and "stdout for -" in p.stdout
 
 
 # ---------------------------------------------------------------- status
