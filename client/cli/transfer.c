@@ -301,6 +301,16 @@ static void tmp_signals_catch(struct sigaction old[N_TMP_SIGNALS]) {
     }
 }
 
+/* Blocks tmp_signals, saving the previous signal mask in old, so that a
+ * step and the change of pending_tmp that goes with it happen at once. */
+static void tmp_signals_hold(sigset_t *old) {
+    sigset_t set;
+    sigemptyset(&set);
+    for (size_t i = 0; i < N_TMP_SIGNALS; i++)
+        sigaddset(&set, tmp_signals[i]);
+    sigprocmask(SIG_BLOCK, &set, old);
+}
+
 /* Restores the actions tmp_signals_catch() saved. */
 static void tmp_signals_restore(const struct sigaction old[N_TMP_SIGNALS]) {
     for (size_t i = 0; i < N_TMP_SIGNALS; i++)
@@ -436,19 +446,24 @@ static int tmp_create(const export_target *t, char name[NAME_MAX + 1]) {
 static int write_file_atomic(wb_cli *cli, export_target *t, const uint8_t *data,
                              size_t len) {
     struct sigaction old[N_TMP_SIGNALS];
+    sigset_t mask;
     tmp_signals_catch(old);
+    tmp_signals_hold(&mask); /* No signal between creating and arming. */
     int fd = tmp_create(t, pending_tmp.name);
+    int e = fd < 0 ? errno : 0;
+    if (fd >= 0) {
+        pending_tmp.dfd = t->dfd;
+        pending_tmp.armed = 1;
+    }
+    sigprocmask(SIG_SETMASK, &mask, NULL);
     if (fd < 0) {
-        int e = errno;
         tmp_signals_restore(old);
         return cli_fail(cli, WB_ESYS, "%s: creating a temporary file: %s",
                         t->path, strerror(e));
     }
-    pending_tmp.dfd = t->dfd;
-    pending_tmp.armed = 1;
     progress pr;
     progress_init(&pr, "exporting", len);
-    int e = write_all(fd, data, len, &pr);
+    e = write_all(fd, data, len, &pr);
     const char *what = "writing";
     if (e == 0 && fchmod(fd, t->mode) != 0) {
         e = errno;
@@ -469,12 +484,14 @@ static int write_file_atomic(wb_cli *cli, export_target *t, const uint8_t *data,
     int rc = e ? cli_fail(cli, WB_ESYS, "%s %s: %s", what, pending_tmp.name,
                           strerror(e))
                : target_check(cli, t);
+    tmp_signals_hold(&mask); /* Renamed or removed, and disarmed, at once. */
     if (rc == 0 && renameat(t->dfd, pending_tmp.name, t->dfd, t->base) != 0)
         rc = cli_fail(cli, WB_ESYS, "renaming %s to %s: %s", pending_tmp.name,
                       t->path, strerror(errno));
     if (rc)
         unlinkat(t->dfd, pending_tmp.name, 0);
     pending_tmp.armed = 0;
+    sigprocmask(SIG_SETMASK, &mask, NULL);
     tmp_signals_restore(old);
     /* Make the rename itself durable; FILE is in place either way. */
     if (rc == 0)

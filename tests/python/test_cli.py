@@ -463,13 +463,26 @@ def stopped_while_writing(daemon, tmp_path, out):
         return [f for f in os.listdir(d)
                 if f.startswith("." + base + ".") and f.endswith(".tmp")]
 
+    def stopped(pid):
+        """Waits until pid is stopped (True) or has exited (False)."""
+        while True:
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                return False
+            if state in "tT":
+                return True
+            if state in "ZX":
+                return False
+
     for _ in range(5):              # Retry if an export outran the polling.
         proc = subprocess.Popen([daemon.cli, "--socket", daemon.socket,
                                  "export", "big", out])
         while not temporaries() and proc.poll() is None:
             pass
         proc.send_signal(signal.SIGSTOP)
-        if temporaries() and proc.poll() is None:
+        if stopped(proc.pid) and temporaries():
             return proc
         proc.send_signal(signal.SIGCONT)
         proc.wait()
