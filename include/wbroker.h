@@ -4,10 +4,42 @@
  * state_dicts (named tensors) into shared memory that the daemon owns, and
  * maps committed versions back read-only or copy-on-write, without copies.
  *
- * Every call is blocking and a client handle is not thread-safe: use one
- * handle per thread.  Functions that can fail return 0 (or a count) on
- * success and a negative WB_E* code on failure; wb_errmsg() then holds the
- * detail of the last failure on that handle. */
+ * Conventions that every function below follows unless its comment says
+ * otherwise:
+ *
+ * Errors.  Functions that can fail return 0 (or a count or length) on
+ * success and a negative WB_E* code on failure.  A failure on a client
+ * handle, or on a publish made through it, also leaves its detail in
+ * wb_errmsg() of that handle.  A call that sends a request can, besides
+ * the codes its comment lists, fail with the "transport errors":
+ * WB_ECLOSED (the connection is gone: every later request on the handle
+ * fails the same way, so close it), WB_EPROTO (the daemon's reply was
+ * malformed or out of sequence, or the daemon refused the request as a
+ * protocol error; the connection may have been closed with it),
+ * WB_ETOOBIG (the request exceeds the protocol's 32 MiB frame; nothing was
+ * sent) and WB_ENOMEM.
+ *
+ * Arguments.  Pointer arguments must not be NULL unless the comment says
+ * so; a NULL handle or output pointer is refused with WB_EINVAL, but a
+ * NULL inside an array or a string that is not NUL-terminated is not
+ * always detectable.  A "valid name" (of a model, a tensor or a metadata
+ * key) is 1..WB_MAX_NAME bytes of UTF-8 without NUL, overlong forms or
+ * surrogates; invalid model and tensor names fail with WB_ENAME.
+ *
+ * Ownership.  Strings and arrays passed in are copied (or sent) before the
+ * call returns: the caller keeps them.  Objects a function hands out
+ * (wb_client, wb_publish, wb_mapping, wb_rules, wb_schema, wb_model_info
+ * arrays) belong to the caller until the matching free function; strings
+ * and pointers read out of an object belong to that object and stay valid
+ * until it is freed, unless the comment says otherwise.
+ *
+ * Threads.  Every call is blocking.  A client handle is not thread-safe:
+ * use one handle per thread, or serialise all calls on it, including calls
+ * on its publishes, which talk through it.  A wb_mapping can be read
+ * (wb_map_*) from several threads at once, since reading does not change
+ * it, but must not be unmapped while another thread still uses it; the
+ * same holds for wb_rules and wb_schema, which wb_load() only reads.  The
+ * functions that take no handle are thread-safe. */
 #ifndef WBROKER_H
 #define WBROKER_H
 
@@ -30,8 +62,12 @@ extern "C" {
 #define WB_VERSION_HEX                                                         \
     ((WB_VERSION_MAJOR << 16) | (WB_VERSION_MINOR << 8) | WB_VERSION_PATCH)
 
-/* Library version at run time, as WB_VERSION_HEX and as "0.1.0". */
+/* Library version at run time, as WB_VERSION_HEX would give it: compare
+ * with the WB_VERSION_HEX a program was built with to detect a different
+ * libwbroker.  Cannot fail. */
 WB_EXTERN unsigned wb_version(void);
+/* Library version at run time as a string, "0.1.0": a static string, never
+ * NULL, not to be freed. */
 WB_EXTERN const char *wb_version_string(void);
 
 /* ---------------------------------------------------------------- errors */
@@ -73,9 +109,13 @@ typedef enum {
 #undef WB__ERR_ENUM
 } wb_errno;
 
-/* Message for an error code ("unknown error" for codes not listed). */
+/* Generic message of an error code: "success" for 0, "unknown error" for
+ * a code not in WB_ERRNO_MAP.  A static string, never NULL, not to be
+ * freed.  The detail of one failure is in wb_errmsg(). */
 WB_EXTERN const char *wb_strerror(int err);
-/* Stable symbolic name of an error code, e.g. "ENOMODEL". */
+/* Stable symbolic name of an error code, e.g. "ENOMODEL": "OK" for 0,
+ * "EUNKNOWN" for a code not in WB_ERRNO_MAP.  A static string, never NULL,
+ * not to be freed. */
 WB_EXTERN const char *wb_err_name(int err);
 
 /* ---------------------------------------------------------------- dtypes */
@@ -93,11 +133,15 @@ typedef enum {
     WB_DTYPE_COUNT
 } wb_dtype;
 
-/* Element size in bytes, or 0 for an unknown dtype. */
+/* Element size in bytes of dtype (a wb_dtype), or 0 when dtype is not one
+ * (negative or >= WB_DTYPE_COUNT). */
 WB_EXTERN size_t wb_dtype_size(int dtype);
-/* safetensors name ("F32"), or NULL for an unknown dtype. */
+/* safetensors name of dtype ("F32"), a static string not to be freed, or
+ * NULL when dtype is not a wb_dtype. */
 WB_EXTERN const char *wb_dtype_name(int dtype);
-/* Dtype for a safetensors name, or WB_EDTYPE. */
+/* The wb_dtype whose safetensors name is name, matched exactly (case
+ * matters: "F32", not "f32").  Returns it (>= 0), or WB_EDTYPE for an
+ * unknown name or a NULL one. */
 WB_EXTERN int wb_dtype_from_name(const char *name);
 
 #define WB_MAX_DIMS 16          /* Dimensions of one tensor. */
@@ -107,21 +151,44 @@ WB_EXTERN int wb_dtype_from_name(const char *name);
 
 typedef struct wb_client wb_client;
 
-/* Resolves the socket path as every wbroker program does: explicit (may be
- * NULL), else $WBROKER_SOCKET, else /run/wbroker/wbroker.sock for root, else
- * $XDG_RUNTIME_DIR/wbroker.sock, else /tmp/wbroker-$UID/wbroker.sock.
- * Returns the length written, or WB_ETOOBIG if it does not fit. */
+/* Resolves the socket path as every wbroker program does: explicit_path
+ * when it is neither NULL nor "", else $WBROKER_SOCKET when set and not
+ * empty, else /run/wbroker/wbroker.sock when the effective user is root,
+ * else $XDG_RUNTIME_DIR/wbroker.sock when that is set and not empty, else
+ * /tmp/wbroker-$UID/wbroker.sock.  Writes it NUL-terminated into buf (len
+ * bytes; buf may be NULL only when len is 0).  Returns its length without
+ * the NUL, or WB_ETOOBIG when it needs len bytes or more (buf then holds
+ * a truncated path).  Reads the environment: do not call it while another
+ * thread changes the environment. */
 WB_EXTERN int wb_socket_path(const char *explicit_path, char *buf, size_t len);
 
-/* Connects to the daemon at socket_path (NULL: the default path) and
- * exchanges the protocol hello.  On failure *out is set to NULL unless the
- * failure happened after the handle existed, in which case *out holds a
- * handle whose wb_errmsg() says why; close it with wb_close() either way. */
+/* Connects to the daemon at socket_path (NULL or "": the path
+ * wb_socket_path() resolves) and exchanges the protocol hello.  On success
+ * *out is a new handle, to be closed with wb_close().
+ *
+ * Fails with WB_EINVAL when out is NULL (nothing allocated) or the path
+ * does not fit in a socket address (107 bytes); WB_ENOMEM when the handle
+ * cannot be allocated; WB_ESYS when no socket can be made; WB_EPERM when
+ * the socket's permissions refuse this user; WB_ECONNECT when nothing
+ * listens there (no such file, connection refused); WB_EVERSION when the
+ * daemon speaks another protocol version; and with the transport errors.
+ * *out is NULL after the failures that come before the handle exists
+ * (out NULL, WB_ENOMEM); after the others *out holds a handle good only
+ * for wb_errmsg() (which names the socket path and says why) and
+ * wb_close().  Close *out whenever it is not NULL. */
 WB_EXTERN int wb_connect(const char *socket_path, wb_client **out);
-/* Closes the connection.  Mappings and open publishes made through it stay
- * valid / are aborted respectively.  Accepts NULL. */
+/* Closes the connection and frees c.  Accepts NULL.  Mappings made through
+ * c stay valid (free them with wb_unmap() as before).  The daemon aborts
+ * every publish still open on the connection, but the wb_publish handles
+ * point to c: commit or abort them before closing c, since none may be
+ * used, not even aborted, afterwards.  Strings read from c (wb_errmsg())
+ * are invalid afterwards. */
 WB_EXTERN void wb_close(wb_client *c);
-/* Detail of the last failure on c ("" if none). Accepts NULL. */
+/* Detail of the most recent failure of a call on c or on one of its
+ * publishes, a sentence such as "no model named 'm'"; "" when the most
+ * recent request succeeded (each successful request clears it), and "" for
+ * a NULL c.  The string belongs to c and is overwritten by the next call
+ * on c; calls that fail because c itself is NULL record nothing. */
 WB_EXTERN const char *wb_errmsg(const wb_client *c);
 
 /* ---------------------------------------------------------------- publish */
@@ -149,58 +216,150 @@ typedef struct wb_kv {
  * Reserved: publishers cannot set it; importers turn it back into ties. */
 #define WB_TIED_KEY "wbroker.tied"
 
-/* Declares a new version of model with n tensors and optional string
- * metadata.  The daemon lays out and backs a shared segment; fill each
- * tensor by copying bytes in with wb_publish_write(), or by writing where
- * wb_publish_data() points, then commit or abort.  Nothing is visible to
- * readers before the commit. */
+/* Declares a new version of model (a valid name) with the n tensors of
+ * tensors (NULL allowed when n is 0) and the n_meta entries of meta (NULL
+ * allowed when n_meta is 0).  The daemon lays the tensors out in one
+ * shared segment and backs it in full, so that a full memory fails here
+ * and never later; every tensor byte starts as zero.  Fill each tensor by
+ * copying bytes in with wb_publish_write(), or by writing where
+ * wb_publish_data() points, then finish with wb_publish_commit() or
+ * wb_publish_abort().  Nothing is visible to readers before the commit.
+ * The specs and metadata are copied: the caller keeps them.  On success
+ * *out is the new publish; it belongs to the caller and is freed by the
+ * commit or the abort, whichever comes (exactly one of them must).  A
+ * connection may hold up to 16 open publishes.
+ *
+ * Fails, with *out NULL (when out is not NULL) and nothing declared, with
+ * WB_EINVAL for a NULL c, out or model, NULL tensors or meta with a
+ * non-zero count, a metadata entry whose key is NULL or not a valid name
+ * or whose value is NULL, longer than 1 MiB or holds a NUL, the reserved
+ * keys "__metadata__" and WB_TIED_KEY (use tied_to), or a tied_to that
+ * does not name an earlier tensor of the same dtype and shape that is not
+ * itself tied; WB_ENAME for an invalid model or tensor name; WB_EDTYPE for
+ * a dtype that is not a wb_dtype; WB_ESHAPE for an ndim outside
+ * 0..WB_MAX_DIMS, a NULL shape with ndim > 0, a negative size, or a
+ * tensor of more than 2^48 bytes; WB_EEXIST when two tensors share a
+ * name; WB_ETOOBIG for more than 262,144 tensors or 1,024 metadata
+ * entries, a 17th open publish on the connection, or a model too large to
+ * lay out; WB_ELIMIT when the segment would exceed the daemon's memory
+ * limit; WB_ENOSPC when the system cannot back it; WB_ESYS; and the
+ * transport errors. */
 WB_EXTERN int wb_publish_begin(wb_client *c, const char *model,
                                const wb_tensor_spec *tensors, size_t n,
                                const wb_kv *meta, size_t n_meta,
                                wb_publish **out);
-/* Writable pointer to tensor i (declared order) and its size in bytes, or
- * NULL if i is out of range or the segment cannot be mapped (wb_errmsg()
- * says why).  The first call maps the segment.  A tied tensor gives the
- * bytes of the tensor it is tied to. */
+/* Writable pointer to the bytes of tensor i of p (in the order declared)
+ * and, when nbytes is not NULL, their size in *nbytes.  The first call
+ * maps the whole segment shared and writable.  A tied tensor gives the
+ * bytes of the tensor it is tied to.  The pointer is valid until the
+ * commit or abort of p, which unmap it; write only within the nbytes
+ * bytes: a write beyond them changes another tensor or the header, and a
+ * changed header makes the commit fail with WB_ECORRUPT.  Returns NULL
+ * when p is NULL or i is out of range (nothing recorded), or when the
+ * segment cannot be mapped (WB_ESYS, detail in wb_errmsg() of p's
+ * client). */
 WB_EXTERN void *wb_publish_data(wb_publish *p, size_t i, size_t *nbytes);
-/* Copies len bytes from src into tensor i at byte offset off, with write(2)
- * on the segment rather than through a mapping: for bytes that already
- * exist elsewhere this is the faster way in (the kernel fills fresh shared
- * pages without a fault each).  Returns 0, WB_EINVAL (out of range) or
- * WB_ESYS. */
+/* Copies len bytes from src (NULL allowed when len is 0) into tensor i of
+ * p at byte offset off within the tensor, with pwrite(2) on the segment
+ * rather than through a mapping: for bytes that already exist elsewhere
+ * this is the faster way in (the kernel fills fresh shared pages without
+ * a fault each).  Writing to a tied tensor writes the tensor it is tied
+ * to.  Mixes freely with writes through wb_publish_data().  Talks to no
+ * daemon.  Returns 0; WB_EINVAL when p is NULL, i is out of range, src is
+ * NULL with len > 0, or [off, off + len) does not lie within the tensor's
+ * bytes (nothing written); or WB_ESYS when the write fails (the tensor
+ * may be partly written). */
 WB_EXTERN int wb_publish_write(wb_publish *p, size_t i, const void *src,
                                size_t len, size_t off);
-/* Unmaps any writable mapping, asks the daemon to seal and commit, and frees
- * p whatever the outcome.  On success *version (may be NULL) is the new
- * version number. */
+/* Unmaps p's writable mapping (pointers from wb_publish_data() become
+ * invalid), asks the daemon to check the header, seal the segment against
+ * any further change and commit it as the model's next version, and frees
+ * p whatever the outcome.  On success the version is visible to every
+ * reader and watcher, and *version (NULL allowed) is its number, counted
+ * from 1 per model.  On failure nothing is published.
+ *
+ * Fails with WB_EINVAL for a NULL p; WB_EBUSY when another writable
+ * mapping of the segment still exists (a forked child's, say: the kernel
+ * cannot seal it); WB_ECORRUPT when the header the daemon wrote was
+ * changed; WB_ESTATE when the daemon no longer knows the publish;
+ * WB_ETOOBIG when the model is new and the daemon already holds its
+ * maximum of 4,096 models; and the transport errors. */
 WB_EXTERN int wb_publish_commit(wb_publish *p, uint64_t *version);
-/* Abandons the publish and frees p.  Accepts NULL. */
+/* Abandons the publish: unmaps it, tells the daemon to discard the
+ * segment (when the connection still works; any failure of that is
+ * ignored, and wb_errmsg() keeps the failure that led here) and frees p.
+ * Accepts NULL. */
 WB_EXTERN void wb_publish_abort(wb_publish *p);
 
 /* ---------------------------------------------------------------- rules */
 
 typedef struct wb_rules wb_rules;
 
-/* Mapping rules: filters, then renames in order.  See the README for the
- * semantics and the rules-file format. */
+/* Mapping rules that wb_load() sends with a request: source keys are
+ * filtered (include, exclude) and then renamed by every rename rule in the
+ * order added; cast rules pick dtypes.  See the README for the semantics
+ * and the rules-file format.  Every rule is checked when it is added, so
+ * that a bad one fails at the call that made it; the daemon checks again.
+ * A failed call adds nothing and leaves its detail in wb_rules_errmsg().
+ * Operands are copied.  A request holds at most 4,096 rules (more fail at
+ * wb_load() with WB_ETOOBIG).  A wb_rules is not thread-safe to change. */
+
+/* A new, empty rule list, to be freed with wb_rules_free(); NULL when out
+ * of memory. */
 WB_EXTERN wb_rules *wb_rules_new(void);
+/* Frees r and its rules.  Accepts NULL.  Strings read from r
+ * (wb_rules_errmsg()) are invalid afterwards. */
 WB_EXTERN void wb_rules_free(wb_rules *r);
+/* Keeps only the source keys that match glob (an fnmatch(3) pattern) or
+ * another include glob; with no include rule every key is kept.  Returns
+ * 0; WB_EINVAL for a NULL r (nothing recorded) or glob; WB_ENAME for a
+ * glob longer than WB_MAX_NAME bytes; WB_ERULE for an empty or malformed
+ * glob (an unclosed '[', a trailing backslash); or WB_ENOMEM. */
 WB_EXTERN int wb_rules_include(wb_rules *r, const char *glob);
+/* Drops the source keys that match glob; an exclude wins over an include.
+ * Returns as wb_rules_include(). */
 WB_EXTERN int wb_rules_exclude(wb_rules *r, const char *glob);
+/* Renames the key exactly equal to from (as the renames before this one
+ * left it) into to.  Returns 0; WB_EINVAL for a NULL r (nothing recorded),
+ * from or to; WB_ENAME for an operand longer than WB_MAX_NAME bytes;
+ * WB_ERULE for an empty operand; or WB_ENOMEM. */
 WB_EXTERN int wb_rules_rename(wb_rules *r, const char *from, const char *to);
+/* Replaces the prefix from of every key that starts with it by to; from ""
+ * puts to in front of every key, to "" strips from.  Returns as
+ * wb_rules_rename(), except that empty operands are allowed. */
 WB_EXTERN int wb_rules_rename_prefix(wb_rules *r, const char *from,
                                      const char *to);
+/* Renames every key that the PCRE2 pattern matches as a whole into
+ * replacement, with Python's re.sub syntax (\1, \g<1>, \g<name>).  The
+ * pattern is compiled and the replacement's group references are checked
+ * now.  Returns 0; WB_EINVAL for a NULL r (nothing recorded), pattern or
+ * replacement; WB_ENAME for an operand longer than WB_MAX_NAME bytes;
+ * WB_ERULE for an empty or invalid pattern or a replacement naming a
+ * group the pattern lacks (wb_rules_errmsg() says where); or WB_ENOMEM.
+ * Matching is bounded at the daemon (see EREGEX at wb_load()). */
 WB_EXTERN int wb_rules_rename_regex(wb_rules *r, const char *pattern,
                                     const char *replacement);
-/* Converts keys matching glob (after renaming) to dtype when the target
- * schema does not say otherwise. */
+/* Converts the keys matching glob (after renaming) to dtype when the
+ * target schema does not give their dtype; the last matching cast rule
+ * wins.  Returns 0; WB_EINVAL for a NULL r (nothing recorded) or glob;
+ * WB_ENAME for a glob longer than WB_MAX_NAME bytes; WB_ERULE for an empty
+ * or malformed glob; WB_EDTYPE when dtype is not a wb_dtype; or
+ * WB_ENOMEM.  A conversion the daemon cannot do fails at wb_load() with
+ * WB_EDTYPE. */
 WB_EXTERN int wb_rules_cast(wb_rules *r, const char *glob, int dtype);
 /* Detail of the last failed wb_rules_* call on r ("" if none), e.g.
  * "regex \"layer(\\d+\" at offset 9: missing closing parenthesis".
- * Accepts NULL. */
+ * Accepts NULL (gives "").  The string belongs to r and is overwritten by
+ * the next failing call on r. */
 WB_EXTERN const char *wb_rules_errmsg(const wb_rules *r);
-/* Appends the rules of a rules-file text.  On failure nothing is appended
- * and err (if not NULL) receives "line N: why". */
+/* Appends the rules of a rules-file text (NUL-terminated; lines end with
+ * LF or CRLF), and takes the "strict" and "ignore-mismatched-sizes" lines
+ * it has (the last of each wins) as options for wb_load(): they can only
+ * relax the flags given there.  On failure nothing is appended, the
+ * options are unchanged, and err (NULL allowed, or errlen 0) receives
+ * "line N: why" truncated to errlen bytes, which wb_rules_errmsg() also
+ * gives.  Returns 0; WB_EINVAL for a NULL r or text; WB_ERULE for a line
+ * that is not a valid rule; or WB_ENOMEM. */
 WB_EXTERN int wb_rules_parse(wb_rules *r, const char *text, char *err,
                              size_t errlen);
 
@@ -208,9 +367,24 @@ WB_EXTERN int wb_rules_parse(wb_rules *r, const char *text, char *err,
 
 typedef struct wb_schema wb_schema;
 
-/* The target's tensors in its state_dict order. */
+/* The target of a load: its tensors in its state_dict order, against
+ * which wb_load() matches the (renamed) source keys as load_state_dict()
+ * would.  A wb_schema is not thread-safe to change. */
+
+/* A new, empty schema for a target called target_name (copied; NULL means
+ * ""), the name error texts give ("Error(s) in loading state_dict for
+ * NAME").  Free it with wb_schema_free().  Returns NULL when out of memory
+ * or when the name is longer than WB_MAX_NAME bytes. */
 WB_EXTERN wb_schema *wb_schema_new(const char *target_name);
+/* Frees s, its target name and its tensors.  Accepts NULL. */
 WB_EXTERN void wb_schema_free(wb_schema *s);
+/* Appends a target tensor: its key, dtype (a wb_dtype) and ndim sizes at
+ * shape (NULL allowed when ndim is 0); name and sizes are copied.  Returns
+ * 0; WB_EINVAL for a NULL s; WB_ENAME for a name that is NULL, empty or
+ * longer than WB_MAX_NAME bytes (other invalid names fail at wb_load());
+ * WB_EDTYPE; WB_ESHAPE for an ndim outside 0..WB_MAX_DIMS, a NULL shape
+ * with ndim > 0 or a negative size; or WB_ENOMEM.  The schema is unchanged
+ * on failure.  A key listed twice fails at wb_load() with WB_EEXIST. */
 WB_EXTERN int wb_schema_add(wb_schema *s, const char *name, int dtype,
                             int ndim, const int64_t *shape);
 
@@ -237,28 +411,78 @@ typedef struct wb_tensor {
     int cast;                   /* 1 if converted from the source dtype. */
 } wb_tensor;
 
-/* Maps the latest (version 0) or a given version of model, read-only shared
- * or copy-on-write as flags say. */
+/* wb_load() without a schema or rules: maps every tensor of version
+ * (0: the latest) of model under its own name, in the order it was
+ * published, tied tensors under each of their names at the same bytes.
+ * flags: WB_MAP_SHARED for read-only shared pages (a write faults), else
+ * copy-on-write (WB_MAP_PRIVATE: writes stay in this process); WB_MAP_PLAN
+ * for the table without the bytes.  Only a mapping made here without
+ * WB_MAP_PLAN gives wb_map_image().  Returns and fails as wb_load(). */
 WB_EXTERN int wb_map(wb_client *c, const char *model, uint64_t version,
                      int flags, wb_mapping **out);
-/* Maps with a target schema and rules (either may be NULL).  On a load
- * error (strict violation, size mismatch) it returns WB_ELOAD, maps
- * nothing, and *out still holds the report (wb_map_error_text() has the
- * PyTorch-format text); free it with wb_unmap().  For other errors *out is
- * NULL. */
+/* Maps version (0: the latest) of model through a target schema and rules
+ * (either or both may be NULL; both are only read, and may be freed after
+ * the call).  The daemon filters and renames the source keys, matches
+ * them against the schema as load_state_dict() would and converts dtypes
+ * the schema or a cast rule asks for (once, cached for every later
+ * consumer).  flags are WB_MAP_* values ORed: WB_MAP_SHARED or copy-on-
+ * write as for wb_map(); WB_MAP_NONSTRICT (strict=False) and
+ * WB_MAP_IGNORE_MISMATCH (ignore_mismatched_sizes=True), which a rules
+ * file's options can also set; WB_MAP_PLAN for the report and table
+ * without mapping anything (data pointers NULL).  On success *out is the
+ * mapping (free it with wb_unmap()): with a schema, the target keys that
+ * matched, in the schema's order, each with its source key; without, every
+ * kept key in the version's order; and the load report.  The mapping does
+ * not depend on c, which may be closed before it, and the bytes stay
+ * mapped even when the version is dropped.
+ *
+ * On a load error (strict and missing or unexpected keys, a size mismatch
+ * without WB_MAP_IGNORE_MISMATCH) it returns WB_ELOAD, maps nothing, and
+ * *out still holds the report and the version number
+ * (wb_map_error_text() has the PyTorch-format text, also in wb_errmsg());
+ * free it with wb_unmap().  For every other error *out is NULL (when out
+ * is not NULL): WB_EINVAL for a NULL c, model or out; WB_ENAME for an
+ * invalid model name, or a schema key the daemon finds invalid;
+ * WB_ENOMODEL when no model has that name; WB_ENOVERSION when it has no
+ * such version; WB_EEXIST for a schema key listed twice; WB_ERULE for a
+ * rule the daemon refuses; WB_EREGEX when a regex hits PCRE2's match
+ * limits or the rules take longer than 2 seconds on all the keys;
+ * WB_ECOLLISION when two source keys are renamed to one target key;
+ * WB_EDTYPE for a conversion the daemon cannot do; WB_ELIMIT or WB_ENOSPC
+ * when the converted copies do not fit in memory; WB_ETOOBIG for more
+ * than 4,096 rules or 262,144 schema tensors, or copies spread over more
+ * than 63 segments; WB_ESYS when a segment cannot be mapped; and the
+ * transport errors. */
 WB_EXTERN int wb_load(wb_client *c, const char *model, uint64_t version,
                       const wb_schema *schema, const wb_rules *rules,
                       int flags, wb_mapping **out);
 
+/* The reading functions below (wb_map_*) only read m: they talk to no
+ * daemon, record nothing in wb_errmsg(), accept NULL for m (as an empty
+ * mapping) and may run in several threads at once. */
+
+/* Version number m maps (also for a WB_ELOAD report), or 0 for NULL. */
 WB_EXTERN uint64_t wb_map_version(const wb_mapping *m);
+/* Tensors in m's table (0 for NULL and for a WB_ELOAD report). */
 WB_EXTERN size_t wb_map_count(const wb_mapping *m);
-/* Fills *t with tensor i of the mapped table.  Returns 0 or WB_EINVAL. */
+/* Fills *t with tensor i (0..wb_map_count() - 1) of m's table.  t->name
+ * and t->source belong to m; t->data points into m's mapping (NULL for a
+ * plan), read-only for WB_MAP_SHARED, private copy-on-write otherwise;
+ * tied tensors share their bytes.  Returns 0, or WB_EINVAL for a NULL m
+ * or t or an i out of range (*t untouched). */
 WB_EXTERN int wb_map_tensor(const wb_mapping *m, size_t i, wb_tensor *t);
-/* Looks a tensor up by target name; returns its index, or -1 when absent. */
+/* Index in m's table of the tensor whose target key is name, found through
+ * a hash table; -1 when absent, or when m or name is NULL. */
 WB_EXTERN long wb_map_find(const wb_mapping *m, const char *name);
-/* Metadata value for key, or NULL. */
+/* Value of the version's metadata entry key (the publisher's metadata,
+ * without the reserved keys), belonging to m; NULL when there is no such
+ * entry, m or key is NULL, or m is a WB_ELOAD report. */
 WB_EXTERN const char *wb_map_meta(const wb_mapping *m, const char *key);
+/* Metadata entries of m (0 for NULL and for a WB_ELOAD report). */
 WB_EXTERN size_t wb_map_meta_count(const wb_mapping *m);
+/* Stores entry i (0..wb_map_meta_count() - 1) of m's metadata in *key and
+ * *value (either pointer may be NULL to skip it); the strings belong to m.
+ * Returns 0, or WB_EINVAL for a NULL m or an i out of range. */
 WB_EXTERN int wb_map_meta_at(const wb_mapping *m, size_t i, const char **key,
                              const char **value);
 
@@ -271,19 +495,32 @@ typedef enum {
     WB_KEYS_ALIASED,            /* Target keys sharing a source (tied). */
     WB_KEYS_COUNT
 } wb_keyset;
+/* Keys in set which (a wb_keyset) of m's load report; 0 for a NULL m, a
+ * which out of range, and for a mapping made without a schema or rules,
+ * whose report is empty. */
 WB_EXTERN size_t wb_map_keys_count(const wb_mapping *m, int which);
+/* Key i (0..wb_map_keys_count() - 1) of set which of m's report, belonging
+ * to m; NULL for a NULL m or a which or i out of range. */
 WB_EXTERN const char *wb_map_key(const wb_mapping *m, int which, size_t i);
-/* PyTorch-format error text ("" when the load succeeded). */
+/* PyTorch-format error text of a WB_ELOAD report, belonging to m; "" when
+ * the load succeeded and for a NULL m. */
 WB_EXTERN const char *wb_map_error_text(const wb_mapping *m);
 
 /* The version's whole safetensors image (header and data, exactly what a
- * .safetensors file holds) as mapped by wb_map().  Returns 0, or
- * WB_ESTATE for a plan or a mapping made with a schema or rules. */
+ * .safetensors file holds) as mapped by wb_map(): *data points to its
+ * first byte inside m's mapping and *len is its size, at most the mapped
+ * segment's (which is rounded up to whole 2 MiB).  It belongs to m and is
+ * valid until wb_unmap(); for a copy-on-write mapping it shows this
+ * process's own writes.  Returns 0; WB_EINVAL for a NULL argument;
+ * WB_ESTATE for a plan, a WB_ELOAD report or a mapping made with a schema
+ * or rules; or WB_ECORRUPT when the segment does not hold a valid header
+ * length.  *data and *len are set only on success. */
 WB_EXTERN int wb_map_image(const wb_mapping *m, const void **data,
                            size_t *len);
 
-/* Unmaps and frees m.  Pointers into it are invalid afterwards.  Accepts
- * NULL. */
+/* Unmaps and frees m.  Every pointer read from it (tensor data, names,
+ * metadata, report keys, the image) is invalid afterwards; other threads
+ * must be done with it.  Accepts NULL. */
 WB_EXTERN void wb_unmap(wb_mapping *m);
 
 /* ---------------------------------------------------------------- inspect */
@@ -297,9 +534,14 @@ typedef struct wb_model_info {
     uint64_t readers;           /* Connections holding a map of it. */
 } wb_model_info;
 
-/* Lists models.  *out is an array of *n entries; free with
- * wb_model_info_free(). */
+/* Lists the models that hold at least one committed version.  On success
+ * *out is a new array of *n entries (possibly none) that belongs to the
+ * caller: free it with wb_model_info_free(*out, *n).  Fails with WB_EINVAL
+ * when c, out or n is NULL, and with the transport errors; on failure
+ * *out is NULL and *n is 0 (when they are not NULL). */
 WB_EXTERN int wb_list(wb_client *c, wb_model_info **out, size_t *n);
+/* Frees an array of n entries from wb_list() and their names.  Accepts
+ * NULL. */
 WB_EXTERN void wb_model_info_free(wb_model_info *v, size_t n);
 
 typedef struct wb_status {
@@ -313,15 +555,30 @@ typedef struct wb_status {
     uint32_t pid;               /* Daemon's process id. */
 } wb_status;
 
+/* Fills *out with the daemon's status (zeroed first).  Fails with
+ * WB_EINVAL when c or out is NULL, and with the transport errors. */
 WB_EXTERN int wb_get_status(wb_client *c, wb_status *out);
 
-/* Drops one version, or every version of model when version is 0.
- * Mappings that exist stay valid. */
+/* Drops version of model, or every version of it when version is 0, so
+ * that no new mapping can be made of it; the memory is freed when the last
+ * existing mapping of it goes, and those mappings stay valid.  Dropping a
+ * model's last version removes the model unless a wb_watch() waits on it;
+ * the next publish of a removed model is version 1 again.  Fails with
+ * WB_EINVAL when c or model is NULL; WB_ENAME for an invalid model name;
+ * WB_ENOMODEL when no model has that name; WB_ENOVERSION when it has no
+ * such version; and with the transport errors. */
 WB_EXTERN int wb_drop(wb_client *c, const char *model, uint64_t version);
 
-/* Blocks until model has a committed version newer than after, and stores
- * it in *version.  timeout_ms < 0 waits forever; 0 on timeout is WB_OK with
- * *version == after. */
+/* Waits until model (a valid name; it need not exist yet) has a committed
+ * version newer than after, and stores the latest version in *version:
+ * when one is already there it returns at once, with the latest, which
+ * may be more than after + 1.  timeout_ms < 0 waits forever; 0 does not
+ * wait; otherwise after timeout_ms milliseconds without such a version it
+ * returns 0 with *version == after.  The handle is busy meanwhile.  Fails
+ * with WB_EINVAL when c, model or version is NULL; WB_ENAME for an
+ * invalid model name; WB_ETOOBIG when the model does not exist yet and
+ * the daemon already holds its maximum of 4,096 models; and the transport
+ * errors. */
 WB_EXTERN int wb_watch(wb_client *c, const char *model, uint64_t after,
                        int timeout_ms, uint64_t *version);
 

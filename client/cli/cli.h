@@ -76,7 +76,8 @@ int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* `import FILE.safetensors MODEL`: publishes a safetensors file. */
 int cmd_import(wb_cli *cli, const wb_cli_args *a);
-/* `export MODEL[@VERSION] FILE`: writes a version as a safetensors file. */
+/* `export MODEL[@VERSION] FILE|-`: writes a version as a safetensors file
+ * (absent or regular; replaced atomically) or to standard output. */
 int cmd_export(wb_cli *cli, const wb_cli_args *a);
 
 /* ----------------------------------------------------------------- output.c */

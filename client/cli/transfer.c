@@ -7,18 +7,29 @@
  * closing its connection), so a half-imported version is never visible.
  *
  * export maps a committed version shared and read-only and writes its
- * whole safetensors image (the daemon keeps versions in that layout) to
- * FILE.tmp, fsyncs it, renames it over FILE and fsyncs the directory, so
- * FILE is either the old file or the complete new one.
+ * whole safetensors image (the daemon keeps versions in that layout) to a
+ * fresh temporary file next to FILE (a random name opened with O_EXCL and
+ * O_NOFOLLOW, so a file or symbolic link planted there is never written
+ * through), fsyncs it, renames it over FILE and fsyncs the directory, so
+ * FILE is either the old file or the complete new one.  FILE must be
+ * absent or a regular file: a device node such as /dev/null, a fifo, a
+ * socket, a directory or a symbolic link is refused, before the daemon is
+ * asked for anything and again just before the rename, because the rename
+ * would replace it rather than write to it (for a link, replace the link
+ * rather than what it points to).  A replaced FILE keeps its permission
+ * bits.  FILE "-" writes the image to standard output instead.
  *
  * Both draw a progress bar on stderr when stderr is a terminal. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -27,6 +38,10 @@
 
 #define WB_CLI_BAR_WIDTH 30            /* Characters of the progress bar. */
 #define WB_CLI_BAR_PERIOD_NS 100000000 /* Min nanoseconds between redraws. */
+#define WB_CLI_TMP_TRIES 100           /* Random temporary names tried. */
+#define WB_CLI_TMP_RANDOM 8            /* Random bytes in a temporary name. */
+#define WB_CLI_TMP_MODE 0600           /* Mode of a temporary file. */
+#define WB_CLI_NEW_MODE 0666           /* Mode of a new FILE, less umask. */
 
 /* A progress bar on stderr, drawn only when stderr is a terminal. */
 typedef struct progress {
@@ -248,21 +263,212 @@ static int write_all(int fd, const uint8_t *data, size_t len, progress *pr) {
     return 0;
 }
 
-/* Writes the image to path atomically: path.tmp, fsync, rename, fsync of
- * the directory.  Returns 0, or reports the failure and returns
- * WB_CLI_FAIL with path untouched and path.tmp removed. */
-static int write_file_atomic(wb_cli *cli, const char *path, const uint8_t *data,
-                             size_t len) {
-    char tmp[WB_CLI_PATH_BUF];
-    if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp))
+/* The temporary file of an export while it exists, for the signal handler
+ * that removes it when the export is interrupted. */
+static struct {
+    int dfd;                          /* Its directory. */
+    char name[NAME_MAX + 1];          /* Its name in dfd. */
+    volatile sig_atomic_t armed;      /* 1 while name is ours to remove. */
+} pending_tmp;
+
+/* Signals that remove the temporary file before they end the process. */
+static const int tmp_signals[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+#define N_TMP_SIGNALS (sizeof(tmp_signals) / sizeof(tmp_signals[0]))
+
+/* Removes the temporary file, then lets the signal do what it would have
+ * done (the handler is installed with SA_RESETHAND). */
+static void remove_tmp_and_reraise(int sig) {
+    if (pending_tmp.armed)
+        unlinkat(pending_tmp.dfd, pending_tmp.name, 0);
+    raise(sig);
+}
+
+/* Installs remove_tmp_and_reraise() for those of tmp_signals that are not
+ * ignored (nohup's SIGHUP stays ignored), saving the previous actions in
+ * old. */
+static void tmp_signals_catch(struct sigaction old[N_TMP_SIGNALS]) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = remove_tmp_and_reraise;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < N_TMP_SIGNALS; i++)
+        sigaddset(&sa.sa_mask, tmp_signals[i]);
+    for (size_t i = 0; i < N_TMP_SIGNALS; i++) {
+        sigaction(tmp_signals[i], NULL, &old[i]);
+        if (old[i].sa_handler != SIG_IGN)
+            sigaction(tmp_signals[i], &sa, NULL);
+    }
+}
+
+/* Blocks tmp_signals, saving the previous signal mask in old, so that a
+ * step and the change of pending_tmp that goes with it happen at once. */
+static void tmp_signals_hold(sigset_t *old) {
+    sigset_t set;
+    sigemptyset(&set);
+    for (size_t i = 0; i < N_TMP_SIGNALS; i++)
+        sigaddset(&set, tmp_signals[i]);
+    sigprocmask(SIG_BLOCK, &set, old);
+}
+
+/* Restores the actions tmp_signals_catch() saved. */
+static void tmp_signals_restore(const struct sigaction old[N_TMP_SIGNALS]) {
+    for (size_t i = 0; i < N_TMP_SIGNALS; i++)
+        sigaction(tmp_signals[i], &old[i], NULL);
+}
+
+/* FILE of an export: its directory, held open so that every step works
+ * on the same directory whatever happens to the path meanwhile, and its
+ * name there. */
+typedef struct export_target {
+    const char *path; /* FILE as given. */
+    const char *base; /* Its last component (points into path). */
+    int dfd;          /* Its directory, opened O_DIRECTORY. */
+    mode_t mode;      /* Permission bits the written FILE gets. */
+} export_target;
+
+/* Names the kind of a file that is not a regular file. */
+static const char *file_kind(mode_t mode) {
+    if (S_ISDIR(mode))
+        return "a directory";
+    if (S_ISCHR(mode))
+        return "a character device";
+    if (S_ISBLK(mode))
+        return "a block device";
+    if (S_ISFIFO(mode))
+        return "a fifo";
+    if (S_ISSOCK(mode))
+        return "a socket";
+    return "a special file";
+}
+
+/* Checks what t's FILE is now, without following a symbolic link: absent
+ * (a new FILE gets WB_CLI_NEW_MODE less the umask) or a regular file
+ * (whose permission bits the new one keeps) are fine; anything else is
+ * refused, since renaming over it would replace a device node, fifo or
+ * socket, or the link instead of what it points to.  Returns 0, or reports
+ * why and returns WB_CLI_FAIL. */
+static int target_check(wb_cli *cli, export_target *t) {
+    struct stat st;
+    if (fstatat(t->dfd, t->base, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno != ENOENT)
+            return cli_fail(cli, WB_ESYS, "%s: %s", t->path, strerror(errno));
+        mode_t mask = umask(0);
+        umask(mask);
+        t->mode = WB_CLI_NEW_MODE & ~mask;
+        return 0;
+    }
+    if (S_ISREG(st.st_mode)) {
+        t->mode = st.st_mode & 0777;
+        return 0;
+    }
+    if (S_ISLNK(st.st_mode))
+        return cli_fail(cli, WB_EINVAL,
+                        "%s: a symbolic link, not a regular file; export "
+                        "neither follows nor replaces links (name the file "
+                        "it points to)",
+                        t->path);
+    return cli_fail(cli, WB_EINVAL,
+                    "%s: %s, not a regular file; export only creates or "
+                    "replaces regular files (use - for standard output)",
+                    t->path, file_kind(st.st_mode));
+}
+
+/* Opens the directory of path into *t and checks FILE with target_check().
+ * Returns 0 (close t->dfd when done), or reports the failure and returns
+ * WB_CLI_FAIL with nothing open. */
+static int target_open(wb_cli *cli, const char *path, export_target *t) {
+    char dir[WB_CLI_PATH_BUF];
+    const char *slash = strrchr(path, '/');
+    memset(t, 0, sizeof(*t));
+    t->path = path;
+    t->base = slash ? slash + 1 : path;
+    t->dfd = -1;
+    if (*t->base == '\0')
+        return cli_fail(cli, WB_EINVAL,
+                        "%s: names a directory, not a regular file", path);
+    size_t dlen = slash == NULL ? 0 : slash == path ? 1 : (size_t)(slash - path);
+    if (dlen >= sizeof(dir))
         return cli_fail(cli, WB_EINVAL, "%s: path too long", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-    if (fd < 0)
-        return cli_fail(cli, WB_ESYS, "%s: %s", tmp, strerror(errno));
+    if (slash == NULL)
+        snprintf(dir, sizeof(dir), ".");
+    else
+        snprintf(dir, sizeof(dir), "%.*s", (int)dlen, path);
+    t->dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (t->dfd < 0)
+        return cli_fail(cli, WB_ESYS, "%s: directory %s: %s", path, dir,
+                        strerror(errno));
+    if (target_check(cli, t)) {
+        close(t->dfd);
+        t->dfd = -1;
+        return WB_CLI_FAIL;
+    }
+    return 0;
+}
+
+/* Creates a fresh temporary file for t in its directory, named
+ * ".BASE.RANDOM.tmp" (BASE shortened to fit NAME_MAX) with
+ * O_CREAT|O_EXCL|O_NOFOLLOW, so that nothing already there (a file, or a
+ * symbolic link planted to redirect the write) is ever opened; up to
+ * WB_CLI_TMP_TRIES random names.  Writes the name into name.  Returns the
+ * descriptor, or -1 with errno set. */
+static int tmp_create(const export_target *t, char name[NAME_MAX + 1]) {
+    static const char hex[] = "0123456789abcdef";
+    /* Room for BASE beside the two dots, the random digits and ".tmp". */
+    int room = NAME_MAX - 2 - 2 * WB_CLI_TMP_RANDOM - 4;
+    for (int attempt = 0; attempt < WB_CLI_TMP_TRIES; attempt++) {
+        uint8_t r[WB_CLI_TMP_RANDOM];
+        if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r))
+            return -1;
+        char suffix[2 * WB_CLI_TMP_RANDOM + 1];
+        for (size_t i = 0; i < sizeof(r); i++) {
+            suffix[2 * i] = hex[r[i] >> 4];
+            suffix[2 * i + 1] = hex[r[i] & 15];
+        }
+        suffix[2 * WB_CLI_TMP_RANDOM] = '\0';
+        snprintf(name, NAME_MAX + 1, ".%.*s.%s.tmp", room, t->base, suffix);
+        int fd = openat(t->dfd, name,
+                        O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                        WB_CLI_TMP_MODE);
+        if (fd >= 0 || errno != EEXIST)
+            return fd;
+    }
+    errno = EEXIST;
+    return -1;
+}
+
+/* Writes the image to t's FILE atomically: a fresh temporary file next to
+ * it (tmp_create()), written, given its final mode and fsynced, FILE
+ * checked again, a rename over FILE, then an fsync of the directory.
+ * Returns 0, or reports the failure and returns WB_CLI_FAIL with FILE
+ * untouched and the temporary file removed (also when SIGINT, SIGTERM,
+ * SIGHUP or SIGQUIT interrupt the copy). */
+static int write_file_atomic(wb_cli *cli, export_target *t, const uint8_t *data,
+                             size_t len) {
+    struct sigaction old[N_TMP_SIGNALS];
+    sigset_t mask;
+    tmp_signals_catch(old);
+    tmp_signals_hold(&mask); /* No signal between creating and arming. */
+    int fd = tmp_create(t, pending_tmp.name);
+    int e = fd < 0 ? errno : 0;
+    if (fd >= 0) {
+        pending_tmp.dfd = t->dfd;
+        pending_tmp.armed = 1;
+    }
+    sigprocmask(SIG_SETMASK, &mask, NULL);
+    if (fd < 0) {
+        tmp_signals_restore(old);
+        return cli_fail(cli, WB_ESYS, "%s: creating a temporary file: %s",
+                        t->path, strerror(e));
+    }
     progress pr;
     progress_init(&pr, "exporting", len);
-    int e = write_all(fd, data, len, &pr);
+    e = write_all(fd, data, len, &pr);
     const char *what = "writing";
+    if (e == 0 && fchmod(fd, t->mode) != 0) {
+        e = errno;
+        what = "setting the mode of";
+    }
     if (e == 0 && fsync(fd) != 0) {
         e = errno;
         what = "syncing";
@@ -271,24 +477,38 @@ static int write_file_atomic(wb_cli *cli, const char *path, const uint8_t *data,
         e = errno;
         what = "closing";
     }
-    if (e == 0 && rename(tmp, path) != 0) {
-        e = errno;
-        what = "renaming";
-    }
     progress_end(&pr, e == 0);
-    if (e) {
-        unlink(tmp);
-        return cli_fail(cli, WB_ESYS, "%s %s: %s", what, tmp, strerror(e));
-    }
-    /* Make the rename itself durable. */
-    char dir[WB_CLI_PATH_BUF];
-    snprintf(dir, sizeof(dir), "%s", path);
-    int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    return 0;
+    /* FILE may have become something else while we wrote; what can still
+     * change between this check and the rename is only replaced, never
+     * written through (rename replaces the directory entry). */
+    int rc = e ? cli_fail(cli, WB_ESYS, "%s %s: %s", what, pending_tmp.name,
+                          strerror(e))
+               : target_check(cli, t);
+    tmp_signals_hold(&mask); /* Renamed or removed, and disarmed, at once. */
+    if (rc == 0 && renameat(t->dfd, pending_tmp.name, t->dfd, t->base) != 0)
+        rc = cli_fail(cli, WB_ESYS, "renaming %s to %s: %s", pending_tmp.name,
+                      t->path, strerror(errno));
+    if (rc)
+        unlinkat(t->dfd, pending_tmp.name, 0);
+    pending_tmp.armed = 0;
+    sigprocmask(SIG_SETMASK, &mask, NULL);
+    tmp_signals_restore(old);
+    /* Make the rename itself durable; FILE is in place either way. */
+    if (rc == 0)
+        fsync(t->dfd);
+    return rc;
+}
+
+/* Writes the image to standard output (FILE "-"), without a progress bar
+ * (it would interleave with a terminal's data).  Returns 0, or reports the
+ * failure and returns WB_CLI_FAIL. */
+static int write_stdout(wb_cli *cli, const uint8_t *data, size_t len) {
+    progress pr;
+    progress_init(&pr, "exporting", len);
+    pr.on = 0;
+    int e = write_all(STDOUT_FILENO, data, len, &pr);
+    return e ? cli_fail(cli, WB_ESYS, "writing stdout: %s", strerror(e))
+             : WB_CLI_OK;
 }
 
 int cmd_export(wb_cli *cli, const wb_cli_args *a) {
@@ -301,36 +521,30 @@ int cmd_export(wb_cli *cli, const wb_cli_args *a) {
     if (to_stdout && cli->json)
         return cli_usage_error("export: cannot write the file to stdout "
                                "with --json");
-    if (cli_connect(cli))
+    if (to_stdout && isatty(STDOUT_FILENO))
+        return cli_usage_error("export: refusing to write a safetensors "
+                               "image to a terminal (redirect stdout)");
+    /* Refuse a FILE we would not replace before asking the daemon. */
+    export_target t = {.dfd = -1};
+    if (!to_stdout && target_open(cli, path, &t))
         return WB_CLI_FAIL;
     wb_mapping *m = NULL;
-    int rc = wb_map(cli->c, model, version, WB_MAP_SHARED, &m);
-    if (rc) {
-        wb_unmap(m);
-        return cli_fail_client(cli, rc);
-    }
-    const void *data;
-    size_t len;
-    rc = wb_map_image(m, &data, &len);
-    if (rc) {
-        wb_unmap(m);
-        return cli_fail(cli, rc, "%s: cannot read the safetensors image",
-                        model);
-    }
-    if (to_stdout) {
-        progress pr;
-        progress_init(&pr, "exporting", len);
-        pr.on = 0; /* The bar would interleave with a terminal's data. */
-        int e = write_all(STDOUT_FILENO, data, len, &pr);
-        rc = e ? cli_fail(cli, WB_ESYS, "writing stdout: %s", strerror(e))
-               : WB_CLI_OK;
-    } else {
-        rc = write_file_atomic(cli, path, data, len);
-    }
-    uint64_t v = wb_map_version(m);
+    int rc = cli_connect(cli);
+    if (rc == 0 && (rc = wb_map(cli->c, model, version, WB_MAP_SHARED, &m)))
+        rc = cli_fail_client(cli, rc);
+    const void *data = NULL;
+    size_t len = 0;
+    if (rc == 0 && (rc = wb_map_image(m, &data, &len)))
+        rc = cli_fail(cli, rc, "%s: cannot read the safetensors image", model);
+    if (rc == 0)
+        rc = to_stdout ? write_stdout(cli, data, len)
+                       : write_file_atomic(cli, &t, data, len);
+    uint64_t v = m ? wb_map_version(m) : 0;
     wb_unmap(m);
+    if (t.dfd >= 0)
+        close(t.dfd);
     if (rc || to_stdout)
-        return rc;
+        return rc ? WB_CLI_FAIL : WB_CLI_OK;
     char size[WB_CLI_SIZE_BUF];
     if (cli->json)
         return cli_json_print(json_pack("{s:s, s:I, s:s, s:I}", "model", model,

@@ -575,8 +575,8 @@ static const command commands[] = {
      "tensors (name, dtype, shape, size) and metadata"},
     {"import", cmd_import, 2, 2, 0, "FILE.safetensors MODEL",
      "publish a safetensors file as a new version"},
-    {"export", cmd_export, 2, 2, 0, "MODEL[@VERSION] FILE",
-     "write a version as a safetensors file"},
+    {"export", cmd_export, 2, 2, 0, "MODEL[@VERSION] FILE|-",
+     "write a version as a safetensors file, or to stdout for -"},
     {"plan", cmd_plan, 1, 1, 1,
      "MODEL[@VERSION] --target FILE.safetensors [--rules FILE] "
      "[--no-strict] [--ignore-mismatched-sizes]",

@@ -6,6 +6,9 @@ tests also check the CLI against an independent reader of the format.
 import json
 import os
 import select
+import signal
+import socket
+import stat
 import struct
 import subprocess
 import time
@@ -320,7 +323,256 @@ def test_cli_export_to_unwritable_place_fails(daemon, model_file, tmp_path):
     cli(daemon, "import", path, "net", check=0)
     p = cli(daemon, "export", "net", str(tmp_path / "no" / "such" / "f"),
             check=1)
-    assert "no/such/f.tmp" in p.stderr
+    assert "no/such" in p.stderr and "No such file" in p.stderr
+
+
+def test_cli_export_ignores_a_symlink_planted_at_its_temporary_name(
+        daemon, model_file, tmp_path):
+    """A symbolic link planted where export used to put its temporary file
+    (FILE.tmp) is neither followed nor replaced: the file it points at keeps
+    its bytes, and FILE is written through a fresh file of its own."""
+    path, raw = model_file
+    cli(daemon, "import", path, "net", check=0)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    out = tmp_path / "out.safetensors"
+    os.symlink(victim, str(out) + ".tmp")
+    cli(daemon, "export", "net", str(out), check=0)
+    assert victim.read_bytes() == b"precious"
+    assert os.readlink(str(out) + ".tmp") == str(victim)
+    assert {k: v[2] for k, v in read_st(str(out))[1].items()} == raw
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["model.safetensors", "wb.sock", "wbrokerd.log", "victim",
+         "out.safetensors", "out.safetensors.tmp"])
+
+
+def test_cli_export_leaves_no_temporary_file(daemon, model_file, tmp_path):
+    """Neither a successful export nor a failed one leaves a temporary file
+    next to FILE."""
+    path, _ = model_file
+    cli(daemon, "import", path, "net", check=0)
+    d = tmp_path / "out"
+    d.mkdir()
+    cli(daemon, "export", "net", str(d / "a.safetensors"), check=0)
+    cli(daemon, "export", "net@7", str(d / "b.safetensors"), check=1)
+    assert os.listdir(d) == ["a.safetensors"]
+
+
+def test_cli_export_keeps_the_mode_of_the_file_it_replaces(daemon, model_file,
+                                                           tmp_path):
+    """A replaced FILE keeps its permission bits; a new one gets 0666 less
+    the umask."""
+    path, _ = model_file
+    cli(daemon, "import", path, "net", check=0)
+    old = tmp_path / "private.safetensors"
+    old.write_bytes(b"old")
+    os.chmod(old, 0o600)
+    cli(daemon, "export", "net", str(old), check=0)
+    assert os.stat(old).st_mode & 0o7777 == 0o600
+    new = tmp_path / "new.safetensors"
+    mask = os.umask(0o022)
+    try:
+        cli(daemon, "export", "net", str(new), check=0)
+    finally:
+        os.umask(mask)
+    assert os.stat(new).st_mode & 0o7777 == 0o644
+
+
+def special_target(tmp_path, kind):
+    """Makes a FILE that is not a regular file; returns (path, check) where
+    check() asserts that it is still what it was."""
+    p = str(tmp_path / ("target-" + kind))
+    if kind == "fifo":
+        os.mkfifo(p)
+        return p, lambda: stat.S_ISFIFO(os.lstat(p).st_mode)
+    if kind == "directory":
+        os.mkdir(p)
+        open(os.path.join(p, "inside"), "w").write("x")
+        return p, lambda: (stat.S_ISDIR(os.lstat(p).st_mode) and
+                           os.listdir(p) == ["inside"])
+    if kind == "symlink":
+        victim = str(tmp_path / "victim")
+        open(victim, "wb").write(b"precious")
+        os.symlink(victim, p)
+        return p, lambda: (os.readlink(p) == victim and
+                           open(victim, "rb").read() == b"precious")
+    if kind == "dangling_symlink":
+        os.symlink(str(tmp_path / "nowhere"), p)
+        return p, lambda: (os.readlink(p) == str(tmp_path / "nowhere") and
+                           not os.path.lexists(tmp_path / "nowhere"))
+    if kind == "socket":
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(p)
+        s.close()
+        return p, lambda: stat.S_ISSOCK(os.lstat(p).st_mode)
+    if kind == "device":            # A /dev/null of our own.
+        try:
+            os.mknod(p, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("cannot make a device node here")
+        return p, lambda: (stat.S_ISCHR(os.lstat(p).st_mode) and
+                           os.lstat(p).st_rdev == os.makedev(1, 3))
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink",
+                                  "dangling_symlink", "socket", "device"])
+def test_cli_export_refuses_a_file_that_is_not_regular(daemon, model_file,
+                                                       tmp_path, kind):
+    """FILE that exists and is not a regular file (a device like /dev/null,
+    a fifo, a directory, a socket, a symbolic link) is refused with exit 1
+    and left as it was; nothing is written next to it."""
+    path, _ = model_file
+    cli(daemon, "import", path, "net", check=0)
+    target, unchanged = special_target(tmp_path, kind)
+    before = sorted(os.listdir(tmp_path))
+    p = cli(daemon, "export", "net", target, check=1, timeout=20)
+    assert p.stderr.startswith("wbroker: ") and target in p.stderr
+    assert "not a regular file" in p.stderr
+    assert p.stdout == ""
+    j = cli_json(daemon, "export", "net", target, check=1)
+    assert j["error"] == "EINVAL" and target in j["message"]
+    assert unchanged()
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_cli_export_refuses_a_path_ending_in_a_slash(daemon, model_file,
+                                                     tmp_path):
+    """FILE/ names a directory, existing or not: refused, nothing made."""
+    path, _ = model_file
+    cli(daemon, "import", path, "net", check=0)
+    p = cli(daemon, "export", "net", str(tmp_path / "new") + "/", check=1)
+    assert "not a regular file" in p.stderr
+    assert not os.path.lexists(tmp_path / "new")
+
+
+def stopped_while_writing(daemon, tmp_path, out):
+    """Starts exporting a 128 MiB model to out and stops the process with
+    SIGSTOP while its temporary file exists; returns the Popen."""
+    n = 128 << 20
+    src = str(tmp_path / "big.safetensors")
+    h = json.dumps({"a": {"dtype": "U8", "shape": [n],
+                          "data_offsets": [0, n]}}).encode()
+    with open(src, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h)
+        f.truncate(8 + len(h) + n)
+    cli(daemon, "import", src, "big", check=0)
+    d, base = os.path.split(out)
+
+    def temporaries():
+        return [f for f in os.listdir(d)
+                if f.startswith("." + base + ".") and f.endswith(".tmp")]
+
+    def stopped(pid):
+        """Waits until pid is stopped (True) or has exited (False)."""
+        while True:
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                return False
+            if state in "tT":
+                return True
+            if state in "ZX":
+                return False
+
+    for _ in range(5):              # Retry if an export outran the polling.
+        proc = subprocess.Popen([daemon.cli, "--socket", daemon.socket,
+                                 "export", "big", out])
+        while not temporaries() and proc.poll() is None:
+            pass
+        proc.send_signal(signal.SIGSTOP)
+        if stopped(proc.pid) and temporaries():
+            return proc
+        proc.send_signal(signal.SIGCONT)
+        proc.wait()
+        if os.path.lexists(out):
+            os.unlink(out)
+    pytest.skip("every export finished before its temporary file was seen")
+
+
+def test_cli_export_interrupted_removes_its_temporary_file(daemon, tmp_path):
+    """SIGINT during the copy ends export as SIGINT would, with its
+    temporary file removed and FILE not created."""
+    out = str(tmp_path / "out.safetensors")
+    proc = stopped_while_writing(daemon, tmp_path, out)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)
+    assert proc.wait(30) == -signal.SIGINT
+    assert sorted(os.listdir(tmp_path)) == ["big.safetensors", "wb.sock",
+                                            "wbrokerd.log"]
+
+
+def test_cli_export_checks_the_file_again_before_the_rename(daemon, tmp_path):
+    """FILE turned into a fifo while export writes is refused at the rename
+    and left alone."""
+    out = str(tmp_path / "out.safetensors")
+    proc = stopped_while_writing(daemon, tmp_path, out)
+    os.mkfifo(out)
+    proc.send_signal(signal.SIGCONT)
+    assert proc.wait(30) == 1
+    assert stat.S_ISFIFO(os.lstat(out).st_mode)
+    assert sorted(os.listdir(tmp_path)) == ["big.safetensors",
+                                            "out.safetensors", "wb.sock",
+                                            "wbrokerd.log"]
+
+
+def test_cli_export_to_stdout(daemon, model_file, tmp_path):
+    """FILE '-' writes the safetensors image to standard output, the same
+    bytes as a file; './-' is a file named '-'."""
+    path, raw = model_file
+    cli(daemon, "import", path, "net", check=0)
+    out = str(tmp_path / "out.safetensors")
+    cli(daemon, "export", "net", out, check=0)
+    p = subprocess.run([daemon.cli, "--socket", daemon.socket, "export",
+                        "net@1", "-"], capture_output=True, timeout=60)
+    assert p.returncode == 0 and p.stderr == b""
+    assert p.stdout == open(out, "rb").read()
+    piped = str(tmp_path / "piped.safetensors")
+    with open(piped, "wb") as f:
+        subprocess.run([daemon.cli, "--socket", daemon.socket, "export",
+                        "net", "-"], stdout=f, check=True, timeout=60)
+    meta, got = read_st(piped)
+    assert meta == {"format": "pt", "note": "héllo"}
+    assert {k: v[2] for k, v in got.items()} == raw
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    subprocess.run([daemon.cli, "--socket", daemon.socket, "export", "net",
+                    "./-"], cwd=cwd, check=True, capture_output=True,
+                   timeout=60)
+    assert open(cwd / "-", "rb").read() == p.stdout
+    # An unknown version writes nothing to stdout.
+    p = subprocess.run([daemon.cli, "--socket", daemon.socket, "export",
+                        "net@9", "-"], capture_output=True, timeout=60)
+    assert p.returncode == 1 and p.stdout == b""
+    assert b"no such version" in p.stderr
+
+
+def test_cli_export_to_stdout_refuses_json_and_terminals(daemon, model_file):
+    """'-' cannot be combined with --json, and is refused when stdout is a
+    terminal: exit 2, nothing written."""
+    path, _ = model_file
+    cli(daemon, "import", path, "net", check=0)
+    p = cli(daemon, "--json", "export", "net", "-", check=2)
+    assert p.stdout == "" and "--json" in p.stderr
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.run([daemon.cli, "--socket", daemon.socket,
+                               "export", "net", "-"], stdout=slave,
+                              stderr=subprocess.PIPE, timeout=60)
+        os.close(slave)
+        slave = -1
+        try:                        # EIO: closed slave, nothing written.
+            got = os.read(master, 4096)
+        except OSError:
+            got = b""
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    assert proc.returncode == 2, proc.stderr
+    assert b"terminal" in proc.stderr
+    assert got == b""
 
 
 # ---------------------------------------------------------------- rm
@@ -353,8 +605,10 @@ def test_cli_unknown_model(daemon):
     j = cli_json(daemon, "info", "nope", check=1)
     assert j["error"] == "ENOMODEL" and j["code"] == -4
     assert "nope" in j["message"]
-    assert cli_json(daemon, "export", "nope", "/dev/null", check=1)["error"] \
+    out = os.path.join(daemon.dir, "nope.safetensors")
+    assert cli_json(daemon, "export", "nope", out, check=1)["error"] \
         == "ENOMODEL"
+    assert not os.path.lexists(out)
 
 
 def test_cli_model_names_with_at_signs(daemon, model_file):
@@ -404,6 +658,8 @@ def test_cli_help_and_version(daemon):
     p = cli(daemon, "--version", check=0)
     assert p.stdout.startswith("wbroker ")
     assert cli(daemon, "plan", "--help", check=0).stdout.count("--target")
+    p = cli(daemon, "export", "--help", check=0)
+    assert "FILE|-" in p.stdout and "stdout for -" in p.stdout
 
 
 # ---------------------------------------------------------------- status

@@ -309,6 +309,46 @@ def test_python_publish_file_rejects(daemon, tmp_path, case):
         assert c.models() == []
 
 
+HOSTILE_FILES = {
+    "deep": (b'{"a": ' + b"[" * 100000 + b"]" * 100000 + b"}", b"",
+             "nests deeper"),
+    "huge_int": (b'{"a": {"dtype": "U8", "shape": [' + b"9" * 5000 +
+                 b'], "data_offsets": [0, 0]}}', b"", "64-bit"),
+    "over_int64": (b'{"a": {"dtype": "U8", "shape": [9223372036854775808, '
+                   b'0], "data_offsets": [0, 0]}}', b"", "64-bit"),
+    "nan": (b'{"a": {"dtype": "F32", "shape": [NaN], '
+            b'"data_offsets": [0, 4]}}', b"\0" * 4, "NaN"),
+    "not_utf8": (b'{"\xff": {"dtype": "F32", "shape": [1], '
+                 b'"data_offsets": [0, 4]}}', b"\0" * 4, "UTF-8"),
+    "lone_surrogate": (b'{"\\ud800": {"dtype": "F32", "shape": [1], '
+                       b'"data_offsets": [0, 4]}}', b"\0" * 4, "surrogate"),
+    "overflow": (b'{"a": {"dtype": "F64", "shape": [4294967296, 4294967296],'
+                 b' "data_offsets": [0, 0]}}', b"", "overflows"),
+    "tie_list": ({"__metadata__": {"wbroker.tied": '{"b": ["a"]}'},
+                  "a": {"dtype": "F32", "shape": [1],
+                        "data_offsets": [0, 4]}}, b"\0" * 4, "tie"),
+    "tie_deep": ({"__metadata__": {"wbroker.tied": "[" * 100000},
+                  "a": {"dtype": "F32", "shape": [1],
+                        "data_offsets": [0, 4]}}, b"\0" * 4, "nests deeper"),
+}
+
+
+# Hostile headers (deep nesting, numbers beyond 64 bits, non-JSON literals,
+# bad text) are a FormatError from publish_file, never another exception,
+# and nothing is published.  tests/python/test_safetensors_hostile.py has
+# the full table against the parser itself.
+@pytest.mark.parametrize("case", sorted(HOSTILE_FILES))
+def test_python_publish_file_rejects_hostile_headers(daemon, tmp_path, case):
+    header, data, why = HOSTILE_FILES[case]
+    path = tmp_path / "hostile.safetensors"
+    header_file(path, header, data)
+    with wbroker.connect(daemon.socket) as c:
+        with pytest.raises(wbroker.FormatError, match=why) as err:
+            c.publish_file(path, "hostile")
+        assert type(err.value) is wbroker.FormatError
+        assert c.models() == []
+
+
 # A header length beyond the cap or the file is refused without reading.
 def test_python_publish_file_header_length(daemon, tmp_path):
     path = tmp_path / "big.safetensors"

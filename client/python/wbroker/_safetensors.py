@@ -8,8 +8,18 @@ strings.  The checks follow client/safetensors.c: nothing in the file is
 trusted, and every refusal is a FormatError saying why.  A "wbroker.tied"
 metadata entry (a JSON object alias -> stored tensor, written for tied
 weights) becomes Header.ties.
+
+The JSON itself is hostile too.  Before json.loads sees it, its nesting is
+bounded (MAX_DEPTH; a valid header needs three levels), so that deep
+brackets cannot exhaust Python's recursion; numbers must fit in 64 bits
+(as jansson's integers do) and be finite, the NaN and Infinity literals
+are refused, and so are duplicate keys, text that is not UTF-8 and escaped
+lone surrogates.  Whatever json.loads still raises (RecursionError,
+ValueError, ...) becomes a FormatError.
 """
 import json
+import math
+import re
 import struct
 
 from ._lib import DTYPE_SIZES, TIED_KEY, WB_MAX_DIMS, WB_MAX_NAME
@@ -17,6 +27,18 @@ from ._lib import DTYPE_SIZES, TIED_KEY, WB_MAX_DIMS, WB_MAX_NAME
 PREFIX_LEN = 8                  # Bytes of the header-length prefix.
 MAX_HEADER = 100 << 20          # Max JSON header bytes.
 METADATA_KEY = "__metadata__"   # Key of the metadata object.
+MAX_DEPTH = 64                  # Max nesting of JSON arrays and objects.
+INT_MIN = -(1 << 63)            # Smallest integer in a header (int64).
+INT_MAX = (1 << 63) - 1         # Largest integer in a header (int64).
+INT_MAX_CHARS = 20              # Characters of INT_MIN, the longest int64.
+
+# A JSON string, or the rest of the text after an unterminated quote: it
+# always matches where it starts, so it never backtracks.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.S)
+# Brackets only, with objects' braces turned into arrays' brackets.
+_AS_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_TOO_DEEP = b"[" * (MAX_DEPTH + 1)
 
 
 class FormatError(ValueError):
@@ -50,17 +72,89 @@ class Header:
         self.data_len = data_len
 
 
+def _check_depth(raw, what):
+    """Raises FormatError if the JSON text raw (bytes) nests arrays and
+    objects deeper than MAX_DEPTH.  Works on its brackets outside strings:
+    each pass deletes every innermost pair "[]", so a pair still there
+    after MAX_DEPTH passes encloses more than MAX_DEPTH levels; a run of
+    MAX_DEPTH + 1 opening brackets is too deep at once.  Brackets that do
+    not balance are left for json.loads to report."""
+    b = _STRING.sub(b"", raw).translate(_AS_BRACKETS, _NOT_BRACKETS)
+    for _ in range(MAX_DEPTH):
+        if not b or _TOO_DEEP in b:
+            break
+        shorter = b.replace(b"[]", b"")
+        if len(shorter) == len(b):
+            return
+        b = shorter
+    if _TOO_DEEP in b or b"[]" in b:
+        raise FormatError("%s nests deeper than %d levels of arrays and "
+                          "objects" % (what, MAX_DEPTH))
+
+
+def _check_text(s, what):
+    """Raises FormatError if the str s holds a lone surrogate (an escape
+    such as \\ud800 that is not half of a pair), which is not Unicode."""
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            raise FormatError("%s %r holds a lone surrogate, which is not "
+                              "valid Unicode" % (what, s[:64])) from None
+
+
 def _no_duplicates(pairs):
     seen = {}
     for k, v in pairs:
+        _check_text(k, "key")
         if k in seen:
-            raise FormatError("duplicate key %r in the header" % (k,))
+            raise FormatError("duplicate key %r in the header" % (k[:64],))
+        if isinstance(v, str):
+            _check_text(v, "string")
         seen[k] = v
     return seen
 
 
 def _no_constant(name):
-    raise FormatError("header is not valid JSON: %s" % name)
+    raise FormatError("not valid JSON: the literal %s is not a number JSON "
+                      "allows" % name)
+
+
+def _int64(text):
+    """An integer of the header, which must fit in 64 bits (checked on its
+    length first, so that a million digits cost nothing)."""
+    v = int(text) if len(text) <= INT_MAX_CHARS else None
+    if v is None or not INT_MIN <= v <= INT_MAX:
+        raise FormatError("integer %s%s does not fit in 64-bit signed "
+                          "integers" % (text[:32],
+                                        "..." if len(text) > 32 else ""))
+    return v
+
+
+def _finite(text):
+    """A real number of the header, which must be finite."""
+    v = float(text)
+    if not math.isfinite(v):
+        raise FormatError("number %s%s is out of range" % (
+            text[:32], "..." if len(text) > 32 else ""))
+    return v
+
+
+def _loads(text, what, raw=None):
+    """json.loads of text (str, whose UTF-8 bytes raw may already hold)
+    with every check of the module docstring; what names it in messages.
+    Raises FormatError only."""
+    _check_depth(text.encode("utf-8") if raw is None else raw, what)
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates,
+                          parse_constant=_no_constant, parse_int=_int64,
+                          parse_float=_finite)
+    except FormatError:
+        raise
+    except RecursionError:
+        raise FormatError("%s nests too deeply to parse" % what) from None
+    except (ValueError, OverflowError) as e:     # JSONDecodeError and others.
+        raise FormatError("%s is not valid JSON: %s" % (what, e)) from None
 
 
 def _is_uint(v):
@@ -70,7 +164,8 @@ def _is_uint(v):
 def _check_name(name):
     if not name:
         raise FormatError("empty tensor name")
-    raw = name.encode("utf-8", "surrogatepass")
+    _check_text(name, "tensor name")
+    raw = name.encode("utf-8")
     if len(raw) > WB_MAX_NAME:
         raise FormatError("tensor name of %d bytes exceeds %d: %r..."
                           % (len(raw), WB_MAX_NAME, name[:40]))
@@ -161,12 +256,9 @@ def parse_header(head, file_size):
         raise FormatError("JSON header does not start with '{'")
     try:
         text = raw.decode("utf-8")
-        obj = json.loads(text, object_pairs_hook=_no_duplicates,
-                         parse_constant=_no_constant)
     except UnicodeDecodeError as e:
         raise FormatError("header is not valid UTF-8: %s" % e) from None
-    except json.JSONDecodeError as e:
-        raise FormatError("header is not valid JSON: %s" % e) from None
+    obj = _loads(text, "header", raw)
     if not isinstance(obj, dict):
         raise FormatError("header JSON is not an object")
     metadata = {}
@@ -201,18 +293,18 @@ def _ties(metadata, tensors):
     if TIED_KEY not in metadata:
         return {}
     names = {t.name for t in tensors}
-    try:
-        ties = json.loads(metadata.pop(TIED_KEY),
-                          object_pairs_hook=_no_duplicates)
-    except (json.JSONDecodeError, FormatError):
-        ties = None
+    ties = _loads(metadata.pop(TIED_KEY), "metadata %r" % TIED_KEY)
     if not isinstance(ties, dict):
         raise FormatError("metadata %r is not a JSON object of names"
                           % TIED_KEY)
     for alias, stored in ties.items():
-        if alias in names or stored not in names:
+        if alias in names or not isinstance(stored, str) or \
+                stored not in names:
             raise FormatError("metadata %r: %r must tie a new name to a "
-                              "stored tensor" % (TIED_KEY, alias))
+                              "stored tensor" % (TIED_KEY, alias[:64]))
+        if "\0" in alias:
+            raise FormatError("metadata %r: alias %r contains a NUL byte"
+                              % (TIED_KEY, alias))
     return ties
 
 
