@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "convert.h"
 #include "layout.h"
 #include "msg.h"
 #include "log.h"
@@ -146,21 +147,6 @@ static void seg_job_done(uv_work_t *w, int status) {
     free(j);
 }
 
-/* 1 unless s[0..n) is valid UTF-8 without NUL (checked in name-sized
- * pieces cut at character boundaries). */
-static int meta_text_invalid(const char *s, size_t n) {
-    while (n > 0) {
-        size_t k = n < WB_MAX_NAME ? n : WB_MAX_NAME;
-        while (k < n && k > 0 && ((unsigned char)s[k] & 0xc0) == 0x80)
-            k--;
-        if (k == 0 || wb__check_name(s, k))
-            return 1;
-        s += k;
-        n -= k;
-    }
-    return 0;
-}
-
 /* Copies the metadata of a publish into v after checking it.  Returns 0,
  * or -1 after answering. */
 static int read_meta(wb__session *s, uint64_t id, const wb__publish_req *pr,
@@ -176,7 +162,7 @@ static int read_meta(wb__session *s, uint64_t id, const wb__publish_req *pr,
     for (size_t i = 0; i < pr->nmeta; i++) {
         wb__str k = pr->mkeys[i], val = pr->mvals[i];
         if (wb__check_name(k.p, k.n) || val.n > WB_MAX_META_BYTES ||
-            meta_text_invalid(val.p, val.n) ||
+            wb__check_text(val.p, val.n) ||
             (k.n == 12 && memcmp(k.p, "__metadata__", 12) == 0)) {
             wb__reply_error(s, id, WB_EINVAL,
                             "metadata entry %zu: keys and values must be "
@@ -400,14 +386,6 @@ static wb__pending *find_pending(wb__session *s, uint64_t id,
 
 #define WB_CHECK_CHUNK (1u << 20) /* Bytes read at a time by a check. */
 
-/* 1 if every byte of the n at p is 0 or 1 (a valid torch.bool). */
-static int bool_bytes_valid(const uint8_t *p, size_t n) {
-    uint8_t any = 0;
-    for (size_t i = 0; i < n; i++)
-        any |= p[i] & 0xfe;
-    return any == 0;
-}
-
 /* Checks what the publisher wrote into v's write-sealed segment and could
  * have got wrong: the header must be the daemon's own, BOOL bytes 0 or 1.
  * Reads with pread, so that a segment truncated under it is an error, not
@@ -442,7 +420,7 @@ static int check_sealed(const wb__pending *p, char *why, size_t n) {
             if (wb__seg_read(&v->seg, v->offset[i] + off, buf, k) != 0) {
                 snprintf(why, n, "its size was altered");
                 rc = WB_ECORRUPT;
-            } else if (!bool_bytes_valid(buf, k)) {
+            } else if (!wb__bool_valid(buf, k)) {
                 snprintf(why, n,
                          "BOOL tensor %s holds bytes other than 0 and 1",
                          v->t[i].name);
