@@ -562,8 +562,10 @@ WB_EXTERN int wb_get_status(wb_client *c, wb_status *out);
 /* Drops version of model, or every version of it when version is 0, so
  * that no new mapping can be made of it; the memory is freed when the last
  * existing mapping of it goes, and those mappings stay valid.  Dropping a
- * model's last version removes the model unless a wb_watch() waits on it;
- * the next publish of a removed model is version 1 again.  Fails with
+ * model's last version removes the model from the list, but version
+ * numbers are never reused: the next publish of that name goes on from its
+ * last number (the daemon remembers the last number of up to 4,096 names
+ * that hold no version, forgetting the oldest first).  Fails with
  * WB_EINVAL when c or model is NULL; WB_ENAME for an invalid model name;
  * WB_ENOMODEL when no model has that name; WB_ENOVERSION when it has no
  * such version; and with the transport errors. */

@@ -259,6 +259,29 @@ def test_python_safetensors_round_trip(daemon, tmp_path):
         assert not os.path.exists(tmp_path / "x.safetensors")
 
 
+# export() replaces only regular files: a fifo, a directory or a symlink
+# where the file should go is left as it was.
+def test_python_export_refuses_non_regular_targets(daemon, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    link = tmp_path / "link"
+    os.symlink(victim, link)
+    sub = tmp_path / "dir"
+    sub.mkdir()
+    with wbroker.connect(daemon.socket) as c:
+        c.publish("m", {"w": torch.arange(4)})
+        for target in (fifo, link, sub):
+            with pytest.raises(OSError, match="not a regular file"):
+                c.export("m", target)
+    assert os.path.islink(link) and victim.read_bytes() == b"precious"
+    assert os.path.isdir(sub) and not os.listdir(sub)
+    import stat
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
 def header_file(path, header, data=b""):
     h = json.dumps(header).encode() if not isinstance(header, bytes) \
         else header

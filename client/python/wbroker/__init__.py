@@ -909,6 +909,23 @@ def _is_member(model, key, tensor):
             mod._buffers.get(leaf) is tensor)
 
 
+def _check_replaceable(path):
+    """Refuses a target that exists and is not a regular file (a device, a
+    fifo, a directory, a symlink), as ``wbroker export`` does: replacing it
+    would destroy something that is not a weights file."""
+    import stat
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise IsADirectoryError(
+            "%s exists and is not a regular file: export refuses to replace "
+            "it" % path) if stat.S_ISDIR(st.st_mode) else FileExistsError(
+            "%s exists and is not a regular file: export refuses to replace "
+            "it" % path)
+
+
 def _write_file(path, data, size):
     """Writes size bytes at address data to path atomically: a temporary
     file in the same directory (mode 0666 less the umask), fsynced, then
@@ -916,6 +933,7 @@ def _write_file(path, data, size):
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
+    _check_replaceable(path)
     for attempt in range(100):
         tmp = os.path.join(d, ".%s.%d.%d.tmp" % (base, os.getpid(), attempt))
         try:
@@ -936,6 +954,7 @@ def _write_file(path, data, size):
                     done += f.write(mv[done:done + (64 << 20)])
                 mv.release()
             os.fsync(f.fileno())
+        _check_replaceable(path)
         os.replace(tmp, path)
     except BaseException:
         try:
