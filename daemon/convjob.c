@@ -22,6 +22,7 @@ typedef struct conv_part {
     uint64_t lo, hi;            /* Output bytes, WB_DATA_ALIGN-aligned. */
     int rc;                     /* Result. */
     char err[160];              /* Detail on failure. */
+    struct conv_part *next;     /* Next part waiting for a thread. */
 } conv_part;
 
 /* A conversion of a batch of tensors into one new segment: the segment is
@@ -109,9 +110,42 @@ static void conv_create_work(uv_work_t *w) {
 
 static void conv_finish(conv_job *j);
 
+/* Parts waiting for a thread, and parts running: conversions may use at
+ * most WB_CONV_MAX_THREADS of libuv's pool, so that the rest of it stays
+ * free to back segments for everyone else, whatever clients ask to cast. */
+static conv_part *parts_waiting_head, *parts_waiting_tail;
+static unsigned parts_running;
+
+static void conv_part_done(uv_work_t *w, int status);
+
+/* Starts pt now if a thread is free for conversions, else queues it. */
+static void part_submit(conv_part *pt) {
+    if (parts_running >= WB_CONV_MAX_THREADS) {
+        pt->next = NULL;
+        if (parts_waiting_tail)
+            parts_waiting_tail->next = pt;
+        else
+            parts_waiting_head = pt;
+        parts_waiting_tail = pt;
+        return;
+    }
+    parts_running++;
+    /* Cannot fail: the loop and both callbacks are valid. */
+    uv_queue_work(uv_default_loop(), &pt->work, conv_part_work, conv_part_done);
+}
+
 static void conv_part_done(uv_work_t *w, int status) {
     conv_part *pt = w->data;
     conv_job *j = pt->j;
+    assert(parts_running > 0);
+    parts_running--;
+    if (parts_waiting_head) {
+        conv_part *next = parts_waiting_head;
+        parts_waiting_head = next->next;
+        if (parts_waiting_head == NULL)
+            parts_waiting_tail = NULL;
+        part_submit(next);
+    }
     if ((pt->rc || status) && j->rc == 0) {
         j->rc = pt->rc ? pt->rc : WB_ESYS;
         snprintf(j->err, sizeof(j->err), "%s", pt->err);
@@ -154,8 +188,7 @@ static void conv_created(uv_work_t *w, int status) {
         pt->hi = k + 1 == j->nparts || (k + 1) * share > j->out_bytes
                      ? j->out_bytes
                      : (k + 1) * share;
-        /* Cannot fail: the loop and both callbacks are valid. */
-        uv_queue_work(uv_default_loop(), &pt->work, conv_part_work, conv_part_done);
+        part_submit(pt);
     }
 }
 
