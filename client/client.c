@@ -4,7 +4,10 @@
  * any descriptors that came with it.  Publishing maps the daemon's new
  * segment writable and unmaps it before the commit (the daemon cannot seal
  * a segment that is still mapped writable); mapping opens the read-only
- * descriptors the daemon sends, shared or copy-on-write. */
+ * descriptors the daemon sends, shared or copy-on-write.
+ *
+ * Whoever listens on the socket is checked before the hello (trust.h):
+ * the socket's directory, and the listener's uid. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,6 +21,7 @@
 #include "fdpass.h"
 #include "hash.h"
 #include "rules_internal.h"
+#include "trust.h"
 #include "wire.h"
 
 struct wb_client {
@@ -238,6 +242,10 @@ int wb_connect(const char *socket_path, wb_client **out) {
                     "cannot connect to wbrokerd at %s: %s", c->path,
                     strerror(e));
     }
+    char why[WB_TRUST_WHY_MAX];
+    int trc = wb__trust_peer(c->fd, c->path, why, sizeof(why));
+    if (trc) /* Not a byte sent to whoever this is. */
+        return broken(c, fail(c, trc, "%s", why));
     msgpack_sbuffer sb;
     msgpack_packer pk;
     uint64_t id = req_begin(c, &sb, &pk, "hello", 2);

@@ -1,10 +1,13 @@
-/* test_client_trust.c -- Integration tests: the daemon does not listen in
- * a socket directory that someone else controls.
+/* test_client_trust.c -- Integration tests: the client library does not
+ * trust whatever listens on its socket, and neither side trusts a socket
+ * directory that someone else controls.
  *
- * The real daemon is started in directories that a stranger (nobody,
- * 65534) created or that anyone can write, and must refuse to listen
- * there.  Tests that need another uid are skipped unless run as root (CI
- * is). */
+ * A fake daemon (a forked process) listens on a socket in a temporary
+ * directory and answers the hello.  It runs as another uid (nobody, 65534)
+ * or in directories that others can write, and the client must refuse it
+ * before sending a byte; the real daemon is started in such directories
+ * and must refuse to listen.  Tests that need another uid are skipped
+ * unless run as root (CI is). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -34,6 +37,11 @@
 #include "paths.h"
 
 #define NOBODY 65534              /* The stranger's uid and gid. */
+#define FAKE_MANY_FDS 100         /* More descriptors than a reply holds. */
+#define FAKE_TIMEOUT 20           /* Seconds before a fake gives up. */
+
+/* A misbehaviour: answers request op (not the hello) numbered id. */
+typedef void (*fake_fn)(int conn, uint64_t id, const char *op);
 
 typedef struct fake {
     pid_t pid;                  /* The fake daemon, 0 once reaped. */
@@ -66,12 +74,207 @@ static void fake_subdir(fake *f, uid_t owner, mode_t mode, mode_t top_mode) {
     assert_int_equal(chmod(f->top, top_mode), 0);
 }
 
+/* Reads exactly len bytes; -1 at end of stream or on error. */
+static int read_full(int fd, void *buf, size_t len) {
+    char *p = buf;
+    while (len > 0) {
+        ssize_t n = recv(fd, p, len, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Sends the frame in sb with nfds descriptors on its first byte (any
+ * number: this is a fake, not fdpass.c).  A client that hangs up in the
+ * middle (it refused the reply) ends the fake with status 0. */
+static void send_frame(int conn, const msgpack_sbuffer *sb, const int *fds,
+                       int nfds) {
+    size_t len = 4 + sb->size;
+    unsigned char *buf = malloc(len);
+    if (buf == NULL)
+        _exit(90);
+    buf[0] = (unsigned char)(sb->size >> 24);
+    buf[1] = (unsigned char)(sb->size >> 16);
+    buf[2] = (unsigned char)(sb->size >> 8);
+    buf[3] = (unsigned char)sb->size;
+    memcpy(buf + 4, sb->data, sb->size);
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * FAKE_MANY_FDS)];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {buf, 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (nfds > 0) {
+        memset(&ctl, 0, sizeof(ctl));
+        msg.msg_control = ctl.buf;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)nfds);
+    }
+    if (sendmsg(conn, &msg, MSG_NOSIGNAL) != 1)
+        _exit(91);
+    if (wbt_raw_send(conn, buf + 1, len - 1) != 0)
+        _exit(0);
+    free(buf);
+}
+
+/* Starts a reply with "id", "err" and n more fields. */
+static void reply_begin(msgpack_sbuffer *sb, msgpack_packer *pk, uint64_t id,
+                        int64_t err, size_t n) {
+    msgpack_sbuffer_init(sb);
+    msgpack_packer_init(pk, sb, msgpack_sbuffer_write);
+    msgpack_pack_map(pk, n + 2);
+    wbt_pk_str(pk, "id");
+    msgpack_pack_uint64(pk, id);
+    wbt_pk_str(pk, "err");
+    msgpack_pack_int64(pk, err);
+}
+
+/* Sends the reply in sb with its descriptors and frees sb. */
+static void reply_end(int conn, msgpack_sbuffer *sb, const int *fds,
+                      int nfds) {
+    send_frame(conn, sb, fds, nfds);
+    msgpack_sbuffer_destroy(sb);
+}
+
+/* Serves one connection: the hello as the daemon would, every other
+ * request through fn.  Exits 0 at end of stream, or 3 when expect_silence
+ * and anything arrived (a client must refuse before it sends a byte). */
+static void fake_serve(int conn, fake_fn fn, int expect_silence) {
+    for (;;) {
+        unsigned char h[4];
+        if (read_full(conn, h, 4))
+            _exit(0);
+        if (expect_silence)
+            _exit(3);
+        size_t len = ((size_t)h[0] << 24) | ((size_t)h[1] << 16) |
+                     ((size_t)h[2] << 8) | h[3];
+        char *body = malloc(len ? len : 1);
+        if (body == NULL || read_full(conn, body, len))
+            _exit(96);
+        msgpack_unpacked up;
+        msgpack_unpacked_init(&up);
+        size_t off = 0;
+        if (msgpack_unpack_next(&up, body, len, &off) !=
+                MSGPACK_UNPACK_SUCCESS ||
+            up.data.type != MSGPACK_OBJECT_MAP)
+            _exit(97);
+        uint64_t id = 0;
+        char op[32] = "";
+        for (uint32_t i = 0; i < up.data.via.map.size; i++) {
+            const msgpack_object_kv *kv = &up.data.via.map.ptr[i];
+            const msgpack_object_str *k = &kv->key.via.str;
+            if (kv->key.type != MSGPACK_OBJECT_STR)
+                continue;
+            if (k->size == 2 && memcmp(k->ptr, "id", 2) == 0)
+                id = kv->val.via.u64;
+            else if (k->size == 2 && memcmp(k->ptr, "op", 2) == 0 &&
+                     kv->val.type == MSGPACK_OBJECT_STR)
+                snprintf(op, sizeof(op), "%.*s",
+                         (int)kv->val.via.str.size, kv->val.via.str.ptr);
+        }
+        msgpack_unpacked_destroy(&up);
+        free(body);
+        if (strcmp(op, "hello") == 0) {
+            msgpack_sbuffer sb;
+            msgpack_packer pk;
+            reply_begin(&sb, &pk, id, 0, 3);
+            wbt_pk_str(&pk, "proto");
+            msgpack_pack_int(&pk, 1);
+            wbt_pk_str(&pk, "server");
+            wbt_pk_str(&pk, "fake");
+            wbt_pk_str(&pk, "pid");
+            msgpack_pack_uint64(&pk, (uint64_t)getpid());
+            reply_end(conn, &sb, NULL, 0);
+        } else {
+            fn(conn, id, op);
+        }
+    }
+}
+
+/* Starts a fake daemon on f->sock that answers with fn (NULL: expects the
+ * client to send nothing), running as uid and gid as from before listen()
+ * when as is not 0.  Returns once it listens. */
+static void fake_start(fake *f, uid_t as, fake_fn fn) {
+    int ready[2];
+    assert_int_equal(pipe(ready), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(ready[0]);
+        alarm(FAKE_TIMEOUT);
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", f->sock);
+        int ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (ls < 0 || bind(ls, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+            chmod(f->sock, 0666) < 0)
+            _exit(80);
+        if (as != 0 && (setgroups(0, NULL) || setgid(as) || setuid(as)))
+            _exit(81);
+        /* The peer's credentials are those of listen(), after setuid. */
+        if (listen(ls, 4) < 0 || write(ready[1], "r", 1) != 1)
+            _exit(82);
+        int conn = accept(ls, NULL, NULL);
+        if (conn < 0)
+            _exit(83);
+        fake_serve(conn, fn, fn == NULL);
+        _exit(0);
+    }
+    close(ready[1]);
+    char r;
+    assert_int_equal(read(ready[0], &r, 1), 1);
+    close(ready[0]);
+    f->pid = pid;
+}
+
 /* Removes the fake's socket and directories. */
 static void fake_remove(const fake *f) {
     unlink(f->sock);
     if (strcmp(f->dir, f->top) != 0)
         rmdir(f->dir);
     rmdir(f->top);
+}
+
+/* Waits for the fake to exit (it does when the client hangs up; killed
+ * after 5 s), removes its files and returns its exit status. */
+static int fake_stop(fake *f) {
+    int st = 0, code = -1;
+    for (int i = 0; f->pid && i < 500; i++) {
+        if (waitpid(f->pid, &st, WNOHANG) == f->pid) {
+            code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+            f->pid = 0;
+            break;
+        }
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    if (f->pid) {
+        kill(f->pid, SIGKILL);
+        waitpid(f->pid, &st, 0);
+        f->pid = 0;
+    }
+    fake_remove(f);
+    return code;
+}
+
+/* Descriptors open in this process. */
+static int fd_count(void) {
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
 }
 
 /* 1 if the tests may take other uids. */
@@ -82,7 +285,128 @@ static int need_root(void) {
     return 0;
 }
 
+/* ------------------------------------------------------------ fakes */
+
+/* A list reply {id, err, models: []} with the id and err given. */
+static void list_reply(int conn, uint64_t id, int64_t err) {
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    reply_begin(&sb, &pk, id, err, 1);
+    wbt_pk_str(&pk, err ? "msg" : "models");
+    if (err)
+        wbt_pk_str(&pk, "frame too big for the fake");
+    else
+        msgpack_pack_array(&pk, 0);
+    reply_end(conn, &sb, NULL, 0);
+}
+
+static void fake_list_good(int conn, uint64_t id, const char *op) {
+    list_reply(conn, id, 0);
+}
+
 /* ------------------------------------------------------------ tests */
+
+/* A fake running as nobody, in a root-owned 0755 directory, is refused
+ * before the client sends a byte. */
+static void test_trust_peer_stranger(void **state) {
+    if (!need_root())
+        return;
+    fake f;
+    fake_dirs(&f);
+    int before = fd_count();
+    fake_start(&f, NOBODY, NULL);
+    wb_client *c = NULL;
+    int rc = wb_connect(f.sock, &c);
+    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
+    assert_int_equal(rc, WB_EPERM);
+    assert_non_null(strstr(wb_errmsg(c), f.sock));
+    assert_non_null(strstr(wb_errmsg(c), "uid 65534"));
+    wb_close(c);
+    assert_int_equal(fake_stop(&f), 0); /* 3 if it had heard anything. */
+    assert_int_equal(fd_count(), before);
+}
+
+/* A socket directory anyone can write is refused, even with a trusted
+ * peer. */
+static void test_trust_dir_world_writable(void **state) {
+    fake f;
+    fake_dirs(&f);
+    assert_int_equal(chmod(f.top, 0777), 0);
+    fake_start(&f, 0, NULL);
+    wb_client *c = NULL;
+    int rc = wb_connect(f.sock, &c);
+    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
+    assert_int_equal(rc, WB_EPERM);
+    assert_non_null(strstr(wb_errmsg(c), f.dir));
+    assert_non_null(strstr(wb_errmsg(c), "mode 0777"));
+    wb_close(c);
+    assert_int_equal(fake_stop(&f), 0);
+}
+
+/* The attack on /tmp/wbroker-$UID: a stranger creates the directory in a
+ * sticky, world-writable parent and listens in it as itself. */
+static void test_trust_dir_stranger_in_tmp(void **state) {
+    if (!need_root())
+        return;
+    fake f;
+    fake_dirs(&f);
+    fake_subdir(&f, NOBODY, 0755, 01777);
+    fake_start(&f, NOBODY, NULL);
+    wb_client *c = NULL;
+    int rc = wb_connect(f.sock, &c);
+    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
+    assert_int_equal(rc, WB_EPERM);
+    assert_non_null(strstr(wb_errmsg(c), f.dir));
+    assert_non_null(strstr(wb_errmsg(c), "owner uid 65534"));
+    wb_close(c);
+    assert_int_equal(fake_stop(&f), 0);
+}
+
+/* A directory that only root can have given to another user (systemd's
+ * /run/wbroker for the service user), with the daemon running as that
+ * user, is trusted. */
+static void test_trust_dir_placed_by_root(void **state) {
+    if (!need_root())
+        return;
+    fake f;
+    fake_dirs(&f);
+    fake_subdir(&f, NOBODY, 0755, 0755);
+    fake_start(&f, NOBODY, fake_list_good);
+    wb_client *c = NULL;
+    assert_int_equal(wb_connect(f.sock, &c), 0);
+    wb_model_info *v = NULL;
+    size_t n = 1;
+    assert_int_equal(wb_list(c, &v, &n), 0);
+    assert_int_equal(n, 0);
+    wb_model_info_free(v, n);
+    wb_close(c);
+    assert_int_equal(fake_stop(&f), 0);
+}
+
+/* In a root-owned sticky directory (like /tmp) root's daemon is trusted
+ * and a stranger's socket is refused by its uid. */
+static void test_trust_dir_sticky(void **state) {
+    if (!need_root())
+        return;
+    fake f;
+    fake_dirs(&f);
+    assert_int_equal(chmod(f.top, 01777), 0);
+    fake_start(&f, 0, fake_list_good);
+    wb_client *c = NULL;
+    assert_int_equal(wb_connect(f.sock, &c), 0);
+    wb_close(c);
+    assert_int_equal(fake_stop(&f), 0);
+
+    fake_dirs(&f);
+    assert_int_equal(chmod(f.top, 01777), 0);
+    fake_start(&f, NOBODY, NULL);
+    int rc = wb_connect(f.sock, &c);
+    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
+    assert_int_equal(rc, WB_EPERM);
+    assert_non_null(strstr(wb_errmsg(c), "uid 65534"));
+    wb_close(c);
+    assert_int_equal(fake_stop(&f), 0);
+}
 
 /* The directory rule on its own: a missing directory, a relative path. */
 static void test_trust_dir_check_rule(void **state) {
@@ -180,6 +504,11 @@ static void test_trust_daemon_open_dir(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_trust_peer_stranger),
+        cmocka_unit_test(test_trust_dir_world_writable),
+        cmocka_unit_test(test_trust_dir_stranger_in_tmp),
+        cmocka_unit_test(test_trust_dir_placed_by_root),
+        cmocka_unit_test(test_trust_dir_sticky),
         cmocka_unit_test(test_trust_dir_check_rule),
         cmocka_unit_test(test_trust_daemon_stranger_dir),
         cmocka_unit_test(test_trust_daemon_open_dir),
