@@ -6,8 +6,10 @@
  * a segment that is still mapped writable); mapping opens the read-only
  * descriptors the daemon sends, shared or copy-on-write.
  *
- * Whoever listens on the socket is checked before the hello (trust.h):
- * the socket's directory, and the listener's uid. */
+ * Nothing the daemon says is believed unchecked (trust.h): the listener's
+ * uid and the socket's directory at connect, and every descriptor before
+ * it is mapped.  A reply whose descriptors do not match it ends the
+ * connection. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -394,7 +396,12 @@ int wb_publish_begin(wb_client *c, const char *model,
     msgpack_sbuffer_destroy(&sb);
     const msgpack_object_array *offs = NULL;
     uint64_t size = 0;
-    if (rc == 0 && (nfds != 1 || wb__mp_get_u64(m.root, "pub", &p->pub) ||
+    if (rc == 0 && nfds != 1)
+        rc = broken(c, fail(c, WB_EPROTO,
+                            "publish reply from %s carries %d descriptors, "
+                            "not 1",
+                            c->path, nfds));
+    if (rc == 0 && (wb__mp_get_u64(m.root, "pub", &p->pub) ||
                     wb__mp_get_u64(m.root, "size", &size) ||
                     wb__mp_get_array(m.root, "offs", &offs) ||
                     offs->size != n))
@@ -408,6 +415,11 @@ int wb_publish_begin(wb_client *c, const char *model,
             p->offs[i] = o->via.u64;
     }
     wb__msg_free(&m);
+    char why[WB_TRUST_WHY_MAX];
+    if (rc == 0 && wb__trust_segment(fd, size, WB__SEG_WRITE, why,
+                                     sizeof(why)))
+        rc = broken(c, fail(c, WB_EPROTO, "publish reply from %s: %s",
+                            c->path, why));
     if (rc == 0) {
         p->fd = fd; /* Mapped by the first wb_publish_data(). */
         p->size = size;
@@ -637,9 +649,13 @@ static int read_mapping(wb_client *c, const msgpack_object *root,
         wb__mp_get_array(root, "segs", &segs) ||
         wb__mp_get_array(root, "tensors", &ta) ||
         wb__mp_get_map(root, "meta", &meta) < 0 ||
-        segs->size > WB_MAX_SEGMENTS ||
-        (!plan && (int)segs->size != nfds))
+        segs->size > WB_MAX_SEGMENTS)
         return fail(c, WB_EPROTO, "malformed map reply");
+    if (!plan && (int)segs->size != nfds)
+        return broken(c, fail(c, WB_EPROTO,
+                              "map reply from %s declares %u segments but "
+                              "carries %d descriptors",
+                              c->path, segs->size, nfds));
     int rc = read_report(root, m);
     if (rc)
         return fail(c, rc, "malformed map reply report");
@@ -653,6 +669,13 @@ static int read_mapping(wb_client *c, const msgpack_object *root,
         m->seg_size[k] = (size_t)o->via.u64;
     }
     if (!plan) {
+        char why[WB_TRUST_WHY_MAX];
+        for (int k = 0; k < m->nsegs; k++) /* All, before mapping any. */
+            if (wb__trust_segment(fds[k], m->seg_size[k], WB__SEG_READ, why,
+                                  sizeof(why)))
+                return broken(c, fail(c, WB_EPROTO,
+                                      "map reply from %s: segment %d: %s",
+                                      c->path, k, why));
         int shared = (flags & WB_MAP_SHARED) != 0;
         for (int k = 0; k < m->nsegs; k++) {
             void *p = mmap(NULL, m->seg_size[k],

@@ -3,10 +3,13 @@
  * directory that someone else controls.
  *
  * A fake daemon (a forked process) listens on a socket in a temporary
- * directory and answers the hello.  It runs as another uid (nobody, 65534)
- * or in directories that others can write, and the client must refuse it
- * before sending a byte; the real daemon is started in such directories
- * and must refuse to listen.  Tests that need another uid are skipped
+ * directory, answers the hello, then misbehaves as each test asks: segment
+ * descriptors smaller than declared, unsealed, writable or not memfds at
+ * all; publish descriptors of the wrong size or unsealed.  Each failure
+ * must be a clean error with nothing mapped, no descriptor left open and
+ * no signal.  Other fakes run as another uid (nobody, 65534) or in
+ * directories that others can write; the real daemon is started in such
+ * directories and must refuse.  Tests that need another uid are skipped
  * unless run as root (CI is). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -37,8 +40,12 @@
 #include "paths.h"
 
 #define NOBODY 65534              /* The stranger's uid and gid. */
+#define FAKE_SEG (2u * 1024 * 1024) /* Bytes of a fake segment. */
+#define FAKE_SHORT 4096u          /* Bytes of a segment that lies. */
+#define FAKE_TENSOR 4096u         /* Bytes of the one tensor, at the end. */
 #define FAKE_MANY_FDS 100         /* More descriptors than a reply holds. */
 #define FAKE_TIMEOUT 20           /* Seconds before a fake gives up. */
+#define FAKE_PUB 7                /* Publish handle the fake hands out. */
 
 /* A misbehaviour: answers request op (not the hello) numbered id. */
 typedef void (*fake_fn)(int conn, uint64_t id, const char *op);
@@ -143,6 +150,89 @@ static void reply_end(int conn, msgpack_sbuffer *sb, const int *fds,
                       int nfds) {
     send_frame(conn, sb, fds, nfds);
     msgpack_sbuffer_destroy(sb);
+}
+
+/* Answers a request with err 0 and no fields. */
+static void reply_empty(int conn, uint64_t id) {
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    reply_begin(&sb, &pk, id, 0, 0);
+    reply_end(conn, &sb, NULL, 0);
+}
+
+/* A map reply of one segment declared as declared bytes whose one tensor
+ * "t" (float32, FAKE_TENSOR bytes) ends the segment, with nfds
+ * descriptors. */
+static void reply_map(int conn, uint64_t id, uint64_t declared,
+                      const int *fds, int nfds) {
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    reply_begin(&sb, &pk, id, 0, 6);
+    wbt_pk_str(&pk, "version");
+    msgpack_pack_uint64(&pk, 1);
+    wbt_pk_str(&pk, "segs");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_uint64(&pk, declared);
+    wbt_pk_str(&pk, "tensors");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_array(&pk, 8);
+    wbt_pk_str(&pk, "t");
+    wbt_pk_str(&pk, "t");
+    wbt_pk_str(&pk, "F32");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_uint64(&pk, FAKE_TENSOR / 4);
+    msgpack_pack_uint64(&pk, 0);
+    msgpack_pack_uint64(&pk, declared - FAKE_TENSOR);
+    msgpack_pack_uint64(&pk, FAKE_TENSOR);
+    msgpack_pack_false(&pk);
+    wbt_pk_str(&pk, "meta");
+    msgpack_pack_map(&pk, 0);
+    wbt_pk_str(&pk, "report");
+    msgpack_pack_map(&pk, 0);
+    wbt_pk_str(&pk, "text");
+    wbt_pk_str(&pk, "");
+    reply_end(conn, &sb, fds, nfds);
+}
+
+/* A publish reply for one tensor at offset 0 in a segment declared as
+ * declared bytes, with descriptor fd. */
+static void reply_publish(int conn, uint64_t id, uint64_t declared, int fd) {
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    reply_begin(&sb, &pk, id, 0, 3);
+    wbt_pk_str(&pk, "pub");
+    msgpack_pack_uint64(&pk, FAKE_PUB);
+    wbt_pk_str(&pk, "size");
+    msgpack_pack_uint64(&pk, declared);
+    wbt_pk_str(&pk, "offs");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_uint64(&pk, 0);
+    reply_end(conn, &sb, &fd, 1);
+}
+
+/* A memfd of size bytes filled with 0x5a, with the seals given. */
+static int fake_memfd(size_t size, int seals) {
+    int fd = memfd_create("fake", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0 || ftruncate(fd, (off_t)size) < 0)
+        _exit(92);
+    char page[4096];
+    memset(page, 0x5a, sizeof(page));
+    for (size_t at = 0; at < size; at += sizeof(page))
+        if (pwrite(fd, page, sizeof(page), (off_t)at) != sizeof(page))
+            _exit(93);
+    if (seals && fcntl(fd, F_ADD_SEALS, seals) < 0)
+        _exit(94);
+    return fd;
+}
+
+/* A read-only reopening of fd, as the daemon hands segments out. */
+static int reopen_ro(int fd) {
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    int ro = open(path, O_RDONLY | O_CLOEXEC);
+    if (ro < 0)
+        _exit(95);
+    return ro;
 }
 
 /* Serves one connection: the hello as the daemon would, every other
@@ -277,6 +367,18 @@ static int fd_count(void) {
     return n;
 }
 
+/* Mappings of the fake's memfds in this process. */
+static int fake_maps(void) {
+    FILE *f = fopen("/proc/self/maps", "re");
+    assert_non_null(f);
+    char line[512];
+    int n = 0;
+    while (fgets(line, sizeof(line), f))
+        n += strstr(line, "/memfd:fake") != NULL;
+    fclose(f);
+    return n;
+}
+
 /* 1 if the tests may take other uids. */
 static int need_root(void) {
     if (geteuid() == 0)
@@ -285,7 +387,165 @@ static int need_root(void) {
     return 0;
 }
 
+/* Checks that c's connection is gone: the next request fails at once. */
+static void assert_closed(wb_client *c) {
+    wb_model_info *v = NULL;
+    size_t n = 0;
+    assert_int_equal(wb_list(c, &v, &n), WB_ECLOSED);
+}
+
+/* Runs a map against a fake answering with fn and expects a clean
+ * WB_EPROTO whose message contains what: nothing mapped, every descriptor
+ * closed, no signal, the connection closed. */
+static void expect_map_refused(fake_fn fn, const char *what) {
+    fake f;
+    fake_dirs(&f);
+    int before = fd_count();
+    fake_start(&f, 0, fn);
+    wb_client *c = NULL;
+    assert_int_equal(wb_connect(f.sock, &c), 0);
+    wb_mapping *m = NULL;
+    int rc = wb_map(c, "m", 0, 0, &m);
+    if (rc == 0) { /* Would have trusted it: touch what it claims. */
+        wb_tensor t;
+        wb_map_tensor(m, 0, &t);
+        fprintf(stderr, "  mapped; last byte %d\n",
+                ((const volatile uint8_t *)t.data)[t.nbytes - 1]);
+        wb_unmap(m);
+        m = NULL;
+    }
+    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
+    assert_int_equal(rc, WB_EPROTO);
+    assert_null(m);
+    assert_non_null(strstr(wb_errmsg(c), what));
+    assert_non_null(strstr(wb_errmsg(c), f.sock));
+    assert_int_equal(fake_maps(), 0);
+    assert_closed(c);
+    wb_close(c);
+    assert_int_equal(fake_stop(&f), 0);
+    assert_int_equal(fd_count(), before);
+}
+
+/* Starts a publish of one float32 tensor of FAKE_TENSOR bytes. */
+static int publish_one(wb_client *c, wb_publish **p) {
+    int64_t shape[1] = {FAKE_TENSOR / 4};
+    wb_tensor_spec spec = {"t", WB_F32, 1, shape, NULL};
+    return wb_publish_begin(c, "m", &spec, 1, NULL, 0, p);
+}
+
+/* Runs a publish against a fake answering with fn and expects a clean
+ * WB_EPROTO whose message contains what. */
+static void expect_publish_refused(fake_fn fn, const char *what) {
+    fake f;
+    fake_dirs(&f);
+    int before = fd_count();
+    fake_start(&f, 0, fn);
+    wb_client *c = NULL;
+    assert_int_equal(wb_connect(f.sock, &c), 0);
+    wb_publish *p = NULL;
+    int rc = publish_one(c, &p);
+    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
+    assert_int_equal(rc, WB_EPROTO);
+    assert_null(p);
+    assert_non_null(strstr(wb_errmsg(c), what));
+    assert_int_equal(fake_maps(), 0);
+    assert_closed(c);
+    wb_close(c);
+    assert_int_equal(fake_stop(&f), 0);
+    assert_int_equal(fd_count(), before);
+}
+
 /* ------------------------------------------------------------ fakes */
+
+#define ALL_SEALS (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
+
+/* Answers a map with a sealed read-only segment of size real bytes that
+ * claims FAKE_SEG. */
+static void map_with_segment(int conn, uint64_t id, size_t real) {
+    int fd = fake_memfd(real, ALL_SEALS);
+    int ro = reopen_ro(fd);
+    reply_map(conn, id, FAKE_SEG, &ro, 1);
+    close(ro);
+    close(fd);
+}
+
+static void fake_map_good(int conn, uint64_t id, const char *op) {
+    map_with_segment(conn, id, FAKE_SEG);
+}
+
+static void fake_map_short(int conn, uint64_t id, const char *op) {
+    map_with_segment(conn, id, FAKE_SHORT);
+}
+
+static void fake_map_unsealed(int conn, uint64_t id, const char *op) {
+    int fd = fake_memfd(FAKE_SEG, 0);
+    int ro = reopen_ro(fd);
+    reply_map(conn, id, FAKE_SEG, &ro, 1);
+    close(ro);
+    close(fd);
+}
+
+/* Seals everything but hands out the memfd's own read-write descriptor. */
+static void fake_map_writable(int conn, uint64_t id, const char *op) {
+    int fd = fake_memfd(FAKE_SEG, ALL_SEALS);
+    reply_map(conn, id, FAKE_SEG, &fd, 1);
+    close(fd);
+}
+
+/* A plain (unlinked) file of the right size, read-only. */
+static void fake_map_plain_file(int conn, uint64_t id, const char *op) {
+    int fd = open("/tmp", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0 || ftruncate(fd, FAKE_SEG) < 0)
+        _exit(98);
+    int ro = reopen_ro(fd);
+    reply_map(conn, id, FAKE_SEG, &ro, 1);
+    close(ro);
+    close(fd);
+}
+
+/* A pipe where the segment should be. */
+static void fake_map_pipe(int conn, uint64_t id, const char *op) {
+    int p[2];
+    if (pipe(p) < 0)
+        _exit(98);
+    reply_map(conn, id, FAKE_SEG, &p[0], 1);
+    close(p[0]);
+    close(p[1]);
+}
+
+/* Answers a publish with a read-write memfd of real bytes and the seals
+ * given, declared as FAKE_SEG; a commit with version 1. */
+static void publish_with(int conn, uint64_t id, const char *op, size_t real,
+                         int seals) {
+    if (strcmp(op, "commit") == 0) {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        reply_begin(&sb, &pk, id, 0, 1);
+        wbt_pk_str(&pk, "version");
+        msgpack_pack_uint64(&pk, 1);
+        reply_end(conn, &sb, NULL, 0);
+        return;
+    }
+    if (strcmp(op, "publish") != 0) {
+        reply_empty(conn, id);
+        return;
+    }
+    int fd = fake_memfd(real, seals);
+    reply_publish(conn, id, FAKE_SEG, fd);
+    close(fd);
+}
+
+static void fake_publish_good(int conn, uint64_t id, const char *op) {
+    publish_with(conn, id, op, FAKE_SEG, F_SEAL_SHRINK | F_SEAL_GROW);
+}
+
+static void fake_publish_short(int conn, uint64_t id, const char *op) {
+    publish_with(conn, id, op, FAKE_SHORT, F_SEAL_SHRINK | F_SEAL_GROW);
+}
+
+static void fake_publish_unsealed(int conn, uint64_t id, const char *op) {
+    publish_with(conn, id, op, FAKE_SEG, 0);
+}
 
 /* A list reply {id, err, models: []} with the id and err given. */
 static void list_reply(int conn, uint64_t id, int64_t err) {
@@ -305,6 +565,74 @@ static void fake_list_good(int conn, uint64_t id, const char *op) {
 }
 
 /* ------------------------------------------------------------ tests */
+
+/* The fake speaks the protocol: a good segment maps and reads. */
+static void test_trust_map_good_fake(void **state) {
+    fake f;
+    fake_dirs(&f);
+    fake_start(&f, 0, fake_map_good);
+    wb_client *c = NULL;
+    assert_int_equal(wb_connect(f.sock, &c), 0);
+    wb_mapping *m = NULL;
+    assert_int_equal(wb_map(c, "m", 0, 0, &m), 0);
+    wb_tensor t;
+    assert_int_equal(wb_map_tensor(m, 0, &t), 0);
+    assert_int_equal(t.nbytes, FAKE_TENSOR);
+    assert_int_equal(((const uint8_t *)t.data)[FAKE_TENSOR - 1], 0x5a);
+    assert_int_equal(fake_maps(), 1);
+    wb_unmap(m);
+    wb_close(c);
+    assert_int_equal(fake_stop(&f), 0);
+}
+
+/* A segment smaller than the reply says (SIGBUS on touching the end). */
+static void test_trust_map_short_segment(void **state) {
+    expect_map_refused(fake_map_short, "4096 bytes");
+}
+
+static void test_trust_map_unsealed_segment(void **state) {
+    expect_map_refused(fake_map_unsealed, "not sealed");
+}
+
+static void test_trust_map_writable_segment(void **state) {
+    expect_map_refused(fake_map_writable, "open for writing");
+}
+
+static void test_trust_map_not_memfd(void **state) {
+    expect_map_refused(fake_map_plain_file, "segment 0");
+    expect_map_refused(fake_map_pipe, "not a regular file");
+}
+
+/* The fake's publish path works, through a mapping and through write. */
+static void test_trust_publish_good_fake(void **state) {
+    fake f;
+    fake_dirs(&f);
+    fake_start(&f, 0, fake_publish_good);
+    wb_client *c = NULL;
+    assert_int_equal(wb_connect(f.sock, &c), 0);
+    wb_publish *p = NULL;
+    assert_int_equal(publish_one(c, &p), 0);
+    size_t nb = 0;
+    float *x = wb_publish_data(p, 0, &nb);
+    assert_non_null(x);
+    assert_int_equal(nb, FAKE_TENSOR);
+    x[0] = 1.0f;
+    float y = 2.0f;
+    assert_int_equal(wb_publish_write(p, 0, &y, sizeof(y), 4), 0);
+    uint64_t v = 0;
+    assert_int_equal(wb_publish_commit(p, &v), 0);
+    assert_int_equal(v, 1);
+    wb_close(c);
+    assert_int_equal(fake_stop(&f), 0);
+}
+
+static void test_trust_publish_wrong_size(void **state) {
+    expect_publish_refused(fake_publish_short, "4096 bytes");
+}
+
+static void test_trust_publish_unsealed(void **state) {
+    expect_publish_refused(fake_publish_unsealed, "not sealed");
+}
 
 /* A fake running as nobody, in a root-owned 0755 directory, is refused
  * before the client sends a byte. */
@@ -504,6 +832,14 @@ static void test_trust_daemon_open_dir(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_trust_map_good_fake),
+        cmocka_unit_test(test_trust_map_short_segment),
+        cmocka_unit_test(test_trust_map_unsealed_segment),
+        cmocka_unit_test(test_trust_map_writable_segment),
+        cmocka_unit_test(test_trust_map_not_memfd),
+        cmocka_unit_test(test_trust_publish_good_fake),
+        cmocka_unit_test(test_trust_publish_wrong_size),
+        cmocka_unit_test(test_trust_publish_unsealed),
         cmocka_unit_test(test_trust_peer_stranger),
         cmocka_unit_test(test_trust_dir_world_writable),
         cmocka_unit_test(test_trust_dir_stranger_in_tmp),
