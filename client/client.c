@@ -7,10 +7,11 @@
  * descriptors the daemon sends, shared or copy-on-write.
  *
  * Nothing the daemon says is believed unchecked (trust.h): the listener's
- * uid and the socket's directory at connect, and every descriptor before
- * it is mapped.  A reply whose descriptors do not match it ends the
+ * uid and the socket's directory at connect, every descriptor before it is
+ * mapped, and every reply's id.  A reply that breaks the protocol ends the
  * connection. */
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -121,8 +122,10 @@ static int recv_all(wb_client *c, uint8_t *buf, size_t len, int *fds,
         if (n > 0 && fds)
             *nfds += got;
         if (n > 0 && ctrunc)
-            return fail(c, WB_EPROTO, "descriptors from %s were truncated",
-                        c->path);
+            return fail(c, WB_EPROTO,
+                        "a reply from %s carried more descriptors than the "
+                        "%d one reply may hold, and the kernel truncated them",
+                        c->path, WB_FDPASS_MAX);
         if (n <= 0)
             return fail(c, WB_ECLOSED, "daemon at %s closed the connection%s%s",
                         c->path, n < 0 ? ": " : "",
@@ -181,9 +184,28 @@ static int roundtrip(wb_client *c, msgpack_sbuffer *sb, uint64_t id,
                                           : fail(c, rc, "malformed reply"));
     uint64_t rid = 0;
     int64_t err = 0;
-    if (wb__mp_get_i64(m->root, "err", &err) != 0 ||
-        (wb__mp_get_u64(m->root, "id", &rid) == 0 && rid != id && rid != 0))
-        return broken(c, fail(c, WB_EPROTO, "reply out of sequence"));
+    if (wb__mp_get_i64(m->root, "err", &err) != 0 || err > 0 || err < INT_MIN)
+        return broken(c, fail(c, WB_EPROTO,
+                              "reply from %s has no err, or one that is not "
+                              "0 or a negative code",
+                              c->path));
+    if (wb__mp_get_u64(m->root, "id", &rid) != 0)
+        return broken(c, fail(c, WB_EPROTO,
+                              "reply from %s has no id, or one that is not "
+                              "an unsigned integer",
+                              c->path));
+    if (rid == 0 && err == 0)
+        return broken(c, fail(c, WB_EPROTO,
+                              "reply from %s has id 0 without an error (id 0 "
+                              "is only the daemon's last word on a protocol "
+                              "error)",
+                              c->path));
+    if (rid != 0 && rid != id)
+        return broken(c, fail(c, WB_EPROTO,
+                              "reply from %s out of sequence: id %llu "
+                              "answers request %llu",
+                              c->path, (unsigned long long)rid,
+                              (unsigned long long)id));
     if (err != 0) {
         const char *s = "";
         size_t n = 0;

@@ -5,12 +5,12 @@
  * A fake daemon (a forked process) listens on a socket in a temporary
  * directory, answers the hello, then misbehaves as each test asks: segment
  * descriptors smaller than declared, unsealed, writable or not memfds at
- * all; publish descriptors of the wrong size or unsealed.  Each failure
- * must be a clean error with nothing mapped, no descriptor left open and
- * no signal.  Other fakes run as another uid (nobody, 65534) or in
- * directories that others can write; the real daemon is started in such
- * directories and must refuse.  Tests that need another uid are skipped
- * unless run as root (CI is). */
+ * all; publish descriptors of the wrong size; more descriptors than a reply
+ * may carry; replies with a wrong id.  Each failure must be a clean error
+ * with nothing mapped, no descriptor left open and no signal.  Other fakes
+ * run as another uid (nobody, 65534) or in directories that others can
+ * write; the real daemon is started in such directories and must refuse.
+ * Tests that need another uid are skipped unless run as root (CI is). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -455,6 +455,28 @@ static void expect_publish_refused(fake_fn fn, const char *what) {
     assert_int_equal(fd_count(), before);
 }
 
+/* Runs a list against a fake answering with fn and expects error rc with
+ * a message containing what, and the connection closed after it. */
+static void expect_list_fails(fake_fn fn, int want, const char *what) {
+    fake f;
+    fake_dirs(&f);
+    int before = fd_count();
+    fake_start(&f, 0, fn);
+    wb_client *c = NULL;
+    assert_int_equal(wb_connect(f.sock, &c), 0);
+    wb_model_info *v = NULL;
+    size_t n = 0;
+    int rc = wb_list(c, &v, &n);
+    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
+    assert_int_equal(rc, want);
+    assert_null(v);
+    assert_non_null(strstr(wb_errmsg(c), what));
+    assert_closed(c);
+    wb_close(c);
+    assert_int_equal(fake_stop(&f), 0);
+    assert_int_equal(fd_count(), before);
+}
+
 /* ------------------------------------------------------------ fakes */
 
 #define ALL_SEALS (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
@@ -513,6 +535,18 @@ static void fake_map_pipe(int conn, uint64_t id, const char *op) {
     close(p[1]);
 }
 
+/* FAKE_MANY_FDS good segments on one map reply. */
+static void fake_map_many(int conn, uint64_t id, const char *op) {
+    int fd = fake_memfd(FAKE_SEG, ALL_SEALS);
+    int fds[FAKE_MANY_FDS];
+    for (int i = 0; i < FAKE_MANY_FDS; i++)
+        fds[i] = reopen_ro(fd);
+    reply_map(conn, id, FAKE_SEG, fds, FAKE_MANY_FDS);
+    for (int i = 0; i < FAKE_MANY_FDS; i++)
+        close(fds[i]);
+    close(fd);
+}
+
 /* Answers a publish with a read-write memfd of real bytes and the seals
  * given, declared as FAKE_SEG; a commit with version 1. */
 static void publish_with(int conn, uint64_t id, const char *op, size_t real,
@@ -564,6 +598,46 @@ static void fake_list_good(int conn, uint64_t id, const char *op) {
     list_reply(conn, id, 0);
 }
 
+static void fake_id_zero(int conn, uint64_t id, const char *op) {
+    list_reply(conn, 0, 0);
+}
+
+static void fake_id_wrong(int conn, uint64_t id, const char *op) {
+    list_reply(conn, id + 1, 0);
+}
+
+static void fake_id_zero_error(int conn, uint64_t id, const char *op) {
+    list_reply(conn, 0, WB_ETOOBIG);
+}
+
+static void fake_id_missing(int conn, uint64_t id, const char *op) {
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 2);
+    wbt_pk_str(&pk, "err");
+    msgpack_pack_int64(&pk, 0);
+    wbt_pk_str(&pk, "models");
+    msgpack_pack_array(&pk, 0);
+    reply_end(conn, &sb, NULL, 0);
+}
+
+/* FAKE_MANY_FDS descriptors on a list reply, which expects none. */
+static void fake_list_many(int conn, uint64_t id, const char *op) {
+    int fds[FAKE_MANY_FDS];
+    for (int i = 0; i < FAKE_MANY_FDS; i++)
+        fds[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    reply_begin(&sb, &pk, id, 0, 1);
+    wbt_pk_str(&pk, "models");
+    msgpack_pack_array(&pk, 0);
+    reply_end(conn, &sb, fds, FAKE_MANY_FDS);
+    for (int i = 0; i < FAKE_MANY_FDS; i++)
+        close(fds[i]);
+}
+
 /* ------------------------------------------------------------ tests */
 
 /* The fake speaks the protocol: a good segment maps and reads. */
@@ -603,6 +677,13 @@ static void test_trust_map_not_memfd(void **state) {
     expect_map_refused(fake_map_pipe, "not a regular file");
 }
 
+/* More descriptors than a reply can carry: the kernel truncates the
+ * control data, and the reply cannot be believed. */
+static void test_trust_too_many_descriptors(void **state) {
+    expect_map_refused(fake_map_many, "truncated");
+    expect_list_fails(fake_list_many, WB_EPROTO, "truncated");
+}
+
 /* The fake's publish path works, through a mapping and through write. */
 static void test_trust_publish_good_fake(void **state) {
     fake f;
@@ -632,6 +713,15 @@ static void test_trust_publish_wrong_size(void **state) {
 
 static void test_trust_publish_unsealed(void **state) {
     expect_publish_refused(fake_publish_unsealed, "not sealed");
+}
+
+/* Only a reply with the request's id answers it; id 0 is the daemon's
+ * last word, and only with an error. */
+static void test_trust_reply_ids(void **state) {
+    expect_list_fails(fake_id_zero, WB_EPROTO, "id 0");
+    expect_list_fails(fake_id_wrong, WB_EPROTO, "out of sequence");
+    expect_list_fails(fake_id_missing, WB_EPROTO, "no id");
+    expect_list_fails(fake_id_zero_error, WB_ETOOBIG, "frame too big");
 }
 
 /* A fake running as nobody, in a root-owned 0755 directory, is refused
@@ -837,9 +927,11 @@ int main(void) {
         cmocka_unit_test(test_trust_map_unsealed_segment),
         cmocka_unit_test(test_trust_map_writable_segment),
         cmocka_unit_test(test_trust_map_not_memfd),
+        cmocka_unit_test(test_trust_too_many_descriptors),
         cmocka_unit_test(test_trust_publish_good_fake),
         cmocka_unit_test(test_trust_publish_wrong_size),
         cmocka_unit_test(test_trust_publish_unsealed),
+        cmocka_unit_test(test_trust_reply_ids),
         cmocka_unit_test(test_trust_peer_stranger),
         cmocka_unit_test(test_trust_dir_world_writable),
         cmocka_unit_test(test_trust_dir_stranger_in_tmp),
