@@ -4,8 +4,14 @@
  * any descriptors that came with it.  Publishing maps the daemon's new
  * segment writable and unmaps it before the commit (the daemon cannot seal
  * a segment that is still mapped writable); mapping opens the read-only
- * descriptors the daemon sends, shared or copy-on-write. */
+ * descriptors the daemon sends, shared or copy-on-write.
+ *
+ * Nothing the daemon says is believed unchecked (trust.h): the listener's
+ * uid and the socket's directory at connect, every descriptor before it is
+ * mapped, and every reply's id.  A reply that breaks the protocol ends the
+ * connection. */
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +24,7 @@
 #include "fdpass.h"
 #include "hash.h"
 #include "rules_internal.h"
+#include "trust.h"
 #include "wire.h"
 
 struct wb_client {
@@ -115,8 +122,10 @@ static int recv_all(wb_client *c, uint8_t *buf, size_t len, int *fds,
         if (n > 0 && fds)
             *nfds += got;
         if (n > 0 && ctrunc)
-            return fail(c, WB_EPROTO, "descriptors from %s were truncated",
-                        c->path);
+            return fail(c, WB_EPROTO,
+                        "a reply from %s carried more descriptors than the "
+                        "%d one reply may hold, and the kernel truncated them",
+                        c->path, WB_FDPASS_MAX);
         if (n <= 0)
             return fail(c, WB_ECLOSED, "daemon at %s closed the connection%s%s",
                         c->path, n < 0 ? ": " : "",
@@ -175,9 +184,28 @@ static int roundtrip(wb_client *c, msgpack_sbuffer *sb, uint64_t id,
                                           : fail(c, rc, "malformed reply"));
     uint64_t rid = 0;
     int64_t err = 0;
-    if (wb__mp_get_i64(m->root, "err", &err) != 0 ||
-        (wb__mp_get_u64(m->root, "id", &rid) == 0 && rid != id && rid != 0))
-        return broken(c, fail(c, WB_EPROTO, "reply out of sequence"));
+    if (wb__mp_get_i64(m->root, "err", &err) != 0 || err > 0 || err < INT_MIN)
+        return broken(c, fail(c, WB_EPROTO,
+                              "reply from %s has no err, or one that is not "
+                              "0 or a negative code",
+                              c->path));
+    if (wb__mp_get_u64(m->root, "id", &rid) != 0)
+        return broken(c, fail(c, WB_EPROTO,
+                              "reply from %s has no id, or one that is not "
+                              "an unsigned integer",
+                              c->path));
+    if (rid == 0 && err == 0)
+        return broken(c, fail(c, WB_EPROTO,
+                              "reply from %s has id 0 without an error (id 0 "
+                              "is only the daemon's last word on a protocol "
+                              "error)",
+                              c->path));
+    if (rid != 0 && rid != id)
+        return broken(c, fail(c, WB_EPROTO,
+                              "reply from %s out of sequence: id %llu "
+                              "answers request %llu",
+                              c->path, (unsigned long long)rid,
+                              (unsigned long long)id));
     if (err != 0) {
         const char *s = "";
         size_t n = 0;
@@ -238,6 +266,10 @@ int wb_connect(const char *socket_path, wb_client **out) {
                     "cannot connect to wbrokerd at %s: %s", c->path,
                     strerror(e));
     }
+    char why[WB_TRUST_WHY_MAX];
+    int trc = wb__trust_peer(c->fd, c->path, why, sizeof(why));
+    if (trc) /* Not a byte sent to whoever this is. */
+        return broken(c, fail(c, trc, "%s", why));
     msgpack_sbuffer sb;
     msgpack_packer pk;
     uint64_t id = req_begin(c, &sb, &pk, "hello", 2);
@@ -386,7 +418,12 @@ int wb_publish_begin(wb_client *c, const char *model,
     msgpack_sbuffer_destroy(&sb);
     const msgpack_object_array *offs = NULL;
     uint64_t size = 0;
-    if (rc == 0 && (nfds != 1 || wb__mp_get_u64(m.root, "pub", &p->pub) ||
+    if (rc == 0 && nfds != 1)
+        rc = broken(c, fail(c, WB_EPROTO,
+                            "publish reply from %s carries %d descriptors, "
+                            "not 1",
+                            c->path, nfds));
+    if (rc == 0 && (wb__mp_get_u64(m.root, "pub", &p->pub) ||
                     wb__mp_get_u64(m.root, "size", &size) ||
                     wb__mp_get_array(m.root, "offs", &offs) ||
                     offs->size != n))
@@ -400,6 +437,11 @@ int wb_publish_begin(wb_client *c, const char *model,
             p->offs[i] = o->via.u64;
     }
     wb__msg_free(&m);
+    char why[WB_TRUST_WHY_MAX];
+    if (rc == 0 && wb__trust_segment(fd, size, WB__SEG_WRITE, why,
+                                     sizeof(why)))
+        rc = broken(c, fail(c, WB_EPROTO, "publish reply from %s: %s",
+                            c->path, why));
     if (rc == 0) {
         p->fd = fd; /* Mapped by the first wb_publish_data(). */
         p->size = size;
@@ -629,9 +671,13 @@ static int read_mapping(wb_client *c, const msgpack_object *root,
         wb__mp_get_array(root, "segs", &segs) ||
         wb__mp_get_array(root, "tensors", &ta) ||
         wb__mp_get_map(root, "meta", &meta) < 0 ||
-        segs->size > WB_MAX_SEGMENTS ||
-        (!plan && (int)segs->size != nfds))
+        segs->size > WB_MAX_SEGMENTS)
         return fail(c, WB_EPROTO, "malformed map reply");
+    if (!plan && (int)segs->size != nfds)
+        return broken(c, fail(c, WB_EPROTO,
+                              "map reply from %s declares %u segments but "
+                              "carries %d descriptors",
+                              c->path, segs->size, nfds));
     int rc = read_report(root, m);
     if (rc)
         return fail(c, rc, "malformed map reply report");
@@ -645,6 +691,13 @@ static int read_mapping(wb_client *c, const msgpack_object *root,
         m->seg_size[k] = (size_t)o->via.u64;
     }
     if (!plan) {
+        char why[WB_TRUST_WHY_MAX];
+        for (int k = 0; k < m->nsegs; k++) /* All, before mapping any. */
+            if (wb__trust_segment(fds[k], m->seg_size[k], WB__SEG_READ, why,
+                                  sizeof(why)))
+                return broken(c, fail(c, WB_EPROTO,
+                                      "map reply from %s: segment %d: %s",
+                                      c->path, k, why));
         int shared = (flags & WB_MAP_SHARED) != 0;
         for (int k = 0; k < m->nsegs; k++) {
             void *p = mmap(NULL, m->seg_size[k],

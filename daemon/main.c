@@ -21,12 +21,12 @@
 #include "conn.h"
 #include "log.h"
 #include "ops.h"
+#include "paths.h"
 #include "registry.h"
 #include "session.h"
 #include "worker.h"
 
 #define WB_DEFAULT_CLIENT_TIMEOUT 30 /* Seconds, --client-timeout. */
-
 
 
 static void usage(FILE *f) {
@@ -84,16 +84,25 @@ static int parse_size(const char *s, uint64_t *out) {
     return 0;
 }
 
-/* Creates the socket's directory if it is missing (one level). */
-static void make_socket_dir(const char *path) {
+/* Creates the socket's directory if it is missing (one level), then
+ * refuses a directory that someone else could have put a socket into: it
+ * must belong to this user or root and be writable by nobody else (or be
+ * root's and sticky, like /tmp).  Returns 0, or -1 after saying why. */
+static int make_socket_dir(const char *path) {
     char dir[256];
     snprintf(dir, sizeof(dir), "%s", path);
     char *slash = strrchr(dir, '/');
-    if (slash == NULL || slash == dir)
-        return;
-    *slash = '\0';
-    if (mkdir(dir, geteuid() == 0 ? 0755 : 0700) < 0 && errno != EEXIST)
-        wb__warn("mkdir %s: %s", dir, strerror(errno));
+    if (slash != NULL && slash != dir) {
+        *slash = '\0';
+        if (mkdir(dir, geteuid() == 0 ? 0755 : 0700) < 0 && errno != EEXIST)
+            wb__warn("mkdir %s: %s", dir, strerror(errno));
+    }
+    char why[WB_DIR_WHY_MAX];
+    int rc = wb__socket_dir_check(path, geteuid(), 0, NULL, why, sizeof(why));
+    if (rc == 0 || rc == 1) /* A missing directory fails in bind(). */
+        return 0;
+    wb__error("refusing to listen on %s: %s", path, why);
+    return -1;
 }
 
 /* Creates, binds and listens on path; the socket's mode is set before
@@ -274,8 +283,8 @@ int main(int argc, char **argv) {
         wb__error("socket path too long");
         return 1;
     }
-    if (inherited < 0)
-        make_socket_dir(path);
+    if (inherited < 0 && make_socket_dir(path) < 0)
+        return 1;
     int lfd = listen_socket(path, mode, inherited);
     if (lfd < 0)
         return 1;
