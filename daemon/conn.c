@@ -208,7 +208,8 @@ void wb__conn_send(wb__conn *c, const void *body, size_t len, const int *fds,
     memcpy(o->data + WB_FRAME_HEADER, body, len);
     o->len = WB_FRAME_HEADER + len;
     o->nfds = nfds;
-    memcpy(o->fds, fds, sizeof(int) * (size_t)nfds);
+    if (nfds > 0)
+        memcpy(o->fds, fds, sizeof(int) * (size_t)nfds);
     if (c->out_tail)
         c->out_tail->next = o;
     else

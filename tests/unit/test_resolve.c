@@ -432,7 +432,7 @@ static void test_resolve_key_growth_capped(void **state) {
     for (int i = 0; i < 40; i++)
         strcat(text, "regex (.*) -> \\1\\1\n");
     rules(&rs, text);
-    char key[WB_MAX_NAME + 1], want[512];
+    char key[WB_MAX_NAME + 1], want[WB_MAX_NAME + 512];
     doubled(key, 96);
     snprintf(want, sizeof want,
              "line 10: regex \"(.*)\" -> \"\\1\\1\" makes key \"%s...\" "
