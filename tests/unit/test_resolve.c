@@ -532,7 +532,7 @@ static void test_resolve_key_growth_capped(void **state) {
     char key[WB_MAX_NAME + 1], want[512];
     doubled(key, 96);
     snprintf(want, sizeof want,
-             "line 10: regex \"(.*)\" -> \"\\1\\1\" makes key \"%s...\" "
+             "line 10: regex \"(.*)\" -> \"\\1\\1\" makes key \"%.96s...\" "
              "longer than 1024 bytes (source key \"ab\")",
              key);
     wb__resolve_out o;
