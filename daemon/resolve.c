@@ -413,7 +413,7 @@ nomem:
     return WB_ENOMEM;
 }
 
-/* ---------------------------------------------------------------- module tree */
+/* ---------------------------------------------------------------- modules */
 
 /* The target's module tree, to rebuild the order in which PyTorch's module
  * walk flags unexpected keys.  A node is a dotted path of the schema ("a",
@@ -538,7 +538,8 @@ typedef struct tpath {
 static size_t common_prefix(const char *a, size_t alen, const char *b,
                             size_t blen) {
     size_t n = alen < blen ? alen : blen, i = 0;
-    while (n - i >= sizeof(uint64_t) && memcmp(a + i, b + i, sizeof(uint64_t)) == 0)
+    while (n - i >= sizeof(uint64_t) &&
+           memcmp(a + i, b + i, sizeof(uint64_t)) == 0)
         i += sizeof(uint64_t);
     while (i < n && a[i] == b[i])
         i++;
@@ -678,7 +679,8 @@ static int key_too_long(const compiled *c, const crule *cr, const kbuf *key,
     assert(cr->r->kind >= WB__RULE_RENAME && cr->r->kind <= WB__RULE_REGEX);
     char a[WB_SHORT_BUF(WB_ERRMSG_OPERAND_MAX)];
     char b[WB_SHORT_BUF(WB_ERRMSG_OPERAND_MAX)];
-    char k[WB_SHORT_BUF(WB_ERRMSG_KEY_MAX)], sk[WB_SHORT_BUF(WB_ERRMSG_KEY_MAX)];
+    char k[WB_SHORT_BUF(WB_ERRMSG_KEY_MAX)];
+    char sk[WB_SHORT_BUF(WB_ERRMSG_KEY_MAX)];
     shorten(a, WB_ERRMSG_OPERAND_MAX, cr->r->a, cr->alen);
     shorten(b, WB_ERRMSG_OPERAND_MAX, cr->r->b, cr->blen);
     shorten(k, WB_ERRMSG_KEY_MAX, key->p, key->len);

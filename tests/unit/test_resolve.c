@@ -233,7 +233,8 @@ static void test_resolve_big_schema_fast(void **state) {
 static void long_key(char *buf, int i, const char *leaf) {
     size_t n = 0;
     for (int j = 0; j < 450; j++)
-        n += (size_t)sprintf(buf + n, "%c.", j < 300 ? 'm' : 'a' + (i / 16 + j) % 3);
+        n += (size_t)sprintf(buf + n, "%c.",
+                             j < 300 ? 'm' : 'a' + (i / 16 + j) % 3);
     sprintf(buf + n, "%s%04d", leaf, i);
 }
 
@@ -258,7 +259,8 @@ static void test_resolve_long_keys_fast(void **state) {
     wb__resolve_out o;
     assert_int_equal(run(&src, NULL, &tgt, 0, 0, &o), 0);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    double dt = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    double dt = (double)(t1.tv_sec - t0.tv_sec) +
+                (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     assert_true(dt < BIG_SECONDS / 2);
     assert_int_equal(o.n, 2000);
     assert_int_equal(o.missing.n, 2000);
@@ -600,10 +602,10 @@ static void test_resolve_key_growth_other_renames(void **state) {
     assert_int_equal(wb__ruleset_add(&rs, WB__RULE_RENAME, "w", "v", -1, 0), 0);
     assert_int_equal(wb__ruleset_add(&rs, WB__RULE_RENAME, "v", big, -1, 0), 0);
     assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ERULE);
-    assert_string_equal(o.errmsg,
-                        "rule 2: rename \"v\" -> \"nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn"
-                        "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn...\" makes key \"v\" "
-                        "longer than 1024 bytes (source key \"w\")");
+    assert_string_equal(o.errmsg, "rule 2: rename \"v\" -> \"nnnnnnnnnnnnnnnn"
+                                  "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn"
+                                  "nnnnn...\" makes key \"v\" longer than "
+                                  "1024 bytes (source key \"w\")");
     wb__resolve_out_free(&o);
     wb__ruleset_clear(&rs);
 
