@@ -5,10 +5,13 @@
  * the renames in order; the renamed keys are matched against the target
  * schema by name and shape.  Lookups use small open-addressing hash tables,
  * runs of exact renames are applied through one table rather than rule by
- * rule, and every regex match is bounded by PCRE2 limits, so a request
- * costs about O(keys x rules); a time budget stops a request whose rules
- * are legal but slow on every key (a pattern just under the match limit,
- * applied to 100,000 keys).
+ * rule, every regex match is bounded by PCRE2 limits and every key by
+ * WB_MAX_NAME bytes, and the schema's modules form a tree walked one
+ * component at a time, so a request costs about O(keys x rules) plus time
+ * linear in the bytes of the keys.  A time budget covers the whole call,
+ * with or without rules: it stops a request whose rules are legal but slow
+ * on every key (a pattern just under the match limit, applied to 100,000
+ * keys), or on one key through many rules, or whose schema is huge.
  *
  * The report mirrors torch.nn.Module.load_state_dict (torch 1.13): missing
  * keys and size mismatches in target order, unexpected keys in the order
@@ -164,6 +167,60 @@ static void kl_free(wb__keylist *kl) {
     memset(kl, 0, sizeof *kl);
 }
 
+/* ---------------------------------------------------------------- budget */
+
+/* The clock the budget is checked against: CLOCK_MONOTONIC as of the
+ * last timer tick.  It costs a few ns a read where CLOCK_MONOTONIC costs
+ * about 25, and is never ahead of CLOCK_MONOTONIC, so the budget is never
+ * found spent early, and late by at most one tick (1 to 10 ms). */
+#ifdef CLOCK_MONOTONIC_COARSE
+#define WB_BUDGET_CLOCK CLOCK_MONOTONIC_COARSE
+#else
+#define WB_BUDGET_CLOCK CLOCK_MONOTONIC
+#endif
+
+/* The time budget of one wb__resolve() call.  Every step that may take
+ * long (a regex match) looks at the clock when it is done; cheap steps
+ * count the key bytes they handle, and the clock is read after every
+ * WB_BUDGET_CHECK_BYTES of them. */
+typedef struct budget {
+    uint64_t deadline;          /* CLOCK_MONOTONIC in ns; 0: no limit. */
+    size_t work;                /* Key bytes handled since the last look. */
+    int spent;                  /* 1 once the deadline has passed. */
+} budget;
+
+static uint64_t clock_ns(clockid_t id) {
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Starts a budget of ms milliseconds from now; 0 means no limit. */
+static void budget_start(budget *b, unsigned ms) {
+    memset(b, 0, sizeof *b);
+    if (ms > 0)
+        b->deadline = clock_ns(CLOCK_MONOTONIC) + (uint64_t)ms * 1000000u;
+}
+
+/* Looks at the clock.  Returns 1 (and stays spent) once the deadline has
+ * passed, else 0. */
+static int budget_check(budget *b) {
+    b->work = 0;
+    if (b->deadline != 0 && !b->spent &&
+        clock_ns(WB_BUDGET_CLOCK) >= b->deadline)
+        b->spent = 1;
+    return b->spent;
+}
+
+/* Counts bytes of cheap work, looking at the clock once enough has been
+ * done since the last look.  Returns 1 if the budget is spent. */
+static inline int budget_charge(budget *b, size_t bytes) {
+    b->work += bytes;
+    if (b->work >= WB_BUDGET_CHECK_BYTES)
+        return budget_check(b);
+    return b->spent;
+}
+
 /* ---------------------------------------------------------------- rules */
 
 /* One rule, ready to apply. */
@@ -230,10 +287,11 @@ static void compiled_free(compiled *c) {
     memset(c, 0, sizeof *c);
 }
 
-/* Checks and prepares every rule.  Returns 0, WB_ERULE (errmsg says which
- * rule and why) or WB_ENOMEM. */
-static int compile_rules(const wb__ruleset *rs, compiled *c,
-                         wb__resolve_out *out) {
+/* Checks and prepares every rule, within budget b of ms milliseconds.
+ * Returns 0, WB_ERULE (errmsg says which rule and why), WB_EREGEX when the
+ * budget runs out, or WB_ENOMEM. */
+static int compile_rules(const wb__ruleset *rs, compiled *c, budget *b,
+                         unsigned ms, wb__resolve_out *out) {
     memset(c, 0, sizeof *c);
     size_t n = rs ? rs->n : 0;
     uint32_t max_pairs = 1;
@@ -334,6 +392,13 @@ static int compile_rules(const wb__ruleset *rs, compiled *c,
         default:
             return rule_err(out, r, WB_ERULE, "unknown rule kind %d", r->kind);
         }
+        /* Compiling a long pattern takes tens of microseconds. */
+        if (r->kind == WB__RULE_REGEX ? budget_check(b)
+                                      : budget_charge(b, cr->alen + cr->blen))
+            return rule_err(out, r, WB_EREGEX,
+                            "the rules took longer than %u ms; stopped "
+                            "compiling rule %zu of %zu",
+                            ms, i + 1, n);
     }
     c->mctx = pcre2_match_context_create(NULL);
     c->md = pcre2_match_data_create(max_pairs, NULL);
@@ -348,61 +413,7 @@ nomem:
     return WB_ENOMEM;
 }
 
-/* ---------------------------------------------------------------- budget */
-
-/* The clock the budget is checked against: CLOCK_MONOTONIC as of the
- * last timer tick.  It costs a few ns a read where CLOCK_MONOTONIC costs
- * about 25, and is never ahead of CLOCK_MONOTONIC, so the budget is never
- * found spent early, and late by at most one tick (1 to 10 ms). */
-#ifdef CLOCK_MONOTONIC_COARSE
-#define WB_BUDGET_CLOCK CLOCK_MONOTONIC_COARSE
-#else
-#define WB_BUDGET_CLOCK CLOCK_MONOTONIC
-#endif
-
-/* The time budget of one wb__resolve() call.  Every step that may take
- * long (a regex match) looks at the clock when it is done; cheap steps
- * count the key bytes they handle, and the clock is read after every
- * WB_BUDGET_CHECK_BYTES of them. */
-typedef struct budget {
-    uint64_t deadline;          /* CLOCK_MONOTONIC in ns; 0: no limit. */
-    size_t work;                /* Key bytes handled since the last look. */
-    int spent;                  /* 1 once the deadline has passed. */
-} budget;
-
-static uint64_t clock_ns(clockid_t id) {
-    struct timespec ts;
-    clock_gettime(id, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-/* Starts a budget of ms milliseconds from now; 0 means no limit. */
-static void budget_start(budget *b, unsigned ms) {
-    memset(b, 0, sizeof *b);
-    if (ms > 0)
-        b->deadline = clock_ns(CLOCK_MONOTONIC) + (uint64_t)ms * 1000000u;
-}
-
-/* Looks at the clock.  Returns 1 (and stays spent) once the deadline has
- * passed, else 0. */
-static int budget_check(budget *b) {
-    b->work = 0;
-    if (b->deadline != 0 && !b->spent &&
-        clock_ns(WB_BUDGET_CLOCK) >= b->deadline)
-        b->spent = 1;
-    return b->spent;
-}
-
-/* Counts bytes of cheap work, looking at the clock once enough has been
- * done since the last look.  Returns 1 if the budget is spent. */
-static inline int budget_charge(budget *b, size_t bytes) {
-    b->work += bytes;
-    if (b->work >= WB_BUDGET_CHECK_BYTES)
-        return budget_check(b);
-    return b->spent;
-}
-
-/* ---------------------------------------------------------------- module tree */
+/* ---------------------------------------------------------------- modules */
 
 /* The target's module tree, to rebuild the order in which PyTorch's module
  * walk flags unexpected keys.  A node is a dotted path of the schema ("a",
@@ -527,7 +538,8 @@ typedef struct tpath {
 static size_t common_prefix(const char *a, size_t alen, const char *b,
                             size_t blen) {
     size_t n = alen < blen ? alen : blen, i = 0;
-    while (n - i >= sizeof(uint64_t) && memcmp(a + i, b + i, sizeof(uint64_t)) == 0)
+    while (n - i >= sizeof(uint64_t) &&
+           memcmp(a + i, b + i, sizeof(uint64_t)) == 0)
         i += sizeof(uint64_t);
     while (i < n && a[i] == b[i])
         i++;
@@ -600,20 +612,35 @@ static size_t rule_where(const compiled *c, const crule *cr,
     return (size_t)n;
 }
 
-/* Fails the request because its time budget ran out while the rules
- * handled source key i (cr: the rule just applied to it, or NULL).
+/* Fails the request because its time budget ran out: what took too long
+ * ("the rules", ...), stopped at the unit ("key", "target key") numbered
+ * i (from 0) of n, named key; cr is the rule just applied, or NULL.
  * Returns WB_EREGEX. */
+static int over_budget(rstate *st, const crule *cr, const char *what,
+                       const char *unit, size_t i, size_t n, const char *key) {
+    size_t at = cr ? rule_where(&st->rules, cr, st->out) : 0;
+    char k[WB_SHORT_BUF(WB_ERRMSG_KEY_MAX)];
+    key = key ? key : "";
+    shorten(k, WB_ERRMSG_KEY_MAX, key, strnlen(key, WB_MAX_NAME));
+    snprintf(st->out->errmsg + at, sizeof st->out->errmsg - at,
+             "%s took longer than %u ms; stopped at %s %zu of %zu (\"%s\")",
+             what, st->req->budget_ms, unit, i, n, k);
+    return WB_EREGEX;
+}
+
+/* over_budget() while the filters and renames handled source key i. */
 static int rules_over_budget(rstate *st, const crule *cr, size_t i) {
     const wb__resolve_req *req = st->req;
-    size_t n = cr ? rule_where(&st->rules, cr, st->out) : 0;
-    const char *name = req->src[i].name ? req->src[i].name : "";
-    char k[WB_SHORT_BUF(WB_ERRMSG_KEY_MAX)];
-    shorten(k, WB_ERRMSG_KEY_MAX, name, strnlen(name, WB_MAX_NAME));
-    snprintf(st->out->errmsg + n, sizeof st->out->errmsg - n,
-             "the rules took longer than %u ms; stopped at key %zu of %zu "
-             "(\"%s\")",
-             req->budget_ms, i, req->nsrc, k);
-    return WB_EREGEX;
+    return over_budget(st, cr,
+                       st->rules.n ? "the rules" : "reading the source keys",
+                       "key", i, req->nsrc, req->src[i].name);
+}
+
+/* over_budget() while the target schema was matched, at target key i. */
+static int schema_over_budget(rstate *st, size_t i) {
+    const wb__schema *s = st->req->schema;
+    return over_budget(st, NULL, "matching the target schema", "target key",
+                       i, s->n, s->v[i].name);
 }
 
 /* ---------------------------------------------------------------- renames */
@@ -652,7 +679,8 @@ static int key_too_long(const compiled *c, const crule *cr, const kbuf *key,
     assert(cr->r->kind >= WB__RULE_RENAME && cr->r->kind <= WB__RULE_REGEX);
     char a[WB_SHORT_BUF(WB_ERRMSG_OPERAND_MAX)];
     char b[WB_SHORT_BUF(WB_ERRMSG_OPERAND_MAX)];
-    char k[WB_SHORT_BUF(WB_ERRMSG_KEY_MAX)], sk[WB_SHORT_BUF(WB_ERRMSG_KEY_MAX)];
+    char k[WB_SHORT_BUF(WB_ERRMSG_KEY_MAX)];
+    char sk[WB_SHORT_BUF(WB_ERRMSG_KEY_MAX)];
     shorten(a, WB_ERRMSG_OPERAND_MAX, cr->r->a, cr->alen);
     shorten(b, WB_ERRMSG_OPERAND_MAX, cr->r->b, cr->blen);
     shorten(k, WB_ERRMSG_KEY_MAX, key->p, key->len);
@@ -865,7 +893,9 @@ static int collect(rstate *st) {
     return rc;
 }
 
-/* Without a schema: every kept key, in source order, with its cast. */
+/* Without a schema: every kept key, in source order, with its cast (the
+ * last cast rule whose glob matches).  Returns 0, WB_EREGEX when the
+ * budget runs out, or WB_ENOMEM. */
 static int resolve_plain(rstate *st) {
     const wb__resolve_req *req = st->req;
     wb__resolve_out *out = st->out;
@@ -876,12 +906,18 @@ static int resolve_plain(rstate *st) {
         const kent *k = &st->kept[i];
         int sdt = req->src[k->src].dtype, dt = sdt;
         for (size_t j = st->rules.n_casts; j-- > 0;) {
-            const wb__rule *r = st->rules.v[st->rules.casts[j]].r;
-            if (fnmatch(r->a, k->name, 0) == 0) {
-                dt = r->dtype;
+            const crule *cr = &st->rules.v[st->rules.casts[j]];
+            if (fnmatch(cr->r->a, k->name, 0) == 0) {
+                dt = cr->r->dtype;
                 break;
             }
+            if (budget_charge(&st->budget, k->len))
+                return over_budget(st, cr, "the cast rules", "key", k->src,
+                                   req->nsrc, k->name);
         }
+        if (budget_charge(&st->budget, k->len))
+            return over_budget(st, NULL, "listing the tensors", "key", k->src,
+                               req->nsrc, k->name);
         if (push_resolved(out, k->name, k->src, dt, dt != sdt) != 0)
             return WB_ENOMEM;
         if (dt != sdt && kl_push(&out->cast, k->name, k->len) != 0)
@@ -892,7 +928,8 @@ static int resolve_plain(rstate *st) {
 
 /* Builds the module tree of the schema and checks its keys: each has a
  * name of at most WB_MAX_NAME bytes, listed once.  Returns 0, WB_EINVAL,
- * WB_EEXIST (errmsg names the key) or WB_ENOMEM. */
+ * WB_EEXIST (errmsg names the key), WB_EREGEX when the budget runs out,
+ * or WB_ENOMEM. */
 static int build_tree(rstate *st) {
     const wb__schema *s = st->req->schema;
     mtree *t = &st->tree;
@@ -934,6 +971,8 @@ static int build_tree(rstate *st) {
             return rule_err(st->out, NULL, WB_EEXIST,
                             "target schema lists \"%s\" twice", name);
         t->v[node].target = i;
+        if (budget_charge(&st->budget, len))
+            return schema_over_budget(st, i);
     }
     w->key = NULL;
     return 0;
@@ -964,7 +1003,8 @@ static size_t flag_module(rstate *st, const kent *k) {
 
 /* Fills out->unexpected: the keys PyTorch flags, ordered by the module
  * that flags them (preorder) and then by source order; after them the
- * other unmatched keys, which PyTorch silently ignores, in source order. */
+ * other unmatched keys, which PyTorch silently ignores, in source order.
+ * Returns 0, WB_EREGEX when the budget runs out, or WB_ENOMEM. */
 static int list_unexpected(rstate *st) {
     size_t nmod = st->tree.nmodules + 1;
     size_t *where = malloc((st->nkept ? st->nkept : 1) * sizeof *where);
@@ -978,10 +1018,16 @@ static int list_unexpected(rstate *st) {
         where[i] = NONE;
         if (st->kept[i].target != NONE)
             continue;
-        where[i] = flag_module(st, &st->kept[i]);
+        const kent *k = &st->kept[i];
+        where[i] = flag_module(st, k);
         if (where[i] != NONE) {
             count[where[i] + 1]++;
             nflag++;
+        }
+        if (budget_charge(&st->budget, k->len)) {
+            rc = over_budget(st, NULL, "matching the target schema",
+                             "source key", k->src, st->req->nsrc, k->name);
+            goto done;
         }
     }
     for (size_t m = 1; m <= nmod; m++)
@@ -1008,15 +1054,22 @@ done:
     return rc;
 }
 
-/* Appends "\"a\", \"b\"" for a key list. */
-static int sb_keys(sbuf *b, const wb__keylist *kl) {
-    for (size_t i = 0; i < kl->n; i++)
+/* Appends "\"a\", \"b\"" for a key list.  Returns 0, WB_EREGEX when the
+ * budget runs out, or WB_ENOMEM. */
+static int sb_keys(rstate *st, sbuf *b, const wb__keylist *kl) {
+    for (size_t i = 0; i < kl->n; i++) {
+        size_t len = b->len;
         if (sb_printf(b, i ? ", \"%s\"" : "\"%s\"", kl->v[i]) != 0)
             return WB_ENOMEM;
+        if (budget_charge(&st->budget, b->len - len))
+            return over_budget(st, NULL, "writing the load report", "key", i,
+                               kl->n, kl->v[i]);
+    }
     return 0;
 }
 
-/* Builds out->error_text in PyTorch's format. */
+/* Builds out->error_text in PyTorch's format.  Returns 0, WB_EREGEX when
+ * the budget runs out, or WB_ENOMEM. */
 static int error_text(rstate *st) {
     const wb__resolve_req *req = st->req;
     const wb__resolve_out *out = st->out;
@@ -1027,20 +1080,26 @@ static int error_text(rstate *st) {
                    s->target ? s->target : "");
     if (rc == 0 && req->strict && out->missing.n > 0) {
         rc = sb_adds(&b, "Missing key(s) in state_dict: ");
-        rc = rc ? rc : sb_keys(&b, &out->missing);
+        rc = rc ? rc : sb_keys(st, &b, &out->missing);
         rc = rc ? rc : sb_adds(&b, ". ");
         first = 0;
     }
     if (rc == 0 && req->strict && out->unexpected.n > 0) {
         rc = sb_adds(&b, first ? "" : "\n\t");
         rc = rc ? rc : sb_adds(&b, "Unexpected key(s) in state_dict: ");
-        rc = rc ? rc : sb_keys(&b, &out->unexpected);
+        rc = rc ? rc : sb_keys(st, &b, &out->unexpected);
         rc = rc ? rc : sb_adds(&b, ". ");
         first = 0;
     }
     for (size_t i = 0; rc == 0 && !req->ignore_mismatch && i < s->n; i++) {
         const wb__tinfo *t = &s->v[i];
-        wb__hslot *h = wb__ht_find(&st->renamed, t->name, strlen(t->name));
+        size_t len = strlen(t->name);
+        if (budget_charge(&st->budget, len)) {
+            rc = over_budget(st, NULL, "writing the load report",
+                             "target key", i, s->n, t->name);
+            break;
+        }
+        wb__hslot *h = wb__ht_find(&st->renamed, t->name, len);
         if (h == NULL)
             continue;
         const wb__tinfo *src = &req->src[st->kept[h->val].src];
@@ -1057,15 +1116,16 @@ static int error_text(rstate *st) {
     }
     if (rc != 0) {
         free(b.p);
-        return WB_ENOMEM;
+        return rc;
     }
     st->out->error_text = b.p;
     return 0;
 }
 
 /* With a schema: matches kept keys to target keys and writes the report.
- * Returns 0, WB_ELOAD, WB_EEXIST (a target key listed twice) or
- * WB_ENOMEM. */
+ * Returns 0, WB_ELOAD, WB_EEXIST (a target key listed twice), WB_EINVAL
+ * (a target key without a name or too long), WB_EREGEX when the budget
+ * runs out, or WB_ENOMEM. */
 static int resolve_schema(rstate *st) {
     const wb__resolve_req *req = st->req;
     const wb__schema *s = req->schema;
@@ -1082,6 +1142,10 @@ static int resolve_schema(rstate *st) {
     for (size_t i = 0; i < s->n && rc == 0; i++) {
         const wb__tinfo *t = &s->v[i];
         size_t len = strlen(t->name);
+        if (budget_charge(&st->budget, len)) {
+            rc = schema_over_budget(st, i);
+            break;
+        }
         wb__hslot *h = wb__ht_find(&st->renamed, t->name, len);
         if (h == NULL) {
             rc = kl_push(&out->missing, t->name, len);
@@ -1107,7 +1171,7 @@ static int resolve_schema(rstate *st) {
     if (rc == 0)
         rc = list_unexpected(st);
     if (rc != 0)
-        return WB_ENOMEM;
+        return rc;
     int bad_size = out->mismatched.n > 0 && !req->ignore_mismatch;
     int bad_keys = req->strict && (out->missing.n > 0 || out->unexpected.n > 0);
     if (!bad_size && !bad_keys)
@@ -1115,8 +1179,9 @@ static int resolve_schema(rstate *st) {
     for (size_t i = 0; i < out->n; i++)
         free(out->v[i].target);
     out->n = 0;
-    if (error_text(st) != 0)
-        return WB_ENOMEM;
+    rc = error_text(st);
+    if (rc != 0)
+        return rc;
     snprintf(out->errmsg, sizeof out->errmsg, "%s", wb_strerror(WB_ELOAD));
     return WB_ELOAD;
 }
@@ -1136,7 +1201,8 @@ int wb__resolve(const wb__resolve_req *req, wb__resolve_out *out) {
     st.req = req;
     st.out = out;
     budget_start(&st.budget, req->budget_ms);
-    int rc = compile_rules(req->rules, &st.rules, out);
+    int rc = compile_rules(req->rules, &st.rules, &st.budget, req->budget_ms,
+                           out);
     if (rc == 0)
         rc = collect(&st);
     if (rc == 0)

@@ -3,9 +3,12 @@
  *
  * Pure computation (no I/O, no daemon state), safe to run on any thread:
  * the daemon runs requests with rules on libuv's thread pool.  The cost is
- * O(keys x rules), every regex match is bounded by PCRE2's match limit, and
- * a request's whole rule application by a time budget.  The error text is produced here and only here, so
- * that C, Python and CLI users read the same bytes. */
+ * O(keys x rules) plus time linear in the bytes of the keys; no rename
+ * makes a key longer than WB_MAX_NAME bytes, every regex match is bounded
+ * by PCRE2's match limit, and the whole call by a time budget, so that the
+ * daemon can run any resolution, with rules or without, under it.  The
+ * error text is produced here and only here, so that C, Python and CLI
+ * users read the same bytes. */
 #ifndef WB_DAEMON_RESOLVE_H
 #define WB_DAEMON_RESOLVE_H
 
@@ -14,7 +17,8 @@
 #include "../proto/rules.h"
 
 #define WB_REGEX_MATCH_LIMIT 100000 /* PCRE2 match limit per key per rule. */
-#define WB_RULES_BUDGET_MS 2000     /* Time for one request's rules. */
+#define WB_RULES_BUDGET_MS 2000     /* Time for resolving one request, in
+                                       ms. */
 
 /* One tensor the target receives. */
 typedef struct wb__resolved {
@@ -39,8 +43,10 @@ typedef struct wb__resolve_req {
     const wb__schema *schema;   /* NULL: no target schema. */
     int strict;                 /* strict=True. */
     int ignore_mismatch;        /* ignore_mismatched_sizes=True. */
-    unsigned budget_ms;         /* Time allowed for filtering and renaming
-                                   every key; 0 means no limit. */
+    unsigned budget_ms;         /* Time allowed for the whole call, in ms
+                                   (compiling the rules, filtering, renaming
+                                   and casting every key, matching the
+                                   schema, the report); 0: no limit. */
 } wb__resolve_req;
 
 typedef struct wb__resolve_out {
@@ -58,10 +64,14 @@ typedef struct wb__resolve_out {
 
 /* Resolves req into *out (zeroed first).  Returns 0 when the load may go
  * ahead; WB_ELOAD when it must not (error_text set, v empty); WB_ERULE for
- * a bad glob or regex (errmsg names the rule and the position);
- * WB_ECOLLISION naming both source keys in errmsg; WB_EREGEX when a match
- * limit or the time budget is hit; WB_ENOMEM.  Free *out with wb__resolve_out_free() in every
- * case. */
+ * a bad glob or regex (errmsg names the rule and the position) or a
+ * rename that would make a key longer than WB_MAX_NAME bytes (errmsg
+ * names the rule by its line, else its place in the request, and the
+ * key); WB_ECOLLISION naming both source keys in errmsg; WB_EREGEX when a
+ * match limit or the time budget is hit (errmsg says where it stopped);
+ * WB_EEXIST for a target key listed twice; WB_EINVAL for a malformed
+ * request (a key without a name, or longer than WB_MAX_NAME); WB_ENOMEM.
+ * Free *out with wb__resolve_out_free() in every case. */
 int wb__resolve(const wb__resolve_req *req, wb__resolve_out *out);
 void wb__resolve_out_free(wb__resolve_out *out);
 

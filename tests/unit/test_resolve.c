@@ -16,6 +16,8 @@
 
 #define BIG_KEYS 100000 /* Keys of the performance tests. */
 #define BIG_SECONDS 2.0 /* Wall-clock budget of one big resolve. */
+#define MANY_RULES 4096 /* Rules of the budget tests: as many as a request
+                           may carry (WB_MAX_RULES). */
 
 /* A test table: a schema reused as a source table. */
 typedef struct table {
@@ -231,7 +233,8 @@ static void test_resolve_big_schema_fast(void **state) {
 static void long_key(char *buf, int i, const char *leaf) {
     size_t n = 0;
     for (int j = 0; j < 450; j++)
-        n += (size_t)sprintf(buf + n, "%c.", j < 300 ? 'm' : 'a' + (i / 16 + j) % 3);
+        n += (size_t)sprintf(buf + n, "%c.",
+                             j < 300 ? 'm' : 'a' + (i / 16 + j) % 3);
     sprintf(buf + n, "%s%04d", leaf, i);
 }
 
@@ -256,7 +259,8 @@ static void test_resolve_long_keys_fast(void **state) {
     wb__resolve_out o;
     assert_int_equal(run(&src, NULL, &tgt, 0, 0, &o), 0);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    double dt = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    double dt = (double)(t1.tv_sec - t0.tv_sec) +
+                (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     assert_true(dt < BIG_SECONDS / 2);
     assert_int_equal(o.n, 2000);
     assert_int_equal(o.missing.n, 2000);
@@ -410,6 +414,101 @@ static void test_resolve_budget_per_rule(void **state) {
     done(&src, NULL, &rs, &o);
 }
 
+/* Runs the resolver with a budget of ms milliseconds. */
+static int run_budget(const table *src, const wb__ruleset *rs,
+                      const table *tgt, unsigned ms, wb__resolve_out *out) {
+    wb__resolve_req req = {.src = src->s.v, .nsrc = src->s.n, .rules = rs,
+                           .schema = tgt ? &tgt->s : NULL, .strict = 0,
+                           .budget_ms = ms};
+    return wb__resolve(&req, out);
+}
+
+/* The budget covers matching the target schema too, without any rule: a
+ * schema of 100,000 keys cannot be matched in 1 ms, and the request stops
+ * with WB_EREGEX saying where; without a budget it resolves. */
+static void test_resolve_budget_schema(void **state) {
+    (void)state;
+    table src = {0}, tgt = {0};
+    char name[160];
+    add1(&src, "encoder.w");
+    for (int i = 0; i < BIG_KEYS; i++) {
+        snprintf(name, sizeof name,
+                 "encoder.layers.%d.attention.output.dense.weight_with_a_"
+                 "rather_long_name_to_hash",
+                 i);
+        add1(&tgt, name);
+    }
+    wb__resolve_out o;
+    assert_int_equal(run_budget(&src, NULL, &tgt, 1, &o), WB_EREGEX);
+    assert_non_null(strstr(o.errmsg, "matching the target schema took longer "
+                                     "than 1 ms; stopped at "));
+    assert_int_equal(o.n, 0);
+    wb__resolve_out_free(&o);
+    assert_int_equal(run_budget(&src, NULL, &tgt, 0, &o), 0);
+    assert_int_equal(o.missing.n, BIG_KEYS);
+    done(&src, &tgt, NULL, &o);
+}
+
+/* The budget covers the cast rules: 2,000 keys against 4,096 cast globs
+ * that match none (about a second of fnmatch) stop after 50 ms, naming
+ * the cast rule, the key and its place. */
+static void test_resolve_budget_cast_rules(void **state) {
+    (void)state;
+    table src = {0};
+    wb__ruleset rs = {0};
+    char name[64];
+    for (int i = 0; i < 2000; i++) {
+        snprintf(name, sizeof name, "model.layers.%d.mlp.up_proj.weight", i);
+        add1(&src, name);
+    }
+    for (int i = 0; i < MANY_RULES; i++) {
+        snprintf(name, sizeof name, "*.no_such_tensor_%d", i);
+        assert_int_equal(
+            wb__ruleset_add(&rs, WB__RULE_CAST, name, "", WB_F16, i + 1), 0);
+    }
+    wb__resolve_out o;
+    assert_int_equal(run_budget(&src, &rs, NULL, 50, &o), WB_EREGEX);
+    int line = 0;
+    size_t at = 0;
+    char tail[256] = "";
+    assert_int_equal(sscanf(o.errmsg, "line %d: the cast rules took longer "
+                                      "than 50 ms; stopped at key %zu of "
+                                      "2000 %255[^\n]",
+                            &line, &at, tail),
+                     3);
+    assert_true(line >= 1 && line <= MANY_RULES);
+    assert_true(at < 2000);
+    snprintf(name, sizeof name, "(\"model.layers.%zu.mlp.up_proj.weight\")",
+             at);
+    assert_string_equal(tail, name);
+    done(&src, NULL, &rs, &o);
+}
+
+/* The budget covers compiling the rules: 4,096 regexes of 1 KiB take
+ * tens of milliseconds to compile. */
+static void test_resolve_budget_compile(void **state) {
+    (void)state;
+    table src = {0};
+    add1(&src, "w");
+    wb__ruleset rs = {0};
+    char pat[WB_MAX_NAME + 64];
+    for (int i = 0; i < MANY_RULES; i++) {
+        size_t n = 0;
+        while (n < 1000)
+            n += (size_t)snprintf(pat + n, sizeof pat - n,
+                                  "(?:x%d_%zu|[a-z]{1,3}\\d+)", i, n);
+        assert_int_equal(wb__ruleset_add(&rs, WB__RULE_REGEX, pat, "y", -1,
+                                         i + 1),
+                         0);
+    }
+    wb__resolve_out o;
+    assert_int_equal(run_budget(&src, &rs, NULL, 10, &o), WB_EREGEX);
+    assert_non_null(strstr(o.errmsg, ": the rules took longer than 10 ms; "
+                                     "stopped compiling rule "));
+    assert_non_null(strstr(o.errmsg, " of 4096"));
+    done(&src, NULL, &rs, &o);
+}
+
 /* "ab" doubled by rule after rule: 2 << k bytes after k rules. */
 static void doubled(char *buf, size_t len) {
     for (size_t i = 0; i < len; i++)
@@ -435,7 +534,7 @@ static void test_resolve_key_growth_capped(void **state) {
     char key[WB_MAX_NAME + 1], want[WB_MAX_NAME + 512];
     doubled(key, 96);
     snprintf(want, sizeof want,
-             "line 10: regex \"(.*)\" -> \"\\1\\1\" makes key \"%s...\" "
+             "line 10: regex \"(.*)\" -> \"\\1\\1\" makes key \"%.96s...\" "
              "longer than 1024 bytes (source key \"ab\")",
              key);
     wb__resolve_out o;
@@ -503,10 +602,10 @@ static void test_resolve_key_growth_other_renames(void **state) {
     assert_int_equal(wb__ruleset_add(&rs, WB__RULE_RENAME, "w", "v", -1, 0), 0);
     assert_int_equal(wb__ruleset_add(&rs, WB__RULE_RENAME, "v", big, -1, 0), 0);
     assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ERULE);
-    assert_string_equal(o.errmsg,
-                        "rule 2: rename \"v\" -> \"nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn"
-                        "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn...\" makes key \"v\" "
-                        "longer than 1024 bytes (source key \"w\")");
+    assert_string_equal(o.errmsg, "rule 2: rename \"v\" -> \"nnnnnnnnnnnnnnnn"
+                                  "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn"
+                                  "nnnnn...\" makes key \"v\" longer than "
+                                  "1024 bytes (source key \"w\")");
     wb__resolve_out_free(&o);
     wb__ruleset_clear(&rs);
 
@@ -711,6 +810,9 @@ int main(void) {
         cmocka_unit_test(test_resolve_bad_rules),
         cmocka_unit_test(test_resolve_regex_limit),
         cmocka_unit_test(test_resolve_budget_per_rule),
+        cmocka_unit_test(test_resolve_budget_schema),
+        cmocka_unit_test(test_resolve_budget_cast_rules),
+        cmocka_unit_test(test_resolve_budget_compile),
         cmocka_unit_test(test_resolve_key_growth_capped),
         cmocka_unit_test(test_resolve_key_growth_other_renames),
         cmocka_unit_test(test_resolve_cast_rules),
