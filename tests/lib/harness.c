@@ -439,7 +439,7 @@ int wbt_finish(wbt_daemon *d) {
         else if (WIFEXITED(st))
             fprintf(stderr, "wbrokerd exited with status %d\n",
                     WEXITSTATUS(st));
-        wbt_log_tail(d, 60);
+        wbt_log_tail(d, 120);
     }
     if (getenv("WBT_KEEP_LOGS") == NULL) {
         unlink(d->log);
@@ -560,9 +560,9 @@ int wbt_log_grep(const wbt_daemon *d, int skip, const char *const *needles) {
 }
 
 typedef struct tail_state {
-    char *lines[64];            /* Ring of the last lines. */
+    char *lines[256];           /* Ring of the last lines. */
     int n;                      /* Lines seen. */
-    int keep;                   /* Lines kept (<= 64). */
+    int keep;                   /* Lines kept (<= 256). */
 } tail_state;
 
 static void tail_line(const char *line, void *arg) {
@@ -573,7 +573,7 @@ static void tail_line(const char *line, void *arg) {
 }
 
 void wbt_log_tail(const wbt_daemon *d, int n) {
-    tail_state t = {.keep = n < 1 ? 1 : n > 64 ? 64 : n};
+    tail_state t = {.keep = n < 1 ? 1 : n > 256 ? 256 : n};
     log_scan(d, tail_line, &t);
     int first = t.n > t.keep ? t.n - t.keep : 0;
     fprintf(stderr, "---- last %d lines of %s ----\n", t.n - first, d->log);
