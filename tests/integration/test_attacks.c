@@ -9,7 +9,7 @@
  * library, and ends by checking that it is alive and holds no more
  * descriptors, segments or memory than it should.  Every wait is bounded
  * and a watchdog kills a stuck daemon, so that a test fails instead of
- * hanging. */
+ * hanging.  WBT_FILTER=<glob> runs only the tests whose names match. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -259,8 +259,10 @@ static void raw_publish(int fd, uint64_t id, const char *model, size_t n,
 
 #define NWATCH 3 /* Other watchers before and after W1's watch. */
 
-/* W1 pipelines [watch m, commit] (or [watch m, drop m]) while other
- * watchers wait; P's commit answers them all.  Returns nothing; checks. */
+/* W1 pipelines [watch m, commit] (or [watch m, drop m]) between other
+ * watchers of m; P's commit answers them all.  Fails unless every watch is
+ * answered in range, W1's second request gets its own answer after that,
+ * and the daemon ends alive and clean. */
 static void run_pipelined_watch(const wbt_daemon *d, int with_commit) {
     int base = settled_fds(d);
     wb_client *p = wbt_connect(d);
