@@ -32,16 +32,16 @@
 #include "../../daemon/convert.h"
 #include "harness.h"
 
-#define CHAOS_PROCS 8            /* Client processes at any time. */
-#define CHAOS_SECONDS 15         /* Default run time. */
-#define CHAOS_MODELS 4           /* Shared names c-0 .. c-3. */
-#define CHAOS_REFS 3             /* Reference models nobody touches. */
-#define MAX_TENSORS 20           /* Tensors of one random model. */
-#define MIN_BYTES 1024           /* Smallest random model. */
-#define MAX_BYTES (2 << 20)      /* Largest random model. */
-#define HELD_MAPS 6              /* Mappings a child keeps for a while. */
-#define SHMEM_SLACK (16u << 20)  /* Tolerance on /proc/meminfo Shmem. */
-#define EXIT_CHOSEN 42           /* A child's exit on purpose. */
+#define CHAOS_PROCS 8           /* Client processes at any time. */
+#define CHAOS_SECONDS 15        /* Default run time. */
+#define CHAOS_MODELS 4          /* Shared names c-0 .. c-3. */
+#define CHAOS_REFS 3            /* Reference models nobody touches. */
+#define MAX_TENSORS 20          /* Tensors of one random model. */
+#define MIN_BYTES 1024          /* Smallest random model. */
+#define MAX_BYTES (2 << 20)     /* Largest random model. */
+#define HELD_MAPS 6             /* Mappings a child keeps for a while. */
+#define SHMEM_SLACK (16u << 20) /* Tolerance on /proc/meminfo Shmem. */
+#define EXIT_CHOSEN 42          /* A child's exit on purpose. */
 
 /* ------------------------------------------------------------ content */
 
@@ -54,11 +54,11 @@ static uint64_t mix(uint64_t x) {
 
 /* A random model, all of it derived from one seed. */
 typedef struct model_spec {
-    uint64_t seed;                   /* What derives everything. */
-    size_t n;                        /* Tensors. */
-    char name[MAX_TENSORS][24];      /* "f<i>.w" (F32) or "x<i>.w". */
-    int dtype[MAX_TENSORS];          /* Dtypes. */
-    int64_t nelem[MAX_TENSORS];      /* Elements (one dimension). */
+    uint64_t seed;              /* What derives everything. */
+    size_t n;                   /* Tensors. */
+    char name[MAX_TENSORS][24]; /* "f<i>.w" (F32) or "x<i>.w". */
+    int dtype[MAX_TENSORS];     /* Dtypes. */
+    int64_t nelem[MAX_TENSORS]; /* Elements (one dimension). */
 } model_spec;
 
 static void spec_derive(uint64_t seed, model_spec *s) {
@@ -74,10 +74,11 @@ static void spec_derive(uint64_t seed, model_spec *s) {
         uint64_t q = mix(r + 100 + i);
         int f32 = q % 10 < 7;
         s->dtype[i] = f32 ? WB_F32 : others[(q >> 8) % 5];
-        snprintf(s->name[i], sizeof(s->name[i]), "%c%zu.w", f32 ? 'f' : 'x',
-                 i);
-        double share = total / (double)s->n * (0.5 + (double)((q >> 16) % 100)
-                                                          / 100.0);
+        snprintf(s->name[i], sizeof(s->name[i]), "%c%zu.w", f32 ? 'f' : 'x', i);
+        /* Between half and all of an equal share: the whole model stays
+         * within MAX_BYTES. */
+        double share =
+            total / (double)s->n * (0.5 + (double)((q >> 16) % 51) / 100.0);
         int64_t ne = (int64_t)(share / (double)wb_dtype_size(s->dtype[i]));
         s->nelem[i] = ne < 1 ? 1 : ne;
     }
@@ -97,8 +98,7 @@ static void spec_bytes(const model_spec *s, size_t i, void *buf) {
     case WB_F16:
     case WB_BF16: /* Finite values: no NaN or infinity exponents. */
         for (int64_t j = 0; j < n; j++)
-            ((uint16_t *)buf)[j] =
-                (uint16_t)(mix(k + (uint64_t)j) & 0xbbff);
+            ((uint16_t *)buf)[j] = (uint16_t)(mix(k + (uint64_t)j) & 0xbbff);
         break;
     case WB_I32:
         for (int64_t j = 0; j < n; j++)
@@ -122,37 +122,57 @@ static size_t spec_nbytes(const model_spec *s, size_t i) {
 /* ------------------------------------------------------------ shared */
 
 enum {
-    OP_PUBLISH, OP_COMMIT, OP_ABORT, OP_DIE_PUBLISHING, OP_LIMIT, OP_MAP,
-    OP_MAP_RULES, OP_MAP_GONE, OP_WATCH, OP_WATCH_NEW, OP_DROP, OP_DROP_GONE,
-    OP_RAW_HANGUP, OP_RECONNECT, OP_STATUS, OP_UNMAP, OP_COUNT
+    OP_PUBLISH,
+    OP_COMMIT,
+    OP_ABORT,
+    OP_DIE_PUBLISHING,
+    OP_LIMIT,
+    OP_MAP,
+    OP_MAP_RULES,
+    OP_MAP_GONE,
+    OP_WATCH,
+    OP_WATCH_NEW,
+    OP_DROP,
+    OP_DROP_GONE,
+    OP_RAW_HANGUP,
+    OP_RECONNECT,
+    OP_STATUS,
+    OP_UNMAP,
+    OP_COUNT
 };
 
 static const char *const op_names[OP_COUNT] = {
-    "publish", "commit", "abort", "died publishing", "memory limit",
-    "map", "map with rules", "map of a gone version", "watch",
-    "watch saw a new version", "drop", "drop of a gone model/version",
-    "raw hang-up", "reconnect", "status/list", "unmap later",
+    "publish",        "commit",
+    "abort",          "died publishing",
+    "memory limit",   "map",
+    "map with rules", "map of a gone version",
+    "watch",          "watch saw a new version",
+    "drop",           "drop of a gone model/version",
+    "raw hang-up",    "reconnect",
+    "status/list",    "unmap later",
 };
 
 /* Counters the children share with the parent (MAP_SHARED). */
 typedef struct chaos_shared {
-    uint64_t ops[OP_COUNT];     /* Operations done, by kind. */
-    uint64_t failures;          /* Checks that failed in a child. */
+    uint64_t ops[OP_COUNT]; /* Operations done, by kind. */
+    uint64_t failures;      /* Checks that failed in a child. */
 } chaos_shared;
 
 static chaos_shared *shared;
 
-static void count(int op) { __atomic_add_fetch(&shared->ops[op], 1, 0); }
+static void count(int op) {
+    __atomic_add_fetch(&shared->ops[op], 1, 0);
+}
 
 /* ------------------------------------------------------------ child */
 
 /* A child's state. */
 typedef struct child {
-    const wbt_daemon *d;        /* The daemon. */
-    uint64_t seed;              /* The child's own seed. */
-    uint64_t rng;               /* Its random state. */
-    double end;                 /* When to stop. */
-    wb_client *c;               /* Library connection. */
+    const wbt_daemon *d;         /* The daemon. */
+    uint64_t seed;               /* The child's own seed. */
+    uint64_t rng;                /* Its random state. */
+    double end;                  /* When to stop. */
+    wb_client *c;                /* Library connection. */
     wb_mapping *held[HELD_MAPS]; /* Mappings kept for a while. */
     uint64_t seen[CHAOS_MODELS]; /* Highest version seen per model. */
 } child;
@@ -195,13 +215,16 @@ static void expect(child *k, const char *what, int rc, ...) {
     child_fail(k, "%s: %s (%s)", what, wb_err_name(rc), wb_errmsg(k->c));
 }
 
-static void model_name(int m, char *buf) { snprintf(buf, 8, "c-%d", m); }
+static void model_name(int m, char *buf) {
+    snprintf(buf, 8, "c-%d", m);
+}
 
 /* Records that model m has a version v; fails if a new commit's number
  * is not above every number seen for the name before. */
 static void saw_version(child *k, int m, uint64_t v, int fresh) {
     if (fresh && v <= k->seen[m])
-        child_fail(k, "c-%d: commit got version %llu, but %llu was seen "
+        child_fail(k,
+                   "c-%d: commit got version %llu, but %llu was seen "
                    "before (version numbers must not repeat)",
                    m, (unsigned long long)v, (unsigned long long)k->seen[m]);
     if (v > k->seen[m])
@@ -227,8 +250,8 @@ static void do_publish(child *k) {
     int rc = wb_publish_begin(k->c, model, ts, s.n, &kv, 1, &p);
     if (rc == WB_ELIMIT || rc == WB_ENOSPC) {
         count(OP_LIMIT);
-        expect(k, "drop after the limit", wb_drop(k->c, model, 0),
-               WB_ENOMODEL, 0);
+        expect(k, "drop after the limit", wb_drop(k->c, model, 0), WB_ENOMODEL,
+               0);
         return;
     }
     expect(k, "publish", rc, 0);
@@ -277,9 +300,9 @@ static void do_publish(child *k) {
 
 /* The rules of one map request and what they do to a source name. */
 typedef struct chaos_rules {
-    int include_f;              /* include "f*": F32 tensors only. */
-    int rename;                 /* 0 none, 1 exact, 2 prefix, 3 add, 4 regex */
-    int cast;                   /* 0, or the dtype F32 tensors become. */
+    int include_f; /* include "f*": F32 tensors only. */
+    int rename;    /* 0 none, 1 exact, 2 prefix, 3 add, 4 regex */
+    int cast;      /* 0, or the dtype F32 tensors become. */
 } chaos_rules;
 
 /* Target name of source name src under r, into out. */
@@ -318,8 +341,8 @@ static wb_rules *rules_build(const chaos_rules *r) {
 
 /* Checks every tensor of m (mapped under rules r, NULL for none) against
  * the seed in its metadata. */
-static void check_mapping(child *k, const wb_mapping *m,
-                          const chaos_rules *r, const char *model) {
+static void check_mapping(child *k, const wb_mapping *m, const chaos_rules *r,
+                          const char *model) {
     const char *seedstr = wb_map_meta(m, "seed");
     if (seedstr == NULL)
         child_fail(k, "%s@%llu: no seed in its metadata", model,
@@ -351,13 +374,14 @@ static void check_mapping(child *k, const wb_mapping *m,
         char target[32];
         rules_apply(r, s.name[i], target, sizeof(target));
         if (strcmp(x.name, target) != 0)
-            child_fail(k, "%s: %s mapped as %s, expected %s", model,
-                       x.source, x.name, target);
+            child_fail(k, "%s: %s mapped as %s, expected %s", model, x.source,
+                       x.name, target);
         int dt = s.dtype[i] == WB_F32 && r->cast ? r->cast : s.dtype[i];
-        if (x.dtype != dt || x.cast != (dt != s.dtype[i]) ||
-            x.ndim != 1 || x.shape[0] != s.nelem[i] ||
+        if (x.dtype != dt || x.cast != (dt != s.dtype[i]) || x.ndim != 1 ||
+            x.shape[0] != s.nelem[i] ||
             x.nbytes != (size_t)s.nelem[i] * wb_dtype_size(dt))
-            child_fail(k, "%s: %s has dtype %d cast %d nbytes %zu, "
+            child_fail(k,
+                       "%s: %s has dtype %d cast %d nbytes %zu, "
                        "expected %d",
                        model, x.name, x.dtype, x.cast, x.nbytes, dt);
         spec_bytes(&s, i, src);
@@ -368,8 +392,7 @@ static void check_mapping(child *k, const wb_mapping *m,
         }
         if (memcmp(x.data, exp, x.nbytes) != 0)
             child_fail(k, "%s@%llu (seed %s): bytes of %s differ", model,
-                       (unsigned long long)wb_map_version(m), seedstr,
-                       x.name);
+                       (unsigned long long)wb_map_version(m), seedstr, x.name);
     }
     free(src);
     free(conv);
@@ -455,8 +478,8 @@ static void do_status(child *k) {
     expect(k, "list", wb_list(k->c, &mi, &n), 0);
     for (size_t i = 0; i < n; i++)
         if (mi[i].nversions == 0 || mi[i].latest == 0)
-            child_fail(k, "list: %s has %llu versions, latest %llu",
-                       mi[i].name, (unsigned long long)mi[i].nversions,
+            child_fail(k, "list: %s has %llu versions, latest %llu", mi[i].name,
+                       (unsigned long long)mi[i].nversions,
                        (unsigned long long)mi[i].latest);
     wb_model_info_free(mi, n);
     count(OP_STATUS);
@@ -480,16 +503,19 @@ static void do_raw_hangup(child *k) {
         for (int i = 0; i < n; i++) {
             uint64_t id = 2 + (uint64_t)i;
             switch (rnd(k) % 6) {
-            case 0: wbt_frames_map(&f, id, model, 0); break;
+            case 0:
+                wbt_frames_map(&f, id, model, 0);
+                break;
             case 1: /* Answered by someone's commit, or never. */
                 wbt_frames_watch(&f, id, model,
                                  chance(k, 50) ? k->seen[mi] : UINT64_MAX / 2,
                                  (int64_t)(rnd(k) % 500));
                 break;
-            case 2: wbt_frames_status(&f, id); break;
+            case 2:
+                wbt_frames_status(&f, id);
+                break;
             case 3:
-                wbt_frames_drop(&f, id, model,
-                                chance(k, 50) ? 0 : k->seen[mi]);
+                wbt_frames_drop(&f, id, model, chance(k, 50) ? 0 : k->seen[mi]);
                 break;
             default:
                 wbt_frames_publish_f32(&f, id, model, 2, 1024);
@@ -561,8 +587,8 @@ static void child_run(child *k) {
 /* ------------------------------------------------------------ parent */
 
 static int setup(void **state) {
-    static const char *const extra[] = {"--memory-limit", "1G",
-                                        "--log-level", "info", NULL};
+    static const char *const extra[] = {"--memory-limit", "1G", "--log-level",
+                                        "info", NULL};
     wbt_daemon *d = calloc(1, sizeof(*d));
     if (d == NULL || wbt_start(d, extra) != 0) {
         free(d);
@@ -603,8 +629,7 @@ static void publish_ref(wb_client *c, int i, uint64_t seed) {
     assert_non_null(buf);
     for (size_t t = 0; t < s.n; t++) {
         spec_bytes(&s, t, buf);
-        assert_int_equal(wb_publish_write(p, t, buf, spec_nbytes(&s, t), 0),
-                         0);
+        assert_int_equal(wb_publish_write(p, t, buf, spec_nbytes(&s, t), 0), 0);
     }
     free(buf);
     assert_int_equal(wb_publish_commit(p, NULL), 0);
@@ -655,27 +680,27 @@ static pid_t spawn(const wbt_daemon *d, uint64_t seed, double end) {
         wbt_watchdog(NULL, 0);
         signal(SIGALRM, SIG_DFL);
         alarm((unsigned)(end - wbt_now()) + 60); /* In case it is stuck. */
-        child k = {.d = d, .seed = seed, .rng = mix(seed ^ 0x5851f42d4c957f2dull),
+        child k = {.d = d,
+                   .seed = seed,
+                   .rng = mix(seed ^ 0x5851f42d4c957f2dull),
                    .end = end};
         child_run(&k);
     }
     return pid;
 }
 
-/* CHAOS_PROCS processes of random operations for WB_CHAOS_SECONDS; then
- * the daemon is alive, serves, goes back to its descriptors, segments and
- * memory once the shared models are dropped, and the references are
- * intact. */
+/* Random clients for a while leave the daemon alive, clean and intact. */
 static void test_chaos_many_clients(void **state) {
     wbt_daemon *d = *state;
     const char *env = getenv("WB_CHAOS_SECONDS");
     double seconds = env && *env ? strtod(env, NULL) : CHAOS_SECONDS;
     env = getenv("WB_CHAOS_SEED");
-    uint64_t base_seed = env && *env ? strtoull(env, NULL, 0)
-                                     : (uint64_t)time(NULL) * 1000003u +
-                                           (uint64_t)getpid();
+    uint64_t base_seed =
+        env && *env ? strtoull(env, NULL, 0)
+                    : (uint64_t)time(NULL) * 1000003u + (uint64_t)getpid();
     wbt_watchdog(d, (unsigned)seconds + 120);
-    fprintf(stderr, "  chaos: %d processes for %.0f s, base seed %llu "
+    fprintf(stderr,
+            "  chaos: %d processes for %.0f s, base seed %llu "
             "(WB_CHAOS_SEED=%llu repeats the seeds)\n",
             CHAOS_PROCS, seconds, (unsigned long long)base_seed,
             (unsigned long long)base_seed);
@@ -712,8 +737,11 @@ static void test_chaos_many_clients(void **state) {
     int live = CHAOS_PROCS;
     double give_up = end + 60;
     while (live > 0) {
-        int st;
-        pid_t pid = waitpid(-1, &st, WNOHANG);
+        int st = 0;
+        pid_t pid = 0;
+        for (int i = 0; i < CHAOS_PROCS && pid <= 0; i++)
+            if (kids[i] > 0 && waitpid(kids[i], &st, WNOHANG) == kids[i])
+                pid = kids[i];
         if (pid <= 0) {
             if (wbt_now() > give_up) {
                 for (int i = 0; i < CHAOS_PROCS; i++)
@@ -724,20 +752,17 @@ static void test_chaos_many_clients(void **state) {
             sleep_ms(10);
             continue;
         }
-        int slot = -1;
-        for (int i = 0; i < CHAOS_PROCS; i++)
-            if (kids[i] == pid)
-                slot = i;
-        if (slot < 0)
-            continue; /* Not ours. */
+        int slot = 0;
+        while (kids[slot] != pid)
+            slot++;
         if (WIFEXITED(st) && WEXITSTATUS(st) == EXIT_CHOSEN)
             chosen++;
         else if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)
             killed++;
         else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
             bad++;
-            fprintf(stderr, "  chaos: child %d ended with %s %d\n",
-                    (int)pid, WIFEXITED(st) ? "status" : "signal",
+            fprintf(stderr, "  chaos: child %d ended with %s %d\n", (int)pid,
+                    WIFEXITED(st) ? "status" : "signal",
                     WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
         }
         kids[slot] = -1;
@@ -752,7 +777,8 @@ static void test_chaos_many_clients(void **state) {
                         (int)kids[slot], (unsigned long long)seed);
         }
     }
-    fprintf(stderr, "  chaos: %llu children in all; %d chose to exit, %d "
+    fprintf(stderr,
+            "  chaos: %llu children in all; %d chose to exit, %d "
             "killed themselves, %d failed\n",
             (unsigned long long)serial, chosen, killed, bad);
     for (int i = 0; i < OP_COUNT; i++)
@@ -795,7 +821,8 @@ static void test_chaos_many_clients(void **state) {
             break;
         sleep_ms(50);
     } while (wbt_now() < until);
-    fprintf(stderr, "  chaos: descriptors %d (before %d), segments %d (%d), "
+    fprintf(stderr,
+            "  chaos: descriptors %d (before %d), segments %d (%d), "
             "memory %llu (%llu), Shmem %+lld KiB\n",
             fds, base_fds, segs, base_segs, (unsigned long long)mem,
             (unsigned long long)base_mem,
@@ -804,9 +831,8 @@ static void test_chaos_many_clients(void **state) {
     assert_int_equal(mem, base_mem);
     assert_int_equal(fds, base_fds);
     if (shmem > base_shmem + SHMEM_SLACK)
-        fail_msg("Shmem grew by %llu KiB", (unsigned long long)(shmem -
-                                                                base_shmem) /
-                                                1024);
+        fail_msg("Shmem grew by %llu KiB",
+                 (unsigned long long)(shmem - base_shmem) / 1024);
     munmap(shared, sizeof(*shared));
 }
 
