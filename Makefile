@@ -21,7 +21,7 @@ VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
 # Debian packages the build and the tests need; `make deps` installs the
 # missing ones (as root, or through sudo).
 DEB_PACKAGES := build-essential pkg-config libuv1-dev libmsgpack-dev \
-	libcmocka-dev libpcre2-dev libjansson-dev libsystemd-dev \
+	libcmocka-dev libpcre2-dev libjansson-dev libsystemd-dev clang-format \
 	python3 python3-torch python3-torchvision python3-pytest
 
 # msgpack-c 4 (Debian 12) calls itself "msgpack"; newer releases "msgpack-c".
@@ -85,7 +85,7 @@ INTEG_BIN := $(patsubst tests/integration/%.c,$(BUILD)/tests/%,$(INTEG_SRC))
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
 .PHONY: all deps run test test-unit test-integration test-python bench \
-	install uninstall clean format
+	install uninstall clean format format-check
 .DEFAULT_GOAL := all
 
 all: $(DAEMON_BIN) $(CLI_BIN) $(LIB_SO) $(LIB_A) $(BUILD)/wbroker.pc \
@@ -179,8 +179,16 @@ uninstall:
 	  $(DESTDIR)$(UNITDIR)/wbrokerd.service $(DESTDIR)$(UNITDIR)/wbrokerd.socket
 	rm -rf $(DESTDIR)$(PYDIR)/wbroker
 
+# Every C file is formatted by .clang-format; CI fails on any difference.
+FORMAT_SRC = $(wildcard include/*.h common/*.[ch] proto/*.[ch] daemon/*.[ch] \
+	client/*.[ch] client/cli/*.[ch] tests/lib/*.[ch] tests/unit/*.c \
+	tests/integration/*.c bench/*.c)
+
 format:
-	clang-format -i include/*.h proto/*.[ch] daemon/*.[ch] client/*.[ch] client/cli/*.[ch] tests/*/*.[ch] bench/*.c
+	clang-format -i $(FORMAT_SRC)
+
+format-check:
+	@clang-format --dry-run --Werror $(FORMAT_SRC) && echo "format: clean"
 
 clean:
 	rm -rf build build-address build-undefined build-thread

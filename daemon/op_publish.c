@@ -230,15 +230,21 @@ static int read_ties(wb__session *s, uint64_t id, const wb__publish_req *pr,
     return 0;
 }
 
-/* Bytes a plain map reply of v takes at most, so that a version that could
- * never be mapped is refused at publish. */
-static uint64_t map_reply_bound(const wb__version *v) {
-    uint64_t n = WB_REPLY_SLACK;
-    for (size_t i = 0; i < v->n; i++)
+/* Bytes and msgpack objects a plain map reply of v takes at most, so that
+ * a version that could never be mapped is refused at publish. */
+static void map_reply_bound(const wb__version *v, uint64_t *bytes,
+                            uint64_t *objects) {
+    uint64_t n = WB_REPLY_SLACK, o = 64;
+    for (size_t i = 0; i < v->n; i++) {
         n += 2 * (strlen(v->t[i].name) + 5) + 48 + 9 * (uint64_t)v->t[i].ndim;
-    for (size_t i = 0; i < v->nmeta; i++)
+        o += 9 + (uint64_t)v->t[i].ndim;
+    }
+    for (size_t i = 0; i < v->nmeta; i++) {
         n += strlen(v->mkeys[i]) + strlen(v->mvals[i]) + 10;
-    return n;
+        o += 2;
+    }
+    *bytes = n;
+    *objects = o;
 }
 
 void wb__op_publish(wb__session *s, uint64_t id, const msgpack_object *req) {
@@ -316,12 +322,16 @@ void wb__op_publish(wb__session *s, uint64_t id, const msgpack_object *req) {
         wb__reply_error(s, id, WB_ETOOBIG, "model too large");
         goto fail;
     }
-    uint64_t bound = map_reply_bound(v);
-    if (bound > WB_MAX_FRAME) {
+    uint64_t bound, objects;
+    map_reply_bound(v, &bound, &objects);
+    if (bound > WB_MAX_FRAME || objects > WB_MAX_OBJECTS) {
         wb__reply_error(s, id, WB_ETOOBIG,
-                        "its tensor table would take about %llu bytes in a "
-                        "map reply, more than the %u-byte frame limit",
-                        (unsigned long long)bound, WB_MAX_FRAME);
+                        "its tensor table would take about %llu bytes and "
+                        "%llu objects in a map reply, more than a frame "
+                        "holds (%u bytes, %u objects)",
+                        (unsigned long long)bound,
+                        (unsigned long long)objects, WB_MAX_FRAME,
+                        WB_MAX_OBJECTS);
         goto fail;
     }
     if (wb__mem_charge(size)) {
