@@ -1269,12 +1269,14 @@ static int publish_named(wb_client *c, const char *model, size_t n,
     return rc;
 }
 
-/* A model whose map reply exceeds a frame: ETOOBIG at publish, or mapped. */
-static void test_attacks_reply_over_frame_limit(void **state) {
-    wbt_daemon *d = *state;
+/* Publishes n tensors with names of namelen bytes: either the publish is
+ * refused up front with ETOOBIG, or the version can be listed and mapped
+ * (never a reply the connection cannot carry). */
+static void check_publishable_is_mappable(const wbt_daemon *d, int n,
+                                          int namelen) {
     wb_client *c = wbt_connect(d);
     assert_non_null(c);
-    int rc = publish_named(c, "huge", HUGE_N, HUGE_NAME);
+    int rc = publish_named(c, "huge", n, namelen);
     wb_status st;
     if (rc == WB_ETOOBIG) {
         fprintf(stderr, "  publish refused: %s\n", wb_errmsg(c));
@@ -1283,20 +1285,20 @@ static void test_attacks_reply_over_frame_limit(void **state) {
     } else {
         assert_int_equal(rc, 0);
         wb_model_info *mi;
-        size_t n;
-        assert_int_equal(wb_list(c, &mi, &n), 0);
-        assert_int_equal(n, 1);
-        assert_int_equal(mi[0].tensors, HUGE_N);
-        wb_model_info_free(mi, n);
+        size_t cnt;
+        assert_int_equal(wb_list(c, &mi, &cnt), 0);
+        assert_int_equal(cnt, 1);
+        assert_int_equal(mi[0].tensors, n);
+        wb_model_info_free(mi, cnt);
         wb_mapping *m = NULL;
         rc = wb_map(c, "huge", 0, WB_MAP_SHARED, &m);
         if (rc != 0)
-            fail_msg("map of %d tensors: %s: %s", HUGE_N, wb_err_name(rc),
+            fail_msg("map of %d tensors: %s: %s", n, wb_err_name(rc),
                      wb_errmsg(c));
-        assert_int_equal(wb_map_count(m), HUGE_N);
+        assert_int_equal(wb_map_count(m), n);
         char name[HUGE_NAME + 1];
-        memset(name, 'x', HUGE_NAME);
-        name[HUGE_NAME] = '\0';
+        memset(name, 'x', (size_t)namelen);
+        name[namelen] = '\0';
         memcpy(name, "00123456", 8);
         wb_tensor t;
         assert_int_equal(wb_map_tensor(m, (size_t)wb_map_find(m, name), &t), 0);
@@ -1308,6 +1310,18 @@ static void test_attacks_reply_over_frame_limit(void **state) {
     wb_close(c);
     assert_alive(d);
     wait_clean(d);
+}
+
+/* 200,000 tensors with 100-byte names: the map reply would pass the
+ * frame's byte limit. */
+static void test_attacks_reply_over_frame_limit(void **state) {
+    check_publishable_is_mappable(*state, HUGE_N, HUGE_NAME);
+}
+
+/* 240,000 tensors with 8-byte names: the bytes fit a frame, but the map
+ * reply would hold more msgpack objects than a frame may. */
+static void test_attacks_reply_over_object_limit(void **state) {
+    check_publishable_is_mappable(*state, 240000, 8);
 }
 
 #define GROW_N 100000   /* Tensors of the model renamed past the limit. */
@@ -1560,6 +1574,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_attacks_commit_header_race, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_attacks_publisher_own_description,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_attacks_reply_over_object_limit,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_attacks_reply_over_frame_limit,
                                         setup, teardown),
