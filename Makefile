@@ -22,7 +22,16 @@ VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
 # missing ones (as root, or through sudo).
 DEB_PACKAGES := build-essential pkg-config libuv1-dev libmsgpack-dev \
 	libcmocka-dev libpcre2-dev libjansson-dev libsystemd-dev clang-format \
-	python3 python3-torch python3-torchvision python3-pytest
+	python3 python3-venv python3-torch python3-torchvision python3-pytest
+
+# The second PyTorch the Python suites run on: current torch 2.x from PyPI
+# in one virtual environment, kept outside the clone with pip's download
+# cache beside it, so that it is built once and reused (torch's wheel
+# pulls about 3 GB of CUDA libraries).  It is rebuilt when the pinned
+# requirements change.  VENV= (empty) skips it.
+WB_CACHE ?= $(HOME)/.cache/wbroker
+VENV ?= $(WB_CACHE)/venv-torch2
+TORCH2_REQS := tests/python/requirements-torch2.txt
 
 # msgpack-c 4 (Debian 12) calls itself "msgpack"; newer releases "msgpack-c".
 MSGPACK_PC := $(shell pkg-config --exists msgpack-c 2>/dev/null && echo msgpack-c || echo msgpack)
@@ -85,7 +94,7 @@ INTEG_BIN := $(patsubst tests/integration/%.c,$(BUILD)/tests/%,$(INTEG_SRC))
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
 .PHONY: all deps run test test-unit test-integration test-python bench \
-	install uninstall clean format format-check
+	install uninstall clean format format-check venv
 .DEFAULT_GOAL := all
 
 all: $(DAEMON_BIN) $(CLI_BIN) $(LIB_SO) $(LIB_A) $(BUILD)/wbroker.pc \
@@ -150,10 +159,25 @@ run: deps
 	$(MAKE) --no-print-directory $(DAEMON_BIN)
 	exec $(DAEMON_BIN) $(RUN_ARGS)
 
-# Every test: C unit and integration tests, then the Python tests.
+# Every test: C unit and integration tests, then the Python tests on
+# Debian's torch and on the venv's.
 test: deps
 	$(MAKE) --no-print-directory all
-	WB_BUILD=$(BUILD) ./tests/run-tests $(if $(SANITIZER),--no-python)
+	$(if $(SANITIZER),,$(if $(VENV),$(MAKE) --no-print-directory venv))
+	WB_BUILD=$(BUILD) WB_VENV=$(VENV) ./tests/run-tests $(if $(SANITIZER),--no-python)
+
+# Creates or refreshes the torch 2.x environment (see VENV above).
+venv:
+	@if [ -x "$(VENV)/bin/python" ] && cmp -s $(TORCH2_REQS) "$(VENV)/.requirements"; then \
+	  echo "venv: $(VENV) is up to date"; \
+	else \
+	  echo "venv: installing $(TORCH2_REQS) into $(VENV)"; \
+	  rm -rf "$(VENV)" && mkdir -p "$(WB_CACHE)" && \
+	  /usr/bin/python3 -m venv "$(VENV)" && \
+	  "$(VENV)/bin/pip" install -q --disable-pip-version-check \
+	    --cache-dir "$(WB_CACHE)/pip" -r $(TORCH2_REQS) && \
+	  cp $(TORCH2_REQS) "$(VENV)/.requirements"; \
+	fi
 
 bench: deps
 	$(MAKE) --no-print-directory all
