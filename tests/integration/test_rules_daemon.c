@@ -140,6 +140,39 @@ static void test_rules_regex_budget_others_served(void **state) {
     wb_close(c);
 }
 
+/* Four clients whose rules each take the whole 2 s budget cannot starve
+ * the threads that back segments: another client publishes (which needs a
+ * segment made off the loop) and maps while all four are still waiting. */
+static void test_rules_slow_rules_do_not_starve_publish(void **state) {
+    wbt_daemon *d = *state;
+    wb_client *c = wbt_connect(d);
+    publish_wide(c);
+    slow_load s[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        s[i] = (slow_load){.d = d, .pattern = "(a+)+[bc]"};
+        assert_int_equal(pthread_create(&th[i], NULL, slow_load_run, &s[i]),
+                         0);
+    }
+    usleep(200 * 1000); /* Let the slow requests reach the daemon. */
+    for (int i = 0; i < 3; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "fresh%d", i);
+        assert_int_equal(wbt_publish_f32(c, name, 2, 1 << 20), 1);
+        wb_mapping *m;
+        assert_int_equal(wb_map(c, name, 0, WB_MAP_SHARED, &m), 0);
+        wb_unmap(m);
+    }
+    /* All of that while every slow request was still in flight. */
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(atomic_load(&s[i].done), 0);
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(s[i].rc, WB_EREGEX);
+    }
+    wb_close(c);
+}
+
 /* A client that disconnects while its rules run on the thread pool does
  * not disturb the daemon: the result is dropped when it comes back. */
 static void test_rules_client_gone_midway(void **state) {
@@ -569,6 +602,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_rules_regex_match_limit, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(
+            test_rules_slow_rules_do_not_starve_publish, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rules_regex_budget_others_served,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_rules_client_gone_midway, setup,
