@@ -1,5 +1,5 @@
-/* dispatch.c -- From frames to handlers: the envelope of every request,
- * the hello, and the sessions.
+/* dispatch.c -- From frames to handlers: the envelope of every request
+ * and the hello.
  *
  * The connection layer calls in here through wb__dispatch_ops only; this
  * file decodes a frame, checks "op" and "id" and the hello-first rule, and
@@ -12,119 +12,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "dispatch.h"
 #include "log.h"
 #include "ops.h"
 #include "registry.h"
 #include "reply.h"
 #include "wire.h"
-
-static wb__session *sessions; /* Connected sessions. */
-static size_t nsessions;      /* Entries in sessions. */
-
-/* ------------------------------------------------------------ sessions */
-
-void wb__session_ref(wb__session *s) {
-    assert(s->refs > 0);
-    s->refs++;
-}
-
-void wb__session_unref(wb__session *s) {
-    if (s == NULL)
-        return;
-    assert(s->refs > 0);
-    if (--s->refs > 0)
-        return;
-    assert(s->conn == NULL && s->pending == NULL && s->watch == NULL);
-    free(s);
-}
-
-int wb__session_live(const wb__session *s) {
-    return s->conn != NULL && !wb__conn_closing(s->conn);
-}
-
-void wb__session_pause(wb__session *s) {
-    assert(!s->busy);
-    s->busy = 1;
-    wb__conn_pause(s->conn);
-}
-
-void wb__session_resume(wb__session *s) {
-    assert(s->busy);
-    s->busy = 0;
-    if (s->conn)
-        wb__conn_resume(s->conn);
-}
-
-void wb__session_note_mapped(wb__session *s, const char *model) {
-    for (size_t i = 0; i < s->nmapped; i++)
-        if (strcmp(s->mapped[i], model) == 0)
-            return;
-    char **m = realloc(s->mapped, (s->nmapped + 1) * sizeof(char *));
-    if (m == NULL)
-        return;
-    s->mapped = m;
-    if ((m[s->nmapped] = strdup(model)) != NULL)
-        s->nmapped++;
-}
-
-uint64_t wb__sessions_mapping(const char *model) {
-    uint64_t n = 0;
-    for (const wb__session *s = sessions; s; s = s->next)
-        for (size_t i = 0; i < s->nmapped; i++)
-            if (strcmp(s->mapped[i], model) == 0) {
-                n++;
-                break;
-            }
-    return n;
-}
-
-size_t wb__sessions_count(void) { return nsessions; }
-
-/* ------------------------------------------------------------ helpers */
-
-int wb__req_name(const msgpack_object *req, const char *key, char *buf) {
-    const char *s;
-    size_t n;
-    int rc = wb__mp_get_str(req, key, &s, &n);
-    if (rc == 1)
-        return WB_EINVAL;
-    if (rc)
-        return rc;
-    if (wb__check_name(s, n))
-        return WB_ENAME;
-    memcpy(buf, s, n);
-    buf[n] = '\0';
-    return 0;
-}
-
-wb__version *wb__req_version(wb__session *s, uint64_t id,
-                             const msgpack_object *req, char *model) {
-    wb__model_req mr;
-    int rc = wb__decode_model_req(req, &mr);
-    if (rc == 0 && wb__check_name(mr.model.p, mr.model.n))
-        rc = WB_ENAME;
-    if (rc) {
-        wb__reply_error(s, id, rc,
-                        rc == WB_EPROTO ? "model must be a string and "
-                                          "version an integer"
-                                        : "a valid model name is required");
-        return NULL;
-    }
-    memcpy(model, mr.model.p, mr.model.n);
-    model[mr.model.n] = '\0';
-    wb__model *m = wb__model_find(model);
-    if (m == NULL || m->versions == NULL) {
-        wb__reply_error(s, id, WB_ENOMODEL, "no model named '%s'", model);
-        return NULL;
-    }
-    wb__version *v = wb__version_find(m, mr.version);
-    if (v == NULL)
-        wb__reply_error(s, id, WB_ENOVERSION,
-                        "model '%s' has no version %llu (latest is %llu)",
-                        model, (unsigned long long)mr.version,
-                        (unsigned long long)wb__version_latest(m)->number);
-    return v;
-}
 
 /* ------------------------------------------------------------ hello */
 
@@ -164,21 +57,7 @@ static void protocol_error(wb__session *s, int code, const char *what) {
     wb__conn_close_later(s->conn, 0);
 }
 
-static void *on_open(wb__conn *c) {
-    wb__session *s = calloc(1, sizeof(*s));
-    if (s == NULL)
-        return NULL;
-    s->conn = c;
-    s->id = wb__conn_id(c);
-    s->cred = *wb__conn_cred(c);
-    s->refs = 1;
-    s->next = sessions;
-    if (sessions)
-        sessions->prev = s;
-    sessions = s;
-    nsessions++;
-    return s;
-}
+static void *on_open(wb__conn *c) { return wb__session_open(c); }
 
 static void on_frame(void *state, const uint8_t *body, size_t len) {
     wb__session *s = state;
@@ -226,20 +105,7 @@ static void on_closed(void *state) {
     wb__session *s = state;
     wb__publish_session_closed(s);
     wb__watch_session_closed(s);
-    for (size_t i = 0; i < s->nmapped; i++)
-        free(s->mapped[i]);
-    free(s->mapped);
-    s->mapped = NULL;
-    s->nmapped = 0;
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        sessions = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
-    nsessions--;
-    s->conn = NULL;
-    wb__session_unref(s);
+    wb__session_close(s);
 }
 
 const wb__conn_ops wb__dispatch_ops = {

@@ -19,11 +19,11 @@
 #include <sys/un.h>
 
 #include "conn.h"
+#include "dispatch.h"
 #include "log.h"
 #include "ops.h"
 #include "paths.h"
 #include "registry.h"
-#include "session.h"
 #include "worker.h"
 
 #define WB_DEFAULT_CLIENT_TIMEOUT 30 /* Seconds, --client-timeout. */

@@ -22,6 +22,7 @@
 #include "ops.h"
 #include "registry.h"
 #include "reply.h"
+#include "request.h"
 #include "resolve.h"
 #include "wire.h"
 #include "worker.h"

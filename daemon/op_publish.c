@@ -24,6 +24,7 @@
 #include "ops.h"
 #include "registry.h"
 #include "reply.h"
+#include "request.h"
 #include "wire.h"
 
 #define WB_REPLY_SLACK 4096 /* Bytes of a map reply besides its tables. */

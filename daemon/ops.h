@@ -41,14 +41,4 @@ void wb__watch_session_closed(wb__session *s);
 struct wb__model;
 void wb__watch_notify(struct wb__model *m);
 
-/* Shared by the handlers: reads the required string field key as a valid
- * name into buf (WB_MAX_NAME + 1 bytes).  Returns 0, WB_EINVAL (absent) or
- * the name's error. */
-int wb__req_name(const msgpack_object *req, const char *key, char *buf);
-/* Looks up model@version named by the request, answering the error
- * itself; returns NULL then. */
-struct wb__version;
-struct wb__version *wb__req_version(wb__session *s, uint64_t id,
-                                    const msgpack_object *req, char *model);
-
 #endif

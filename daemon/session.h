@@ -35,6 +35,13 @@ typedef struct wb__session {
     struct wb__session *next;   /* Next session. */
 } wb__session;
 
+/* Makes the session of a new connection (one reference, the
+ * connection's).  Returns NULL when memory ran out. */
+wb__session *wb__session_open(wb__conn *c);
+/* The connection is gone: forgets what s mapped, takes it off the list
+ * and drops the connection's reference.  Its publishes and watch must be
+ * ended first. */
+void wb__session_close(wb__session *s);
 void wb__session_ref(wb__session *s);
 /* Drops a reference; the last frees the session.  Accepts NULL. */
 void wb__session_unref(wb__session *s);
@@ -52,8 +59,5 @@ void wb__session_note_mapped(wb__session *s, const char *model);
 uint64_t wb__sessions_mapping(const char *model);
 /* Connected clients. */
 size_t wb__sessions_count(void);
-
-/* The callbacks the connection layer calls (dispatch.c). */
-extern const wb__conn_ops wb__dispatch_ops;
 
 #endif

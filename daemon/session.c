@@ -1,0 +1,109 @@
+/* session.c -- The request layer's state per connection, and the list of
+ * connected sessions.
+ *
+ * See session.h.  Nothing here answers requests: handlers build replies
+ * (reply.c) and dispatch.c opens and closes sessions for the connection
+ * layer. */
+#include "session.h"
+
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+static wb__session *sessions; /* Connected sessions. */
+static size_t nsessions;      /* Entries in sessions. */
+
+/* ------------------------------------------------------------ sessions */
+
+void wb__session_ref(wb__session *s) {
+    assert(s->refs > 0);
+    s->refs++;
+}
+
+void wb__session_unref(wb__session *s) {
+    if (s == NULL)
+        return;
+    assert(s->refs > 0);
+    if (--s->refs > 0)
+        return;
+    assert(s->conn == NULL && s->pending == NULL && s->watch == NULL);
+    free(s);
+}
+
+int wb__session_live(const wb__session *s) {
+    return s->conn != NULL && !wb__conn_closing(s->conn);
+}
+
+void wb__session_pause(wb__session *s) {
+    assert(!s->busy);
+    s->busy = 1;
+    wb__conn_pause(s->conn);
+}
+
+void wb__session_resume(wb__session *s) {
+    assert(s->busy);
+    s->busy = 0;
+    if (s->conn)
+        wb__conn_resume(s->conn);
+}
+
+void wb__session_note_mapped(wb__session *s, const char *model) {
+    for (size_t i = 0; i < s->nmapped; i++)
+        if (strcmp(s->mapped[i], model) == 0)
+            return;
+    char **m = realloc(s->mapped, (s->nmapped + 1) * sizeof(char *));
+    if (m == NULL)
+        return;
+    s->mapped = m;
+    if ((m[s->nmapped] = strdup(model)) != NULL)
+        s->nmapped++;
+}
+
+uint64_t wb__sessions_mapping(const char *model) {
+    uint64_t n = 0;
+    for (const wb__session *s = sessions; s; s = s->next)
+        for (size_t i = 0; i < s->nmapped; i++)
+            if (strcmp(s->mapped[i], model) == 0) {
+                n++;
+                break;
+            }
+    return n;
+}
+
+size_t wb__sessions_count(void) { return nsessions; }
+
+wb__session *wb__session_open(wb__conn *c) {
+    wb__session *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->conn = c;
+    s->id = wb__conn_id(c);
+    s->cred = *wb__conn_cred(c);
+    s->refs = 1;
+    s->next = sessions;
+    if (sessions)
+        sessions->prev = s;
+    sessions = s;
+    nsessions++;
+    return s;
+}
+
+void wb__session_close(wb__session *s) {
+    assert(s->conn != NULL);
+    assert(s->pending == NULL && s->watch == NULL);
+    for (size_t i = 0; i < s->nmapped; i++)
+        free(s->mapped[i]);
+    free(s->mapped);
+    s->mapped = NULL;
+    s->nmapped = 0;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        sessions = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    assert(nsessions > 0);
+    nsessions--;
+    s->conn = NULL;
+    wb__session_unref(s);
+}
