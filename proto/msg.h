@@ -40,9 +40,12 @@ void wb__pack_req_begin(msgpack_packer *pk, const char *op, uint64_t id,
 void wb__pack_rep_begin(msgpack_packer *pk, uint64_t id, int err,
                         size_t nfields);
 /* The envelope of a decoded reply: its id, err and msg (empty if none).
- * Returns 0 or WB_EPROTO. */
+ * Returns 0 or WB_EPROTO; then, when bad is not NULL, *bad names the
+ * first field at fault, checked in the order "err" (absent, not an
+ * integer, positive or below INT32_MIN), "id" (absent or not unsigned),
+ * "msg" (not a string), so that a client can say what was wrong. */
 int wb__decode_rep_envelope(const msgpack_object *root, uint64_t *id,
-                            int *err, wb__str *msg);
+                            int *err, wb__str *msg, const char **bad);
 
 /* ---------------------------------------------------------------- hello */
 
@@ -116,6 +119,9 @@ int wb__decode_pub_req(const msgpack_object *root, uint64_t *pub);
  * watch: "version"), or none when key is NULL (abort). */
 void wb__pack_u64_rep(msgpack_packer *pk, uint64_t id, const char *key,
                       uint64_t value);
+/* Reads the field key (required) into *value; with key NULL (abort)
+ * there is nothing to read and *value is set to 0.  Returns 0 or
+ * WB_EPROTO. */
 int wb__decode_u64_rep(const msgpack_object *root, const char *key,
                        uint64_t *value);
 
@@ -221,6 +227,9 @@ void wb__map_rep_free(wb__map_rep *r);
 
 /* ---------------------------------------------------------------- list */
 
+/* Packs a list request: the envelope alone. */
+void wb__pack_list_req(msgpack_packer *pk, uint64_t id);
+
 typedef struct wb__list_entry {
     wb__str name;               /* Model name. */
     uint64_t latest;            /* Latest version. */
@@ -239,6 +248,9 @@ int wb__decode_list_rep(const msgpack_object *root, wb__list_entry **out,
                         size_t *n);
 
 /* ---------------------------------------------------------------- status */
+
+/* Packs a status request: the envelope alone. */
+void wb__pack_status_req(msgpack_packer *pk, uint64_t id);
 
 typedef struct wb__status_rep {
     wb__str server;             /* Daemon version. */
