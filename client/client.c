@@ -10,8 +10,8 @@
  * uid and the socket's directory at connect, every descriptor before it is
  * mapped, and every reply's id.  A reply that breaks the protocol ends the
  * connection. */
+#include <assert.h>
 #include <errno.h>
-#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +23,7 @@
 
 #include "fdpass.h"
 #include "hash.h"
+#include "msg.h"
 #include "rules_internal.h"
 #include "trust.h"
 #include "wire.h"
@@ -145,6 +146,23 @@ static int broken(wb_client *c, int rc) {
     return rc;
 }
 
+/* Records why the envelope of a reply was refused: bad names the field
+ * at fault, as wb__decode_rep_envelope() told.  Returns WB_EPROTO. */
+static int envelope_error(wb_client *c, const char *bad) {
+    if (bad && strcmp(bad, "err") == 0)
+        return fail(c, WB_EPROTO,
+                    "reply from %s has no err, or one that is not 0 or a "
+                    "negative code",
+                    c->path);
+    if (bad && strcmp(bad, "id") == 0)
+        return fail(c, WB_EPROTO,
+                    "reply from %s has no id, or one that is not an "
+                    "unsigned integer",
+                    c->path);
+    return fail(c, WB_EPROTO, "reply from %s has a msg that is not a string",
+                c->path);
+}
+
 /* Sends the request in sb (a map whose "id" is id) and reads the reply into
  * *m, with its descriptors in fds.  Returns the reply's "err" (with
  * c->errmsg set from "msg"), or a transport error. */
@@ -183,17 +201,11 @@ static int roundtrip(wb_client *c, msgpack_sbuffer *sb, uint64_t id,
         return broken(c, rc == WB_ECLOSED ? rc
                                           : fail(c, rc, "malformed reply"));
     uint64_t rid = 0;
-    int64_t err = 0;
-    if (wb__mp_get_i64(m->root, "err", &err) != 0 || err > 0 || err < INT_MIN)
-        return broken(c, fail(c, WB_EPROTO,
-                              "reply from %s has no err, or one that is not "
-                              "0 or a negative code",
-                              c->path));
-    if (wb__mp_get_u64(m->root, "id", &rid) != 0)
-        return broken(c, fail(c, WB_EPROTO,
-                              "reply from %s has no id, or one that is not "
-                              "an unsigned integer",
-                              c->path));
+    int err = 0;
+    wb__str msg;
+    const char *bad = NULL;
+    if (wb__decode_rep_envelope(m->root, &rid, &err, &msg, &bad))
+        return broken(c, envelope_error(c, bad));
     if (rid == 0 && err == 0)
         return broken(c, fail(c, WB_EPROTO,
                               "reply from %s has id 0 without an error (id 0 "
@@ -207,30 +219,22 @@ static int roundtrip(wb_client *c, msgpack_sbuffer *sb, uint64_t id,
                               c->path, (unsigned long long)rid,
                               (unsigned long long)id));
     if (err != 0) {
-        const char *s = "";
-        size_t n = 0;
-        wb__mp_get_str(m->root, "msg", &s, &n);
-        fail(c, (int)err, "%.*s", (int)n, s);
+        fail(c, err, "%.*s", (int)msg.n, msg.p);
         if (rid == 0) /* The daemon gave up on this connection. */
             broken(c, 0);
-        return (int)err;
+        return err;
     }
     c->errmsg[0] = '\0';
     return 0;
 }
 
-/* Starts a request map with nfields fields besides "op" and "id". */
+/* Starts an empty request buffer for c's next request and returns the
+ * id that request is to carry. */
 static uint64_t req_begin(wb_client *c, msgpack_sbuffer *sb,
-                          msgpack_packer *pk, const char *op, size_t nfields) {
+                          msgpack_packer *pk) {
     msgpack_sbuffer_init(sb);
     msgpack_packer_init(pk, sb, msgpack_sbuffer_write);
-    msgpack_pack_map(pk, nfields + 2);
-    wb__pack_key(pk, "op");
-    wb__pack_cstr(pk, op);
-    wb__pack_key(pk, "id");
-    uint64_t id = ++c->next_id;
-    msgpack_pack_uint64(pk, id);
-    return id;
+    return ++c->next_id;
 }
 
 /* Runs a request without descriptors and frees the request buffer. */
@@ -272,13 +276,13 @@ int wb_connect(const char *socket_path, wb_client **out) {
         return broken(c, fail(c, trc, "%s", why));
     msgpack_sbuffer sb;
     msgpack_packer pk;
-    uint64_t id = req_begin(c, &sb, &pk, "hello", 2);
-    wb__pack_key(&pk, "proto");
-    msgpack_pack_int(&pk, WB_PROTO_VERSION);
-    wb__pack_key(&pk, "client");
-    wb__pack_cstr(&pk, wb_version_string());
+    uint64_t id = req_begin(c, &sb, &pk);
+    wb__pack_hello_req(&pk, id, wb_version_string());
     wb__msg m;
     int rc = call(c, &sb, id, &m);
+    wb__hello_rep hr;
+    if (rc == 0 && wb__decode_hello_rep(m.root, &hr))
+        rc = fail(c, WB_EPROTO, "malformed hello reply from %s", c->path);
     wb__msg_free(&m);
     return rc;
 }
@@ -371,13 +375,15 @@ int wb_publish_begin(wb_client *c, const char *model,
         else if (t->tied_to)
             nties++;
     }
-    size_t(*ties)[2] = nties ? calloc(nties, sizeof(*ties)) : NULL;
+    wb__tie *ties = nties ? calloc(nties, sizeof(*ties)) : NULL;
     if (rc == 0 && nties && ties == NULL)
         rc = fail(c, WB_ENOMEM, "out of memory");
     for (size_t i = 0, k = 0; i < n && rc == 0; i++)
         if (tensors[i].tied_to) {
-            ties[k][0] = i;
-            rc = find_tie(c, tensors, i, &ties[k][1]);
+            size_t to = 0;
+            rc = find_tie(c, tensors, i, &to);
+            ties[k].alias = i;
+            ties[k].stored = to;
             k++;
         }
     if (rc) {
@@ -385,57 +391,37 @@ int wb_publish_begin(wb_client *c, const char *model,
         wb_publish_abort(p);
         return rc;
     }
-    uint64_t id =
-        req_begin(c, &sb, &pk, "publish", 2 + (n_meta > 0) + (nties > 0));
-    wb__pack_key(&pk, "model");
-    wb__pack_cstr(&pk, model);
-    wb__pack_key(&pk, "tensors");
-    msgpack_pack_array(&pk, n);
-    for (size_t i = 0; i < n; i++)
-        wb__pack_tinfo(&pk, tensors[i].name, tensors[i].dtype,
-                       tensors[i].ndim, tensors[i].shape);
-    if (n_meta) {
-        wb__pack_key(&pk, "meta");
-        msgpack_pack_map(&pk, n_meta);
-        for (size_t i = 0; i < n_meta; i++) {
-            wb__pack_cstr(&pk, meta[i].key);
-            wb__pack_cstr(&pk, meta[i].value);
-        }
-    }
-    if (nties) {
-        wb__pack_key(&pk, "tied");
-        msgpack_pack_array(&pk, nties);
-        for (size_t k = 0; k < nties; k++) {
-            msgpack_pack_array(&pk, 2);
-            msgpack_pack_uint64(&pk, ties[k][0]);
-            msgpack_pack_uint64(&pk, ties[k][1]);
-        }
-    }
+    uint64_t id = req_begin(c, &sb, &pk);
+    wb__pack_publish_req(&pk, id, model, tensors, n, meta, n_meta, ties,
+                         nties);
     free(ties);
     wb__msg m;
     int fd = -1, nfds = 0;
     rc = roundtrip(c, &sb, id, &m, &fd, &nfds, 1);
     msgpack_sbuffer_destroy(&sb);
-    const msgpack_object_array *offs = NULL;
-    uint64_t size = 0;
+    wb__publish_rep rep;
+    memset(&rep, 0, sizeof(rep));
     if (rc == 0 && nfds != 1)
         rc = broken(c, fail(c, WB_EPROTO,
                             "publish reply from %s carries %d descriptors, "
                             "not 1",
                             c->path, nfds));
-    if (rc == 0 && (wb__mp_get_u64(m.root, "pub", &p->pub) ||
-                    wb__mp_get_u64(m.root, "size", &size) ||
-                    wb__mp_get_array(m.root, "offs", &offs) ||
-                    offs->size != n))
-        rc = fail(c, WB_EPROTO, "malformed publish reply");
+    if (rc == 0) {
+        int drc = wb__decode_publish_rep(m.root, &rep);
+        p->pub = rep.pub; /* Set when it came: the publish to abort. */
+        if (drc == WB_ENOMEM)
+            rc = fail(c, WB_ENOMEM, "out of memory");
+        else if (drc || rep.n != n)
+            rc = fail(c, WB_EPROTO, "malformed publish reply");
+    }
+    uint64_t size = rep.size;
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        const msgpack_object *o = &offs->ptr[i];
-        if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-            o->via.u64 > size || p->nbytes[i] > size - o->via.u64)
+        if (rep.offs[i] > size || p->nbytes[i] > size - rep.offs[i])
             rc = fail(c, WB_EPROTO, "publish reply: bad offset");
         else
-            p->offs[i] = o->via.u64;
+            p->offs[i] = rep.offs[i];
     }
+    wb__publish_rep_free(&rep);
     wb__msg_free(&m);
     char why[WB_TRUST_WHY_MAX];
     if (rc == 0 && wb__trust_segment(fd, size, WB__SEG_WRITE, why,
@@ -523,13 +509,12 @@ int wb_publish_commit(wb_publish *p, uint64_t *version) {
     }
     msgpack_sbuffer sb;
     msgpack_packer pk;
-    uint64_t id = req_begin(c, &sb, &pk, "commit", 1);
-    wb__pack_key(&pk, "pub");
-    msgpack_pack_uint64(&pk, p->pub);
+    uint64_t id = req_begin(c, &sb, &pk);
+    wb__pack_pub_req(&pk, "commit", id, p->pub);
     wb__msg m;
     int rc = call(c, &sb, id, &m);
     uint64_t v = 0;
-    if (rc == 0 && wb__mp_get_u64(m.root, "version", &v))
+    if (rc == 0 && wb__decode_u64_rep(m.root, "version", &v))
         rc = fail(c, WB_EPROTO, "malformed commit reply");
     wb__msg_free(&m);
     if (rc == 0 && version)
@@ -548,13 +533,14 @@ void wb_publish_abort(wb_publish *p) {
     if (p->c && p->pub && p->c->fd >= 0) {
         msgpack_sbuffer sb;
         msgpack_packer pk;
-        uint64_t id = req_begin(p->c, &sb, &pk, "abort", 1);
-        wb__pack_key(&pk, "pub");
-        msgpack_pack_uint64(&pk, p->pub);
+        uint64_t id = req_begin(p->c, &sb, &pk);
+        wb__pack_pub_req(&pk, "abort", id, p->pub);
         wb__msg m;
         char keep[sizeof(p->c->errmsg)];
         memcpy(keep, p->c->errmsg, sizeof(keep));
-        call(p->c, &sb, id, &m);
+        uint64_t none;
+        if (call(p->c, &sb, id, &m) == 0) /* Nothing to read, or to do. */
+            wb__decode_u64_rep(m.root, NULL, &none);
         wb__msg_free(&m);
         memcpy(p->c->errmsg, keep, sizeof(keep)); /* Keep the first cause. */
     }
@@ -622,147 +608,151 @@ void wb_unmap(wb_mapping *m) {
     free(m);
 }
 
-/* Copies a reply's string list into kl. */
-static int read_keylist(const msgpack_object *report, const char *key,
-                        keylist *kl) {
-    const msgpack_object_array *a;
-    int rc = wb__mp_get_array(report, key, &a);
-    if (rc == 1)
+/* Copies the report of a decoded map reply (its key lists and error text)
+ * into m.  Returns 0 or WB_ENOMEM. */
+static int take_report(wb_mapping *m, const wb__report *r) {
+    for (int w = 0; w < WB_KEYS_COUNT; w++) {
+        keylist *kl = &m->keys[w];
+        if (r->n[w] == 0)
+            continue;
+        kl->v = calloc(r->n[w], sizeof(char *));
+        if (kl->v == NULL)
+            return WB_ENOMEM;
+        for (size_t i = 0; i < r->n[w]; i++) {
+            if ((kl->v[i] = wb__str_dup(r->keys[w][i])) == NULL)
+                return WB_ENOMEM;
+            kl->n++;
+        }
+    }
+    m->text = wb__str_dup(r->text);
+    return m->text ? 0 : WB_ENOMEM;
+}
+
+/* Checks the segments a decoded map reply declares against the
+ * descriptors it carried (fds, nfds) and maps them (unless a plan), all
+ * checked before any is mapped.  Returns 0 or an error recorded on c. */
+static int map_segments(wb_client *c, const wb__map_rep *rep, wb_mapping *m,
+                        const int *fds, int nfds, int flags) {
+    int plan = (flags & WB_MAP_PLAN) != 0;
+    assert(rep->nsegs <= WB_MAX_SEGMENTS); /* The decoder's limit. */
+    if (!plan && rep->nsegs != (size_t)nfds)
+        return broken(c, fail(c, WB_EPROTO,
+                              "map reply from %s declares %zu segments but "
+                              "carries %d descriptors",
+                              c->path, rep->nsegs, nfds));
+    m->nsegs = (int)rep->nsegs;
+    for (int k = 0; k < m->nsegs; k++) {
+        if (rep->segs[k] > SIZE_MAX)
+            return fail(c, WB_EPROTO, "malformed segment size");
+        m->seg_size[k] = (size_t)rep->segs[k];
+    }
+    if (plan)
         return 0;
-    if (rc)
-        return WB_EPROTO;
-    kl->v = calloc(a->size ? a->size : 1, sizeof(char *));
-    if (kl->v == NULL)
-        return WB_ENOMEM;
-    for (uint32_t i = 0; i < a->size; i++) {
-        if ((kl->v[i] = wb__mp_strdup(&a->ptr[i])) == NULL)
-            return WB_EPROTO;
-        kl->n++;
+    char why[WB_TRUST_WHY_MAX];
+    for (int k = 0; k < m->nsegs; k++) /* All, before mapping any. */
+        if (wb__trust_segment(fds[k], m->seg_size[k], WB__SEG_READ, why,
+                              sizeof(why)))
+            return broken(c, fail(c, WB_EPROTO,
+                                  "map reply from %s: segment %d: %s",
+                                  c->path, k, why));
+    int shared = (flags & WB_MAP_SHARED) != 0;
+    for (int k = 0; k < m->nsegs; k++) {
+        void *p = mmap(NULL, m->seg_size[k],
+                       shared ? PROT_READ : PROT_READ | PROT_WRITE,
+                       shared ? MAP_SHARED : MAP_PRIVATE, fds[k], 0);
+        if (p == MAP_FAILED)
+            return fail(c, WB_ESYS, "mapping segment %d: %s", k,
+                        strerror(errno));
+        m->segs[k] = p;
+        madvise(p, m->seg_size[k], MADV_HUGEPAGE);
     }
     return 0;
 }
 
-/* Reads the report and error text of a map reply into m. */
-static int read_report(const msgpack_object *root, wb_mapping *m) {
-    static const char *names[WB_KEYS_COUNT] = {"missing", "unexpected",
-                                               "mismatched", "cast",
-                                               "aliased"};
-    const msgpack_object *rep = wb__mp_get(root, "report");
-    for (int w = 0; rep && w < WB_KEYS_COUNT; w++) {
-        int rc = read_keylist(rep, names[w], &m->keys[w]);
-        if (rc)
-            return rc;
-    }
-    const char *s = "";
-    size_t n = 0;
-    wb__mp_get_str(root, "text", &s, &n);
-    m->text = strndup(s, n);
-    return m->text ? 0 : WB_ENOMEM;
+/* Checks row i of a decoded tensor table against the mapped segments of
+ * m: a valid target name, a shape whose bytes can be counted, and bytes
+ * that lie inside their segment.  Returns 0 or WB_EPROTO (recorded). */
+static int check_row(wb_client *c, const wb_mapping *m,
+                     const wb__map_entry *e, size_t i) {
+    uint64_t nb;
+    if (wb__check_name(e->target.p, e->target.n) ||
+        wb__tensor_nbytes(e->dtype, e->ndim, e->shape, &nb) ||
+        e->seg >= (uint64_t)m->nsegs || e->offset > m->seg_size[e->seg] ||
+        e->nbytes > m->seg_size[e->seg] - e->offset)
+        return fail(c, WB_EPROTO, "malformed tensor entry %zu", i);
+    return 0;
 }
 
-/* Decodes the tensor table, metadata and segments of a map reply and maps
- * the segments (unless a plan).  Takes ownership of fds. */
-static int read_mapping(wb_client *c, const msgpack_object *root,
-                        wb_mapping *m, int *fds, int nfds, int flags) {
-    const msgpack_object_array *segs, *ta;
-    const msgpack_object_map *meta = NULL;
-    int plan = (flags & WB_MAP_PLAN) != 0;
-    if (wb__mp_get_u64(root, "version", &m->version) ||
-        wb__mp_get_array(root, "segs", &segs) ||
-        wb__mp_get_array(root, "tensors", &ta) ||
-        wb__mp_get_map(root, "meta", &meta) < 0 ||
-        segs->size > WB_MAX_SEGMENTS)
-        return fail(c, WB_EPROTO, "malformed map reply");
-    if (!plan && (int)segs->size != nfds)
-        return broken(c, fail(c, WB_EPROTO,
-                              "map reply from %s declares %u segments but "
-                              "carries %d descriptors",
-                              c->path, segs->size, nfds));
-    int rc = read_report(root, m);
+/* Fills m from a decoded map reply: version, report, segments (mapped
+ * unless a plan), tensor table, metadata and the name index.  Returns 0
+ * or an error recorded on c. */
+static int take_mapping(wb_client *c, const wb__map_rep *rep, wb_mapping *m,
+                        const int *fds, int nfds, int flags) {
+    m->version = rep->version;
+    int rc = map_segments(c, rep, m, fds, nfds, flags);
     if (rc)
-        return fail(c, rc, "malformed map reply report");
-
-    m->nsegs = (int)segs->size;
-    for (int k = 0; k < m->nsegs; k++) {
-        const msgpack_object *o = &segs->ptr[k];
-        if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-            o->via.u64 > SIZE_MAX)
-            return fail(c, WB_EPROTO, "malformed segment size");
-        m->seg_size[k] = (size_t)o->via.u64;
-    }
-    if (!plan) {
-        char why[WB_TRUST_WHY_MAX];
-        for (int k = 0; k < m->nsegs; k++) /* All, before mapping any. */
-            if (wb__trust_segment(fds[k], m->seg_size[k], WB__SEG_READ, why,
-                                  sizeof(why)))
-                return broken(c, fail(c, WB_EPROTO,
-                                      "map reply from %s: segment %d: %s",
-                                      c->path, k, why));
-        int shared = (flags & WB_MAP_SHARED) != 0;
-        for (int k = 0; k < m->nsegs; k++) {
-            void *p = mmap(NULL, m->seg_size[k],
-                           shared ? PROT_READ : PROT_READ | PROT_WRITE,
-                           shared ? MAP_SHARED : MAP_PRIVATE, fds[k], 0);
-            if (p == MAP_FAILED)
-                return fail(c, WB_ESYS, "mapping segment %d: %s", k,
-                            strerror(errno));
-            m->segs[k] = p;
-            madvise(p, m->seg_size[k], MADV_HUGEPAGE);
-        }
-    }
-
-    m->t = calloc(ta->size ? ta->size : 1, sizeof(map_entry));
+        return rc;
+    if (take_report(m, &rep->report))
+        return fail(c, WB_ENOMEM, "out of memory");
+    m->t = calloc(rep->n ? rep->n : 1, sizeof(map_entry));
     if (m->t == NULL)
         return fail(c, WB_ENOMEM, "out of memory");
-    for (uint32_t i = 0; i < ta->size; i++) {
-        const msgpack_object *o = &ta->ptr[i];
+    int plan = (flags & WB_MAP_PLAN) != 0;
+    for (size_t i = 0; i < rep->n; i++) {
+        const wb__map_entry *r = &rep->t[i];
         map_entry *e = &m->t[i];
-        if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 8)
-            return fail(c, WB_EPROTO, "malformed tensor entry");
-        const msgpack_object *v = o->via.array.ptr;
-        /* [target, source, dtype, shape, seg, offset, nbytes, cast] */
-        msgpack_object triple[3] = {v[0], v[2], v[3]};
-        msgpack_object tri = {.type = MSGPACK_OBJECT_ARRAY};
-        tri.via.array.size = 3;
-        tri.via.array.ptr = triple;
-        wb__tinfo ti;
-        if (wb__decode_tinfo(&tri, &ti) ||
-            v[4].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-            v[5].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-            v[6].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-            v[7].type != MSGPACK_OBJECT_BOOLEAN ||
-            v[4].via.u64 >= (uint64_t)m->nsegs ||
-            v[5].via.u64 > m->seg_size[v[4].via.u64] ||
-            v[6].via.u64 > m->seg_size[v[4].via.u64] - v[5].via.u64) {
-            free(ti.name);
-            return fail(c, WB_EPROTO, "malformed tensor entry %u", i);
-        }
-        e->name = ti.name;
+        if ((rc = check_row(c, m, r, i)) != 0)
+            return rc;
+        e->name = wb__str_dup(r->target);
+        e->source = wb__str_dup(r->source);
         m->n = i + 1;
-        if ((e->source = wb__mp_strdup(&v[1])) == NULL)
-            return fail(c, WB_EPROTO, "malformed tensor entry %u", i);
-        e->dtype = ti.dtype;
-        e->ndim = ti.ndim;
-        memcpy(e->shape, ti.shape, sizeof(e->shape));
-        e->nbytes = v[6].via.u64;
-        e->cast = v[7].via.boolean;
-        e->data = plan ? NULL
-                       : (uint8_t *)m->segs[v[4].via.u64] + v[5].via.u64;
+        if (e->name == NULL || e->source == NULL)
+            return fail(c, WB_ENOMEM, "out of memory");
+        e->dtype = r->dtype;
+        e->ndim = r->ndim;
+        memcpy(e->shape, r->shape, sizeof(e->shape));
+        e->nbytes = r->nbytes;
+        e->cast = r->cast;
+        e->data = plan ? NULL : (uint8_t *)m->segs[r->seg] + r->offset;
     }
-    if (meta) {
-        m->mkeys = calloc(meta->size ? meta->size : 1, sizeof(char *));
-        m->mvals = calloc(meta->size ? meta->size : 1, sizeof(char *));
+    if (rep->nmeta) {
+        m->mkeys = calloc(rep->nmeta, sizeof(char *));
+        m->mvals = calloc(rep->nmeta, sizeof(char *));
         if (!m->mkeys || !m->mvals)
             return fail(c, WB_ENOMEM, "out of memory");
-        for (uint32_t i = 0; i < meta->size; i++) {
-            m->mkeys[i] = wb__mp_strdup(&meta->ptr[i].key);
-            m->mvals[i] = wb__mp_strdup(&meta->ptr[i].val);
+        for (size_t i = 0; i < rep->nmeta; i++) {
+            m->mkeys[i] = wb__str_dup(rep->mkeys[i]);
+            m->mvals[i] = wb__str_dup(rep->mvals[i]);
             m->nmeta = i + 1;
             if (!m->mkeys[i] || !m->mvals[i])
-                return fail(c, WB_EPROTO, "malformed metadata");
+                return fail(c, WB_ENOMEM, "out of memory");
         }
     }
     return index_build(m) ? fail(c, WB_ENOMEM, "out of memory") : 0;
+}
+
+/* Decodes the reply m to a map request (err 0 or WB_ELOAD, as rc) into
+ * mp: the whole mapping, or only the version and report of a load error.
+ * Returns rc, or an error recorded on c. */
+static int read_reply(wb_client *c, const wb__msg *m, int rc, wb_mapping *mp,
+                      const int *fds, int nfds, int flags) {
+    int load_error = rc == WB_ELOAD;
+    wb__map_rep rep;
+    int drc = wb__decode_map_rep(m->root, load_error, &rep);
+    if (drc == WB_ENOMEM)
+        rc = fail(c, WB_ENOMEM, "out of memory");
+    else if (drc)
+        rc = fail(c, WB_EPROTO, load_error ? "malformed load report"
+                                           : "malformed map reply");
+    else if (load_error) {
+        mp->version = rep.version;
+        if (take_report(mp, &rep.report))
+            rc = fail(c, WB_ENOMEM, "out of memory");
+    } else {
+        rc = take_mapping(c, &rep, mp, fds, nfds, flags);
+    }
+    wb__map_rep_free(&rep);
+    return rc;
 }
 
 int wb_load(wb_client *c, const char *model, uint64_t version,
@@ -783,33 +773,10 @@ int wb_load(wb_client *c, const char *model, uint64_t version,
 
     msgpack_sbuffer sb;
     msgpack_packer pk;
-    size_t nf = 5 + (schema != NULL) + (rules != NULL);
-    uint64_t id = req_begin(c, &sb, &pk, "map", nf);
-    wb__pack_key(&pk, "model");
-    wb__pack_cstr(&pk, model);
-    wb__pack_key(&pk, "version");
-    msgpack_pack_uint64(&pk, version);
-    wb__pack_key(&pk, "plan");
-    (flags & WB_MAP_PLAN) ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
-    wb__pack_key(&pk, "strict");
-    strict ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
-    wb__pack_key(&pk, "ignore_mismatch");
-    ignore ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
-    if (schema) {
-        wb__pack_key(&pk, "schema");
-        msgpack_pack_map(&pk, 2);
-        wb__pack_key(&pk, "target");
-        wb__pack_cstr(&pk, schema->s.target ? schema->s.target : "");
-        wb__pack_key(&pk, "tensors");
-        msgpack_pack_array(&pk, schema->s.n);
-        for (size_t i = 0; i < schema->s.n; i++)
-            wb__pack_tinfo(&pk, schema->s.v[i].name, schema->s.v[i].dtype,
-                           schema->s.v[i].ndim, schema->s.v[i].shape);
-    }
-    if (rules) {
-        wb__pack_key(&pk, "rules");
-        wb__pack_rules(&pk, &rules->rs);
-    }
+    uint64_t id = req_begin(c, &sb, &pk);
+    wb__pack_map_req(&pk, id, model, version, (flags & WB_MAP_PLAN) != 0,
+                     strict, ignore, schema ? &schema->s : NULL,
+                     rules ? &rules->rs : NULL);
     wb__msg m;
     int fds[WB_MAX_SEGMENTS], nfds = 0;
     int rc = roundtrip(c, &sb, id, &m, fds, &nfds, WB_MAX_SEGMENTS);
@@ -819,15 +786,10 @@ int wb_load(wb_client *c, const char *model, uint64_t version,
         mp = calloc(1, sizeof(*mp));
         if (mp == NULL) {
             rc = fail(c, WB_ENOMEM, "out of memory");
-        } else if (rc == WB_ELOAD) {
-            wb__mp_get_u64(m.root, "version", &mp->version);
-            if (read_report(m.root, mp))
-                rc = fail(c, WB_EPROTO, "malformed load report");
-            else
-                rc = WB_ELOAD;
         } else {
-            rc = read_mapping(c, m.root, mp, fds, nfds, flags);
-            mp->plain = schema == NULL && rules == NULL &&
+            int got = rc;
+            rc = read_reply(c, &m, rc, mp, fds, nfds, flags);
+            mp->plain = got == 0 && schema == NULL && rules == NULL &&
                         !(flags & WB_MAP_PLAN);
         }
     }
@@ -933,34 +895,30 @@ int wb_list(wb_client *c, wb_model_info **out, size_t *n) {
     *n = 0;
     msgpack_sbuffer sb;
     msgpack_packer pk;
-    uint64_t id = req_begin(c, &sb, &pk, "list", 0);
+    uint64_t id = req_begin(c, &sb, &pk);
+    wb__pack_list_req(&pk, id);
     wb__msg m;
     int rc = call(c, &sb, id, &m);
-    const msgpack_object_array *a;
-    if (rc == 0 && wb__mp_get_array(m.root, "models", &a))
-        rc = fail(c, WB_EPROTO, "malformed list reply");
+    wb__list_entry *e = NULL;
+    size_t ne = 0;
+    int drc = rc ? 0 : wb__decode_list_rep(m.root, &e, &ne);
+    if (drc)
+        rc = fail(c, drc, drc == WB_ENOMEM ? "out of memory"
+                                           : "malformed list reply");
     wb_model_info *v = NULL;
-    if (rc == 0 && !(v = calloc(a->size ? a->size : 1, sizeof(*v))))
+    if (rc == 0 && !(v = calloc(ne ? ne : 1, sizeof(*v))))
         rc = fail(c, WB_ENOMEM, "out of memory");
-    for (uint32_t i = 0; rc == 0 && i < a->size; i++) {
-        const msgpack_object *o = &a->ptr[i];
-        if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 6) {
-            rc = fail(c, WB_EPROTO, "malformed list entry");
-            break;
-        }
-        const msgpack_object *f = o->via.array.ptr;
-        uint64_t *dst[5] = {&v[i].latest, &v[i].nversions, &v[i].tensors,
-                            &v[i].bytes, &v[i].readers};
-        for (int k = 0; k < 5; k++) {
-            if (f[k + 1].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-                rc = fail(c, WB_EPROTO, "malformed list entry");
-            else
-                *dst[k] = f[k + 1].via.u64;
-        }
-        if (rc == 0 && (v[i].name = wb__mp_strdup(&f[0])) == NULL)
-            rc = fail(c, WB_EPROTO, "malformed list entry");
+    for (size_t i = 0; rc == 0 && i < ne; i++) {
+        v[i].latest = e[i].latest;
+        v[i].nversions = e[i].versions;
+        v[i].tensors = e[i].tensors;
+        v[i].bytes = e[i].bytes;
+        v[i].readers = e[i].readers;
         *n = i + 1;
+        if ((v[i].name = wb__str_dup(e[i].name)) == NULL)
+            rc = fail(c, WB_ENOMEM, "out of memory");
     }
+    free(e);
     wb__msg_free(&m);
     if (rc) {
         wb_model_info_free(v, *n);
@@ -983,27 +941,23 @@ int wb_get_status(wb_client *c, wb_status *out) {
     memset(out, 0, sizeof(*out));
     msgpack_sbuffer sb;
     msgpack_packer pk;
-    uint64_t id = req_begin(c, &sb, &pk, "status", 0);
+    uint64_t id = req_begin(c, &sb, &pk);
+    wb__pack_status_req(&pk, id);
     wb__msg m;
     int rc = call(c, &sb, id, &m);
-    const char *s;
-    size_t n;
-    uint64_t pid = 0;
-    const msgpack_object *up = rc ? NULL : wb__mp_get(m.root, "uptime");
-    if (rc == 0 &&
-        (wb__mp_get_str(m.root, "server", &s, &n) ||
-         wb__mp_get_u64(m.root, "used", &out->memory_used) ||
-         wb__mp_get_u64(m.root, "limit", &out->memory_limit) ||
-         wb__mp_get_u64(m.root, "models", &out->models) ||
-         wb__mp_get_u64(m.root, "versions", &out->versions) ||
-         wb__mp_get_u64(m.root, "clients", &out->clients) ||
-         wb__mp_get_u64(m.root, "pid", &pid) || up == NULL ||
-         up->type != MSGPACK_OBJECT_FLOAT64))
+    wb__status_rep st;
+    if (rc == 0 && wb__decode_status_rep(m.root, &st))
         rc = fail(c, WB_EPROTO, "malformed status reply");
     if (rc == 0) {
-        snprintf(out->version, sizeof(out->version), "%.*s", (int)n, s);
-        out->uptime = up->via.f64;
-        out->pid = (uint32_t)pid;
+        snprintf(out->version, sizeof(out->version), "%.*s",
+                 (int)st.server.n, st.server.p);
+        out->uptime = st.uptime;
+        out->memory_used = st.used;
+        out->memory_limit = st.limit;
+        out->models = st.models;
+        out->versions = st.versions;
+        out->clients = st.clients;
+        out->pid = st.pid;
     }
     wb__msg_free(&m);
     return rc;
@@ -1014,13 +968,13 @@ int wb_drop(wb_client *c, const char *model, uint64_t version) {
         return fail(c, WB_EINVAL, "missing argument");
     msgpack_sbuffer sb;
     msgpack_packer pk;
-    uint64_t id = req_begin(c, &sb, &pk, "drop", 2);
-    wb__pack_key(&pk, "model");
-    wb__pack_cstr(&pk, model);
-    wb__pack_key(&pk, "version");
-    msgpack_pack_uint64(&pk, version);
+    uint64_t id = req_begin(c, &sb, &pk);
+    wb__pack_drop_req(&pk, id, model, version);
     wb__msg m;
     int rc = call(c, &sb, id, &m);
+    uint64_t dropped;
+    if (rc == 0 && wb__decode_u64_rep(m.root, "dropped", &dropped))
+        rc = fail(c, WB_EPROTO, "malformed drop reply");
     wb__msg_free(&m);
     return rc;
 }
@@ -1031,17 +985,15 @@ int wb_watch(wb_client *c, const char *model, uint64_t after, int timeout_ms,
         return fail(c, WB_EINVAL, "missing argument");
     msgpack_sbuffer sb;
     msgpack_packer pk;
-    uint64_t id = req_begin(c, &sb, &pk, "watch", 3);
-    wb__pack_key(&pk, "model");
-    wb__pack_cstr(&pk, model);
-    wb__pack_key(&pk, "after");
-    msgpack_pack_uint64(&pk, after);
-    wb__pack_key(&pk, "timeout");
-    msgpack_pack_int64(&pk, timeout_ms < 0 ? -1 : timeout_ms);
+    uint64_t id = req_begin(c, &sb, &pk);
+    wb__pack_watch_req(&pk, id, model, after, timeout_ms < 0 ? -1 : timeout_ms);
     wb__msg m;
     int rc = call(c, &sb, id, &m);
-    if (rc == 0 && wb__mp_get_u64(m.root, "version", version))
+    uint64_t v = 0;
+    if (rc == 0 && wb__decode_u64_rep(m.root, "version", &v))
         rc = fail(c, WB_EPROTO, "malformed watch reply");
+    if (rc == 0)
+        *version = v;
     wb__msg_free(&m);
     return rc;
 }
