@@ -72,6 +72,7 @@ int wb_get_status(wb_client *c, wb_status *out) {
         out->uptime = st.uptime;
         out->memory_used = st.used;
         out->memory_limit = st.limit;
+        out->memory_shmem = st.shmem;
         out->models = st.models;
         out->versions = st.versions;
         out->clients = st.clients;
