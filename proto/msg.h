@@ -62,8 +62,10 @@ typedef struct wb__hello_rep {
 
 void wb__pack_hello_req(msgpack_packer *pk, uint64_t id,
                         const char *client_version);
+/* Returns 0 or WB_EPROTO (proto is required, client is not). */
 int wb__decode_hello_req(const msgpack_object *root, wb__hello_req *out);
 void wb__pack_hello_rep(msgpack_packer *pk, uint64_t id, uint32_t pid);
+/* Returns 0 or WB_EPROTO (every field required; pid fits 32 bits). */
 int wb__decode_hello_rep(const msgpack_object *root, wb__hello_rep *out);
 
 /* ---------------------------------------------------------------- publish */
@@ -106,6 +108,8 @@ typedef struct wb__publish_rep {
 
 void wb__pack_publish_rep(msgpack_packer *pk, uint64_t id, uint64_t pub,
                           uint64_t size, const uint64_t *offs, size_t n);
+/* Returns 0, WB_EPROTO or WB_ENOMEM.  Free with wb__publish_rep_free() in
+ * every case. */
 int wb__decode_publish_rep(const msgpack_object *root, wb__publish_rep *out);
 void wb__publish_rep_free(wb__publish_rep *r);
 
@@ -114,6 +118,7 @@ void wb__publish_rep_free(wb__publish_rep *r);
 
 void wb__pack_pub_req(msgpack_packer *pk, const char *op, uint64_t id,
                       uint64_t pub);
+/* Reads the required "pub".  Returns 0 or WB_EPROTO. */
 int wb__decode_pub_req(const msgpack_object *root, uint64_t *pub);
 /* A reply with one unsigned field (commit: "version", drop: "dropped",
  * watch: "version"), or none when key is NULL (abort). */
@@ -144,6 +149,8 @@ typedef struct wb__watch_req {
 
 void wb__pack_watch_req(msgpack_packer *pk, uint64_t id, const char *model,
                         uint64_t after, int64_t timeout_ms);
+/* Returns 0, WB_EINVAL (no model) or WB_EPROTO; after defaults to 0 and
+ * timeout_ms to -1 (forever). */
 int wb__decode_watch_req(const msgpack_object *root, wb__watch_req *out);
 
 /* ---------------------------------------------------------------- map */
@@ -243,7 +250,8 @@ typedef struct wb__list_entry {
 void wb__pack_list_rep(msgpack_packer *pk, uint64_t id, size_t n,
                        void (*row)(void *arg, size_t i, wb__list_entry *e),
                        void *arg);
-/* Decodes a list reply into *out (allocated, *n entries; free()). */
+/* Decodes a list reply into *out (allocated, *n entries; free()).
+ * Returns 0, WB_EPROTO or WB_ENOMEM; on failure *out is NULL and *n 0. */
 int wb__decode_list_rep(const msgpack_object *root, wb__list_entry **out,
                         size_t *n);
 
@@ -266,6 +274,8 @@ typedef struct wb__status_rep {
 
 void wb__pack_status_rep(msgpack_packer *pk, uint64_t id,
                          const wb__status_rep *st);
+/* Returns 0 or WB_EPROTO.  Every field is required but shmem: a reply
+ * without it (from a daemon that does not report it) decodes with 0. */
 int wb__decode_status_rep(const msgpack_object *root, wb__status_rep *out);
 
 #endif
