@@ -21,7 +21,7 @@ int wb_list(wb_client *c, wb_model_info **out, size_t *n) {
     size_t ne = 0;
     int drc = rc ? 0 : wb__decode_list_rep(m.root, &e, &ne);
     if (drc)
-        rc = wb__cl_fail(c, drc,
+        rc = wb__cl_fail(c, drc, "%s",
                          drc == WB_ENOMEM ? "out of memory"
                                           : "malformed list reply");
     wb_model_info *v = NULL;

@@ -247,7 +247,7 @@ static int read_reply(wb_client *c, const wb__msg *m, int rc, wb_mapping *mp,
     if (drc == WB_ENOMEM)
         rc = wb__cl_fail(c, WB_ENOMEM, "out of memory");
     else if (drc)
-        rc = wb__cl_fail(c, WB_EPROTO,
+        rc = wb__cl_fail(c, WB_EPROTO, "%s",
                          load_error ? "malformed load report"
                                     : "malformed map reply");
     else if (load_error) {
