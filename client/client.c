@@ -1,87 +1,33 @@
-/* client.c -- libwbroker: a blocking client of wbrokerd.
+/* client.c -- libwbroker: the handle, the transport and the round trip
+ * of one request; connecting and closing.
  *
  * One request at a time per handle: send a frame, read the reply frame and
- * any descriptors that came with it.  Publishing maps the daemon's new
- * segment writable and unmaps it before the commit (the daemon cannot seal
- * a segment that is still mapped writable); mapping opens the read-only
- * descriptors the daemon sends, shared or copy-on-write.
+ * any descriptors that came with it, and check the reply's envelope: its
+ * id must answer the request, its err be 0 or a negative code.  The
+ * requests themselves live by concern in client_publish.c, client_map.c
+ * and client_inspect.c; every one is packed and every reply decoded by
+ * proto/msg.h.
  *
  * Nothing the daemon says is believed unchecked (trust.h): the listener's
  * uid and the socket's directory at connect, every descriptor before it is
  * mapped, and every reply's id.  A reply that breaks the protocol ends the
  * connection. */
 #include <errno.h>
-#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "client_internal.h"
 #include "fdpass.h"
-#include "hash.h"
-#include "rules_internal.h"
+#include "msg.h"
 #include "trust.h"
 #include "wire.h"
 
-struct wb_client {
-    int fd;                     /* Connected socket, -1 once broken. */
-    uint64_t next_id;           /* Id of the next request. */
-    char path[108];             /* Socket path, for messages. */
-    char errmsg[1024];          /* Detail of the last failure. */
-};
-
-struct wb_publish {
-    wb_client *c;               /* Connection that opened it. */
-    uint64_t pub;               /* Daemon's handle. */
-    int fd;                     /* The segment, writable, until commit. */
-    uint8_t *base;              /* Writable shared mapping, once asked for. */
-    size_t size;                /* Bytes of the segment. */
-    size_t n;                   /* Tensors. */
-    uint64_t *offs;             /* Offset of each tensor (declared order). */
-    uint64_t *nbytes;           /* Bytes of each tensor. */
-};
-
-typedef struct map_entry {
-    char *name;                 /* Target key. */
-    char *source;               /* Source key. */
-    int dtype;                  /* Dtype. */
-    int ndim;                   /* Dimensions. */
-    int64_t shape[WB_MAX_DIMS]; /* Sizes. */
-    uint8_t *data;              /* Mapped bytes or NULL. */
-    uint64_t nbytes;            /* Bytes. */
-    int cast;                   /* Converted. */
-} map_entry;
-
-typedef struct keylist {
-    char **v;                   /* Keys. */
-    size_t n;                   /* Keys in v. */
-} keylist;
-
-struct wb_mapping {
-    uint64_t version;           /* Version mapped. */
-    map_entry *t;               /* Tensors. */
-    size_t n;                   /* Tensors in t. */
-    size_t *index;              /* Open-addressing hash of names. */
-    size_t index_cap;           /* Slots in index (power of two). */
-    char **mkeys;               /* Metadata keys. */
-    char **mvals;               /* Metadata values. */
-    size_t nmeta;               /* Metadata entries. */
-    keylist keys[WB_KEYS_COUNT]; /* The report. */
-    char *text;                 /* PyTorch-format error text. */
-    void *segs[WB_MAX_SEGMENTS]; /* Mapped segments. */
-    size_t seg_size[WB_MAX_SEGMENTS]; /* Bytes of each. */
-    int nsegs;                  /* Segments mapped. */
-    int plain;                  /* 1 if mapped whole, without rules. */
-};
-
-/* Records a failure on c and returns code. */
-static int fail(wb_client *c, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int fail(wb_client *c, int code, const char *fmt, ...) {
+int wb__cl_fail(wb_client *c, int code, const char *fmt, ...) {
     if (c) {
         va_list ap;
         va_start(ap, fmt);
@@ -102,8 +48,8 @@ static int send_all(wb_client *c, const uint8_t *buf, size_t len) {
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
-            return fail(c, WB_ECLOSED, "sending to %s: %s", c->path,
-                        n < 0 ? strerror(errno) : "closed");
+            return wb__cl_fail(c, WB_ECLOSED, "sending to %s: %s", c->path,
+                               n < 0 ? strerror(errno) : "closed");
         buf += n;
         len -= (size_t)n;
     }
@@ -122,14 +68,15 @@ static int recv_all(wb_client *c, uint8_t *buf, size_t len, int *fds,
         if (n > 0 && fds)
             *nfds += got;
         if (n > 0 && ctrunc)
-            return fail(c, WB_EPROTO,
-                        "a reply from %s carried more descriptors than the "
-                        "%d one reply may hold, and the kernel truncated them",
-                        c->path, WB_FDPASS_MAX);
+            return wb__cl_fail(
+                c, WB_EPROTO,
+                "a reply from %s carried more descriptors than the "
+                "%d one reply may hold, and the kernel truncated them",
+                c->path, WB_FDPASS_MAX);
         if (n <= 0)
-            return fail(c, WB_ECLOSED, "daemon at %s closed the connection%s%s",
-                        c->path, n < 0 ? ": " : "",
-                        n < 0 ? strerror(errno) : "");
+            return wb__cl_fail(
+                c, WB_ECLOSED, "daemon at %s closed the connection%s%s",
+                c->path, n < 0 ? ": " : "", n < 0 ? strerror(errno) : "");
         buf += n;
         len -= (size_t)n;
     }
@@ -137,12 +84,30 @@ static int recv_all(wb_client *c, uint8_t *buf, size_t len, int *fds,
 }
 
 /* Marks the connection unusable after a transport or framing failure. */
-static int broken(wb_client *c, int rc) {
+int wb__cl_broken(wb_client *c, int rc) {
     if (c->fd >= 0) {
         close(c->fd);
         c->fd = -1;
     }
     return rc;
+}
+
+/* Records why the envelope of a reply was refused: bad names the field
+ * at fault, as wb__decode_rep_envelope() told.  Returns WB_EPROTO. */
+static int envelope_error(wb_client *c, const char *bad) {
+    if (bad && strcmp(bad, "err") == 0)
+        return wb__cl_fail(
+            c, WB_EPROTO,
+            "reply from %s has no err, or one that is not 0 or a "
+            "negative code",
+            c->path);
+    if (bad && strcmp(bad, "id") == 0)
+        return wb__cl_fail(c, WB_EPROTO,
+                           "reply from %s has no id, or one that is not an "
+                           "unsigned integer",
+                           c->path);
+    return wb__cl_fail(c, WB_EPROTO,
+                       "reply from %s has a msg that is not a string", c->path);
 }
 
 /* Sends the request in sb (a map whose "id" is id) and reads the reply into
@@ -156,10 +121,13 @@ static int roundtrip(wb_client *c, msgpack_sbuffer *sb, uint64_t id,
     if (nfds)
         *nfds = 0;
     if (c->fd < 0)
-        return fail(c, WB_ECLOSED, "connection to %s is closed", c->path);
+        return wb__cl_fail(c, WB_ECLOSED, "connection to %s is closed",
+                           c->path);
     if (sb->size > WB_MAX_FRAME)
-        return fail(c, WB_ETOOBIG, "request of %zu bytes exceeds the %u-byte "
-                    "frame limit", sb->size, WB_MAX_FRAME);
+        return wb__cl_fail(c, WB_ETOOBIG,
+                           "request of %zu bytes exceeds the %u-byte "
+                           "frame limit",
+                           sb->size, WB_MAX_FRAME);
     uint8_t hdr[WB_FRAME_HEADER];
     wb__frame_header(hdr, (uint32_t)sb->size);
     int rc = send_all(c, hdr, sizeof(hdr));
@@ -168,76 +136,66 @@ static int roundtrip(wb_client *c, msgpack_sbuffer *sb, uint64_t id,
     if (rc == 0)
         rc = recv_all(c, hdr, sizeof(hdr), fds, nfds, maxfds);
     if (rc)
-        return broken(c, rc);
+        return wb__cl_broken(c, rc);
     uint32_t len = wb__frame_length(hdr);
     if (len > WB_MAX_FRAME)
-        return broken(c, fail(c, WB_EPROTO, "reply of %u bytes", len));
+        return wb__cl_broken(
+            c, wb__cl_fail(c, WB_EPROTO, "reply of %u bytes", len));
     uint8_t *body = malloc(len ? len : 1);
     if (body == NULL)
-        return broken(c, fail(c, WB_ENOMEM, "out of memory"));
+        return wb__cl_broken(c, wb__cl_fail(c, WB_ENOMEM, "out of memory"));
     rc = recv_all(c, body, len, fds, nfds, maxfds);
     if (rc == 0)
         rc = wb__msg_decode(m, body, len);
     m->owned = body;
     if (rc)
-        return broken(c, rc == WB_ECLOSED ? rc
-                                          : fail(c, rc, "malformed reply"));
+        return wb__cl_broken(
+            c, rc == WB_ECLOSED ? rc : wb__cl_fail(c, rc, "malformed reply"));
     uint64_t rid = 0;
-    int64_t err = 0;
-    if (wb__mp_get_i64(m->root, "err", &err) != 0 || err > 0 || err < INT_MIN)
-        return broken(c, fail(c, WB_EPROTO,
-                              "reply from %s has no err, or one that is not "
-                              "0 or a negative code",
-                              c->path));
-    if (wb__mp_get_u64(m->root, "id", &rid) != 0)
-        return broken(c, fail(c, WB_EPROTO,
-                              "reply from %s has no id, or one that is not "
-                              "an unsigned integer",
-                              c->path));
+    int err = 0;
+    wb__str msg;
+    const char *bad = NULL;
+    if (wb__decode_rep_envelope(m->root, &rid, &err, &msg, &bad))
+        return wb__cl_broken(c, envelope_error(c, bad));
     if (rid == 0 && err == 0)
-        return broken(c, fail(c, WB_EPROTO,
-                              "reply from %s has id 0 without an error (id 0 "
-                              "is only the daemon's last word on a protocol "
-                              "error)",
-                              c->path));
+        return wb__cl_broken(
+            c, wb__cl_fail(c, WB_EPROTO,
+                           "reply from %s has id 0 without an error (id 0 "
+                           "is only the daemon's last word on a protocol "
+                           "error)",
+                           c->path));
     if (rid != 0 && rid != id)
-        return broken(c, fail(c, WB_EPROTO,
-                              "reply from %s out of sequence: id %llu "
-                              "answers request %llu",
-                              c->path, (unsigned long long)rid,
-                              (unsigned long long)id));
+        return wb__cl_broken(
+            c, wb__cl_fail(c, WB_EPROTO,
+                           "reply from %s out of sequence: id %llu "
+                           "answers request %llu",
+                           c->path, (unsigned long long)rid,
+                           (unsigned long long)id));
     if (err != 0) {
-        const char *s = "";
-        size_t n = 0;
-        wb__mp_get_str(m->root, "msg", &s, &n);
-        fail(c, (int)err, "%.*s", (int)n, s);
+        wb__cl_fail(c, err, "%.*s", (int)msg.n, msg.p);
         if (rid == 0) /* The daemon gave up on this connection. */
-            broken(c, 0);
-        return (int)err;
+            wb__cl_broken(c, 0);
+        return err;
     }
     c->errmsg[0] = '\0';
     return 0;
 }
 
-/* Starts a request map with nfields fields besides "op" and "id". */
-static uint64_t req_begin(wb_client *c, msgpack_sbuffer *sb,
-                          msgpack_packer *pk, const char *op, size_t nfields) {
-    msgpack_sbuffer_init(sb);
-    msgpack_packer_init(pk, sb, msgpack_sbuffer_write);
-    msgpack_pack_map(pk, nfields + 2);
-    wb__pack_key(pk, "op");
-    wb__pack_cstr(pk, op);
-    wb__pack_key(pk, "id");
-    uint64_t id = ++c->next_id;
-    msgpack_pack_uint64(pk, id);
-    return id;
+void wb__cl_req_begin(wb_client *c, wb__cl_req *r) {
+    msgpack_sbuffer_init(&r->sb);
+    msgpack_packer_init(&r->pk, &r->sb, msgpack_sbuffer_write);
+    r->id = ++c->next_id;
 }
 
-/* Runs a request without descriptors and frees the request buffer. */
-static int call(wb_client *c, msgpack_sbuffer *sb, uint64_t id, wb__msg *m) {
-    int rc = roundtrip(c, sb, id, m, NULL, NULL, 0);
-    msgpack_sbuffer_destroy(sb);
+int wb__cl_call_fds(wb_client *c, wb__cl_req *r, wb__msg *m, int *fds,
+                    int *nfds, int maxfds) {
+    int rc = roundtrip(c, &r->sb, r->id, m, fds, nfds, maxfds);
+    msgpack_sbuffer_destroy(&r->sb);
     return rc;
+}
+
+int wb__cl_call(wb_client *c, wb__cl_req *r, wb__msg *m) {
+    return wb__cl_call_fds(c, r, m, NULL, NULL, 0);
 }
 
 /* ------------------------------------------------------------ connect */
@@ -252,33 +210,33 @@ int wb_connect(const char *socket_path, wb_client **out) {
     c->fd = -1;
     *out = c;
     if (wb_socket_path(socket_path, c->path, sizeof(c->path)) < 0)
-        return fail(c, WB_EINVAL, "socket path too long");
+        return wb__cl_fail(c, WB_EINVAL, "socket path too long");
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", c->path);
     c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (c->fd < 0)
-        return fail(c, WB_ESYS, "socket: %s", strerror(errno));
+        return wb__cl_fail(c, WB_ESYS, "socket: %s", strerror(errno));
     if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
         int e = errno;
         close(c->fd);
         c->fd = -1;
-        return fail(c, e == EACCES || e == EPERM ? WB_EPERM : WB_ECONNECT,
-                    "cannot connect to wbrokerd at %s: %s", c->path,
-                    strerror(e));
+        return wb__cl_fail(
+            c, e == EACCES || e == EPERM ? WB_EPERM : WB_ECONNECT,
+            "cannot connect to wbrokerd at %s: %s", c->path, strerror(e));
     }
     char why[WB_TRUST_WHY_MAX];
     int trc = wb__trust_peer(c->fd, c->path, why, sizeof(why));
     if (trc) /* Not a byte sent to whoever this is. */
-        return broken(c, fail(c, trc, "%s", why));
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    uint64_t id = req_begin(c, &sb, &pk, "hello", 2);
-    wb__pack_key(&pk, "proto");
-    msgpack_pack_int(&pk, WB_PROTO_VERSION);
-    wb__pack_key(&pk, "client");
-    wb__pack_cstr(&pk, wb_version_string());
+        return wb__cl_broken(c, wb__cl_fail(c, trc, "%s", why));
+    wb__cl_req r;
+    wb__cl_req_begin(c, &r);
+    wb__pack_hello_req(&r.pk, r.id, wb_version_string());
     wb__msg m;
-    int rc = call(c, &sb, id, &m);
+    int rc = wb__cl_call(c, &r, &m);
+    wb__hello_rep hr;
+    if (rc == 0 && wb__decode_hello_rep(m.root, &hr))
+        rc = wb__cl_fail(c, WB_EPROTO, "malformed hello reply from %s",
+                         c->path);
     wb__msg_free(&m);
     return rc;
 }
@@ -291,757 +249,3 @@ void wb_close(wb_client *c) {
     free(c);
 }
 
-/* ------------------------------------------------------------ publish */
-
-/* Finds the tensor tensors[i] is tied to: an earlier one, itself not tied,
- * of the same dtype and shape.  Stores its index in *to.  Returns 0 or
- * WB_EINVAL (recorded on c). */
-static int find_tie(wb_client *c, const wb_tensor_spec *tensors, size_t i,
-                    size_t *to) {
-    const wb_tensor_spec *t = &tensors[i];
-    for (size_t j = i; j-- > 0;) {
-        const wb_tensor_spec *r = &tensors[j];
-        if (strcmp(r->name, t->tied_to) != 0)
-            continue;
-        if (r->tied_to)
-            return fail(c, WB_EINVAL,
-                        "tensor %s: tied to %s, which is "
-                        "itself tied (name the stored tensor)",
-                        t->name, r->name);
-        if (r->dtype != t->dtype || r->ndim != t->ndim ||
-            (t->ndim && memcmp(r->shape, t->shape,
-                               (size_t)t->ndim * sizeof(int64_t)) != 0))
-            return fail(c, WB_EINVAL,
-                        "tensor %s: tied to %s, which has "
-                        "another dtype or shape",
-                        t->name, r->name);
-        *to = j;
-        return 0;
-    }
-    return fail(c, WB_EINVAL,
-                "tensor %s: tied to %s, which is not an "
-                "earlier tensor",
-                t->name, t->tied_to);
-}
-
-int wb_publish_begin(wb_client *c, const char *model,
-                     const wb_tensor_spec *tensors, size_t n,
-                     const wb_kv *meta, size_t n_meta, wb_publish **out) {
-    if (out)
-        *out = NULL;
-    if (c == NULL || out == NULL || model == NULL || (n && tensors == NULL) ||
-        (n_meta && meta == NULL))
-        return fail(c, WB_EINVAL, "missing argument");
-    if (wb__check_name(model, strlen(model)))
-        return fail(c, WB_ENAME, "invalid model name");
-    if (n > WB_MAX_TENSORS || n_meta > WB_MAX_META)
-        return fail(c, WB_ETOOBIG, "too many tensors or metadata entries");
-    for (size_t i = 0; i < n_meta; i++)
-        if (meta[i].key == NULL || meta[i].value == NULL ||
-            wb__check_name(meta[i].key, strlen(meta[i].key)))
-            return fail(c, WB_EINVAL, "metadata entry %zu: bad key or value",
-                        i);
-    wb_publish *p = calloc(1, sizeof(*p));
-    if (p == NULL || !(p->offs = calloc(n ? n : 1, sizeof(uint64_t))) ||
-        !(p->nbytes = calloc(n ? n : 1, sizeof(uint64_t)))) {
-        if (p)
-            free(p->offs);
-        free(p);
-        return fail(c, WB_ENOMEM, "out of memory");
-    }
-    p->c = c;
-    p->fd = -1;
-    p->n = n;
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    int rc = 0;
-    size_t nties = 0;
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        const wb_tensor_spec *t = &tensors[i];
-        if (t->name == NULL || wb__check_name(t->name, strlen(t->name)))
-            rc = fail(c, WB_ENAME, "tensor %zu: invalid name", i);
-        else if (t->ndim < 0 || t->ndim > WB_MAX_DIMS ||
-                 (t->ndim && t->shape == NULL))
-            rc = fail(c, WB_ESHAPE, "tensor %s: invalid shape", t->name);
-        else if (wb__tensor_nbytes(t->dtype, t->ndim, t->shape,
-                                   &p->nbytes[i]))
-            rc = fail(c, wb_dtype_size(t->dtype) ? WB_ESHAPE : WB_EDTYPE,
-                      "tensor %s: invalid %s", t->name,
-                      wb_dtype_size(t->dtype) ? "shape" : "dtype");
-        else if (t->tied_to)
-            nties++;
-    }
-    size_t(*ties)[2] = nties ? calloc(nties, sizeof(*ties)) : NULL;
-    if (rc == 0 && nties && ties == NULL)
-        rc = fail(c, WB_ENOMEM, "out of memory");
-    for (size_t i = 0, k = 0; i < n && rc == 0; i++)
-        if (tensors[i].tied_to) {
-            ties[k][0] = i;
-            rc = find_tie(c, tensors, i, &ties[k][1]);
-            k++;
-        }
-    if (rc) {
-        free(ties);
-        wb_publish_abort(p);
-        return rc;
-    }
-    uint64_t id =
-        req_begin(c, &sb, &pk, "publish", 2 + (n_meta > 0) + (nties > 0));
-    wb__pack_key(&pk, "model");
-    wb__pack_cstr(&pk, model);
-    wb__pack_key(&pk, "tensors");
-    msgpack_pack_array(&pk, n);
-    for (size_t i = 0; i < n; i++)
-        wb__pack_tinfo(&pk, tensors[i].name, tensors[i].dtype,
-                       tensors[i].ndim, tensors[i].shape);
-    if (n_meta) {
-        wb__pack_key(&pk, "meta");
-        msgpack_pack_map(&pk, n_meta);
-        for (size_t i = 0; i < n_meta; i++) {
-            wb__pack_cstr(&pk, meta[i].key);
-            wb__pack_cstr(&pk, meta[i].value);
-        }
-    }
-    if (nties) {
-        wb__pack_key(&pk, "tied");
-        msgpack_pack_array(&pk, nties);
-        for (size_t k = 0; k < nties; k++) {
-            msgpack_pack_array(&pk, 2);
-            msgpack_pack_uint64(&pk, ties[k][0]);
-            msgpack_pack_uint64(&pk, ties[k][1]);
-        }
-    }
-    free(ties);
-    wb__msg m;
-    int fd = -1, nfds = 0;
-    rc = roundtrip(c, &sb, id, &m, &fd, &nfds, 1);
-    msgpack_sbuffer_destroy(&sb);
-    const msgpack_object_array *offs = NULL;
-    uint64_t size = 0;
-    if (rc == 0 && nfds != 1)
-        rc = broken(c, fail(c, WB_EPROTO,
-                            "publish reply from %s carries %d descriptors, "
-                            "not 1",
-                            c->path, nfds));
-    if (rc == 0 && (wb__mp_get_u64(m.root, "pub", &p->pub) ||
-                    wb__mp_get_u64(m.root, "size", &size) ||
-                    wb__mp_get_array(m.root, "offs", &offs) ||
-                    offs->size != n))
-        rc = fail(c, WB_EPROTO, "malformed publish reply");
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        const msgpack_object *o = &offs->ptr[i];
-        if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-            o->via.u64 > size || p->nbytes[i] > size - o->via.u64)
-            rc = fail(c, WB_EPROTO, "publish reply: bad offset");
-        else
-            p->offs[i] = o->via.u64;
-    }
-    wb__msg_free(&m);
-    char why[WB_TRUST_WHY_MAX];
-    if (rc == 0 && wb__trust_segment(fd, size, WB__SEG_WRITE, why,
-                                     sizeof(why)))
-        rc = broken(c, fail(c, WB_EPROTO, "publish reply from %s: %s",
-                            c->path, why));
-    if (rc == 0) {
-        p->fd = fd; /* Mapped by the first wb_publish_data(). */
-        p->size = size;
-        fd = -1;
-    }
-    if (fd >= 0)
-        close(fd);
-    if (rc) {
-        if (p->pub == 0)
-            p->c = NULL; /* Nothing to abort on the daemon. */
-        wb_publish_abort(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
-}
-
-void *wb_publish_data(wb_publish *p, size_t i, size_t *nbytes) {
-    if (p == NULL || i >= p->n || p->fd < 0)
-        return NULL;
-    if (p->base == NULL) {
-        void *b = mmap(NULL, p->size, PROT_READ | PROT_WRITE,
-                       MAP_SHARED | MAP_POPULATE, p->fd, 0);
-        if (b == MAP_FAILED) {
-            fail(p->c, WB_ESYS, "mapping the new segment: %s",
-                 strerror(errno));
-            return NULL;
-        }
-        madvise(b, p->size, MADV_HUGEPAGE);
-        p->base = b;
-    }
-    if (nbytes)
-        *nbytes = p->nbytes[i];
-    return p->base + p->offs[i];
-}
-
-int wb_publish_write(wb_publish *p, size_t i, const void *src, size_t len,
-                     size_t off) {
-    if (p == NULL || i >= p->n || p->fd < 0 || (len && src == NULL) ||
-        off > p->nbytes[i] || len > p->nbytes[i] - off)
-        return p ? fail(p->c, WB_EINVAL, "tensor %zu: bytes [%zu, +%zu) out "
-                                         "of range",
-                        i, off, len)
-                 : WB_EINVAL;
-    const uint8_t *s = src;
-    uint64_t at = p->offs[i] + off;
-    while (len > 0) {
-        ssize_t w = pwrite(p->fd, s, len, (off_t)at);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return fail(p->c, WB_ESYS, "writing tensor %zu: %s", i,
-                        w < 0 ? strerror(errno) : "no progress");
-        s += w;
-        at += (uint64_t)w;
-        len -= (size_t)w;
-    }
-    return 0;
-}
-
-/* Unmaps and frees p without talking to the daemon. */
-static void publish_free(wb_publish *p) {
-    if (p->base)
-        munmap(p->base, p->size);
-    if (p->fd >= 0)
-        close(p->fd);
-    free(p->offs);
-    free(p->nbytes);
-    free(p);
-}
-
-int wb_publish_commit(wb_publish *p, uint64_t *version) {
-    if (p == NULL)
-        return WB_EINVAL;
-    wb_client *c = p->c;
-    if (p->base) {
-        munmap(p->base, p->size);
-        p->base = NULL;
-    }
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    uint64_t id = req_begin(c, &sb, &pk, "commit", 1);
-    wb__pack_key(&pk, "pub");
-    msgpack_pack_uint64(&pk, p->pub);
-    wb__msg m;
-    int rc = call(c, &sb, id, &m);
-    uint64_t v = 0;
-    if (rc == 0 && wb__mp_get_u64(m.root, "version", &v))
-        rc = fail(c, WB_EPROTO, "malformed commit reply");
-    wb__msg_free(&m);
-    if (rc == 0 && version)
-        *version = v;
-    publish_free(p);
-    return rc;
-}
-
-void wb_publish_abort(wb_publish *p) {
-    if (p == NULL)
-        return;
-    if (p->base) {
-        munmap(p->base, p->size);
-        p->base = NULL;
-    }
-    if (p->c && p->pub && p->c->fd >= 0) {
-        msgpack_sbuffer sb;
-        msgpack_packer pk;
-        uint64_t id = req_begin(p->c, &sb, &pk, "abort", 1);
-        wb__pack_key(&pk, "pub");
-        msgpack_pack_uint64(&pk, p->pub);
-        wb__msg m;
-        char keep[sizeof(p->c->errmsg)];
-        memcpy(keep, p->c->errmsg, sizeof(keep));
-        call(p->c, &sb, id, &m);
-        wb__msg_free(&m);
-        memcpy(p->c->errmsg, keep, sizeof(keep)); /* Keep the first cause. */
-    }
-    publish_free(p);
-}
-
-/* ------------------------------------------------------------ map */
-
-/* Builds the name index of m.  Returns 0 or WB_ENOMEM. */
-static int index_build(wb_mapping *m) {
-    size_t cap = 16;
-    while (cap < m->n * 2)
-        cap *= 2;
-    m->index = malloc(cap * sizeof(size_t));
-    if (m->index == NULL)
-        return WB_ENOMEM;
-    m->index_cap = cap;
-    for (size_t i = 0; i < cap; i++)
-        m->index[i] = SIZE_MAX;
-    for (size_t i = 0; i < m->n; i++) {
-        size_t k = wb__hash_bytes(m->t[i].name, strlen(m->t[i].name)) & (cap - 1);
-        while (m->index[k] != SIZE_MAX)
-            k = (k + 1) & (cap - 1);
-        m->index[k] = i;
-    }
-    return 0;
-}
-
-long wb_map_find(const wb_mapping *m, const char *name) {
-    if (m == NULL || name == NULL || m->index == NULL)
-        return -1;
-    size_t k = wb__hash_bytes(name, strlen(name)) & (m->index_cap - 1);
-    while (m->index[k] != SIZE_MAX) {
-        if (strcmp(m->t[m->index[k]].name, name) == 0)
-            return (long)m->index[k];
-        k = (k + 1) & (m->index_cap - 1);
-    }
-    return -1;
-}
-
-void wb_unmap(wb_mapping *m) {
-    if (m == NULL)
-        return;
-    for (int k = 0; k < m->nsegs; k++)
-        if (m->segs[k])
-            munmap(m->segs[k], m->seg_size[k]);
-    for (size_t i = 0; i < m->n; i++) {
-        free(m->t[i].name);
-        free(m->t[i].source);
-    }
-    for (size_t i = 0; i < m->nmeta; i++) {
-        free(m->mkeys[i]);
-        free(m->mvals[i]);
-    }
-    for (int w = 0; w < WB_KEYS_COUNT; w++) {
-        for (size_t i = 0; i < m->keys[w].n; i++)
-            free(m->keys[w].v[i]);
-        free(m->keys[w].v);
-    }
-    free(m->t);
-    free(m->index);
-    free(m->mkeys);
-    free(m->mvals);
-    free(m->text);
-    free(m);
-}
-
-/* Copies a reply's string list into kl. */
-static int read_keylist(const msgpack_object *report, const char *key,
-                        keylist *kl) {
-    const msgpack_object_array *a;
-    int rc = wb__mp_get_array(report, key, &a);
-    if (rc == 1)
-        return 0;
-    if (rc)
-        return WB_EPROTO;
-    kl->v = calloc(a->size ? a->size : 1, sizeof(char *));
-    if (kl->v == NULL)
-        return WB_ENOMEM;
-    for (uint32_t i = 0; i < a->size; i++) {
-        if ((kl->v[i] = wb__mp_strdup(&a->ptr[i])) == NULL)
-            return WB_EPROTO;
-        kl->n++;
-    }
-    return 0;
-}
-
-/* Reads the report and error text of a map reply into m. */
-static int read_report(const msgpack_object *root, wb_mapping *m) {
-    static const char *names[WB_KEYS_COUNT] = {"missing", "unexpected",
-                                               "mismatched", "cast",
-                                               "aliased"};
-    const msgpack_object *rep = wb__mp_get(root, "report");
-    for (int w = 0; rep && w < WB_KEYS_COUNT; w++) {
-        int rc = read_keylist(rep, names[w], &m->keys[w]);
-        if (rc)
-            return rc;
-    }
-    const char *s = "";
-    size_t n = 0;
-    wb__mp_get_str(root, "text", &s, &n);
-    m->text = strndup(s, n);
-    return m->text ? 0 : WB_ENOMEM;
-}
-
-/* Decodes the tensor table, metadata and segments of a map reply and maps
- * the segments (unless a plan).  Takes ownership of fds. */
-static int read_mapping(wb_client *c, const msgpack_object *root,
-                        wb_mapping *m, int *fds, int nfds, int flags) {
-    const msgpack_object_array *segs, *ta;
-    const msgpack_object_map *meta = NULL;
-    int plan = (flags & WB_MAP_PLAN) != 0;
-    if (wb__mp_get_u64(root, "version", &m->version) ||
-        wb__mp_get_array(root, "segs", &segs) ||
-        wb__mp_get_array(root, "tensors", &ta) ||
-        wb__mp_get_map(root, "meta", &meta) < 0 ||
-        segs->size > WB_MAX_SEGMENTS)
-        return fail(c, WB_EPROTO, "malformed map reply");
-    if (!plan && (int)segs->size != nfds)
-        return broken(c, fail(c, WB_EPROTO,
-                              "map reply from %s declares %u segments but "
-                              "carries %d descriptors",
-                              c->path, segs->size, nfds));
-    int rc = read_report(root, m);
-    if (rc)
-        return fail(c, rc, "malformed map reply report");
-
-    m->nsegs = (int)segs->size;
-    for (int k = 0; k < m->nsegs; k++) {
-        const msgpack_object *o = &segs->ptr[k];
-        if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-            o->via.u64 > SIZE_MAX)
-            return fail(c, WB_EPROTO, "malformed segment size");
-        m->seg_size[k] = (size_t)o->via.u64;
-    }
-    if (!plan) {
-        char why[WB_TRUST_WHY_MAX];
-        for (int k = 0; k < m->nsegs; k++) /* All, before mapping any. */
-            if (wb__trust_segment(fds[k], m->seg_size[k], WB__SEG_READ, why,
-                                  sizeof(why)))
-                return broken(c, fail(c, WB_EPROTO,
-                                      "map reply from %s: segment %d: %s",
-                                      c->path, k, why));
-        int shared = (flags & WB_MAP_SHARED) != 0;
-        for (int k = 0; k < m->nsegs; k++) {
-            void *p = mmap(NULL, m->seg_size[k],
-                           shared ? PROT_READ : PROT_READ | PROT_WRITE,
-                           shared ? MAP_SHARED : MAP_PRIVATE, fds[k], 0);
-            if (p == MAP_FAILED)
-                return fail(c, WB_ESYS, "mapping segment %d: %s", k,
-                            strerror(errno));
-            m->segs[k] = p;
-            madvise(p, m->seg_size[k], MADV_HUGEPAGE);
-        }
-    }
-
-    m->t = calloc(ta->size ? ta->size : 1, sizeof(map_entry));
-    if (m->t == NULL)
-        return fail(c, WB_ENOMEM, "out of memory");
-    for (uint32_t i = 0; i < ta->size; i++) {
-        const msgpack_object *o = &ta->ptr[i];
-        map_entry *e = &m->t[i];
-        if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 8)
-            return fail(c, WB_EPROTO, "malformed tensor entry");
-        const msgpack_object *v = o->via.array.ptr;
-        /* [target, source, dtype, shape, seg, offset, nbytes, cast] */
-        msgpack_object triple[3] = {v[0], v[2], v[3]};
-        msgpack_object tri = {.type = MSGPACK_OBJECT_ARRAY};
-        tri.via.array.size = 3;
-        tri.via.array.ptr = triple;
-        wb__tinfo ti;
-        if (wb__decode_tinfo(&tri, &ti) ||
-            v[4].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-            v[5].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-            v[6].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-            v[7].type != MSGPACK_OBJECT_BOOLEAN ||
-            v[4].via.u64 >= (uint64_t)m->nsegs ||
-            v[5].via.u64 > m->seg_size[v[4].via.u64] ||
-            v[6].via.u64 > m->seg_size[v[4].via.u64] - v[5].via.u64) {
-            free(ti.name);
-            return fail(c, WB_EPROTO, "malformed tensor entry %u", i);
-        }
-        e->name = ti.name;
-        m->n = i + 1;
-        if ((e->source = wb__mp_strdup(&v[1])) == NULL)
-            return fail(c, WB_EPROTO, "malformed tensor entry %u", i);
-        e->dtype = ti.dtype;
-        e->ndim = ti.ndim;
-        memcpy(e->shape, ti.shape, sizeof(e->shape));
-        e->nbytes = v[6].via.u64;
-        e->cast = v[7].via.boolean;
-        e->data = plan ? NULL
-                       : (uint8_t *)m->segs[v[4].via.u64] + v[5].via.u64;
-    }
-    if (meta) {
-        m->mkeys = calloc(meta->size ? meta->size : 1, sizeof(char *));
-        m->mvals = calloc(meta->size ? meta->size : 1, sizeof(char *));
-        if (!m->mkeys || !m->mvals)
-            return fail(c, WB_ENOMEM, "out of memory");
-        for (uint32_t i = 0; i < meta->size; i++) {
-            m->mkeys[i] = wb__mp_strdup(&meta->ptr[i].key);
-            m->mvals[i] = wb__mp_strdup(&meta->ptr[i].val);
-            m->nmeta = i + 1;
-            if (!m->mkeys[i] || !m->mvals[i])
-                return fail(c, WB_EPROTO, "malformed metadata");
-        }
-    }
-    return index_build(m) ? fail(c, WB_ENOMEM, "out of memory") : 0;
-}
-
-int wb_load(wb_client *c, const char *model, uint64_t version,
-            const wb_schema *schema, const wb_rules *rules, int flags,
-            wb_mapping **out) {
-    if (out)
-        *out = NULL;
-    if (c == NULL || model == NULL || out == NULL)
-        return fail(c, WB_EINVAL, "missing argument");
-    if (wb__check_name(model, strlen(model)))
-        return fail(c, WB_ENAME, "invalid model name");
-    int strict = !(flags & WB_MAP_NONSTRICT);
-    int ignore = (flags & WB_MAP_IGNORE_MISMATCH) != 0;
-    if (rules && rules->has_strict)
-        strict = strict && rules->strict;
-    if (rules && rules->has_ignore)
-        ignore = ignore || rules->ignore;
-
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    size_t nf = 5 + (schema != NULL) + (rules != NULL);
-    uint64_t id = req_begin(c, &sb, &pk, "map", nf);
-    wb__pack_key(&pk, "model");
-    wb__pack_cstr(&pk, model);
-    wb__pack_key(&pk, "version");
-    msgpack_pack_uint64(&pk, version);
-    wb__pack_key(&pk, "plan");
-    (flags & WB_MAP_PLAN) ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
-    wb__pack_key(&pk, "strict");
-    strict ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
-    wb__pack_key(&pk, "ignore_mismatch");
-    ignore ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
-    if (schema) {
-        wb__pack_key(&pk, "schema");
-        msgpack_pack_map(&pk, 2);
-        wb__pack_key(&pk, "target");
-        wb__pack_cstr(&pk, schema->s.target ? schema->s.target : "");
-        wb__pack_key(&pk, "tensors");
-        msgpack_pack_array(&pk, schema->s.n);
-        for (size_t i = 0; i < schema->s.n; i++)
-            wb__pack_tinfo(&pk, schema->s.v[i].name, schema->s.v[i].dtype,
-                           schema->s.v[i].ndim, schema->s.v[i].shape);
-    }
-    if (rules) {
-        wb__pack_key(&pk, "rules");
-        wb__pack_rules(&pk, &rules->rs);
-    }
-    wb__msg m;
-    int fds[WB_MAX_SEGMENTS], nfds = 0;
-    int rc = roundtrip(c, &sb, id, &m, fds, &nfds, WB_MAX_SEGMENTS);
-    msgpack_sbuffer_destroy(&sb);
-    wb_mapping *mp = NULL;
-    if (rc == 0 || rc == WB_ELOAD) {
-        mp = calloc(1, sizeof(*mp));
-        if (mp == NULL) {
-            rc = fail(c, WB_ENOMEM, "out of memory");
-        } else if (rc == WB_ELOAD) {
-            wb__mp_get_u64(m.root, "version", &mp->version);
-            if (read_report(m.root, mp))
-                rc = fail(c, WB_EPROTO, "malformed load report");
-            else
-                rc = WB_ELOAD;
-        } else {
-            rc = read_mapping(c, m.root, mp, fds, nfds, flags);
-            mp->plain = schema == NULL && rules == NULL &&
-                        !(flags & WB_MAP_PLAN);
-        }
-    }
-    for (int i = 0; i < nfds; i++)
-        close(fds[i]);
-    wb__msg_free(&m);
-    if (rc && rc != WB_ELOAD) {
-        wb_unmap(mp);
-        mp = NULL;
-    }
-    *out = mp;
-    return rc;
-}
-
-int wb_map(wb_client *c, const char *model, uint64_t version, int flags,
-           wb_mapping **out) {
-    return wb_load(c, model, version, NULL, NULL, flags, out);
-}
-
-int wb_map_image(const wb_mapping *m, const void **data, size_t *len) {
-    if (m == NULL || data == NULL || len == NULL)
-        return WB_EINVAL;
-    if (!m->plain || m->nsegs < 1 || m->seg_size[0] < 8)
-        return WB_ESTATE;
-    const uint8_t *base = m->segs[0];
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--)
-        hlen = (hlen << 8) | base[i];
-    if (hlen > m->seg_size[0] - 8)
-        return WB_ECORRUPT;
-    size_t end = 8 + (size_t)hlen;
-    for (size_t i = 0; i < m->n; i++) {
-        size_t e = (size_t)(m->t[i].data - base) + m->t[i].nbytes;
-        if (e > end)
-            end = e;
-    }
-    *data = base;
-    *len = end;
-    return 0;
-}
-
-uint64_t wb_map_version(const wb_mapping *m) { return m ? m->version : 0; }
-size_t wb_map_count(const wb_mapping *m) { return m ? m->n : 0; }
-
-int wb_map_tensor(const wb_mapping *m, size_t i, wb_tensor *t) {
-    if (m == NULL || t == NULL || i >= m->n)
-        return WB_EINVAL;
-    const map_entry *e = &m->t[i];
-    t->name = e->name;
-    t->source = e->source;
-    t->dtype = e->dtype;
-    t->ndim = e->ndim;
-    memcpy(t->shape, e->shape, sizeof(t->shape));
-    t->data = e->data;
-    t->nbytes = (size_t)e->nbytes;
-    t->cast = e->cast;
-    return 0;
-}
-
-const char *wb_map_meta(const wb_mapping *m, const char *key) {
-    for (size_t i = 0; m && key && i < m->nmeta; i++)
-        if (strcmp(m->mkeys[i], key) == 0)
-            return m->mvals[i];
-    return NULL;
-}
-
-size_t wb_map_meta_count(const wb_mapping *m) { return m ? m->nmeta : 0; }
-
-int wb_map_meta_at(const wb_mapping *m, size_t i, const char **key,
-                   const char **value) {
-    if (m == NULL || i >= m->nmeta)
-        return WB_EINVAL;
-    if (key)
-        *key = m->mkeys[i];
-    if (value)
-        *value = m->mvals[i];
-    return 0;
-}
-
-size_t wb_map_keys_count(const wb_mapping *m, int which) {
-    if (m == NULL || which < 0 || which >= WB_KEYS_COUNT)
-        return 0;
-    return m->keys[which].n;
-}
-
-const char *wb_map_key(const wb_mapping *m, int which, size_t i) {
-    if (m == NULL || which < 0 || which >= WB_KEYS_COUNT ||
-        i >= m->keys[which].n)
-        return NULL;
-    return m->keys[which].v[i];
-}
-
-const char *wb_map_error_text(const wb_mapping *m) {
-    return m && m->text ? m->text : "";
-}
-
-/* ------------------------------------------------------------ inspect */
-
-int wb_list(wb_client *c, wb_model_info **out, size_t *n) {
-    if (c == NULL || out == NULL || n == NULL)
-        return fail(c, WB_EINVAL, "missing argument");
-    *out = NULL;
-    *n = 0;
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    uint64_t id = req_begin(c, &sb, &pk, "list", 0);
-    wb__msg m;
-    int rc = call(c, &sb, id, &m);
-    const msgpack_object_array *a;
-    if (rc == 0 && wb__mp_get_array(m.root, "models", &a))
-        rc = fail(c, WB_EPROTO, "malformed list reply");
-    wb_model_info *v = NULL;
-    if (rc == 0 && !(v = calloc(a->size ? a->size : 1, sizeof(*v))))
-        rc = fail(c, WB_ENOMEM, "out of memory");
-    for (uint32_t i = 0; rc == 0 && i < a->size; i++) {
-        const msgpack_object *o = &a->ptr[i];
-        if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 6) {
-            rc = fail(c, WB_EPROTO, "malformed list entry");
-            break;
-        }
-        const msgpack_object *f = o->via.array.ptr;
-        uint64_t *dst[5] = {&v[i].latest, &v[i].nversions, &v[i].tensors,
-                            &v[i].bytes, &v[i].readers};
-        for (int k = 0; k < 5; k++) {
-            if (f[k + 1].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-                rc = fail(c, WB_EPROTO, "malformed list entry");
-            else
-                *dst[k] = f[k + 1].via.u64;
-        }
-        if (rc == 0 && (v[i].name = wb__mp_strdup(&f[0])) == NULL)
-            rc = fail(c, WB_EPROTO, "malformed list entry");
-        *n = i + 1;
-    }
-    wb__msg_free(&m);
-    if (rc) {
-        wb_model_info_free(v, *n);
-        *n = 0;
-        return rc;
-    }
-    *out = v;
-    return 0;
-}
-
-void wb_model_info_free(wb_model_info *v, size_t n) {
-    for (size_t i = 0; v && i < n; i++)
-        free(v[i].name);
-    free(v);
-}
-
-int wb_get_status(wb_client *c, wb_status *out) {
-    if (c == NULL || out == NULL)
-        return fail(c, WB_EINVAL, "missing argument");
-    memset(out, 0, sizeof(*out));
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    uint64_t id = req_begin(c, &sb, &pk, "status", 0);
-    wb__msg m;
-    int rc = call(c, &sb, id, &m);
-    const char *s;
-    size_t n;
-    uint64_t pid = 0;
-    const msgpack_object *up = rc ? NULL : wb__mp_get(m.root, "uptime");
-    if (rc == 0 &&
-        (wb__mp_get_str(m.root, "server", &s, &n) ||
-         wb__mp_get_u64(m.root, "used", &out->memory_used) ||
-         wb__mp_get_u64(m.root, "limit", &out->memory_limit) ||
-         wb__mp_get_u64(m.root, "models", &out->models) ||
-         wb__mp_get_u64(m.root, "versions", &out->versions) ||
-         wb__mp_get_u64(m.root, "clients", &out->clients) ||
-         wb__mp_get_u64(m.root, "pid", &pid) || up == NULL ||
-         up->type != MSGPACK_OBJECT_FLOAT64))
-        rc = fail(c, WB_EPROTO, "malformed status reply");
-    if (rc == 0) {
-        snprintf(out->version, sizeof(out->version), "%.*s", (int)n, s);
-        out->uptime = up->via.f64;
-        out->pid = (uint32_t)pid;
-    }
-    wb__msg_free(&m);
-    return rc;
-}
-
-int wb_drop(wb_client *c, const char *model, uint64_t version) {
-    if (c == NULL || model == NULL)
-        return fail(c, WB_EINVAL, "missing argument");
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    uint64_t id = req_begin(c, &sb, &pk, "drop", 2);
-    wb__pack_key(&pk, "model");
-    wb__pack_cstr(&pk, model);
-    wb__pack_key(&pk, "version");
-    msgpack_pack_uint64(&pk, version);
-    wb__msg m;
-    int rc = call(c, &sb, id, &m);
-    wb__msg_free(&m);
-    return rc;
-}
-
-int wb_watch(wb_client *c, const char *model, uint64_t after, int timeout_ms,
-             uint64_t *version) {
-    if (c == NULL || model == NULL || version == NULL)
-        return fail(c, WB_EINVAL, "missing argument");
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    uint64_t id = req_begin(c, &sb, &pk, "watch", 3);
-    wb__pack_key(&pk, "model");
-    wb__pack_cstr(&pk, model);
-    wb__pack_key(&pk, "after");
-    msgpack_pack_uint64(&pk, after);
-    wb__pack_key(&pk, "timeout");
-    msgpack_pack_int64(&pk, timeout_ms < 0 ? -1 : timeout_ms);
-    wb__msg m;
-    int rc = call(c, &sb, id, &m);
-    if (rc == 0 && wb__mp_get_u64(m.root, "version", version))
-        rc = fail(c, WB_EPROTO, "malformed watch reply");
-    wb__msg_free(&m);
-    return rc;
-}

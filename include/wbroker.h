@@ -549,14 +549,20 @@ typedef struct wb_status {
     double uptime;              /* Seconds since start. */
     uint64_t memory_used;       /* Bytes of shared memory held. */
     uint64_t memory_limit;      /* Configured limit in bytes. */
+    uint64_t memory_shmem;      /* Bytes the kernel has allocated to the
+                                 * daemon's segments (what it really holds:
+                                 * 0 from a daemon that does not say). */
     uint64_t models;            /* Models held. */
     uint64_t versions;          /* Committed versions held. */
     uint64_t clients;           /* Connected clients. */
     uint32_t pid;               /* Daemon's process id. */
 } wb_status;
 
-/* Fills *out with the daemon's status (zeroed first).  Fails with
- * WB_EINVAL when c or out is NULL, and with the transport errors. */
+/* Fills *out with the daemon's status (zeroed first): memory_used is what
+ * the daemon charges to its limit, memory_shmem what the kernel has
+ * allocated to its segments.  Fails with WB_EINVAL when c or out is NULL,
+ * with WB_EPROTO when the reply is malformed, and with the transport
+ * errors. */
 WB_EXTERN int wb_get_status(wb_client *c, wb_status *out);
 
 /* Drops version of model, or every version of it when version is 0, so

@@ -91,14 +91,22 @@ void wb__pack_rep_begin(msgpack_packer *pk, uint64_t id, int err,
 }
 
 int wb__decode_rep_envelope(const msgpack_object *root, uint64_t *id,
-                            int *err, wb__str *msg) {
+                            int *err, wb__str *msg, const char **bad) {
     int64_t e = 0;
+    const char *at = NULL;
     *id = 0;
+    *err = 0;
     msg->p = "";
     msg->n = 0;
-    if (wb__mp_get_u64(root, "id", id) != 0 ||
-        wb__mp_get_i64(root, "err", &e) != 0 || e > 0 || e < INT32_MIN ||
-        get_str(root, "msg", msg) < 0)
+    if (wb__mp_get_i64(root, "err", &e) != 0 || e > 0 || e < INT32_MIN)
+        at = "err";
+    else if (wb__mp_get_u64(root, "id", id) != 0)
+        at = "id";
+    else if (get_str(root, "msg", msg) < 0)
+        at = "msg";
+    if (bad)
+        *bad = at;
+    if (at)
         return WB_EPROTO;
     *err = (int)e;
     return 0;
@@ -301,6 +309,9 @@ void wb__pack_u64_rep(msgpack_packer *pk, uint64_t id, const char *key,
 
 int wb__decode_u64_rep(const msgpack_object *root, const char *key,
                        uint64_t *value) {
+    *value = 0;
+    if (key == NULL)
+        return 0;
     return wb__mp_get_u64(root, key, value) == 0 ? 0 : WB_EPROTO;
 }
 
@@ -588,6 +599,10 @@ void wb__map_rep_free(wb__map_rep *r) {
 
 /* ---------------------------------------------------------------- list */
 
+void wb__pack_list_req(msgpack_packer *pk, uint64_t id) {
+    wb__pack_req_begin(pk, "list", id, 0);
+}
+
 void wb__pack_list_rep(msgpack_packer *pk, uint64_t id, size_t n,
                        void (*row)(void *arg, size_t i, wb__list_entry *e),
                        void *arg) {
@@ -642,6 +657,10 @@ int wb__decode_list_rep(const msgpack_object *root, wb__list_entry **out,
 }
 
 /* ---------------------------------------------------------------- status */
+
+void wb__pack_status_req(msgpack_packer *pk, uint64_t id) {
+    wb__pack_req_begin(pk, "status", id, 0);
+}
 
 void wb__pack_status_rep(msgpack_packer *pk, uint64_t id,
                          const wb__status_rep *st) {

@@ -40,9 +40,12 @@ void wb__pack_req_begin(msgpack_packer *pk, const char *op, uint64_t id,
 void wb__pack_rep_begin(msgpack_packer *pk, uint64_t id, int err,
                         size_t nfields);
 /* The envelope of a decoded reply: its id, err and msg (empty if none).
- * Returns 0 or WB_EPROTO. */
+ * Returns 0 or WB_EPROTO; then, when bad is not NULL, *bad names the
+ * first field at fault, checked in the order "err" (absent, not an
+ * integer, positive or below INT32_MIN), "id" (absent or not unsigned),
+ * "msg" (not a string), so that a client can say what was wrong. */
 int wb__decode_rep_envelope(const msgpack_object *root, uint64_t *id,
-                            int *err, wb__str *msg);
+                            int *err, wb__str *msg, const char **bad);
 
 /* ---------------------------------------------------------------- hello */
 
@@ -59,8 +62,10 @@ typedef struct wb__hello_rep {
 
 void wb__pack_hello_req(msgpack_packer *pk, uint64_t id,
                         const char *client_version);
+/* Returns 0 or WB_EPROTO (proto is required, client is not). */
 int wb__decode_hello_req(const msgpack_object *root, wb__hello_req *out);
 void wb__pack_hello_rep(msgpack_packer *pk, uint64_t id, uint32_t pid);
+/* Returns 0 or WB_EPROTO (every field required; pid fits 32 bits). */
 int wb__decode_hello_rep(const msgpack_object *root, wb__hello_rep *out);
 
 /* ---------------------------------------------------------------- publish */
@@ -103,6 +108,8 @@ typedef struct wb__publish_rep {
 
 void wb__pack_publish_rep(msgpack_packer *pk, uint64_t id, uint64_t pub,
                           uint64_t size, const uint64_t *offs, size_t n);
+/* Returns 0, WB_EPROTO or WB_ENOMEM.  Free with wb__publish_rep_free() in
+ * every case. */
 int wb__decode_publish_rep(const msgpack_object *root, wb__publish_rep *out);
 void wb__publish_rep_free(wb__publish_rep *r);
 
@@ -111,11 +118,15 @@ void wb__publish_rep_free(wb__publish_rep *r);
 
 void wb__pack_pub_req(msgpack_packer *pk, const char *op, uint64_t id,
                       uint64_t pub);
+/* Reads the required "pub".  Returns 0 or WB_EPROTO. */
 int wb__decode_pub_req(const msgpack_object *root, uint64_t *pub);
 /* A reply with one unsigned field (commit: "version", drop: "dropped",
  * watch: "version"), or none when key is NULL (abort). */
 void wb__pack_u64_rep(msgpack_packer *pk, uint64_t id, const char *key,
                       uint64_t value);
+/* Reads the field key (required) into *value; with key NULL (abort)
+ * there is nothing to read and *value is set to 0.  Returns 0 or
+ * WB_EPROTO. */
 int wb__decode_u64_rep(const msgpack_object *root, const char *key,
                        uint64_t *value);
 
@@ -138,6 +149,8 @@ typedef struct wb__watch_req {
 
 void wb__pack_watch_req(msgpack_packer *pk, uint64_t id, const char *model,
                         uint64_t after, int64_t timeout_ms);
+/* Returns 0, WB_EINVAL (no model) or WB_EPROTO; after defaults to 0 and
+ * timeout_ms to -1 (forever). */
 int wb__decode_watch_req(const msgpack_object *root, wb__watch_req *out);
 
 /* ---------------------------------------------------------------- map */
@@ -221,6 +234,9 @@ void wb__map_rep_free(wb__map_rep *r);
 
 /* ---------------------------------------------------------------- list */
 
+/* Packs a list request: the envelope alone. */
+void wb__pack_list_req(msgpack_packer *pk, uint64_t id);
+
 typedef struct wb__list_entry {
     wb__str name;               /* Model name. */
     uint64_t latest;            /* Latest version. */
@@ -234,11 +250,15 @@ typedef struct wb__list_entry {
 void wb__pack_list_rep(msgpack_packer *pk, uint64_t id, size_t n,
                        void (*row)(void *arg, size_t i, wb__list_entry *e),
                        void *arg);
-/* Decodes a list reply into *out (allocated, *n entries; free()). */
+/* Decodes a list reply into *out (allocated, *n entries; free()).
+ * Returns 0, WB_EPROTO or WB_ENOMEM; on failure *out is NULL and *n 0. */
 int wb__decode_list_rep(const msgpack_object *root, wb__list_entry **out,
                         size_t *n);
 
 /* ---------------------------------------------------------------- status */
+
+/* Packs a status request: the envelope alone. */
+void wb__pack_status_req(msgpack_packer *pk, uint64_t id);
 
 typedef struct wb__status_rep {
     wb__str server;             /* Daemon version. */
@@ -254,6 +274,8 @@ typedef struct wb__status_rep {
 
 void wb__pack_status_rep(msgpack_packer *pk, uint64_t id,
                          const wb__status_rep *st);
+/* Returns 0 or WB_EPROTO.  Every field is required but shmem: a reply
+ * without it (from a daemon that does not report it) decodes with 0. */
 int wb__decode_status_rep(const msgpack_object *root, wb__status_rep *out);
 
 #endif

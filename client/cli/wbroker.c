@@ -144,14 +144,16 @@ static int cmd_status(wb_cli *cli, const wb_cli_args *a) {
         path[0] = '\0';
     if (cli->json)
         return cli_json_print(json_pack(
-            "{s:s, s:s, s:s, s:I, s:f, s:I, s:I, s:I, s:I, s:I}", "version",
-            st.version, "client_version", wb_version_string(), "socket", path,
-            "pid", (json_int_t)st.pid, "uptime", st.uptime, "memory_used",
-            (json_int_t)st.memory_used, "memory_limit",
-            (json_int_t)st.memory_limit, "models", (json_int_t)st.models,
+            "{s:s, s:s, s:s, s:I, s:f, s:I, s:I, s:I, s:I, s:I, s:I}",
+            "version", st.version, "client_version", wb_version_string(),
+            "socket", path, "pid", (json_int_t)st.pid, "uptime", st.uptime,
+            "memory_used", (json_int_t)st.memory_used, "memory_limit",
+            (json_int_t)st.memory_limit, "shmem", (json_int_t)st.memory_shmem,
+            "models", (json_int_t)st.models,
             "versions", (json_int_t)st.versions, "clients",
             (json_int_t)st.clients));
-    char up[WB_CLI_SIZE_BUF], used[WB_CLI_SIZE_BUF], lim[WB_CLI_SIZE_BUF];
+    char up[WB_CLI_SIZE_BUF], used[WB_CLI_SIZE_BUF], lim[WB_CLI_SIZE_BUF],
+        shm[WB_CLI_SIZE_BUF];
     cli_duration(st.uptime, up, sizeof(up));
     cli_size(st.memory_used, used, sizeof(used));
     printf("daemon    wbrokerd %s (pid %" PRIu32 ")\n", st.version, st.pid);
@@ -163,6 +165,8 @@ static int cmd_status(wb_cli *cli, const wb_cli_args *a) {
                100.0 * (double)st.memory_used / (double)st.memory_limit);
     else
         printf("memory    %s used, no limit\n", used);
+    printf("shmem     %s allocated by the kernel\n",
+           cli_size(st.memory_shmem, shm, sizeof(shm)));
     printf("models    %" PRIu64 "\n", st.models);
     printf("versions  %" PRIu64 "\n", st.versions);
     printf("clients   %" PRIu64 "\n", st.clients);

@@ -860,3 +860,30 @@ def test_cli_watch_prints_new_versions(daemon, model_file, as_json):
     finally:
         proc.kill()
         proc.wait()
+
+
+# ---------------------------------------------------------------- shmem
+
+def test_cli_status_shmem_follows_the_kernel(daemon, tmp_path):
+    """status shows what the kernel has allocated to the daemon's segments:
+    at least the 4 MiB of a model once it is published, nothing once it is
+    dropped; the same in the table, in --json (shmem) and in the Python
+    binding (memory_shmem)."""
+    import wbroker
+    mib = 1024 * 1024
+    path = str(tmp_path / "big.safetensors")
+    write_st(path, {"w": torch.arange(mib, dtype=torch.float32)})
+    assert cli_json(daemon, "status")["shmem"] == 0
+    cli(daemon, "import", path, "big", check=0)
+    j = cli_json(daemon, "status")
+    assert j["shmem"] >= 4 * mib
+    with wbroker.connect(daemon.socket) as c:
+        assert c.status().memory_shmem == j["shmem"]
+    lines = cli(daemon, "status", check=0).stdout.splitlines()
+    shm = [ln.split()[1:] for ln in lines if ln.startswith("shmem ")]
+    assert len(shm) == 1 and shm[0][1] == "MiB" and float(shm[0][0]) >= 4
+    cli(daemon, "rm", "big", check=0)
+    assert cli_json(daemon, "status")["shmem"] == 0
+    with wbroker.connect(daemon.socket) as c:
+        assert c.status().memory_shmem == 0
+    assert "shmem     0 B" in cli(daemon, "status", check=0).stdout

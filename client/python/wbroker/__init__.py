@@ -330,11 +330,13 @@ class ModelInfo:
 
 
 class Status:
-    """The daemon's status: version, uptime (s), memory_used,
-    memory_limit, models, versions, clients, pid."""
+    """The daemon's status: version, uptime (s), memory_used (bytes
+    charged to the limit), memory_limit, memory_shmem (bytes the kernel
+    has allocated to the daemon's segments), models, versions, clients,
+    pid."""
 
     __slots__ = ("version", "uptime", "memory_used", "memory_limit",
-                 "models", "versions", "clients", "pid")
+                 "memory_shmem", "models", "versions", "clients", "pid")
 
     def __init__(self, **kw):
         for k in self.__slots__:
@@ -831,7 +833,8 @@ class Client:
                                                 ctypes.byref(st)))
         return Status(version=_dec(st.version), uptime=st.uptime,
                       memory_used=st.memory_used,
-                      memory_limit=st.memory_limit, models=st.models,
+                      memory_limit=st.memory_limit,
+                      memory_shmem=st.memory_shmem, models=st.models,
                       versions=st.versions, clients=st.clients, pid=st.pid)
 
     def drop(self, name, version=None):

@@ -89,6 +89,7 @@ class wb_status(ctypes.Structure):
                 ("uptime", ctypes.c_double),
                 ("memory_used", ctypes.c_uint64),
                 ("memory_limit", ctypes.c_uint64),
+                ("memory_shmem", ctypes.c_uint64),
                 ("models", ctypes.c_uint64),
                 ("versions", ctypes.c_uint64),
                 ("clients", ctypes.c_uint64),

@@ -1,0 +1,117 @@
+/* client_inspect.c -- libwbroker: what the daemon holds and says (list,
+ * status), dropping versions and watching for new ones. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client_internal.h"
+#include "msg.h"
+
+int wb_list(wb_client *c, wb_model_info **out, size_t *n) {
+    if (c == NULL || out == NULL || n == NULL)
+        return wb__cl_fail(c, WB_EINVAL, "missing argument");
+    *out = NULL;
+    *n = 0;
+    wb__cl_req r;
+    wb__cl_req_begin(c, &r);
+    wb__pack_list_req(&r.pk, r.id);
+    wb__msg m;
+    int rc = wb__cl_call(c, &r, &m);
+    wb__list_entry *e = NULL;
+    size_t ne = 0;
+    int drc = rc ? 0 : wb__decode_list_rep(m.root, &e, &ne);
+    if (drc)
+        rc = wb__cl_fail(c, drc, "%s",
+                         drc == WB_ENOMEM ? "out of memory"
+                                          : "malformed list reply");
+    wb_model_info *v = NULL;
+    if (rc == 0 && !(v = calloc(ne ? ne : 1, sizeof(*v))))
+        rc = wb__cl_fail(c, WB_ENOMEM, "out of memory");
+    for (size_t i = 0; rc == 0 && i < ne; i++) {
+        v[i].latest = e[i].latest;
+        v[i].nversions = e[i].versions;
+        v[i].tensors = e[i].tensors;
+        v[i].bytes = e[i].bytes;
+        v[i].readers = e[i].readers;
+        *n = i + 1;
+        if ((v[i].name = wb__str_dup(e[i].name)) == NULL)
+            rc = wb__cl_fail(c, WB_ENOMEM, "out of memory");
+    }
+    free(e);
+    wb__msg_free(&m);
+    if (rc) {
+        wb_model_info_free(v, *n);
+        *n = 0;
+        return rc;
+    }
+    *out = v;
+    return 0;
+}
+
+void wb_model_info_free(wb_model_info *v, size_t n) {
+    for (size_t i = 0; v && i < n; i++)
+        free(v[i].name);
+    free(v);
+}
+
+int wb_get_status(wb_client *c, wb_status *out) {
+    if (c == NULL || out == NULL)
+        return wb__cl_fail(c, WB_EINVAL, "missing argument");
+    memset(out, 0, sizeof(*out));
+    wb__cl_req r;
+    wb__cl_req_begin(c, &r);
+    wb__pack_status_req(&r.pk, r.id);
+    wb__msg m;
+    int rc = wb__cl_call(c, &r, &m);
+    wb__status_rep st;
+    if (rc == 0 && wb__decode_status_rep(m.root, &st))
+        rc = wb__cl_fail(c, WB_EPROTO, "malformed status reply");
+    if (rc == 0) {
+        snprintf(out->version, sizeof(out->version), "%.*s",
+                 (int)st.server.n, st.server.p);
+        out->uptime = st.uptime;
+        out->memory_used = st.used;
+        out->memory_limit = st.limit;
+        out->memory_shmem = st.shmem;
+        out->models = st.models;
+        out->versions = st.versions;
+        out->clients = st.clients;
+        out->pid = st.pid;
+    }
+    wb__msg_free(&m);
+    return rc;
+}
+
+int wb_drop(wb_client *c, const char *model, uint64_t version) {
+    if (c == NULL || model == NULL)
+        return wb__cl_fail(c, WB_EINVAL, "missing argument");
+    wb__cl_req r;
+    wb__cl_req_begin(c, &r);
+    wb__pack_drop_req(&r.pk, r.id, model, version);
+    wb__msg m;
+    int rc = wb__cl_call(c, &r, &m);
+    uint64_t dropped;
+    if (rc == 0 && wb__decode_u64_rep(m.root, "dropped", &dropped))
+        rc = wb__cl_fail(c, WB_EPROTO, "malformed drop reply");
+    wb__msg_free(&m);
+    return rc;
+}
+
+int wb_watch(wb_client *c, const char *model, uint64_t after, int timeout_ms,
+             uint64_t *version) {
+    if (c == NULL || model == NULL || version == NULL)
+        return wb__cl_fail(c, WB_EINVAL, "missing argument");
+    wb__cl_req r;
+    wb__cl_req_begin(c, &r);
+    wb__pack_watch_req(&r.pk, r.id, model, after,
+                       timeout_ms < 0 ? -1 : timeout_ms);
+    wb__msg m;
+    int rc = wb__cl_call(c, &r, &m);
+    uint64_t v = 0;
+    if (rc == 0 && wb__decode_u64_rep(m.root, "version", &v))
+        rc = wb__cl_fail(c, WB_EPROTO, "malformed watch reply");
+    if (rc == 0)
+        *version = v;
+    wb__msg_free(&m);
+    return rc;
+}

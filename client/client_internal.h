@@ -1,0 +1,60 @@
+/* client_internal.h -- What the files of libwbroker share: the handle,
+ * recording a failure, and the round trip of one request.
+ *
+ * A request is packed into a wb__cl_req by a proto/msg.h encoder and sent
+ * with wb__cl_call() (or wb__cl_call_fds() when the reply brings
+ * descriptors), which checks the reply's envelope; the caller decodes the
+ * rest with the matching proto/msg.h decoder.  Only client code includes
+ * this header. */
+#ifndef WB_CLIENT_INTERNAL_H
+#define WB_CLIENT_INTERNAL_H
+
+#include <msgpack.h>
+#include <stdint.h>
+
+#include "wbroker.h"
+#include "wire.h"
+
+#define WB_CLIENT_PATH_MAX 108    /* Bytes of a socket path (sun_path). */
+#define WB_CLIENT_ERRMSG_MAX 1024 /* Bytes of the last failure's detail. */
+
+struct wb_client {
+    int fd;                     /* Connected socket, -1 once broken. */
+    uint64_t next_id;           /* Id of the next request. */
+    char path[WB_CLIENT_PATH_MAX]; /* Socket path, for messages. */
+    char errmsg[WB_CLIENT_ERRMSG_MAX]; /* Detail of the last failure. */
+};
+
+/* One request on its way: the bytes packed so far and its id. */
+typedef struct wb__cl_req {
+    msgpack_sbuffer sb;         /* The packed request. */
+    msgpack_packer pk;          /* Packer writing into sb. */
+    uint64_t id;                /* Id the request carries. */
+} wb__cl_req;
+
+/* Records a failure on c (when not NULL) and returns code. */
+int wb__cl_fail(wb_client *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Marks c's connection unusable (after a transport, framing or trust
+ * failure) and returns rc. */
+int wb__cl_broken(wb_client *c, int rc);
+
+/* Starts r as c's next request: an empty buffer and the next id, which
+ * the encoder is to pack. */
+void wb__cl_req_begin(wb_client *c, wb__cl_req *r);
+
+/* Sends r, frees its buffer and reads the reply into *m (free it with
+ * wb__msg_free() in every case), with up to maxfds descriptors in fds
+ * (*nfds of them; fds and nfds may be NULL when none may come).  Returns
+ * the reply's err, with c->errmsg set from its msg (an error with id 0
+ * ends the connection); WB_ETOOBIG for a request over the frame limit;
+ * or a transport or envelope error (WB_ECLOSED, WB_EPROTO, WB_ENOMEM),
+ * which ends the connection. */
+int wb__cl_call_fds(wb_client *c, wb__cl_req *r, wb__msg *m, int *fds,
+                    int *nfds, int maxfds);
+
+/* wb__cl_call_fds() for a reply that brings no descriptors. */
+int wb__cl_call(wb_client *c, wb__cl_req *r, wb__msg *m);
+
+#endif
