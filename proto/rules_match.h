@@ -2,10 +2,11 @@
  * for mapping rules.
  *
  * Shared by the rules-file parser (proto/rules.c), the client's argument
- * checks (client/rules.c) and the resolver (daemon/resolve.c), so that a
- * pattern is judged the same way everywhere.  Implemented in proto/rules.c.
- * Regexes are PCRE2 patterns that must match a whole key; replacements use
- * Python re.sub syntax (\1..\99, \g<name>, \g<0>, \\ and \n-style escapes). */
+ * checks (client/rules.c) and the resolver (daemon/resolve_rules.c), so
+ * that a pattern is judged the same way everywhere.  Implemented in
+ * proto/rules.c.  Regexes are PCRE2 patterns that must match a whole key;
+ * replacements use Python re.sub syntax (\1..\99, \g<name>, \g<0>, \\ and
+ * \n-style escapes). */
 #ifndef WB_PROTO_RULES_MATCH_H
 #define WB_PROTO_RULES_MATCH_H
 
