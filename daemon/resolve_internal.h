@@ -1,11 +1,12 @@
-/* resolve_internal.h -- What the two files of the resolver share.
+/* resolve_internal.h -- What the files of the resolver share.
  *
  * resolve_rules.c keeps the time budget, compiles the rules and filters
  * and renames the source keys; resolve.c builds the target's module tree,
- * matches the renamed keys against the schema and writes the load report.
- * Calls run one way: resolve.c calls into resolve_rules.c, never back.
- * Only these two files include this header; the rest of the daemon sees
- * resolve.h. */
+ * matches the renamed keys against the schema and lists the report's keys;
+ * resolve_report.c writes the error text of a failed load.  Calls run one
+ * way: resolve.c calls resolve_report.c and resolve_rules.c, and
+ * resolve_report.c calls resolve_rules.c, never back.  Only these files
+ * include this header; the rest of the daemon sees resolve.h. */
 #ifndef WB_DAEMON_RESOLVE_INTERNAL_H
 #define WB_DAEMON_RESOLVE_INTERNAL_H
 
@@ -155,5 +156,21 @@ int wb__over_budget(rstate *st, const crule *cr, const char *what,
 /* Filters and renames every source key into st->kept, checking for
  * collisions and the time budget. */
 int wb__collect(rstate *st);
+
+/* 1 if a and b have the same shape, else 0. */
+static inline int shape_eq(const wb__tinfo *a, const wb__tinfo *b) {
+    if (a->ndim != b->ndim)
+        return 0;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i])
+            return 0;
+    return 1;
+}
+
+/* ---------------------------------------------------------------- report */
+
+/* Builds out->error_text in PyTorch's format.  Returns 0, WB_EREGEX when
+ * the budget runs out, or WB_ENOMEM. */
+int wb__error_text(rstate *st);
 
 #endif
