@@ -2,7 +2,8 @@
  *
  * The client builds a wb__ruleset (from C calls or a rules file), the
  * protocol carries it, and the daemon resolves it against a source table
- * and an optional target schema (daemon/resolve.h).  No I/O here. */
+ * and an optional target schema (daemon/resolve.h).  No I/O here.
+ * Implemented in rules.c; the rules-file parser in rules_parse.c. */
 #ifndef WB_PROTO_RULES_H
 #define WB_PROTO_RULES_H
 

@@ -1,11 +1,12 @@
 /* rules_match.h -- Glob checks, regex compilation and replacement templates
  * for mapping rules.
  *
- * Shared by the rules-file parser (proto/rules.c), the client's argument
- * checks (client/rules.c) and the resolver (daemon/resolve.c), so that a
- * pattern is judged the same way everywhere.  Implemented in proto/rules.c.
- * Regexes are PCRE2 patterns that must match a whole key; replacements use
- * Python re.sub syntax (\1..\99, \g<name>, \g<0>, \\ and \n-style escapes). */
+ * Shared by the rules-file parser (proto/rules_parse.c), the client's
+ * argument checks (client/rules.c) and the resolver
+ * (daemon/resolve_rules.c), so that a pattern is judged the same way
+ * everywhere.  Implemented in proto/rules.c.  Regexes are PCRE2 patterns
+ * that must match a whole key; replacements use Python re.sub syntax
+ * (\1..\99, \g<name>, \g<0>, \\ and \n-style escapes). */
 #ifndef WB_PROTO_RULES_MATCH_H
 #define WB_PROTO_RULES_MATCH_H
 
@@ -45,6 +46,8 @@ int wb__glob_has_magic(const char *glob);
 /* Checks that glob is non-empty, at most WB_MAX_NAME bytes, has every '['
  * closed and does not end in a lone backslash.  Returns 0 or WB_ERULE. */
 int wb__glob_check(const char *glob);
+
+#define WB_PCRE2_ERRMSG_MAX 256 /* Bytes of a PCRE2 error message. */
 
 /* Compiles pattern with WB_REGEX_COMPILE_FLAGS.  Returns the code, or NULL
  * with err set to "at offset N: why" (or "out of memory") on failure. */
