@@ -2,7 +2,8 @@
  * schema into a load plan and a PyTorch-style load report.
  *
  * Pure computation (no I/O, no daemon state), safe to run on any thread:
- * the daemon runs requests with rules on libuv's thread pool.  The cost is
+ * the daemon runs every resolution on a worker thread of its own
+ * (worker.h).  The cost is
  * O(keys x rules) plus time linear in the bytes of the keys; no rename
  * makes a key longer than WB_MAX_NAME bytes, every regex match is bounded
  * by PCRE2's match limit, and the whole call by a time budget, so that the

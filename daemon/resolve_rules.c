@@ -214,9 +214,9 @@ int wb__compile_rules(const wb__ruleset *rs, compiled *c, budget *b,
             break;
         case WB__RULE_REGEX: {
             char why[WB_ERRMSG_WHY_MAX];
-            cr->re = wb__regex_compile(r->a, why, sizeof why);
-            if (cr->re == NULL) {
-                if (strcmp(why, "out of memory") == 0)
+            int crc = wb__regex_compile(r->a, &cr->re, why, sizeof why);
+            if (crc) {
+                if (crc == WB_ENOMEM)
                     goto nomem;
                 return wb__rule_err(out, r, WB_ERULE, "regex \"%s\" %s", r->a,
                                     why);

@@ -191,22 +191,25 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
     va_end(ap);
 }
 
-pcre2_code *wb__regex_compile(const char *pattern, char *err, size_t errlen) {
+int wb__regex_compile(const char *pattern, pcre2_code **out, char *err,
+                      size_t errlen) {
     int code = 0;
     PCRE2_SIZE off = 0;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED,
-                                   WB_REGEX_COMPILE_FLAGS, &code, &off, NULL);
-    if (re == NULL) {
-        PCRE2_UCHAR msg[WB_PCRE2_ERRMSG_MAX];
-        if (code == PCRE2_ERROR_NOMEMORY)
-            set_err(err, errlen, "out of memory");
-        else if (pcre2_get_error_message(code, msg, sizeof msg) < 0)
-            set_err(err, errlen, "at offset %zu: error %d", (size_t)off, code);
-        else
-            set_err(err, errlen, "at offset %zu: %s", (size_t)off,
-                    (const char *)msg);
+    *out = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED,
+                         WB_REGEX_COMPILE_FLAGS, &code, &off, NULL);
+    if (*out != NULL)
+        return 0;
+    PCRE2_UCHAR msg[WB_PCRE2_ERRMSG_MAX];
+    if (code == PCRE2_ERROR_NOMEMORY) {
+        set_err(err, errlen, "out of memory");
+        return WB_ENOMEM;
     }
-    return re;
+    if (pcre2_get_error_message(code, msg, sizeof msg) < 0)
+        set_err(err, errlen, "at offset %zu: error %d", (size_t)off, code);
+    else
+        set_err(err, errlen, "at offset %zu: %s", (size_t)off,
+                (const char *)msg);
+    return WB_ERULE;
 }
 
 /* Growing template under construction. */
@@ -373,17 +376,18 @@ void wb__template_free(wb__template *t) {
 int wb__regex_rule_check(const char *pattern, const char *repl, char *err,
                          size_t errlen) {
     char why[WB_PCRE2_ERRMSG_MAX + 64];
-    pcre2_code *re = wb__regex_compile(pattern, why, sizeof why);
-    if (re == NULL) {
-        if (strcmp(why, "out of memory") == 0) {
-            set_err(err, errlen, "out of memory");
-            return WB_ENOMEM;
-        }
+    pcre2_code *re;
+    int rc = wb__regex_compile(pattern, &re, why, sizeof why);
+    if (rc == WB_ENOMEM) {
+        set_err(err, errlen, "out of memory");
+        return rc;
+    }
+    if (rc) {
         set_err(err, errlen, "regex \"%s\" %s", pattern, why);
-        return WB_ERULE;
+        return rc;
     }
     wb__template t;
-    int rc = wb__template_parse(re, repl ? repl : "", &t, why, sizeof why);
+    rc = wb__template_parse(re, repl ? repl : "", &t, why, sizeof why);
     pcre2_code_free(re);
     wb__template_free(&t);
     if (rc == WB_ERULE)

@@ -49,9 +49,11 @@ int wb__glob_check(const char *glob);
 
 #define WB_PCRE2_ERRMSG_MAX 256 /* Bytes of a PCRE2 error message. */
 
-/* Compiles pattern with WB_REGEX_COMPILE_FLAGS.  Returns the code, or NULL
- * with err set to "at offset N: why" (or "out of memory") on failure. */
-pcre2_code *wb__regex_compile(const char *pattern, char *err, size_t errlen);
+/* Compiles pattern with WB_REGEX_COMPILE_FLAGS into *out.  Returns 0,
+ * WB_ERULE with err set to "at offset N: why", or WB_ENOMEM (*out is NULL
+ * on failure). */
+int wb__regex_compile(const char *pattern, pcre2_code **out, char *err,
+                      size_t errlen);
 
 /* Parses a Python-style replacement template for the compiled pattern re:
  * checks every group reference against the pattern's groups and names.

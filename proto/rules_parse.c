@@ -264,11 +264,11 @@ static int parse_arrow_rule(parser *ps, int kind, const char *rest) {
         rc = perr(ps, "operand longer than %d bytes", WB_MAX_NAME);
     } else if (kind == WB__RULE_REGEX) {
         char why[WB_PCRE2_ERRMSG_MAX + 64];
-        pcre2_code *re = wb__regex_compile(l, why, sizeof why);
-        if (re == NULL) {
-            rc = strcmp(why, "out of memory") == 0
-                     ? pnomem(ps)
-                     : perr(ps, "bad regex '%s' %s", l, why);
+        pcre2_code *re;
+        int crc = wb__regex_compile(l, &re, why, sizeof why);
+        if (crc) {
+            rc = crc == WB_ENOMEM ? pnomem(ps)
+                                  : perr(ps, "bad regex '%s' %s", l, why);
         } else {
             wb__template t;
             rc = wb__template_parse(re, r, &t, why, sizeof why);

@@ -86,7 +86,8 @@ static void test_rules_glob_check(void **state) {
 
 /* Parses template t against pattern p; returns the code and fills why. */
 static int tpl(const char *p, const char *t, wb__template *out, char *why) {
-    pcre2_code *re = wb__regex_compile(p, why, ERRLEN);
+    pcre2_code *re = NULL;
+    assert_int_equal(wb__regex_compile(p, &re, why, ERRLEN), 0);
     assert_non_null(re);
     int rc = wb__template_parse(re, t, out, why, ERRLEN);
     pcre2_code_free(re);
