@@ -28,16 +28,21 @@
 #include "wire.h"
 
 int wb__cl_fail(wb_client *c, int code, const char *fmt, ...) {
+    int e = errno;
     if (c) {
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(c->errmsg, sizeof(c->errmsg), fmt, ap);
         va_end(ap);
+        c->sys_errno = code == WB_ESYS ? e : 0;
     }
+    errno = e;
     return code;
 }
 
 const char *wb_errmsg(const wb_client *c) { return c ? c->errmsg : ""; }
+
+int wb_sys_errno(const wb_client *c) { return c ? c->sys_errno : 0; }
 
 /* ------------------------------------------------------------ transport */
 
@@ -173,11 +178,14 @@ static int roundtrip(wb_client *c, msgpack_sbuffer *sb, uint64_t id,
                            (unsigned long long)id));
     if (err != 0) {
         wb__cl_fail(c, err, "%.*s", (int)msg.n, msg.p);
+        if (err == WB_ESYS)
+            c->sys_errno = wb__decode_rep_errno(m->root);
         if (rid == 0) /* The daemon gave up on this connection. */
             wb__cl_broken(c, 0);
         return err;
     }
     c->errmsg[0] = '\0';
+    c->sys_errno = 0;
     return 0;
 }
 

@@ -23,6 +23,8 @@ struct wb_client {
     uint64_t next_id;           /* Id of the next request. */
     char path[WB_CLIENT_PATH_MAX]; /* Socket path, for messages. */
     char errmsg[WB_CLIENT_ERRMSG_MAX]; /* Detail of the last failure. */
+    int sys_errno;              /* errno behind the last WB_ESYS failure
+                                   (this process's or the daemon's), or 0. */
 };
 
 /* One request on its way: the bytes packed so far and its id. */
@@ -32,7 +34,9 @@ typedef struct wb__cl_req {
     uint64_t id;                /* Id the request carries. */
 } wb__cl_req;
 
-/* Records a failure on c (when not NULL) and returns code. */
+/* Records a failure on c (when not NULL) and returns code.  For WB_ESYS
+ * the errno in effect on entry is kept as the failure's system code (and
+ * errno itself is left as it was). */
 int wb__cl_fail(wb_client *c, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

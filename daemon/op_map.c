@@ -146,8 +146,9 @@ static void map_reply(map_req *mr) {
             for (int i = 0; i < nfds; i++)
                 close(fds[i]);
             free(segix);
-            wb__reply_error(s, mr->id, WB_ESYS, "cannot reopen a segment: %s",
-                            strerror(errno));
+            int e = errno;
+            wb__reply_error_sys(s, mr->id, e, "cannot reopen a segment: %s",
+                                strerror(e));
             return;
         }
         fds[nfds++] = fd;

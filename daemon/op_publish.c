@@ -46,6 +46,7 @@ typedef struct seg_job {
     wb__pending *p;             /* Publish it serves (owned until done). */
     uint64_t req_id;            /* Request to answer. */
     int rc;                     /* Result of the work. */
+    int sys_errno;              /* errno behind a WB_ESYS result, or 0. */
     char err[256];              /* Detail on failure. */
 } seg_job;
 
@@ -96,14 +97,17 @@ static void seg_job_work(uv_work_t *w) {
     snprintf(label, sizeof(label), "wbroker:%.40s", j->p->model);
     j->rc = wb__seg_create(label, v->accounted, &v->seg, j->err,
                            sizeof(j->err));
+    if (j->rc == WB_ESYS)
+        j->sys_errno = errno;
     for (size_t done = 0; j->rc == 0 && done < j->p->header_len;) {
         ssize_t n = pwrite(v->seg.fd, j->p->header + done,
                            j->p->header_len - done, (off_t)done);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
+            j->sys_errno = n < 0 ? errno : EIO;
             snprintf(j->err, sizeof(j->err), "writing the header: %s",
-                     strerror(errno));
+                     strerror(j->sys_errno));
             j->rc = WB_ESYS;
         } else {
             done += (size_t)n;
@@ -123,15 +127,19 @@ static void seg_job_done(uv_work_t *w, int status) {
     if (j->rc == 0 && wb__session_live(s) &&
         (fd = wb__seg_open_rw(&p->v->seg)) < 0) {
         j->rc = WB_ESYS;
+        j->sys_errno = errno;
         snprintf(j->err, sizeof(j->err), "reopening the segment: %s",
-                 strerror(errno));
+                 strerror(j->sys_errno));
     }
     if (!wb__session_live(s)) {
         pending_free(p); /* The publisher left while we worked. */
     } else if (j->rc) {
         wb__warn("client %llu: publish of %s failed: %s",
                  (unsigned long long)s->id, p->model, j->err);
-        wb__reply_error(s, j->req_id, j->rc, "%s", j->err);
+        if (j->rc == WB_ESYS)
+            wb__reply_error_sys(s, j->req_id, j->sys_errno, "%s", j->err);
+        else
+            wb__reply_error(s, j->req_id, j->rc, "%s", j->err);
         pending_free(p);
     } else {
         p->next = s->pending;
@@ -361,7 +369,7 @@ void wb__op_publish(wb__session *s, uint64_t id, const msgpack_object *req) {
     if (uv_queue_work(uv_default_loop(), &j->work, seg_job_work,
                       seg_job_done) != 0) {
         free(j);
-        wb__reply_error(s, id, WB_ESYS, "cannot queue work");
+        wb__reply_error_sys(s, id, EAGAIN, "cannot queue work");
         goto fail;
     }
     wb__session_ref(s);

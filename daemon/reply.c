@@ -33,19 +33,31 @@ void wb__reply_send(wb__session *s, wb__reply *r, const int *fds, int nfds) {
     msgpack_sbuffer_destroy(&r->sb);
 }
 
-void wb__reply_error(wb__session *s, uint64_t id, int code, const char *fmt,
-                     ...) {
+/* Sends an error reply with the formatted sentence and sys_errno. */
+static void reply_error_v(wb__session *s, uint64_t id, int code,
+                          int sys_errno, const char *fmt, va_list ap) {
     char msg[WB_ERRMSG_MAX];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
     wb__debug("client %llu: error %s: %s", (unsigned long long)s->id,
               wb_err_name(code), msg);
     wb__reply r;
     wb__reply_init(&r, id);
-    wb__pack_rep_begin(&r.pk, id, code, 1);
-    wb__pack_key(&r.pk, "msg");
-    wb__pack_cstr(&r.pk, msg);
+    wb__pack_error_rep(&r.pk, id, code, msg, sys_errno);
     wb__reply_send(s, &r, NULL, 0);
+}
+
+void wb__reply_error(wb__session *s, uint64_t id, int code, const char *fmt,
+                     ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    reply_error_v(s, id, code, 0, fmt, ap);
+    va_end(ap);
+}
+
+void wb__reply_error_sys(wb__session *s, uint64_t id, int sys_errno,
+                         const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    reply_error_v(s, id, WB_ESYS, sys_errno, fmt, ap);
+    va_end(ap);
 }

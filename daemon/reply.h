@@ -29,5 +29,10 @@ void wb__reply_send(wb__session *s, wb__reply *r, const int *fds, int nfds);
 /* Sends an error reply: code and a formatted sentence. */
 void wb__reply_error(wb__session *s, uint64_t id, int code, const char *fmt,
                      ...) __attribute__((format(printf, 4, 5)));
+/* Sends a WB_ESYS error reply that also carries the system's errno
+ * (sys_errno > 0), so that the client can hand it on. */
+void wb__reply_error_sys(wb__session *s, uint64_t id, int sys_errno,
+                         const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 #endif

@@ -129,7 +129,9 @@ int wb__seg_create(const char *label, uint64_t size, wb__segment *out,
     }
     int fd = memfd_create(label, MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) {
-        snprintf(err, errlen, "memfd_create: %s", strerror(errno));
+        int e = errno;
+        snprintf(err, errlen, "memfd_create: %s", strerror(e));
+        errno = e;
         return WB_ESYS;
     }
     int rc = posix_fallocate(fd, 0, (off_t)size);
@@ -137,6 +139,7 @@ int wb__seg_create(const char *label, uint64_t size, wb__segment *out,
         close(fd);
         snprintf(err, errlen, "allocating %llu bytes: %s",
                  (unsigned long long)size, strerror(rc));
+        errno = rc;
         return (rc == ENOSPC || rc == ENOMEM || rc == EFBIG) ? WB_ENOSPC
                                                                : WB_ESYS;
     }
@@ -144,8 +147,10 @@ int wb__seg_create(const char *label, uint64_t size, wb__segment *out,
      * take memory beyond what it was charged); shrinking only at the seal,
      * so that an abandoned segment can still be truncated to nothing. */
     if (fcntl(fd, F_ADD_SEALS, F_SEAL_GROW) < 0) {
-        snprintf(err, errlen, "sealing size: %s", strerror(errno));
+        int e = errno;
+        snprintf(err, errlen, "sealing size: %s", strerror(e));
         close(fd);
+        errno = e;
         return WB_ESYS;
     }
     out->fd = fd;

@@ -32,7 +32,8 @@ uint64_t wb__seg_round(uint64_t bytes);
  * page now so that a full memory fails here with WB_ENOSPC instead of a
  * SIGBUS later, and forbids growing and shrinking it.  label names it in
  * /proc/PID/maps.  May block for a while: call it off the event loop.
- * Returns 0, WB_ENOSPC or WB_ESYS (err says why). */
+ * Returns 0, WB_ENOSPC or WB_ESYS (err says why, errno holds the
+ * system's code). */
 int wb__seg_create(const char *label, uint64_t size, wb__segment *out,
                    char *err, size_t errlen);
 /* Lists a segment made by wb__seg_create() (which may run off the loop)

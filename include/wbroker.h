@@ -190,6 +190,12 @@ WB_EXTERN void wb_close(wb_client *c);
  * a NULL c.  The string belongs to c and is overwritten by the next call
  * on c; calls that fail because c itself is NULL record nothing. */
 WB_EXTERN const char *wb_errmsg(const wb_client *c);
+/* The system's error code (an errno value such as ENOMEM or EMFILE) behind
+ * the most recent failure on c when that failure was WB_ESYS: this
+ * process's own errno for a local system call, or the daemon's, which
+ * WB_ESYS replies carry.  0 when the last failure was not WB_ESYS, when
+ * the daemon did not say, after a success, and for a NULL c. */
+WB_EXTERN int wb_sys_errno(const wb_client *c);
 
 /* ---------------------------------------------------------------- publish */
 

@@ -112,6 +112,24 @@ int wb__decode_rep_envelope(const msgpack_object *root, uint64_t *id,
     return 0;
 }
 
+void wb__pack_error_rep(msgpack_packer *pk, uint64_t id, int code,
+                        const char *msg, int sys_errno) {
+    wb__pack_rep_begin(pk, id, code, 1 + (sys_errno > 0));
+    wb__pack_key(pk, "msg");
+    wb__pack_cstr(pk, msg);
+    if (sys_errno > 0) {
+        wb__pack_key(pk, "errno");
+        msgpack_pack_int(pk, sys_errno);
+    }
+}
+
+int wb__decode_rep_errno(const msgpack_object *root) {
+    int64_t e = 0;
+    if (wb__mp_get_i64(root, "errno", &e) != 0 || e <= 0 || e > 4095)
+        return 0;
+    return (int)e;
+}
+
 /* ---------------------------------------------------------------- hello */
 
 void wb__pack_hello_req(msgpack_packer *pk, uint64_t id,

@@ -47,6 +47,13 @@ void wb__pack_rep_begin(msgpack_packer *pk, uint64_t id, int err,
 int wb__decode_rep_envelope(const msgpack_object *root, uint64_t *id,
                             int *err, wb__str *msg, const char **bad);
 
+/* Packs a whole error reply: code (< 0), the sentence msg and, for
+ * WB_ESYS, the system's errno (sys_errno > 0; 0 leaves it out). */
+void wb__pack_error_rep(msgpack_packer *pk, uint64_t id, int code,
+                        const char *msg, int sys_errno);
+/* The errno an error reply carries ("errno"), or 0 when it has none. */
+int wb__decode_rep_errno(const msgpack_object *root);
+
 /* ---------------------------------------------------------------- hello */
 
 typedef struct wb__hello_req {

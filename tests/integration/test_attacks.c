@@ -847,6 +847,39 @@ static void test_attacks_emfile(void **state) {
     wait_fds(d, base);
 }
 
+/* A map that fails because the daemon has no descriptor left gets WB_ESYS
+ * with the daemon's errno (EMFILE) in wb_sys_errno(); the same client maps
+ * again once descriptors are free. */
+static void test_attacks_emfile_errno_reaches_client(void **state) {
+    wbt_daemon *d = *state;
+    wb_client *c = wbt_connect(d);
+    assert_non_null(c);
+    assert_int_equal(wbt_publish_f32(c, "m", 2, 256), 1);
+    int held[EMFILE_CONNS], nheld = 0;
+    for (int i = 0; i < EMFILE_CONNS; i++) {
+        int fd = connect_nonblock(d);
+        if (fd < 0)
+            break;
+        held[nheld++] = fd;
+    }
+    sleep_ms(500); /* The daemon accepts what it can and hits the limit. */
+    wb_mapping *m = NULL;
+    int rc = wb_map(c, "m", 0, WB_MAP_SHARED, &m);
+    if (rc == 0)
+        fail_msg("the map succeeded with the daemon at its descriptor limit");
+    assert_int_equal(rc, WB_ESYS);
+    assert_int_equal(wb_sys_errno(c), EMFILE);
+    assert_null(m);
+    for (int i = 0; i < nheld; i++)
+        close(held[i]);
+    sleep_ms(300);
+    assert_int_equal(wb_map(c, "m", 0, WB_MAP_SHARED, &m), 0);
+    assert_int_equal(wb_sys_errno(c), 0);
+    wb_unmap(m);
+    wb_close(c);
+    assert_alive(d);
+}
+
 /* ------------------------------------------------------------ 5: dead */
 
 #define DEAD_WATCHERS 50 /* Watchers killed while they wait. */
@@ -1567,6 +1600,8 @@ int main(void) {
                                         teardown),
         cmocka_unit_test_setup_teardown(test_attacks_emfile, setup_nofile,
                                         teardown),
+        cmocka_unit_test_setup_teardown(
+            test_attacks_emfile_errno_reaches_client, setup_nofile, teardown),
         cmocka_unit_test_setup_teardown(test_attacks_dead_watchers_noticed,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_attacks_client_timeout,

@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -381,6 +382,40 @@ static void test_msg_envelope(void **state) {
     wb__pack_req_begin(pk_start(&p), "list", TEST_ID, 0);
     pk_decode(&p, &m);
     assert_req(m.root, "list", TEST_ID, 0);
+    wb__msg_free(&m);
+}
+
+/* A WB_ESYS error reply carries the system's errno; other errors do not,
+ * and a nonsense errno decodes as none. */
+static void test_msg_error_rep_errno(void **state) {
+    packed p;
+    wb__msg m;
+    wb__pack_error_rep(pk_start(&p), 9, WB_ESYS, "cannot reopen", EMFILE);
+    pk_decode(&p, &m);
+    uint64_t id;
+    int err;
+    wb__str msg;
+    assert_int_equal(wb__decode_rep_envelope(m.root, &id, &err, &msg, NULL), 0);
+    assert_int_equal(id, 9);
+    assert_int_equal(err, WB_ESYS);
+    assert_str(msg, "cannot reopen");
+    assert_int_equal(wb__decode_rep_errno(m.root), EMFILE);
+    wb__msg_free(&m);
+
+    wb__pack_error_rep(pk_start(&p), 9, WB_ENOMODEL, "no model", 0);
+    pk_decode(&p, &m);
+    assert_int_equal(m.root->via.map.size, 3);
+    assert_int_equal(wb__decode_rep_errno(m.root), 0);
+    wb__msg_free(&m);
+
+    msgpack_packer *pk = pk_start(&p);
+    wb__pack_rep_begin(pk, 9, WB_ESYS, 2);
+    wb__pack_key(pk, "msg");
+    wb__pack_cstr(pk, "x");
+    wb__pack_key(pk, "errno");
+    msgpack_pack_int(pk, -4);
+    pk_decode(&p, &m);
+    assert_int_equal(wb__decode_rep_errno(m.root), 0);
     wb__msg_free(&m);
 }
 
@@ -1354,6 +1389,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_msg_envelope),
         cmocka_unit_test(test_msg_envelope_malformed),
+        cmocka_unit_test(test_msg_error_rep_errno),
         cmocka_unit_test(test_msg_hello),
         cmocka_unit_test(test_msg_publish_req),
         cmocka_unit_test(test_msg_publish_req_malformed),

@@ -43,7 +43,10 @@ class Error(RuntimeError):
 
     .code is the negative WB_E* code, .name its symbolic name ("ENOMODEL")
     and .message the detail (wb_errmsg() of the call, else the code's
-    generic text)."""
+    generic text).  For ESYS, .errno is the system's error code behind it
+    (this process's or the daemon's, e.g. errno.EMFILE), else None."""
+
+    errno = None
 
     def __init__(self, code, message=None):
         lib = _lib.load()
@@ -88,10 +91,13 @@ _ERROR_CLASSES = {
 }
 
 
-def _raise(code, detail=None):
+def _raise(code, detail=None, sys_errno=0):
     if isinstance(detail, bytes):
         detail = detail.decode("utf-8", "replace")
-    raise _ERROR_CLASSES.get(code, Error)(code, detail)
+    e = _ERROR_CLASSES.get(code, Error)(code, detail)
+    if sys_errno:
+        e.errno = sys_errno
+    raise e
 
 
 def _enc(s, what="name"):
@@ -483,7 +489,8 @@ class Client:
 
     def _check(self, rc):
         if rc < 0:
-            _raise(rc, _dec(self._lib.wb_errmsg(self._c)))
+            _raise(rc, _dec(self._lib.wb_errmsg(self._c)),
+                   self._lib.wb_sys_errno(self._c))
         return rc
 
     def close(self):

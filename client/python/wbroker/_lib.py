@@ -113,6 +113,7 @@ _PROTOTYPES = {
     "wb_connect": (_I, [_S, _PP]),
     "wb_close": (None, [_P]),
     "wb_errmsg": (ctypes.c_char_p, [_P]),
+    "wb_sys_errno": (ctypes.c_int, [_P]),
     "wb_publish_begin": (_I, [_P, _S, ctypes.POINTER(wb_tensor_spec), _Z,
                               ctypes.POINTER(wb_kv), _Z, _PP]),
     "wb_publish_data": (_P, [_P, _Z, ctypes.POINTER(_Z)]),
