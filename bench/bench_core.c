@@ -22,17 +22,16 @@
 
 #include "harness.h"
 
-
 /* A transformer-like model of about total bytes in ntensors float32
  * tensors: per layer a square attention block, two MLP matrices (4x) and
  * small vectors. */
 typedef struct model {
-    size_t n;                   /* Tensors. */
-    char (*names)[48];          /* Names. */
-    int64_t (*shapes)[2];       /* Shapes. */
-    int *ndim;                  /* Dimensions. */
-    size_t *nbytes;             /* Bytes per tensor. */
-    size_t total;               /* Sum of nbytes. */
+    size_t n;             /* Tensors. */
+    char (*names)[48];    /* Names. */
+    int64_t (*shapes)[2]; /* Shapes. */
+    int *ndim;            /* Dimensions. */
+    size_t *nbytes;       /* Bytes per tensor. */
+    size_t total;         /* Sum of nbytes. */
 } model;
 
 static void model_make(model *m, size_t total, size_t ntensors) {
@@ -263,11 +262,11 @@ int main(int argc, char **argv) {
         double mapms = wbt_median(tmap, runs < 64 ? runs : 64) * 1e3;
         if (map64 == 0)
             map64 = mapms;
-        printf("%-6s %8zu %7.2f GB/s %7.2f GB/s %8.2f %7.2f GB/s %8.2f %10.3f   "
-               "%s\n",
-               tok, m.n, (double)m.total / mm / 1e9,
-               (double)m.total / mp_ / 1e9, mm / mp_,
-               (double)m.total / mw / 1e9, mm / mw, mapms, ps);
+        printf(
+            "%-6s %8zu %7.2f GB/s %7.2f GB/s %8.2f %7.2f GB/s %8.2f %10.3f   "
+            "%s\n",
+            tok, m.n, (double)m.total / mm / 1e9, (double)m.total / mp_ / 1e9,
+            mm / mp_, (double)m.total / mw / 1e9, mm / mw, mapms, ps);
         printf("       map latency relative to the first size: %.2fx\n",
                mapms / map64);
 
@@ -309,8 +308,7 @@ int main(int argc, char **argv) {
             printf("memory: 4 consumers of %s (%.2f GiB of tensors): sum of "
                    "shared PSS %.2f GiB, Shmem growth while mapped %.2f GiB "
                    "(model already held: %.2f copies in total)\n",
-                   tok, (double)m.total / (1 << 30),
-                   (double)pss / (1 << 20),
+                   tok, (double)m.total / (1 << 30), (double)pss / (1 << 20),
                    (double)(shmem1 - shmem0) / (1 << 20),
                    (double)pss * 1024 / (double)m.total);
         }

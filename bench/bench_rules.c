@@ -55,10 +55,9 @@
 #include "../daemon/segment.h"
 #include "harness.h"
 
-
 /* Nearest-rank 90th percentile (sorts v). */
 static double p90(double *v, int n) {
-    wbt_median(v, n); /* Sorts. */
+    wbt_median(v, n);         /* Sorts. */
     int k = (9 * n + 9) / 10; /* ceil(0.9 n) */
     return v[k > 0 ? k - 1 : 0];
 }
@@ -400,8 +399,11 @@ static double time_resolve(int short_key, int runs) {
         if (wb__schema_push(&src, key, WB_U8, 1, shape))
             return -1;
     }
-    wb__resolve_req req = {.src = src.v, .nsrc = src.n, .schema = &src,
-                           .strict = 1, .budget_ms = WB_RULES_BUDGET_MS};
+    wb__resolve_req req = {.src = src.v,
+                           .nsrc = src.n,
+                           .schema = &src,
+                           .strict = 1,
+                           .budget_ms = WB_RULES_BUDGET_MS};
     double *t = calloc((size_t)runs, sizeof(double)), med = -1;
     for (int r = -1; t && r < runs; r++) {
         wb__resolve_out out;
@@ -496,8 +498,7 @@ static int bench_long(wb_client *c, int runs) {
     }
     printf("%-36s %12s %12s\n", "request", "plan median", "map median");
     for (int k = 0; k < 2; k++)
-        printf("%-36s %9.2f ms %9.2f ms\n", cases[k].label, med[k],
-               med[2 + k]);
+        printf("%-36s %9.2f ms %9.2f ms\n", cases[k].label, med[k], med[2 + k]);
     printf("%-36s %11.2fx %11.2fx\n", "ratio (d)/(e)  (schema's cost)",
            med[1] / med[0], med[3] / med[2]);
     double rl = time_resolve(0, runs), rs = time_resolve(1, runs);

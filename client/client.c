@@ -40,9 +40,13 @@ int wb__cl_fail(wb_client *c, int code, const char *fmt, ...) {
     return code;
 }
 
-const char *wb_errmsg(const wb_client *c) { return c ? c->errmsg : ""; }
+const char *wb_errmsg(const wb_client *c) {
+    return c ? c->errmsg : "";
+}
 
-int wb_sys_errno(const wb_client *c) { return c ? c->sys_errno : 0; }
+int wb_sys_errno(const wb_client *c) {
+    return c ? c->sys_errno : 0;
+}
 
 /* ------------------------------------------------------------ transport */
 
@@ -63,13 +67,13 @@ static int send_all(wb_client *c, const uint8_t *buf, size_t len) {
 
 /* Receives exactly len bytes, collecting passed descriptors into fds
  * (closing those beyond maxfds). */
-static int recv_all(wb_client *c, uint8_t *buf, size_t len, int *fds,
-                    int *nfds, int maxfds) {
+static int recv_all(wb_client *c, uint8_t *buf, size_t len, int *fds, int *nfds,
+                    int maxfds) {
     while (len > 0) {
         int got = 0, ctrunc = 0;
         int room = fds ? maxfds - *nfds : 0;
-        ssize_t n = wb__fd_recv(c->fd, buf, len, fds ? fds + *nfds : NULL,
-                                room, &got, &ctrunc, 0);
+        ssize_t n = wb__fd_recv(c->fd, buf, len, fds ? fds + *nfds : NULL, room,
+                                &got, &ctrunc, 0);
         if (n > 0 && fds)
             *nfds += got;
         if (n > 0 && ctrunc)
@@ -118,8 +122,8 @@ static int envelope_error(wb_client *c, const char *bad) {
 /* Sends the request in sb (a map whose "id" is id) and reads the reply into
  * *m, with its descriptors in fds.  Returns the reply's "err" (with
  * c->errmsg set from "msg"), or a transport error. */
-static int roundtrip(wb_client *c, msgpack_sbuffer *sb, uint64_t id,
-                     wb__msg *m, int *fds, int *nfds, int maxfds) {
+static int roundtrip(wb_client *c, msgpack_sbuffer *sb, uint64_t id, wb__msg *m,
+                     int *fds, int *nfds, int maxfds) {
     msgpack_unpacked_init(&m->up);
     m->root = NULL;
     m->owned = NULL;
@@ -243,8 +247,8 @@ int wb_connect(const char *socket_path, wb_client **out) {
     int rc = wb__cl_call(c, &r, &m);
     wb__hello_rep hr;
     if (rc == 0 && wb__decode_hello_rep(m.root, &hr))
-        rc = wb__cl_fail(c, WB_EPROTO, "malformed hello reply from %s",
-                         c->path);
+        rc =
+            wb__cl_fail(c, WB_EPROTO, "malformed hello reply from %s", c->path);
     wb__msg_free(&m);
     return rc;
 }
@@ -256,4 +260,3 @@ void wb_close(wb_client *c) {
         close(c->fd);
     free(c);
 }
-

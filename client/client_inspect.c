@@ -67,8 +67,8 @@ int wb_get_status(wb_client *c, wb_status *out) {
     if (rc == 0 && wb__decode_status_rep(m.root, &st))
         rc = wb__cl_fail(c, WB_EPROTO, "malformed status reply");
     if (rc == 0) {
-        snprintf(out->version, sizeof(out->version), "%.*s",
-                 (int)st.server.n, st.server.p);
+        snprintf(out->version, sizeof(out->version), "%.*s", (int)st.server.n,
+                 st.server.p);
         out->uptime = st.uptime;
         out->memory_used = st.used;
         out->memory_limit = st.limit;

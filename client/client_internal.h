@@ -19,19 +19,19 @@
 #define WB_CLIENT_ERRMSG_MAX 1024 /* Bytes of the last failure's detail. */
 
 struct wb_client {
-    int fd;                     /* Connected socket, -1 once broken. */
-    uint64_t next_id;           /* Id of the next request. */
-    char path[WB_CLIENT_PATH_MAX]; /* Socket path, for messages. */
+    int fd;                            /* Connected socket, -1 once broken. */
+    uint64_t next_id;                  /* Id of the next request. */
+    char path[WB_CLIENT_PATH_MAX];     /* Socket path, for messages. */
     char errmsg[WB_CLIENT_ERRMSG_MAX]; /* Detail of the last failure. */
-    int sys_errno;              /* errno behind the last WB_ESYS failure
-                                   (this process's or the daemon's), or 0. */
+    int sys_errno;                     /* errno behind the last WB_ESYS failure
+                                          (this process's or the daemon's), or 0. */
 };
 
 /* One request on its way: the bytes packed so far and its id. */
 typedef struct wb__cl_req {
-    msgpack_sbuffer sb;         /* The packed request. */
-    msgpack_packer pk;          /* Packer writing into sb. */
-    uint64_t id;                /* Id the request carries. */
+    msgpack_sbuffer sb; /* The packed request. */
+    msgpack_packer pk;  /* Packer writing into sb. */
+    uint64_t id;        /* Id the request carries. */
 } wb__cl_req;
 
 /* Records a failure on c (when not NULL) and returns code.  For WB_ESYS

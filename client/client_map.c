@@ -30,25 +30,25 @@ typedef struct map_entry {
 } map_entry;
 
 typedef struct keylist {
-    char **v;                   /* Keys. */
-    size_t n;                   /* Keys in v. */
+    char **v; /* Keys. */
+    size_t n; /* Keys in v. */
 } keylist;
 
 struct wb_mapping {
-    uint64_t version;           /* Version mapped. */
-    map_entry *t;               /* Tensors. */
-    size_t n;                   /* Tensors in t. */
-    size_t *index;              /* Open-addressing hash of names. */
-    size_t index_cap;           /* Slots in index (power of two). */
-    char **mkeys;               /* Metadata keys. */
-    char **mvals;               /* Metadata values. */
-    size_t nmeta;               /* Metadata entries. */
-    keylist keys[WB_KEYS_COUNT]; /* The report. */
-    char *text;                 /* PyTorch-format error text. */
-    void *segs[WB_MAX_SEGMENTS]; /* Mapped segments. */
+    uint64_t version;                 /* Version mapped. */
+    map_entry *t;                     /* Tensors. */
+    size_t n;                         /* Tensors in t. */
+    size_t *index;                    /* Open-addressing hash of names. */
+    size_t index_cap;                 /* Slots in index (power of two). */
+    char **mkeys;                     /* Metadata keys. */
+    char **mvals;                     /* Metadata values. */
+    size_t nmeta;                     /* Metadata entries. */
+    keylist keys[WB_KEYS_COUNT];      /* The report. */
+    char *text;                       /* PyTorch-format error text. */
+    void *segs[WB_MAX_SEGMENTS];      /* Mapped segments. */
     size_t seg_size[WB_MAX_SEGMENTS]; /* Bytes of each. */
-    int nsegs;                  /* Segments mapped. */
-    int plain;                  /* 1 if mapped whole, without rules. */
+    int nsegs;                        /* Segments mapped. */
+    int plain;                        /* 1 if mapped whole, without rules. */
 };
 
 /* Builds the name index of m.  Returns 0 or WB_ENOMEM. */
@@ -177,8 +177,8 @@ static int map_segments(wb_client *c, const wb__map_rep *rep, wb_mapping *m,
 /* Checks row i of a decoded tensor table against the mapped segments of
  * m: a valid target name, a shape whose bytes can be counted, and bytes
  * that lie inside their segment.  Returns 0 or WB_EPROTO (recorded). */
-static int check_row(wb_client *c, const wb_mapping *m,
-                     const wb__map_entry *e, size_t i) {
+static int check_row(wb_client *c, const wb_mapping *m, const wb__map_entry *e,
+                     size_t i) {
     uint64_t nb;
     if (wb__check_name(e->target.p, e->target.n) ||
         wb__tensor_nbytes(e->dtype, e->ndim, e->shape, &nb) ||
@@ -335,8 +335,12 @@ int wb_map_image(const wb_mapping *m, const void **data, size_t *len) {
     return 0;
 }
 
-uint64_t wb_map_version(const wb_mapping *m) { return m ? m->version : 0; }
-size_t wb_map_count(const wb_mapping *m) { return m ? m->n : 0; }
+uint64_t wb_map_version(const wb_mapping *m) {
+    return m ? m->version : 0;
+}
+size_t wb_map_count(const wb_mapping *m) {
+    return m ? m->n : 0;
+}
 
 int wb_map_tensor(const wb_mapping *m, size_t i, wb_tensor *t) {
     if (m == NULL || t == NULL || i >= m->n)
@@ -360,7 +364,9 @@ const char *wb_map_meta(const wb_mapping *m, const char *key) {
     return NULL;
 }
 
-size_t wb_map_meta_count(const wb_mapping *m) { return m ? m->nmeta : 0; }
+size_t wb_map_meta_count(const wb_mapping *m) {
+    return m ? m->nmeta : 0;
+}
 
 int wb_map_meta_at(const wb_mapping *m, size_t i, const char **key,
                    const char **value) {
@@ -389,4 +395,3 @@ const char *wb_map_key(const wb_mapping *m, int which, size_t i) {
 const char *wb_map_error_text(const wb_mapping *m) {
     return m && m->text ? m->text : "";
 }
-

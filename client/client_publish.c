@@ -17,14 +17,14 @@
 #include "wire.h"
 
 struct wb_publish {
-    wb_client *c;               /* Connection that opened it. */
-    uint64_t pub;               /* Daemon's handle. */
-    int fd;                     /* The segment, writable, until commit. */
-    uint8_t *base;              /* Writable shared mapping, once asked for. */
-    size_t size;                /* Bytes of the segment. */
-    size_t n;                   /* Tensors. */
-    uint64_t *offs;             /* Offset of each tensor (declared order). */
-    uint64_t *nbytes;           /* Bytes of each tensor. */
+    wb_client *c;     /* Connection that opened it. */
+    uint64_t pub;     /* Daemon's handle. */
+    int fd;           /* The segment, writable, until commit. */
+    uint8_t *base;    /* Writable shared mapping, once asked for. */
+    size_t size;      /* Bytes of the segment. */
+    size_t n;         /* Tensors. */
+    uint64_t *offs;   /* Offset of each tensor (declared order). */
+    uint64_t *nbytes; /* Bytes of each tensor. */
 };
 
 /* Finds the tensor tensors[i] is tied to: an earlier one, itself not tied,
@@ -59,8 +59,8 @@ static int find_tie(wb_client *c, const wb_tensor_spec *tensors, size_t i,
 }
 
 int wb_publish_begin(wb_client *c, const char *model,
-                     const wb_tensor_spec *tensors, size_t n,
-                     const wb_kv *meta, size_t n_meta, wb_publish **out) {
+                     const wb_tensor_spec *tensors, size_t n, const wb_kv *meta,
+                     size_t n_meta, wb_publish **out) {
     if (out)
         *out = NULL;
     if (c == NULL || out == NULL || model == NULL || (n && tensors == NULL) ||
@@ -274,4 +274,3 @@ void wb_publish_abort(wb_publish *p) {
     }
     publish_free(p);
 }
-

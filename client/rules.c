@@ -29,7 +29,9 @@ static int too_long(const char *s) {
 }
 
 /* Allocates an empty rule list.  Returns NULL when out of memory. */
-wb_rules *wb_rules_new(void) { return calloc(1, sizeof(wb_rules)); }
+wb_rules *wb_rules_new(void) {
+    return calloc(1, sizeof(wb_rules));
+}
 
 /* Frees r and its rules.  Accepts NULL. */
 void wb_rules_free(wb_rules *r) {
@@ -73,8 +75,7 @@ int wb_rules_exclude(wb_rules *r, const char *glob) {
 
 /* Checks the two operands of a rename-like rule; empty_ok says whether
  * they may be "" (prefix rules). */
-static int check_pair(wb_rules *r, const char *a, const char *b,
-                      int empty_ok) {
+static int check_pair(wb_rules *r, const char *a, const char *b, int empty_ok) {
     if (r == NULL)
         return WB_EINVAL;
     if (a == NULL || b == NULL)
@@ -121,12 +122,12 @@ int wb_rules_rename_regex(wb_rules *r, const char *pattern,
         return rc;
     if (pattern[0] == '\0')
         return fail(r, WB_ERULE, "regex is empty");
-    rc = wb__regex_rule_check(pattern, replacement, r->errmsg,
-                              sizeof r->errmsg);
+    rc =
+        wb__regex_rule_check(pattern, replacement, r->errmsg, sizeof r->errmsg);
     if (rc != 0)
         return rc;
-    if (wb__ruleset_add(&r->rs, WB__RULE_REGEX, pattern, replacement, -1,
-                        0) != 0)
+    if (wb__ruleset_add(&r->rs, WB__RULE_REGEX, pattern, replacement, -1, 0) !=
+        0)
         return fail(r, WB_ENOMEM, "out of memory");
     return 0;
 }

@@ -15,15 +15,16 @@
 #include "wbroker.h"
 
 #define WB_SEALS_READ (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW)
-#define WB_SEALS_WRITE F_SEAL_GROW /* A publish's segment may not grow (the
-                                      daemon may still truncate it). */
+#define WB_SEALS_WRITE                                                         \
+    F_SEAL_GROW /* A publish's segment may not grow (the                       \
+                   daemon may still truncate it). */
 
 int wb__trust_peer(int sock, const char *path, char *why, size_t n) {
     char dwhy[WB_DIR_WHY_MAX];
     uid_t self = geteuid();
     uid_t owner = 0;
-    int rc = wb__socket_dir_check(path, self, WB_DIR_TRUST_PLACED, &owner,
-                                  dwhy, sizeof(dwhy));
+    int rc = wb__socket_dir_check(path, self, WB_DIR_TRUST_PLACED, &owner, dwhy,
+                                  sizeof(dwhy));
     if (rc == 1) {
         snprintf(why, n,
                  "refusing the daemon at %s: its directory disappeared "
@@ -58,8 +59,8 @@ int wb__trust_peer(int sock, const char *path, char *why, size_t n) {
 /* Writes the names of the seals in want that seals lacks into buf. */
 static void missing_seals(int seals, int want, char *buf, size_t n) {
     static const struct {
-        int seal;               /* F_SEAL_* bit. */
-        const char *name;       /* What it forbids. */
+        int seal;         /* F_SEAL_* bit. */
+        const char *name; /* What it forbids. */
     } names[] = {{F_SEAL_WRITE, "writing"},
                  {F_SEAL_SHRINK, "shrinking"},
                  {F_SEAL_GROW, "growing"}};
@@ -68,8 +69,8 @@ static void missing_seals(int seals, int want, char *buf, size_t n) {
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (!(want & names[i].seal) || (seals & names[i].seal))
             continue;
-        int k = snprintf(buf + at, n - at, "%s%s", at ? ", " : "",
-                         names[i].name);
+        int k =
+            snprintf(buf + at, n - at, "%s%s", at ? ", " : "", names[i].name);
         if (k < 0 || (size_t)k >= n - at)
             break;
         at += (size_t)k;
@@ -80,8 +81,7 @@ int wb__trust_segment(int fd, uint64_t size, wb__seg_use use, char *why,
                       size_t n) {
     struct stat st;
     if (fstat(fd, &st) < 0) {
-        snprintf(why, n, "descriptor cannot be examined: %s",
-                 strerror(errno));
+        snprintf(why, n, "descriptor cannot be examined: %s", strerror(errno));
         return WB_EPROTO;
     }
     if (!S_ISREG(st.st_mode)) {
@@ -106,8 +106,9 @@ int wb__trust_segment(int fd, uint64_t size, wb__seg_use use, char *why,
     }
     int seals = fcntl(fd, F_GET_SEALS);
     if (seals < 0) {
-        snprintf(why, n, "descriptor is not a memfd: its seals cannot be "
-                         "read (%s)",
+        snprintf(why, n,
+                 "descriptor is not a memfd: its seals cannot be "
+                 "read (%s)",
                  strerror(errno));
         return WB_EPROTO;
     }
@@ -120,8 +121,9 @@ int wb__trust_segment(int fd, uint64_t size, wb__seg_use use, char *why,
         return WB_EPROTO;
     }
     if (use == WB__SEG_WRITE && (seals & F_SEAL_WRITE)) {
-        snprintf(why, n, "memfd of a new publish is already sealed against "
-                         "writing");
+        snprintf(why, n,
+                 "memfd of a new publish is already sealed against "
+                 "writing");
         return WB_EPROTO;
     }
     return 0;

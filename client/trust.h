@@ -17,11 +17,11 @@
 
 /* How a segment descriptor must have been handed out. */
 typedef enum wb__seg_use {
-    WB__SEG_READ,               /* A committed segment: read-only, sealed
-                                 * against writing, shrinking, growing. */
-    WB__SEG_WRITE               /* A publish: read-write, sealed against
-                                 * growing only (the daemon seals the rest
-                                 * at commit). */
+    WB__SEG_READ, /* A committed segment: read-only, sealed
+                   * against writing, shrinking, growing. */
+    WB__SEG_WRITE /* A publish: read-write, sealed against
+                   * growing only (the daemon seals the rest
+                   * at commit). */
 } wb__seg_use;
 
 /* Checks the socket sock, connected to path: the directory of path must

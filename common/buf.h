@@ -13,10 +13,10 @@
 #define WB_BUF_MIN_CAP 256 /* First allocation, in bytes. */
 
 typedef struct wb__buf {
-    char *p;                    /* Bytes (NUL-terminated when ok). */
-    size_t len;                 /* Bytes used. */
-    size_t cap;                 /* Bytes allocated. */
-    int oom;                    /* 1 after a failed allocation. */
+    char *p;    /* Bytes (NUL-terminated when ok). */
+    size_t len; /* Bytes used. */
+    size_t cap; /* Bytes allocated. */
+    int oom;    /* 1 after a failed allocation. */
 } wb__buf;
 
 /* Makes room for extra more bytes (plus the NUL).  Returns 0, or -1 with

@@ -15,16 +15,16 @@
 
 /* One slot; key NULL means empty. */
 typedef struct wb__hslot {
-    const char *key;            /* Borrowed key bytes. */
-    size_t len;                 /* Bytes of key. */
-    uint64_t hash;              /* wb__hash_bytes(key, len). */
-    size_t val;                 /* Value stored for the key. */
+    const char *key; /* Borrowed key bytes. */
+    size_t len;      /* Bytes of key. */
+    uint64_t hash;   /* wb__hash_bytes(key, len). */
+    size_t val;      /* Value stored for the key. */
 } wb__hslot;
 
 typedef struct wb__htab {
-    wb__hslot *v;               /* cap slots. */
-    size_t cap;                 /* Slots, a power of two (0: unallocated). */
-    size_t n;                   /* Keys stored. */
+    wb__hslot *v; /* cap slots. */
+    size_t cap;   /* Slots, a power of two (0: unallocated). */
+    size_t n;     /* Keys stored. */
 } wb__htab;
 
 /* FNV-1a, 64 bits (offset basis 14695981039346656037). */

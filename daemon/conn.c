@@ -22,61 +22,61 @@ enum { CLOSE_NONE, CLOSE_AFTER_FLUSH, CLOSE_NOW };
 
 /* One frame waiting to be sent. */
 typedef struct out_frame {
-    uint8_t *data;              /* Header and body. */
-    size_t len;                 /* Bytes in data. */
-    size_t off;                 /* Bytes already sent. */
-    int fds[WB_FDPASS_MAX];     /* Descriptors sent with the first byte. */
-    int nfds;                   /* Entries in fds still owned here. */
-    struct out_frame *next;     /* Next in the queue. */
+    uint8_t *data;          /* Header and body. */
+    size_t len;             /* Bytes in data. */
+    size_t off;             /* Bytes already sent. */
+    int fds[WB_FDPASS_MAX]; /* Descriptors sent with the first byte. */
+    int nfds;               /* Entries in fds still owned here. */
+    struct out_frame *next; /* Next in the queue. */
 } out_frame;
 
 struct wb__conn {
-    uv_poll_t poll;             /* Readiness of fd. */
-    int fd;                     /* Connected socket. */
-    uint64_t id;                /* Serial number, for logs. */
-    struct ucred cred;          /* Peer's pid, uid, gid (SO_PEERCRED). */
-    void *state;                /* The layer above's state. */
-    wb__buf in;                 /* Received bytes not yet handed up. */
-    out_frame *out_head;        /* Queue of frames to send. */
-    out_frame *out_tail;        /* Last frame queued. */
-    size_t out_bytes;           /* Unsent bytes in the queue. */
-    int out_fds;                /* Descriptors in the queue. */
-    int paused;                 /* 1 while a request awaits its answer. */
-    int closing;                /* CLOSE_NONE, _AFTER_FLUSH or _NOW. */
-    int closed;                 /* 1 once torn down (uv_close called). */
-    int hello;                  /* 1 once the peer said hello. */
-    int scheduled;              /* 1 while on the run list. */
-    int events;                 /* Events polled for now. */
-    int refs;                   /* The loop's + jobs' + run list's. */
-    uint64_t accepted_ms;       /* uv_now() at accept. */
-    uint64_t frame_since_ms;    /* When a partial frame began to wait for
-                                   its rest, or 0. */
-    uint64_t out_since_ms;      /* When queued output last made progress
-                                   (or was queued), or 0 when none. */
-    struct wb__conn *prev;      /* Previous connection. */
-    struct wb__conn *next;      /* Next connection. */
-    struct wb__conn *run_next;  /* Next on the run list. */
+    uv_poll_t poll;            /* Readiness of fd. */
+    int fd;                    /* Connected socket. */
+    uint64_t id;               /* Serial number, for logs. */
+    struct ucred cred;         /* Peer's pid, uid, gid (SO_PEERCRED). */
+    void *state;               /* The layer above's state. */
+    wb__buf in;                /* Received bytes not yet handed up. */
+    out_frame *out_head;       /* Queue of frames to send. */
+    out_frame *out_tail;       /* Last frame queued. */
+    size_t out_bytes;          /* Unsent bytes in the queue. */
+    int out_fds;               /* Descriptors in the queue. */
+    int paused;                /* 1 while a request awaits its answer. */
+    int closing;               /* CLOSE_NONE, _AFTER_FLUSH or _NOW. */
+    int closed;                /* 1 once torn down (uv_close called). */
+    int hello;                 /* 1 once the peer said hello. */
+    int scheduled;             /* 1 while on the run list. */
+    int events;                /* Events polled for now. */
+    int refs;                  /* The loop's + jobs' + run list's. */
+    uint64_t accepted_ms;      /* uv_now() at accept. */
+    uint64_t frame_since_ms;   /* When a partial frame began to wait for
+                                  its rest, or 0. */
+    uint64_t out_since_ms;     /* When queued output last made progress
+                                  (or was queued), or 0 when none. */
+    struct wb__conn *prev;     /* Previous connection. */
+    struct wb__conn *next;     /* Next connection. */
+    struct wb__conn *run_next; /* Next on the run list. */
 };
 
 /* The connection layer's state (one listening socket per daemon). */
 static struct {
-    uv_loop_t *loop;            /* The event loop. */
-    const wb__conn_ops *ops;    /* Callbacks of the layer above. */
-    int listen_fd;              /* Listening socket, -1 when stopped. */
-    uv_poll_t listen_poll;      /* Readiness of listen_fd. */
-    int accepting;              /* 1 while listen_poll is started. */
-    uv_timer_t accept_timer;    /* Restarts accepting after EMFILE. */
-    uv_idle_t idle;             /* Runs scheduled connections. */
-    uv_timer_t sweep;           /* Enforces the client timeout. */
-    unsigned timeout_ms;        /* Client timeout, 0 for none. */
-    wb__conn *conns;            /* All open connections. */
-    size_t nconns;              /* Entries in conns. */
-    uint64_t next_id;           /* Serial of the next connection. */
-    wb__conn *run_head;         /* Scheduled connections. */
-    wb__conn *run_tail;         /* Last scheduled. */
-    wb__conn *current;          /* Connection whose event is running. */
-    uint64_t emfile_logged_ms;  /* Last EMFILE warning. */
-    unsigned emfile_quiet;      /* EMFILEs since, not logged. */
+    uv_loop_t *loop;           /* The event loop. */
+    const wb__conn_ops *ops;   /* Callbacks of the layer above. */
+    int listen_fd;             /* Listening socket, -1 when stopped. */
+    uv_poll_t listen_poll;     /* Readiness of listen_fd. */
+    int accepting;             /* 1 while listen_poll is started. */
+    uv_timer_t accept_timer;   /* Restarts accepting after EMFILE. */
+    uv_idle_t idle;            /* Runs scheduled connections. */
+    uv_timer_t sweep;          /* Enforces the client timeout. */
+    unsigned timeout_ms;       /* Client timeout, 0 for none. */
+    wb__conn *conns;           /* All open connections. */
+    size_t nconns;             /* Entries in conns. */
+    uint64_t next_id;          /* Serial of the next connection. */
+    wb__conn *run_head;        /* Scheduled connections. */
+    wb__conn *run_tail;        /* Last scheduled. */
+    wb__conn *current;         /* Connection whose event is running. */
+    uint64_t emfile_logged_ms; /* Last EMFILE warning. */
+    unsigned emfile_quiet;     /* EMFILEs since, not logged. */
 } S = {.listen_fd = -1};
 
 static void conn_settle(wb__conn *c);
@@ -111,7 +111,9 @@ void wb__conn_unref(wb__conn *c) {
     free(c);
 }
 
-static void on_poll_closed(uv_handle_t *h) { wb__conn_unref(h->data); }
+static void on_poll_closed(uv_handle_t *h) {
+    wb__conn_unref(h->data);
+}
 
 static void accept_start(void);
 
@@ -158,7 +160,9 @@ static void conn_schedule(wb__conn *c) {
     uv_idle_start(&S.idle, on_idle);
 }
 
-void wb__conn_pause(wb__conn *c) { c->paused = 1; }
+void wb__conn_pause(wb__conn *c) {
+    c->paused = 1;
+}
 
 void wb__conn_resume(wb__conn *c) {
     if (c->closed)
@@ -176,11 +180,21 @@ void wb__conn_close_later(wb__conn *c, int now) {
     conn_schedule(c);
 }
 
-void wb__conn_hello_done(wb__conn *c) { c->hello = 1; }
-int wb__conn_closing(const wb__conn *c) { return c->closing != CLOSE_NONE; }
-uint64_t wb__conn_id(const wb__conn *c) { return c->id; }
-const struct ucred *wb__conn_cred(const wb__conn *c) { return &c->cred; }
-size_t wb__conn_count(void) { return S.nconns; }
+void wb__conn_hello_done(wb__conn *c) {
+    c->hello = 1;
+}
+int wb__conn_closing(const wb__conn *c) {
+    return c->closing != CLOSE_NONE;
+}
+uint64_t wb__conn_id(const wb__conn *c) {
+    return c->id;
+}
+const struct ucred *wb__conn_cred(const wb__conn *c) {
+    return &c->cred;
+}
+size_t wb__conn_count(void) {
+    return S.nconns;
+}
 
 /* ------------------------------------------------------------ output */
 
@@ -309,9 +323,9 @@ static int conn_read(wb__conn *c) {
     if (wb__buf_reserve(&c->in, want) != 0)
         return -1;
     int nfds = 0, ctrunc = 0;
-    ssize_t n = wb__fd_recv(c->fd, c->in.p + c->in.len,
-                            c->in.cap - c->in.len - 1, NULL, 0, &nfds,
-                            &ctrunc, MSG_DONTWAIT);
+    ssize_t n =
+        wb__fd_recv(c->fd, c->in.p + c->in.len, c->in.cap - c->in.len - 1, NULL,
+                    0, &nfds, &ctrunc, MSG_DONTWAIT);
     if (n < 0)
         return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
     if (n == 0)
@@ -432,14 +446,17 @@ static void accept_start(void) {
     uv_poll_start(&S.listen_poll, UV_READABLE, on_listen_event);
 }
 
-static void on_accept_timer(uv_timer_t *t) { accept_start(); }
+static void on_accept_timer(uv_timer_t *t) {
+    accept_start();
+}
 
 /* Out of descriptors: stops accepting for a while (the listening socket
  * would stay readable and spin the loop), with a warning at most every
  * WB_LOG_EVERY_MS. */
 static void accept_rest(int err) {
     uint64_t now = uv_now(S.loop);
-    if (S.emfile_logged_ms == 0 || now - S.emfile_logged_ms >= WB_LOG_EVERY_MS) {
+    if (S.emfile_logged_ms == 0 ||
+        now - S.emfile_logged_ms >= WB_LOG_EVERY_MS) {
         wb__warn("accept: %s (%zu clients); pausing accepts%s", strerror(err),
                  S.nconns, S.emfile_quiet ? " (repeated)" : "");
         S.emfile_logged_ms = now;
@@ -489,8 +506,8 @@ static void on_listen_event(uv_poll_t *h, int status, int events) {
         S.conns = c;
         S.nconns++;
         wb__debug("client %llu: connected pid=%d uid=%d gid=%d",
-                  (unsigned long long)c->id, (int)c->cred.pid,
-                  (int)c->cred.uid, (int)c->cred.gid);
+                  (unsigned long long)c->id, (int)c->cred.pid, (int)c->cred.uid,
+                  (int)c->cred.gid);
         c->state = S.ops->open(c);
         if (c->state == NULL)
             c->closing = CLOSE_NOW;
@@ -511,7 +528,8 @@ int wb__conn_listen(uv_loop_t *loop, int fd, const wb__conn_ops *ops,
     uv_timer_init(loop, &S.sweep);
     if (S.timeout_ms) {
         uint64_t every = S.timeout_ms / 4 < 1000 ? S.timeout_ms / 4 : 1000;
-        uv_timer_start(&S.sweep, on_sweep, every ? every : 1, every ? every : 1);
+        uv_timer_start(&S.sweep, on_sweep, every ? every : 1,
+                       every ? every : 1);
     }
     accept_start();
     return 0;

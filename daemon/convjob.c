@@ -17,37 +17,37 @@
 /* One share of a conversion job: the output bytes [lo, hi) of its
  * segment, written by one thread-pool thread. */
 typedef struct conv_part {
-    uv_work_t work;             /* libuv request. */
-    struct conv_job *j;         /* The job. */
-    uint64_t lo, hi;            /* Output bytes, WB_DATA_ALIGN-aligned. */
-    int rc;                     /* Result. */
-    char err[160];              /* Detail on failure. */
-    struct conv_part *next;     /* Next part waiting for a thread. */
+    uv_work_t work;         /* libuv request. */
+    struct conv_job *j;     /* The job. */
+    uint64_t lo, hi;        /* Output bytes, WB_DATA_ALIGN-aligned. */
+    int rc;                 /* Result. */
+    char err[160];          /* Detail on failure. */
+    struct conv_part *next; /* Next part waiting for a thread. */
 } conv_part;
 
 /* A conversion of a batch of tensors into one new segment: the segment is
  * made on the thread pool, then written by parts in parallel, then sealed
  * on the loop. */
 typedef struct conv_job {
-    uv_work_t work;             /* libuv request making the segment. */
-    wb__version *v;             /* Source version (referenced). */
-    wb__dseg *ds;               /* Destination segment. */
-    wb__derived **items;        /* The copies it writes, by offset. */
-    size_t nitems;              /* Entries in items. */
-    uint64_t out_bytes;         /* Output bytes the items span. */
-    conv_part *parts;           /* The parts writing them. */
-    unsigned nparts;            /* Entries in parts. */
-    unsigned left;              /* Parts still running. */
-    char label[64];             /* Name of the memfd. */
-    int rc;                     /* Result. */
-    char err[256];              /* Detail on failure. */
-    struct conv_wait *waiters;  /* Map requests waiting for it. */
+    uv_work_t work;            /* libuv request making the segment. */
+    wb__version *v;            /* Source version (referenced). */
+    wb__dseg *ds;              /* Destination segment. */
+    wb__derived **items;       /* The copies it writes, by offset. */
+    size_t nitems;             /* Entries in items. */
+    uint64_t out_bytes;        /* Output bytes the items span. */
+    conv_part *parts;          /* The parts writing them. */
+    unsigned nparts;           /* Entries in parts. */
+    unsigned left;             /* Parts still running. */
+    char label[64];            /* Name of the memfd. */
+    int rc;                    /* Result. */
+    char err[256];             /* Detail on failure. */
+    struct conv_wait *waiters; /* Map requests waiting for it. */
 } conv_job;
 
 /* A waiter of a conversion job. */
 typedef struct conv_wait {
-    wb__conv_waiter *w;         /* The waiting request. */
-    struct conv_wait *next;     /* Next waiter. */
+    wb__conv_waiter *w;     /* The waiting request. */
+    struct conv_wait *next; /* Next waiter. */
 } conv_wait;
 
 /* Converts the elements of d's source tensor that land in the output
@@ -55,8 +55,8 @@ typedef struct conv_wait {
  * dst.  The source range is mapped with MAP_POPULATE: faulting fresh
  * shared pages one at a time costs more than the conversion itself. */
 static int convert_range(const wb__version *v, const wb__derived *d,
-                         uint64_t lo, uint64_t hi, uint8_t *dst,
-                         uint64_t base, char *err, size_t errlen) {
+                         uint64_t lo, uint64_t hi, uint8_t *dst, uint64_t base,
+                         char *err, size_t errlen) {
     size_t isz = wb_dtype_size(d->dtype_from), osz = wb_dtype_size(d->dtype_to);
     uint64_t from = lo > d->offset ? lo : d->offset;
     uint64_t to = d->offset + d->nbytes < hi ? d->offset + d->nbytes : hi;
@@ -262,8 +262,8 @@ static int conv_join(conv_job *j, wb__conv_waiter *w) {
  * or started yet (the cast entries whose conv[i] is still NULL, nmissing
  * of them) into one segment.  Returns 0 or an error code (err filled). */
 static int conv_start(wb__version *v, const wb__resolved *res, size_t nres,
-                      wb__derived **conv, size_t nmissing,
-                      wb__conv_waiter *w, char *err, size_t errlen) {
+                      wb__derived **conv, size_t nmissing, wb__conv_waiter *w,
+                      char *err, size_t errlen) {
     conv_job *j = calloc(1, sizeof(*j));
     wb__dseg *ds = calloc(1, sizeof(*ds));
     wb__derived **items = calloc(nmissing, sizeof(*items));
@@ -374,6 +374,5 @@ int wb__conv_prepare(wb__version *v, const wb__resolved *res, size_t n,
             return WB_ENOMEM;
         }
     }
-    return nmissing ? conv_start(v, res, n, conv, nmissing, w, err, errlen)
-                    : 0;
+    return nmissing ? conv_start(v, res, n, conv, nmissing, w, err, errlen) : 0;
 }

@@ -17,15 +17,16 @@
 #include "resolve.h"
 
 #define WB_CONV_PART_MIN (16u << 20) /* Fewest output bytes worth a thread. */
-#define WB_CONV_MAX_THREADS 2        /* Threads of libuv's pool (4 by
-                                        default) conversions may use at once;
-                                        the others back segments. */
+#define WB_CONV_MAX_THREADS                                                    \
+    2 /* Threads of libuv's pool (4 by                                         \
+         default) conversions may use at once;                                 \
+         the others back segments. */
 
 /* Something waiting for conversion jobs: done() runs on the loop once
  * waiting drops to 0, with the first failure (0 if none). */
 typedef struct wb__conv_waiter {
-    int waiting;                /* Jobs still running. */
-    int failed;                 /* First error of one of them, or 0. */
+    int waiting; /* Jobs still running. */
+    int failed;  /* First error of one of them, or 0. */
     void (*done)(struct wb__conv_waiter *w);
 } wb__conv_waiter;
 

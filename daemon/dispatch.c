@@ -41,13 +41,13 @@ static void op_hello(wb__session *s, uint64_t id, const msgpack_object *req) {
 /* ------------------------------------------------------------ dispatch */
 
 static const struct {
-    const char *name;           /* Value of "op". */
-    wb__op_fn fn;               /* Handler. */
+    const char *name; /* Value of "op". */
+    wb__op_fn fn;     /* Handler. */
 } op_table[] = {
-    {"hello", op_hello},         {"publish", wb__op_publish},
-    {"commit", wb__op_commit},   {"abort", wb__op_abort},
-    {"map", wb__op_map},         {"list", wb__op_list},
-    {"status", wb__op_status},   {"drop", wb__op_drop},
+    {"hello", op_hello},       {"publish", wb__op_publish},
+    {"commit", wb__op_commit}, {"abort", wb__op_abort},
+    {"map", wb__op_map},       {"list", wb__op_list},
+    {"status", wb__op_status}, {"drop", wb__op_drop},
     {"watch", wb__op_watch},
 };
 
@@ -57,7 +57,9 @@ static void protocol_error(wb__session *s, int code, const char *what) {
     wb__conn_close_later(s->conn, 0);
 }
 
-static void *on_open(wb__conn *c) { return wb__session_open(c); }
+static void *on_open(wb__conn *c) {
+    return wb__session_open(c);
+}
 
 static void on_frame(void *state, const uint8_t *body, size_t len) {
     wb__session *s = state;
@@ -66,10 +68,11 @@ static void on_frame(void *state, const uint8_t *body, size_t len) {
     int rc = wb__msg_decode(&m, body, len);
     if (rc) {
         wb__msg_free(&m);
-        protocol_error(s, rc, rc == WB_ETOOBIG
-                                  ? "malformed message: too many objects"
-                                  : "malformed message: not one msgpack map "
-                                    "within the protocol's limits");
+        protocol_error(s, rc,
+                       rc == WB_ETOOBIG
+                           ? "malformed message: too many objects"
+                           : "malformed message: not one msgpack map "
+                             "within the protocol's limits");
         return;
     }
     uint64_t id = 0;
@@ -86,10 +89,10 @@ static void on_frame(void *state, const uint8_t *body, size_t len) {
         if (i < n)
             op_table[i].fn(s, id, m.root);
         else
-            wb__reply_error(s, id, WB_EPROTO, "unknown op '%.*s'",
-                            (int)(op->via.str.size > 64 ? 64
-                                                        : op->via.str.size),
-                            op->via.str.ptr);
+            wb__reply_error(
+                s, id, WB_EPROTO, "unknown op '%.*s'",
+                (int)(op->via.str.size > 64 ? 64 : op->via.str.size),
+                op->via.str.ptr);
     }
     wb__msg_free(&m);
 }

@@ -17,13 +17,13 @@
 #define WB_DATA_ALIGN 64 /* Alignment of the data section, in bytes. */
 
 typedef struct wb__layout {
-    size_t *order;              /* order[k] = declared index stored k-th;
-                                   tied tensors come last. */
-    uint64_t *offset;           /* Per declared tensor: absolute offset. */
-    uint64_t *nbytes;           /* Per declared tensor: bytes. */
-    uint8_t *header;            /* 8 + N header bytes. */
-    uint64_t header_len;        /* Bytes in header (= data start). */
-    uint64_t data_len;          /* Bytes of tensor data. */
+    size_t *order;       /* order[k] = declared index stored k-th;
+                            tied tensors come last. */
+    uint64_t *offset;    /* Per declared tensor: absolute offset. */
+    uint64_t *nbytes;    /* Per declared tensor: bytes. */
+    uint8_t *header;     /* 8 + N header bytes. */
+    uint64_t header_len; /* Bytes in header (= data start). */
+    uint64_t data_len;   /* Bytes of tensor data. */
 } wb__layout;
 
 /* Computes the layout of n tensors with metadata.  tie is NULL or gives

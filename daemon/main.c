@@ -28,7 +28,6 @@
 
 #define WB_DEFAULT_CLIENT_TIMEOUT 30 /* Seconds, --client-timeout. */
 
-
 static void usage(FILE *f) {
     fprintf(f,
             "usage: wbrokerd [OPTIONS]\n"
@@ -63,18 +62,36 @@ static int parse_size(const char *s, uint64_t *out) {
         return -1;
     double mul = 1;
     switch (*end) {
-    case '\0': break;
-    case 'k': case 'K': mul = 1024.0; end++; break;
-    case 'm': case 'M': mul = 1024.0 * 1024; end++; break;
-    case 'g': case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
-    case 't': case 'T': mul = 1024.0 * 1024 * 1024 * 1024; end++; break;
+    case '\0':
+        break;
+    case 'k':
+    case 'K':
+        mul = 1024.0;
+        end++;
+        break;
+    case 'm':
+    case 'M':
+        mul = 1024.0 * 1024;
+        end++;
+        break;
+    case 'g':
+    case 'G':
+        mul = 1024.0 * 1024 * 1024;
+        end++;
+        break;
+    case 't':
+    case 'T':
+        mul = 1024.0 * 1024 * 1024 * 1024;
+        end++;
+        break;
     case '%':
         if (v > 100)
             return -1;
         mul = (double)wb__mem_total() / 100.0;
         end++;
         break;
-    default: return -1;
+    default:
+        return -1;
     }
     if ((*end == 'i' || *end == 'B') && mul > 1)
         end += (*end == 'i' && end[1] == 'B') ? 2 : 1;
@@ -146,7 +163,6 @@ static int bind_path(const char *path, unsigned mode) {
     return fd;
 }
 
-
 /* Makes a listening socket: systemd's (inherited_fd >= 0) made
  * non-blocking, or a new one bound at path.  Returns the fd or -1. */
 static int listen_socket(const char *path, unsigned mode, int inherited_fd) {
@@ -213,7 +229,9 @@ int main(int argc, char **argv) {
             timeout = (unsigned)t;
             break;
         }
-        case 's': socket_opt = optarg; break;
+        case 's':
+            socket_opt = optarg;
+            break;
         case 'm':
             if (parse_size(optarg, &limit) || limit == 0) {
                 fprintf(stderr, "wbrokerd: bad --memory-limit '%s'\n", optarg);
@@ -236,9 +254,15 @@ int main(int argc, char **argv) {
                 return 2;
             }
             break;
-        case 'V': printf("wbrokerd %s\n", wb_version_string()); return 0;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'V':
+            printf("wbrokerd %s\n", wb_version_string());
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (optind != argc) {
@@ -295,7 +319,6 @@ int main(int argc, char **argv) {
         wb__error("cannot start the event loop's handles");
         return 1;
     }
-
 
     wb__info("wbrokerd %s listening on %s (memory limit %llu bytes, client "
              "timeout %u s, pid %d)",

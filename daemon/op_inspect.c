@@ -12,7 +12,7 @@ double wb__started;
 
 /* Cursor over the models that hold versions, for the list encoder. */
 typedef struct list_cursor {
-    wb__model *m;               /* Next model to look at. */
+    wb__model *m; /* Next model to look at. */
 } list_cursor;
 
 static void list_row(void *arg, size_t i, wb__list_entry *e) {

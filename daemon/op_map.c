@@ -29,20 +29,20 @@
 
 /* State of a map request until it is answered. */
 typedef struct map_req {
-    wb__task task;              /* Resolution on the worker. */
-    wb__conv_waiter wait;       /* Conversions it waits for. */
-    wb__session *s;             /* Requester (referenced). */
-    uint64_t id;                /* Request id. */
-    wb__version *v;             /* Version mapped (referenced). */
-    int plan;                   /* Dry run. */
-    wb__resolve_out res;        /* Resolved tensors and the report. */
-    int resolved;               /* 1 if res is from wb__resolve. */
-    wb__derived **conv;         /* Per resolved tensor: converted copy. */
-    int answered;               /* 1 once an error reply went out. */
-    wb__map_req mq;             /* The decoded request (owns schema and
-                                   rules). */
-    wb__resolve_req rq;         /* What resolution reads. */
-    int rc;                     /* Resolution's result. */
+    wb__task task;        /* Resolution on the worker. */
+    wb__conv_waiter wait; /* Conversions it waits for. */
+    wb__session *s;       /* Requester (referenced). */
+    uint64_t id;          /* Request id. */
+    wb__version *v;       /* Version mapped (referenced). */
+    int plan;             /* Dry run. */
+    wb__resolve_out res;  /* Resolved tensors and the report. */
+    int resolved;         /* 1 if res is from wb__resolve. */
+    wb__derived **conv;   /* Per resolved tensor: converted copy. */
+    int answered;         /* 1 once an error reply went out. */
+    wb__map_req mq;       /* The decoded request (owns schema and
+                             rules). */
+    wb__resolve_req rq;   /* What resolution reads. */
+    int rc;               /* Resolution's result. */
 } map_req;
 
 static void map_req_free(map_req *mr) {
@@ -59,8 +59,7 @@ static wb__report_src report_of(const map_req *mr) {
     wb__report_src rep;
     memset(&rep, 0, sizeof(rep));
     if (mr->resolved) {
-        const wb__keylist *kl[WB_KEYS_COUNT] = {
-            NULL};
+        const wb__keylist *kl[WB_KEYS_COUNT] = {NULL};
         kl[WB_KEYS_MISSING] = &mr->res.missing;
         kl[WB_KEYS_UNEXPECTED] = &mr->res.unexpected;
         kl[WB_KEYS_MISMATCHED] = &mr->res.mismatched;
@@ -77,8 +76,8 @@ static wb__report_src report_of(const map_req *mr) {
 
 /* What the row callback of the map encoder reads. */
 typedef struct map_rows {
-    const map_req *mr;          /* The request answered. */
-    const int *segix;           /* Per row, its segment's index. */
+    const map_req *mr; /* The request answered. */
+    const int *segix;  /* Per row, its segment's index. */
 } map_rows;
 
 static void map_row(void *arg, size_t i, wb__map_entry *e) {
@@ -157,8 +156,8 @@ static void map_reply(map_req *mr) {
     wb__report_src rep = report_of(mr);
     wb__reply r;
     wb__reply_init(&r, mr->id);
-    wb__pack_map_rep(&r.pk, mr->id, v->number, sizes, (size_t)nsegs, n,
-                     map_row, &rows, v->mkeys, v->mvals, v->nmeta, &rep);
+    wb__pack_map_rep(&r.pk, mr->id, v->number, sizes, (size_t)nsegs, n, map_row,
+                     &rows, v->mkeys, v->mvals, v->nmeta, &rep);
     free(segix);
     wb__reply_send(s, &r, fds, nfds);
     if (!mr->plan)
@@ -218,8 +217,8 @@ static int map_resolved(map_req *mr) {
         char err[WB_MAX_NAME + 128];
         mr->wait.done = map_converted;
         int rc = 0;
-        if (!(mr->conv = calloc(mr->res.n ? mr->res.n : 1,
-                                sizeof(wb__derived *))))
+        if (!(mr->conv =
+                  calloc(mr->res.n ? mr->res.n : 1, sizeof(wb__derived *))))
             rc = WB_ENOMEM, snprintf(err, sizeof(err), "out of memory");
         else
             rc = wb__conv_prepare(mr->v, mr->res.v, mr->res.n, mr->conv,
@@ -279,15 +278,15 @@ void wb__op_map(wb__session *s, uint64_t id, const msgpack_object *req) {
         map_req_free(mr);
         return;
     }
-    mr->rq = (wb__resolve_req){
-        .src = v->t,
-        .nsrc = v->n,
-        .tie = v->tie,
-        .rules = &mr->mq.rules,
-        .schema = mr->mq.has_schema ? &mr->mq.schema : NULL,
-        .strict = mr->mq.strict,
-        .ignore_mismatch = mr->mq.ignore_mismatch,
-        .budget_ms = WB_RULES_BUDGET_MS};
+    mr->rq =
+        (wb__resolve_req){.src = v->t,
+                          .nsrc = v->n,
+                          .tie = v->tie,
+                          .rules = &mr->mq.rules,
+                          .schema = mr->mq.has_schema ? &mr->mq.schema : NULL,
+                          .strict = mr->mq.strict,
+                          .ignore_mismatch = mr->mq.ignore_mismatch,
+                          .budget_ms = WB_RULES_BUDGET_MS};
     mr->task.work = resolve_work;
     mr->task.done = resolve_done;
     wb__session_pause(s);

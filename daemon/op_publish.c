@@ -19,8 +19,8 @@
 
 #include "convert.h"
 #include "layout.h"
-#include "msg.h"
 #include "log.h"
+#include "msg.h"
 #include "ops.h"
 #include "registry.h"
 #include "reply.h"
@@ -31,23 +31,23 @@
 
 /* A publish between "publish" and "commit"/"abort". */
 typedef struct wb__pending {
-    uint64_t id;                /* Handle the client names it by. */
-    char *model;                /* Model it will become a version of. */
-    wb__version *v;             /* The version being written (owned). */
-    uint8_t *header;            /* Header bytes the daemon wrote. */
-    uint64_t header_len;        /* Bytes in header. */
-    struct wb__pending *next;   /* Next of the session's publishes. */
+    uint64_t id;              /* Handle the client names it by. */
+    char *model;              /* Model it will become a version of. */
+    wb__version *v;           /* The version being written (owned). */
+    uint8_t *header;          /* Header bytes the daemon wrote. */
+    uint64_t header_len;      /* Bytes in header. */
+    struct wb__pending *next; /* Next of the session's publishes. */
 } wb__pending;
 
 /* Backs a new segment off the loop (libuv's pool: trusted work only). */
 typedef struct seg_job {
-    uv_work_t work;             /* libuv request. */
-    wb__session *s;             /* Publisher (referenced). */
-    wb__pending *p;             /* Publish it serves (owned until done). */
-    uint64_t req_id;            /* Request to answer. */
-    int rc;                     /* Result of the work. */
-    int sys_errno;              /* errno behind a WB_ESYS result, or 0. */
-    char err[256];              /* Detail on failure. */
+    uv_work_t work;  /* libuv request. */
+    wb__session *s;  /* Publisher (referenced). */
+    wb__pending *p;  /* Publish it serves (owned until done). */
+    uint64_t req_id; /* Request to answer. */
+    int rc;          /* Result of the work. */
+    int sys_errno;   /* errno behind a WB_ESYS result, or 0. */
+    char err[256];   /* Detail on failure. */
 } seg_job;
 
 static uint64_t next_pub_id; /* Handle of the next publish. */
@@ -95,8 +95,8 @@ static void seg_job_work(uv_work_t *w) {
     wb__version *v = j->p->v;
     char label[64];
     snprintf(label, sizeof(label), "wbroker:%.40s", j->p->model);
-    j->rc = wb__seg_create(label, v->accounted, &v->seg, j->err,
-                           sizeof(j->err));
+    j->rc =
+        wb__seg_create(label, v->accounted, &v->seg, j->err, sizeof(j->err));
     if (j->rc == WB_ESYS)
         j->sys_errno = errno;
     for (size_t done = 0; j->rc == 0 && done < j->p->header_len;) {
@@ -230,8 +230,7 @@ static int read_ties(wb__session *s, uint64_t id, const wb__publish_req *pr,
             why = "dtypes or shapes differ";
         if (why) {
             wb__reply_error(s, id, WB_EINVAL, "tie %zu (%llu to %llu): %s", k,
-                            (unsigned long long)a, (unsigned long long)st,
-                            why);
+                            (unsigned long long)a, (unsigned long long)st, why);
             return -1;
         }
         v->tie[a] = (size_t)st;
@@ -276,8 +275,7 @@ void wb__op_publish(wb__session *s, uint64_t id, const msgpack_object *req) {
                             "(entry %zu is malformed)",
                             bad);
         else
-            wb__reply_error(s, id, rc, "tensor %zu: %s", bad,
-                            wb_strerror(rc));
+            wb__reply_error(s, id, rc, "tensor %zu: %s", bad, wb_strerror(rc));
         wb__publish_req_free(&pr);
         return;
     }
@@ -338,9 +336,8 @@ void wb__op_publish(wb__session *s, uint64_t id, const msgpack_object *req) {
                         "its tensor table would take about %llu bytes and "
                         "%llu objects in a map reply, more than a frame "
                         "holds (%u bytes, %u objects)",
-                        (unsigned long long)bound,
-                        (unsigned long long)objects, WB_MAX_FRAME,
-                        WB_MAX_OBJECTS);
+                        (unsigned long long)bound, (unsigned long long)objects,
+                        WB_MAX_FRAME, WB_MAX_OBJECTS);
         goto fail;
     }
     if (wb__mem_charge(size)) {
@@ -419,9 +416,9 @@ static int check_sealed(const wb__pending *p, char *why, size_t n) {
     int rc = 0;
     for (uint64_t off = 0; rc == 0 && off < p->header_len;
          off += WB_CHECK_CHUNK) {
-        size_t k = (size_t)(p->header_len - off < WB_CHECK_CHUNK
-                                ? p->header_len - off
-                                : WB_CHECK_CHUNK);
+        size_t k =
+            (size_t)(p->header_len - off < WB_CHECK_CHUNK ? p->header_len - off
+                                                          : WB_CHECK_CHUNK);
         if (wb__seg_read(&v->seg, off, buf, k) != 0 ||
             memcmp(buf, p->header + off, k) != 0) {
             snprintf(why, n, "its header was altered");
@@ -472,12 +469,12 @@ void wb__op_commit(wb__session *s, uint64_t id, const msgpack_object *req) {
         snprintf(why, sizeof(why), "at most %d models", WB_MAX_MODELS);
     }
     if (rc) {
-        wb__reply_error(
-            s, id, rc, "cannot commit %s: %s", p->model,
-            rc == WB_EBUSY ? "a writable mapping still exists; unmap before "
-                             "committing"
-            : why[0]       ? why
-                           : "its seals or size were altered");
+        wb__reply_error(s, id, rc, "cannot commit %s: %s", p->model,
+                        rc == WB_EBUSY
+                            ? "a writable mapping still exists; unmap before "
+                              "committing"
+                        : why[0] ? why
+                                 : "its seals or size were altered");
         pending_free(p);
         return;
     }
@@ -487,9 +484,8 @@ void wb__op_commit(wb__session *s, uint64_t id, const msgpack_object *req) {
     wb__info("committed %s@%llu: %zu tensors, %llu bytes, segment %llu bytes "
              "(client %llu pid %d)",
              m->name, (unsigned long long)v->number, v->n,
-             (unsigned long long)v->data_bytes,
-             (unsigned long long)v->seg.size, (unsigned long long)s->id,
-             (int)s->cred.pid);
+             (unsigned long long)v->data_bytes, (unsigned long long)v->seg.size,
+             (unsigned long long)s->id, (int)s->cred.pid);
     pending_free(p);
     wb__reply r;
     wb__reply_init(&r, id);
@@ -516,8 +512,9 @@ void wb__op_drop(wb__session *s, uint64_t id, const msgpack_object *req) {
     uint64_t dropped = 0;
     int rc = wb__decode_model_req(req, &dr);
     if (rc == WB_EPROTO) {
-        wb__reply_error(s, id, rc, "model must be a string and version an "
-                                   "integer");
+        wb__reply_error(s, id, rc,
+                        "model must be a string and version an "
+                        "integer");
         return;
     }
     if (dr.version == 0) {
@@ -529,8 +526,8 @@ void wb__op_drop(wb__session *s, uint64_t id, const msgpack_object *req) {
         }
         wb__model *m = rc ? NULL : wb__model_find(model);
         if (rc || m == NULL || m->versions == NULL) {
-            wb__reply_error(s, id, rc ? rc : WB_ENOMODEL,
-                            "no model named '%s'", rc ? "" : model);
+            wb__reply_error(s, id, rc ? rc : WB_ENOMODEL, "no model named '%s'",
+                            rc ? "" : model);
             return;
         }
         wb__model_ref(m);

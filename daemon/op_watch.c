@@ -17,16 +17,18 @@
 
 /* A client waiting in "watch" for a version newer than after. */
 typedef struct wb__watch {
-    wb__session *s;             /* Waiting client (its watch). */
-    uint64_t req_id;            /* Request to answer. */
-    uint64_t after;             /* Answer once latest > after. */
-    uv_timer_t timer;           /* Time limit, if any. */
-    int has_timer;              /* 1 if timer was initialised. */
-    wb__model *model;           /* Model watched (referenced). */
-    struct wb__watch *next;     /* Next watcher of the model. */
+    wb__session *s;         /* Waiting client (its watch). */
+    uint64_t req_id;        /* Request to answer. */
+    uint64_t after;         /* Answer once latest > after. */
+    uv_timer_t timer;       /* Time limit, if any. */
+    int has_timer;          /* 1 if timer was initialised. */
+    wb__model *model;       /* Model watched (referenced). */
+    struct wb__watch *next; /* Next watcher of the model. */
 } wb__watch;
 
-static void watch_closed(uv_handle_t *h) { free(h->data); }
+static void watch_closed(uv_handle_t *h) {
+    free(h->data);
+}
 
 /* Unlinks w from its model and its session and frees it (after its timer
  * closes). */

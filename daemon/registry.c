@@ -216,7 +216,9 @@ void wb__seg_abandon(wb__segment *seg, uint64_t accounted) {
     wb__mem_refund(accounted);
 }
 
-uint64_t wb__registry_shmem(void) { return wb__seg_allocated_total(); }
+uint64_t wb__registry_shmem(void) {
+    return wb__seg_allocated_total();
+}
 
 size_t wb__registry_models_held(void) {
     size_t n = 0;

@@ -22,10 +22,11 @@
 #include "../proto/rules.h"
 #include "segment.h"
 
-#define WB_MAX_MODELS 4096        /* Models holding versions at once. */
-#define WB_MAX_MODEL_RECORDS 4096 /* Names remembered after their last
-                                     version went, so that numbers never
-                                     repeat (the oldest is forgotten). */
+#define WB_MAX_MODELS 4096 /* Models holding versions at once. */
+#define WB_MAX_MODEL_RECORDS                                                   \
+    4096 /* Names remembered after their last                                  \
+            version went, so that numbers never                                \
+            repeat (the oldest is forgotten). */
 
 struct wb__model;
 struct wb__watch;
@@ -33,47 +34,47 @@ struct conv_job;
 
 /* A segment of dtype-converted copies, written by one conversion job. */
 typedef struct wb__dseg {
-    wb__segment seg;            /* Sealed once every copy is written. */
-    uint64_t accounted;         /* Bytes charged to the memory limit. */
-    int ready;                  /* 1 once converted and sealed. */
-    struct conv_job *job;       /* The job writing it, until it is done. */
-    struct wb__dseg *next;      /* Next in the version's list. */
+    wb__segment seg;       /* Sealed once every copy is written. */
+    uint64_t accounted;    /* Bytes charged to the memory limit. */
+    int ready;             /* 1 once converted and sealed. */
+    struct conv_job *job;  /* The job writing it, until it is done. */
+    struct wb__dseg *next; /* Next in the version's list. */
 } wb__dseg;
 
 /* A dtype-converted copy of one tensor of a version. */
 typedef struct wb__derived {
-    int dtype_from;             /* Source dtype. */
-    int dtype_to;               /* Converted dtype. */
-    size_t src;                 /* Source tensor index (stored order). */
-    wb__dseg *ds;               /* Segment holding the copy. */
-    uint64_t offset;            /* Where in it. */
-    uint64_t nbytes;            /* Bytes of the converted tensor. */
+    int dtype_from;               /* Source dtype. */
+    int dtype_to;                 /* Converted dtype. */
+    size_t src;                   /* Source tensor index (stored order). */
+    wb__dseg *ds;                 /* Segment holding the copy. */
+    uint64_t offset;              /* Where in it. */
+    uint64_t nbytes;              /* Bytes of the converted tensor. */
     struct wb__derived *next_src; /* Next copy of the same source tensor. */
 } wb__derived;
 
 typedef struct wb__version {
-    uint64_t number;            /* 1, 2, ... per model; 0 until committed. */
-    struct wb__model *model;    /* Owning model (referenced; NULL while
-                                   pending). */
-    wb__segment seg;            /* The safetensors image. */
-    size_t n;                   /* Tensors. */
-    wb__tinfo *t;               /* Tensors in published order. */
-    uint64_t *offset;           /* Absolute offset of each tensor. */
-    uint64_t *nbytes;           /* Bytes of each tensor. */
-    size_t *tie;                /* NULL, or per tensor the index of the one
-                                   whose bytes it shares (its own if none). */
-    uint64_t data_bytes;        /* Bytes stored (tied tensors once). */
-    uint64_t image_len;         /* Bytes of the safetensors image. */
-    char **mkeys;               /* Metadata keys. */
-    char **mvals;               /* Metadata values. */
-    size_t nmeta;               /* Metadata entries. */
-    uint64_t accounted;         /* Bytes charged to the memory limit. */
-    int refs;                   /* Model's list + requests + jobs. */
-    int listed;                 /* 1 while in its model's list. */
-    wb__derived **by_src;       /* Per tensor, its converted copies (NULL
-                                   until the first conversion). */
-    wb__dseg *dsegs;            /* Segments holding them. */
-    struct wb__version *next;   /* Next newer version of the model. */
+    uint64_t number;          /* 1, 2, ... per model; 0 until committed. */
+    struct wb__model *model;  /* Owning model (referenced; NULL while
+                                 pending). */
+    wb__segment seg;          /* The safetensors image. */
+    size_t n;                 /* Tensors. */
+    wb__tinfo *t;             /* Tensors in published order. */
+    uint64_t *offset;         /* Absolute offset of each tensor. */
+    uint64_t *nbytes;         /* Bytes of each tensor. */
+    size_t *tie;              /* NULL, or per tensor the index of the one
+                                 whose bytes it shares (its own if none). */
+    uint64_t data_bytes;      /* Bytes stored (tied tensors once). */
+    uint64_t image_len;       /* Bytes of the safetensors image. */
+    char **mkeys;             /* Metadata keys. */
+    char **mvals;             /* Metadata values. */
+    size_t nmeta;             /* Metadata entries. */
+    uint64_t accounted;       /* Bytes charged to the memory limit. */
+    int refs;                 /* Model's list + requests + jobs. */
+    int listed;               /* 1 while in its model's list. */
+    wb__derived **by_src;     /* Per tensor, its converted copies (NULL
+                                 until the first conversion). */
+    wb__dseg *dsegs;          /* Segments holding them. */
+    struct wb__version *next; /* Next newer version of the model. */
 } wb__version;
 
 typedef struct wb__model {
@@ -87,16 +88,16 @@ typedef struct wb__model {
 } wb__model;
 
 typedef struct wb__registry {
-    wb__model *models;          /* Models and remembered names. */
-    size_t nmodels;             /* Entries in models holding versions or
-                                   references. */
-    size_t nrecords;            /* Entries in models holding neither. */
-    uint64_t mem_used;          /* Bytes charged to the limit. */
-    uint64_t mem_limit;         /* Effective limit in bytes. */
-    uint64_t versions;          /* Committed versions listed. */
-    uint64_t mem_pinned;        /* Bytes charged for good: abandoned
-                                   segments sealed with pages a client may
-                                   still hold. */
+    wb__model *models;   /* Models and remembered names. */
+    size_t nmodels;      /* Entries in models holding versions or
+                            references. */
+    size_t nrecords;     /* Entries in models holding neither. */
+    uint64_t mem_used;   /* Bytes charged to the limit. */
+    uint64_t mem_limit;  /* Effective limit in bytes. */
+    uint64_t versions;   /* Committed versions listed. */
+    uint64_t mem_pinned; /* Bytes charged for good: abandoned
+                            segments sealed with pages a client may
+                            still hold. */
 } wb__registry;
 
 extern wb__registry wb__reg; /* The daemon's one registry. */

@@ -34,8 +34,8 @@ void wb__reply_send(wb__session *s, wb__reply *r, const int *fds, int nfds) {
 }
 
 /* Sends an error reply with the formatted sentence and sys_errno. */
-static void reply_error_v(wb__session *s, uint64_t id, int code,
-                          int sys_errno, const char *fmt, va_list ap) {
+static void reply_error_v(wb__session *s, uint64_t id, int code, int sys_errno,
+                          const char *fmt, va_list ap) {
     char msg[WB_ERRMSG_MAX];
     vsnprintf(msg, sizeof(msg), fmt, ap);
     wb__debug("client %llu: error %s: %s", (unsigned long long)s->id,

@@ -37,4 +37,3 @@ wb__version *wb__req_version(wb__session *s, uint64_t id,
                         (unsigned long long)wb__version_latest(m)->number);
     return v;
 }
-

@@ -34,9 +34,10 @@
 #include "resolve.h"
 #include "resolve_internal.h"
 
-#define WB_KEYLIST_MIN_CAP 8       /* First allocation of a key list. */
-#define WB_TREE_BLOCK 65536        /* Bytes of one block of module tree
-                                      keys. */
+#define WB_KEYLIST_MIN_CAP 8 /* First allocation of a key list. */
+#define WB_TREE_BLOCK                                                          \
+    65536 /* Bytes of one block of module tree                                 \
+             keys. */
 
 /* ---------------------------------------------------------------- key lists */
 
@@ -78,19 +79,19 @@ static void kl_free(wb__keylist *kl) {
 
 /* One node of the module tree. */
 typedef struct mnode {
-    size_t module;              /* Module number (preorder of first
-                                   appearance, from 1), or 0 if no target
-                                   key lies below this path. */
-    size_t target;              /* Schema index of the target key with
-                                   this path, or NONE. */
+    size_t module; /* Module number (preorder of first
+                      appearance, from 1), or 0 if no target
+                      key lies below this path. */
+    size_t target; /* Schema index of the target key with
+                      this path, or NONE. */
 } mnode;
 
 /* A block of child keys: each is the parent's node index (TREE_KEY_HEAD
  * bytes) followed by the component's bytes. */
 typedef struct tblock {
-    struct tblock *next;        /* The block filled before this one. */
-    size_t used;                /* Bytes of data in use. */
-    char data[];                /* WB_TREE_BLOCK bytes. */
+    struct tblock *next; /* The block filled before this one. */
+    size_t used;         /* Bytes of data in use. */
+    char data[];         /* WB_TREE_BLOCK bytes. */
 } tblock;
 
 #define TREE_KEY_HEAD sizeof(size_t)
@@ -108,8 +109,7 @@ static void tree_free(mtree *t) {
 
 /* Writes the child key of (parent, comp) into buf, which holds
  * TREE_KEY_HEAD + WB_MAX_NAME bytes.  Returns its length. */
-static size_t tree_key(char *buf, size_t parent, const char *comp,
-                       size_t len) {
+static size_t tree_key(char *buf, size_t parent, const char *comp, size_t len) {
     assert(len <= WB_MAX_NAME);
     memcpy(buf, &parent, TREE_KEY_HEAD);
     memcpy(buf + TREE_KEY_HEAD, comp, len);
@@ -144,8 +144,8 @@ static int tree_child(mtree *t, size_t parent, const char *comp, size_t len,
     }
     if (t->n == t->cap) {
         size_t cap = t->cap * 2;
-        mnode *v = cap <= SIZE_MAX / sizeof *v ? realloc(t->v, cap * sizeof *v)
-                                               : NULL;
+        mnode *v =
+            cap <= SIZE_MAX / sizeof *v ? realloc(t->v, cap * sizeof *v) : NULL;
         if (v == NULL)
             return WB_ENOMEM;
         t->v = v;
@@ -160,7 +160,6 @@ static int tree_child(mtree *t, size_t parent, const char *comp, size_t len,
     *node = t->n++;
     return 0;
 }
-
 
 /* Returns the number of leading bytes a and b have in common. */
 static size_t common_prefix(const char *a, size_t alen, const char *b,
@@ -178,8 +177,8 @@ static size_t common_prefix(const char *a, size_t alen, const char *b,
  * went through the modules they share: returns the number of those
  * modules, with the last one's node in *node and the offset of the
  * component after it in *p (0 and 0 when none is shared). */
-static size_t tpath_resume(tpath *w, const char *key, size_t len,
-                           size_t *node, size_t *p) {
+static size_t tpath_resume(tpath *w, const char *key, size_t len, size_t *node,
+                           size_t *p) {
     size_t d = 0;
     if (w->key != NULL) {
         size_t same = common_prefix(w->key, w->len, key, len);
@@ -452,8 +451,7 @@ int wb__resolve(const wb__resolve_req *req, wb__resolve_out *out) {
         return WB_EINVAL;
     memset(out, 0, sizeof *out);
     if (req == NULL || (req->nsrc > 0 && req->src == NULL) ||
-        (req->schema != NULL && req->schema->n > 0 &&
-         req->schema->v == NULL)) {
+        (req->schema != NULL && req->schema->n > 0 && req->schema->v == NULL)) {
         snprintf(out->errmsg, sizeof out->errmsg, "invalid request");
         return WB_EINVAL;
     }

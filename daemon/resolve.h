@@ -18,49 +18,50 @@
 #include "../proto/rules.h"
 
 #define WB_REGEX_MATCH_LIMIT 100000 /* PCRE2 match limit per key per rule. */
-#define WB_RULES_BUDGET_MS 2000     /* Time for resolving one request, in
-                                       ms. */
+#define WB_RULES_BUDGET_MS                                                     \
+    2000 /* Time for resolving one request, in                                 \
+            ms. */
 
 /* One tensor the target receives. */
 typedef struct wb__resolved {
-    char *target;               /* Target key (owned). */
-    size_t src;                 /* Index into the source table. */
-    int dtype;                  /* Dtype the target gets (may differ). */
-    int cast;                   /* 1 if dtype differs from the source's. */
+    char *target; /* Target key (owned). */
+    size_t src;   /* Index into the source table. */
+    int dtype;    /* Dtype the target gets (may differ). */
+    int cast;     /* 1 if dtype differs from the source's. */
 } wb__resolved;
 
 typedef struct wb__keylist {
-    char **v;                   /* Owned keys, in report order. */
-    size_t n;                   /* Keys in v. */
-    size_t cap;                 /* Allocated slots in v. */
+    char **v;   /* Owned keys, in report order. */
+    size_t n;   /* Keys in v. */
+    size_t cap; /* Allocated slots in v. */
 } wb__keylist;
 
 typedef struct wb__resolve_req {
-    const wb__tinfo *src;       /* Source table, in its stored order. */
-    size_t nsrc;                /* Entries in src. */
-    const size_t *tie;          /* NULL, or per source tensor the index of
-                                   the one whose bytes it shares. */
-    const wb__ruleset *rules;   /* May be NULL or empty. */
-    const wb__schema *schema;   /* NULL: no target schema. */
-    int strict;                 /* strict=True. */
-    int ignore_mismatch;        /* ignore_mismatched_sizes=True. */
-    unsigned budget_ms;         /* Time allowed for the whole call, in ms
-                                   (compiling the rules, filtering, renaming
-                                   and casting every key, matching the
-                                   schema, the report); 0: no limit. */
+    const wb__tinfo *src;     /* Source table, in its stored order. */
+    size_t nsrc;              /* Entries in src. */
+    const size_t *tie;        /* NULL, or per source tensor the index of
+                                 the one whose bytes it shares. */
+    const wb__ruleset *rules; /* May be NULL or empty. */
+    const wb__schema *schema; /* NULL: no target schema. */
+    int strict;               /* strict=True. */
+    int ignore_mismatch;      /* ignore_mismatched_sizes=True. */
+    unsigned budget_ms;       /* Time allowed for the whole call, in ms
+                                 (compiling the rules, filtering, renaming
+                                 and casting every key, matching the
+                                 schema, the report); 0: no limit. */
 } wb__resolve_req;
 
 typedef struct wb__resolve_out {
-    wb__resolved *v;            /* Tensors to hand out, target order. */
-    size_t n;                   /* Entries in v. */
-    wb__keylist missing;        /* Target keys no source reached. */
-    wb__keylist unexpected;     /* Renamed source keys the target lacks. */
-    wb__keylist mismatched;     /* Keys whose shapes differ. */
-    wb__keylist cast;           /* Keys converted to the target dtype. */
-    wb__keylist aliased;        /* Target keys whose source bytes an earlier
-                                   target key also receives (tied). */
-    char *error_text;           /* PyTorch-format text, NULL if none. */
-    char errmsg[512];           /* Detail for a non-load error. */
+    wb__resolved *v;        /* Tensors to hand out, target order. */
+    size_t n;               /* Entries in v. */
+    wb__keylist missing;    /* Target keys no source reached. */
+    wb__keylist unexpected; /* Renamed source keys the target lacks. */
+    wb__keylist mismatched; /* Keys whose shapes differ. */
+    wb__keylist cast;       /* Keys converted to the target dtype. */
+    wb__keylist aliased;    /* Target keys whose source bytes an earlier
+                               target key also receives (tied). */
+    char *error_text;       /* PyTorch-format text, NULL if none. */
+    char errmsg[512];       /* Detail for a non-load error. */
 } wb__resolve_out;
 
 /* Resolves req into *out (zeroed first).  Returns 0 when the load may go

@@ -17,9 +17,10 @@
 #include "resolve.h"
 #include "rules_match.h"
 
-#define WB_BUDGET_CHECK_BYTES 65536 /* Key bytes handled between two looks
-                                      at the clock (tens of microseconds). */
-#define NONE SIZE_MAX              /* "No index" in index fields. */
+#define WB_BUDGET_CHECK_BYTES                                                  \
+    65536             /* Key bytes handled between two looks                   \
+                        at the clock (tens of microseconds). */
+#define NONE SIZE_MAX /* "No index" in index fields. */
 
 /* ---------------------------------------------------------------- budget */
 
@@ -28,9 +29,9 @@
  * count the key bytes they handle, and the clock is read after every
  * WB_BUDGET_CHECK_BYTES of them. */
 typedef struct budget {
-    uint64_t deadline;          /* CLOCK_MONOTONIC in ns; 0: no limit. */
-    size_t work;                /* Key bytes handled since the last look. */
-    int spent;                  /* 1 once the deadline has passed. */
+    uint64_t deadline; /* CLOCK_MONOTONIC in ns; 0: no limit. */
+    size_t work;       /* Key bytes handled since the last look. */
+    int spent;         /* 1 once the deadline has passed. */
 } budget;
 
 /* Starts a budget of ms milliseconds from now; 0 means no limit. */
@@ -53,31 +54,31 @@ static inline int budget_charge(budget *b, size_t bytes) {
 
 /* One rule, ready to apply. */
 typedef struct crule {
-    const wb__rule *r;          /* The rule as given. */
-    size_t alen;                /* strlen(r->a). */
-    size_t blen;                /* strlen(r->b). */
-    pcre2_code *re;             /* REGEX: compiled pattern. */
-    wb__template tpl;           /* REGEX: parsed replacement. */
-    size_t run_end;             /* RENAME opening a run: index past it. */
-    size_t next_same;           /* RENAME: next rename with the same a. */
+    const wb__rule *r; /* The rule as given. */
+    size_t alen;       /* strlen(r->a). */
+    size_t blen;       /* strlen(r->b). */
+    pcre2_code *re;    /* REGEX: compiled pattern. */
+    wb__template tpl;  /* REGEX: parsed replacement. */
+    size_t run_end;    /* RENAME opening a run: index past it. */
+    size_t next_same;  /* RENAME: next rename with the same a. */
 } crule;
 
 /* The whole rule list, ready to apply. */
 typedef struct compiled {
-    crule *v;                   /* Rules in order. */
-    size_t n;                   /* Rules in v. */
-    int has_include;            /* 1 if any include rule exists. */
-    wb__htab inc_exact;             /* Include globs without metacharacters. */
-    wb__htab exc_exact;             /* Exclude globs without metacharacters. */
-    size_t *inc_glob;           /* Indices of the other include rules. */
-    size_t n_inc_glob;          /* Entries in inc_glob. */
-    size_t *exc_glob;           /* Indices of the other exclude rules. */
-    size_t n_exc_glob;          /* Entries in exc_glob. */
-    size_t *casts;              /* Indices of the cast rules. */
-    size_t n_casts;             /* Entries in casts. */
-    wb__htab rename_first;          /* RENAME a -> index of its first rule. */
-    pcre2_match_context *mctx;  /* Match limits for every regex. */
-    pcre2_match_data *md;       /* Ovector big enough for every regex. */
+    crule *v;                  /* Rules in order. */
+    size_t n;                  /* Rules in v. */
+    int has_include;           /* 1 if any include rule exists. */
+    wb__htab inc_exact;        /* Include globs without metacharacters. */
+    wb__htab exc_exact;        /* Exclude globs without metacharacters. */
+    size_t *inc_glob;          /* Indices of the other include rules. */
+    size_t n_inc_glob;         /* Entries in inc_glob. */
+    size_t *exc_glob;          /* Indices of the other exclude rules. */
+    size_t n_exc_glob;         /* Entries in exc_glob. */
+    size_t *casts;             /* Indices of the cast rules. */
+    size_t n_casts;            /* Entries in casts. */
+    wb__htab rename_first;     /* RENAME a -> index of its first rule. */
+    pcre2_match_context *mctx; /* Match limits for every regex. */
+    pcre2_match_data *md;      /* Ovector big enough for every regex. */
 } compiled;
 
 /* Writes "line N: " (or nothing) and the formatted text into out->errmsg.
@@ -102,13 +103,13 @@ void wb__compiled_free(compiled *c);
 
 /* The module tree of a schema.  Node 0 is the root (the target itself). */
 typedef struct mtree {
-    wb__htab children;          /* Child key -> node index. */
-    struct mnode *v;            /* Nodes. */
-    size_t n;                   /* Nodes in v. */
-    size_t cap;                 /* Allocated slots in v. */
-    size_t nmodules;            /* Module numbers given out. */
-    struct tblock *keys;        /* Newest block of child keys (the hash
-                                   table borrows them). */
+    wb__htab children;   /* Child key -> node index. */
+    struct mnode *v;     /* Nodes. */
+    size_t n;            /* Nodes in v. */
+    size_t cap;          /* Allocated slots in v. */
+    size_t nmodules;     /* Module numbers given out. */
+    struct tblock *keys; /* Newest block of child keys (the hash
+                            table borrows them). */
 } mtree;
 
 /* The module nodes a walk down the tree went past for the key walked
@@ -116,21 +117,21 @@ typedef struct mtree {
  * modules the two share: consecutive keys of a state_dict mostly share
  * all but their last component. */
 typedef struct tpath {
-    const char *key;            /* The key walked last (borrowed), or
-                                   NULL. */
-    size_t len;                 /* Bytes of key. */
-    size_t depth;               /* Modules of key in node and dot. */
-    size_t *node;               /* WB_MAX_NAME slots: node of module j. */
-    size_t *dot;                /* WB_MAX_NAME slots: offset of the dot
-                                   after module j's component. */
+    const char *key; /* The key walked last (borrowed), or
+                        NULL. */
+    size_t len;      /* Bytes of key. */
+    size_t depth;    /* Modules of key in node and dot. */
+    size_t *node;    /* WB_MAX_NAME slots: node of module j. */
+    size_t *dot;     /* WB_MAX_NAME slots: offset of the dot
+                        after module j's component. */
 } tpath;
 
 /* One source key that passed the filters, after renaming. */
 typedef struct kent {
-    char *name;                 /* Renamed key (owned). */
-    size_t len;                 /* Bytes of name. */
-    size_t src;                 /* Index in the source table. */
-    size_t target;              /* Index in the schema, or NONE. */
+    char *name;    /* Renamed key (owned). */
+    size_t len;    /* Bytes of name. */
+    size_t src;    /* Index in the source table. */
+    size_t target; /* Index in the schema, or NONE. */
 } kent;
 
 /* Working state of one wb__resolve() call. */

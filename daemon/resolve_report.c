@@ -20,9 +20,9 @@
 
 /* A growing NUL-terminated byte string. */
 typedef struct sbuf {
-    char *p;                    /* Bytes, NUL-terminated (NULL if unused). */
-    size_t len;                 /* Bytes before the NUL. */
-    size_t cap;                 /* Allocated bytes. */
+    char *p;    /* Bytes, NUL-terminated (NULL if unused). */
+    size_t len; /* Bytes before the NUL. */
+    size_t cap; /* Allocated bytes. */
 } sbuf;
 
 /* Makes room for extra more bytes plus the NUL. */
@@ -52,7 +52,9 @@ static int sb_add(sbuf *b, const char *s, size_t len) {
     return 0;
 }
 
-static int sb_adds(sbuf *b, const char *s) { return sb_add(b, s, strlen(s)); }
+static int sb_adds(sbuf *b, const char *s) {
+    return sb_add(b, s, strlen(s));
+}
 
 static int sb_printf(sbuf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -129,11 +131,13 @@ int wb__error_text(rstate *st) {
         const wb__tinfo *src = &req->src[st->kept[h->val].src];
         if (shape_eq(src, t))
             continue;
-        rc = sb_printf(&b, "%ssize mismatch for %s: copying a param with shape ",
-                       first ? "" : "\n\t", t->name);
+        rc =
+            sb_printf(&b, "%ssize mismatch for %s: copying a param with shape ",
+                      first ? "" : "\n\t", t->name);
         rc = rc ? rc : sb_shape(&b, src->ndim, src->shape);
-        rc = rc ? rc : sb_adds(&b, " from checkpoint, the shape in current "
-                                   "model is ");
+        rc = rc ? rc
+                : sb_adds(&b, " from checkpoint, the shape in current "
+                              "model is ");
         rc = rc ? rc : sb_shape(&b, t->ndim, t->shape);
         rc = rc ? rc : sb_adds(&b, ".");
         first = 0;

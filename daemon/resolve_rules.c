@@ -35,8 +35,8 @@
 /* A key being renamed.  Fixed size: no rename may make a key longer than
  * WB_MAX_NAME bytes, so renaming never allocates. */
 typedef struct kbuf {
-    size_t len;                 /* Bytes before the NUL, <= WB_MAX_NAME. */
-    char p[WB_MAX_NAME + 1];    /* The key, NUL-terminated. */
+    size_t len;              /* Bytes before the NUL, <= WB_MAX_NAME. */
+    char p[WB_MAX_NAME + 1]; /* The key, NUL-terminated. */
 } kbuf;
 
 /* Appends len bytes of s to k.  Returns 0, or -1 with k unchanged when
@@ -177,8 +177,8 @@ int wb__compile_rules(const wb__ruleset *rs, compiled *c, budget *b,
             int inc = r->kind == WB__RULE_INCLUDE;
             c->has_include |= inc;
             if (!wb__glob_has_magic(r->a)) {
-                if (wb__ht_put(inc ? &c->inc_exact : &c->exc_exact, r->a, cr->alen,
-                           i, NULL) < 0)
+                if (wb__ht_put(inc ? &c->inc_exact : &c->exc_exact, r->a,
+                               cr->alen, i, NULL) < 0)
                     goto nomem;
             } else if (inc) {
                 c->inc_glob[c->n_inc_glob++] = i;
@@ -221,7 +221,8 @@ int wb__compile_rules(const wb__ruleset *rs, compiled *c, budget *b,
                 return wb__rule_err(out, r, WB_ERULE, "regex \"%s\" %s", r->a,
                                     why);
             }
-            int rc = wb__template_parse(cr->re, r->b, &cr->tpl, why, sizeof why);
+            int rc =
+                wb__template_parse(cr->re, r->b, &cr->tpl, why, sizeof why);
             if (rc == WB_ENOMEM)
                 goto nomem;
             if (rc != 0)
@@ -266,11 +267,10 @@ nomem:
  * written. */
 static size_t rule_where(const compiled *c, const crule *cr,
                          wb__resolve_out *out) {
-    int n = cr->r->line > 0
-                ? snprintf(out->errmsg, sizeof out->errmsg, "line %d: ",
-                           cr->r->line)
-                : snprintf(out->errmsg, sizeof out->errmsg, "rule %zu: ",
-                           (size_t)(cr - c->v) + 1);
+    int n = cr->r->line > 0 ? snprintf(out->errmsg, sizeof out->errmsg,
+                                       "line %d: ", cr->r->line)
+                            : snprintf(out->errmsg, sizeof out->errmsg,
+                                       "rule %zu: ", (size_t)(cr - c->v) + 1);
     assert(n > 0 && (size_t)n < sizeof out->errmsg);
     return (size_t)n;
 }
@@ -354,8 +354,8 @@ static int apply_regex(compiled *c, const crule *cr, const char *src,
                        kbuf **cur, kbuf **tmp, wb__resolve_out *out) {
     const kbuf *in = *cur;
     kbuf *res = *tmp;
-    int rc = pcre2_match(cr->re, (PCRE2_SPTR)in->p, in->len, 0, 0, c->md,
-                         c->mctx);
+    int rc =
+        pcre2_match(cr->re, (PCRE2_SPTR)in->p, in->len, 0, 0, c->md, c->mctx);
     if (rc == PCRE2_ERROR_NOMATCH)
         return 0;
     if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT ||
@@ -509,7 +509,8 @@ int wb__collect(rstate *st) {
         k->target = NONE;
         st->nkept++;
         size_t old;
-        int put = wb__ht_put(&st->renamed, k->name, k->len, st->nkept - 1, &old);
+        int put =
+            wb__ht_put(&st->renamed, k->name, k->len, st->nkept - 1, &old);
         if (put < 0) {
             rc = WB_ENOMEM;
         } else if (put == 0) {

@@ -93,8 +93,12 @@ static uint64_t meminfo_field(const char *key) {
     return v;
 }
 
-uint64_t wb__mem_available(void) { return meminfo_field("MemAvailable"); }
-uint64_t wb__mem_total(void) { return meminfo_field("MemTotal"); }
+uint64_t wb__mem_available(void) {
+    return meminfo_field("MemAvailable");
+}
+uint64_t wb__mem_total(void) {
+    return meminfo_field("MemTotal");
+}
 
 uint64_t wb__cgroup_memory_max(void) {
     FILE *f = fopen("/proc/self/cgroup", "re");
@@ -141,7 +145,7 @@ int wb__seg_create(const char *label, uint64_t size, wb__segment *out,
                  (unsigned long long)size, strerror(rc));
         errno = rc;
         return (rc == ENOSPC || rc == ENOMEM || rc == EFBIG) ? WB_ENOSPC
-                                                               : WB_ESYS;
+                                                             : WB_ESYS;
     }
     /* Growing is forbidden from the start (a publisher could otherwise
      * take memory beyond what it was charged); shrinking only at the seal,
@@ -218,8 +222,7 @@ void *wb__seg_map_ro(const wb__segment *s, uint64_t off, size_t len,
     if (fd < 0)
         return NULL;
     void *p = mmap(NULL, len, PROT_READ,
-                   MAP_SHARED | (populate ? MAP_POPULATE : 0), fd,
-                   (off_t)off);
+                   MAP_SHARED | (populate ? MAP_POPULATE : 0), fd, (off_t)off);
     int e = errno;
     close(fd);
     errno = e;

@@ -11,15 +11,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define WB_SEG_UNIT (2u * 1024 * 1024) /* Segment sizes are multiples: 2 MiB. */
+#define WB_SEG_UNIT (2u * 1024 * 1024)        /* Sizes are multiples: 2 MiB. */
 #define WB_SEG_RESERVE (256ull * 1024 * 1024) /* RAM kept free for others. */
 
 typedef struct wb__segment {
-    int fd;                     /* Read-write descriptor, -1 when closed. */
-    uint64_t size;              /* Bytes, a multiple of WB_SEG_UNIT. */
-    struct wb__segment *prev;   /* Previous open segment (all are listed,
-                                   for wb__seg_allocated_total). */
-    struct wb__segment *next;   /* Next open segment. */
+    int fd;                   /* Read-write descriptor, -1 when closed. */
+    uint64_t size;            /* Bytes, a multiple of WB_SEG_UNIT. */
+    struct wb__segment *prev; /* Previous open segment (all are listed,
+                                 for wb__seg_allocated_total). */
+    struct wb__segment *next; /* Next open segment. */
 } wb__segment;
 
 /* Makes s a closed segment (fd -1). */

@@ -70,7 +70,9 @@ uint64_t wb__sessions_mapping(const char *model) {
     return n;
 }
 
-size_t wb__sessions_count(void) { return nsessions; }
+size_t wb__sessions_count(void) {
+    return nsessions;
+}
 
 wb__session *wb__session_open(wb__conn *c) {
     wb__session *s = calloc(1, sizeof(*s));

@@ -20,19 +20,19 @@ struct wb__pending;
 struct wb__watch;
 
 typedef struct wb__session {
-    wb__conn *conn;             /* Transport, NULL once it closed. */
-    uint64_t id;                /* Connection serial, for logs. */
-    struct ucred cred;          /* Peer's pid, uid, gid. */
-    int hello;                  /* 1 once the hello was exchanged. */
-    int busy;                   /* 1 while a request awaits its answer. */
-    int refs;                   /* The connection's + jobs'. */
+    wb__conn *conn;              /* Transport, NULL once it closed. */
+    uint64_t id;                 /* Connection serial, for logs. */
+    struct ucred cred;           /* Peer's pid, uid, gid. */
+    int hello;                   /* 1 once the hello was exchanged. */
+    int busy;                    /* 1 while a request awaits its answer. */
+    int refs;                    /* The connection's + jobs'. */
     struct wb__pending *pending; /* Open publishes. */
-    size_t npending;            /* Entries in pending. */
-    struct wb__watch *watch;    /* The watch it waits in, or NULL. */
-    char **mapped;              /* Models it has mapped (readers count). */
-    size_t nmapped;             /* Entries in mapped. */
-    struct wb__session *prev;   /* Previous session. */
-    struct wb__session *next;   /* Next session. */
+    size_t npending;             /* Entries in pending. */
+    struct wb__watch *watch;     /* The watch it waits in, or NULL. */
+    char **mapped;               /* Models it has mapped (readers count). */
+    size_t nmapped;              /* Entries in mapped. */
+    struct wb__session *prev;    /* Previous session. */
+    struct wb__session *next;    /* Next session. */
 } wb__session;
 
 /* Makes the session of a new connection (one reference, the

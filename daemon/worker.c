@@ -5,15 +5,15 @@
 #include <stddef.h>
 
 static struct {
-    uv_thread_t thread;         /* The worker. */
-    uv_mutex_t lock;            /* Guards the fields below. */
-    uv_cond_t wake;             /* Signalled when todo grows or on stop. */
-    wb__task *todo;             /* Queued, oldest first. */
-    wb__task *todo_tail;        /* Last queued. */
-    wb__task *finished;         /* Done on the worker, for the loop. */
-    int stopping;               /* 1 once asked to stop. */
-    int running;                /* 1 while the thread exists. */
-    uv_async_t async;           /* Wakes the loop for finished tasks. */
+    uv_thread_t thread;  /* The worker. */
+    uv_mutex_t lock;     /* Guards the fields below. */
+    uv_cond_t wake;      /* Signalled when todo grows or on stop. */
+    wb__task *todo;      /* Queued, oldest first. */
+    wb__task *todo_tail; /* Last queued. */
+    wb__task *finished;  /* Done on the worker, for the loop. */
+    int stopping;        /* 1 once asked to stop. */
+    int running;         /* 1 while the thread exists. */
+    uv_async_t async;    /* Wakes the loop for finished tasks. */
 } W;
 
 static void worker_main(void *arg) {

@@ -14,7 +14,7 @@
 typedef struct wb__task {
     void (*work)(struct wb__task *t); /* Runs on the worker thread. */
     void (*done)(struct wb__task *t); /* Runs on the loop afterwards. */
-    struct wb__task *next;      /* Next in the worker's queues. */
+    struct wb__task *next;            /* Next in the worker's queues. */
 } wb__task;
 
 /* Starts the worker thread.  Returns 0 or -1. */

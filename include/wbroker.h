@@ -120,17 +120,19 @@ WB_EXTERN const char *wb_err_name(int err);
 
 /* ---------------------------------------------------------------- dtypes */
 
-/* Dtypes, named as in safetensors. */
+/* Dtypes, named as in safetensors: X(name, element size in bytes). */
+/* clang-format off */
 #define WB_DTYPE_MAP(X)                                                        \
     X(F64, 8) X(F32, 4) X(F16, 2) X(BF16, 2) X(I64, 8) X(I32, 4) X(I16, 2)     \
     X(I8, 1) X(U8, 1) X(BOOL, 1) X(F8_E4M3, 1) X(F8_E5M2, 1) X(U16, 2)         \
     X(U32, 4) X(U64, 8)
+/* clang-format on */
 
 typedef enum {
 #define WB__DT_ENUM(name, size) WB_##name,
     WB_DTYPE_MAP(WB__DT_ENUM)
 #undef WB__DT_ENUM
-    WB_DTYPE_COUNT
+        WB_DTYPE_COUNT
 } wb_dtype;
 
 /* Element size in bytes of dtype (a wb_dtype), or 0 when dtype is not one
@@ -144,8 +146,8 @@ WB_EXTERN const char *wb_dtype_name(int dtype);
  * unknown name or a NULL one. */
 WB_EXTERN int wb_dtype_from_name(const char *name);
 
-#define WB_MAX_DIMS 16          /* Dimensions of one tensor. */
-#define WB_MAX_NAME 1024        /* Bytes of a tensor or model name. */
+#define WB_MAX_DIMS 16   /* Dimensions of one tensor. */
+#define WB_MAX_NAME 1024 /* Bytes of a tensor or model name. */
 
 /* ---------------------------------------------------------------- client */
 
@@ -202,18 +204,18 @@ WB_EXTERN int wb_sys_errno(const wb_client *c);
 typedef struct wb_publish wb_publish;
 
 typedef struct wb_tensor_spec {
-    const char *name;           /* UTF-8, 1..WB_MAX_NAME bytes. */
-    int dtype;                  /* A wb_dtype. */
-    int ndim;                   /* 0..WB_MAX_DIMS. */
-    const int64_t *shape;       /* ndim sizes, each >= 0. */
-    const char *tied_to;        /* NULL, or the name of an earlier tensor of
-                                   the same dtype and shape whose bytes this
-                                   one shares (tied weights): stored once. */
+    const char *name;     /* UTF-8, 1..WB_MAX_NAME bytes. */
+    int dtype;            /* A wb_dtype. */
+    int ndim;             /* 0..WB_MAX_DIMS. */
+    const int64_t *shape; /* ndim sizes, each >= 0. */
+    const char *tied_to;  /* NULL, or the name of an earlier tensor of
+                             the same dtype and shape whose bytes this
+                             one shares (tied weights): stored once. */
 } wb_tensor_spec;
 
 typedef struct wb_kv {
-    const char *key;            /* Metadata key (UTF-8). */
-    const char *value;          /* Metadata value (UTF-8). */
+    const char *key;   /* Metadata key (UTF-8). */
+    const char *value; /* Metadata value (UTF-8). */
 } wb_kv;
 
 /* Metadata key under which a version's safetensors image (and an exported
@@ -369,7 +371,8 @@ WB_EXTERN const char *wb_rules_errmsg(const wb_rules *r);
 WB_EXTERN int wb_rules_parse(wb_rules *r, const char *text, char *err,
                              size_t errlen);
 
-/* ---------------------------------------------------------------- target schema */
+/* ---------------------------------------------------------------- target
+ * schema */
 
 typedef struct wb_schema wb_schema;
 
@@ -391,19 +394,19 @@ WB_EXTERN void wb_schema_free(wb_schema *s);
  * WB_EDTYPE; WB_ESHAPE for an ndim outside 0..WB_MAX_DIMS, a NULL shape
  * with ndim > 0 or a negative size; or WB_ENOMEM.  The schema is unchanged
  * on failure.  A key listed twice fails at wb_load() with WB_EEXIST. */
-WB_EXTERN int wb_schema_add(wb_schema *s, const char *name, int dtype,
-                            int ndim, const int64_t *shape);
+WB_EXTERN int wb_schema_add(wb_schema *s, const char *name, int dtype, int ndim,
+                            const int64_t *shape);
 
 /* ---------------------------------------------------------------- map */
 
 typedef struct wb_mapping wb_mapping;
 
 enum {
-    WB_MAP_PRIVATE = 0,         /* Copy-on-write: writes stay private. */
-    WB_MAP_SHARED = 1 << 0,     /* Shared, read-only. */
-    WB_MAP_NONSTRICT = 1 << 1,  /* strict=False. */
+    WB_MAP_PRIVATE = 0,              /* Copy-on-write: writes stay private. */
+    WB_MAP_SHARED = 1 << 0,          /* Shared, read-only. */
+    WB_MAP_NONSTRICT = 1 << 1,       /* strict=False. */
     WB_MAP_IGNORE_MISMATCH = 1 << 2, /* ignore_mismatched_sizes=True. */
-    WB_MAP_PLAN = 1 << 3        /* Dry run: report only, maps nothing. */
+    WB_MAP_PLAN = 1 << 3             /* Dry run: report only, maps nothing. */
 };
 
 typedef struct wb_tensor {
@@ -460,8 +463,8 @@ WB_EXTERN int wb_map(wb_client *c, const char *model, uint64_t version,
  * than 63 segments; WB_ESYS when a segment cannot be mapped; and the
  * transport errors. */
 WB_EXTERN int wb_load(wb_client *c, const char *model, uint64_t version,
-                      const wb_schema *schema, const wb_rules *rules,
-                      int flags, wb_mapping **out);
+                      const wb_schema *schema, const wb_rules *rules, int flags,
+                      wb_mapping **out);
 
 /* The reading functions below (wb_map_*) only read m: they talk to no
  * daemon, record nothing in wb_errmsg(), accept NULL for m (as an empty
@@ -494,11 +497,11 @@ WB_EXTERN int wb_map_meta_at(const wb_mapping *m, size_t i, const char **key,
 
 /* The load report. */
 typedef enum {
-    WB_KEYS_MISSING,            /* Target keys no source key reached. */
-    WB_KEYS_UNEXPECTED,         /* Source keys (renamed) the target lacks. */
-    WB_KEYS_MISMATCHED,         /* Same key, different shape. */
-    WB_KEYS_CAST,               /* Same key and shape, converted dtype. */
-    WB_KEYS_ALIASED,            /* Target keys sharing a source (tied). */
+    WB_KEYS_MISSING,    /* Target keys no source key reached. */
+    WB_KEYS_UNEXPECTED, /* Source keys (renamed) the target lacks. */
+    WB_KEYS_MISMATCHED, /* Same key, different shape. */
+    WB_KEYS_CAST,       /* Same key and shape, converted dtype. */
+    WB_KEYS_ALIASED,    /* Target keys sharing a source (tied). */
     WB_KEYS_COUNT
 } wb_keyset;
 /* Keys in set which (a wb_keyset) of m's load report; 0 for a NULL m, a
@@ -521,8 +524,7 @@ WB_EXTERN const char *wb_map_error_text(const wb_mapping *m);
  * WB_ESTATE for a plan, a WB_ELOAD report or a mapping made with a schema
  * or rules; or WB_ECORRUPT when the segment does not hold a valid header
  * length.  *data and *len are set only on success. */
-WB_EXTERN int wb_map_image(const wb_mapping *m, const void **data,
-                           size_t *len);
+WB_EXTERN int wb_map_image(const wb_mapping *m, const void **data, size_t *len);
 
 /* Unmaps and frees m.  Every pointer read from it (tensor data, names,
  * metadata, report keys, the image) is invalid afterwards; other threads
@@ -532,12 +534,12 @@ WB_EXTERN void wb_unmap(wb_mapping *m);
 /* ---------------------------------------------------------------- inspect */
 
 typedef struct wb_model_info {
-    char *name;                 /* Model name. */
-    uint64_t latest;            /* Latest committed version. */
-    uint64_t nversions;         /* Committed versions held. */
-    uint64_t tensors;           /* Tensors in the latest version. */
-    uint64_t bytes;             /* Tensor bytes of the latest version. */
-    uint64_t readers;           /* Connections holding a map of it. */
+    char *name;         /* Model name. */
+    uint64_t latest;    /* Latest committed version. */
+    uint64_t nversions; /* Committed versions held. */
+    uint64_t tensors;   /* Tensors in the latest version. */
+    uint64_t bytes;     /* Tensor bytes of the latest version. */
+    uint64_t readers;   /* Connections holding a map of it. */
 } wb_model_info;
 
 /* Lists the models that hold at least one committed version.  On success
@@ -551,17 +553,17 @@ WB_EXTERN int wb_list(wb_client *c, wb_model_info **out, size_t *n);
 WB_EXTERN void wb_model_info_free(wb_model_info *v, size_t n);
 
 typedef struct wb_status {
-    char version[32];           /* Daemon version string. */
-    double uptime;              /* Seconds since start. */
-    uint64_t memory_used;       /* Bytes of shared memory held. */
-    uint64_t memory_limit;      /* Configured limit in bytes. */
-    uint64_t memory_shmem;      /* Bytes the kernel has allocated to the
-                                 * daemon's segments (what it really holds:
-                                 * 0 from a daemon that does not say). */
-    uint64_t models;            /* Models held. */
-    uint64_t versions;          /* Committed versions held. */
-    uint64_t clients;           /* Connected clients. */
-    uint32_t pid;               /* Daemon's process id. */
+    char version[32];      /* Daemon version string. */
+    double uptime;         /* Seconds since start. */
+    uint64_t memory_used;  /* Bytes of shared memory held. */
+    uint64_t memory_limit; /* Configured limit in bytes. */
+    uint64_t memory_shmem; /* Bytes the kernel has allocated to the
+                            * daemon's segments (what it really holds:
+                            * 0 from a daemon that does not say). */
+    uint64_t models;       /* Models held. */
+    uint64_t versions;     /* Committed versions held. */
+    uint64_t clients;      /* Connected clients. */
+    uint32_t pid;          /* Daemon's process id. */
 } wb_status;
 
 /* Fills *out with the daemon's status (zeroed first): memory_used is what

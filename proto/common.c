@@ -6,7 +6,9 @@
 
 #include "wbroker.h"
 
-unsigned wb_version(void) { return WB_VERSION_HEX; }
+unsigned wb_version(void) {
+    return WB_VERSION_HEX;
+}
 
 #define WB__STR2(x) #x
 #define WB__STR(x) WB__STR2(x)

@@ -90,8 +90,8 @@ void wb__pack_rep_begin(msgpack_packer *pk, uint64_t id, int err,
     msgpack_pack_int(pk, err);
 }
 
-int wb__decode_rep_envelope(const msgpack_object *root, uint64_t *id,
-                            int *err, wb__str *msg, const char **bad) {
+int wb__decode_rep_envelope(const msgpack_object *root, uint64_t *id, int *err,
+                            wb__str *msg, const char **bad) {
     int64_t e = 0;
     const char *at = NULL;
     *id = 0;
@@ -226,8 +226,8 @@ int wb__decode_publish_req(const msgpack_object *root, wb__publish_req *out,
         }
         out->n = i + 1;
     }
-    if (mm && (rc = decode_str_map(mm, &out->mkeys, &out->mvals,
-                                   &out->nmeta)) != 0)
+    if (mm &&
+        (rc = decode_str_map(mm, &out->mkeys, &out->mvals, &out->nmeta)) != 0)
         return rc;
     if (tie && tie->size > 0) {
         if (tie->size > ta->size)
@@ -379,8 +379,7 @@ void wb__pack_map_req(msgpack_packer *pk, uint64_t id, const char *model,
                       uint64_t version, int plan, int strict,
                       int ignore_mismatch, const wb__schema *schema,
                       const wb__ruleset *rules) {
-    wb__pack_req_begin(pk, "map", id,
-                       5 + (schema != NULL) + (rules != NULL));
+    wb__pack_req_begin(pk, "map", id, 5 + (schema != NULL) + (rules != NULL));
     wb__pack_key(pk, "model");
     wb__pack_cstr(pk, model);
     wb__pack_key(pk, "version");
@@ -442,8 +441,8 @@ int wb__decode_map_req(const msgpack_object *root, wb__map_req *out) {
         wb__tinfo t;
         rc = wb__decode_tinfo(&sa->ptr[i], &t);
         if (rc == 0)
-            rc = wb__schema_push(&out->schema, t.name, t.dtype, t.ndim,
-                                 t.shape);
+            rc =
+                wb__schema_push(&out->schema, t.name, t.dtype, t.ndim, t.shape);
         free(t.name);
     }
     return rc;
@@ -587,8 +586,7 @@ int wb__decode_map_rep(const msgpack_object *root, int load_error,
     const msgpack_object_map *meta = NULL;
     if (wb__mp_get_array(root, "segs", &segs) != 0 ||
         wb__mp_get_array(root, "tensors", &ta) != 0 ||
-        wb__mp_get_map(root, "meta", &meta) < 0 ||
-        segs->size > WB_MAX_SEGMENTS)
+        wb__mp_get_map(root, "meta", &meta) < 0 || segs->size > WB_MAX_SEGMENTS)
         return WB_EPROTO;
     if ((rc = decode_u64s(segs, &out->segs, &out->nsegs)) != 0)
         return rc;

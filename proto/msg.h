@@ -23,8 +23,8 @@
 
 /* A string inside a decoded message (not NUL-terminated). */
 typedef struct wb__str {
-    const char *p;              /* Bytes. */
-    size_t n;                   /* Length. */
+    const char *p; /* Bytes. */
+    size_t n;      /* Length. */
 } wb__str;
 
 /* Copies a view into a new NUL-terminated string (NULL on OOM). */
@@ -44,8 +44,8 @@ void wb__pack_rep_begin(msgpack_packer *pk, uint64_t id, int err,
  * first field at fault, checked in the order "err" (absent, not an
  * integer, positive or below INT32_MIN), "id" (absent or not unsigned),
  * "msg" (not a string), so that a client can say what was wrong. */
-int wb__decode_rep_envelope(const msgpack_object *root, uint64_t *id,
-                            int *err, wb__str *msg, const char **bad);
+int wb__decode_rep_envelope(const msgpack_object *root, uint64_t *id, int *err,
+                            wb__str *msg, const char **bad);
 
 /* Packs a whole error reply: code (< 0), the sentence msg and, for
  * WB_ESYS, the system's errno (sys_errno > 0; 0 leaves it out). */
@@ -57,14 +57,14 @@ int wb__decode_rep_errno(const msgpack_object *root);
 /* ---------------------------------------------------------------- hello */
 
 typedef struct wb__hello_req {
-    uint64_t proto;             /* WB_PROTO_VERSION of the client. */
-    wb__str client;             /* Client library version. */
+    uint64_t proto; /* WB_PROTO_VERSION of the client. */
+    wb__str client; /* Client library version. */
 } wb__hello_req;
 
 typedef struct wb__hello_rep {
-    uint64_t proto;             /* WB_PROTO_VERSION of the daemon. */
-    wb__str server;             /* Daemon version. */
-    uint32_t pid;               /* Daemon's process id. */
+    uint64_t proto; /* WB_PROTO_VERSION of the daemon. */
+    wb__str server; /* Daemon version. */
+    uint32_t pid;   /* Daemon's process id. */
 } wb__hello_rep;
 
 void wb__pack_hello_req(msgpack_packer *pk, uint64_t id,
@@ -79,19 +79,19 @@ int wb__decode_hello_rep(const msgpack_object *root, wb__hello_rep *out);
 
 /* A declared tie: tensor alias shares the bytes of the earlier stored. */
 typedef struct wb__tie {
-    uint64_t alias;             /* Index of the tied tensor. */
-    uint64_t stored;            /* Index of the tensor it shares. */
+    uint64_t alias;  /* Index of the tied tensor. */
+    uint64_t stored; /* Index of the tensor it shares. */
 } wb__tie;
 
 typedef struct wb__publish_req {
-    wb__str model;              /* Model name. */
-    wb__tinfo *t;               /* Declared tensors (names allocated). */
-    size_t n;                   /* Entries in t. */
-    wb__str *mkeys;             /* Metadata keys. */
-    wb__str *mvals;             /* Metadata values. */
-    size_t nmeta;               /* Metadata entries. */
-    wb__tie *ties;              /* Declared ties. */
-    size_t nties;               /* Entries in ties. */
+    wb__str model;  /* Model name. */
+    wb__tinfo *t;   /* Declared tensors (names allocated). */
+    size_t n;       /* Entries in t. */
+    wb__str *mkeys; /* Metadata keys. */
+    wb__str *mvals; /* Metadata values. */
+    size_t nmeta;   /* Metadata entries. */
+    wb__tie *ties;  /* Declared ties. */
+    size_t nties;   /* Entries in ties. */
 } wb__publish_req;
 
 /* Packs a publish; ties may be NULL when nties is 0. */
@@ -107,10 +107,10 @@ int wb__decode_publish_req(const msgpack_object *root, wb__publish_req *out,
 void wb__publish_req_free(wb__publish_req *r);
 
 typedef struct wb__publish_rep {
-    uint64_t pub;               /* Handle of the open publish. */
-    uint64_t size;              /* Bytes of the segment. */
-    uint64_t *offs;             /* Absolute offset per declared tensor. */
-    size_t n;                   /* Entries in offs. */
+    uint64_t pub;   /* Handle of the open publish. */
+    uint64_t size;  /* Bytes of the segment. */
+    uint64_t *offs; /* Absolute offset per declared tensor. */
+    size_t n;       /* Entries in offs. */
 } wb__publish_rep;
 
 void wb__pack_publish_rep(msgpack_packer *pk, uint64_t id, uint64_t pub,
@@ -138,8 +138,8 @@ int wb__decode_u64_rep(const msgpack_object *root, const char *key,
                        uint64_t *value);
 
 typedef struct wb__model_req {
-    wb__str model;              /* Model name. */
-    uint64_t version;           /* 0: latest (map) or all (drop). */
+    wb__str model;    /* Model name. */
+    uint64_t version; /* 0: latest (map) or all (drop). */
 } wb__model_req;
 
 void wb__pack_drop_req(msgpack_packer *pk, uint64_t id, const char *model,
@@ -149,9 +149,9 @@ void wb__pack_drop_req(msgpack_packer *pk, uint64_t id, const char *model,
 int wb__decode_model_req(const msgpack_object *root, wb__model_req *out);
 
 typedef struct wb__watch_req {
-    wb__str model;              /* Model name. */
-    uint64_t after;             /* Answer once latest > after. */
-    int64_t timeout_ms;         /* < 0 forever, 0 at once. */
+    wb__str model;      /* Model name. */
+    uint64_t after;     /* Answer once latest > after. */
+    int64_t timeout_ms; /* < 0 forever, 0 at once. */
 } wb__watch_req;
 
 void wb__pack_watch_req(msgpack_packer *pk, uint64_t id, const char *model,
@@ -163,14 +163,14 @@ int wb__decode_watch_req(const msgpack_object *root, wb__watch_req *out);
 /* ---------------------------------------------------------------- map */
 
 typedef struct wb__map_req {
-    wb__model_req mv;           /* Model and version. */
-    int plan;                   /* Dry run. */
-    int strict;                 /* strict=True (default 1). */
-    int ignore_mismatch;        /* ignore_mismatched_sizes=True. */
-    int has_schema;             /* 1 if a target schema came. */
-    wb__schema schema;          /* The target (owned). */
-    int has_rules;              /* 1 if rules came. */
-    wb__ruleset rules;          /* The rules (owned). */
+    wb__model_req mv;    /* Model and version. */
+    int plan;            /* Dry run. */
+    int strict;          /* strict=True (default 1). */
+    int ignore_mismatch; /* ignore_mismatched_sizes=True. */
+    int has_schema;      /* 1 if a target schema came. */
+    wb__schema schema;   /* The target (owned). */
+    int has_rules;       /* 1 if rules came. */
+    wb__ruleset rules;   /* The rules (owned). */
 } wb__map_req;
 
 /* Packs a map request; schema and rules may be NULL. */
@@ -199,28 +199,28 @@ typedef struct wb__map_entry {
 /* The report of a map reply (also of a load error). */
 typedef struct wb__report {
     wb__str *keys[WB_KEYS_COUNT]; /* Keys per wb_keyset. */
-    size_t n[WB_KEYS_COUNT];    /* Entries of each. */
-    wb__str text;               /* PyTorch-format error text. */
+    size_t n[WB_KEYS_COUNT];      /* Entries of each. */
+    wb__str text;                 /* PyTorch-format error text. */
 } wb__report;
 
 /* The report as the daemon packs it: each keyset as an array of C
  * strings (NULL arrays count as empty). */
 typedef struct wb__report_src {
     char *const *keys[WB_KEYS_COUNT]; /* Keys per wb_keyset. */
-    size_t n[WB_KEYS_COUNT];    /* Entries of each. */
-    const char *text;           /* Error text, "" if none. */
+    size_t n[WB_KEYS_COUNT];          /* Entries of each. */
+    const char *text;                 /* Error text, "" if none. */
 } wb__report_src;
 
 typedef struct wb__map_rep {
-    uint64_t version;           /* Version mapped. */
-    uint64_t *segs;             /* Size of each segment. */
-    size_t nsegs;               /* Entries in segs. */
-    wb__map_entry *t;           /* Tensor table. */
-    size_t n;                   /* Entries in t. */
-    wb__str *mkeys;             /* Metadata keys. */
-    wb__str *mvals;             /* Metadata values. */
-    size_t nmeta;               /* Metadata entries. */
-    wb__report report;          /* The load report. */
+    uint64_t version;  /* Version mapped. */
+    uint64_t *segs;    /* Size of each segment. */
+    size_t nsegs;      /* Entries in segs. */
+    wb__map_entry *t;  /* Tensor table. */
+    size_t n;          /* Entries in t. */
+    wb__str *mkeys;    /* Metadata keys. */
+    wb__str *mvals;    /* Metadata values. */
+    size_t nmeta;      /* Metadata entries. */
+    wb__report report; /* The load report. */
 } wb__map_rep;
 
 /* Packs a map reply with n table rows produced by row(arg, i, &entry). */
@@ -245,12 +245,12 @@ void wb__map_rep_free(wb__map_rep *r);
 void wb__pack_list_req(msgpack_packer *pk, uint64_t id);
 
 typedef struct wb__list_entry {
-    wb__str name;               /* Model name. */
-    uint64_t latest;            /* Latest version. */
-    uint64_t versions;          /* Versions held. */
-    uint64_t tensors;           /* Tensors of the latest. */
-    uint64_t bytes;             /* Bytes of the latest. */
-    uint64_t readers;           /* Clients that mapped it. */
+    wb__str name;      /* Model name. */
+    uint64_t latest;   /* Latest version. */
+    uint64_t versions; /* Versions held. */
+    uint64_t tensors;  /* Tensors of the latest. */
+    uint64_t bytes;    /* Bytes of the latest. */
+    uint64_t readers;  /* Clients that mapped it. */
 } wb__list_entry;
 
 /* Packs a list reply of n entries produced by row(arg, i, &entry). */
@@ -268,15 +268,15 @@ int wb__decode_list_rep(const msgpack_object *root, wb__list_entry **out,
 void wb__pack_status_req(msgpack_packer *pk, uint64_t id);
 
 typedef struct wb__status_rep {
-    wb__str server;             /* Daemon version. */
-    double uptime;              /* Seconds since start. */
-    uint64_t used;              /* Bytes charged to the limit. */
-    uint64_t limit;             /* The limit. */
-    uint64_t shmem;             /* Bytes the kernel allocated to segments. */
-    uint64_t models;            /* Models holding versions. */
-    uint64_t versions;          /* Versions held. */
-    uint64_t clients;           /* Connected clients. */
-    uint32_t pid;               /* Daemon's process id. */
+    wb__str server;    /* Daemon version. */
+    double uptime;     /* Seconds since start. */
+    uint64_t used;     /* Bytes charged to the limit. */
+    uint64_t limit;    /* The limit. */
+    uint64_t shmem;    /* Bytes the kernel allocated to segments. */
+    uint64_t models;   /* Models holding versions. */
+    uint64_t versions; /* Versions held. */
+    uint64_t clients;  /* Connected clients. */
+    uint32_t pid;      /* Daemon's process id. */
 } wb__status_rep;
 
 void wb__pack_status_rep(msgpack_packer *pk, uint64_t id,

@@ -18,8 +18,8 @@
 #include "rules.h"
 #include "rules_match.h"
 
-#define WB_RULES_MIN_CAP 8      /* First allocation of a rule array. */
-#define WB_SCHEMA_MIN_CAP 16    /* First allocation of a schema array. */
+#define WB_RULES_MIN_CAP 8   /* First allocation of a rule array. */
+#define WB_SCHEMA_MIN_CAP 16 /* First allocation of a schema array. */
 
 /* ---------------------------------------------------------------- arrays */
 
@@ -92,8 +92,8 @@ int wb__schema_push(wb__schema *s, const char *name, int dtype, int ndim,
     for (int i = 0; i < ndim; i++)
         if (shape[i] < 0)
             return WB_ESHAPE;
-    if (grow((void **)&s->v, &s->cap, s->n, sizeof *s->v,
-             WB_SCHEMA_MIN_CAP) != 0)
+    if (grow((void **)&s->v, &s->cap, s->n, sizeof *s->v, WB_SCHEMA_MIN_CAP) !=
+        0)
         return WB_ENOMEM;
     char *copy = strdup(name);
     if (copy == NULL)
@@ -214,10 +214,10 @@ int wb__regex_compile(const char *pattern, pcre2_code **out, char *err,
 
 /* Growing template under construction. */
 typedef struct tpl_build {
-    wb__template *t;            /* Template being filled. */
-    size_t text_cap;            /* Allocated bytes of t->text. */
-    size_t text_len;            /* Used bytes of t->text. */
-    size_t cap;                 /* Allocated pieces of t->v. */
+    wb__template *t; /* Template being filled. */
+    size_t text_cap; /* Allocated bytes of t->text. */
+    size_t text_len; /* Used bytes of t->text. */
+    size_t cap;      /* Allocated pieces of t->v. */
 } tpl_build;
 
 /* Appends len literal bytes, merging with a literal piece just before. */
@@ -285,8 +285,8 @@ static int tpl_gref(const pcre2_code *re, uint32_t ngroups, const char *s,
     return g;
 }
 
-int wb__template_parse(const pcre2_code *re, const char *repl,
-                       wb__template *t, char *err, size_t errlen) {
+int wb__template_parse(const pcre2_code *re, const char *repl, wb__template *t,
+                       char *err, size_t errlen) {
     memset(t, 0, sizeof *t);
     uint32_t ngroups = 0;
     pcre2_pattern_info(re, PCRE2_INFO_CAPTURECOUNT, &ngroups);

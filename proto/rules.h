@@ -13,26 +13,26 @@
 #include "wbroker.h"
 
 typedef enum {
-    WB__RULE_INCLUDE = 1,       /* a = glob on source names. */
-    WB__RULE_EXCLUDE = 2,       /* a = glob on source names. */
-    WB__RULE_RENAME = 3,        /* a = exact old name, b = new name. */
-    WB__RULE_PREFIX = 4,        /* a = old prefix ("" adds), b = new prefix. */
-    WB__RULE_REGEX = 5,         /* a = full-match pattern, b = replacement. */
-    WB__RULE_CAST = 6           /* a = glob on renamed names, dtype. */
+    WB__RULE_INCLUDE = 1, /* a = glob on source names. */
+    WB__RULE_EXCLUDE = 2, /* a = glob on source names. */
+    WB__RULE_RENAME = 3,  /* a = exact old name, b = new name. */
+    WB__RULE_PREFIX = 4,  /* a = old prefix ("" adds), b = new prefix. */
+    WB__RULE_REGEX = 5,   /* a = full-match pattern, b = replacement. */
+    WB__RULE_CAST = 6     /* a = glob on renamed names, dtype. */
 } wb__rule_kind;
 
 typedef struct wb__rule {
-    int kind;                   /* A wb__rule_kind. */
-    char *a;                    /* First operand (owned, never NULL). */
-    char *b;                    /* Second operand (owned, "" if unused). */
-    int dtype;                  /* WB__RULE_CAST: the wb_dtype; else -1. */
-    int line;                   /* Line in the rules file, 0 if from a call. */
+    int kind;  /* A wb__rule_kind. */
+    char *a;   /* First operand (owned, never NULL). */
+    char *b;   /* Second operand (owned, "" if unused). */
+    int dtype; /* WB__RULE_CAST: the wb_dtype; else -1. */
+    int line;  /* Line in the rules file, 0 if from a call. */
 } wb__rule;
 
 typedef struct wb__ruleset {
-    wb__rule *v;                /* Rules in the order given. */
-    size_t n;                   /* Rules in v. */
-    size_t cap;                 /* Allocated slots in v. */
+    wb__rule *v; /* Rules in the order given. */
+    size_t n;    /* Rules in v. */
+    size_t cap;  /* Allocated slots in v. */
 } wb__ruleset;
 
 /* Appends a rule, copying a and b (b may be NULL for "").  Returns 0 or
@@ -51,10 +51,10 @@ typedef struct wb__tinfo {
 } wb__tinfo;
 
 typedef struct wb__schema {
-    char *target;               /* Target's class name for messages ("" ok). */
-    wb__tinfo *v;               /* Tensors in the target's state_dict order. */
-    size_t n;                   /* Tensors in v. */
-    size_t cap;                 /* Allocated slots in v. */
+    char *target; /* Target's class name for messages ("" ok). */
+    wb__tinfo *v; /* Tensors in the target's state_dict order. */
+    size_t n;     /* Tensors in v. */
+    size_t cap;   /* Allocated slots in v. */
 } wb__schema;
 
 int wb__schema_push(wb__schema *s, const char *name, int dtype, int ndim,

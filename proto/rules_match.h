@@ -27,16 +27,16 @@
 
 /* One piece of a parsed replacement template. */
 typedef struct wb__tpl_piece {
-    int group;                  /* Capture group to copy, or -1: literal. */
-    size_t off;                 /* Literal: offset of its bytes in text. */
-    size_t len;                 /* Literal: number of bytes. */
+    int group;  /* Capture group to copy, or -1: literal. */
+    size_t off; /* Literal: offset of its bytes in text. */
+    size_t len; /* Literal: number of bytes. */
 } wb__tpl_piece;
 
 /* A replacement template parsed against one compiled pattern. */
 typedef struct wb__template {
-    char *text;                 /* Literal bytes of every piece (owned). */
-    wb__tpl_piece *v;           /* Pieces in output order (owned). */
-    size_t n;                   /* Pieces in v. */
+    char *text;       /* Literal bytes of every piece (owned). */
+    wb__tpl_piece *v; /* Pieces in output order (owned). */
+    size_t n;         /* Pieces in v. */
 } wb__template;
 
 /* Returns 1 if glob has an fnmatch(3) metacharacter (* ? [ \), else 0: a
@@ -61,8 +61,8 @@ int wb__regex_compile(const char *pattern, pcre2_code **out, char *err,
  * bad template returns WB_ERULE with the reason in err ("invalid group
  * reference 3", "bad escape \q", ...); WB_ENOMEM when out of memory.  *t is
  * empty after a failure. */
-int wb__template_parse(const pcre2_code *re, const char *repl,
-                       wb__template *t, char *err, size_t errlen);
+int wb__template_parse(const pcre2_code *re, const char *repl, wb__template *t,
+                       char *err, size_t errlen);
 
 /* Frees the template's memory and empties it.  Accepts NULL. */
 void wb__template_free(wb__template *t);

@@ -47,10 +47,10 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
 
 /* State of one wb__rules_parse_text() call. */
 typedef struct parser {
-    wb__ruleset tmp;            /* Rules parsed so far (moved on success). */
-    int line;                   /* Current line number, from 1. */
-    char *err;                  /* Caller's error buffer (may be NULL). */
-    size_t errlen;              /* Size of err. */
+    wb__ruleset tmp; /* Rules parsed so far (moved on success). */
+    int line;        /* Current line number, from 1. */
+    char *err;       /* Caller's error buffer (may be NULL). */
+    size_t errlen;   /* Size of err. */
 } parser;
 
 /* Skips spaces and tabs. */

@@ -52,38 +52,64 @@ int wb__mp_check(const uint8_t *p, size_t len) {
             skip = b & 0x1f;
         } else {
             switch (b) {
-            case 0xc4: case 0xd9: /* bin8, str8 */
-                if (read_be(p, len, &pos, 1, &n)) return WB_EPROTO;
+            case 0xc4:
+            case 0xd9: /* bin8, str8 */
+                if (read_be(p, len, &pos, 1, &n))
+                    return WB_EPROTO;
                 skip = n;
                 break;
-            case 0xc5: case 0xda: /* bin16, str16 */
-                if (read_be(p, len, &pos, 2, &n)) return WB_EPROTO;
+            case 0xc5:
+            case 0xda: /* bin16, str16 */
+                if (read_be(p, len, &pos, 2, &n))
+                    return WB_EPROTO;
                 skip = n;
                 break;
-            case 0xc6: case 0xdb: /* bin32, str32 */
-                if (read_be(p, len, &pos, 4, &n)) return WB_EPROTO;
+            case 0xc6:
+            case 0xdb: /* bin32, str32 */
+                if (read_be(p, len, &pos, 4, &n))
+                    return WB_EPROTO;
                 skip = n;
                 break;
-            case 0xca: skip = 4; break; /* float32 */
-            case 0xcb: skip = 8; break; /* float64 */
-            case 0xcc: case 0xd0: skip = 1; break;
-            case 0xcd: case 0xd1: skip = 2; break;
-            case 0xce: case 0xd2: skip = 4; break;
-            case 0xcf: case 0xd3: skip = 8; break;
+            case 0xca:
+                skip = 4;
+                break; /* float32 */
+            case 0xcb:
+                skip = 8;
+                break; /* float64 */
+            case 0xcc:
+            case 0xd0:
+                skip = 1;
+                break;
+            case 0xcd:
+            case 0xd1:
+                skip = 2;
+                break;
+            case 0xce:
+            case 0xd2:
+                skip = 4;
+                break;
+            case 0xcf:
+            case 0xd3:
+                skip = 8;
+                break;
             case 0xdc: /* array16 */
-                if (read_be(p, len, &pos, 2, &n)) return WB_EPROTO;
+                if (read_be(p, len, &pos, 2, &n))
+                    return WB_EPROTO;
                 container = 1, count = n;
                 break;
             case 0xdd: /* array32 */
-                if (read_be(p, len, &pos, 4, &n)) return WB_EPROTO;
+                if (read_be(p, len, &pos, 4, &n))
+                    return WB_EPROTO;
                 container = 1, count = n;
                 break;
             case 0xde: /* map16 */
-                if (read_be(p, len, &pos, 2, &n)) return WB_EPROTO;
+                if (read_be(p, len, &pos, 2, &n))
+                    return WB_EPROTO;
                 container = 1, count = 2 * n;
                 break;
             case 0xdf: /* map32 */
-                if (read_be(p, len, &pos, 4, &n)) return WB_EPROTO;
+                if (read_be(p, len, &pos, 4, &n))
+                    return WB_EPROTO;
                 container = 1, count = 2 * n;
                 break;
             default: /* ext types and the never-used 0xc1 */
@@ -181,8 +207,8 @@ int wb__mp_get_bool(const msgpack_object *map, const char *key, int *v) {
     return 0;
 }
 
-int wb__mp_get_str(const msgpack_object *map, const char *key,
-                   const char **s, size_t *n) {
+int wb__mp_get_str(const msgpack_object *map, const char *key, const char **s,
+                   size_t *n) {
     const msgpack_object *o = wb__mp_get(map, key);
     if (o == NULL || o->type == MSGPACK_OBJECT_NIL)
         return 1;
@@ -410,8 +436,8 @@ int wb__decode_rules(const msgpack_object_array *a, wb__ruleset *rs) {
             free(y);
             return rc;
         }
-        int rc = wb__ruleset_add(rs, (int)v[0].via.u64, x, y, (int)dtype,
-                                 (int)line);
+        int rc =
+            wb__ruleset_add(rs, (int)v[0].via.u64, x, y, (int)dtype, (int)line);
         free(x);
         free(y);
         if (rc)

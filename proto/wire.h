@@ -16,16 +16,16 @@
 #include "rules.h"
 #include "wbroker.h"
 
-#define WB_PROTO_VERSION 1              /* Exchanged in the hello. */
-#define WB_FRAME_HEADER 4               /* Bytes of the length prefix. */
-#define WB_MAX_FRAME (32u * 1024 * 1024) /* Max body bytes of one frame. */
+#define WB_PROTO_VERSION 1                /* Exchanged in the hello. */
+#define WB_FRAME_HEADER 4                 /* Bytes of the length prefix. */
+#define WB_MAX_FRAME (32u * 1024 * 1024)  /* Max body bytes of one frame. */
 #define WB_MAX_OBJECTS (2u * 1024 * 1024) /* Max msgpack objects a frame. */
-#define WB_MAX_DEPTH 6                  /* Max nesting of containers. */
-#define WB_MAX_TENSORS (256u * 1024)    /* Max tensors in one model. */
-#define WB_MAX_META 1024                /* Max metadata entries. */
-#define WB_MAX_META_BYTES (1024 * 1024) /* Max bytes of one metadata value. */
-#define WB_MAX_RULES 4096               /* Max rules in one request. */
-#define WB_MAX_SEGMENTS 64              /* Max segments in one map reply. */
+#define WB_MAX_DEPTH 6                    /* Max nesting of containers. */
+#define WB_MAX_TENSORS (256u * 1024)      /* Max tensors in one model. */
+#define WB_MAX_META 1024                  /* Max metadata entries. */
+#define WB_MAX_META_BYTES (1024 * 1024)   /* Max bytes of one metadata value. */
+#define WB_MAX_RULES 4096                 /* Max rules in one request. */
+#define WB_MAX_SEGMENTS 64                /* Max segments in one map reply. */
 
 /* Checks that buf[0..len) holds exactly one well-formed msgpack object whose
  * declared lengths all fit in the bytes present, with at most
@@ -58,8 +58,8 @@ int wb__mp_get_u64(const msgpack_object *map, const char *key, uint64_t *v);
 int wb__mp_get_i64(const msgpack_object *map, const char *key, int64_t *v);
 int wb__mp_get_bool(const msgpack_object *map, const char *key, int *v);
 /* Strings come back as pointer + length into the message (not NUL-ended). */
-int wb__mp_get_str(const msgpack_object *map, const char *key,
-                   const char **s, size_t *n);
+int wb__mp_get_str(const msgpack_object *map, const char *key, const char **s,
+                   size_t *n);
 int wb__mp_get_array(const msgpack_object *map, const char *key,
                      const msgpack_object_array **a);
 int wb__mp_get_map(const msgpack_object *map, const char *key,

@@ -266,9 +266,9 @@ static int write_all(int fd, const uint8_t *data, size_t len, progress *pr) {
 /* The temporary file of an export while it exists, for the signal handler
  * that removes it when the export is interrupted. */
 static struct {
-    int dfd;                          /* Its directory. */
-    char name[NAME_MAX + 1];          /* Its name in dfd. */
-    volatile sig_atomic_t armed;      /* 1 while name is ours to remove. */
+    int dfd;                     /* Its directory. */
+    char name[NAME_MAX + 1];     /* Its name in dfd. */
+    volatile sig_atomic_t armed; /* 1 while name is ours to remove. */
 } pending_tmp;
 
 /* Signals that remove the temporary file before they end the process. */
@@ -387,7 +387,9 @@ static int target_open(wb_cli *cli, const char *path, export_target *t) {
     if (*t->base == '\0')
         return cli_fail(cli, WB_EINVAL,
                         "%s: names a directory, not a regular file", path);
-    size_t dlen = slash == NULL ? 0 : slash == path ? 1 : (size_t)(slash - path);
+    size_t dlen = slash == NULL   ? 0
+                  : slash == path ? 1
+                                  : (size_t)(slash - path);
     if (dlen >= sizeof(dir))
         return cli_fail(cli, WB_EINVAL, "%s: path too long", path);
     if (slash == NULL)

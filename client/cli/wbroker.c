@@ -149,9 +149,8 @@ static int cmd_status(wb_cli *cli, const wb_cli_args *a) {
             "socket", path, "pid", (json_int_t)st.pid, "uptime", st.uptime,
             "memory_used", (json_int_t)st.memory_used, "memory_limit",
             (json_int_t)st.memory_limit, "shmem", (json_int_t)st.memory_shmem,
-            "models", (json_int_t)st.models,
-            "versions", (json_int_t)st.versions, "clients",
-            (json_int_t)st.clients));
+            "models", (json_int_t)st.models, "versions",
+            (json_int_t)st.versions, "clients", (json_int_t)st.clients));
     char up[WB_CLI_SIZE_BUF], used[WB_CLI_SIZE_BUF], lim[WB_CLI_SIZE_BUF],
         shm[WB_CLI_SIZE_BUF];
     cli_duration(st.uptime, up, sizeof(up));

@@ -39,22 +39,22 @@
 #include "harness.h"
 #include "paths.h"
 
-#define NOBODY 65534              /* The stranger's uid and gid. */
+#define NOBODY 65534                /* The stranger's uid and gid. */
 #define FAKE_SEG (2u * 1024 * 1024) /* Bytes of a fake segment. */
-#define FAKE_SHORT 4096u          /* Bytes of a segment that lies. */
-#define FAKE_TENSOR 4096u         /* Bytes of the one tensor, at the end. */
-#define FAKE_MANY_FDS 100         /* More descriptors than a reply holds. */
-#define FAKE_TIMEOUT 20           /* Seconds before a fake gives up. */
-#define FAKE_PUB 7                /* Publish handle the fake hands out. */
+#define FAKE_SHORT 4096u            /* Bytes of a segment that lies. */
+#define FAKE_TENSOR 4096u           /* Bytes of the one tensor, at the end. */
+#define FAKE_MANY_FDS 100           /* More descriptors than a reply holds. */
+#define FAKE_TIMEOUT 20             /* Seconds before a fake gives up. */
+#define FAKE_PUB 7                  /* Publish handle the fake hands out. */
 
 /* A misbehaviour: answers request op (not the hello) numbered id. */
 typedef void (*fake_fn)(int conn, uint64_t id, const char *op);
 
 typedef struct fake {
-    pid_t pid;                  /* The fake daemon, 0 once reaped. */
-    char top[64];               /* Temporary directory holding it all. */
-    char dir[80];               /* Socket directory (top or below). */
-    char sock[100];             /* Socket path. */
+    pid_t pid;      /* The fake daemon, 0 once reaped. */
+    char top[64];   /* Temporary directory holding it all. */
+    char dir[80];   /* Socket directory (top or below). */
+    char sock[100]; /* Socket path. */
 } fake;
 
 /* ------------------------------------------------------------ helpers */
@@ -146,8 +146,7 @@ static void reply_begin(msgpack_sbuffer *sb, msgpack_packer *pk, uint64_t id,
 }
 
 /* Sends the reply in sb with its descriptors and frees sb. */
-static void reply_end(int conn, msgpack_sbuffer *sb, const int *fds,
-                      int nfds) {
+static void reply_end(int conn, msgpack_sbuffer *sb, const int *fds, int nfds) {
     send_frame(conn, sb, fds, nfds);
     msgpack_sbuffer_destroy(sb);
 }
@@ -163,8 +162,8 @@ static void reply_empty(int conn, uint64_t id) {
 /* A map reply of one segment declared as declared bytes whose one tensor
  * "t" (float32, FAKE_TENSOR bytes) ends the segment, with nfds
  * descriptors. */
-static void reply_map(int conn, uint64_t id, uint64_t declared,
-                      const int *fds, int nfds) {
+static void reply_map(int conn, uint64_t id, uint64_t declared, const int *fds,
+                      int nfds) {
     msgpack_sbuffer sb;
     msgpack_packer pk;
     reply_begin(&sb, &pk, id, 0, 6);
@@ -268,8 +267,8 @@ static void fake_serve(int conn, fake_fn fn, int expect_silence) {
                 id = kv->val.via.u64;
             else if (k->size == 2 && memcmp(k->ptr, "op", 2) == 0 &&
                      kv->val.type == MSGPACK_OBJECT_STR)
-                snprintf(op, sizeof(op), "%.*s",
-                         (int)kv->val.via.str.size, kv->val.via.str.ptr);
+                snprintf(op, sizeof(op), "%.*s", (int)kv->val.via.str.size,
+                         kv->val.via.str.ptr);
         }
         msgpack_unpacked_destroy(&up);
         free(body);
@@ -839,14 +838,14 @@ static void test_trust_dir_check_rule(void **state) {
     char cwd[4096];
     assert_non_null(getcwd(cwd, sizeof(cwd)));
     assert_int_equal(chdir(f.top), 0);
-    assert_int_equal(wb__socket_dir_check("wb.sock", geteuid(), 0, &owner,
-                                          why, sizeof(why)),
-                     0);
+    assert_int_equal(
+        wb__socket_dir_check("wb.sock", geteuid(), 0, &owner, why, sizeof(why)),
+        0);
     assert_int_equal(owner, geteuid());
     assert_int_equal(chmod(f.top, 0775), 0);
-    assert_int_equal(wb__socket_dir_check("wb.sock", geteuid(), 0, &owner,
-                                          why, sizeof(why)),
-                     WB_EPERM);
+    assert_int_equal(
+        wb__socket_dir_check("wb.sock", geteuid(), 0, &owner, why, sizeof(why)),
+        WB_EPERM);
     assert_non_null(strstr(why, f.top)); /* Resolved, not ".". */
     assert_int_equal(chdir(cwd), 0);
     fake_remove(&f);

@@ -46,7 +46,9 @@ static int setup_huge(void **state) {
 }
 
 /* Stops the daemon; a clean exit (status 0) is part of every test. */
-static int teardown(void **state) { return wbt_teardown(state); }
+static int teardown(void **state) {
+    return wbt_teardown(state);
+}
 
 static void sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -86,8 +88,7 @@ static int in_shared_segment(const void *addr) {
         if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) != 3)
             continue;
         if ((unsigned long)addr >= lo && (unsigned long)addr < hi) {
-            found = strstr(line, "/memfd:wbroker:") != NULL &&
-                    perms[3] == 's';
+            found = strstr(line, "/memfd:wbroker:") != NULL && perms[3] == 's';
             break;
         }
     }
@@ -96,8 +97,8 @@ static int in_shared_segment(const void *addr) {
     return found;
 }
 
-#define NT 4                   /* Tensors of the standard test model. */
-#define NE (1024 * 1024)       /* Elements per tensor. */
+#define NT 4             /* Tensors of the standard test model. */
+#define NE (1024 * 1024) /* Elements per tensor. */
 
 static int publish_standard(const wbt_daemon *d) {
     wb_client *c = wbt_connect(d);
@@ -161,8 +162,8 @@ static void test_daemon_readonly_and_cow(void **state) {
     char line[512], path[128] = "";
     while (fgets(line, sizeof(line), f)) {
         unsigned long lo, hi;
-        if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 &&
-            (uintptr_t)t.data >= lo && (uintptr_t)t.data < hi) {
+        if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && (uintptr_t)t.data >= lo &&
+            (uintptr_t)t.data < hi) {
             snprintf(path, sizeof(path), "/proc/self/map_files/%lx-%lx", lo,
                      hi);
             break;
@@ -173,8 +174,8 @@ static void test_daemon_readonly_and_cow(void **state) {
     if (fd >= 0) {
         assert_int_equal(pwrite(fd, "x", 1, 0), -1);
         assert_int_equal(errno, EPERM);
-        assert_true(mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE,
-                         MAP_SHARED, fd, 0) == MAP_FAILED);
+        assert_true(mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_SHARED,
+                         fd, 0) == MAP_FAILED);
         close(fd);
     }
 
@@ -343,9 +344,9 @@ static void body_bad_proto(msgpack_packer *pk) {
 /* Sends one valid hello frame with an unasked descriptor attached. */
 static void send_hello_with_fd(int fd) {
     int extra = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    unsigned char frame[] = {0, 0, 0, 21, 0x83, 0xa2, 'o', 'p', 0xa5, 'h', 'e',
-                             'l', 'l', 'o', 0xa2, 'i', 'd', 0x01, 0xa5, 'p',
-                             'r', 'o', 't', 'o', 0x01};
+    unsigned char frame[] = {0,    0,   0,   21,  0x83, 0xa2, 'o', 'p', 0xa5,
+                             'h',  'e', 'l', 'l', 'o',  0xa2, 'i', 'd', 0x01,
+                             0xa5, 'p', 'r', 'o', 't',  'o',  0x01};
     struct iovec iov = {frame, sizeof(frame)};
     union {
         char buf[CMSG_SPACE(sizeof(int))];
@@ -428,8 +429,8 @@ static void test_daemon_garbage_frames(void **state) {
             wbt_raw_packed(fd, body_bad_proto);
             assert_int_equal(wbt_raw_reply(fd), WB_EVERSION);
         } else { /* Billion-element header inside a valid frame. */
-            unsigned char body[] = {0x81, 0xa1, 'x', 0xdd, 0x3b,
-                                    0x9a, 0xca, 0x00};
+            unsigned char body[] = {0x81, 0xa1, 'x',  0xdd,
+                                    0x3b, 0x9a, 0xca, 0x00};
             wbt_raw_frame(fd, body, sizeof(body));
             assert_int_equal(wbt_raw_reply(fd), WB_EPROTO);
         }
@@ -638,8 +639,7 @@ static void test_daemon_many_tensors(void **state) {
         char name[24];
         snprintf(name, sizeof(name), "t%d", i);
         wb_tensor t;
-        assert_int_equal(wb_map_tensor(m, (size_t)wb_map_find(m, name), &t),
-                         0);
+        assert_int_equal(wb_map_tensor(m, (size_t)wb_map_find(m, name), &t), 0);
         assert_true(((const float *)t.data)[2] == (float)(i * 1000 + 2));
     }
     /* The segment is a valid safetensors image. */

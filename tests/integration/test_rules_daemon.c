@@ -151,8 +151,7 @@ static void test_rules_slow_rules_do_not_starve_publish(void **state) {
     pthread_t th[4];
     for (int i = 0; i < 4; i++) {
         s[i] = (slow_load){.d = d, .pattern = "(a+)+[bc]"};
-        assert_int_equal(pthread_create(&th[i], NULL, slow_load_run, &s[i]),
-                         0);
+        assert_int_equal(pthread_create(&th[i], NULL, slow_load_run, &s[i]), 0);
     }
     usleep(200 * 1000); /* Let the slow requests reach the daemon. */
     for (int i = 0; i < 3; i++) {

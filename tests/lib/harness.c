@@ -3,15 +3,15 @@
 
 #include <msgpack.h>
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <ctype.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -149,7 +149,9 @@ static int scan_fds(pid_t pid, const char *prefix) {
     return n;
 }
 
-int wbt_fd_count(const wbt_daemon *d) { return scan_fds(d->pid, NULL); }
+int wbt_fd_count(const wbt_daemon *d) {
+    return scan_fds(d->pid, NULL);
+}
 int wbt_segment_count(const wbt_daemon *d) {
     return scan_fds(d->pid, "/memfd:wbroker:");
 }
@@ -172,7 +174,7 @@ uint64_t wbt_mem_used(const wbt_daemon *d) {
 uint64_t wbt_publish_f32(wb_client *c, const char *model, size_t n,
                          size_t len) {
     wb_tensor_spec *specs = calloc(n, sizeof(*specs));
-    char (*names)[32] = calloc(n, 32);
+    char(*names)[32] = calloc(n, 32);
     int64_t shape[1] = {(int64_t)len};
     for (size_t i = 0; i < n; i++) {
         snprintf(names[i], 32, "t%zu", i);
@@ -222,8 +224,9 @@ int wbt_raw_send(int fd, const void *buf, size_t len) {
 }
 
 int wbt_raw_frame(int fd, const void *body, size_t len) {
-    unsigned char h[4] = {(unsigned char)(len >> 24), (unsigned char)(len >> 16),
-                          (unsigned char)(len >> 8), (unsigned char)len};
+    unsigned char h[4] = {(unsigned char)(len >> 24),
+                          (unsigned char)(len >> 16), (unsigned char)(len >> 8),
+                          (unsigned char)len};
     if (wbt_raw_send(fd, h, 4))
         return -1;
     return wbt_raw_send(fd, body, len);
@@ -261,7 +264,8 @@ int wbt_raw_reply(int fd) {
         up.data.type == MSGPACK_OBJECT_MAP) {
         for (uint32_t i = 0; i < up.data.via.map.size; i++) {
             msgpack_object_kv *kv = &up.data.via.map.ptr[i];
-            if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == 3 &&
+            if (kv->key.type == MSGPACK_OBJECT_STR &&
+                kv->key.via.str.size == 3 &&
                 memcmp(kv->key.via.str.ptr, "err", 3) == 0)
                 err = kv->val.type == MSGPACK_OBJECT_NEGATIVE_INTEGER
                           ? (int)kv->val.via.i64
@@ -434,8 +438,7 @@ int wbt_finish(wbt_daemon *d) {
         if (st == -1)
             ;
         else if (WIFSIGNALED(st))
-            fprintf(stderr, "wbrokerd was killed by signal %d\n",
-                    WTERMSIG(st));
+            fprintf(stderr, "wbrokerd was killed by signal %d\n", WTERMSIG(st));
         else if (WIFEXITED(st))
             fprintf(stderr, "wbrokerd exited with status %d\n",
                     WEXITSTATUS(st));
@@ -446,12 +449,11 @@ int wbt_finish(wbt_daemon *d) {
         unlink(d->sock);
         rmdir(d->dir);
     }
-    return found_dead && st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0
-               ? -1
-               : st;
+    return found_dead && st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0 ? -1
+                                                                           : st;
 }
 
-static volatile pid_t watchdog_pid;   /* Daemon the watchdog kills. */
+static volatile pid_t watchdog_pid;          /* Daemon the watchdog kills. */
 static volatile sig_atomic_t watchdog_fired; /* 1 once it killed it. */
 
 static void on_watchdog(int sig) {
@@ -532,7 +534,9 @@ static int log_scan(const wbt_daemon *d, void (*fn)(const char *, void *),
     return n;
 }
 
-int wbt_log_lines(const wbt_daemon *d) { return log_scan(d, NULL, NULL); }
+int wbt_log_lines(const wbt_daemon *d) {
+    return log_scan(d, NULL, NULL);
+}
 
 typedef struct grep_state {
     int skip;                   /* Lines still to skip. */
@@ -560,9 +564,9 @@ int wbt_log_grep(const wbt_daemon *d, int skip, const char *const *needles) {
 }
 
 typedef struct tail_state {
-    char *lines[256];           /* Ring of the last lines. */
-    int n;                      /* Lines seen. */
-    int keep;                   /* Lines kept (<= 256). */
+    char *lines[256]; /* Ring of the last lines. */
+    int n;            /* Lines seen. */
+    int keep;         /* Lines kept (<= 256). */
 } tail_state;
 
 static void tail_line(const char *line, void *arg) {
@@ -632,8 +636,8 @@ void wbt_frames_add(wbt_frames *f, const void *body, size_t len) {
 
 /* A request being packed: a map of nfields fields besides op and id. */
 typedef struct req {
-    msgpack_sbuffer sb;         /* Bytes. */
-    msgpack_packer pk;          /* Packer into sb. */
+    msgpack_sbuffer sb; /* Bytes. */
+    msgpack_packer pk;  /* Packer into sb. */
 } req;
 
 static msgpack_packer *req_begin(req *r, const char *op, uint64_t id,
@@ -752,8 +756,8 @@ void wbt_frames_free(wbt_frames *f) {
 
 /* What wbt_reply.priv holds. */
 typedef struct reply_priv {
-    char *body;                 /* The frame's body. */
-    msgpack_unpacked up;        /* Unpacked body. */
+    char *body;          /* The frame's body. */
+    msgpack_unpacked up; /* Unpacked body. */
 } reply_priv;
 
 /* Reads exactly len bytes before the deadline, collecting descriptors.

@@ -12,10 +12,10 @@
 #include "wbroker.h"
 
 typedef struct wbt_daemon {
-    pid_t pid;                  /* Daemon's process id. */
-    char dir[64];              /* Temporary directory. */
-    char sock[100];             /* Socket path inside dir. */
-    char log[100];              /* Daemon's stderr. */
+    pid_t pid;      /* Daemon's process id. */
+    char dir[64];   /* Temporary directory. */
+    char sock[100]; /* Socket path inside dir. */
+    char log[100];  /* Daemon's stderr. */
 } wbt_daemon;
 
 /* Starts build/wbrokerd (WB_BUILD overrides the directory) with extra
@@ -45,8 +45,7 @@ uint64_t wbt_mem_used(const wbt_daemon *d);
 
 /* Publishes n float32 tensors "t<i>" of len elements each, element j of
  * tensor i being i * 1000 + j.  Returns the version or fails the test. */
-uint64_t wbt_publish_f32(wb_client *c, const char *model, size_t n,
-                         size_t len);
+uint64_t wbt_publish_f32(wb_client *c, const char *model, size_t n, size_t len);
 /* Raw protocol access, for malformed input: a connected socket, a frame
  * sender, and a reply reader that returns the reply's "err" (or 1 when the
  * daemon closed the connection instead of answering). */
@@ -119,9 +118,9 @@ long wbt_clients(const wbt_daemon *d);
 /* Several request frames built into one buffer, to be sent in one write
  * (pipelined).  A zeroed struct is an empty buffer. */
 typedef struct wbt_frames {
-    uint8_t *data;              /* Frames, back to back. */
-    size_t len;                 /* Bytes in data. */
-    size_t cap;                 /* Bytes allocated. */
+    uint8_t *data; /* Frames, back to back. */
+    size_t len;    /* Bytes in data. */
+    size_t cap;    /* Bytes allocated. */
 } wbt_frames;
 /* Appends one frame around a msgpack body. */
 void wbt_frames_add(wbt_frames *f, const void *body, size_t len);
@@ -146,16 +145,16 @@ int wbt_frames_send(int fd, const wbt_frames *f);
 void wbt_frames_free(wbt_frames *f);
 
 /* One reply read from a raw connection, with its descriptors. */
-#define WBT_CLOSED 1      /* wbt_raw_read: the daemon closed the socket. */
-#define WBT_TIMEOUT 2     /* wbt_raw_read: no whole frame in time. */
+#define WBT_CLOSED 1       /* wbt_raw_read: the daemon closed the socket. */
+#define WBT_TIMEOUT 2      /* wbt_raw_read: no whole frame in time. */
 #define WBT_MALFORMED 1000 /* wbt_raw_read: not a map with an "err". */
 typedef struct wbt_reply {
-    int err;                    /* The reply's "err", or a WBT_ code. */
-    uint64_t id;                /* The reply's "id". */
-    int fds[64];                /* Descriptors that came with it. */
-    int nfds;                   /* Entries in fds. */
+    int err;                           /* The reply's "err", or a WBT_ code. */
+    uint64_t id;                       /* The reply's "id". */
+    int fds[64];                       /* Descriptors that came with it. */
+    int nfds;                          /* Entries in fds. */
     const struct msgpack_object *root; /* Decoded map, or NULL. */
-    void *priv;                 /* Body and unpacked message. */
+    void *priv;                        /* Body and unpacked message. */
 } wbt_reply;
 /* Reads one reply frame, waiting at most timeout_ms in all; returns
  * r->err.  Free r with wbt_reply_free() whatever the outcome. */

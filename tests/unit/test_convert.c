@@ -280,9 +280,8 @@ static void test_convert_bool_normalised(void **state) {
                     src[off + i] = (unsigned char)(i * 167 + 13 * off);
                 size_t n = 256 - off * 3; /* Tails of every length mod 8. */
                 memset(dst, 0xAA, sizeof dst);
-                assert_int_equal(convert_fns[k](WB_BOOL, to[t], src + off,
-                                                dst + off, n),
-                                 0);
+                assert_int_equal(
+                    convert_fns[k](WB_BOOL, to[t], src + off, dst + off, n), 0);
                 for (size_t i = 0; i < n; i++) {
                     uint64_t v = 0;
                     memcpy(&v, dst + off + i * es, es);
@@ -301,8 +300,8 @@ static void test_convert_bool_normalised(void **state) {
  * one bad byte (any value from 2 to 255) is found at every position of
  * buffers of every length up to a few blocks, at every alignment. */
 static void test_convert_bool_valid(void **state) {
-    static const unsigned char bad[] = {2, 3, 0x10, 0x7F, 0x80, 0x81, 0xFE,
-                                        0xFF};
+    static const unsigned char bad[] = {2,    3,    0x10, 0x7F,
+                                        0x80, 0x81, 0xFE, 0xFF};
     enum { MAXN = 200 };
     unsigned char buf[MAXN + 8];
     (void)state;

@@ -8,11 +8,11 @@
  * A malformed message is made from a good one: its decoded tree is copied
  * with one field changed (in a zone of this file's), packed again as a
  * peer would send it, and decoded from those bytes. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,8 +33,8 @@ static msgpack_zone *zone;
 
 /* A message being packed. */
 typedef struct packed {
-    msgpack_sbuffer sb;         /* The bytes so far. */
-    msgpack_packer pk;          /* Packer writing into sb. */
+    msgpack_sbuffer sb; /* The bytes so far. */
+    msgpack_packer pk;  /* Packer writing into sb. */
 } packed;
 
 /* Starts an empty message in p and returns its packer. */

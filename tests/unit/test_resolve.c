@@ -16,12 +16,13 @@
 
 #define BIG_KEYS 100000 /* Keys of the performance tests. */
 #define BIG_SECONDS 2.0 /* Wall-clock budget of one big resolve. */
-#define MANY_RULES 4096 /* Rules of the budget tests: as many as a request
-                           may carry (WB_MAX_RULES). */
+#define MANY_RULES                                                             \
+    4096 /* Rules of the budget tests: as many as a request                    \
+            may carry (WB_MAX_RULES). */
 
 /* A test table: a schema reused as a source table. */
 typedef struct table {
-    wb__schema s;               /* Tensors in order. */
+    wb__schema s; /* Tensors in order. */
 } table;
 
 /* Adds "name" with a shape of up to 3 sizes (-1 ends the list). */
@@ -33,7 +34,9 @@ static void add(table *t, const char *name, int dtype, int64_t d0, int64_t d1,
 }
 
 /* Adds a 1-dim F32 tensor of size 4. */
-static void add1(table *t, const char *name) { add(t, name, WB_F32, 4, -1, -1); }
+static void add1(table *t, const char *name) {
+    add(t, name, WB_F32, 4, -1, -1);
+}
 
 /* Parses rules text into rs. */
 static void rules(wb__ruleset *rs, const char *text) {
@@ -128,7 +131,8 @@ static void test_resolve_rename_order(void **state) {
     add1(&src, "x");
     wb__ruleset rs = {0}, rs2 = {0};
     rules(&rs, "rename a -> b\nrename b -> c\nrename x -> y\n");
-    rules(&rs2, "rename b -> c\nrename a -> b\nprefix -> p.\nrename p.b -> q\n");
+    rules(&rs2,
+          "rename b -> c\nrename a -> b\nprefix -> p.\nrename p.b -> q\n");
     wb__resolve_out o;
     assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), 0);
     assert_string_equal(targets(&o), "c,y");
@@ -186,13 +190,15 @@ static void test_resolve_many_renames_fast(void **state) {
         snprintf(b, sizeof b, "m%d", i);
         assert_int_equal(wb__ruleset_add(&rs, WB__RULE_RENAME, a, b, -1, 0), 0);
     }
-    assert_int_equal(wb__ruleset_add(&rs, WB__RULE_RENAME, "m7", "k7", -1, 0), 0);
+    assert_int_equal(wb__ruleset_add(&rs, WB__RULE_RENAME, "m7", "k7", -1, 0),
+                     0);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     wb__resolve_out o;
     assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), 0);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    double dt = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    double dt = (double)(t1.tv_sec - t0.tv_sec) +
+                (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     assert_true(dt < BIG_SECONDS);
     assert_int_equal(o.n, BIG_KEYS);
     assert_string_equal(o.v[5].target, "m5");
@@ -213,14 +219,16 @@ static void test_resolve_big_schema_fast(void **state) {
         add1(&tgt, name);
     }
     wb__ruleset rs = {0};
-    rules(&rs, "prefix module. ->\nregex layers\\.(\\d+)\\.(.*) -> blocks.\\1.\\2\n"
-               "prefix -> net.\n");
+    rules(&rs,
+          "prefix module. ->\nregex layers\\.(\\d+)\\.(.*) -> blocks.\\1.\\2\n"
+          "prefix -> net.\n");
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     wb__resolve_out o;
     assert_int_equal(run(&src, &rs, &tgt, 1, 0, &o), 0);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    double dt = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    double dt = (double)(t1.tv_sec - t0.tv_sec) +
+                (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     assert_true(dt < BIG_SECONDS);
     assert_int_equal(o.n, BIG_KEYS);
     assert_int_equal(o.missing.n + o.unexpected.n + o.mismatched.n, 0);
@@ -299,9 +307,9 @@ static void test_resolve_unexpected_shared_prefixes(void **state) {
     add1(&src, "a.x.y");     /* Past the local tensor a.x. */
     add1(&src, "a.u");       /* Under a. */
     add1(&src, "e.w");
-    add1(&src, "e");         /* Names the submodule e: never flagged. */
-    add1(&src, "a.b.c.v");   /* Under a.b.c again, after other walks. */
-    add1(&src, "q.r");       /* At the root. */
+    add1(&src, "e");       /* Names the submodule e: never flagged. */
+    add1(&src, "a.b.c.v"); /* Under a.b.c again, after other walks. */
+    add1(&src, "q.r");     /* At the root. */
     wb__resolve_out o;
     assert_int_equal(run(&src, NULL, &tgt, 0, 0, &o), 0);
     assert_string_equal(joined(&o.unexpected),
@@ -323,7 +331,8 @@ static void test_resolve_collision(void **state) {
     rules(&rs, "prefix module. ->\n");
     wb__resolve_out o;
     assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ECOLLISION);
-    assert_string_equal(o.errmsg, "source keys \"module.w\" and \"w\" both map to \"w\"");
+    assert_string_equal(o.errmsg,
+                        "source keys \"module.w\" and \"w\" both map to \"w\"");
     assert_int_equal(o.n, 0);
     done(&src, NULL, &rs, &o);
 }
@@ -336,19 +345,25 @@ static void test_resolve_bad_rules(void **state) {
     add1(&src, "w");
     wb__ruleset rs = {0};
     wb__resolve_out o;
-    assert_int_equal(wb__ruleset_add(&rs, WB__RULE_REGEX, "layer(\\d+", "x", -1, 0), 0);
+    assert_int_equal(
+        wb__ruleset_add(&rs, WB__RULE_REGEX, "layer(\\d+", "x", -1, 0), 0);
     assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ERULE);
-    assert_string_equal(o.errmsg, "regex \"layer(\\d+\" at offset 9: missing closing parenthesis");
+    assert_string_equal(
+        o.errmsg,
+        "regex \"layer(\\d+\" at offset 9: missing closing parenthesis");
     wb__resolve_out_free(&o);
     wb__ruleset_clear(&rs);
-    assert_int_equal(wb__ruleset_add(&rs, WB__RULE_EXCLUDE, "[abc", "", -1, 4), 0);
+    assert_int_equal(wb__ruleset_add(&rs, WB__RULE_EXCLUDE, "[abc", "", -1, 4),
+                     0);
     assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ERULE);
     assert_string_equal(o.errmsg, "line 4: bad glob \"[abc\"");
     wb__resolve_out_free(&o);
     wb__ruleset_clear(&rs);
-    assert_int_equal(wb__ruleset_add(&rs, WB__RULE_REGEX, "(a)", "\\2", -1, 2), 0);
+    assert_int_equal(wb__ruleset_add(&rs, WB__RULE_REGEX, "(a)", "\\2", -1, 2),
+                     0);
     assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_ERULE);
-    assert_string_equal(o.errmsg, "line 2: regex \"(a)\": bad replacement \"\\2\": invalid group reference 2");
+    assert_string_equal(o.errmsg, "line 2: regex \"(a)\": bad replacement "
+                                  "\"\\2\": invalid group reference 2");
     wb__resolve_out_free(&o);
     wb__ruleset_clear(&rs);
     assert_int_equal(wb__ruleset_add(&rs, 42, "x", "", -1, 0), 0);
@@ -375,9 +390,11 @@ static void test_resolve_regex_limit(void **state) {
     rules(&rs, "regex (a+)+b -> x\n");
     wb__resolve_out o;
     assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), WB_EREGEX);
-    assert_non_null(strstr(o.errmsg, "regex \"(a+)+b\" hit the match limit on key \"aaaa"));
-    assert_string_equal(o.errmsg + 8, "regex \"(a+)+b\" hit the match limit on key "
-                                      "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab!\"");
+    assert_non_null(
+        strstr(o.errmsg, "regex \"(a+)+b\" hit the match limit on key \"aaaa"));
+    assert_string_equal(o.errmsg + 8,
+                        "regex \"(a+)+b\" hit the match limit on key "
+                        "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab!\"");
     assert_memory_equal(o.errmsg, "line 1: ", 8);
     done(&src, NULL, &rs, &o);
 }
@@ -395,8 +412,11 @@ static void test_resolve_budget_per_rule(void **state) {
         assert_int_equal(
             wb__ruleset_add(&rs, WB__RULE_REGEX, "(a+)+[bc]", "x", -1, i + 1),
             0);
-    wb__resolve_req req = {.src = src.s.v, .nsrc = src.s.n, .rules = &rs,
-                           .strict = 1, .budget_ms = 100};
+    wb__resolve_req req = {.src = src.s.v,
+                           .nsrc = src.s.n,
+                           .rules = &rs,
+                           .strict = 1,
+                           .budget_ms = 100};
     wb__resolve_out o;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -415,10 +435,13 @@ static void test_resolve_budget_per_rule(void **state) {
 }
 
 /* Runs the resolver with a budget of ms milliseconds. */
-static int run_budget(const table *src, const wb__ruleset *rs,
-                      const table *tgt, unsigned ms, wb__resolve_out *out) {
-    wb__resolve_req req = {.src = src->s.v, .nsrc = src->s.n, .rules = rs,
-                           .schema = tgt ? &tgt->s : NULL, .strict = 0,
+static int run_budget(const table *src, const wb__ruleset *rs, const table *tgt,
+                      unsigned ms, wb__resolve_out *out) {
+    wb__resolve_req req = {.src = src->s.v,
+                           .nsrc = src->s.n,
+                           .rules = rs,
+                           .schema = tgt ? &tgt->s : NULL,
+                           .strict = 0,
                            .budget_ms = ms};
     return wb__resolve(&req, out);
 }
@@ -471,9 +494,10 @@ static void test_resolve_budget_cast_rules(void **state) {
     int line = 0;
     size_t at = 0;
     char tail[256] = "";
-    assert_int_equal(sscanf(o.errmsg, "line %d: the cast rules took longer "
-                                      "than 50 ms; stopped at key %zu of "
-                                      "2000 %255[^\n]",
+    assert_int_equal(sscanf(o.errmsg,
+                            "line %d: the cast rules took longer "
+                            "than 50 ms; stopped at key %zu of "
+                            "2000 %255[^\n]",
                             &line, &at, tail),
                      3);
     assert_true(line >= 1 && line <= MANY_RULES);
@@ -497,9 +521,8 @@ static void test_resolve_budget_compile(void **state) {
         while (n < 1000)
             n += (size_t)snprintf(pat + n, sizeof pat - n,
                                   "(?:x%d_%zu|[a-z]{1,3}\\d+)", i, n);
-        assert_int_equal(wb__ruleset_add(&rs, WB__RULE_REGEX, pat, "y", -1,
-                                         i + 1),
-                         0);
+        assert_int_equal(
+            wb__ruleset_add(&rs, WB__RULE_REGEX, pat, "y", -1, i + 1), 0);
     }
     wb__resolve_out o;
     assert_int_equal(run_budget(&src, &rs, NULL, 10, &o), WB_EREGEX);
@@ -646,7 +669,8 @@ static void test_resolve_cast_rules(void **state) {
     add1(&src, "a.bias");
     add(&src, "steps", WB_I64, -1, -1, -1);
     wb__ruleset rs = {0};
-    rules(&rs, "prefix a. -> b.\ncast b.* F16\ncast *.bias BF16\ncast a.* I8\n");
+    rules(&rs,
+          "prefix a. -> b.\ncast b.* F16\ncast *.bias BF16\ncast a.* I8\n");
     wb__resolve_out o;
     assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), 0);
     assert_int_equal(o.v[0].dtype, WB_F16);
@@ -672,13 +696,15 @@ static void test_resolve_strict_error_text(void **state) {
     tgt.s.target = strdup("Net");
     wb__resolve_out o;
     assert_int_equal(run(&src, NULL, &tgt, 1, 0, &o), WB_ELOAD);
-    assert_string_equal(o.error_text,
-                        "Error(s) in loading state_dict for Net:\n"
-                        "\tMissing key(s) in state_dict: \"fc1.weight\", \"fc1.bias\". \n"
-                        "\tUnexpected key(s) in state_dict: \"layer1.weight\", \"layer1.bias\". \n"
-                        "\tsize mismatch for fc2.weight: copying a param with shape "
-                        "torch.Size([10, 20]) from checkpoint, the shape in current model is "
-                        "torch.Size([10, 30]).");
+    assert_string_equal(
+        o.error_text,
+        "Error(s) in loading state_dict for Net:\n"
+        "\tMissing key(s) in state_dict: \"fc1.weight\", \"fc1.bias\". \n"
+        "\tUnexpected key(s) in state_dict: \"layer1.weight\", "
+        "\"layer1.bias\". \n"
+        "\tsize mismatch for fc2.weight: copying a param with shape "
+        "torch.Size([10, 20]) from checkpoint, the shape in current model is "
+        "torch.Size([10, 30]).");
     assert_int_equal(o.n, 0);
     assert_string_equal(joined(&o.missing), "fc1.weight,fc1.bias");
     assert_string_equal(joined(&o.unexpected), "layer1.weight,layer1.bias");
@@ -700,10 +726,11 @@ static void test_resolve_nonstrict_and_ignore(void **state) {
     tgt.s.target = strdup("M");
     wb__resolve_out o;
     assert_int_equal(run(&src, NULL, &tgt, 0, 0, &o), WB_ELOAD);
-    assert_string_equal(o.error_text,
-                        "Error(s) in loading state_dict for M:\n\tsize mismatch for b: copying a "
-                        "param with shape torch.Size([3]) from checkpoint, the shape in current "
-                        "model is torch.Size([]).");
+    assert_string_equal(o.error_text, "Error(s) in loading state_dict for "
+                                      "M:\n\tsize mismatch for b: copying a "
+                                      "param with shape torch.Size([3]) from "
+                                      "checkpoint, the shape in current "
+                                      "model is torch.Size([]).");
     assert_string_equal(joined(&o.missing), "gone");
     assert_string_equal(joined(&o.unexpected), "extra");
     wb__resolve_out_free(&o);
@@ -744,7 +771,8 @@ static void test_resolve_unexpected_order(void **state) {
     assert_int_equal(run(&src, NULL, &tgt, 0, 0, &o), 0);
     assert_string_equal(joined(&o.unexpected),
                         "zzz,fc1.extra,blk.extra,blk.1.extra,fc1.weight.x,blk");
-    assert_string_equal(joined(&o.missing), "fc1.weight,blk.0.weight,head.weight");
+    assert_string_equal(joined(&o.missing),
+                        "fc1.weight,blk.0.weight,head.weight");
     assert_string_equal(targets(&o), "blk.1.weight");
     done(&src, &tgt, NULL, &o);
 }

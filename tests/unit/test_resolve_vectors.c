@@ -137,17 +137,15 @@ static json_t *run_case(json_t *c) {
     for (size_t i = 0; i < o.n; i++)
         json_array_append_new(
             rv, json_pack("[sssb]", o.v[i].target, src.v[o.v[i].src].name,
-                          wb_dtype_name(o.v[i].dtype),
-                          o.v[i].cast));
+                          wb_dtype_name(o.v[i].dtype), o.v[i].cast));
     json_object_set_new(res, "resolved", rv);
     json_object_set_new(res, "missing", keys_json(&o.missing));
     json_object_set_new(res, "unexpected", keys_json(&o.unexpected));
     json_object_set_new(res, "mismatched", keys_json(&o.mismatched));
     json_object_set_new(res, "cast", keys_json(&o.cast));
     json_object_set_new(res, "aliased", keys_json(&o.aliased));
-    json_object_set_new(res, "error_text", o.error_text
-                                               ? json_string(o.error_text)
-                                               : json_null());
+    json_object_set_new(res, "error_text",
+                        o.error_text ? json_string(o.error_text) : json_null());
     wb__resolve_out_free(&o);
 out:
     wb__schema_clear(&src);
@@ -211,28 +209,33 @@ static void test_resolve_vectors_list_rules(void **state) {
     (void)state;
     char *s = run_text(
         "{\"id\":1,\"target\":\"Net\",\"source\":[[\"module.w\",\"F32\",[2]],"
-        "[\"x\",\"F16\",[]]],\"schema\":[[\"w\",\"F16\",[2]],[\"y\",\"F32\",[]]],"
+        "[\"x\",\"F16\",[]]],\"schema\":[[\"w\",\"F16\",[2]],[\"y\",\"F32\",[]]"
+        "],"
         "\"rules\":[[\"prefix\",\"module.\",\"\"]],\"strict\":false,"
         "\"ignore\":false}");
-    assert_string_equal(s, "{\"aliased\":[],\"cast\":[\"w\"],\"error_text\":null,"
-                           "\"id\":1,\"mismatched\":[],\"missing\":[\"y\"],"
-                           "\"rc\":\"OK\",\"resolved\":[[\"w\",\"module.w\",\"F16\","
-                           "true]],\"unexpected\":[\"x\"]}");
+    assert_string_equal(
+        s, "{\"aliased\":[],\"cast\":[\"w\"],\"error_text\":null,"
+           "\"id\":1,\"mismatched\":[],\"missing\":[\"y\"],"
+           "\"rc\":\"OK\",\"resolved\":[[\"w\",\"module.w\",\"F16\","
+           "true]],\"unexpected\":[\"x\"]}");
     free(s);
 }
 
 /* A case with a rules text takes the options the text sets. */
 static void test_resolve_vectors_rules_text(void **state) {
     (void)state;
-    char *s = run_text("{\"id\":\"t\",\"target\":\"M\",\"source\":[[\"a\",\"F32\",[1]]],"
-                       "\"schema\":[[\"b\",\"F32\",[1]]],\"rules_text\":\"strict true\\n\","
-                       "\"strict\":false,\"ignore\":false}");
+    char *s = run_text(
+        "{\"id\":\"t\",\"target\":\"M\",\"source\":[[\"a\",\"F32\",[1]]],"
+        "\"schema\":[[\"b\",\"F32\",[1]]],\"rules_text\":\"strict true\\n\","
+        "\"strict\":false,\"ignore\":false}");
     assert_non_null(strstr(s, "\"rc\":\"ELOAD\""));
     assert_non_null(strstr(s, "Missing key(s) in state_dict: \\\"b\\\". "));
     free(s);
-    s = run_text("{\"id\":2,\"source\":[],\"schema\":null,\"rules_text\":\"bogus\","
-                 "\"strict\":true}");
-    assert_non_null(strstr(s, "\"errmsg\":\"line 1: unknown directive 'bogus'\""));
+    s = run_text(
+        "{\"id\":2,\"source\":[],\"schema\":null,\"rules_text\":\"bogus\","
+        "\"strict\":true}");
+    assert_non_null(
+        strstr(s, "\"errmsg\":\"line 1: unknown directive 'bogus'\""));
     assert_non_null(strstr(s, "\"rc\":\"ERULE\""));
     free(s);
 }

@@ -29,7 +29,8 @@ static void test_rules_add_copies(void **state) {
     assert_int_equal(rs.v[0].dtype, -1);
     assert_int_equal(rs.v[0].line, 7);
     for (int i = 0; i < 100; i++)
-        assert_int_equal(wb__ruleset_add(&rs, WB__RULE_CAST, "*", "", WB_F16, 0), 0);
+        assert_int_equal(
+            wb__ruleset_add(&rs, WB__RULE_CAST, "*", "", WB_F16, 0), 0);
     assert_int_equal(rs.n, 101);
     assert_int_equal(rs.v[100].dtype, WB_F16);
     wb__ruleset_clear(&rs);
@@ -51,8 +52,10 @@ static void test_rules_schema_push_validates(void **state) {
     assert_int_equal(wb__schema_push(&s, "", WB_F32, 0, NULL), WB_ENAME);
     assert_int_equal(wb__schema_push(&s, NULL, WB_F32, 0, NULL), WB_ENAME);
     assert_int_equal(wb__schema_push(&s, longname, WB_F32, 0, NULL), WB_ENAME);
-    assert_int_equal(wb__schema_push(&s, "x", WB_DTYPE_COUNT, 0, NULL), WB_EDTYPE);
-    assert_int_equal(wb__schema_push(&s, "x", WB_F32, WB_MAX_DIMS + 1, shp), WB_ESHAPE);
+    assert_int_equal(wb__schema_push(&s, "x", WB_DTYPE_COUNT, 0, NULL),
+                     WB_EDTYPE);
+    assert_int_equal(wb__schema_push(&s, "x", WB_F32, WB_MAX_DIMS + 1, shp),
+                     WB_ESHAPE);
     assert_int_equal(wb__schema_push(&s, "x", WB_F32, 1, neg), WB_ESHAPE);
     assert_int_equal(wb__schema_push(&s, "x", WB_F32, 1, NULL), WB_ESHAPE);
     assert_int_equal(wb__schema_push(NULL, "x", WB_F32, 0, NULL), WB_EINVAL);
@@ -120,7 +123,8 @@ static void test_rules_template_parse(void **state) {
     assert_int_equal(tpl("(a)", "x\\", &t, why), WB_ERULE);
     assert_int_equal(tpl("(a)", "\\g<1", &t, why), WB_ERULE);
     assert_int_equal(tpl("(a)", "\\g1", &t, why), WB_ERULE);
-    assert_int_equal(tpl("(a)(b)(c)(d)(e)(f)(g)(h)(i)(j)(k)", "\\11", &t, why), 0);
+    assert_int_equal(tpl("(a)(b)(c)(d)(e)(f)(g)(h)(i)(j)(k)", "\\11", &t, why),
+                     0);
     assert_int_equal(t.n, 1);
     assert_int_equal(t.v[0].group, 11);
     wb__template_free(&t);
@@ -145,7 +149,8 @@ static void test_rules_parse_all_directives(void **state) {
     wb__ruleset rs = {0};
     int strict = 1, ignore = 0;
     char err[ERRLEN];
-    assert_int_equal(wb__rules_parse_text(&rs, text, &strict, &ignore, err, sizeof err), 0);
+    assert_int_equal(
+        wb__rules_parse_text(&rs, text, &strict, &ignore, err, sizeof err), 0);
     assert_string_equal(err, "");
     assert_int_equal(strict, 0);
     assert_int_equal(ignore, 1);
@@ -182,7 +187,8 @@ static void test_rules_parse_quotes_and_comments(void **state) {
                        "regex p->q -> r\n";
     wb__ruleset rs = {0};
     char err[ERRLEN];
-    assert_int_equal(wb__rules_parse_text(&rs, text, NULL, NULL, err, sizeof err), 0);
+    assert_int_equal(
+        wb__rules_parse_text(&rs, text, NULL, NULL, err, sizeof err), 0);
     assert_int_equal(rs.n, 5);
     assert_string_equal(rs.v[0].a, "a b->(\\d) #x");
     assert_string_equal(rs.v[0].b, "c \"\\1\"");
@@ -201,7 +207,9 @@ static const char *parse_fail(const char *text, char *err) {
     wb__ruleset rs = {0};
     assert_int_equal(wb__ruleset_add(&rs, WB__RULE_RENAME, "k", "v", -1, 0), 0);
     int strict = 7, ignore = 7;
-    assert_int_equal(wb__rules_parse_text(&rs, text, &strict, &ignore, err, ERRLEN), WB_ERULE);
+    assert_int_equal(
+        wb__rules_parse_text(&rs, text, &strict, &ignore, err, ERRLEN),
+        WB_ERULE);
     assert_int_equal(rs.n, 1);
     assert_string_equal(rs.v[0].a, "k");
     assert_int_equal(strict, 7);
@@ -214,21 +222,34 @@ static const char *parse_fail(const char *text, char *err) {
 static void test_rules_parse_errors(void **state) {
     (void)state;
     char err[ERRLEN];
-    assert_string_equal(parse_fail("strict true\nfoo bar\n", err), "line 2: unknown directive 'foo'");
-    assert_string_equal(parse_fail("include a [abc\n", err), "line 1: bad glob '[abc'");
-    assert_string_equal(parse_fail("include *\n\nregex x( -> y\n", err),
-                        "line 3: bad regex 'x(' at offset 2: missing closing parenthesis");
-    assert_string_equal(parse_fail("cast * F17\n", err), "line 1: unknown dtype 'F17'");
-    assert_string_equal(parse_fail("rename a b\n", err), "line 1: expected 'OLD -> NEW'");
-    assert_string_equal(parse_fail("rename -> b\n", err), "line 1: expected 'OLD -> NEW'");
-    assert_string_equal(parse_fail("regex -> b\n", err), "line 1: expected 'PATTERN -> REPLACEMENT'");
-    assert_string_equal(parse_fail("regex (a) -> \\2\n", err),
-                        "line 1: bad replacement '\\2': invalid group reference 2");
-    assert_string_equal(parse_fail("include\n", err), "line 1: expected at least one glob");
-    assert_string_equal(parse_fail("cast *\n", err), "line 1: expected 'cast GLOB DTYPE'");
-    assert_string_equal(parse_fail("strict maybe\n", err), "line 1: expected 'strict true|false'");
-    assert_string_equal(parse_fail("include \"abc\n", err), "line 1: unterminated quote");
-    assert_int_equal(wb__rules_parse_text(NULL, "", NULL, NULL, err, sizeof err), WB_EINVAL);
+    assert_string_equal(parse_fail("strict true\nfoo bar\n", err),
+                        "line 2: unknown directive 'foo'");
+    assert_string_equal(parse_fail("include a [abc\n", err),
+                        "line 1: bad glob '[abc'");
+    assert_string_equal(
+        parse_fail("include *\n\nregex x( -> y\n", err),
+        "line 3: bad regex 'x(' at offset 2: missing closing parenthesis");
+    assert_string_equal(parse_fail("cast * F17\n", err),
+                        "line 1: unknown dtype 'F17'");
+    assert_string_equal(parse_fail("rename a b\n", err),
+                        "line 1: expected 'OLD -> NEW'");
+    assert_string_equal(parse_fail("rename -> b\n", err),
+                        "line 1: expected 'OLD -> NEW'");
+    assert_string_equal(parse_fail("regex -> b\n", err),
+                        "line 1: expected 'PATTERN -> REPLACEMENT'");
+    assert_string_equal(
+        parse_fail("regex (a) -> \\2\n", err),
+        "line 1: bad replacement '\\2': invalid group reference 2");
+    assert_string_equal(parse_fail("include\n", err),
+                        "line 1: expected at least one glob");
+    assert_string_equal(parse_fail("cast *\n", err),
+                        "line 1: expected 'cast GLOB DTYPE'");
+    assert_string_equal(parse_fail("strict maybe\n", err),
+                        "line 1: expected 'strict true|false'");
+    assert_string_equal(parse_fail("include \"abc\n", err),
+                        "line 1: unterminated quote");
+    assert_int_equal(
+        wb__rules_parse_text(NULL, "", NULL, NULL, err, sizeof err), WB_EINVAL);
 }
 
 /* Empty text and comment-only text parse to nothing and succeed. */
@@ -236,7 +257,8 @@ static void test_rules_parse_empty(void **state) {
     (void)state;
     wb__ruleset rs = {0};
     assert_int_equal(wb__rules_parse_text(&rs, "", NULL, NULL, NULL, 0), 0);
-    assert_int_equal(wb__rules_parse_text(&rs, "  # only\n\t\n#x", NULL, NULL, NULL, 0), 0);
+    assert_int_equal(
+        wb__rules_parse_text(&rs, "  # only\n\t\n#x", NULL, NULL, NULL, 0), 0);
     assert_int_equal(rs.n, 0);
 }
 
@@ -257,7 +279,9 @@ static void test_rules_api_validates(void **state) {
     assert_int_equal(wb_rules_rename(r, "a", NULL), WB_EINVAL);
     assert_int_equal(wb_rules_rename(r, longname, "b"), WB_ENAME);
     assert_int_equal(wb_rules_rename_regex(r, "layer(\\d+", "x"), WB_ERULE);
-    assert_string_equal(wb_rules_errmsg(r), "regex \"layer(\\d+\" at offset 9: missing closing parenthesis");
+    assert_string_equal(
+        wb_rules_errmsg(r),
+        "regex \"layer(\\d+\" at offset 9: missing closing parenthesis");
     assert_int_equal(wb_rules_rename_regex(r, "(a)", "\\3"), WB_ERULE);
     assert_int_equal(wb_rules_rename_regex(r, "", "x"), WB_ERULE);
     assert_int_equal(wb_rules_cast(r, "*", 99), WB_EDTYPE);
@@ -284,12 +308,16 @@ static void test_rules_api_parse(void **state) {
     char err[ERRLEN];
     assert_int_equal(wb_rules_parse(r, "include *\n", err, sizeof err), 0);
     assert_int_equal(r->has_strict, 0);
-    assert_int_equal(wb_rules_parse(r, "strict false\nprefix a. -> b.\n", err, sizeof err), 0);
+    assert_int_equal(
+        wb_rules_parse(r, "strict false\nprefix a. -> b.\n", err, sizeof err),
+        0);
     assert_int_equal(r->has_strict, 1);
     assert_int_equal(r->strict, 0);
     assert_int_equal(r->has_ignore, 0);
     assert_int_equal(r->rs.n, 2);
-    assert_int_equal(wb_rules_parse(r, "ignore-mismatched-sizes true\nbogus\n", err, sizeof err), WB_ERULE);
+    assert_int_equal(wb_rules_parse(r, "ignore-mismatched-sizes true\nbogus\n",
+                                    err, sizeof err),
+                     WB_ERULE);
     assert_string_equal(err, "line 2: unknown directive 'bogus'");
     assert_int_equal(r->has_ignore, 0);
     assert_int_equal(r->rs.n, 2);

@@ -109,8 +109,8 @@ static void test_segment_release_punches_and_seals(void **state) {
     char junk[4096];
     memset(junk, 7, sizeof(junk));
     assert_int_equal(write(kept, junk, sizeof(junk)), (ssize_t)sizeof(junk));
-    void *w = __real_mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, kept,
-                          0);
+    void *w =
+        __real_mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, kept, 0);
     assert_true(w != MAP_FAILED);
     assert_int_equal(wb__seg_release(&s), 0);
     munmap(w, 4096);
@@ -124,7 +124,9 @@ static void test_segment_release_punches_and_seals(void **state) {
 }
 
 static int conv_done_calls;
-static void on_conv_done(wb__conv_waiter *w) { conv_done_calls++; }
+static void on_conv_done(wb__conv_waiter *w) {
+    conv_done_calls++;
+}
 
 /* A whole conversion job (segment on the thread pool, parts, seal) works
  * when sealed files cannot be mapped through writable descriptors. */

@@ -223,9 +223,10 @@ static void test_wire_names(void **state) {
     assert_int_equal(wb__check_name("\xc3\xa9t\xc3\xa9", 5), 0);
     assert_int_equal(wb__check_name("", 0), WB_ENAME);
     assert_int_equal(wb__check_name("a\0b", 3), WB_ENAME);
-    assert_int_equal(wb__check_name("\xc3", 1), WB_ENAME);       /* cut */
-    assert_int_equal(wb__check_name("\xc0\xaf", 2), WB_ENAME);   /* overlong */
-    assert_int_equal(wb__check_name("\xed\xa0\x80", 3), WB_ENAME); /* surrogate */
+    assert_int_equal(wb__check_name("\xc3", 1), WB_ENAME);     /* cut */
+    assert_int_equal(wb__check_name("\xc0\xaf", 2), WB_ENAME); /* overlong */
+    assert_int_equal(wb__check_name("\xed\xa0\x80", 3),
+                     WB_ENAME); /* surrogate */
     assert_int_equal(wb__check_name("\xff", 1), WB_ENAME);
     char big[WB_MAX_NAME + 1];
     memset(big, 'a', sizeof(big));
@@ -246,37 +247,39 @@ static void test_wire_text(void **state) {
     } cases[] = {
         {"", 0, 0},
         {"resnet50 trained on ImageNet", 28, 0},
-        {"\xc3\xa9t\xc3\xa9", 5, 0},                 /* U+00E9 */
-        {"\xe2\x82\xac", 3, 0},                      /* U+20AC */
-        {"\xef\xbf\xbf", 3, 0},                      /* U+FFFF */
-        {"\xf0\x9f\x98\x80", 4, 0},                  /* U+1F600 */
-        {"\xf4\x8f\xbf\xbf", 4, 0},                  /* U+10FFFF */
-        {"\xed\x9f\xbf", 3, 0},                      /* U+D7FF */
-        {"\xee\x80\x80", 3, 0},                      /* U+E000 */
-        {"a\0b", 3, WB_EINVAL},                      /* NUL */
+        {"\xc3\xa9t\xc3\xa9", 5, 0}, /* U+00E9 */
+        {"\xe2\x82\xac", 3, 0},      /* U+20AC */
+        {"\xef\xbf\xbf", 3, 0},      /* U+FFFF */
+        {"\xf0\x9f\x98\x80", 4, 0},  /* U+1F600 */
+        {"\xf4\x8f\xbf\xbf", 4, 0},  /* U+10FFFF */
+        {"\xed\x9f\xbf", 3, 0},      /* U+D7FF */
+        {"\xee\x80\x80", 3, 0},      /* U+E000 */
+        {"a\0b", 3, WB_EINVAL},      /* NUL */
         {"\0", 1, WB_EINVAL},
-        {"\xc0\x80", 2, WB_EINVAL},                  /* overlong NUL */
-        {"\xc0\xaf", 2, WB_EINVAL},                  /* overlong '/' */
-        {"\xc1\xbf", 2, WB_EINVAL},                  /* overlong U+7F */
-        {"\xe0\x80\xaf", 3, WB_EINVAL},              /* overlong, 3 bytes */
-        {"\xe0\x9f\xbf", 3, WB_EINVAL},              /* overlong U+7FF */
-        {"\xf0\x80\x80\xaf", 4, WB_EINVAL},          /* overlong, 4 bytes */
-        {"\xf0\x8f\xbf\xbf", 4, WB_EINVAL},          /* overlong U+FFFF */
-        {"\xed\xa0\x80", 3, WB_EINVAL},              /* U+D800 */
-        {"\xed\xbf\xbf", 3, WB_EINVAL},              /* U+DFFF */
-        {"\xed\xa0\xbd\xed\xb8\x80", 6, WB_EINVAL},  /* CESU-8 pair */
-        {"\xf4\x90\x80\x80", 4, WB_EINVAL},          /* U+110000 */
-        {"\xf7\xbf\xbf\xbf", 4, WB_EINVAL},          /* U+1FFFFF */
-        {"\xf8\x88\x80\x80\x80", 5, WB_EINVAL},      /* 5-byte form */
-        {"\xfc\x84\x80\x80\x80\x80", 6, WB_EINVAL},  /* 6-byte form */
-        {"\xc3", 1, WB_EINVAL},                      /* truncated */
+        {"\xc0\x80", 2, WB_EINVAL},                 /* overlong NUL */
+        {"\xc0\xaf", 2, WB_EINVAL},                 /* overlong '/' */
+        {"\xc1\xbf", 2, WB_EINVAL},                 /* overlong U+7F */
+        {"\xe0\x80\xaf", 3, WB_EINVAL},             /* overlong, 3 bytes */
+        {"\xe0\x9f\xbf", 3, WB_EINVAL},             /* overlong U+7FF */
+        {"\xf0\x80\x80\xaf", 4, WB_EINVAL},         /* overlong, 4 bytes */
+        {"\xf0\x8f\xbf\xbf", 4, WB_EINVAL},         /* overlong U+FFFF */
+        {"\xed\xa0\x80", 3, WB_EINVAL},             /* U+D800 */
+        {"\xed\xbf\xbf", 3, WB_EINVAL},             /* U+DFFF */
+        {"\xed\xa0\xbd\xed\xb8\x80", 6, WB_EINVAL}, /* CESU-8 pair */
+        {"\xf4\x90\x80\x80", 4, WB_EINVAL},         /* U+110000 */
+        {"\xf7\xbf\xbf\xbf", 4, WB_EINVAL},         /* U+1FFFFF */
+        {"\xf8\x88\x80\x80\x80", 5, WB_EINVAL},     /* 5-byte form */
+        {"\xfc\x84\x80\x80\x80\x80", 6, WB_EINVAL}, /* 6-byte form */
+        {"\xc3", 1, WB_EINVAL},                     /* truncated */
         {"\xe2\x82", 2, WB_EINVAL},
         {"\xf0\x9f\x98", 3, WB_EINVAL},
         {"ab\xe2\x82", 4, WB_EINVAL},
-        {"\xe2\x82x", 3, WB_EINVAL},                 /* broken */
+        {"\xe2\x82x", 3, WB_EINVAL}, /* broken */
         {"\xf0\x9f\x98\x28", 4, WB_EINVAL},
-        {"\x80", 1, WB_EINVAL},                      /* stray continuation */
-        {"a\xbf" "b", 3, WB_EINVAL},
+        {"\x80", 1, WB_EINVAL}, /* stray continuation */
+        {"a\xbf"
+         "b",
+         3, WB_EINVAL},
         {"\xfe", 1, WB_EINVAL},
         {"\xff", 1, WB_EINVAL},
     };
@@ -296,9 +299,9 @@ static void test_wire_text(void **state) {
     assert_int_equal(wb__check_text(v, big / 3 * 3), 0);
     /* Each bad sequence at every offset of an ASCII run, for every
      * alignment against the eight-byte steps. */
-    static const char *const bad[] = {"\xc0\xaf", "\xed\xa0\x80",
-                                      "\xf4\x90\x80\x80", "\xe2\x82", "\0",
-                                      "\x80"};
+    static const char *const bad[] = {
+        "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80",
+        "\xe2\x82", "\0",           "\x80"};
     static const size_t badlen[] = {2, 3, 4, 2, 1, 1};
     for (size_t b = 0; b < sizeof bad / sizeof bad[0]; b++)
         for (size_t at = 0; at < 40; at++) {
@@ -316,9 +319,8 @@ static void test_wire_text(void **state) {
 /* Rules survive encoding and decoding, and bad kinds are refused. */
 static void test_wire_rules_roundtrip(void **state) {
     wb__ruleset rs = {0}, back = {0};
-    assert_int_equal(wb__ruleset_add(&rs, WB__RULE_INCLUDE, "enc.*", NULL, -1,
-                                     1),
-                     0);
+    assert_int_equal(
+        wb__ruleset_add(&rs, WB__RULE_INCLUDE, "enc.*", NULL, -1, 1), 0);
     assert_int_equal(wb__ruleset_add(&rs, WB__RULE_REGEX, "layer(\\d+)\\.(.*)",
                                      "fc\\1.\\2", -1, 2),
                      0);
