@@ -260,14 +260,15 @@ void wb__op_publish(wb__session *s, uint64_t id, const msgpack_object *req) {
     wb__publish_req pr;
     size_t bad = 0;
     int rc = wb__decode_publish_req(req, &pr, &bad);
-    if (rc == 0 && wb__check_name(pr.model.p, pr.model.n))
-        rc = WB_ENAME;
+    int bad_model = 0;
+    if (rc == 0 && (rc = wb__req_name(pr.model, model)) != 0)
+        bad_model = 1;
     if (rc) {
         if (rc == WB_ETOOBIG)
             wb__reply_error(s, id, rc,
                             "at most %u tensors and %d metadata entries",
                             WB_MAX_TENSORS, WB_MAX_META);
-        else if (rc == WB_ENAME && pr.t == NULL)
+        else if (bad_model)
             wb__reply_error(s, id, rc, "publish needs a valid model name");
         else if (rc == WB_EPROTO)
             wb__reply_error(s, id, rc,
@@ -279,8 +280,6 @@ void wb__op_publish(wb__session *s, uint64_t id, const msgpack_object *req) {
         wb__publish_req_free(&pr);
         return;
     }
-    memcpy(model, pr.model.p, pr.model.n);
-    model[pr.model.n] = '\0';
     if (s->npending >= WB_MAX_PENDING) {
         wb__reply_error(s, id, WB_ETOOBIG,
                         "at most %d publishes may be open per connection",
@@ -518,12 +517,8 @@ void wb__op_drop(wb__session *s, uint64_t id, const msgpack_object *req) {
         return;
     }
     if (dr.version == 0) {
-        if (rc == 0 && wb__check_name(dr.model.p, dr.model.n))
-            rc = WB_ENAME;
-        if (rc == 0) {
-            memcpy(model, dr.model.p, dr.model.n);
-            model[dr.model.n] = '\0';
-        }
+        if (rc == 0)
+            rc = wb__req_name(dr.model, model);
         wb__model *m = rc ? NULL : wb__model_find(model);
         if (rc || m == NULL || m->versions == NULL) {
             wb__reply_error(s, id, rc ? rc : WB_ENOMODEL, "no model named '%s'",

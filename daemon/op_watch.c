@@ -13,6 +13,7 @@
 #include "ops.h"
 #include "registry.h"
 #include "reply.h"
+#include "request.h"
 #include "wire.h"
 
 /* A client waiting in "watch" for a version newer than after. */
@@ -89,15 +90,13 @@ void wb__op_watch(wb__session *s, uint64_t id, const msgpack_object *req) {
     char model[WB_MAX_NAME + 1];
     wb__watch_req wr;
     int rc = wb__decode_watch_req(req, &wr);
-    if (rc == 0 && wb__check_name(wr.model.p, wr.model.n))
-        rc = WB_ENAME;
+    if (rc == 0)
+        rc = wb__req_name(wr.model, model);
     if (rc) {
         wb__reply_error(s, id, rc,
                         "watch needs a model name, after and timeout");
         return;
     }
-    memcpy(model, wr.model.p, wr.model.n);
-    model[wr.model.n] = '\0';
     uint64_t after = wr.after;
     int64_t timeout = wr.timeout_ms;
     wb__model *m = wb__model_acquire(model);

@@ -9,12 +9,20 @@
 #include "reply.h"
 #include "wire.h"
 
+int wb__req_name(wb__str name, char *buf) {
+    if (wb__check_name(name.p, name.n))
+        return WB_ENAME;
+    memcpy(buf, name.p, name.n);
+    buf[name.n] = '\0';
+    return 0;
+}
+
 wb__version *wb__req_version(wb__session *s, uint64_t id,
                              const msgpack_object *req, char *model) {
     wb__model_req mr;
     int rc = wb__decode_model_req(req, &mr);
-    if (rc == 0 && wb__check_name(mr.model.p, mr.model.n))
-        rc = WB_ENAME;
+    if (rc == 0)
+        rc = wb__req_name(mr.model, model);
     if (rc) {
         wb__reply_error(s, id, rc,
                         rc == WB_EPROTO ? "model must be a string and "
@@ -22,8 +30,6 @@ wb__version *wb__req_version(wb__session *s, uint64_t id,
                                         : "a valid model name is required");
         return NULL;
     }
-    memcpy(model, mr.model.p, mr.model.n);
-    model[mr.model.n] = '\0';
     wb__model *m = wb__model_find(model);
     if (m == NULL || m->versions == NULL) {
         wb__reply_error(s, id, WB_ENOMODEL, "no model named '%s'", model);

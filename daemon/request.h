@@ -5,8 +5,13 @@
 #include <msgpack.h>
 #include <stdint.h>
 
+#include "msg.h"
 #include "registry.h"
 #include "session.h"
+
+/* Copies the model name a request carries into buf (WB_MAX_NAME + 1
+ * bytes) after checking it.  Returns 0 or WB_ENAME. */
+int wb__req_name(wb__str name, char *buf);
 
 /* Looks up the model@version named by the request's "model" and "version"
  * (0: the latest), copying the name into model (WB_MAX_NAME + 1 bytes).

@@ -179,10 +179,7 @@ int wb__glob_check(const char *glob) {
 
 /* ---------------------------------------------------------------- regexes */
 
-/* snprintf into err when there is room for it; a NULL err is ignored. */
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
+void wb__set_err(char *err, size_t errlen, const char *fmt, ...) {
     if (err == NULL || errlen == 0)
         return;
     va_list ap;
@@ -201,14 +198,14 @@ int wb__regex_compile(const char *pattern, pcre2_code **out, char *err,
         return 0;
     PCRE2_UCHAR msg[WB_PCRE2_ERRMSG_MAX];
     if (code == PCRE2_ERROR_NOMEMORY) {
-        set_err(err, errlen, "out of memory");
+        wb__set_err(err, errlen, "out of memory");
         return WB_ENOMEM;
     }
     if (pcre2_get_error_message(code, msg, sizeof msg) < 0)
-        set_err(err, errlen, "at offset %zu: error %d", (size_t)off, code);
+        wb__set_err(err, errlen, "at offset %zu: error %d", (size_t)off, code);
     else
-        set_err(err, errlen, "at offset %zu: %s", (size_t)off,
-                (const char *)msg);
+        wb__set_err(err, errlen, "at offset %zu: %s", (size_t)off,
+                    (const char *)msg);
     return WB_ERULE;
 }
 
@@ -257,7 +254,7 @@ static int tpl_group(tpl_build *b, int g) {
 static int tpl_gref(const pcre2_code *re, uint32_t ngroups, const char *s,
                     size_t len, char *err, size_t errlen) {
     if (len == 0) {
-        set_err(err, errlen, "missing group name");
+        wb__set_err(err, errlen, "missing group name");
         return -1;
     }
     int digits = 1;
@@ -267,7 +264,8 @@ static int tpl_gref(const pcre2_code *re, uint32_t ngroups, const char *s,
     if (digits) {
         unsigned long g = len > 9 ? ULONG_MAX : strtoul(s, NULL, 10);
         if (g > ngroups) {
-            set_err(err, errlen, "invalid group reference %.*s", (int)len, s);
+            wb__set_err(err, errlen, "invalid group reference %.*s", (int)len,
+                        s);
             return -1;
         }
         return (int)g;
@@ -279,7 +277,7 @@ static int tpl_gref(const pcre2_code *re, uint32_t ngroups, const char *s,
     name[len] = '\0';
     int g = pcre2_substring_number_from_name(re, (PCRE2_SPTR)name);
     if (g < 0) {
-        set_err(err, errlen, "unknown group name '%s'", name);
+        wb__set_err(err, errlen, "unknown group name '%s'", name);
         return -1;
     }
     return g;
@@ -304,15 +302,15 @@ int wb__template_parse(const pcre2_code *re, const char *repl, wb__template *t,
             continue;
         char c = p[1];
         if (c == '\0') {
-            set_err(err, errlen, "bad escape (end of pattern)");
+            wb__set_err(err, errlen, "bad escape (end of pattern)");
             rc = WB_ERULE;
         } else if (c == 'g') {
             const char *close = p[2] == '<' ? strchr(p + 3, '>') : NULL;
             if (p[2] != '<') {
-                set_err(err, errlen, "missing <");
+                wb__set_err(err, errlen, "missing <");
                 rc = WB_ERULE;
             } else if (close == NULL) {
-                set_err(err, errlen, "missing >, unterminated name");
+                wb__set_err(err, errlen, "missing >, unterminated name");
                 rc = WB_ERULE;
             } else {
                 int g = tpl_gref(re, ngroups, p + 3, (size_t)(close - p - 3),
@@ -321,15 +319,15 @@ int wb__template_parse(const pcre2_code *re, const char *repl, wb__template *t,
                 p = close + 1;
             }
         } else if (c == '0') {
-            set_err(err, errlen, "bad escape \\0: names cannot hold NUL");
+            wb__set_err(err, errlen, "bad escape \\0: names cannot hold NUL");
             rc = WB_ERULE;
         } else if (isdigit((unsigned char)c)) {
             int g = c - '0';
             size_t used = 2;
             if (isdigit((unsigned char)p[2])) {
                 if (c <= '7' && p[2] <= '7' && p[3] >= '0' && p[3] <= '7') {
-                    set_err(err, errlen, "octal escape \\%.3s not supported",
-                            p + 1);
+                    wb__set_err(err, errlen,
+                                "octal escape \\%.3s not supported", p + 1);
                     rc = WB_ERULE;
                     break;
                 }
@@ -337,7 +335,7 @@ int wb__template_parse(const pcre2_code *re, const char *repl, wb__template *t,
                 used = 3;
             }
             if ((uint32_t)g > ngroups) {
-                set_err(err, errlen, "invalid group reference %d", g);
+                wb__set_err(err, errlen, "invalid group reference %d", g);
                 rc = WB_ERULE;
             } else {
                 rc = tpl_group(&b, g);
@@ -350,7 +348,7 @@ int wb__template_parse(const pcre2_code *re, const char *repl, wb__template *t,
             if (e != NULL) {
                 rc = tpl_lit(&b, &esc_out[e - esc_in], 1);
             } else if (isalpha((unsigned char)c) && !(c & 0x80)) {
-                set_err(err, errlen, "bad escape \\%c", c);
+                wb__set_err(err, errlen, "bad escape \\%c", c);
                 rc = WB_ERULE;
             } else {
                 rc = tpl_lit(&b, p, 2); /* Python keeps unknown escapes. */
@@ -359,7 +357,7 @@ int wb__template_parse(const pcre2_code *re, const char *repl, wb__template *t,
         }
     }
     if (rc == WB_ENOMEM)
-        set_err(err, errlen, "out of memory");
+        wb__set_err(err, errlen, "out of memory");
     if (rc != 0)
         wb__template_free(t);
     return rc;
@@ -379,11 +377,11 @@ int wb__regex_rule_check(const char *pattern, const char *repl, char *err,
     pcre2_code *re;
     int rc = wb__regex_compile(pattern, &re, why, sizeof why);
     if (rc == WB_ENOMEM) {
-        set_err(err, errlen, "out of memory");
+        wb__set_err(err, errlen, "out of memory");
         return rc;
     }
     if (rc) {
-        set_err(err, errlen, "regex \"%s\" %s", pattern, why);
+        wb__set_err(err, errlen, "regex \"%s\" %s", pattern, why);
         return rc;
     }
     wb__template t;
@@ -391,9 +389,9 @@ int wb__regex_rule_check(const char *pattern, const char *repl, char *err,
     pcre2_code_free(re);
     wb__template_free(&t);
     if (rc == WB_ERULE)
-        set_err(err, errlen, "regex \"%s\": bad replacement \"%s\": %s",
-                pattern, repl, why);
+        wb__set_err(err, errlen, "regex \"%s\": bad replacement \"%s\": %s",
+                    pattern, repl, why);
     else if (rc != 0)
-        set_err(err, errlen, "out of memory");
+        wb__set_err(err, errlen, "out of memory");
     return rc;
 }

@@ -47,6 +47,10 @@ int wb__glob_has_magic(const char *glob);
  * closed and does not end in a lone backslash.  Returns 0 or WB_ERULE. */
 int wb__glob_check(const char *glob);
 
+/* snprintf into err when there is room for it; a NULL err is ignored. */
+void wb__set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 #define WB_PCRE2_ERRMSG_MAX 256 /* Bytes of a PCRE2 error message. */
 
 /* Compiles pattern with WB_REGEX_COMPILE_FLAGS into *out.  Returns 0,

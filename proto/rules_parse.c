@@ -33,18 +33,6 @@
 
 /* ---------------------------------------------------------------- parser */
 
-/* snprintf into err when there is room for it; a NULL err is ignored. */
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (err == NULL || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* State of one wb__rules_parse_text() call. */
 typedef struct parser {
     wb__ruleset tmp; /* Rules parsed so far (moved on success). */
@@ -397,7 +385,7 @@ int wb__rules_parse_text(wb__ruleset *rs, const char *text, int *strict,
     if (err != NULL && errlen > 0)
         err[0] = '\0';
     if (rs == NULL || text == NULL) {
-        set_err(err, errlen, "invalid argument");
+        wb__set_err(err, errlen, "invalid argument");
         return WB_EINVAL;
     }
     parser ps = {{NULL, 0, 0}, 0, err, errlen};
@@ -427,7 +415,7 @@ int wb__rules_parse_text(wb__ruleset *rs, const char *text, int *strict,
                               ? realloc(rs->v, need * sizeof *v)
                               : NULL;
             if (v == NULL) {
-                set_err(err, errlen, "out of memory");
+                wb__set_err(err, errlen, "out of memory");
                 rc = WB_ENOMEM;
             } else {
                 rs->v = v;
