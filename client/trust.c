@@ -15,9 +15,8 @@
 #include "wbroker.h"
 
 #define WB_SEALS_READ (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW)
-#define WB_SEALS_WRITE                                                         \
-    F_SEAL_GROW /* A publish's segment may not grow (the                       \
-                   daemon may still truncate it). */
+/* A publish's segment may not grow (the daemon may still truncate it). */
+#define WB_SEALS_WRITE F_SEAL_GROW
 
 int wb__trust_peer(int sock, const char *path, char *why, size_t n) {
     char dwhy[WB_DIR_WHY_MAX];

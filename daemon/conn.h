@@ -25,19 +25,15 @@
 #include "buf.h"
 
 #define WB_READ_CHUNK (64 * 1024) /* Bytes asked of one recv. */
-#define WB_OUT_HIGH_WATER                                                      \
-    (4u * 1024 * 1024) /* Queued reply bytes above                             \
-                          which requests wait. */
-#define WB_OUT_MAX_FDS                                                         \
-    128                     /* Queued descriptors above                        \
-                               which requests wait. */
+/* Queued reply bytes above which requests wait. */
+#define WB_OUT_HIGH_WATER (4u * 1024 * 1024)
+/* Queued descriptors above which requests wait. */
+#define WB_OUT_MAX_FDS 128
 #define WB_MAX_CLIENTS 4096 /* Connections at once. */
-#define WB_ACCEPT_PAUSE_MS                                                     \
-    100 /* Accepting rests this long                                           \
-           after EMFILE. */
-#define WB_LOG_EVERY_MS                                                        \
-    10000 /* A repeated warning is                                             \
-             logged at most this often. */
+/* Accepting rests this long after EMFILE. */
+#define WB_ACCEPT_PAUSE_MS 100
+/* A repeated warning is logged at most this often. */
+#define WB_LOG_EVERY_MS 10000
 
 typedef struct wb__conn wb__conn;
 

@@ -17,10 +17,9 @@
 #include "resolve.h"
 
 #define WB_CONV_PART_MIN (16u << 20) /* Fewest output bytes worth a thread. */
-#define WB_CONV_MAX_THREADS                                                    \
-    2 /* Threads of libuv's pool (4 by                                         \
-         default) conversions may use at once;                                 \
-         the others back segments. */
+/* Threads of libuv's pool (4 by default) conversions may use at once; the
+ * others back segments. */
+#define WB_CONV_MAX_THREADS 2
 
 /* Something waiting for conversion jobs: done() runs on the loop once
  * waiting drops to 0, with the first failure (0 if none). */

@@ -65,6 +65,7 @@ static wb__report_src report_of(const map_req *mr) {
         kl[WB_KEYS_MISMATCHED] = &mr->res.mismatched;
         kl[WB_KEYS_CAST] = &mr->res.cast;
         kl[WB_KEYS_ALIASED] = &mr->res.aliased;
+        kl[WB_KEYS_UNUSED_RULES] = &mr->res.unused_rules;
         for (int w = 0; w < WB_KEYS_COUNT; w++) {
             rep.keys[w] = kl[w]->v;
             rep.n[w] = kl[w]->n;

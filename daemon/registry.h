@@ -23,10 +23,9 @@
 #include "segment.h"
 
 #define WB_MAX_MODELS 4096 /* Models holding versions at once. */
-#define WB_MAX_MODEL_RECORDS                                                   \
-    4096 /* Names remembered after their last                                  \
-            version went, so that numbers never                                \
-            repeat (the oldest is forgotten). */
+/* Names remembered after their last version went, so that numbers never
+ * repeat (the oldest is forgotten). */
+#define WB_MAX_MODEL_RECORDS 4096
 
 struct wb__model;
 struct wb__watch;

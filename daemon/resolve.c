@@ -35,14 +35,13 @@
 #include "resolve_internal.h"
 
 #define WB_KEYLIST_MIN_CAP 8 /* First allocation of a key list. */
-#define WB_TREE_BLOCK                                                          \
-    65536 /* Bytes of one block of module tree                                 \
-             keys. */
+/* Bytes of one block of module tree keys. */
+#define WB_TREE_BLOCK 65536
 
 /* ---------------------------------------------------------------- key lists */
 
 /* Appends a copy of key (len bytes) to a key list. */
-static int kl_push(wb__keylist *kl, const char *key, size_t len) {
+int wb__kl_push(wb__keylist *kl, const char *key, size_t len) {
     if (kl->n == kl->cap) {
         size_t cap = kl->cap ? kl->cap * 2 : WB_KEYLIST_MIN_CAP;
         char **v = cap <= SIZE_MAX / sizeof *v ? realloc(kl->v, cap * sizeof *v)
@@ -248,7 +247,7 @@ static int resolve_plain(rstate *st) {
                                    k->src, req->nsrc, k->name);
         if (push_resolved(out, k->name, k->src, dt, dt != sdt) != 0)
             return WB_ENOMEM;
-        if (dt != sdt && kl_push(&out->cast, k->name, k->len) != 0)
+        if (dt != sdt && wb__kl_push(&out->cast, k->name, k->len) != 0)
             return WB_ENOMEM;
     }
     return 0;
@@ -365,13 +364,13 @@ static int list_unexpected(rstate *st) {
             order[count[where[i]]++] = i;
     for (size_t j = 0; j < nflag; j++) {
         const kent *k = &st->kept[order[j]];
-        if (kl_push(&st->out->unexpected, k->name, k->len) != 0)
+        if (wb__kl_push(&st->out->unexpected, k->name, k->len) != 0)
             goto done;
     }
     for (size_t i = 0; i < st->nkept; i++) {
         const kent *k = &st->kept[i];
         if (k->target == NONE && where[i] == NONE &&
-            kl_push(&st->out->unexpected, k->name, k->len) != 0)
+            wb__kl_push(&st->out->unexpected, k->name, k->len) != 0)
             goto done;
     }
     rc = 0;
@@ -408,23 +407,23 @@ static int resolve_schema(rstate *st) {
         }
         wb__hslot *h = wb__ht_find(&st->renamed, t->name, len);
         if (h == NULL) {
-            rc = kl_push(&out->missing, t->name, len);
+            rc = wb__kl_push(&out->missing, t->name, len);
             continue;
         }
         kent *k = &st->kept[h->val];
         k->target = i;
         const wb__tinfo *src = &req->src[k->src];
         if (!shape_eq(src, t)) {
-            rc = kl_push(&out->mismatched, t->name, len);
+            rc = wb__kl_push(&out->mismatched, t->name, len);
             continue;
         }
         int cast = t->dtype != src->dtype;
         rc = push_resolved(out, t->name, k->src, t->dtype, cast);
         if (rc == 0 && cast)
-            rc = kl_push(&out->cast, t->name, len);
+            rc = wb__kl_push(&out->cast, t->name, len);
         size_t root = req->tie ? req->tie[k->src] : k->src;
         if (rc == 0 && used[root])
-            rc = kl_push(&out->aliased, t->name, len);
+            rc = wb__kl_push(&out->aliased, t->name, len);
         used[root] = 1;
     }
     free(used);
@@ -466,6 +465,11 @@ int wb__resolve(const wb__resolve_req *req, wb__resolve_out *out) {
         rc = wb__collect(&st);
     if (rc == 0)
         rc = req->schema ? resolve_schema(&st) : resolve_plain(&st);
+    if (rc == 0 || rc == WB_ELOAD) {
+        int urc = wb__report_unused(&st);
+        if (urc)
+            rc = urc;
+    }
     if (rc == WB_ENOMEM)
         snprintf(out->errmsg, sizeof out->errmsg, "out of memory");
     if (rc != 0 && rc != WB_ELOAD) {
@@ -498,6 +502,7 @@ void wb__resolve_out_free(wb__resolve_out *out) {
     kl_free(&out->mismatched);
     kl_free(&out->cast);
     kl_free(&out->aliased);
+    kl_free(&out->unused_rules);
     free(out->error_text);
     memset(out, 0, sizeof *out);
 }

@@ -18,9 +18,8 @@
 #include "../proto/rules.h"
 
 #define WB_REGEX_MATCH_LIMIT 100000 /* PCRE2 match limit per key per rule. */
-#define WB_RULES_BUDGET_MS                                                     \
-    2000 /* Time for resolving one request, in                                 \
-            ms. */
+/* Time for resolving one request, in ms. */
+#define WB_RULES_BUDGET_MS 2000
 
 /* One tensor the target receives. */
 typedef struct wb__resolved {
@@ -52,16 +51,18 @@ typedef struct wb__resolve_req {
 } wb__resolve_req;
 
 typedef struct wb__resolve_out {
-    wb__resolved *v;        /* Tensors to hand out, target order. */
-    size_t n;               /* Entries in v. */
-    wb__keylist missing;    /* Target keys no source reached. */
-    wb__keylist unexpected; /* Renamed source keys the target lacks. */
-    wb__keylist mismatched; /* Keys whose shapes differ. */
-    wb__keylist cast;       /* Keys converted to the target dtype. */
-    wb__keylist aliased;    /* Target keys whose source bytes an earlier
-                               target key also receives (tied). */
-    char *error_text;       /* PyTorch-format text, NULL if none. */
-    char errmsg[512];       /* Detail for a non-load error. */
+    wb__resolved *v;          /* Tensors to hand out, target order. */
+    size_t n;                 /* Entries in v. */
+    wb__keylist missing;      /* Target keys no source reached. */
+    wb__keylist unexpected;   /* Renamed source keys the target lacks. */
+    wb__keylist mismatched;   /* Keys whose shapes differ. */
+    wb__keylist cast;         /* Keys converted to the target dtype. */
+    wb__keylist aliased;      /* Target keys whose source bytes an earlier
+                                 target key also receives (tied). */
+    wb__keylist unused_rules; /* Rules that matched no key, described as
+                                 "line N: rename \"a\" -> \"b\"". */
+    char *error_text;         /* PyTorch-format text, NULL if none. */
+    char errmsg[512];         /* Detail for a non-load error. */
 } wb__resolve_out;
 
 /* Resolves req into *out (zeroed first).  Returns 0 when the load may go

@@ -17,9 +17,8 @@
 #include "resolve.h"
 #include "rules_match.h"
 
-#define WB_BUDGET_CHECK_BYTES                                                  \
-    65536             /* Key bytes handled between two looks                   \
-                        at the clock (tens of microseconds). */
+/* Key bytes handled between two looks at the clock (tens of microseconds). */
+#define WB_BUDGET_CHECK_BYTES 65536
 #define NONE SIZE_MAX /* "No index" in index fields. */
 
 /* ---------------------------------------------------------------- budget */
@@ -79,6 +78,7 @@ typedef struct compiled {
     wb__htab rename_first;     /* RENAME a -> index of its first rule. */
     pcre2_match_context *mctx; /* Match limits for every regex. */
     pcre2_match_data *md;      /* Ovector big enough for every regex. */
+    unsigned char *hit;        /* Per rule, 1 once it matched a key. */
 } compiled;
 
 /* Writes "line N: " (or nothing) and the formatted text into out->errmsg.
@@ -91,6 +91,15 @@ int wb__rule_err(wb__resolve_out *out, const wb__rule *r, int rc,
  * budget runs out, or WB_ENOMEM. */
 int wb__compile_rules(const wb__ruleset *rs, compiled *c, budget *b,
                       unsigned ms, wb__resolve_out *out);
+
+/* Appends len bytes of key to kl (a copy).  Returns 0 or WB_ENOMEM. */
+int wb__kl_push(wb__keylist *kl, const char *key, size_t len);
+
+/* Lists in out->unused_rules every rule of c that matched no key (the
+ * cast rules are tried against the kept keys of st first).  Returns 0,
+ * WB_EREGEX when the budget runs out, or WB_ENOMEM. */
+struct rstate;
+int wb__report_unused(struct rstate *st);
 
 /* Frees what wb__compile_rules() prepared and zeroes c. */
 void wb__compiled_free(compiled *c);

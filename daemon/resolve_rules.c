@@ -126,6 +126,7 @@ void wb__compiled_free(compiled *c) {
     free(c->inc_glob);
     free(c->exc_glob);
     free(c->casts);
+    free(c->hit);
     wb__ht_free(&c->inc_exact);
     wb__ht_free(&c->exc_exact);
     wb__ht_free(&c->rename_first);
@@ -148,7 +149,8 @@ int wb__compile_rules(const wb__ruleset *rs, compiled *c, budget *b,
     c->inc_glob = calloc(n, sizeof(size_t));
     c->exc_glob = calloc(n, sizeof(size_t));
     c->casts = calloc(n, sizeof(size_t));
-    if (!c->v || !c->inc_glob || !c->exc_glob || !c->casts)
+    c->hit = calloc(n, 1);
+    if (!c->v || !c->inc_glob || !c->exc_glob || !c->casts || !c->hit)
         goto nomem;
     c->n = n;
     for (size_t i = 0; i < n; i++) {
@@ -300,19 +302,31 @@ static int rules_over_budget(rstate *st, const crule *cr, size_t i) {
 /* Returns 1 if the filters keep source key name (len bytes), else 0; also
  * 0 when the budget ran out meanwhile. */
 static int keep_key(rstate *st, const char *name, size_t len) {
-    const compiled *c = &st->rules;
-    if (c->exc_exact.n > 0 && wb__ht_find(&c->exc_exact, name, len))
+    compiled *c = &st->rules;
+    wb__hslot *h;
+    if (c->exc_exact.n > 0 && (h = wb__ht_find(&c->exc_exact, name, len))) {
+        c->hit[h->val] = 1;
         return 0;
-    for (size_t i = 0; i < c->n_exc_glob; i++)
-        if (fnmatch(c->v[c->exc_glob[i]].r->a, name, 0) == 0 ||
-            budget_charge(&st->budget, len))
+    }
+    for (size_t i = 0; i < c->n_exc_glob; i++) {
+        if (fnmatch(c->v[c->exc_glob[i]].r->a, name, 0) == 0) {
+            c->hit[c->exc_glob[i]] = 1;
             return 0;
-    if (!c->has_include ||
-        (c->inc_exact.n > 0 && wb__ht_find(&c->inc_exact, name, len)))
+        }
+        if (budget_charge(&st->budget, len))
+            return 0;
+    }
+    if (!c->has_include)
         return 1;
+    if (c->inc_exact.n > 0 && (h = wb__ht_find(&c->inc_exact, name, len))) {
+        c->hit[h->val] = 1;
+        return 1;
+    }
     for (size_t i = 0; i < c->n_inc_glob; i++) {
-        if (fnmatch(c->v[c->inc_glob[i]].r->a, name, 0) == 0)
+        if (fnmatch(c->v[c->inc_glob[i]].r->a, name, 0) == 0) {
+            c->hit[c->inc_glob[i]] = 1;
             return 1;
+        }
         if (budget_charge(&st->budget, len))
             return 0;
     }
@@ -358,6 +372,8 @@ static int apply_regex(compiled *c, const crule *cr, const char *src,
         pcre2_match(cr->re, (PCRE2_SPTR)in->p, in->len, 0, 0, c->md, c->mctx);
     if (rc == PCRE2_ERROR_NOMATCH)
         return 0;
+    if (rc >= 0)
+        c->hit[cr - c->v] = 1;
     if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT ||
         rc == PCRE2_ERROR_HEAPLIMIT)
         return wb__rule_err(out, cr->r, WB_EREGEX,
@@ -419,6 +435,7 @@ static int rename_key(rstate *st, size_t i, kbuf **cur, kbuf **tmp) {
                     break;
                 if (c->v[j].blen > WB_MAX_NAME)
                     return key_too_long(c, &c->v[j], k, src, st->out);
+                c->hit[j] = 1;
                 k->len = 0;
                 kb_add(k, c->v[j].r->b, c->v[j].blen);
                 if (budget_charge(&st->budget, k->len))
@@ -430,6 +447,7 @@ static int rename_key(rstate *st, size_t i, kbuf **cur, kbuf **tmp) {
         }
         case WB__RULE_PREFIX:
             if (k->len >= cr->alen && memcmp(k->p, cr->r->a, cr->alen) == 0) {
+                c->hit[r] = 1;
                 kbuf *t = *tmp;
                 t->len = 0;
                 if (kb_add(t, cr->r->b, cr->blen) != 0 ||
@@ -523,4 +541,59 @@ int wb__collect(rstate *st) {
     free(cur);
     free(tmp);
     return rc;
+}
+
+/* Describes rule cr ("rename \"a\" -> \"b\"", operands shortened) into
+ * buf, after its "line N: " or "rule N: ". */
+static void describe_rule(const compiled *c, const crule *cr, char *buf,
+                          size_t n) {
+    static const char *const kind[] = {
+        [WB__RULE_INCLUDE] = "include", [WB__RULE_EXCLUDE] = "exclude",
+        [WB__RULE_RENAME] = "rename",   [WB__RULE_PREFIX] = "prefix",
+        [WB__RULE_REGEX] = "regex",     [WB__RULE_CAST] = "cast"};
+    char a[WB_SHORT_BUF(WB_ERRMSG_OPERAND_MAX)];
+    char b[WB_SHORT_BUF(WB_ERRMSG_OPERAND_MAX)];
+    shorten(a, WB_ERRMSG_OPERAND_MAX, cr->r->a, cr->alen);
+    shorten(b, WB_ERRMSG_OPERAND_MAX, cr->r->b, cr->blen);
+    int k = cr->r->line > 0
+                ? snprintf(buf, n, "line %d: ", cr->r->line)
+                : snprintf(buf, n, "rule %zu: ", (size_t)(cr - c->v) + 1);
+    size_t off = k > 0 && (size_t)k < n ? (size_t)k : 0;
+    switch (cr->r->kind) {
+    case WB__RULE_INCLUDE:
+    case WB__RULE_EXCLUDE:
+        snprintf(buf + off, n - off, "%s \"%s\"", kind[cr->r->kind], a);
+        break;
+    case WB__RULE_CAST:
+        snprintf(buf + off, n - off, "cast \"%s\" %s", a,
+                 wb_dtype_name(cr->r->dtype));
+        break;
+    default:
+        snprintf(buf + off, n - off, "%s \"%s\" -> \"%s\"", kind[cr->r->kind],
+                 a, b);
+    }
+}
+
+int wb__report_unused(rstate *st) {
+    compiled *c = &st->rules;
+    for (size_t j = 0; j < c->n_casts; j++) {
+        size_t r = c->casts[j];
+        for (size_t i = 0; !c->hit[r] && i < st->nkept; i++) {
+            if (fnmatch(c->v[r].r->a, st->kept[i].name, 0) == 0)
+                c->hit[r] = 1;
+            else if (budget_charge(&st->budget, st->kept[i].len))
+                return wb__over_budget(st, &c->v[r], "the cast rules", "key",
+                                       st->kept[i].src, st->req->nsrc,
+                                       st->kept[i].name);
+        }
+    }
+    for (size_t r = 0; r < c->n; r++) {
+        if (c->hit[r])
+            continue;
+        char d[3 * WB_ERRMSG_OPERAND_MAX + 64];
+        describe_rule(c, &c->v[r], d, sizeof d);
+        if (wb__kl_push(&st->out->unused_rules, d, strlen(d)) != 0)
+            return WB_ENOMEM;
+    }
+    return 0;
 }

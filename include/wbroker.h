@@ -497,11 +497,14 @@ WB_EXTERN int wb_map_meta_at(const wb_mapping *m, size_t i, const char **key,
 
 /* The load report. */
 typedef enum {
-    WB_KEYS_MISSING,    /* Target keys no source key reached. */
-    WB_KEYS_UNEXPECTED, /* Source keys (renamed) the target lacks. */
-    WB_KEYS_MISMATCHED, /* Same key, different shape. */
-    WB_KEYS_CAST,       /* Same key and shape, converted dtype. */
-    WB_KEYS_ALIASED,    /* Target keys sharing a source (tied). */
+    WB_KEYS_MISSING,      /* Target keys no source key reached. */
+    WB_KEYS_UNEXPECTED,   /* Source keys (renamed) the target lacks. */
+    WB_KEYS_MISMATCHED,   /* Same key, different shape. */
+    WB_KEYS_CAST,         /* Same key and shape, converted dtype. */
+    WB_KEYS_ALIASED,      /* Target keys sharing a source (tied). */
+    WB_KEYS_UNUSED_RULES, /* Rules that matched no key, each described as
+                             'line 3: rename "a" -> "b"' (or "rule 3: "
+                             for rules from wb_rules_* calls). */
     WB_KEYS_COUNT
 } wb_keyset;
 /* Keys in set which (a wb_keyset) of m's load report; 0 for a NULL m, a

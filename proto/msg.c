@@ -8,7 +8,7 @@
 
 /* Field names of the report's key lists, in wb_keyset order. */
 static const char *const report_names[WB_KEYS_COUNT] = {
-    "missing", "unexpected", "mismatched", "cast", "aliased"};
+    "missing", "unexpected", "mismatched", "cast", "aliased", "unused_rules"};
 
 char *wb__str_dup(wb__str s) {
     char *p = malloc(s.n + 1);

@@ -11,9 +11,9 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#define WB_DIR_TRUST_PLACED                                                    \
-    1                      /* Also trust a directory that only root or         \
-                            * self could have put where it is. */
+/* Also trust a directory that only root or * self could have put where it
+ * is. */
+#define WB_DIR_TRUST_PLACED 1
 #define WB_DIR_WHY_MAX 512 /* Bytes enough for any sentence in why. */
 
 /* Checks the directory of socket_path (the part before its last '/', "."

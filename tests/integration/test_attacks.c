@@ -498,7 +498,10 @@ static void drop_under_map(const wbt_daemon *d, const char *model,
     int err = wbt_raw_read(a, SLOW_MS, &r);
     if (err == 0) {
         check_cast_reply(&r, ntensors);
-    } else if (err != WB_ENOMODEL && err != WB_ENOVERSION) {
+    } else if (err != WB_ENOMODEL && err != WB_ENOVERSION &&
+               !(err == WB_EREGEX && nrename > 0)) {
+        /* Slow rules may run out of their budget on a slow (sanitizer)
+         * build: still an answer, given while the model was dropped. */
         fail_msg("map while dropped: err %d (%s)", err,
                  err == WBT_CLOSED    ? "connection closed"
                  : err == WBT_TIMEOUT ? "no reply"

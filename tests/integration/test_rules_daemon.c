@@ -172,6 +172,31 @@ static void test_rules_slow_rules_do_not_starve_publish(void **state) {
     wb_close(c);
 }
 
+/* A rule that matched no key comes back in the report, described, and the
+ * load still succeeds (a dict of exact names is a classic such mistake). */
+static void test_rules_unused_rule_reported(void **state) {
+    wbt_daemon *d = *state;
+    wb_client *c = wbt_connect(d);
+    assert_int_equal(wbt_publish_f32(c, "m", 2, 16), 1);
+    wb_schema *sc = wb_schema_new("Net");
+    int64_t shape[1] = {16};
+    assert_int_equal(wb_schema_add(sc, "t0", WB_F32, 1, shape), 0);
+    assert_int_equal(wb_schema_add(sc, "t1", WB_F32, 1, shape), 0);
+    wb_rules *r = wb_rules_new();
+    assert_int_equal(wb_rules_rename(r, "layer1.", "fc1."), 0);
+    assert_int_equal(wb_rules_include(r, "t*"), 0);
+    wb_mapping *m = NULL;
+    assert_int_equal(wb_load(c, "m", 0, sc, r, WB_MAP_SHARED, &m), 0);
+    assert_int_equal(wb_map_keys_count(m, WB_KEYS_UNUSED_RULES), 1);
+    assert_string_equal(wb_map_key(m, WB_KEYS_UNUSED_RULES, 0),
+                        "rule 1: rename \"layer1.\" -> \"fc1.\"");
+    assert_int_equal(wb_map_count(m), 2);
+    wb_unmap(m);
+    wb_rules_free(r);
+    wb_schema_free(sc);
+    wb_close(c);
+}
+
 /* A client that disconnects while its rules run on the thread pool does
  * not disturb the daemon: the result is dropped when it comes back. */
 static void test_rules_client_gone_midway(void **state) {
@@ -603,6 +628,8 @@ int main(void) {
                                         teardown),
         cmocka_unit_test_setup_teardown(
             test_rules_slow_rules_do_not_starve_publish, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rules_unused_rule_reported, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_rules_regex_budget_others_served,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_rules_client_gone_midway, setup,

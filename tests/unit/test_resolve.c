@@ -16,9 +16,9 @@
 
 #define BIG_KEYS 100000 /* Keys of the performance tests. */
 #define BIG_SECONDS 2.0 /* Wall-clock budget of one big resolve. */
-#define MANY_RULES                                                             \
-    4096 /* Rules of the budget tests: as many as a request                    \
-            may carry (WB_MAX_RULES). */
+/* Rules of the budget tests: as many as a request may carry
+ * (WB_MAX_RULES). */
+#define MANY_RULES 4096
 
 /* A test table: a schema reused as a source table. */
 typedef struct table {
@@ -539,6 +539,37 @@ static void doubled(char *buf, size_t len) {
     buf[len] = '\0';
 }
 
+/* Rules that matched no key are listed, in rule order, described with
+ * their line; rules that did something are not. */
+static void test_resolve_unused_rules_reported(void **state) {
+    (void)state;
+    table src = {0};
+    add1(&src, "module.layer1.weight");
+    add1(&src, "module.layer1.bias");
+    wb__ruleset rs = {0};
+    rules(&rs, "include module.*\n"
+               "exclude *.running_mean\n"
+               "prefix module. -> \"\"\n"
+               "rename layer1. -> fc1.\n"
+               "regex layer(\\d+)\\.(.*) -> fc\\1.\\2\n"
+               "regex nomatch(.*) -> x\\1\n"
+               "cast *.scale F16\n"
+               "cast *.weight BF16\n");
+    wb__resolve_out o;
+    assert_int_equal(run(&src, &rs, NULL, 1, 0, &o), 0);
+    assert_int_equal(o.unused_rules.n, 4);
+    assert_string_equal(o.unused_rules.v[0],
+                        "line 2: exclude \"*.running_mean\"");
+    assert_string_equal(o.unused_rules.v[1],
+                        "line 4: rename \"layer1.\" -> \"fc1.\"");
+    assert_string_equal(o.unused_rules.v[2],
+                        "line 6: regex \"nomatch(.*)\" -> \"x\\1\"");
+    assert_string_equal(o.unused_rules.v[3], "line 7: cast \"*.scale\" F16");
+    wb__resolve_out_free(&o);
+    wb__ruleset_clear(&rs);
+    wb__schema_clear(&src.s);
+}
+
 /* No rename makes a key longer than WB_MAX_NAME bytes: 40 regexes that
  * each double the key (which would ask for 2 TiB) stop at the rule that
  * passes 1024 bytes, with WB_ERULE naming that rule (its line, or its
@@ -842,6 +873,7 @@ int main(void) {
         cmocka_unit_test(test_resolve_budget_cast_rules),
         cmocka_unit_test(test_resolve_budget_compile),
         cmocka_unit_test(test_resolve_key_growth_capped),
+        cmocka_unit_test(test_resolve_unused_rules_reported),
         cmocka_unit_test(test_resolve_key_growth_other_renames),
         cmocka_unit_test(test_resolve_cast_rules),
         cmocka_unit_test(test_resolve_strict_error_text),
