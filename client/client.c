@@ -232,9 +232,16 @@ int wb_connect(const char *socket_path, wb_client **out) {
         int e = errno;
         close(c->fd);
         c->fd = -1;
-        return wb__cl_fail(
-            c, e == EACCES || e == EPERM ? WB_EPERM : WB_ECONNECT,
-            "cannot connect to wbrokerd at %s: %s", c->path, strerror(e));
+        if (e == EACCES || e == EPERM)
+            return wb__cl_fail(c, WB_EPERM,
+                               "%s: %s (this process may not use that "
+                               "socket: see who owns it and its group)",
+                               c->path, strerror(e));
+        return wb__cl_fail(c, WB_ECONNECT,
+                           "no wbrokerd listens at %s (%s): start one "
+                           "(wbrokerd, or systemctl start wbrokerd.socket), "
+                           "or point --socket or WBROKER_SOCKET at its socket",
+                           c->path, strerror(e));
     }
     char why[WB_TRUST_WHY_MAX];
     int trc = wb__trust_peer(c->fd, c->path, why, sizeof(why));

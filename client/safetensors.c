@@ -305,6 +305,21 @@ static int st_parse_root(json_t *root, wb__st_file *f, char *err,
     return st_parse_ties(f, err, errlen);
 }
 
+/* What buf (len >= 8 bytes, the start of a file) looks like when it is a
+ * format people mistake for safetensors, or NULL: a zip archive is what
+ * torch.save writes since 1.6, a pickle what it wrote before. */
+static const char *st_other_format(const uint8_t *buf, size_t len) {
+    if (len >= 4 && memcmp(buf, "PK\x03\x04", 4) == 0)
+        return "a torch.save archive (zip)";
+    if (len >= 2 && buf[0] == 0x80 && buf[1] >= 2 && buf[1] <= 5)
+        return "a pickle, as the legacy torch.save writes";
+    if (len >= 6 && memcmp(buf, "\x93NUMPY", 6) == 0)
+        return "a NumPy .npy file";
+    if (len >= 8 && memcmp(buf, "\x89HDF\r\n\x1a\n", 8) == 0)
+        return "an HDF5 file";
+    return NULL;
+}
+
 int wb__st_parse_header(const uint8_t *buf, size_t len, uint64_t file_size,
                         wb__st_file *out, char *err, size_t errlen) {
     json_error_t jerr;
@@ -323,6 +338,15 @@ int wb__st_parse_header(const uint8_t *buf, size_t len, uint64_t file_size,
                        "buffer holds %zu bytes, less than the header length",
                        len);
     uint64_t n = st_le64(buf);
+    const char *kind = st_other_format(buf, len);
+    if (kind != NULL &&
+        (n > WB_ST_MAX_HEADER || n > file_size - 8 || n < 2 ||
+         n > len - WB_ST_PREFIX_LEN || buf[WB_ST_PREFIX_LEN] != '{'))
+        return st_fail(err, errlen, WB_EFORMAT,
+                       "not a safetensors file (it looks like %s); convert "
+                       "it first, e.g. safetensors.torch.save_file("
+                       "torch.load(path), out)",
+                       kind);
     if (n > WB_ST_MAX_HEADER)
         return st_fail(err, errlen, WB_EFORMAT,
                        "header length %llu exceeds the limit of %llu bytes",

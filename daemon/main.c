@@ -274,6 +274,12 @@ int main(int argc, char **argv) {
     if (limit == 0)
         limit = 1ull << 30;
 
+    uint64_t total = wb__mem_total();
+    if (total != 0 && limit > total)
+        wb__warn("memory limit of %llu bytes is more than this machine's "
+                 "%llu bytes of memory: publishes will fail for want of "
+                 "memory (ENOSPC) long before the limit (ELIMIT)",
+                 (unsigned long long)limit, (unsigned long long)total);
     uint64_t cg = wb__cgroup_memory_max();
     if (cg != 0 && limit > cg) {
         wb__warn("memory limit lowered from %llu to %llu bytes: the daemon's "

@@ -70,7 +70,7 @@ int cli_connect(wb_cli *cli) {
         char path[WB_CLI_PATH_BUF];
         if (wb_socket_path(cli->socket, path, sizeof(path)) < 0)
             snprintf(path, sizeof(path), "%s", cli->socket ? cli->socket : "");
-        return cli_fail(cli, rc, "cannot connect to wbrokerd at %s", path);
+        return cli_fail(cli, rc, "%s", path);
     }
     rc = cli_fail_client(cli, rc);
     wb_close(cli->c);

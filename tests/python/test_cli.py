@@ -887,3 +887,32 @@ def test_cli_status_shmem_follows_the_kernel(daemon, tmp_path):
     with wbroker.connect(daemon.socket) as c:
         assert c.status().memory_shmem == 0
     assert "shmem     0 B" in cli(daemon, "status", check=0).stdout
+
+
+# ---------------------------------------------------------------- messages
+
+def test_cli_import_names_torch_save_files(daemon, tmp_path):
+    """A torch.save file given to import is named for what it is (both the
+    zip archive torch writes now and the legacy pickle), with what to do,
+    instead of an absurd header length."""
+    for zipped, what in ((True, "torch.save archive"), (False, "pickle")):
+        path = str(tmp_path / ("m%d.pt" % zipped))
+        torch.save({"w": torch.zeros(3)}, path,
+                   _use_new_zipfile_serialization=zipped)
+        p = cli(daemon, "import", path, "m", check=1)
+        assert "not a safetensors file" in p.stderr and what in p.stderr, \
+            p.stderr
+        assert "save_file" in p.stderr
+
+
+def test_cli_unreachable_daemon_says_what_to_do(tmp_path):
+    """Without a daemon the message names the socket once and says what to
+    do about it; exit status 1."""
+    from wbt_daemon import BUILD
+    sock = str(tmp_path / "none.sock")
+    p = subprocess.run([os.path.join(BUILD, "wbroker"), "--socket", sock,
+                        "status"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1
+    assert p.stderr.count(sock) == 1, p.stderr
+    assert "start one" in p.stderr and "WBROKER_SOCKET" in p.stderr
+    assert p.stderr.count("cannot connect") == 1, p.stderr
