@@ -78,8 +78,49 @@ int wb_get_status(wb_client *c, wb_status *out) {
         out->clients = st.clients;
         out->pid = st.pid;
     }
+    wb__status_rep_free(&st);
     wb__msg_free(&m);
     return rc;
+}
+
+int wb_get_counters(wb_client *c, wb_counter **out, size_t *n) {
+    if (c == NULL || out == NULL || n == NULL)
+        return wb__cl_fail(c, WB_EINVAL, "missing argument");
+    *out = NULL;
+    *n = 0;
+    wb__cl_req r;
+    wb__cl_req_begin(c, &r);
+    wb__pack_status_req(&r.pk, r.id);
+    wb__msg m;
+    int rc = wb__cl_call(c, &r, &m);
+    wb__status_rep st;
+    memset(&st, 0, sizeof(st));
+    if (rc == 0 && (rc = wb__decode_status_rep(m.root, &st)) != 0)
+        rc = wb__cl_fail(c, rc, "malformed status reply");
+    wb_counter *v = NULL;
+    if (rc == 0 && (v = calloc(st.ncounters + 1, sizeof(*v))) == NULL)
+        rc = wb__cl_fail(c, WB_ENOMEM, "out of memory");
+    size_t k = 0;
+    for (; rc == 0 && k < st.ncounters; k++) {
+        if ((v[k].name = wb__str_dup(st.cnames[k])) == NULL)
+            rc = wb__cl_fail(c, WB_ENOMEM, "out of memory");
+        v[k].value = st.cvalues[k];
+    }
+    wb__status_rep_free(&st);
+    wb__msg_free(&m);
+    if (rc) {
+        wb_counters_free(v, k);
+        return rc;
+    }
+    *out = v;
+    *n = k;
+    return 0;
+}
+
+void wb_counters_free(wb_counter *v, size_t n) {
+    for (size_t i = 0; v && i < n; i++)
+        free(v[i].name);
+    free(v);
 }
 
 int wb_drop(wb_client *c, const char *model, uint64_t version) {

@@ -17,6 +17,7 @@
 #include "ops.h"
 #include "registry.h"
 #include "reply.h"
+#include "stats.h"
 #include "wire.h"
 
 /* ------------------------------------------------------------ hello */
@@ -86,6 +87,7 @@ static void on_frame(void *state, const uint8_t *body, size_t len) {
         size_t i = 0, n = sizeof(op_table) / sizeof(op_table[0]);
         while (i < n && !wb__mp_streq(op, op_table[i].name))
             i++;
+        wb__stats_request(i < n ? op_table[i].name : NULL);
         if (i < n)
             op_table[i].fn(s, id, m.root);
         else

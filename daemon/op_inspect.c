@@ -1,4 +1,6 @@
 /* op_inspect.c -- list and status: what the daemon holds. */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -6,6 +8,7 @@
 #include "ops.h"
 #include "registry.h"
 #include "reply.h"
+#include "stats.h"
 #include "wire.h"
 
 double wb__started;
@@ -39,6 +42,29 @@ void wb__op_list(wb__session *s, uint64_t id, const msgpack_object *req) {
     wb__reply_send(s, &r, NULL, 0);
 }
 
+/* The counters of a status reply, gathered before packing. */
+typedef struct counter_list {
+    char (*name)[64]; /* Names. */
+    uint64_t *value;  /* Counts. */
+    size_t n;         /* Entries in use. */
+    size_t cap;       /* Entries allocated. */
+} counter_list;
+
+static void counter_add(void *arg, const char *name, uint64_t value) {
+    counter_list *l = arg;
+    if (l->n == l->cap)
+        return;
+    snprintf(l->name[l->n], sizeof(l->name[0]), "%s", name);
+    l->value[l->n++] = value;
+}
+
+static void counter_row(void *arg, size_t i, wb__str *name, uint64_t *value) {
+    const counter_list *l = arg;
+    name->p = l->name[i];
+    name->n = strlen(l->name[i]);
+    *value = l->value[i];
+}
+
 void wb__op_status(wb__session *s, uint64_t id, const msgpack_object *req) {
     const char *ver = wb_version_string();
     wb__status_rep st = {
@@ -52,8 +78,21 @@ void wb__op_status(wb__session *s, uint64_t id, const msgpack_object *req) {
         .clients = wb__sessions_count(),
         .pid = (uint32_t)getpid(),
     };
+    /* Requests and errors, and the bytes in each page size (all segments
+     * are 4 KiB pages today). */
+    counter_list cl = {0};
+    cl.cap = wb__stats_count() + 1;
+    cl.name = calloc(cl.cap, sizeof(cl.name[0]));
+    cl.value = calloc(cl.cap, sizeof(uint64_t));
+    if (cl.name == NULL || cl.value == NULL)
+        cl.cap = 0;
+    wb__stats_each(counter_add, &cl);
+    counter_add(&cl, "bytes.4k", st.shmem);
+    st.ncounters = cl.n;
     wb__reply r;
     wb__reply_init(&r, id);
-    wb__pack_status_rep(&r.pk, id, &st);
+    wb__pack_status_rep(&r.pk, id, &st, counter_row, &cl);
     wb__reply_send(s, &r, NULL, 0);
+    free(cl.name);
+    free(cl.value);
 }

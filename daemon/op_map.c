@@ -24,6 +24,7 @@
 #include "reply.h"
 #include "request.h"
 #include "resolve.h"
+#include "stats.h"
 #include "wire.h"
 #include "worker.h"
 
@@ -171,6 +172,7 @@ static void map_reply_load_error(map_req *mr) {
     wb__reply r;
     wb__reply_init(&r, mr->id);
     wb__pack_load_error_rep(&r.pk, mr->id, mr->v->number, &rep);
+    wb__stats_error(WB_ELOAD);
     wb__reply_send(mr->s, &r, NULL, 0);
 }
 

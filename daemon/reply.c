@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "stats.h"
 #include "wire.h"
 
 #define WB_ERRMSG_MAX 1024 /* Bytes of an error sentence. */
@@ -40,6 +41,7 @@ static void reply_error_v(wb__session *s, uint64_t id, int code, int sys_errno,
     vsnprintf(msg, sizeof(msg), fmt, ap);
     wb__debug("client %llu: error %s: %s", (unsigned long long)s->id,
               wb_err_name(code), msg);
+    wb__stats_error(code);
     wb__reply r;
     wb__reply_init(&r, id);
     wb__pack_error_rep(&r.pk, id, code, msg, sys_errno);

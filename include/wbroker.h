@@ -576,6 +576,23 @@ typedef struct wb_status {
  * errors. */
 WB_EXTERN int wb_get_status(wb_client *c, wb_status *out);
 
+/* One counter of the daemon's, cumulative since it started. */
+typedef struct wb_counter {
+    char *name;     /* "requests.map", "errors.ENOMODEL", "bytes.4k", ... */
+    uint64_t value; /* Its count (bytes for bytes.*). */
+} wb_counter;
+
+/* The daemon's counters, for graphs: requests by op (requests.OP),
+ * error replies by code (errors.ENAME), and the bytes of its segments by
+ * page size (bytes.4k).  Counters that are 0 may be left out.  *out is
+ * an array of *n entries; free it with wb_counters_free().  Fails with
+ * WB_EINVAL for a NULL argument, WB_EPROTO for a malformed reply,
+ * WB_ENOMEM, and the transport errors. */
+WB_EXTERN int wb_get_counters(wb_client *c, wb_counter **out, size_t *n);
+/* Frees the n counters of v that wb_get_counters() returned, names and
+ * all.  Accepts NULL. */
+WB_EXTERN void wb_counters_free(wb_counter *v, size_t n);
+
 /* Drops version of model, or every version of it when version is 0, so
  * that no new mapping can be made of it; the memory is freed when the last
  * existing mapping of it goes, and those mappings stay valid.  Dropping a

@@ -679,8 +679,20 @@ void wb__pack_status_req(msgpack_packer *pk, uint64_t id) {
 }
 
 void wb__pack_status_rep(msgpack_packer *pk, uint64_t id,
-                         const wb__status_rep *st) {
-    wb__pack_rep_begin(pk, id, 0, 9);
+                         const wb__status_rep *st,
+                         void (*counter)(void *arg, size_t i, wb__str *name,
+                                         uint64_t *value),
+                         void *arg) {
+    wb__pack_rep_begin(pk, id, 0, 10);
+    wb__pack_key(pk, "counters");
+    msgpack_pack_map(pk, counter ? st->ncounters : 0);
+    for (size_t i = 0; counter && i < st->ncounters; i++) {
+        wb__str name = {"", 0};
+        uint64_t value = 0;
+        counter(arg, i, &name, &value);
+        pack_str(pk, name.p, name.n);
+        msgpack_pack_uint64(pk, value);
+    }
     wb__pack_key(pk, "server");
     pack_str(pk, st->server.p, st->server.n);
     wb__pack_key(pk, "uptime");
@@ -717,5 +729,30 @@ int wb__decode_status_rep(const msgpack_object *root, wb__status_rep *out) {
         return WB_EPROTO;
     out->uptime = up->via.f64;
     out->pid = (uint32_t)pid;
+    const msgpack_object_map *cm = NULL;
+    int rc = wb__mp_get_map(root, "counters", &cm);
+    if (rc < 0)
+        return WB_EPROTO;
+    if (rc == 1 || cm->size == 0)
+        return 0;
+    out->cnames = calloc(cm->size, sizeof(wb__str));
+    out->cvalues = calloc(cm->size, sizeof(uint64_t));
+    if (out->cnames == NULL || out->cvalues == NULL)
+        return WB_ENOMEM;
+    for (uint32_t i = 0; i < cm->size; i++) {
+        if (as_str(&cm->ptr[i].key, &out->cnames[i]) ||
+            cm->ptr[i].val.type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+            return WB_EPROTO;
+        out->cvalues[i] = cm->ptr[i].val.via.u64;
+        out->ncounters = i + 1;
+    }
     return 0;
+}
+
+void wb__status_rep_free(wb__status_rep *st) {
+    free(st->cnames);
+    free(st->cvalues);
+    st->cnames = NULL;
+    st->cvalues = NULL;
+    st->ncounters = 0;
 }

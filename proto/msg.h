@@ -277,12 +277,23 @@ typedef struct wb__status_rep {
     uint64_t versions; /* Versions held. */
     uint64_t clients;  /* Connected clients. */
     uint32_t pid;      /* Daemon's process id. */
+    wb__str *cnames;   /* Counter names ("requests.map", ...). */
+    uint64_t *cvalues; /* Their counts. */
+    size_t ncounters;  /* Entries of cnames and cvalues. */
 } wb__status_rep;
 
+/* Packs a status reply; its ncounters counters (cnames/cvalues of st are
+ * ignored) come from counter(arg, i, &name, &value). */
 void wb__pack_status_rep(msgpack_packer *pk, uint64_t id,
-                         const wb__status_rep *st);
-/* Returns 0 or WB_EPROTO.  Every field is required but shmem: a reply
- * without it (from a daemon that does not report it) decodes with 0. */
+                         const wb__status_rep *st,
+                         void (*counter)(void *arg, size_t i, wb__str *name,
+                                         uint64_t *value),
+                         void *arg);
+/* Frees the counters a decoded status holds. */
+void wb__status_rep_free(wb__status_rep *st);
+/* Returns 0, WB_EPROTO or WB_ENOMEM.  Every field is required but shmem
+ * and counters: a reply without them (from an older daemon) decodes with
+ * 0 and none.  Free with wb__status_rep_free() in every case. */
 int wb__decode_status_rep(const msgpack_object *root, wb__status_rep *out);
 
 #endif

@@ -142,15 +142,27 @@ static int cmd_status(wb_cli *cli, const wb_cli_args *a) {
     char path[WB_CLI_PATH_BUF];
     if (wb_socket_path(cli->socket, path, sizeof(path)) < 0)
         path[0] = '\0';
-    if (cli->json)
+    if (cli->json) {
+        wb_counter *cv = NULL;
+        size_t nc = 0;
+        rc = wb_get_counters(cli->c, &cv, &nc);
+        if (rc)
+            return cli_fail_client(cli, rc);
+        json_t *counters = json_object();
+        for (size_t i = 0; counters && i < nc; i++)
+            json_object_set_new(counters, cv[i].name,
+                                json_integer((json_int_t)cv[i].value));
+        wb_counters_free(cv, nc);
         return cli_json_print(json_pack(
-            "{s:s, s:s, s:s, s:I, s:f, s:I, s:I, s:I, s:I, s:I, s:I}",
+            "{s:s, s:s, s:s, s:I, s:f, s:I, s:I, s:I, s:I, s:I, s:I, s:o}",
             "version", st.version, "client_version", wb_version_string(),
             "socket", path, "pid", (json_int_t)st.pid, "uptime", st.uptime,
             "memory_used", (json_int_t)st.memory_used, "memory_limit",
             (json_int_t)st.memory_limit, "shmem", (json_int_t)st.memory_shmem,
             "models", (json_int_t)st.models, "versions",
-            (json_int_t)st.versions, "clients", (json_int_t)st.clients));
+            (json_int_t)st.versions, "clients", (json_int_t)st.clients,
+            "counters", counters));
+    }
     char up[WB_CLI_SIZE_BUF], used[WB_CLI_SIZE_BUF], lim[WB_CLI_SIZE_BUF],
         shm[WB_CLI_SIZE_BUF];
     cli_duration(st.uptime, up, sizeof(up));

@@ -916,3 +916,19 @@ def test_cli_unreachable_daemon_says_what_to_do(tmp_path):
     assert p.stderr.count(sock) == 1, p.stderr
     assert "start one" in p.stderr and "WBROKER_SOCKET" in p.stderr
     assert p.stderr.count("cannot connect") == 1, p.stderr
+
+
+def test_cli_status_counters(daemon, model_file):
+    """status --json carries counters an operator graphs: requests by op,
+    error replies by code, bytes by page size; they only grow."""
+    cli(daemon, "import", model_file[0], "m", check=0)
+    cli(daemon, "info", "nope", check=1)
+    cli(daemon, "info", "nope", check=1)
+    c1 = cli_json(daemon, "status")["counters"]
+    assert c1["errors.ENOMODEL"] >= 2
+    assert c1["requests.publish"] == 1 and c1["requests.commit"] == 1
+    assert c1["requests.status"] >= 1
+    assert c1["bytes.4k"] > 0
+    c2 = cli_json(daemon, "status")["counters"]
+    assert c2["requests.status"] > c1["requests.status"]
+    assert all(c2[k] >= v for k, v in c1.items() if not k.startswith("bytes"))

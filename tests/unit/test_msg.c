@@ -350,7 +350,9 @@ static int dec_list_rep(const msgpack_object *root) {
 
 static int dec_status_rep(const msgpack_object *root) {
     wb__status_rep r;
-    return wb__decode_status_rep(root, &r);
+    int rc = wb__decode_status_rep(root, &r);
+    wb__status_rep_free(&r);
+    return rc;
 }
 
 /* ------------------------------------------------------------ envelope */
@@ -1314,6 +1316,15 @@ static void test_msg_list(void **state) {
     wb__msg_free(&m);
 }
 
+/* Two counters for the status encoder. */
+static void status_counter(void *arg, size_t i, wb__str *name,
+                           uint64_t *value) {
+    static const char *const names[] = {"requests.map", "errors.ENOMODEL"};
+    name->p = names[i];
+    name->n = strlen(names[i]);
+    *value = i == 0 ? 7 : 1;
+}
+
 /* ------------------------------------------------------------ status */
 
 static void test_msg_status(void **state) {
@@ -1324,10 +1335,17 @@ static void test_msg_status(void **state) {
     assert_req(m.root, "status", TEST_ID, 0);
     wb__msg_free(&m);
 
-    const wb__status_rep st = {{"0.1.0", 5},   12.625, 6 * MIB, 64 * MIB,
-                               6 * MIB + 4096, 2,      3,       4,
-                               TEST_PID};
-    wb__pack_status_rep(pk_start(&p), TEST_ID, &st);
+    const wb__status_rep st = {.server = {"0.1.0", 5},
+                               .uptime = 12.625,
+                               .used = 6 * MIB,
+                               .limit = 64 * MIB,
+                               .shmem = 6 * MIB + 4096,
+                               .models = 2,
+                               .versions = 3,
+                               .clients = 4,
+                               .pid = TEST_PID,
+                               .ncounters = 2};
+    wb__pack_status_rep(pk_start(&p), TEST_ID, &st, status_counter, NULL);
     pk_decode(&p, &m);
     assert_ok_rep(m.root);
     wb__status_rep r;
@@ -1341,6 +1359,12 @@ static void test_msg_status(void **state) {
     assert_int_equal(r.versions, st.versions);
     assert_int_equal(r.clients, st.clients);
     assert_int_equal(r.pid, st.pid);
+    assert_int_equal(r.ncounters, 2);
+    assert_str(r.cnames[0], "requests.map");
+    assert_int_equal(r.cvalues[0], 7);
+    assert_str(r.cnames[1], "errors.ENOMODEL");
+    assert_int_equal(r.cvalues[1], 1);
+    wb__status_rep_free(&r);
 
     const msgpack_object *o = m.root;
     static const char *const need[] = {"server", "uptime",   "used",    "limit",
@@ -1354,7 +1378,10 @@ static void test_msg_status(void **state) {
     pk_decode(&p, &m2);
     assert_int_equal(wb__decode_status_rep(m2.root, &r), 0);
     assert_int_equal(r.shmem, 0);
+    wb__status_rep_free(&r);
     wb__msg_free(&m2);
+    assert_int_equal(run(dec_status_rep, with(o, "counters", o_str("x"))),
+                     WB_EPROTO);
     assert_int_equal(run(dec_status_rep, with(o, "shmem", o_neg(-1))),
                      WB_EPROTO);
     assert_int_equal(run(dec_status_rep, with(o, "shmem", o_str("6M"))),
