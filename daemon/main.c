@@ -281,11 +281,15 @@ int main(int argc, char **argv) {
                  "memory (ENOSPC) long before the limit (ELIMIT)",
                  (unsigned long long)limit, (unsigned long long)total);
     uint64_t cg = wb__cgroup_memory_max();
-    if (cg != 0 && limit > cg) {
+    /* The daemon's own memory counts against its cgroup too: keep some
+     * of it out of the limit, or the OOM killer answers before ELIMIT. */
+    uint64_t room = cg - (cg / 8 < WB_SEG_RESERVE ? cg / 8 : WB_SEG_RESERVE);
+    if (cg != 0 && limit > room) {
         wb__warn("memory limit lowered from %llu to %llu bytes: the daemon's "
-                 "cgroup allows no more (memory.max)",
-                 (unsigned long long)limit, (unsigned long long)cg);
-        limit = cg;
+                 "cgroup allows %llu in all",
+                 (unsigned long long)limit, (unsigned long long)room,
+                 (unsigned long long)cg);
+        limit = room;
     }
 
     signal(SIGPIPE, SIG_IGN);

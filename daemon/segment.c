@@ -100,25 +100,60 @@ uint64_t wb__mem_total(void) {
     return meminfo_field("MemTotal");
 }
 
+/* The smallest memory limit set on dir (under root) or any of its
+ * ancestors, read from file in each ("max" or a huge number: none); 0 when
+ * none is set. */
+static uint64_t cgroup_limit_up(const char *root, const char *dir,
+                                const char *file) {
+    char path[768], rel[600];
+    snprintf(rel, sizeof(rel), "%s", dir);
+    uint64_t best = 0;
+    for (;;) {
+        snprintf(path, sizeof(path), "%s%s/%s", root,
+                 strcmp(rel, "/") == 0 ? "" : rel, file);
+        FILE *f = fopen(path, "re");
+        unsigned long long v = 0;
+        if (f != NULL) {
+            if (fscanf(f, "%llu", &v) == 1 && v < (1ull << 62) &&
+                (best == 0 || v < best))
+                best = v;
+            fclose(f);
+        }
+        char *slash = strrchr(rel, '/');
+        if (slash == NULL || strcmp(rel, "/") == 0 || rel[0] == '\0')
+            break;
+        if (slash == rel)
+            strcpy(rel, "/");
+        else
+            *slash = '\0';
+    }
+    return best;
+}
+
 uint64_t wb__cgroup_memory_max(void) {
     FILE *f = fopen("/proc/self/cgroup", "re");
     if (f == NULL)
         return 0;
-    char line[512], path[600] = "";
-    while (fgets(line, sizeof(line), f))
-        if (strncmp(line, "0::", 3) == 0) {
-            line[strcspn(line, "\n")] = '\0';
-            snprintf(path, sizeof(path), "/sys/fs/cgroup%s/memory.max",
-                     line + 3);
-            break;
-        }
+    char line[640];
+    uint64_t best = 0;
+    while (fgets(line, sizeof(line), f)) {
+        line[strcspn(line, "\n")] = '\0';
+        char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (c2 == NULL || c2[1] != '/')
+            continue;
+        *c2 = '\0';
+        const char *ctl = c1 + 1, *dir = c2 + 1;
+        uint64_t v = 0;
+        if (*ctl == '\0') /* cgroup v2 */
+            v = cgroup_limit_up("/sys/fs/cgroup", dir, "memory.max");
+        else if (strstr(ctl, "memory") != NULL) /* v1 memory controller */
+            v = cgroup_limit_up("/sys/fs/cgroup/memory", dir,
+                                "memory.limit_in_bytes");
+        if (v != 0 && (best == 0 || v < best))
+            best = v;
+    }
     fclose(f);
-    if (path[0] == '\0' || (f = fopen(path, "re")) == NULL)
-        return 0;
-    unsigned long long v = 0;
-    int ok = fscanf(f, "%llu", &v) == 1;
-    fclose(f);
-    return ok ? (uint64_t)v : 0;
+    return best;
 }
 
 int wb__seg_create(const char *label, uint64_t size, wb__segment *out,

@@ -84,8 +84,9 @@ int wb__seg_open_ro(const wb__segment *s);
 void wb__seg_close(wb__segment *s);
 /* MemAvailable from /proc/meminfo in bytes, or 0 when unknown. */
 uint64_t wb__mem_available(void);
-/* memory.max of the daemon's cgroup (v2) in bytes, or 0 when there is
- * none or it is "max". */
+/* The memory limit of the daemon's cgroup and its ancestors, in bytes:
+ * memory.max (cgroup v2) or memory.limit_in_bytes (v1), the smallest set;
+ * 0 when none is set. */
 uint64_t wb__cgroup_memory_max(void);
 /* MemTotal from /proc/meminfo in bytes, or 0 when unknown. */
 uint64_t wb__mem_total(void);

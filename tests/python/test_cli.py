@@ -932,3 +932,55 @@ def test_cli_status_counters(daemon, model_file):
     c2 = cli_json(daemon, "status")["counters"]
     assert c2["requests.status"] > c1["requests.status"]
     assert all(c2[k] >= v for k, v in c1.items() if not k.startswith("bytes"))
+
+
+def _memory_cgroup(tmp_path):
+    """A fresh memory cgroup (v1 here; v2 where that is mounted): (dir,
+    limit file).  Skips where the machine does not let us make one."""
+    name = "wbt-%d-%s" % (os.getpid(), os.path.basename(str(tmp_path)))
+    for root, limit in (("/sys/fs/cgroup/memory", "memory.limit_in_bytes"),
+                        ("/sys/fs/cgroup", "memory.max")):
+        if not os.path.exists(os.path.join(root, limit if root.endswith(
+                "memory") else "cgroup.subtree_control")):
+            continue
+        d = os.path.join(root, name)
+        try:
+            os.mkdir(d)
+        except OSError:
+            continue
+        if os.path.exists(os.path.join(d, limit)):
+            return d, os.path.join(d, limit)
+        os.rmdir(d)
+    pytest.skip("no memory cgroup can be made here (not root, or no "
+                "memory controller)")
+
+
+def test_cli_memory_limit_follows_the_cgroup(tmp_path):
+    """A daemon in a cgroup with 256 MiB takes a limit below that, whatever
+    --memory-limit says, so a publish over it is a clean ELIMIT, never the
+    OOM killer."""
+    from wbt_daemon import Daemon
+    cg, limit_file = _memory_cgroup(tmp_path)
+    d = None
+    try:
+        with open(limit_file, "w") as f:
+            f.write(str(256 << 20))
+        procs = os.path.join(cg, "cgroup.procs")
+
+        def enter():
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+
+        d = Daemon(tmp_path, ["--memory-limit", "8G"], preexec=enter)
+        st = cli_json(d, "status")
+        assert 0 < st["memory_limit"] < (256 << 20)
+        assert "cgroup allows" in open(d.log).read()
+        path = str(tmp_path / "big.safetensors")
+        write_st(path, {"w": torch.zeros(64 << 20, dtype=torch.float32)})
+        p = cli(d, "import", path, "big", check=1)
+        assert "memory limit" in p.stderr, p.stderr
+        assert cli_json(d, "status")["memory_used"] == 0
+    finally:
+        if d is not None:
+            assert d.stop() == 0
+        os.rmdir(cg)

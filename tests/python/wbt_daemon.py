@@ -18,7 +18,7 @@ BUILD = os.path.join(ROOT, os.environ.get("WB_BUILD", "build"))
 class Daemon:
     """A running wbrokerd: its socket path, pid, log file and CLI path."""
 
-    def __init__(self, tmp_path, extra=(), log_level="debug"):
+    def __init__(self, tmp_path, extra=(), log_level="debug", preexec=None):
         self.dir = str(tmp_path)
         self.socket = os.path.join(self.dir, "wb.sock")
         self.log = os.path.join(self.dir, "wbrokerd.log")
@@ -30,7 +30,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [os.path.join(BUILD, "wbrokerd"), "--socket", self.socket,
              "--log-level", log_level, *extra],
-            stderr=self._logf, env=env)
+            stderr=self._logf, env=env, preexec_fn=preexec)
         self.pid = self.proc.pid
         deadline = time.time() + 10
         while time.time() < deadline:
