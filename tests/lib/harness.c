@@ -1,6 +1,8 @@
 /* harness.c -- Starts and inspects a real wbrokerd for the tests. */
 #include "harness.h"
 
+#include "fdpass.h"
+
 #include <msgpack.h>
 
 #include <ctype.h>
@@ -760,6 +762,10 @@ typedef struct reply_priv {
     msgpack_unpacked up; /* Unpacked body. */
 } reply_priv;
 
+/* A reply keeps every descriptor one message may carry. */
+_Static_assert(sizeof(((wbt_reply *)0)->fds) == sizeof(int) * WB_FDPASS_MAX,
+               "wbt_reply.fds holds WB_FDPASS_MAX descriptors");
+
 /* Reads exactly len bytes before the deadline, collecting descriptors.
  * Returns 0, WBT_CLOSED or WBT_TIMEOUT. */
 static int read_until(int fd, void *buf, size_t len, double deadline,
@@ -775,33 +781,15 @@ static int read_until(int fd, void *buf, size_t len, double deadline,
             continue;
         if (k == 0)
             return WBT_TIMEOUT;
-        struct iovec iov = {p, len};
-        union {
-            char buf[CMSG_SPACE(sizeof(int) * 64)];
-            struct cmsghdr align;
-        } ctl;
-        struct msghdr msg = {0};
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = ctl.buf;
-        msg.msg_controllen = sizeof(ctl.buf);
-        ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        int *fds = r ? r->fds + r->nfds : NULL;
+        int nfds = 0, ctrunc = 0;
+        ssize_t n =
+            wb__fd_recv(fd, p, len, fds, r ? WB_FDPASS_MAX - r->nfds : 0, &nfds,
+                        &ctrunc, MSG_DONTWAIT);
+        if (n < 0 && errno == EAGAIN)
             continue;
-        for (struct cmsghdr *cm = n > 0 ? CMSG_FIRSTHDR(&msg) : NULL; cm;
-             cm = CMSG_NXTHDR(&msg, cm)) {
-            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-                continue;
-            size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            for (size_t i = 0; i < nfd; i++) {
-                int got;
-                memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-                if (r && r->nfds < 64)
-                    r->fds[r->nfds++] = got;
-                else
-                    close(got);
-            }
-        }
+        if (r)
+            r->nfds += nfds;
         if (n <= 0)
             return WBT_CLOSED;
         p += n;
@@ -879,8 +867,6 @@ void wbt_reply_free(wbt_reply *r) {
 
 int wbt_raw_wait_closed(int fd, int timeout_ms) {
     double deadline = wbt_now() + timeout_ms / 1000.0;
-    wbt_reply sink;
-    memset(&sink, 0, sizeof(sink));
     char buf[4096];
     for (;;) {
         double left = deadline - wbt_now();
@@ -893,31 +879,12 @@ int wbt_raw_wait_closed(int fd, int timeout_ms) {
             continue;
         if (k == 0)
             continue;
-        struct iovec iov = {buf, sizeof(buf)};
-        union {
-            char b[CMSG_SPACE(sizeof(int) * 64)];
-            struct cmsghdr align;
-        } ctl;
-        struct msghdr msg = {0};
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = ctl.b;
-        msg.msg_controllen = sizeof(ctl.b);
-        ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        int nfds = 0, ctrunc = 0; /* Descriptors: closed on arrival. */
+        ssize_t n = wb__fd_recv(fd, buf, sizeof(buf), NULL, 0, &nfds, &ctrunc,
+                                MSG_DONTWAIT);
+        if (n < 0 && errno == EAGAIN)
             continue;
         if (n <= 0)
             return 1;
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm;
-             cm = CMSG_NXTHDR(&msg, cm)) {
-            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-                continue;
-            size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            for (size_t i = 0; i < nfd; i++) {
-                int got;
-                memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-                close(got);
-            }
-        }
     }
 }
