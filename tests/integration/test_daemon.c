@@ -18,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -26,6 +25,7 @@
 #include <msgpack.h>
 
 #include "../../client/safetensors.h"
+#include "fdpass.h"
 #include "harness.h"
 
 /* ------------------------------------------------------------ fixtures */
@@ -347,22 +347,7 @@ static void send_hello_with_fd(int fd) {
     unsigned char frame[] = {0,    0,   0,   21,  0x83, 0xa2, 'o', 'p', 0xa5,
                              'h',  'e', 'l', 'l', 'o',  0xa2, 'i', 'd', 0x01,
                              0xa5, 'p', 'r', 'o', 't',  'o',  0x01};
-    struct iovec iov = {frame, sizeof(frame)};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } ctl;
-    struct msghdr msg = {0};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = ctl.buf;
-    msg.msg_controllen = sizeof(ctl.buf);
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cm), &extra, sizeof(int));
-    assert_true(sendmsg(fd, &msg, MSG_NOSIGNAL) > 0);
+    assert_true(wb__fd_send(fd, frame, sizeof(frame), &extra, 1, 0) > 0);
     close(extra);
 }
 
