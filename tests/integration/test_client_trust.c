@@ -36,6 +36,7 @@
 
 #include <msgpack.h>
 
+#include "fdpass.h"
 #include "harness.h"
 #include "paths.h"
 
@@ -81,56 +82,46 @@ static void fake_subdir(fake *f, uid_t owner, mode_t mode, mode_t top_mode) {
     assert_int_equal(chmod(f->top, top_mode), 0);
 }
 
-/* Reads exactly len bytes; -1 at end of stream or on error. */
-static int read_full(int fd, void *buf, size_t len) {
-    char *p = buf;
-    while (len > 0) {
-        ssize_t n = recv(fd, p, len, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
-/* Sends the frame in sb with nfds descriptors on its first byte (any
- * number: this is a fake, not fdpass.c).  A client that hangs up in the
- * middle (it refused the reply) ends the fake with status 0. */
-static void send_frame(int conn, const msgpack_sbuffer *sb, const int *fds,
-                       int nfds) {
-    size_t len = 4 + sb->size;
-    unsigned char *buf = malloc(len);
-    if (buf == NULL)
-        _exit(90);
-    buf[0] = (unsigned char)(sb->size >> 24);
-    buf[1] = (unsigned char)(sb->size >> 16);
-    buf[2] = (unsigned char)(sb->size >> 8);
-    buf[3] = (unsigned char)sb->size;
-    memcpy(buf + 4, sb->data, sb->size);
+/* Sends the first byte of buf with nfds > WB_FDPASS_MAX descriptors on it,
+ * which wb__fd_send cannot do (it holds WB_FDPASS_MAX at the most): the
+ * fakes send FAKE_MANY_FDS to see the client refuse a reply whose control
+ * data the kernel truncated.  Returns what sendmsg() returns. */
+static ssize_t send_too_many_fds(int conn, const uint8_t *buf, const int *fds,
+                                 int nfds) {
     union {
         char buf[CMSG_SPACE(sizeof(int) * FAKE_MANY_FDS)];
         struct cmsghdr align;
     } ctl;
-    struct iovec iov = {buf, 1};
+    if (nfds > FAKE_MANY_FDS)
+        _exit(89);
+    memset(&ctl, 0, sizeof(ctl));
+    struct iovec iov = {(void *)buf, 1};
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (nfds > 0) {
-        memset(&ctl, 0, sizeof(ctl));
-        msg.msg_control = ctl.buf;
-        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
-        memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)nfds);
-    }
-    if (sendmsg(conn, &msg, MSG_NOSIGNAL) != 1)
+    msg.msg_control = ctl.buf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+    memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)nfds);
+    return sendmsg(conn, &msg, MSG_NOSIGNAL);
+}
+
+/* Sends the frame in sb with nfds descriptors (any number) on its first
+ * byte.  A client that hangs up in the middle (it refused the reply) ends
+ * the fake with status 0. */
+static void send_frame(int conn, const msgpack_sbuffer *sb, const int *fds,
+                       int nfds) {
+    wbt_frames f = {0};
+    wbt_frames_add(&f, sb->data, sb->size);
+    ssize_t n = nfds > WB_FDPASS_MAX
+                    ? send_too_many_fds(conn, f.data, fds, nfds)
+                    : wb__fd_send(conn, f.data, 1, fds, nfds, 0);
+    if (n != 1)
         _exit(91);
-    if (wbt_raw_send(conn, buf + 1, len - 1) != 0)
+    if (wbt_raw_send(conn, f.data + 1, f.len - 1) != 0)
         _exit(0);
-    free(buf);
+    wbt_frames_free(&f);
 }
 
 /* Starts a reply with "id", "err" and n more fields. */
@@ -240,14 +231,14 @@ static int reopen_ro(int fd) {
 static void fake_serve(int conn, fake_fn fn, int expect_silence) {
     for (;;) {
         unsigned char h[4];
-        if (read_full(conn, h, 4))
+        if (wbt_raw_recv(conn, h, 4))
             _exit(0);
         if (expect_silence)
             _exit(3);
         size_t len = ((size_t)h[0] << 24) | ((size_t)h[1] << 16) |
                      ((size_t)h[2] << 8) | h[3];
         char *body = malloc(len ? len : 1);
-        if (body == NULL || read_full(conn, body, len))
+        if (body == NULL || wbt_raw_recv(conn, body, len))
             _exit(96);
         msgpack_unpacked up;
         msgpack_unpacked_init(&up);

@@ -234,11 +234,12 @@ int wbt_raw_frame(int fd, const void *body, size_t len) {
     return wbt_raw_send(fd, body, len);
 }
 
-/* Reads exactly len bytes; -1 on EOF or error. */
-static int read_full(int fd, void *buf, size_t len) {
+int wbt_raw_recv(int fd, void *buf, size_t len) {
     char *p = buf;
     while (len > 0) {
         ssize_t n = recv(fd, p, len, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
         if (n <= 0)
             return -1;
         p += n;
@@ -249,12 +250,12 @@ static int read_full(int fd, void *buf, size_t len) {
 
 int wbt_raw_reply(int fd) {
     unsigned char h[4];
-    if (read_full(fd, h, 4))
+    if (wbt_raw_recv(fd, h, 4))
         return 1;
     size_t len = ((size_t)h[0] << 24) | ((size_t)h[1] << 16) |
                  ((size_t)h[2] << 8) | h[3];
     char *body = malloc(len ? len : 1);
-    if (body == NULL || read_full(fd, body, len)) {
+    if (body == NULL || wbt_raw_recv(fd, body, len)) {
         free(body);
         return 1;
     }

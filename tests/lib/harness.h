@@ -51,6 +51,9 @@ uint64_t wbt_publish_f32(wb_client *c, const char *model, size_t n, size_t len);
  * daemon closed the connection instead of answering). */
 int wbt_raw_connect(const wbt_daemon *d);
 int wbt_raw_send(int fd, const void *buf, size_t len);
+/* Reads exactly len bytes (retrying on EINTR); 0, or -1 at end of stream
+ * or on error. */
+int wbt_raw_recv(int fd, void *buf, size_t len);
 int wbt_raw_frame(int fd, const void *body, size_t len);
 int wbt_raw_reply(int fd);
 /* Sends a valid hello and reads its reply; returns its err. */
