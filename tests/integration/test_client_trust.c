@@ -323,24 +323,27 @@ static void fake_remove(const fake *f) {
     rmdir(f->top);
 }
 
-/* Waits for the fake to exit (it does when the client hangs up; killed
- * after 5 s), removes its files and returns its exit status. */
-static int fake_stop(fake *f) {
-    int st = 0, code = -1;
-    for (int i = 0; f->pid && i < 500; i++) {
-        if (waitpid(f->pid, &st, WNOHANG) == f->pid) {
-            code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-            f->pid = 0;
-            break;
-        }
+/* Waits up to ms for child pid to exit and returns its exit status (128
+ * + the signal if one killed it); kills it and returns -1 if it is still
+ * running by then. */
+static int wait_exit(pid_t pid, int ms) {
+    for (int i = 0; i < ms / 10; i++) {
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
-    if (f->pid) {
-        kill(f->pid, SIGKILL);
-        waitpid(f->pid, &st, 0);
-        f->pid = 0;
-    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+}
+
+/* Waits for the fake to exit (it does when the client hangs up; killed
+ * after 5 s), removes its files and returns its exit status. */
+static int fake_stop(fake *f) {
+    int code = f->pid ? wait_exit(f->pid, 5000) : -1;
+    f->pid = 0;
     fake_remove(f);
     return code;
 }
@@ -384,6 +387,33 @@ static void assert_closed(wb_client *c) {
     assert_int_equal(wb_list(c, &v, &n), WB_ECLOSED);
 }
 
+/* Starts a fake as uid as (0: this process's) answering with fn in f,
+ * whose directories are made, and connects to it; fails the test unless
+ * the client accepts it. */
+static wb_client *fake_connect(fake *f, uid_t as, fake_fn fn) {
+    fake_start(f, as, fn);
+    wb_client *c = NULL;
+    assert_int_equal(wb_connect(f->sock, &c), 0);
+    return c;
+}
+
+/* Says what c's request got (rc) and fails unless it is the error want
+ * with a message that contains what. */
+static void assert_refused(wb_client *c, int rc, int want, const char *what) {
+    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
+    assert_int_equal(rc, want);
+    assert_non_null(strstr(wb_errmsg(c), what));
+}
+
+/* Closes c and fails unless the fake then exits with status 0 (3 if it
+ * heard a byte it should not have) and this process holds the before
+ * descriptors it had before the fake started. */
+static void fake_end(fake *f, wb_client *c, int before) {
+    wb_close(c);
+    assert_int_equal(fake_stop(f), 0);
+    assert_int_equal(fd_count(), before);
+}
+
 /* Runs a map against a fake answering with fn and expects a clean
  * WB_EPROTO whose message contains what: nothing mapped, every descriptor
  * closed, no signal, the connection closed. */
@@ -391,9 +421,7 @@ static void expect_map_refused(fake_fn fn, const char *what) {
     fake f;
     fake_dirs(&f);
     int before = fd_count();
-    fake_start(&f, 0, fn);
-    wb_client *c = NULL;
-    assert_int_equal(wb_connect(f.sock, &c), 0);
+    wb_client *c = fake_connect(&f, 0, fn);
     wb_mapping *m = NULL;
     int rc = wb_map(c, "m", 0, 0, &m);
     if (rc == 0) { /* Would have trusted it: touch what it claims. */
@@ -404,16 +432,12 @@ static void expect_map_refused(fake_fn fn, const char *what) {
         wb_unmap(m);
         m = NULL;
     }
-    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
-    assert_int_equal(rc, WB_EPROTO);
+    assert_refused(c, rc, WB_EPROTO, what);
     assert_null(m);
-    assert_non_null(strstr(wb_errmsg(c), what));
     assert_non_null(strstr(wb_errmsg(c), f.sock));
     assert_int_equal(fake_maps(), 0);
     assert_closed(c);
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
-    assert_int_equal(fd_count(), before);
+    fake_end(&f, c, before);
 }
 
 /* Starts a publish of one float32 tensor of FAKE_TENSOR bytes. */
@@ -429,20 +453,14 @@ static void expect_publish_refused(fake_fn fn, const char *what) {
     fake f;
     fake_dirs(&f);
     int before = fd_count();
-    fake_start(&f, 0, fn);
-    wb_client *c = NULL;
-    assert_int_equal(wb_connect(f.sock, &c), 0);
+    wb_client *c = fake_connect(&f, 0, fn);
     wb_publish *p = NULL;
     int rc = publish_one(c, &p);
-    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
-    assert_int_equal(rc, WB_EPROTO);
+    assert_refused(c, rc, WB_EPROTO, what);
     assert_null(p);
-    assert_non_null(strstr(wb_errmsg(c), what));
     assert_int_equal(fake_maps(), 0);
     assert_closed(c);
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
-    assert_int_equal(fd_count(), before);
+    fake_end(&f, c, before);
 }
 
 /* Runs a list against a fake answering with fn and expects error rc with
@@ -451,20 +469,28 @@ static void expect_list_fails(fake_fn fn, int want, const char *what) {
     fake f;
     fake_dirs(&f);
     int before = fd_count();
-    fake_start(&f, 0, fn);
-    wb_client *c = NULL;
-    assert_int_equal(wb_connect(f.sock, &c), 0);
+    wb_client *c = fake_connect(&f, 0, fn);
     wb_model_info *v = NULL;
     size_t n = 0;
     int rc = wb_list(c, &v, &n);
-    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
-    assert_int_equal(rc, want);
+    assert_refused(c, rc, want, what);
     assert_null(v);
-    assert_non_null(strstr(wb_errmsg(c), what));
     assert_closed(c);
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
-    assert_int_equal(fd_count(), before);
+    fake_end(&f, c, before);
+}
+
+/* Starts a fake as uid as that expects to hear nothing in f, whose
+ * directories are made, and expects the client to refuse it with WB_EPERM
+ * before it sends a byte, with a message that names where and says why. */
+static void expect_connect_refused(fake *f, uid_t as, const char *where,
+                                   const char *why) {
+    int before = fd_count();
+    fake_start(f, as, NULL);
+    wb_client *c = NULL;
+    int rc = wb_connect(f->sock, &c);
+    assert_refused(c, rc, WB_EPERM, where);
+    assert_non_null(strstr(wb_errmsg(c), why));
+    fake_end(f, c, before);
 }
 
 /* ------------------------------------------------------------ fakes */
@@ -634,9 +660,8 @@ static void fake_list_many(int conn, uint64_t id, const char *op) {
 static void test_trust_map_good_fake(void **state) {
     fake f;
     fake_dirs(&f);
-    fake_start(&f, 0, fake_map_good);
-    wb_client *c = NULL;
-    assert_int_equal(wb_connect(f.sock, &c), 0);
+    int before = fd_count();
+    wb_client *c = fake_connect(&f, 0, fake_map_good);
     wb_mapping *m = NULL;
     assert_int_equal(wb_map(c, "m", 0, 0, &m), 0);
     wb_tensor t;
@@ -645,8 +670,7 @@ static void test_trust_map_good_fake(void **state) {
     assert_int_equal(((const uint8_t *)t.data)[FAKE_TENSOR - 1], 0x5a);
     assert_int_equal(fake_maps(), 1);
     wb_unmap(m);
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
+    fake_end(&f, c, before);
 }
 
 /* A segment smaller than the reply says (SIGBUS on touching the end). */
@@ -678,9 +702,8 @@ static void test_trust_too_many_descriptors(void **state) {
 static void test_trust_publish_good_fake(void **state) {
     fake f;
     fake_dirs(&f);
-    fake_start(&f, 0, fake_publish_good);
-    wb_client *c = NULL;
-    assert_int_equal(wb_connect(f.sock, &c), 0);
+    int before = fd_count();
+    wb_client *c = fake_connect(&f, 0, fake_publish_good);
     wb_publish *p = NULL;
     assert_int_equal(publish_one(c, &p), 0);
     size_t nb = 0;
@@ -693,8 +716,7 @@ static void test_trust_publish_good_fake(void **state) {
     uint64_t v = 0;
     assert_int_equal(wb_publish_commit(p, &v), 0);
     assert_int_equal(v, 1);
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
+    fake_end(&f, c, before);
 }
 
 static void test_trust_publish_wrong_size(void **state) {
@@ -721,17 +743,7 @@ static void test_trust_peer_stranger(void **state) {
         return;
     fake f;
     fake_dirs(&f);
-    int before = fd_count();
-    fake_start(&f, NOBODY, NULL);
-    wb_client *c = NULL;
-    int rc = wb_connect(f.sock, &c);
-    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
-    assert_int_equal(rc, WB_EPERM);
-    assert_non_null(strstr(wb_errmsg(c), f.sock));
-    assert_non_null(strstr(wb_errmsg(c), "uid 65534"));
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0); /* 3 if it had heard anything. */
-    assert_int_equal(fd_count(), before);
+    expect_connect_refused(&f, NOBODY, f.sock, "uid 65534");
 }
 
 /* A socket directory anyone can write is refused, even with a trusted
@@ -740,15 +752,7 @@ static void test_trust_dir_world_writable(void **state) {
     fake f;
     fake_dirs(&f);
     assert_int_equal(chmod(f.top, 0777), 0);
-    fake_start(&f, 0, NULL);
-    wb_client *c = NULL;
-    int rc = wb_connect(f.sock, &c);
-    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
-    assert_int_equal(rc, WB_EPERM);
-    assert_non_null(strstr(wb_errmsg(c), f.dir));
-    assert_non_null(strstr(wb_errmsg(c), "mode 0777"));
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
+    expect_connect_refused(&f, 0, f.dir, "mode 0777");
 }
 
 /* The attack on /tmp/wbroker-$UID: a stranger creates the directory in a
@@ -759,15 +763,7 @@ static void test_trust_dir_stranger_in_tmp(void **state) {
     fake f;
     fake_dirs(&f);
     fake_subdir(&f, NOBODY, 0755, 01777);
-    fake_start(&f, NOBODY, NULL);
-    wb_client *c = NULL;
-    int rc = wb_connect(f.sock, &c);
-    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
-    assert_int_equal(rc, WB_EPERM);
-    assert_non_null(strstr(wb_errmsg(c), f.dir));
-    assert_non_null(strstr(wb_errmsg(c), "owner uid 65534"));
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
+    expect_connect_refused(&f, NOBODY, f.dir, "owner uid 65534");
 }
 
 /* A directory that only root can have given to another user (systemd's
@@ -779,16 +775,14 @@ static void test_trust_dir_placed_by_root(void **state) {
     fake f;
     fake_dirs(&f);
     fake_subdir(&f, NOBODY, 0755, 0755);
-    fake_start(&f, NOBODY, fake_list_good);
-    wb_client *c = NULL;
-    assert_int_equal(wb_connect(f.sock, &c), 0);
+    int before = fd_count();
+    wb_client *c = fake_connect(&f, NOBODY, fake_list_good);
     wb_model_info *v = NULL;
     size_t n = 1;
     assert_int_equal(wb_list(c, &v, &n), 0);
     assert_int_equal(n, 0);
     wb_model_info_free(v, n);
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
+    fake_end(&f, c, before);
 }
 
 /* In a root-owned sticky directory (like /tmp) root's daemon is trusted
@@ -799,21 +793,13 @@ static void test_trust_dir_sticky(void **state) {
     fake f;
     fake_dirs(&f);
     assert_int_equal(chmod(f.top, 01777), 0);
-    fake_start(&f, 0, fake_list_good);
-    wb_client *c = NULL;
-    assert_int_equal(wb_connect(f.sock, &c), 0);
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
+    int before = fd_count();
+    wb_client *c = fake_connect(&f, 0, fake_list_good);
+    fake_end(&f, c, before);
 
     fake_dirs(&f);
     assert_int_equal(chmod(f.top, 01777), 0);
-    fake_start(&f, NOBODY, NULL);
-    int rc = wb_connect(f.sock, &c);
-    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
-    assert_int_equal(rc, WB_EPERM);
-    assert_non_null(strstr(wb_errmsg(c), "uid 65534"));
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
+    expect_connect_refused(&f, NOBODY, f.sock, "uid 65534");
 }
 
 /* The directory rule on its own: a missing directory, a relative path. */
@@ -859,20 +845,7 @@ static int run_daemon(const char *dir, char *log, size_t n) {
         execl(bin, bin, "--socket", sock, (char *)NULL);
         _exit(127);
     }
-    int st = 0, code = -1;
-    for (int i = 0; i < 1000; i++) {
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-            pid = 0;
-            break;
-        }
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    if (pid) {
-        kill(pid, SIGKILL);
-        waitpid(pid, &st, 0);
-    }
+    int code = wait_exit(pid, 10000);
     FILE *f = fopen(logpath, "re");
     size_t k = f ? fread(log, 1, n - 1, f) : 0;
     log[k] = '\0';
