@@ -497,10 +497,10 @@ static void expect_connect_refused(fake *f, uid_t as, const char *where,
 
 #define ALL_SEALS (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
 
-/* Answers a map with a sealed read-only segment of size real bytes that
- * claims FAKE_SEG. */
-static void map_with_segment(int conn, uint64_t id, size_t real) {
-    int fd = fake_memfd(real, ALL_SEALS);
+/* Answers a map with a read-only segment of size real bytes and the seals
+ * given that claims FAKE_SEG. */
+static void map_with_segment(int conn, uint64_t id, size_t real, int seals) {
+    int fd = fake_memfd(real, seals);
     int ro = reopen_ro(fd);
     reply_map(conn, id, FAKE_SEG, &ro, 1);
     close(ro);
@@ -508,19 +508,15 @@ static void map_with_segment(int conn, uint64_t id, size_t real) {
 }
 
 static void fake_map_good(int conn, uint64_t id, const char *op) {
-    map_with_segment(conn, id, FAKE_SEG);
+    map_with_segment(conn, id, FAKE_SEG, ALL_SEALS);
 }
 
 static void fake_map_short(int conn, uint64_t id, const char *op) {
-    map_with_segment(conn, id, FAKE_SHORT);
+    map_with_segment(conn, id, FAKE_SHORT, ALL_SEALS);
 }
 
 static void fake_map_unsealed(int conn, uint64_t id, const char *op) {
-    int fd = fake_memfd(FAKE_SEG, 0);
-    int ro = reopen_ro(fd);
-    reply_map(conn, id, FAKE_SEG, &ro, 1);
-    close(ro);
-    close(fd);
+    map_with_segment(conn, id, FAKE_SEG, 0);
 }
 
 /* Seals everything but hands out the memfd's own read-write descriptor. */
