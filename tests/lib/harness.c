@@ -704,10 +704,11 @@ void wbt_frames_abort(wbt_frames *f, uint64_t id, uint64_t pub) {
     frames_pub(f, "abort", id, pub);
 }
 
-void wbt_frames_drop(wbt_frames *f, uint64_t id, const char *model,
-                     uint64_t version) {
+/* A request op whose only fields are model and version. */
+static void frames_model_version(wbt_frames *f, const char *op, uint64_t id,
+                                 const char *model, uint64_t version) {
     req r;
-    msgpack_packer *pk = req_begin(&r, "drop", id, 2);
+    msgpack_packer *pk = req_begin(&r, op, id, 2);
     wbt_pk_str(pk, "model");
     wbt_pk_str(pk, model);
     wbt_pk_str(pk, "version");
@@ -715,15 +716,14 @@ void wbt_frames_drop(wbt_frames *f, uint64_t id, const char *model,
     req_end(&r, f);
 }
 
+void wbt_frames_drop(wbt_frames *f, uint64_t id, const char *model,
+                     uint64_t version) {
+    frames_model_version(f, "drop", id, model, version);
+}
+
 void wbt_frames_map(wbt_frames *f, uint64_t id, const char *model,
                     uint64_t version) {
-    req r;
-    msgpack_packer *pk = req_begin(&r, "map", id, 2);
-    wbt_pk_str(pk, "model");
-    wbt_pk_str(pk, model);
-    wbt_pk_str(pk, "version");
-    msgpack_pack_uint64(pk, version);
-    req_end(&r, f);
+    frames_model_version(f, "map", id, model, version);
 }
 
 void wbt_frames_publish_f32(wbt_frames *f, uint64_t id, const char *model,
