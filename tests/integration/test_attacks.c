@@ -1043,34 +1043,12 @@ static void *racer_run(void *arg) {
     return NULL;
 }
 
-/* Sends a publish of RACE_N F32 tensors "w<i>" with metadata round=k. */
+/* Sends a publish of RACE_N F32 tensors "t<i>" with metadata round=k. */
 static void send_race_publish(int fd, uint64_t id, int k) {
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    pk_head(&pk, "publish", id, 3);
-    pk_str(&pk, "model");
-    pk_str(&pk, "m");
-    pk_str(&pk, "tensors");
-    msgpack_pack_array(&pk, (size_t)RACE_N);
-    for (int i = 0; i < RACE_N; i++) {
-        char name[16];
-        snprintf(name, sizeof(name), "w%d", i);
-        msgpack_pack_array(&pk, 3);
-        pk_str(&pk, name);
-        pk_str(&pk, "F32");
-        msgpack_pack_array(&pk, 1);
-        msgpack_pack_uint64(&pk, RACE_E);
-    }
-    pk_str(&pk, "meta");
-    msgpack_pack_map(&pk, 1);
-    pk_str(&pk, "round");
     char v[16];
     snprintf(v, sizeof(v), "%d", k);
-    pk_str(&pk, v);
     wbt_frames f = {0};
-    add_body(&f, &sb);
+    wbt_frames_publish_f32_meta(&f, id, "m", RACE_N, RACE_E, "round", v);
     send_frames(fd, &f);
 }
 
@@ -1106,9 +1084,9 @@ static void test_attacks_commit_header_race(void **state) {
         assert_non_null(fake);
         assert_int_equal(pread(pr.fd, real[k], hlen[k], 0), (ssize_t)hlen[k]);
         memcpy(fake, real[k], hlen[k]);
-        char *w0 = memmem(fake, hlen[k], "\"w0\"", 4);
-        assert_non_null(w0);
-        w0[1] = 'x'; /* A header naming "x0" instead. */
+        char *t0 = memmem(fake, hlen[k], "\"t0\"", 4);
+        assert_non_null(t0);
+        t0[1] = 'x'; /* A header naming "x0" instead. */
         racer rc = {.fd = pr.fd, .real = real[k], .fake = fake, .len = hlen[k]};
         pthread_t th;
         assert_int_equal(pthread_create(&th, NULL, racer_run, &rc), 0);
@@ -1156,7 +1134,7 @@ static void test_attacks_commit_header_race(void **state) {
         assert_int_equal(wb_map_count(m), RACE_N);
         for (int i = 0; i < RACE_N; i++) {
             char name[16];
-            snprintf(name, sizeof(name), "w%d", i);
+            snprintf(name, sizeof(name), "t%d", i);
             long ix = wb_map_find(m, name);
             assert_true(ix >= 0);
             wb_tensor t;
@@ -1490,26 +1468,8 @@ static void test_attacks_bool_bytes(void **state) {
 /* Sends a publish of one small tensor with metadata {key: value}. */
 static void send_meta_publish(int fd, uint64_t id, const char *key,
                               const char *value) {
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    pk_head(&pk, "publish", id, 3);
-    pk_str(&pk, "model");
-    pk_str(&pk, "u");
-    pk_str(&pk, "tensors");
-    msgpack_pack_array(&pk, 1);
-    msgpack_pack_array(&pk, 3);
-    pk_str(&pk, "w");
-    pk_str(&pk, "F32");
-    msgpack_pack_array(&pk, 1);
-    msgpack_pack_uint64(&pk, 4);
-    pk_str(&pk, "meta");
-    msgpack_pack_map(&pk, 1);
-    pk_str(&pk, key);
-    pk_str(&pk, value);
     wbt_frames f = {0};
-    add_body(&f, &sb);
+    wbt_frames_publish_f32_meta(&f, id, "u", 1, 4, key, value);
     send_frames(fd, &f);
 }
 

@@ -728,8 +728,14 @@ void wbt_frames_map(wbt_frames *f, uint64_t id, const char *model,
 
 void wbt_frames_publish_f32(wbt_frames *f, uint64_t id, const char *model,
                             size_t n, size_t len) {
+    wbt_frames_publish_f32_meta(f, id, model, n, len, NULL, NULL);
+}
+
+void wbt_frames_publish_f32_meta(wbt_frames *f, uint64_t id, const char *model,
+                                 size_t n, size_t len, const char *key,
+                                 const char *value) {
     req r;
-    msgpack_packer *pk = req_begin(&r, "publish", id, 2);
+    msgpack_packer *pk = req_begin(&r, "publish", id, key ? 3 : 2);
     wbt_pk_str(pk, "model");
     wbt_pk_str(pk, model);
     wbt_pk_str(pk, "tensors");
@@ -742,6 +748,12 @@ void wbt_frames_publish_f32(wbt_frames *f, uint64_t id, const char *model,
         wbt_pk_str(pk, "F32");
         msgpack_pack_array(pk, 1);
         msgpack_pack_uint64(pk, len);
+    }
+    if (key) {
+        wbt_pk_str(pk, "meta");
+        msgpack_pack_map(pk, 1);
+        wbt_pk_str(pk, key);
+        wbt_pk_str(pk, value);
     }
     req_end(&r, f);
 }

@@ -143,6 +143,11 @@ void wbt_frames_map(wbt_frames *f, uint64_t id, const char *model,
 /* publish of n F32 tensors "t<i>" of len elements. */
 void wbt_frames_publish_f32(wbt_frames *f, uint64_t id, const char *model,
                             size_t n, size_t len);
+/* The same with metadata {key: value} (any bytes but NUL; no metadata
+ * when key is NULL). */
+void wbt_frames_publish_f32_meta(wbt_frames *f, uint64_t id, const char *model,
+                                 size_t n, size_t len, const char *key,
+                                 const char *value);
 /* Sends every frame in one go; 0 or -1. */
 int wbt_frames_send(int fd, const wbt_frames *f);
 void wbt_frames_free(wbt_frames *f);
