@@ -166,6 +166,30 @@ static void read_ok(int fd, uint64_t id, int timeout_ms, wbt_reply *r) {
     assert_int_equal(r->id, id);
 }
 
+/* Sends the one request in f, numbered id, frees f, and fails unless the
+ * answer is a success. */
+static void request_ok(int fd, wbt_frames *f, uint64_t id) {
+    send_frames(fd, f);
+    wbt_reply r;
+    read_ok(fd, id, REPLY_MS, &r);
+    wbt_reply_free(&r);
+}
+
+/* A status round trip (request id) over a raw session: it still works. */
+static void raw_status(int fd, uint64_t id) {
+    wbt_frames f = {0};
+    wbt_frames_status(&f, id);
+    request_ok(fd, &f, id);
+}
+
+/* Aborts publish pub over a raw session (request id); fails unless that
+ * succeeds. */
+static void raw_abort(int fd, uint64_t id, uint64_t pub) {
+    wbt_frames f = {0};
+    wbt_frames_abort(&f, id, pub);
+    request_ok(fd, &f, id);
+}
+
 /* A raw connection that sent hello and watch(model, after) in one write,
  * and got the hello's answer, so that the watch is registered: the daemon
  * handles every whole frame it has read before it reads again. */
@@ -507,11 +531,7 @@ static void drop_under_map(const wbt_daemon *d, const char *model,
     fprintf(stderr, "  %s: the map got %s\n", model,
             err == 0 ? "a mapping" : wb_err_name(err));
     wbt_reply_free(&r); /* Closes the descriptors: nothing maps it now. */
-    /* The connection still works. */
-    wbt_frames_status(&f, 3);
-    send_frames(a, &f);
-    read_ok(a, 3, REPLY_MS, &r);
-    wbt_reply_free(&r);
+    raw_status(a, 3);   /* The connection still works. */
     close(a);
     wb_close(b);
     assert_alive(d);
@@ -597,12 +617,7 @@ static void test_attacks_abort_keeps_no_pages(void **state) {
         pub_reply pr;
         raw_publish(s, 10 + (uint64_t)i * 2, "big", 1, BIG_PUB, &pr);
         kept[i] = pr.fd;
-        wbt_frames f = {0};
-        wbt_frames_abort(&f, 11 + (uint64_t)i * 2, pr.pub);
-        send_frames(s, &f);
-        wbt_reply r;
-        read_ok(s, 11 + (uint64_t)i * 2, REPLY_MS, &r);
-        wbt_reply_free(&r);
+        raw_abort(s, 11 + (uint64_t)i * 2, pr.pub);
         assert_kept_empty(pr.fd, "after abort");
         wait_used_zero(d, "after abort");
     }
@@ -660,12 +675,7 @@ static void abort_mapped_round(const wbt_daemon *d, int hang_up) {
     if (hang_up) {
         close(s);
     } else {
-        wbt_frames f = {0};
-        wbt_frames_abort(&f, 3, pr.pub);
-        send_frames(s, &f);
-        wbt_reply r;
-        read_ok(s, 3, REPLY_MS, &r);
-        wbt_reply_free(&r);
+        raw_abort(s, 3, pr.pub);
     }
     /* While the writable mapping lives, its memory stays charged: another
      * 48 MiB does not fit in 64 MiB.  (A daemon that emptied the segment
@@ -1492,11 +1502,7 @@ static void test_attacks_meta_not_utf8(void **state) {
                      err);
         wbt_reply_free(&r);
         id++;
-        wbt_frames f = {0};
-        wbt_frames_status(&f, id);
-        send_frames(s, &f);
-        read_ok(s, id, REPLY_MS, &r);
-        wbt_reply_free(&r);
+        raw_status(s, id);
         id++;
     }
     /* A key that is not UTF-8 is refused too. */
@@ -1517,11 +1523,7 @@ static void test_attacks_meta_not_utf8(void **state) {
         read_pub(s, id, &pr);
         close(pr.fd);
         id++;
-        wbt_frames f = {0};
-        wbt_frames_abort(&f, id, pr.pub);
-        send_frames(s, &f);
-        read_ok(s, id, REPLY_MS, &r);
-        wbt_reply_free(&r);
+        raw_abort(s, id, pr.pub);
         id++;
     }
     close(s);
