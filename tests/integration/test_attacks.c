@@ -31,7 +31,6 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <msgpack.h>
@@ -46,14 +45,11 @@
 /* ------------------------------------------------------------ fixtures */
 
 static int start(void **state, const char *const *extra, unsigned long nofile) {
-    wbt_daemon *d = calloc(1, sizeof(*d));
-    if (d == NULL || wbt_start_limits(d, extra, nofile) != 0) {
+    if (wbt_setup_limits(state, extra, nofile) != 0) {
         fprintf(stderr, "cannot start the daemon\n");
-        free(d);
         return -1;
     }
-    wbt_watchdog(d, WATCHDOG_S);
-    *state = d;
+    wbt_watchdog(*state, WATCHDOG_S);
     return 0;
 }
 
@@ -82,20 +78,10 @@ static int setup_nofile(void **state) {
 
 /* Stops the daemon; a clean exit (status 0) is part of every test. */
 static int teardown(void **state) {
-    wbt_daemon *d = *state;
-    int st = wbt_finish(d);
-    wbt_watchdog(NULL, 0);
-    free(d);
-    return (WIFEXITED(st) && WEXITSTATUS(st) == 0) ? 0 : -1;
+    return wbt_teardown_finish(state);
 }
 
 /* ------------------------------------------------------------ helpers */
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
 
 /* Fails the test unless the daemon still runs. */
 static void assert_alive(const wbt_daemon *d) {
@@ -120,7 +106,7 @@ static int settled_fds(const wbt_daemon *d) {
     wb_close(c);
     int n = wbt_fd_count(d), same = 0;
     for (int i = 0; i < 300 && same < 10; i++) {
-        sleep_ms(10);
+        wbt_sleep_ms(10);
         int k = wbt_fd_count(d);
         same = k == n ? same + 1 : 0;
         n = k;
@@ -310,7 +296,7 @@ static void run_pipelined_watch(const wbt_daemon *d, int with_commit) {
     else
         wbt_frames_drop(&f, 4, "m", 0);
     send_frames(w1, &f);
-    sleep_ms(100); /* Let the daemon register W1's watch. */
+    wbt_sleep_ms(100); /* Let the daemon register W1's watch. */
 
     for (int i = 0; i < NWATCH; i++)
         after[i] = raw_watcher(d, "m", 1, 7);
@@ -580,7 +566,7 @@ static void assert_kept_empty(int fd, const char *what) {
         assert_int_equal(fstat(fd, &st), 0);
         if (st.st_blocks == 0)
             break;
-        sleep_ms(20);
+        wbt_sleep_ms(20);
     } while (wbt_now() < until);
     if (st.st_blocks != 0)
         fail_msg("%s: the kept descriptor still holds %lld KiB of pages", what,
@@ -602,7 +588,7 @@ static void wait_used_zero(const wbt_daemon *d, const char *what) {
     for (int i = 0; i < 250; i++) {
         if ((used = wbt_mem_used(d)) == 0)
             return;
-        sleep_ms(20);
+        wbt_sleep_ms(20);
     }
     fail_msg("%s: %llu bytes still charged", what, (unsigned long long)used);
 }
@@ -761,7 +747,7 @@ static void test_attacks_descriptor_hog(void **state) {
     for (int i = 0; i < 30; i++) {
         int n = wbt_fd_count(d);
         most = n > most ? n : most;
-        sleep_ms(50);
+        wbt_sleep_ms(50);
     }
     /* Another client is still served. */
     c = wbt_connect(d);
@@ -778,7 +764,7 @@ static void test_attacks_descriptor_hog(void **state) {
     for (int i = 0; i < 10; i++) {
         int n = wbt_fd_count(d);
         most = n > most ? n : most;
-        sleep_ms(20);
+        wbt_sleep_ms(20);
     }
     fprintf(stderr, "  daemon held at most %d descriptors (%d at rest)\n", most,
             base);
@@ -817,13 +803,13 @@ static void test_attacks_emfile(void **state) {
         held[nheld++] = fd;
     }
     assert_true(nheld > LOW_NOFILE);
-    sleep_ms(500); /* The daemon accepts what it can and hits the limit. */
+    wbt_sleep_ms(500); /* The daemon accepts what it can and hits the limit. */
     int fds = wbt_fd_count(d);
     static const char *const words[] = {"accept", "emfile", "too many open",
                                         "descriptor", NULL};
     int lines0 = wbt_log_lines(d);
     double cpu0 = wbt_cpu_seconds(d), t0 = wbt_now();
-    sleep_ms(2000);
+    wbt_sleep_ms(2000);
     double cpu = wbt_cpu_seconds(d) - cpu0, wall = wbt_now() - t0;
     int noisy = wbt_log_grep(d, lines0, words);
     fprintf(stderr,
@@ -849,7 +835,7 @@ static void test_attacks_emfile(void **state) {
         if (wb_connect(d->sock, &c) == 0)
             rc = wb_get_status(c, &st);
         if (rc != 0)
-            sleep_ms(100);
+            wbt_sleep_ms(100);
     }
     assert_int_equal(rc, 0);
     wb_close(c);
@@ -872,7 +858,7 @@ static void test_attacks_emfile_errno_reaches_client(void **state) {
             break;
         held[nheld++] = fd;
     }
-    sleep_ms(500); /* The daemon accepts what it can and hits the limit. */
+    wbt_sleep_ms(500); /* The daemon accepts what it can and hits the limit. */
     wb_mapping *m = NULL;
     int rc = wb_map(c, "m", 0, WB_MAP_SHARED, &m);
     if (rc == 0)
@@ -882,7 +868,7 @@ static void test_attacks_emfile_errno_reaches_client(void **state) {
     assert_null(m);
     for (int i = 0; i < nheld; i++)
         close(held[i]);
-    sleep_ms(300);
+    wbt_sleep_ms(300);
     assert_int_equal(wb_map(c, "m", 0, WB_MAP_SHARED, &m), 0);
     assert_int_equal(wb_sys_errno(c), 0);
     wb_unmap(m);
@@ -962,7 +948,7 @@ static void test_attacks_dead_watchers_noticed(void **state) {
         assert_int_equal(wb_get_status(c, &st), 0);
         if (st.clients == 1)
             break;
-        sleep_ms(50);
+        wbt_sleep_ms(50);
     } while (wbt_now() < until);
     if (st.clients != 1)
         fail_msg("%llu clients still counted 5 s after %d watchers died",
@@ -994,7 +980,7 @@ static void test_attacks_client_timeout(void **state) {
 
     double idle = 3 - (wbt_now() - t0);
     if (idle > 0)
-        sleep_ms((int)(idle * 1000));
+        wbt_sleep_ms((int)(idle * 1000));
     wb_client *c = wbt_connect(d);
     assert_non_null(c);
     assert_int_equal(wbt_publish_f32(c, "m", 1, 4), 1);
@@ -1400,7 +1386,7 @@ static void test_attacks_version_numbers_not_reused(void **state) {
     close(w);
     /* Again, with nobody watching to keep the model's record. */
     assert_int_equal(wb_drop(c, "m", 0), 0);
-    sleep_ms(50);
+    wbt_sleep_ms(50);
     assert_int_equal(wbt_publish_f32(c, "m", 1, 4), 4);
     wb_model_info *mi;
     size_t n;

@@ -19,7 +19,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <msgpack.h>
@@ -48,11 +47,6 @@ static int setup_huge(void **state) {
 /* Stops the daemon; a clean exit (status 0) is part of every test. */
 static int teardown(void **state) {
     return wbt_teardown(state);
-}
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
 }
 
 static void wait_clean(const wbt_daemon *d) {
@@ -230,7 +224,7 @@ static void test_daemon_publisher_killed(void **state) {
     wbt_daemon *d = *state;
     wb_client *probe = wbt_connect(d);
     wb_close(probe);
-    sleep_ms(50);
+    wbt_sleep_ms(50);
     int base = wbt_fd_count(d);
     for (kill_stage = 0; kill_stage < 3; kill_stage++) {
         assert_int_equal(in_child(d, publish_and_die), 128 + SIGKILL);
@@ -359,7 +353,7 @@ static void test_daemon_garbage_frames(void **state) {
     assert_int_equal(in_child(d, publish_standard), 0);
     wb_client *probe = wbt_connect(d);
     wb_close(probe);
-    sleep_ms(50);
+    wbt_sleep_ms(50);
     int base = wbt_fd_count(d);
     srand(4242);
     for (int i = 0; i < 3000; i++) {
@@ -507,7 +501,7 @@ static void test_daemon_header_tampered(void **state) {
 }
 
 static int publish_later(const wbt_daemon *d) {
-    sleep_ms(200);
+    wbt_sleep_ms(200);
     return publish_standard(d);
 }
 

@@ -80,8 +80,7 @@ static int start_daemon(wbt_daemon *d, const char *const *extra,
             d->pid = 0;
             return -1;
         }
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+        wbt_sleep_ms(10);
     }
     return -1;
 }
@@ -298,8 +297,13 @@ int wbt_raw_hello(int fd) {
 }
 
 int wbt_setup(void **state, const char *const *extra) {
+    return wbt_setup_limits(state, extra, 0);
+}
+
+int wbt_setup_limits(void **state, const char *const *extra,
+                     unsigned long nofile) {
     wbt_daemon *d = calloc(1, sizeof(*d));
-    if (d == NULL || wbt_start(d, extra) != 0) {
+    if (d == NULL || wbt_start_limits(d, extra, nofile) != 0) {
         free(d);
         return -1;
     }
@@ -328,20 +332,21 @@ void wbt_pk_str(msgpack_packer *pk, const char *s) {
     msgpack_pack_str_with_body(pk, s, strlen(s));
 }
 
-static void nap_ms(int ms) {
+void wbt_sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
 }
 
 int wbt_wait_fds(const wbt_daemon *d, int n) {
     for (int i = 0; i < 500 && wbt_fd_count(d) != n; i++)
-        nap_ms(10);
+        wbt_sleep_ms(10);
     return wbt_fd_count(d);
 }
 
 int wbt_wait_segments(const wbt_daemon *d, int n) {
     for (int i = 0; i < 500 && wbt_segment_count(d) != n; i++)
-        nap_ms(10);
+        wbt_sleep_ms(10);
     return wbt_segment_count(d);
 }
 
@@ -349,7 +354,7 @@ void wbt_wait_clean(const wbt_daemon *d) {
     for (int i = 0; i < 500; i++) {
         if (wbt_segment_count(d) == 0 && wbt_mem_used(d) == 0)
             return;
-        nap_ms(10);
+        wbt_sleep_ms(10);
     }
 }
 
@@ -431,7 +436,7 @@ int wbt_finish(wbt_daemon *d) {
                 waitpid(d->pid, &st, 0);
                 st = -1;
             }
-            nap_ms(10);
+            wbt_sleep_ms(10);
         }
         d->pid = 0;
     }
@@ -454,6 +459,14 @@ int wbt_finish(wbt_daemon *d) {
     }
     return found_dead && st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0 ? -1
                                                                            : st;
+}
+
+int wbt_teardown_finish(void **state) {
+    wbt_daemon *d = *state;
+    int st = wbt_finish(d);
+    wbt_watchdog(NULL, 0);
+    free(d);
+    return (WIFEXITED(st) && WEXITSTATUS(st) == 0) ? 0 : -1;
 }
 
 static volatile pid_t watchdog_pid;          /* Daemon the watchdog kills. */

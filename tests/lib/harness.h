@@ -63,6 +63,9 @@ int wbt_raw_hello(int fd);
  * stops it and fails unless it exited cleanly (status 0). */
 int wbt_setup(void **state, const char *const *extra);
 int wbt_teardown(void **state);
+/* wbt_setup with the daemon's RLIMIT_NOFILE set (see wbt_start_limits). */
+int wbt_setup_limits(void **state, const char *const *extra,
+                     unsigned long nofile);
 
 /* Sends a frame whose body is the msgpack built by fn; packs a string. */
 struct msgpack_packer;
@@ -71,6 +74,8 @@ void wbt_pk_str(struct msgpack_packer *pk, const char *s);
 
 /* CLOCK_MONOTONIC in seconds. */
 double wbt_now(void);
+/* Sleeps ms milliseconds, the whole time even if a signal comes. */
+void wbt_sleep_ms(int ms);
 /* Median of n > 0 values (sorts v in place). */
 double wbt_median(double *v, int n);
 
@@ -95,6 +100,10 @@ int wbt_start_limits(wbt_daemon *d, const char *const *extra,
  * dead) it first prints the end of the daemon's log to stderr, where an
  * AddressSanitizer report lands. */
 int wbt_finish(wbt_daemon *d);
+/* cmocka teardown of a wbt_setup or wbt_setup_limits fixture that stops
+ * the daemon with wbt_finish (not wbt_stop) and disarms the watchdog; fails
+ * unless the daemon exited cleanly (status 0). */
+int wbt_teardown_finish(void **state);
 /* 1 if the daemon's process exists and has not exited (does not reap it,
  * so that wbt_finish still sees how it ended). */
 int wbt_running(const wbt_daemon *d);
