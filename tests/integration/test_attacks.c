@@ -791,19 +791,27 @@ static int connect_nonblock(const wbt_daemon *d) {
     return fd;
 }
 
-/* At EMFILE the daemon neither spins nor floods its log, then recovers. */
-static void test_attacks_emfile(void **state) {
-    wbt_daemon *d = *state;
-    int base = settled_fds(d);
-    int held[EMFILE_CONNS], nheld = 0;
+/* Opens up to EMFILE_CONNS connections into held (fewer if the backlog
+ * fills up) and gives the daemon 500 ms to accept what it can and hit its
+ * descriptor limit; returns how many are held. */
+static int hold_connections(const wbt_daemon *d, int held[EMFILE_CONNS]) {
+    int n = 0;
     for (int i = 0; i < EMFILE_CONNS; i++) {
         int fd = connect_nonblock(d);
         if (fd < 0)
             break;
-        held[nheld++] = fd;
+        held[n++] = fd;
     }
+    wbt_sleep_ms(500);
+    return n;
+}
+
+/* At EMFILE the daemon neither spins nor floods its log, then recovers. */
+static void test_attacks_emfile(void **state) {
+    wbt_daemon *d = *state;
+    int base = settled_fds(d);
+    int held[EMFILE_CONNS], nheld = hold_connections(d, held);
     assert_true(nheld > LOW_NOFILE);
-    wbt_sleep_ms(500); /* The daemon accepts what it can and hits the limit. */
     int fds = wbt_fd_count(d);
     static const char *const words[] = {"accept", "emfile", "too many open",
                                         "descriptor", NULL};
@@ -851,14 +859,7 @@ static void test_attacks_emfile_errno_reaches_client(void **state) {
     wb_client *c = wbt_connect(d);
     assert_non_null(c);
     assert_int_equal(wbt_publish_f32(c, "m", 2, 256), 1);
-    int held[EMFILE_CONNS], nheld = 0;
-    for (int i = 0; i < EMFILE_CONNS; i++) {
-        int fd = connect_nonblock(d);
-        if (fd < 0)
-            break;
-        held[nheld++] = fd;
-    }
-    wbt_sleep_ms(500); /* The daemon accepts what it can and hits the limit. */
+    int held[EMFILE_CONNS], nheld = hold_connections(d, held);
     wb_mapping *m = NULL;
     int rc = wb_map(c, "m", 0, WB_MAP_SHARED, &m);
     if (rc == 0)
