@@ -104,14 +104,7 @@ static int settled_fds(const wbt_daemon *d) {
     wb_status st;
     assert_int_equal(wb_get_status(c, &st), 0);
     wb_close(c);
-    int n = wbt_fd_count(d), same = 0;
-    for (int i = 0; i < 300 && same < 10; i++) {
-        wbt_sleep_ms(10);
-        int k = wbt_fd_count(d);
-        same = k == n ? same + 1 : 0;
-        n = k;
-    }
-    return n;
+    return wbt_settled_fds(d, 100, 3000);
 }
 
 /* Waits up to 5 s for the descriptor count to come back to n. */

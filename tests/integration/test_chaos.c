@@ -645,14 +645,7 @@ static void check_ref(wb_client *c, int i, uint64_t seed) {
 
 /* The daemon's descriptor count once it has stayed put for 200 ms. */
 static int settled_fds(const wbt_daemon *d) {
-    int n = wbt_fd_count(d), same = 0;
-    for (int i = 0; i < 500 && same < 20; i++) {
-        wbt_sleep_ms(10);
-        int k = wbt_fd_count(d);
-        same = k == n ? same + 1 : 0;
-        n = k;
-    }
-    return n;
+    return wbt_settled_fds(d, 200, 5000);
 }
 
 /* Starts a child with seed that runs until end; returns its pid. */

@@ -350,6 +350,17 @@ int wbt_wait_segments(const wbt_daemon *d, int n) {
     return wbt_segment_count(d);
 }
 
+int wbt_settled_fds(const wbt_daemon *d, int quiet_ms, int max_ms) {
+    int n = wbt_fd_count(d), same = 0;
+    for (int i = 0; i < max_ms / 10 && same < quiet_ms / 10; i++) {
+        wbt_sleep_ms(10);
+        int k = wbt_fd_count(d);
+        same = k == n ? same + 1 : 0;
+        n = k;
+    }
+    return n;
+}
+
 void wbt_wait_clean(const wbt_daemon *d) {
     for (int i = 0; i < 500; i++) {
         if (wbt_segment_count(d) == 0 && wbt_mem_used(d) == 0)

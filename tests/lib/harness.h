@@ -36,6 +36,9 @@ int wbt_wait_fds(const wbt_daemon *d, int n);
  * descriptors for a reply are closed just after it is sent); returns the
  * count at the end. */
 int wbt_wait_segments(const wbt_daemon *d, int n);
+/* The descriptor count once it has stayed the same for quiet_ms (looked at
+ * every 10 ms), or as it is after max_ms. */
+int wbt_settled_fds(const wbt_daemon *d, int quiet_ms, int max_ms);
 /* Waits up to 5 s for the daemon to hold no segments and no memory. */
 void wbt_wait_clean(const wbt_daemon *d);
 /* 1 if the daemon is still running. */
