@@ -66,15 +66,11 @@ static int start_daemon(wbt_daemon *d, const char *const *extra,
     }
     d->pid = pid;
     for (int i = 0; i < 500; i++) {
-        struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", d->sock);
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+        int fd = wbt_raw_connect(d);
+        if (fd >= 0) {
             close(fd);
             return 0;
         }
-        if (fd >= 0)
-            close(fd);
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
             d->pid = 0;
