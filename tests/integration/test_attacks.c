@@ -31,7 +31,6 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <msgpack.h>
@@ -46,14 +45,11 @@
 /* ------------------------------------------------------------ fixtures */
 
 static int start(void **state, const char *const *extra, unsigned long nofile) {
-    wbt_daemon *d = calloc(1, sizeof(*d));
-    if (d == NULL || wbt_start_limits(d, extra, nofile) != 0) {
+    if (wbt_setup_limits(state, extra, nofile) != 0) {
         fprintf(stderr, "cannot start the daemon\n");
-        free(d);
         return -1;
     }
-    wbt_watchdog(d, WATCHDOG_S);
-    *state = d;
+    wbt_watchdog(*state, WATCHDOG_S);
     return 0;
 }
 
@@ -82,20 +78,10 @@ static int setup_nofile(void **state) {
 
 /* Stops the daemon; a clean exit (status 0) is part of every test. */
 static int teardown(void **state) {
-    wbt_daemon *d = *state;
-    int st = wbt_finish(d);
-    wbt_watchdog(NULL, 0);
-    free(d);
-    return (WIFEXITED(st) && WEXITSTATUS(st) == 0) ? 0 : -1;
+    return wbt_teardown_finish(state);
 }
 
 /* ------------------------------------------------------------ helpers */
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
 
 /* Fails the test unless the daemon still runs. */
 static void assert_alive(const wbt_daemon *d) {
@@ -118,14 +104,7 @@ static int settled_fds(const wbt_daemon *d) {
     wb_status st;
     assert_int_equal(wb_get_status(c, &st), 0);
     wb_close(c);
-    int n = wbt_fd_count(d), same = 0;
-    for (int i = 0; i < 300 && same < 10; i++) {
-        sleep_ms(10);
-        int k = wbt_fd_count(d);
-        same = k == n ? same + 1 : 0;
-        n = k;
-    }
-    return n;
+    return wbt_settled_fds(d, 100, 3000);
 }
 
 /* Waits up to 5 s for the descriptor count to come back to n. */
@@ -164,6 +143,30 @@ static void read_ok(int fd, uint64_t id, int timeout_ms, wbt_reply *r) {
                  : err == WBT_TIMEOUT ? "no reply in time"
                                       : wb_err_name(err));
     assert_int_equal(r->id, id);
+}
+
+/* Sends the one request in f, numbered id, frees f, and fails unless the
+ * answer is a success. */
+static void request_ok(int fd, wbt_frames *f, uint64_t id) {
+    send_frames(fd, f);
+    wbt_reply r;
+    read_ok(fd, id, REPLY_MS, &r);
+    wbt_reply_free(&r);
+}
+
+/* A status round trip (request id) over a raw session: it still works. */
+static void raw_status(int fd, uint64_t id) {
+    wbt_frames f = {0};
+    wbt_frames_status(&f, id);
+    request_ok(fd, &f, id);
+}
+
+/* Aborts publish pub over a raw session (request id); fails unless that
+ * succeeds. */
+static void raw_abort(int fd, uint64_t id, uint64_t pub) {
+    wbt_frames f = {0};
+    wbt_frames_abort(&f, id, pub);
+    request_ok(fd, &f, id);
 }
 
 /* A raw connection that sent hello and watch(model, after) in one write,
@@ -286,7 +289,7 @@ static void run_pipelined_watch(const wbt_daemon *d, int with_commit) {
     else
         wbt_frames_drop(&f, 4, "m", 0);
     send_frames(w1, &f);
-    sleep_ms(100); /* Let the daemon register W1's watch. */
+    wbt_sleep_ms(100); /* Let the daemon register W1's watch. */
 
     for (int i = 0; i < NWATCH; i++)
         after[i] = raw_watcher(d, "m", 1, 7);
@@ -510,11 +513,7 @@ static void drop_under_map(const wbt_daemon *d, const char *model,
     fprintf(stderr, "  %s: the map got %s\n", model,
             err == 0 ? "a mapping" : wb_err_name(err));
     wbt_reply_free(&r); /* Closes the descriptors: nothing maps it now. */
-    /* The connection still works. */
-    wbt_frames_status(&f, 3);
-    send_frames(a, &f);
-    read_ok(a, 3, REPLY_MS, &r);
-    wbt_reply_free(&r);
+    raw_status(a, 3);   /* The connection still works. */
     close(a);
     wb_close(b);
     assert_alive(d);
@@ -563,7 +562,7 @@ static void assert_kept_empty(int fd, const char *what) {
         assert_int_equal(fstat(fd, &st), 0);
         if (st.st_blocks == 0)
             break;
-        sleep_ms(20);
+        wbt_sleep_ms(20);
     } while (wbt_now() < until);
     if (st.st_blocks != 0)
         fail_msg("%s: the kept descriptor still holds %lld KiB of pages", what,
@@ -585,7 +584,7 @@ static void wait_used_zero(const wbt_daemon *d, const char *what) {
     for (int i = 0; i < 250; i++) {
         if ((used = wbt_mem_used(d)) == 0)
             return;
-        sleep_ms(20);
+        wbt_sleep_ms(20);
     }
     fail_msg("%s: %llu bytes still charged", what, (unsigned long long)used);
 }
@@ -600,12 +599,7 @@ static void test_attacks_abort_keeps_no_pages(void **state) {
         pub_reply pr;
         raw_publish(s, 10 + (uint64_t)i * 2, "big", 1, BIG_PUB, &pr);
         kept[i] = pr.fd;
-        wbt_frames f = {0};
-        wbt_frames_abort(&f, 11 + (uint64_t)i * 2, pr.pub);
-        send_frames(s, &f);
-        wbt_reply r;
-        read_ok(s, 11 + (uint64_t)i * 2, REPLY_MS, &r);
-        wbt_reply_free(&r);
+        raw_abort(s, 11 + (uint64_t)i * 2, pr.pub);
         assert_kept_empty(pr.fd, "after abort");
         wait_used_zero(d, "after abort");
     }
@@ -663,12 +657,7 @@ static void abort_mapped_round(const wbt_daemon *d, int hang_up) {
     if (hang_up) {
         close(s);
     } else {
-        wbt_frames f = {0};
-        wbt_frames_abort(&f, 3, pr.pub);
-        send_frames(s, &f);
-        wbt_reply r;
-        read_ok(s, 3, REPLY_MS, &r);
-        wbt_reply_free(&r);
+        raw_abort(s, 3, pr.pub);
     }
     /* While the writable mapping lives, its memory stays charged: another
      * 48 MiB does not fit in 64 MiB.  (A daemon that emptied the segment
@@ -754,7 +743,7 @@ static void test_attacks_descriptor_hog(void **state) {
     for (int i = 0; i < 30; i++) {
         int n = wbt_fd_count(d);
         most = n > most ? n : most;
-        sleep_ms(50);
+        wbt_sleep_ms(50);
     }
     /* Another client is still served. */
     c = wbt_connect(d);
@@ -771,7 +760,7 @@ static void test_attacks_descriptor_hog(void **state) {
     for (int i = 0; i < 10; i++) {
         int n = wbt_fd_count(d);
         most = n > most ? n : most;
-        sleep_ms(20);
+        wbt_sleep_ms(20);
     }
     fprintf(stderr, "  daemon held at most %d descriptors (%d at rest)\n", most,
             base);
@@ -798,25 +787,33 @@ static int connect_nonblock(const wbt_daemon *d) {
     return fd;
 }
 
-/* At EMFILE the daemon neither spins nor floods its log, then recovers. */
-static void test_attacks_emfile(void **state) {
-    wbt_daemon *d = *state;
-    int base = settled_fds(d);
-    int held[EMFILE_CONNS], nheld = 0;
+/* Opens up to EMFILE_CONNS connections into held (fewer if the backlog
+ * fills up) and gives the daemon 500 ms to accept what it can and hit its
+ * descriptor limit; returns how many are held. */
+static int hold_connections(const wbt_daemon *d, int held[EMFILE_CONNS]) {
+    int n = 0;
     for (int i = 0; i < EMFILE_CONNS; i++) {
         int fd = connect_nonblock(d);
         if (fd < 0)
             break;
-        held[nheld++] = fd;
+        held[n++] = fd;
     }
+    wbt_sleep_ms(500);
+    return n;
+}
+
+/* At EMFILE the daemon neither spins nor floods its log, then recovers. */
+static void test_attacks_emfile(void **state) {
+    wbt_daemon *d = *state;
+    int base = settled_fds(d);
+    int held[EMFILE_CONNS], nheld = hold_connections(d, held);
     assert_true(nheld > LOW_NOFILE);
-    sleep_ms(500); /* The daemon accepts what it can and hits the limit. */
     int fds = wbt_fd_count(d);
     static const char *const words[] = {"accept", "emfile", "too many open",
                                         "descriptor", NULL};
     int lines0 = wbt_log_lines(d);
     double cpu0 = wbt_cpu_seconds(d), t0 = wbt_now();
-    sleep_ms(2000);
+    wbt_sleep_ms(2000);
     double cpu = wbt_cpu_seconds(d) - cpu0, wall = wbt_now() - t0;
     int noisy = wbt_log_grep(d, lines0, words);
     fprintf(stderr,
@@ -842,7 +839,7 @@ static void test_attacks_emfile(void **state) {
         if (wb_connect(d->sock, &c) == 0)
             rc = wb_get_status(c, &st);
         if (rc != 0)
-            sleep_ms(100);
+            wbt_sleep_ms(100);
     }
     assert_int_equal(rc, 0);
     wb_close(c);
@@ -858,14 +855,7 @@ static void test_attacks_emfile_errno_reaches_client(void **state) {
     wb_client *c = wbt_connect(d);
     assert_non_null(c);
     assert_int_equal(wbt_publish_f32(c, "m", 2, 256), 1);
-    int held[EMFILE_CONNS], nheld = 0;
-    for (int i = 0; i < EMFILE_CONNS; i++) {
-        int fd = connect_nonblock(d);
-        if (fd < 0)
-            break;
-        held[nheld++] = fd;
-    }
-    sleep_ms(500); /* The daemon accepts what it can and hits the limit. */
+    int held[EMFILE_CONNS], nheld = hold_connections(d, held);
     wb_mapping *m = NULL;
     int rc = wb_map(c, "m", 0, WB_MAP_SHARED, &m);
     if (rc == 0)
@@ -875,7 +865,7 @@ static void test_attacks_emfile_errno_reaches_client(void **state) {
     assert_null(m);
     for (int i = 0; i < nheld; i++)
         close(held[i]);
-    sleep_ms(300);
+    wbt_sleep_ms(300);
     assert_int_equal(wb_map(c, "m", 0, WB_MAP_SHARED, &m), 0);
     assert_int_equal(wb_sys_errno(c), 0);
     wb_unmap(m);
@@ -955,7 +945,7 @@ static void test_attacks_dead_watchers_noticed(void **state) {
         assert_int_equal(wb_get_status(c, &st), 0);
         if (st.clients == 1)
             break;
-        sleep_ms(50);
+        wbt_sleep_ms(50);
     } while (wbt_now() < until);
     if (st.clients != 1)
         fail_msg("%llu clients still counted 5 s after %d watchers died",
@@ -987,7 +977,7 @@ static void test_attacks_client_timeout(void **state) {
 
     double idle = 3 - (wbt_now() - t0);
     if (idle > 0)
-        sleep_ms((int)(idle * 1000));
+        wbt_sleep_ms((int)(idle * 1000));
     wb_client *c = wbt_connect(d);
     assert_non_null(c);
     assert_int_equal(wbt_publish_f32(c, "m", 1, 4), 1);
@@ -1046,34 +1036,12 @@ static void *racer_run(void *arg) {
     return NULL;
 }
 
-/* Sends a publish of RACE_N F32 tensors "w<i>" with metadata round=k. */
+/* Sends a publish of RACE_N F32 tensors "t<i>" with metadata round=k. */
 static void send_race_publish(int fd, uint64_t id, int k) {
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    pk_head(&pk, "publish", id, 3);
-    pk_str(&pk, "model");
-    pk_str(&pk, "m");
-    pk_str(&pk, "tensors");
-    msgpack_pack_array(&pk, (size_t)RACE_N);
-    for (int i = 0; i < RACE_N; i++) {
-        char name[16];
-        snprintf(name, sizeof(name), "w%d", i);
-        msgpack_pack_array(&pk, 3);
-        pk_str(&pk, name);
-        pk_str(&pk, "F32");
-        msgpack_pack_array(&pk, 1);
-        msgpack_pack_uint64(&pk, RACE_E);
-    }
-    pk_str(&pk, "meta");
-    msgpack_pack_map(&pk, 1);
-    pk_str(&pk, "round");
     char v[16];
     snprintf(v, sizeof(v), "%d", k);
-    pk_str(&pk, v);
     wbt_frames f = {0};
-    add_body(&f, &sb);
+    wbt_frames_publish_f32_meta(&f, id, "m", RACE_N, RACE_E, "round", v);
     send_frames(fd, &f);
 }
 
@@ -1109,9 +1077,9 @@ static void test_attacks_commit_header_race(void **state) {
         assert_non_null(fake);
         assert_int_equal(pread(pr.fd, real[k], hlen[k], 0), (ssize_t)hlen[k]);
         memcpy(fake, real[k], hlen[k]);
-        char *w0 = memmem(fake, hlen[k], "\"w0\"", 4);
-        assert_non_null(w0);
-        w0[1] = 'x'; /* A header naming "x0" instead. */
+        char *t0 = memmem(fake, hlen[k], "\"t0\"", 4);
+        assert_non_null(t0);
+        t0[1] = 'x'; /* A header naming "x0" instead. */
         racer rc = {.fd = pr.fd, .real = real[k], .fake = fake, .len = hlen[k]};
         pthread_t th;
         assert_int_equal(pthread_create(&th, NULL, racer_run, &rc), 0);
@@ -1159,7 +1127,7 @@ static void test_attacks_commit_header_race(void **state) {
         assert_int_equal(wb_map_count(m), RACE_N);
         for (int i = 0; i < RACE_N; i++) {
             char name[16];
-            snprintf(name, sizeof(name), "w%d", i);
+            snprintf(name, sizeof(name), "t%d", i);
             long ix = wb_map_find(m, name);
             assert_true(ix >= 0);
             wb_tensor t;
@@ -1415,7 +1383,7 @@ static void test_attacks_version_numbers_not_reused(void **state) {
     close(w);
     /* Again, with nobody watching to keep the model's record. */
     assert_int_equal(wb_drop(c, "m", 0), 0);
-    sleep_ms(50);
+    wbt_sleep_ms(50);
     assert_int_equal(wbt_publish_f32(c, "m", 1, 4), 4);
     wb_model_info *mi;
     size_t n;
@@ -1493,26 +1461,8 @@ static void test_attacks_bool_bytes(void **state) {
 /* Sends a publish of one small tensor with metadata {key: value}. */
 static void send_meta_publish(int fd, uint64_t id, const char *key,
                               const char *value) {
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    pk_head(&pk, "publish", id, 3);
-    pk_str(&pk, "model");
-    pk_str(&pk, "u");
-    pk_str(&pk, "tensors");
-    msgpack_pack_array(&pk, 1);
-    msgpack_pack_array(&pk, 3);
-    pk_str(&pk, "w");
-    pk_str(&pk, "F32");
-    msgpack_pack_array(&pk, 1);
-    msgpack_pack_uint64(&pk, 4);
-    pk_str(&pk, "meta");
-    msgpack_pack_map(&pk, 1);
-    pk_str(&pk, key);
-    pk_str(&pk, value);
     wbt_frames f = {0};
-    add_body(&f, &sb);
+    wbt_frames_publish_f32_meta(&f, id, "u", 1, 4, key, value);
     send_frames(fd, &f);
 }
 
@@ -1535,11 +1485,7 @@ static void test_attacks_meta_not_utf8(void **state) {
                      err);
         wbt_reply_free(&r);
         id++;
-        wbt_frames f = {0};
-        wbt_frames_status(&f, id);
-        send_frames(s, &f);
-        read_ok(s, id, REPLY_MS, &r);
-        wbt_reply_free(&r);
+        raw_status(s, id);
         id++;
     }
     /* A key that is not UTF-8 is refused too. */
@@ -1560,11 +1506,7 @@ static void test_attacks_meta_not_utf8(void **state) {
         read_pub(s, id, &pr);
         close(pr.fd);
         id++;
-        wbt_frames f = {0};
-        wbt_frames_abort(&f, id, pr.pub);
-        send_frames(s, &f);
-        read_ok(s, id, REPLY_MS, &r);
-        wbt_reply_free(&r);
+        raw_abort(s, id, pr.pub);
         id++;
     }
     close(s);

@@ -18,7 +18,6 @@
 
 #include <cmocka.h>
 
-#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -589,27 +588,11 @@ static void child_run(child *k) {
 static int setup(void **state) {
     static const char *const extra[] = {"--memory-limit", "1G", "--log-level",
                                         "info", NULL};
-    wbt_daemon *d = calloc(1, sizeof(*d));
-    if (d == NULL || wbt_start(d, extra) != 0) {
-        free(d);
-        return -1;
-    }
-    *state = d;
-    return 0;
+    return wbt_setup(state, extra);
 }
 
 static int teardown(void **state) {
-    wbt_daemon *d = *state;
-    int st = wbt_finish(d);
-    wbt_watchdog(NULL, 0);
-    free(d);
-    return (WIFEXITED(st) && WEXITSTATUS(st) == 0) ? 0 : -1;
-}
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
+    return wbt_teardown_finish(state);
 }
 
 /* Publishes reference model i with its seed, through the same code. */
@@ -662,14 +645,7 @@ static void check_ref(wb_client *c, int i, uint64_t seed) {
 
 /* The daemon's descriptor count once it has stayed put for 200 ms. */
 static int settled_fds(const wbt_daemon *d) {
-    int n = wbt_fd_count(d), same = 0;
-    for (int i = 0; i < 500 && same < 20; i++) {
-        sleep_ms(10);
-        int k = wbt_fd_count(d);
-        same = k == n ? same + 1 : 0;
-        n = k;
-    }
-    return n;
+    return wbt_settled_fds(d, 200, 5000);
 }
 
 /* Starts a child with seed that runs until end; returns its pid. */
@@ -749,7 +725,7 @@ static void test_chaos_many_clients(void **state) {
                         kill(kids[i], SIGKILL);
                 fail_msg("chaos children still running 60 s after the end");
             }
-            sleep_ms(10);
+            wbt_sleep_ms(10);
             continue;
         }
         int slot = 0;
@@ -819,7 +795,7 @@ static void test_chaos_many_clients(void **state) {
         if (fds == base_fds && segs == base_segs && mem == base_mem &&
             shmem <= base_shmem + SHMEM_SLACK)
             break;
-        sleep_ms(50);
+        wbt_sleep_ms(50);
     } while (wbt_now() < until);
     fprintf(stderr,
             "  chaos: descriptors %d (before %d), segments %d (%d), "

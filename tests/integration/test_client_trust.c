@@ -19,7 +19,6 @@
 #include <cmocka.h>
 
 #include <dirent.h>
-#include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <signal.h>
@@ -31,11 +30,11 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <msgpack.h>
 
+#include "fdpass.h"
 #include "harness.h"
 #include "paths.h"
 
@@ -81,56 +80,46 @@ static void fake_subdir(fake *f, uid_t owner, mode_t mode, mode_t top_mode) {
     assert_int_equal(chmod(f->top, top_mode), 0);
 }
 
-/* Reads exactly len bytes; -1 at end of stream or on error. */
-static int read_full(int fd, void *buf, size_t len) {
-    char *p = buf;
-    while (len > 0) {
-        ssize_t n = recv(fd, p, len, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
-/* Sends the frame in sb with nfds descriptors on its first byte (any
- * number: this is a fake, not fdpass.c).  A client that hangs up in the
- * middle (it refused the reply) ends the fake with status 0. */
-static void send_frame(int conn, const msgpack_sbuffer *sb, const int *fds,
-                       int nfds) {
-    size_t len = 4 + sb->size;
-    unsigned char *buf = malloc(len);
-    if (buf == NULL)
-        _exit(90);
-    buf[0] = (unsigned char)(sb->size >> 24);
-    buf[1] = (unsigned char)(sb->size >> 16);
-    buf[2] = (unsigned char)(sb->size >> 8);
-    buf[3] = (unsigned char)sb->size;
-    memcpy(buf + 4, sb->data, sb->size);
+/* Sends the first byte of buf with nfds > WB_FDPASS_MAX descriptors on it,
+ * which wb__fd_send cannot do (it holds WB_FDPASS_MAX at the most): the
+ * fakes send FAKE_MANY_FDS to see the client refuse a reply whose control
+ * data the kernel truncated.  Returns what sendmsg() returns. */
+static ssize_t send_too_many_fds(int conn, const uint8_t *buf, const int *fds,
+                                 int nfds) {
     union {
         char buf[CMSG_SPACE(sizeof(int) * FAKE_MANY_FDS)];
         struct cmsghdr align;
     } ctl;
-    struct iovec iov = {buf, 1};
+    if (nfds > FAKE_MANY_FDS)
+        _exit(89);
+    memset(&ctl, 0, sizeof(ctl));
+    struct iovec iov = {(void *)buf, 1};
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (nfds > 0) {
-        memset(&ctl, 0, sizeof(ctl));
-        msg.msg_control = ctl.buf;
-        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
-        memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)nfds);
-    }
-    if (sendmsg(conn, &msg, MSG_NOSIGNAL) != 1)
+    msg.msg_control = ctl.buf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+    memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)nfds);
+    return sendmsg(conn, &msg, MSG_NOSIGNAL);
+}
+
+/* Sends the frame in sb with nfds descriptors (any number) on its first
+ * byte.  A client that hangs up in the middle (it refused the reply) ends
+ * the fake with status 0. */
+static void send_frame(int conn, const msgpack_sbuffer *sb, const int *fds,
+                       int nfds) {
+    wbt_frames f = {0};
+    wbt_frames_add(&f, sb->data, sb->size);
+    ssize_t n = nfds > WB_FDPASS_MAX
+                    ? send_too_many_fds(conn, f.data, fds, nfds)
+                    : wb__fd_send(conn, f.data, 1, fds, nfds, 0);
+    if (n != 1)
         _exit(91);
-    if (wbt_raw_send(conn, buf + 1, len - 1) != 0)
+    if (wbt_raw_send(conn, f.data + 1, f.len - 1) != 0)
         _exit(0);
-    free(buf);
+    wbt_frames_free(&f);
 }
 
 /* Starts a reply with "id", "err" and n more fields. */
@@ -240,14 +229,14 @@ static int reopen_ro(int fd) {
 static void fake_serve(int conn, fake_fn fn, int expect_silence) {
     for (;;) {
         unsigned char h[4];
-        if (read_full(conn, h, 4))
+        if (wbt_raw_recv(conn, h, 4))
             _exit(0);
         if (expect_silence)
             _exit(3);
         size_t len = ((size_t)h[0] << 24) | ((size_t)h[1] << 16) |
                      ((size_t)h[2] << 8) | h[3];
         char *body = malloc(len ? len : 1);
-        if (body == NULL || read_full(conn, body, len))
+        if (body == NULL || wbt_raw_recv(conn, body, len))
             _exit(96);
         msgpack_unpacked up;
         msgpack_unpacked_init(&up);
@@ -332,24 +321,26 @@ static void fake_remove(const fake *f) {
     rmdir(f->top);
 }
 
+/* Waits up to ms for child pid to exit and returns its exit status (128
+ * + the signal if one killed it); kills it and returns -1 if it is still
+ * running by then. */
+static int wait_exit(pid_t pid, int ms) {
+    for (int i = 0; i < ms / 10; i++) {
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        wbt_sleep_ms(10);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+}
+
 /* Waits for the fake to exit (it does when the client hangs up; killed
  * after 5 s), removes its files and returns its exit status. */
 static int fake_stop(fake *f) {
-    int st = 0, code = -1;
-    for (int i = 0; f->pid && i < 500; i++) {
-        if (waitpid(f->pid, &st, WNOHANG) == f->pid) {
-            code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-            f->pid = 0;
-            break;
-        }
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    if (f->pid) {
-        kill(f->pid, SIGKILL);
-        waitpid(f->pid, &st, 0);
-        f->pid = 0;
-    }
+    int code = f->pid ? wait_exit(f->pid, 5000) : -1;
+    f->pid = 0;
     fake_remove(f);
     return code;
 }
@@ -393,6 +384,33 @@ static void assert_closed(wb_client *c) {
     assert_int_equal(wb_list(c, &v, &n), WB_ECLOSED);
 }
 
+/* Starts a fake as uid as (0: this process's) answering with fn in f,
+ * whose directories are made, and connects to it; fails the test unless
+ * the client accepts it. */
+static wb_client *fake_connect(fake *f, uid_t as, fake_fn fn) {
+    fake_start(f, as, fn);
+    wb_client *c = NULL;
+    assert_int_equal(wb_connect(f->sock, &c), 0);
+    return c;
+}
+
+/* Says what c's request got (rc) and fails unless it is the error want
+ * with a message that contains what. */
+static void assert_refused(wb_client *c, int rc, int want, const char *what) {
+    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
+    assert_int_equal(rc, want);
+    assert_non_null(strstr(wb_errmsg(c), what));
+}
+
+/* Closes c and fails unless the fake then exits with status 0 (3 if it
+ * heard a byte it should not have) and this process holds the before
+ * descriptors it had before the fake started. */
+static void fake_end(fake *f, wb_client *c, int before) {
+    wb_close(c);
+    assert_int_equal(fake_stop(f), 0);
+    assert_int_equal(fd_count(), before);
+}
+
 /* Runs a map against a fake answering with fn and expects a clean
  * WB_EPROTO whose message contains what: nothing mapped, every descriptor
  * closed, no signal, the connection closed. */
@@ -400,9 +418,7 @@ static void expect_map_refused(fake_fn fn, const char *what) {
     fake f;
     fake_dirs(&f);
     int before = fd_count();
-    fake_start(&f, 0, fn);
-    wb_client *c = NULL;
-    assert_int_equal(wb_connect(f.sock, &c), 0);
+    wb_client *c = fake_connect(&f, 0, fn);
     wb_mapping *m = NULL;
     int rc = wb_map(c, "m", 0, 0, &m);
     if (rc == 0) { /* Would have trusted it: touch what it claims. */
@@ -413,16 +429,12 @@ static void expect_map_refused(fake_fn fn, const char *what) {
         wb_unmap(m);
         m = NULL;
     }
-    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
-    assert_int_equal(rc, WB_EPROTO);
+    assert_refused(c, rc, WB_EPROTO, what);
     assert_null(m);
-    assert_non_null(strstr(wb_errmsg(c), what));
     assert_non_null(strstr(wb_errmsg(c), f.sock));
     assert_int_equal(fake_maps(), 0);
     assert_closed(c);
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
-    assert_int_equal(fd_count(), before);
+    fake_end(&f, c, before);
 }
 
 /* Starts a publish of one float32 tensor of FAKE_TENSOR bytes. */
@@ -438,20 +450,14 @@ static void expect_publish_refused(fake_fn fn, const char *what) {
     fake f;
     fake_dirs(&f);
     int before = fd_count();
-    fake_start(&f, 0, fn);
-    wb_client *c = NULL;
-    assert_int_equal(wb_connect(f.sock, &c), 0);
+    wb_client *c = fake_connect(&f, 0, fn);
     wb_publish *p = NULL;
     int rc = publish_one(c, &p);
-    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
-    assert_int_equal(rc, WB_EPROTO);
+    assert_refused(c, rc, WB_EPROTO, what);
     assert_null(p);
-    assert_non_null(strstr(wb_errmsg(c), what));
     assert_int_equal(fake_maps(), 0);
     assert_closed(c);
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
-    assert_int_equal(fd_count(), before);
+    fake_end(&f, c, before);
 }
 
 /* Runs a list against a fake answering with fn and expects error rc with
@@ -460,30 +466,38 @@ static void expect_list_fails(fake_fn fn, int want, const char *what) {
     fake f;
     fake_dirs(&f);
     int before = fd_count();
-    fake_start(&f, 0, fn);
-    wb_client *c = NULL;
-    assert_int_equal(wb_connect(f.sock, &c), 0);
+    wb_client *c = fake_connect(&f, 0, fn);
     wb_model_info *v = NULL;
     size_t n = 0;
     int rc = wb_list(c, &v, &n);
-    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
-    assert_int_equal(rc, want);
+    assert_refused(c, rc, want, what);
     assert_null(v);
-    assert_non_null(strstr(wb_errmsg(c), what));
     assert_closed(c);
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
-    assert_int_equal(fd_count(), before);
+    fake_end(&f, c, before);
+}
+
+/* Starts a fake as uid as that expects to hear nothing in f, whose
+ * directories are made, and expects the client to refuse it with WB_EPERM
+ * before it sends a byte, with a message that names where and says why. */
+static void expect_connect_refused(fake *f, uid_t as, const char *where,
+                                   const char *why) {
+    int before = fd_count();
+    fake_start(f, as, NULL);
+    wb_client *c = NULL;
+    int rc = wb_connect(f->sock, &c);
+    assert_refused(c, rc, WB_EPERM, where);
+    assert_non_null(strstr(wb_errmsg(c), why));
+    fake_end(f, c, before);
 }
 
 /* ------------------------------------------------------------ fakes */
 
 #define ALL_SEALS (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
 
-/* Answers a map with a sealed read-only segment of size real bytes that
- * claims FAKE_SEG. */
-static void map_with_segment(int conn, uint64_t id, size_t real) {
-    int fd = fake_memfd(real, ALL_SEALS);
+/* Answers a map with a read-only segment of size real bytes and the seals
+ * given that claims FAKE_SEG. */
+static void map_with_segment(int conn, uint64_t id, size_t real, int seals) {
+    int fd = fake_memfd(real, seals);
     int ro = reopen_ro(fd);
     reply_map(conn, id, FAKE_SEG, &ro, 1);
     close(ro);
@@ -491,19 +505,15 @@ static void map_with_segment(int conn, uint64_t id, size_t real) {
 }
 
 static void fake_map_good(int conn, uint64_t id, const char *op) {
-    map_with_segment(conn, id, FAKE_SEG);
+    map_with_segment(conn, id, FAKE_SEG, ALL_SEALS);
 }
 
 static void fake_map_short(int conn, uint64_t id, const char *op) {
-    map_with_segment(conn, id, FAKE_SHORT);
+    map_with_segment(conn, id, FAKE_SHORT, ALL_SEALS);
 }
 
 static void fake_map_unsealed(int conn, uint64_t id, const char *op) {
-    int fd = fake_memfd(FAKE_SEG, 0);
-    int ro = reopen_ro(fd);
-    reply_map(conn, id, FAKE_SEG, &ro, 1);
-    close(ro);
-    close(fd);
+    map_with_segment(conn, id, FAKE_SEG, 0);
 }
 
 /* Seals everything but hands out the memfd's own read-write descriptor. */
@@ -643,9 +653,8 @@ static void fake_list_many(int conn, uint64_t id, const char *op) {
 static void test_trust_map_good_fake(void **state) {
     fake f;
     fake_dirs(&f);
-    fake_start(&f, 0, fake_map_good);
-    wb_client *c = NULL;
-    assert_int_equal(wb_connect(f.sock, &c), 0);
+    int before = fd_count();
+    wb_client *c = fake_connect(&f, 0, fake_map_good);
     wb_mapping *m = NULL;
     assert_int_equal(wb_map(c, "m", 0, 0, &m), 0);
     wb_tensor t;
@@ -654,8 +663,7 @@ static void test_trust_map_good_fake(void **state) {
     assert_int_equal(((const uint8_t *)t.data)[FAKE_TENSOR - 1], 0x5a);
     assert_int_equal(fake_maps(), 1);
     wb_unmap(m);
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
+    fake_end(&f, c, before);
 }
 
 /* A segment smaller than the reply says (SIGBUS on touching the end). */
@@ -687,9 +695,8 @@ static void test_trust_too_many_descriptors(void **state) {
 static void test_trust_publish_good_fake(void **state) {
     fake f;
     fake_dirs(&f);
-    fake_start(&f, 0, fake_publish_good);
-    wb_client *c = NULL;
-    assert_int_equal(wb_connect(f.sock, &c), 0);
+    int before = fd_count();
+    wb_client *c = fake_connect(&f, 0, fake_publish_good);
     wb_publish *p = NULL;
     assert_int_equal(publish_one(c, &p), 0);
     size_t nb = 0;
@@ -702,8 +709,7 @@ static void test_trust_publish_good_fake(void **state) {
     uint64_t v = 0;
     assert_int_equal(wb_publish_commit(p, &v), 0);
     assert_int_equal(v, 1);
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
+    fake_end(&f, c, before);
 }
 
 static void test_trust_publish_wrong_size(void **state) {
@@ -730,17 +736,7 @@ static void test_trust_peer_stranger(void **state) {
         return;
     fake f;
     fake_dirs(&f);
-    int before = fd_count();
-    fake_start(&f, NOBODY, NULL);
-    wb_client *c = NULL;
-    int rc = wb_connect(f.sock, &c);
-    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
-    assert_int_equal(rc, WB_EPERM);
-    assert_non_null(strstr(wb_errmsg(c), f.sock));
-    assert_non_null(strstr(wb_errmsg(c), "uid 65534"));
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0); /* 3 if it had heard anything. */
-    assert_int_equal(fd_count(), before);
+    expect_connect_refused(&f, NOBODY, f.sock, "uid 65534");
 }
 
 /* A socket directory anyone can write is refused, even with a trusted
@@ -749,15 +745,7 @@ static void test_trust_dir_world_writable(void **state) {
     fake f;
     fake_dirs(&f);
     assert_int_equal(chmod(f.top, 0777), 0);
-    fake_start(&f, 0, NULL);
-    wb_client *c = NULL;
-    int rc = wb_connect(f.sock, &c);
-    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
-    assert_int_equal(rc, WB_EPERM);
-    assert_non_null(strstr(wb_errmsg(c), f.dir));
-    assert_non_null(strstr(wb_errmsg(c), "mode 0777"));
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
+    expect_connect_refused(&f, 0, f.dir, "mode 0777");
 }
 
 /* The attack on /tmp/wbroker-$UID: a stranger creates the directory in a
@@ -768,15 +756,7 @@ static void test_trust_dir_stranger_in_tmp(void **state) {
     fake f;
     fake_dirs(&f);
     fake_subdir(&f, NOBODY, 0755, 01777);
-    fake_start(&f, NOBODY, NULL);
-    wb_client *c = NULL;
-    int rc = wb_connect(f.sock, &c);
-    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
-    assert_int_equal(rc, WB_EPERM);
-    assert_non_null(strstr(wb_errmsg(c), f.dir));
-    assert_non_null(strstr(wb_errmsg(c), "owner uid 65534"));
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
+    expect_connect_refused(&f, NOBODY, f.dir, "owner uid 65534");
 }
 
 /* A directory that only root can have given to another user (systemd's
@@ -788,16 +768,14 @@ static void test_trust_dir_placed_by_root(void **state) {
     fake f;
     fake_dirs(&f);
     fake_subdir(&f, NOBODY, 0755, 0755);
-    fake_start(&f, NOBODY, fake_list_good);
-    wb_client *c = NULL;
-    assert_int_equal(wb_connect(f.sock, &c), 0);
+    int before = fd_count();
+    wb_client *c = fake_connect(&f, NOBODY, fake_list_good);
     wb_model_info *v = NULL;
     size_t n = 1;
     assert_int_equal(wb_list(c, &v, &n), 0);
     assert_int_equal(n, 0);
     wb_model_info_free(v, n);
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
+    fake_end(&f, c, before);
 }
 
 /* In a root-owned sticky directory (like /tmp) root's daemon is trusted
@@ -808,21 +786,13 @@ static void test_trust_dir_sticky(void **state) {
     fake f;
     fake_dirs(&f);
     assert_int_equal(chmod(f.top, 01777), 0);
-    fake_start(&f, 0, fake_list_good);
-    wb_client *c = NULL;
-    assert_int_equal(wb_connect(f.sock, &c), 0);
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
+    int before = fd_count();
+    wb_client *c = fake_connect(&f, 0, fake_list_good);
+    fake_end(&f, c, before);
 
     fake_dirs(&f);
     assert_int_equal(chmod(f.top, 01777), 0);
-    fake_start(&f, NOBODY, NULL);
-    int rc = wb_connect(f.sock, &c);
-    fprintf(stderr, "  %s: %s\n", wb_err_name(rc), wb_errmsg(c));
-    assert_int_equal(rc, WB_EPERM);
-    assert_non_null(strstr(wb_errmsg(c), "uid 65534"));
-    wb_close(c);
-    assert_int_equal(fake_stop(&f), 0);
+    expect_connect_refused(&f, NOBODY, f.sock, "uid 65534");
 }
 
 /* The directory rule on its own: a missing directory, a relative path. */
@@ -868,20 +838,7 @@ static int run_daemon(const char *dir, char *log, size_t n) {
         execl(bin, bin, "--socket", sock, (char *)NULL);
         _exit(127);
     }
-    int st = 0, code = -1;
-    for (int i = 0; i < 1000; i++) {
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-            pid = 0;
-            break;
-        }
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    if (pid) {
-        kill(pid, SIGKILL);
-        waitpid(pid, &st, 0);
-    }
+    int code = wait_exit(pid, 10000);
     FILE *f = fopen(logpath, "re");
     size_t k = f ? fread(log, 1, n - 1, f) : 0;
     log[k] = '\0';

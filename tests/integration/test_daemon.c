@@ -18,14 +18,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <msgpack.h>
 
 #include "../../client/safetensors.h"
+#include "fdpass.h"
 #include "harness.h"
 
 /* ------------------------------------------------------------ fixtures */
@@ -48,11 +47,6 @@ static int setup_huge(void **state) {
 /* Stops the daemon; a clean exit (status 0) is part of every test. */
 static int teardown(void **state) {
     return wbt_teardown(state);
-}
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
 }
 
 static void wait_clean(const wbt_daemon *d) {
@@ -230,7 +224,7 @@ static void test_daemon_publisher_killed(void **state) {
     wbt_daemon *d = *state;
     wb_client *probe = wbt_connect(d);
     wb_close(probe);
-    sleep_ms(50);
+    wbt_sleep_ms(50);
     int base = wbt_fd_count(d);
     for (kill_stage = 0; kill_stage < 3; kill_stage++) {
         assert_int_equal(in_child(d, publish_and_die), 128 + SIGKILL);
@@ -347,22 +341,7 @@ static void send_hello_with_fd(int fd) {
     unsigned char frame[] = {0,    0,   0,   21,  0x83, 0xa2, 'o', 'p', 0xa5,
                              'h',  'e', 'l', 'l', 'o',  0xa2, 'i', 'd', 0x01,
                              0xa5, 'p', 'r', 'o', 't',  'o',  0x01};
-    struct iovec iov = {frame, sizeof(frame)};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } ctl;
-    struct msghdr msg = {0};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = ctl.buf;
-    msg.msg_controllen = sizeof(ctl.buf);
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cm), &extra, sizeof(int));
-    assert_true(sendmsg(fd, &msg, MSG_NOSIGNAL) > 0);
+    assert_true(wb__fd_send(fd, frame, sizeof(frame), &extra, 1, 0) > 0);
     close(extra);
 }
 
@@ -374,7 +353,7 @@ static void test_daemon_garbage_frames(void **state) {
     assert_int_equal(in_child(d, publish_standard), 0);
     wb_client *probe = wbt_connect(d);
     wb_close(probe);
-    sleep_ms(50);
+    wbt_sleep_ms(50);
     int base = wbt_fd_count(d);
     srand(4242);
     for (int i = 0; i < 3000; i++) {
@@ -522,7 +501,7 @@ static void test_daemon_header_tampered(void **state) {
 }
 
 static int publish_later(const wbt_daemon *d) {
-    sleep_ms(200);
+    wbt_sleep_ms(200);
     return publish_standard(d);
 }
 

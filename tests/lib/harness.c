@@ -1,6 +1,8 @@
 /* harness.c -- Starts and inspects a real wbrokerd for the tests. */
 #include "harness.h"
 
+#include "fdpass.h"
+
 #include <msgpack.h>
 
 #include <ctype.h>
@@ -64,22 +66,17 @@ static int start_daemon(wbt_daemon *d, const char *const *extra,
     }
     d->pid = pid;
     for (int i = 0; i < 500; i++) {
-        struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", d->sock);
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+        int fd = wbt_raw_connect(d);
+        if (fd >= 0) {
             close(fd);
             return 0;
         }
-        if (fd >= 0)
-            close(fd);
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
             d->pid = 0;
             return -1;
         }
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+        wbt_sleep_ms(10);
     }
     return -1;
 }
@@ -232,11 +229,12 @@ int wbt_raw_frame(int fd, const void *body, size_t len) {
     return wbt_raw_send(fd, body, len);
 }
 
-/* Reads exactly len bytes; -1 on EOF or error. */
-static int read_full(int fd, void *buf, size_t len) {
+int wbt_raw_recv(int fd, void *buf, size_t len) {
     char *p = buf;
     while (len > 0) {
         ssize_t n = recv(fd, p, len, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
         if (n <= 0)
             return -1;
         p += n;
@@ -247,12 +245,12 @@ static int read_full(int fd, void *buf, size_t len) {
 
 int wbt_raw_reply(int fd) {
     unsigned char h[4];
-    if (read_full(fd, h, 4))
+    if (wbt_raw_recv(fd, h, 4))
         return 1;
     size_t len = ((size_t)h[0] << 24) | ((size_t)h[1] << 16) |
                  ((size_t)h[2] << 8) | h[3];
     char *body = malloc(len ? len : 1);
-    if (body == NULL || read_full(fd, body, len)) {
+    if (body == NULL || wbt_raw_recv(fd, body, len)) {
         free(body);
         return 1;
     }
@@ -295,8 +293,13 @@ int wbt_raw_hello(int fd) {
 }
 
 int wbt_setup(void **state, const char *const *extra) {
+    return wbt_setup_limits(state, extra, 0);
+}
+
+int wbt_setup_limits(void **state, const char *const *extra,
+                     unsigned long nofile) {
     wbt_daemon *d = calloc(1, sizeof(*d));
-    if (d == NULL || wbt_start(d, extra) != 0) {
+    if (d == NULL || wbt_start_limits(d, extra, nofile) != 0) {
         free(d);
         return -1;
     }
@@ -325,28 +328,40 @@ void wbt_pk_str(msgpack_packer *pk, const char *s) {
     msgpack_pack_str_with_body(pk, s, strlen(s));
 }
 
-static void nap_ms(int ms) {
+void wbt_sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
 }
 
 int wbt_wait_fds(const wbt_daemon *d, int n) {
     for (int i = 0; i < 500 && wbt_fd_count(d) != n; i++)
-        nap_ms(10);
+        wbt_sleep_ms(10);
     return wbt_fd_count(d);
 }
 
 int wbt_wait_segments(const wbt_daemon *d, int n) {
     for (int i = 0; i < 500 && wbt_segment_count(d) != n; i++)
-        nap_ms(10);
+        wbt_sleep_ms(10);
     return wbt_segment_count(d);
+}
+
+int wbt_settled_fds(const wbt_daemon *d, int quiet_ms, int max_ms) {
+    int n = wbt_fd_count(d), same = 0;
+    for (int i = 0; i < max_ms / 10 && same < quiet_ms / 10; i++) {
+        wbt_sleep_ms(10);
+        int k = wbt_fd_count(d);
+        same = k == n ? same + 1 : 0;
+        n = k;
+    }
+    return n;
 }
 
 void wbt_wait_clean(const wbt_daemon *d) {
     for (int i = 0; i < 500; i++) {
         if (wbt_segment_count(d) == 0 && wbt_mem_used(d) == 0)
             return;
-        nap_ms(10);
+        wbt_sleep_ms(10);
     }
 }
 
@@ -428,7 +443,7 @@ int wbt_finish(wbt_daemon *d) {
                 waitpid(d->pid, &st, 0);
                 st = -1;
             }
-            nap_ms(10);
+            wbt_sleep_ms(10);
         }
         d->pid = 0;
     }
@@ -451,6 +466,14 @@ int wbt_finish(wbt_daemon *d) {
     }
     return found_dead && st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0 ? -1
                                                                            : st;
+}
+
+int wbt_teardown_finish(void **state) {
+    wbt_daemon *d = *state;
+    int st = wbt_finish(d);
+    wbt_watchdog(NULL, 0);
+    free(d);
+    return (WIFEXITED(st) && WEXITSTATUS(st) == 0) ? 0 : -1;
 }
 
 static volatile pid_t watchdog_pid;          /* Daemon the watchdog kills. */
@@ -701,32 +724,38 @@ void wbt_frames_abort(wbt_frames *f, uint64_t id, uint64_t pub) {
     frames_pub(f, "abort", id, pub);
 }
 
-void wbt_frames_drop(wbt_frames *f, uint64_t id, const char *model,
-                     uint64_t version) {
+/* A request op whose only fields are model and version. */
+static void frames_model_version(wbt_frames *f, const char *op, uint64_t id,
+                                 const char *model, uint64_t version) {
     req r;
-    msgpack_packer *pk = req_begin(&r, "drop", id, 2);
+    msgpack_packer *pk = req_begin(&r, op, id, 2);
     wbt_pk_str(pk, "model");
     wbt_pk_str(pk, model);
     wbt_pk_str(pk, "version");
     msgpack_pack_uint64(pk, version);
     req_end(&r, f);
+}
+
+void wbt_frames_drop(wbt_frames *f, uint64_t id, const char *model,
+                     uint64_t version) {
+    frames_model_version(f, "drop", id, model, version);
 }
 
 void wbt_frames_map(wbt_frames *f, uint64_t id, const char *model,
                     uint64_t version) {
-    req r;
-    msgpack_packer *pk = req_begin(&r, "map", id, 2);
-    wbt_pk_str(pk, "model");
-    wbt_pk_str(pk, model);
-    wbt_pk_str(pk, "version");
-    msgpack_pack_uint64(pk, version);
-    req_end(&r, f);
+    frames_model_version(f, "map", id, model, version);
 }
 
 void wbt_frames_publish_f32(wbt_frames *f, uint64_t id, const char *model,
                             size_t n, size_t len) {
+    wbt_frames_publish_f32_meta(f, id, model, n, len, NULL, NULL);
+}
+
+void wbt_frames_publish_f32_meta(wbt_frames *f, uint64_t id, const char *model,
+                                 size_t n, size_t len, const char *key,
+                                 const char *value) {
     req r;
-    msgpack_packer *pk = req_begin(&r, "publish", id, 2);
+    msgpack_packer *pk = req_begin(&r, "publish", id, key ? 3 : 2);
     wbt_pk_str(pk, "model");
     wbt_pk_str(pk, model);
     wbt_pk_str(pk, "tensors");
@@ -739,6 +768,12 @@ void wbt_frames_publish_f32(wbt_frames *f, uint64_t id, const char *model,
         wbt_pk_str(pk, "F32");
         msgpack_pack_array(pk, 1);
         msgpack_pack_uint64(pk, len);
+    }
+    if (key) {
+        wbt_pk_str(pk, "meta");
+        msgpack_pack_map(pk, 1);
+        wbt_pk_str(pk, key);
+        wbt_pk_str(pk, value);
     }
     req_end(&r, f);
 }
@@ -760,6 +795,10 @@ typedef struct reply_priv {
     msgpack_unpacked up; /* Unpacked body. */
 } reply_priv;
 
+/* A reply keeps every descriptor one message may carry. */
+_Static_assert(sizeof(((wbt_reply *)0)->fds) == sizeof(int) * WB_FDPASS_MAX,
+               "wbt_reply.fds holds WB_FDPASS_MAX descriptors");
+
 /* Reads exactly len bytes before the deadline, collecting descriptors.
  * Returns 0, WBT_CLOSED or WBT_TIMEOUT. */
 static int read_until(int fd, void *buf, size_t len, double deadline,
@@ -775,33 +814,15 @@ static int read_until(int fd, void *buf, size_t len, double deadline,
             continue;
         if (k == 0)
             return WBT_TIMEOUT;
-        struct iovec iov = {p, len};
-        union {
-            char buf[CMSG_SPACE(sizeof(int) * 64)];
-            struct cmsghdr align;
-        } ctl;
-        struct msghdr msg = {0};
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = ctl.buf;
-        msg.msg_controllen = sizeof(ctl.buf);
-        ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        int *fds = r ? r->fds + r->nfds : NULL;
+        int nfds = 0, ctrunc = 0;
+        ssize_t n =
+            wb__fd_recv(fd, p, len, fds, r ? WB_FDPASS_MAX - r->nfds : 0, &nfds,
+                        &ctrunc, MSG_DONTWAIT);
+        if (n < 0 && errno == EAGAIN)
             continue;
-        for (struct cmsghdr *cm = n > 0 ? CMSG_FIRSTHDR(&msg) : NULL; cm;
-             cm = CMSG_NXTHDR(&msg, cm)) {
-            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-                continue;
-            size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            for (size_t i = 0; i < nfd; i++) {
-                int got;
-                memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-                if (r && r->nfds < 64)
-                    r->fds[r->nfds++] = got;
-                else
-                    close(got);
-            }
-        }
+        if (r)
+            r->nfds += nfds;
         if (n <= 0)
             return WBT_CLOSED;
         p += n;
@@ -879,8 +900,6 @@ void wbt_reply_free(wbt_reply *r) {
 
 int wbt_raw_wait_closed(int fd, int timeout_ms) {
     double deadline = wbt_now() + timeout_ms / 1000.0;
-    wbt_reply sink;
-    memset(&sink, 0, sizeof(sink));
     char buf[4096];
     for (;;) {
         double left = deadline - wbt_now();
@@ -893,31 +912,12 @@ int wbt_raw_wait_closed(int fd, int timeout_ms) {
             continue;
         if (k == 0)
             continue;
-        struct iovec iov = {buf, sizeof(buf)};
-        union {
-            char b[CMSG_SPACE(sizeof(int) * 64)];
-            struct cmsghdr align;
-        } ctl;
-        struct msghdr msg = {0};
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = ctl.b;
-        msg.msg_controllen = sizeof(ctl.b);
-        ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        int nfds = 0, ctrunc = 0; /* Descriptors: closed on arrival. */
+        ssize_t n = wb__fd_recv(fd, buf, sizeof(buf), NULL, 0, &nfds, &ctrunc,
+                                MSG_DONTWAIT);
+        if (n < 0 && errno == EAGAIN)
             continue;
         if (n <= 0)
             return 1;
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm;
-             cm = CMSG_NXTHDR(&msg, cm)) {
-            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-                continue;
-            size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            for (size_t i = 0; i < nfd; i++) {
-                int got;
-                memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-                close(got);
-            }
-        }
     }
 }

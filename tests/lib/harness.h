@@ -36,6 +36,9 @@ int wbt_wait_fds(const wbt_daemon *d, int n);
  * descriptors for a reply are closed just after it is sent); returns the
  * count at the end. */
 int wbt_wait_segments(const wbt_daemon *d, int n);
+/* The descriptor count once it has stayed the same for quiet_ms (looked at
+ * every 10 ms), or as it is after max_ms. */
+int wbt_settled_fds(const wbt_daemon *d, int quiet_ms, int max_ms);
 /* Waits up to 5 s for the daemon to hold no segments and no memory. */
 void wbt_wait_clean(const wbt_daemon *d);
 /* 1 if the daemon is still running. */
@@ -51,6 +54,9 @@ uint64_t wbt_publish_f32(wb_client *c, const char *model, size_t n, size_t len);
  * daemon closed the connection instead of answering). */
 int wbt_raw_connect(const wbt_daemon *d);
 int wbt_raw_send(int fd, const void *buf, size_t len);
+/* Reads exactly len bytes (retrying on EINTR); 0, or -1 at end of stream
+ * or on error. */
+int wbt_raw_recv(int fd, void *buf, size_t len);
 int wbt_raw_frame(int fd, const void *body, size_t len);
 int wbt_raw_reply(int fd);
 /* Sends a valid hello and reads its reply; returns its err. */
@@ -60,6 +66,9 @@ int wbt_raw_hello(int fd);
  * stops it and fails unless it exited cleanly (status 0). */
 int wbt_setup(void **state, const char *const *extra);
 int wbt_teardown(void **state);
+/* wbt_setup with the daemon's RLIMIT_NOFILE set (see wbt_start_limits). */
+int wbt_setup_limits(void **state, const char *const *extra,
+                     unsigned long nofile);
 
 /* Sends a frame whose body is the msgpack built by fn; packs a string. */
 struct msgpack_packer;
@@ -68,6 +77,8 @@ void wbt_pk_str(struct msgpack_packer *pk, const char *s);
 
 /* CLOCK_MONOTONIC in seconds. */
 double wbt_now(void);
+/* Sleeps ms milliseconds, the whole time even if a signal comes. */
+void wbt_sleep_ms(int ms);
 /* Median of n > 0 values (sorts v in place). */
 double wbt_median(double *v, int n);
 
@@ -92,6 +103,10 @@ int wbt_start_limits(wbt_daemon *d, const char *const *extra,
  * dead) it first prints the end of the daemon's log to stderr, where an
  * AddressSanitizer report lands. */
 int wbt_finish(wbt_daemon *d);
+/* cmocka teardown of a wbt_setup or wbt_setup_limits fixture that stops
+ * the daemon with wbt_finish (not wbt_stop) and disarms the watchdog; fails
+ * unless the daemon exited cleanly (status 0). */
+int wbt_teardown_finish(void **state);
 /* 1 if the daemon's process exists and has not exited (does not reap it,
  * so that wbt_finish still sees how it ended). */
 int wbt_running(const wbt_daemon *d);
@@ -140,6 +155,11 @@ void wbt_frames_map(wbt_frames *f, uint64_t id, const char *model,
 /* publish of n F32 tensors "t<i>" of len elements. */
 void wbt_frames_publish_f32(wbt_frames *f, uint64_t id, const char *model,
                             size_t n, size_t len);
+/* The same with metadata {key: value} (any bytes but NUL; no metadata
+ * when key is NULL). */
+void wbt_frames_publish_f32_meta(wbt_frames *f, uint64_t id, const char *model,
+                                 size_t n, size_t len, const char *key,
+                                 const char *value);
 /* Sends every frame in one go; 0 or -1. */
 int wbt_frames_send(int fd, const wbt_frames *f);
 void wbt_frames_free(wbt_frames *f);
