@@ -20,8 +20,10 @@ The library is $WBROKER_LIB if set, else libwbroker found by ctypes (the
 imported on first use, so models(), drop(), watch(), publish_file() and
 export() work without it.
 """
+import collections
 import collections.abc
 import ctypes
+import json
 import os
 import threading
 import time
@@ -186,6 +188,120 @@ def _kvs(meta):
         kvs[i].key = _enc(k, "metadata key")
         kvs[i].value = _enc(v, "metadata value")
     return kvs, len(meta)
+
+
+# ------------------------------------------------------------------ module
+# versions
+
+_VERSIONS_MAX = 512 << 10      # Max chars of the recorded module versions.
+
+
+def _versions_text(sd):
+    """The module versions of a state_dict (torch's sd._metadata, prefix ->
+    {"version": n}) as the JSON text publish() records, or None when sd
+    carries none (a plain dict, one rebuilt with a comprehension)."""
+    meta = getattr(sd, "_metadata", None)
+    if not isinstance(meta, collections.abc.Mapping):
+        return None
+    versions = {}
+    for prefix, local in meta.items():
+        if isinstance(prefix, str) and isinstance(local,
+                                                  collections.abc.Mapping):
+            v = local.get("version")
+            if isinstance(v, int) and not isinstance(v, bool):
+                versions[prefix] = v
+    text = json.dumps(versions, separators=(",", ":"))
+    if len(text) > _VERSIONS_MAX:
+        # Version 1 is what torch assumes of a module it finds no entry for.
+        text = json.dumps({k: v for k, v in versions.items() if v != 1},
+                          separators=(",", ":"))
+    return text if len(text) <= _VERSIONS_MAX else None
+
+
+def _parse_versions(text):
+    """The dict prefix -> version of recorded module versions, or None."""
+    if text is None:
+        return None
+    try:
+        d = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(d, dict):
+        return None
+    return {k: v for k, v in d.items()
+            if isinstance(v, int) and not isinstance(v, bool)}
+
+
+class _FillProbe(dict):
+    """An always-empty state_dict that records what a module's
+    _load_from_state_dict() adds to it, without keeping it: the module then
+    finds nothing to load, so probing it changes nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.filled = {}
+
+    def __setitem__(self, key, value):
+        self.filled[key] = value
+
+
+def _fill_candidates(model, targets, keys):
+    """(key, module, module prefix) of each key of keys that names a buffer
+    of a normalization module (BatchNorm and the like), whose
+    _load_from_state_dict() may supply it when the checkpoint lacks it."""
+    norm = _torch().nn.modules.batchnorm._NormBase
+    out = []
+    for key in keys:
+        prefix, _, leaf = key.rpartition(".")
+        try:
+            mod = model.get_submodule(prefix) if prefix else model
+        except AttributeError:
+            continue
+        if isinstance(mod, norm) and leaf in mod._buffers and \
+                mod._buffers[leaf] is targets.get(key):
+            out.append((key, mod, prefix))
+    return out
+
+
+def _fills(candidates, versions):
+    """key -> tensor for the candidates that torch's load_state_dict() would
+    fill in itself: it asks each module, with the local metadata it would
+    pass (the source's recorded version of that module, if any), as torch
+    does for a BatchNorm's num_batches_tracked when the checkpoint carries
+    no version 2 metadata for it."""
+    out = {}
+    for key, mod, prefix in candidates:
+        local = {}
+        if versions is not None and prefix in versions:
+            local = {"version": versions[prefix]}
+        probe = _FillProbe()
+        try:
+            mod._load_from_state_dict(probe, prefix + "." if prefix else "",
+                                      local, True, [], [], [])
+        except Exception:       # A module that cannot be probed fills nothing.
+            continue
+        if key in probe.filled:
+            out[key] = probe.filled[key]
+    return out
+
+
+def _drop_missing(text, target, old, new):
+    """The PyTorch-format error text with its missing keys old reduced to
+    new, or None when no error is left."""
+    def line(keys):
+        return "Missing key(s) in state_dict: %s. " % ", ".join(
+            '"%s"' % k for k in keys)
+    was = line(old)
+    if was in text:
+        if new:
+            text = text.replace(was, line(new), 1)
+        elif was + "\n\t" in text:
+            text = text.replace(was + "\n\t", "", 1)
+        else:
+            text = text.replace(was, "", 1)
+    if text == "Error(s) in loading state_dict for %s:\n\t" % target:
+        return None
+    return text
 
 
 # ------------------------------------------------------------------ mappings
@@ -558,7 +674,11 @@ class Client:
             items.append((key, t, _dtype_code(t.dtype, key), tied))
         specs, keep = _declare([(key, code, tuple(t.shape), tied)
                                 for key, t, code, tied in items])
-        kvs, nmeta = _kvs(metadata or {})
+        meta = dict(metadata or {})
+        versions = _versions_text(sd)
+        if versions is not None:
+            meta.setdefault(_lib.VERSIONS_KEY, versions)
+        kvs, nmeta = _kvs(meta)
         lib = self._lib
         with self._lock:
             c = self._handle()
@@ -657,7 +777,9 @@ class Client:
 
     def state_dict(self, name, version=None):
         """The tensors of a version (None: the latest) as a dict name ->
-        tensor, in the order the daemon stores them.  The tensors view the shared memory
+        tensor, in the order the daemon stores them (an OrderedDict that
+        carries, as torch's state_dict() does, the module versions
+        publish() recorded as its _metadata).  The tensors view the shared memory
         copy-on-write, without a copy; writes to them stay private.  The
         memory is unmapped when the last of them is collected."""
         _torch()
@@ -668,7 +790,13 @@ class Client:
             self._check(lib.wb_map(c, _enc(name), version or 0,
                                    _lib.WB_MAP_PRIVATE, ctypes.byref(m)))
         owner = _Mapping(m)
-        out = {}
+        out = collections.OrderedDict()
+        versions = _parse_versions(_dec(lib.wb_map_meta(
+            m, _lib.VERSIONS_KEY.encode())))
+        if versions is not None:
+            # As torch's state_dict() carries them, for load_state_dict().
+            out._metadata = collections.OrderedDict(
+                (k, {"version": v}) for k, v in versions.items())
         for i in range(lib.wb_map_count(m)):
             t = _tensor_at(lib, m, i)
             dt = _torch_dtype(t.dtype)
@@ -686,7 +814,9 @@ class Client:
             self._check(lib.wb_map(c, _enc(name), version or 0,
                                    _lib.WB_MAP_PLAN, ctypes.byref(m)))
         try:
-            return _metadata_of(lib, m)
+            meta = _metadata_of(lib, m)
+            meta.pop(_lib.VERSIONS_KEY, None)
+            return meta
         finally:
             lib.wb_unmap(m)
 
@@ -755,9 +885,23 @@ class Client:
                     text = _dec(lib.wb_map_error_text(m))
                     result = LoadResult._from_mapping(lib, m, text)
                     lib.wb_unmap(m)
-                    if plan:
-                        return result
-                    raise LoadError(text, result)
+                    m = ctypes.c_void_p()
+                    text = self._fill_report(model, targets, name, result,
+                                             None)
+                    if text is not None:
+                        if plan:
+                            return result
+                        raise LoadError(text, result)
+                    # Nothing left but keys torch supplies itself: the same
+                    # version, non-strict, gives the same matching.
+                    rc = lib.wb_load(c, _enc(name), result.version, schema,
+                                     rs.ptr, flags | _lib.WB_MAP_NONSTRICT,
+                                     ctypes.byref(m))
+                    if rc == _lib.WB_ELOAD:
+                        text = _dec(lib.wb_map_error_text(m))
+                        result = LoadResult._from_mapping(lib, m, text)
+                        lib.wb_unmap(m)
+                        raise LoadError(text, result)
                 self._check(rc)
         finally:
             lib.wb_schema_free(schema)
@@ -765,15 +909,59 @@ class Client:
                 rs.close()
         if plan:
             try:
-                return LoadResult._from_mapping(lib, m)
+                result = LoadResult._from_mapping(lib, m)
+                self._fill_report(model, targets, name, result, m)
+                return result
             finally:
                 lib.wb_unmap(m)
         owner = _Mapping(m)
         result = LoadResult._from_mapping(lib, m)
-        self._apply(model, targets, owner, lib, m, result)
+        fills = self._fill_report(model, targets, name, result, m)
+        self._apply(model, targets, owner, lib, m, result, fills)
         return result
 
-    def _apply(self, model, targets, owner, lib, m, result):
+    def _fill_report(self, model, targets, name, result, m):
+        """Takes out of result the missing keys that torch's
+        load_state_dict() would fill in itself (a BatchNorm's
+        num_batches_tracked when the checkpoint's metadata gives the module
+        no version 2, see _fills), and mends result.error to match.  m is
+        the mapping when there is one (its metadata holds the recorded
+        module versions), None after a refused load (they are asked for
+        separately).  Returns the key -> value fills on success, or the
+        mended error text (None when no error is left) after a refusal."""
+        cands = _fill_candidates(model, targets, result.missing_keys)
+        fills = {}
+        if cands:
+            lib = self._lib
+            if m is not None:
+                raw = lib.wb_map_meta(m, _lib.VERSIONS_KEY.encode())
+            else:
+                raw = self._meta_value(name, result.version,
+                                       _lib.VERSIONS_KEY)
+            fills = _fills(cands, _parse_versions(_dec(raw)))
+        if fills:
+            old = result.missing_keys
+            result.missing_keys = [k for k in old if k not in fills]
+            if result.error is not None:
+                result.error = _drop_missing(result.error, type(model).__name__,
+                                             old, result.missing_keys)
+        return fills if m is not None else result.error
+
+    def _meta_value(self, name, version, key):
+        """The raw value (bytes or None) of one metadata entry of a
+        version."""
+        lib = self._lib
+        m = ctypes.c_void_p()
+        with self._lock:
+            self._check(lib.wb_map(self._handle(), _enc(name), version,
+                                   _lib.WB_MAP_PLAN, ctypes.byref(m)))
+        try:
+            raw = lib.wb_map_meta(m, key.encode())
+            return None if raw is None else bytes(raw)
+        finally:
+            lib.wb_unmap(m)
+
+    def _apply(self, model, targets, owner, lib, m, result, fills):
         """Points model's tensors at the mapped views (or copies into
         them).  Every view is built and checked before anything changes.
         Tied targets (one tensor under two keys) stay tied; two distinct
@@ -812,6 +1000,8 @@ class Client:
                     dst.data = view
                 else:
                     dst.copy_(view)
+            for key, value in fills.items():
+                targets[key].copy_(value)
         if fallback:
             model.load_state_dict(fallback, strict=False)
 

@@ -57,6 +57,9 @@ class wb_tensor_spec(ctypes.Structure):
 
 # Metadata key recording tied tensors in an image or file (wbroker.h).
 TIED_KEY = "wbroker.tied"
+# Metadata key under which the Python package records the module versions of
+# a published state_dict (its torch _metadata), a JSON object prefix -> int.
+VERSIONS_KEY = "wbroker.module_versions"
 
 
 class wb_kv(ctypes.Structure):
@@ -137,6 +140,7 @@ _PROTOTYPES = {
     "wb_map_version": (_U64, [_P]),
     "wb_map_count": (_Z, [_P]),
     "wb_map_tensor": (_I, [_P, _Z, ctypes.POINTER(wb_tensor)]),
+    "wb_map_meta": (_S, [_P, _S]),
     "wb_map_meta_count": (_Z, [_P]),
     "wb_map_meta_at": (_I, [_P, _Z, ctypes.POINTER(_S), ctypes.POINTER(_S)]),
     "wb_map_keys_count": (_Z, [_P, _I]),

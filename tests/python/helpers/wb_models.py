@@ -69,6 +69,38 @@ class TiedNet(nn.Module):
         return self.head(torch.tanh(self.proj(self.embed(idx))))
 
 
+class Block(nn.Module):
+    """A residual block: conv, batch norm, relu, conv, batch norm, plus
+    the input."""
+
+    def __init__(self, ch):
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(ch)
+        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(ch)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(x + self.bn2(self.conv2(y)))
+
+
+class SmallResNet(nn.Module):
+    """A ResNet-style model: a stem, two residual blocks, a linear head;
+    five batch norms."""
+
+    def __init__(self, ch=8, classes=5):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, ch, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(ch)
+        self.layer1 = nn.Sequential(Block(ch), Block(ch))
+        self.fc = nn.Linear(ch, classes)
+
+    def forward(self, x):
+        x = self.layer1(torch.relu(self.bn1(self.conv1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
 def build(kind, seed):
     """The model `kind` with weights from `seed`, in eval mode."""
     torch.manual_seed(seed)
@@ -92,6 +124,12 @@ def build(kind, seed):
         m(torch.randn(32, 8))
     elif kind == "tied":
         m = TiedNet()
+    elif kind == "smallresnet":
+        m = SmallResNet()
+        # Running statistics and num_batches_tracked other than the defaults.
+        m.train()
+        for _ in range(3):
+            m(torch.randn(4, 3, 8, 8))
     elif kind == "resnet18":
         import torchvision
         m = torchvision.models.resnet18(weights=None)
@@ -107,4 +145,6 @@ def fixed_input(kind):
         return torch.randint(0, 10, (7,), generator=g)
     if kind == "resnet18":
         return torch.randn(2, 3, 64, 64, generator=g)
+    if kind == "smallresnet":
+        return torch.randn(2, 3, 8, 8, generator=g)
     return torch.randn(5, 8, generator=g)
