@@ -4,6 +4,7 @@
 #   make test                install missing packages, build, run every test
 #   make SANITIZER=address   build (and test) under ASan; also: undefined
 #   make install             PREFIX=/usr/local, DESTDIR honoured (see below)
+#   make wheel               build/wheel/dist/wbroker-*.whl, for pip install
 #   make bench               run the benchmarks in bench/
 
 # Where `make install` puts things.  Every file that names a directory
@@ -36,7 +37,7 @@ VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
 DEB_PACKAGES := build-essential pkg-config libuv1-dev libmsgpack-dev \
 	libcmocka-dev libpcre2-dev libjansson-dev libsystemd-dev clang-format \
 	python3 python3-venv python3-torch python3-torchvision python3-pytest \
-	groff-base
+	python3-pip python3-setuptools python3-wheel cmake dpkg-dev groff-base
 
 # The second PyTorch the Python suites run on: current torch 2.x from PyPI
 # in one virtual environment, kept outside the clone with pip's download
@@ -108,7 +109,7 @@ INTEG_BIN := $(patsubst tests/integration/%.c,$(BUILD)/tests/%,$(INTEG_SRC))
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
 .PHONY: all deps run test test-unit test-integration test-python bench \
-	install uninstall clean format format-check venv FORCE
+	install uninstall clean format format-check venv wheel wheel-lib FORCE
 .DEFAULT_GOAL := all
 
 all: $(DAEMON_BIN) $(CLI_BIN) $(LIB_SO) $(LIB_A) $(BUILD)/wbroker.pc \
@@ -268,6 +269,55 @@ uninstall:
 	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
 	rm -rf $(DESTDIR)$(PYDIR)/wbroker
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then echo ldconfig; ldconfig; fi
+
+# ---------------------------------------------------------------- wheel
+#
+# make wheel: $(WHEEL_DIR)/dist/wbroker-VERSION-py3-none-TAG.whl, the Python
+# package with a libwbroker.so of its own, next to its modules, that needs
+# nothing but glibc: msgpack-c, PCRE2 and jansson are linked into it
+# statically and kept out of its symbol table (only wb_* is exported, see
+# packaging/libwbroker.map).  ctypes needs no particular Python, hence
+# py3-none; the platform tag is the manylinux_2_X that auditwheel would
+# give it, from the glibc symbol versions the library uses
+# (client/python/setup.py; manylinux_2_34 on Debian 12).  Debian's
+# libmsgpackc.a and libpcre2-8.a can go into a shared object, its
+# libjansson.a cannot (see packaging/jansson-pic): that one is rebuilt
+# from Debian's source package with -fPIC, once per installed version,
+# into $(PIC_CACHE).
+WHEEL_DIR := $(BUILD)/wheel
+WHEEL_LIB := $(WHEEL_DIR)/libwbroker.so
+PIC_CACHE ?= $(WB_CACHE)/pic
+JANSSON_DEB_VERSION = $(shell dpkg-query -W -f='$${source:Version}' libjansson-dev 2>/dev/null)
+JANSSON_PIC = $(PIC_CACHE)/jansson-$(JANSSON_DEB_VERSION)/libjansson.a
+WHEEL_STATIC = -Wl,-Bstatic $(shell pkg-config --libs $(MSGPACK_PC) libpcre2-8) \
+	-Wl,-Bdynamic $(JANSSON_PIC)
+
+ifeq ($(SANITIZER),)
+$(JANSSON_PIC):
+	packaging/jansson-pic $(dir $@)
+
+$(WHEEL_LIB): $(PROTO_OBJ) $(CLIENT_OBJ) packaging/libwbroker.map $(JANSSON_PIC)
+	@mkdir -p $(dir $@)
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=packaging/libwbroker.map \
+	  -Wl,--exclude-libs,ALL -Wl,--no-undefined -Wl,-z,relro -Wl,-z,now \
+	  -Wl,--as-needed -Wl,--strip-debug -o $@ $(PROTO_OBJ) $(CLIENT_OBJ) \
+	  $(WHEEL_STATIC) $(LDFLAGS)
+
+wheel-lib: $(WHEEL_LIB)
+
+wheel: $(WHEEL_LIB)
+	rm -rf $(WHEEL_DIR)/src $(WHEEL_DIR)/dist
+	mkdir -p $(WHEEL_DIR)/src
+	tar -C client/python --exclude=__pycache__ --exclude='*.egg-info' \
+	  --exclude=./build --exclude=./dist -cf - . | tar -C $(WHEEL_DIR)/src -xf -
+	cp $(WHEEL_LIB) $(WHEEL_DIR)/src/wbroker/libwbroker.so
+	cd $(WHEEL_DIR)/src && $(PYTHON) -m pip wheel -q --no-deps \
+	  --no-build-isolation --no-index -w ../dist .
+	@echo "wheel: $$(ls $(WHEEL_DIR)/dist/*.whl)"
+else
+wheel wheel-lib:
+	@echo "make $@: build the wheel without SANITIZER" >&2; exit 1
+endif
 
 # Every C file is formatted by .clang-format; CI fails on any difference.
 FORMAT_SRC = $(wildcard include/*.h common/*.[ch] proto/*.[ch] daemon/*.[ch] \
