@@ -5,6 +5,7 @@
 #   make SANITIZER=address   build (and test) under ASan; also: undefined
 #   make install             PREFIX=/usr/local, DESTDIR honoured (see below)
 #   make wheel               build/wheel/dist/wbroker-*.whl, for pip install
+#   make examples            build the C example in examples/
 #   make bench               run the benchmarks in bench/
 
 # Where `make install` puts things.  Every file that names a directory
@@ -109,7 +110,8 @@ INTEG_BIN := $(patsubst tests/integration/%.c,$(BUILD)/tests/%,$(INTEG_SRC))
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
 .PHONY: all deps run test test-unit test-integration test-python bench \
-	install uninstall clean format format-check venv wheel wheel-lib FORCE
+	install uninstall clean format format-check venv wheel wheel-lib \
+	examples FORCE
 .DEFAULT_GOAL := all
 
 all: $(DAEMON_BIN) $(CLI_BIN) $(LIB_SO) $(LIB_A) $(BUILD)/wbroker.pc \
@@ -319,10 +321,24 @@ wheel wheel-lib:
 	@echo "make $@: build the wheel without SANITIZER" >&2; exit 1
 endif
 
+# ---------------------------------------------------------------- examples
+
+EXAMPLE_SRC := $(wildcard examples/*.c)
+EXAMPLE_BIN := $(patsubst examples/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRC))
+
+examples: $(EXAMPLE_BIN)
+
+# As a program of one's own would build: the public header only, and
+# libwbroker.a with what it needs (pkg-config wbroker --static).
+$(BUILD)/examples/%: examples/%.c include/wbroker.h $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 $(OPT) $(WARN) $(SANFLAGS) -Iinclude $(CFLAGS) -o $@ $< \
+	  $(LDFLAGS_ALL) $(LIB_A) $(CLIENT_LIBS)
+
 # Every C file is formatted by .clang-format; CI fails on any difference.
 FORMAT_SRC = $(wildcard include/*.h common/*.[ch] proto/*.[ch] daemon/*.[ch] \
 	client/*.[ch] client/cli/*.[ch] tests/lib/*.[ch] tests/unit/*.c \
-	tests/integration/*.c bench/*.c)
+	tests/integration/*.c bench/*.c examples/*.c)
 
 format:
 	clang-format -i $(FORMAT_SRC)
