@@ -3,15 +3,30 @@
 #   make run                 install missing packages, build, run the daemon
 #   make test                install missing packages, build, run every test
 #   make SANITIZER=address   build (and test) under ASan; also: undefined
-#   make install             PREFIX=/usr/local, DESTDIR honoured
+#   make install             PREFIX=/usr/local, DESTDIR honoured (see below)
+#   make wheel               build/wheel/dist/wbroker-*.whl, for pip install
+#   make examples            build the C example in examples/
 #   make bench               run the benchmarks in bench/
 
+# Where `make install` puts things.  Every file that names a directory
+# (wbroker.pc, the systemd units) is generated from the values given to
+# the make that installs, so `make install PREFIX=/usr` after a plain
+# `make` installs files for /usr.  PYDIR is a directory on the sys.path of
+# $(PYTHON) where there is one: Debian's /usr/lib/python3/dist-packages
+# for PREFIX=/usr, /usr/local/lib/python3.X/dist-packages for /usr/local,
+# else $(PREFIX)/lib/python3.X/site-packages, which needs PYTHONPATH
+# (packaging/pydir.py).
 PREFIX ?= /usr/local
 LIBDIR ?= $(PREFIX)/lib
 BINDIR ?= $(PREFIX)/bin
 INCDIR ?= $(PREFIX)/include
-PYDIR ?= $(PREFIX)/lib/python3/dist-packages
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+MANDIR ?= $(PREFIX)/share/man
+DOCDIR ?= $(PREFIX)/share/doc/wbroker
 UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+PYTHON ?= /usr/bin/python3
+PYDIR ?= $(shell $(PYTHON) packaging/pydir.py $(PREFIX))
 
 VERSION_MAJOR := $(shell sed -n 's/^\#define WB_VERSION_MAJOR \([0-9]*\)/\1/p' include/wbroker.h)
 VERSION_MINOR := $(shell sed -n 's/^\#define WB_VERSION_MINOR \([0-9]*\)/\1/p' include/wbroker.h)
@@ -22,7 +37,8 @@ VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
 # missing ones (as root, or through sudo).
 DEB_PACKAGES := build-essential pkg-config libuv1-dev libmsgpack-dev \
 	libcmocka-dev libpcre2-dev libjansson-dev libsystemd-dev clang-format \
-	python3 python3-venv python3-torch python3-torchvision python3-pytest
+	python3 python3-venv python3-torch python3-torchvision python3-pytest \
+	python3-pip python3-setuptools python3-wheel cmake dpkg-dev groff-base
 
 # The second PyTorch the Python suites run on: current torch 2.x from PyPI
 # in one virtual environment, kept outside the clone with pip's download
@@ -94,7 +110,8 @@ INTEG_BIN := $(patsubst tests/integration/%.c,$(BUILD)/tests/%,$(INTEG_SRC))
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
 .PHONY: all deps run test test-unit test-integration test-python bench \
-	install uninstall clean format format-check venv
+	install uninstall clean format format-check venv wheel wheel-lib \
+	examples FORCE
 .DEFAULT_GOAL := all
 
 all: $(DAEMON_BIN) $(CLI_BIN) $(LIB_SO) $(LIB_A) $(BUILD)/wbroker.pc \
@@ -148,11 +165,33 @@ $(BUILD)/bench/%: bench/%.c $(DAEMON_OBJ) $(TESTLIB_OBJ) $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Itests/lib -o $@ $(filter %.c %.o %.a,$^) $(LDFLAGS_ALL) $(PKG_LIBS) -lm
 
-$(BUILD)/wbroker.pc: wbroker.pc.in include/wbroker.h
+# The directories the generated files name, rewritten only when one of them
+# changes: what depends on it is regenerated then, and only then.
+INSTALL_DIRS = PREFIX=$(PREFIX) LIBDIR=$(LIBDIR) INCDIR=$(INCDIR) \
+	BINDIR=$(BINDIR) DOCDIR=$(DOCDIR)
+$(BUILD)/install-dirs: FORCE
 	@mkdir -p $(BUILD)
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
-	    -e 's|@INCDIR@|$(INCDIR)|' -e 's|@VERSION@|$(VERSION)|' \
-	    -e 's|@REQUIRES@|$(MSGPACK_PC)|' $< > $@
+	@echo '$(INSTALL_DIRS)' | cmp -s - $@ || echo '$(INSTALL_DIRS)' > $@
+
+# A directory under the prefix is written as ${prefix}/..., as pkg-config
+# files usually do.
+pc_dir = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
+
+$(BUILD)/wbroker.pc: wbroker.pc.in include/wbroker.h $(BUILD)/install-dirs
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(call pc_dir,$(LIBDIR))|' \
+	    -e 's|@INCDIR@|$(call pc_dir,$(INCDIR))|' -e 's|@VERSION@|$(VERSION)|' \
+	    -e 's|@REQUIRES@|$(CLIENT_PKGS)|' $< > $@
+
+# The units in systemd/ are complete for the default PREFIX=/usr/local;
+# the installed ones name the install's BINDIR and DOCDIR instead.
+UNITS := $(BUILD)/systemd/wbrokerd.service $(BUILD)/systemd/wbrokerd.socket
+$(BUILD)/systemd/%: systemd/% $(BUILD)/install-dirs
+	@mkdir -p $(dir $@)
+	sed -e '/^ExecStart=/s|/usr/local/bin/|$(BINDIR)/|' \
+	    -e '/^Documentation=/s|file:///usr/local/share/doc/wbroker/|file://$(DOCDIR)/|' \
+	    $< > $@
+
+FORCE:
 
 # Runs the daemon in the foreground on the default socket.
 run: deps
@@ -183,30 +222,123 @@ bench: deps
 	$(MAKE) --no-print-directory all
 	WB_BUILD=$(BUILD) ./bench/run-bench
 
-install: $(DAEMON_BIN) $(CLI_BIN) $(LIB_SO) $(LIB_A) $(BUILD)/wbroker.pc
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig \
-	  $(DESTDIR)$(INCDIR) $(DESTDIR)$(PYDIR)/wbroker $(DESTDIR)$(UNITDIR)
+# Installs the daemon, the CLI, the library (real name, soname link, link
+# for -lwbroker), the static library, the header, wbroker.pc, the Python
+# package (which finds the library through its soname), the units, the
+# sysusers.d file that creates the "wbroker" user and group, the manual
+# pages and the README the units point to.  Installing into the live
+# system as root (no DESTDIR) also runs ldconfig, so that the new soname
+# is found, and systemd-sysusers for the user; a LIBDIR the loader does
+# not search needs an /etc/ld.so.conf.d entry, which is said.
+install: $(DAEMON_BIN) $(CLI_BIN) $(LIB_SO) $(LIB_A) $(BUILD)/wbroker.pc $(UNITS)
+	@[ -n "$(PYDIR)" ] || { echo "install: PYDIR is empty (no $(PYTHON)?)" >&2; exit 1; }
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR) \
+	  $(DESTDIR)$(INCDIR) $(DESTDIR)$(PYDIR)/wbroker $(DESTDIR)$(UNITDIR) \
+	  $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8 \
+	  $(DESTDIR)$(DOCDIR)
 	install -m 755 $(DAEMON_BIN) $(CLI_BIN) $(DESTDIR)$(BINDIR)/
 	install -m 644 include/wbroker.h $(DESTDIR)$(INCDIR)/
 	install -m 755 $(LIB_SO) $(DESTDIR)$(LIBDIR)/
 	ln -sf libwbroker.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libwbroker.so
 	install -m 644 $(LIB_A) $(DESTDIR)$(LIBDIR)/
-	install -m 644 $(BUILD)/wbroker.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
-	install -m 644 client/python/wbroker/*.py $(DESTDIR)$(PYDIR)/wbroker/
-	install -m 644 systemd/wbrokerd.service systemd/wbrokerd.socket $(DESTDIR)$(UNITDIR)/
+	install -m 644 $(BUILD)/wbroker.pc $(DESTDIR)$(PKGCONFIGDIR)/
+	cd client/python && find wbroker -name '*.py' | while read -r f; do \
+	  install -D -m 644 "$$f" "$(DESTDIR)$(PYDIR)/$$f" || exit 1; done
+	install -m 644 $(UNITS) $(DESTDIR)$(UNITDIR)/
+	install -m 644 systemd/wbroker.sysusers $(DESTDIR)$(SYSUSERSDIR)/wbroker.conf
+	install -m 644 docs/man/wbroker.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 644 docs/man/wbrokerd.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 644 README.md $(DESTDIR)$(DOCDIR)/
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then \
+	  echo ldconfig; ldconfig; \
+	  ldconfig -p | grep -q '$(LIBDIR)/$(SONAME)' || \
+	    echo "note: the loader does not search $(LIBDIR): add it to /etc/ld.so.conf.d/ and run ldconfig"; \
+	  if command -v systemd-sysusers >/dev/null; then \
+	    echo systemd-sysusers $(SYSUSERSDIR)/wbroker.conf; \
+	    systemd-sysusers $(SYSUSERSDIR)/wbroker.conf; fi; \
+	else \
+	  echo "note: run ldconfig (as root) once the files are in place, and systemd-sysusers for the wbroker user"; \
+	fi
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/wbrokerd $(DESTDIR)$(BINDIR)/wbroker \
 	  $(DESTDIR)$(INCDIR)/wbroker.h $(DESTDIR)$(LIBDIR)/libwbroker.* \
-	  $(DESTDIR)$(LIBDIR)/pkgconfig/wbroker.pc \
-	  $(DESTDIR)$(UNITDIR)/wbrokerd.service $(DESTDIR)$(UNITDIR)/wbrokerd.socket
+	  $(DESTDIR)$(PKGCONFIGDIR)/wbroker.pc \
+	  $(DESTDIR)$(UNITDIR)/wbrokerd.service $(DESTDIR)$(UNITDIR)/wbrokerd.socket \
+	  $(DESTDIR)$(SYSUSERSDIR)/wbroker.conf $(DESTDIR)$(MANDIR)/man1/wbroker.1 \
+	  $(DESTDIR)$(MANDIR)/man8/wbrokerd.8 $(DESTDIR)$(DOCDIR)/README.md
+	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
 	rm -rf $(DESTDIR)$(PYDIR)/wbroker
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then echo ldconfig; ldconfig; fi
+
+# ---------------------------------------------------------------- wheel
+#
+# make wheel: $(WHEEL_DIR)/dist/wbroker-VERSION-py3-none-TAG.whl, the Python
+# package with a libwbroker.so of its own, next to its modules, that needs
+# nothing but glibc: msgpack-c, PCRE2 and jansson are linked into it
+# statically and kept out of its symbol table (only wb_* is exported, see
+# packaging/libwbroker.map).  ctypes needs no particular Python, hence
+# py3-none; the platform tag is the manylinux_2_X that auditwheel would
+# give it, from the glibc symbol versions the library uses
+# (client/python/setup.py; manylinux_2_34 on Debian 12).  Debian's
+# libmsgpackc.a and libpcre2-8.a can go into a shared object, its
+# libjansson.a cannot (see packaging/jansson-pic): that one is rebuilt
+# from Debian's source package with -fPIC, once per installed version,
+# into $(PIC_CACHE).
+WHEEL_DIR := $(BUILD)/wheel
+WHEEL_LIB := $(WHEEL_DIR)/libwbroker.so
+PIC_CACHE ?= $(WB_CACHE)/pic
+JANSSON_DEB_VERSION = $(shell dpkg-query -W -f='$${source:Version}' libjansson-dev 2>/dev/null)
+JANSSON_PIC = $(PIC_CACHE)/jansson-$(JANSSON_DEB_VERSION)/libjansson.a
+WHEEL_STATIC = -Wl,-Bstatic $(shell pkg-config --libs $(MSGPACK_PC) libpcre2-8) \
+	-Wl,-Bdynamic $(JANSSON_PIC)
+
+ifeq ($(SANITIZER),)
+$(JANSSON_PIC):
+	packaging/jansson-pic $(dir $@)
+
+$(WHEEL_LIB): $(PROTO_OBJ) $(CLIENT_OBJ) packaging/libwbroker.map $(JANSSON_PIC)
+	@mkdir -p $(dir $@)
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=packaging/libwbroker.map \
+	  -Wl,--exclude-libs,ALL -Wl,--no-undefined -Wl,-z,relro -Wl,-z,now \
+	  -Wl,--as-needed -Wl,--strip-debug -o $@ $(PROTO_OBJ) $(CLIENT_OBJ) \
+	  $(WHEEL_STATIC) $(LDFLAGS)
+
+wheel-lib: $(WHEEL_LIB)
+
+wheel: $(WHEEL_LIB)
+	rm -rf $(WHEEL_DIR)/src $(WHEEL_DIR)/dist
+	mkdir -p $(WHEEL_DIR)/src
+	tar -C client/python --exclude=__pycache__ --exclude='*.egg-info' \
+	  --exclude=./build --exclude=./dist -cf - . | tar -C $(WHEEL_DIR)/src -xf -
+	cp $(WHEEL_LIB) $(WHEEL_DIR)/src/wbroker/libwbroker.so
+	cd $(WHEEL_DIR)/src && $(PYTHON) -m pip wheel -q --no-deps \
+	  --no-build-isolation --no-index -w ../dist .
+	@echo "wheel: $$(ls $(WHEEL_DIR)/dist/*.whl)"
+else
+wheel wheel-lib:
+	@echo "make $@: build the wheel without SANITIZER" >&2; exit 1
+endif
+
+# ---------------------------------------------------------------- examples
+
+EXAMPLE_SRC := $(wildcard examples/*.c)
+EXAMPLE_BIN := $(patsubst examples/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRC))
+
+examples: $(EXAMPLE_BIN)
+
+# As a program of one's own would build: the public header only, and
+# libwbroker.a with what it needs (pkg-config wbroker --static).
+$(BUILD)/examples/%: examples/%.c include/wbroker.h $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 $(OPT) $(WARN) $(SANFLAGS) -Iinclude $(CFLAGS) -o $@ $< \
+	  $(LDFLAGS_ALL) $(LIB_A) $(CLIENT_LIBS)
 
 # Every C file is formatted by .clang-format; CI fails on any difference.
 FORMAT_SRC = $(wildcard include/*.h common/*.[ch] proto/*.[ch] daemon/*.[ch] \
 	client/*.[ch] client/cli/*.[ch] tests/lib/*.[ch] tests/unit/*.c \
-	tests/integration/*.c bench/*.c)
+	tests/integration/*.c bench/*.c examples/*.c)
 
 format:
 	clang-format -i $(FORMAT_SRC)
