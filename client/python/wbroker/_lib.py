@@ -161,10 +161,15 @@ _lock = threading.Lock()
 
 
 def library_path():
-    """The path or soname that load() opens."""
+    """The path or soname that load() opens: $WBROKER_LIB, else the copy a
+    wheel ships next to this file, else the system's libwbroker.so.0."""
     path = os.environ.get("WBROKER_LIB")
     if path:
         return path
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                        "libwbroker.so")
+    if os.path.exists(here):
+        return here
     return ctypes.util.find_library("wbroker") or "libwbroker.so.0"
 
 
