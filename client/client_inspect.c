@@ -54,18 +54,30 @@ void wb_model_info_free(wb_model_info *v, size_t n) {
     free(v);
 }
 
+/* Asks for the daemon's status and decodes the reply into *st (zeroed
+ * first, so that wb__status_rep_free() is right in every case) while *m
+ * holds the message its strings point into (free it with wb__msg_free()
+ * in every case).  Returns 0 or an error recorded on c. */
+static int status_call(wb_client *c, wb__msg *m, wb__status_rep *st) {
+    memset(st, 0, sizeof(*st));
+    wb__cl_req r;
+    wb__cl_req_begin(c, &r);
+    wb__pack_status_req(&r.pk, r.id);
+    int rc = wb__cl_call(c, &r, m);
+    if (rc == 0 && (rc = wb__decode_status_rep(m->root, st)) != 0)
+        rc = wb__cl_fail(c, rc, "%s",
+                         rc == WB_ENOMEM ? "out of memory"
+                                         : "malformed status reply");
+    return rc;
+}
+
 int wb_get_status(wb_client *c, wb_status *out) {
     if (c == NULL || out == NULL)
         return wb__cl_fail(c, WB_EINVAL, "missing argument");
     memset(out, 0, sizeof(*out));
-    wb__cl_req r;
-    wb__cl_req_begin(c, &r);
-    wb__pack_status_req(&r.pk, r.id);
     wb__msg m;
-    int rc = wb__cl_call(c, &r, &m);
     wb__status_rep st;
-    if (rc == 0 && wb__decode_status_rep(m.root, &st))
-        rc = wb__cl_fail(c, WB_EPROTO, "malformed status reply");
+    int rc = status_call(c, &m, &st);
     if (rc == 0) {
         snprintf(out->version, sizeof(out->version), "%.*s", (int)st.server.n,
                  st.server.p);
@@ -88,15 +100,9 @@ int wb_get_counters(wb_client *c, wb_counter **out, size_t *n) {
         return wb__cl_fail(c, WB_EINVAL, "missing argument");
     *out = NULL;
     *n = 0;
-    wb__cl_req r;
-    wb__cl_req_begin(c, &r);
-    wb__pack_status_req(&r.pk, r.id);
     wb__msg m;
-    int rc = wb__cl_call(c, &r, &m);
     wb__status_rep st;
-    memset(&st, 0, sizeof(st));
-    if (rc == 0 && (rc = wb__decode_status_rep(m.root, &st)) != 0)
-        rc = wb__cl_fail(c, rc, "malformed status reply");
+    int rc = status_call(c, &m, &st);
     wb_counter *v = NULL;
     if (rc == 0 && (v = calloc(st.ncounters + 1, sizeof(*v))) == NULL)
         rc = wb__cl_fail(c, WB_ENOMEM, "out of memory");

@@ -606,6 +606,24 @@ static void test_daemon_connect_refused(void **state) {
     wb_close(c);
 }
 
+/* A daemon that went away makes status and counters fail with ECLOSED on
+ * a client connected before, with nothing to free from the reply. */
+static void test_daemon_status_after_daemon_left(void **state) {
+    wbt_daemon d;
+    assert_int_equal(wbt_start(&d, NULL), 0);
+    wb_client *c = wbt_connect(&d);
+    wb_status st;
+    assert_int_equal(wb_get_status(c, &st), 0);
+    assert_int_equal(wbt_stop(&d), 0);
+    assert_int_equal(wb_get_status(c, &st), WB_ECLOSED);
+    wb_counter *cv = (wb_counter *)&st; /* Must come back NULL. */
+    size_t n = 99;
+    assert_int_equal(wb_get_counters(c, &cv, &n), WB_ECLOSED);
+    assert_null(cv);
+    assert_int_equal(n, 0);
+    wb_close(c);
+}
+
 /* A model of 10,000 tensors publishes and maps, and every name is found. */
 static void test_daemon_many_tensors(void **state) {
     wbt_daemon *d = *state;
@@ -866,6 +884,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_daemon_bad_declarations, setup,
                                         teardown),
         cmocka_unit_test(test_daemon_connect_refused),
+        cmocka_unit_test(test_daemon_status_after_daemon_left),
         cmocka_unit_test_setup_teardown(test_daemon_bad_ties_on_wire, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_daemon_publish_write, setup,
