@@ -90,12 +90,13 @@ static void out_free(out_frame *o) {
     free(o);
 }
 
-void wb__conn_ref(wb__conn *c) {
+/* Keeps c's memory valid while the run list or an event holds it. */
+static void conn_ref(wb__conn *c) {
     assert(c->refs > 0);
     c->refs++;
 }
 
-void wb__conn_unref(wb__conn *c) {
+static void conn_unref(wb__conn *c) {
     assert(c->refs > 0);
     if (--c->refs > 0)
         return;
@@ -112,7 +113,7 @@ void wb__conn_unref(wb__conn *c) {
 }
 
 static void on_poll_closed(uv_handle_t *h) {
-    wb__conn_unref(h->data);
+    conn_unref(h->data);
 }
 
 static void accept_start(void);
@@ -150,7 +151,7 @@ static void conn_schedule(wb__conn *c) {
     if (c->scheduled || c->closed || c == S.current)
         return;
     c->scheduled = 1;
-    wb__conn_ref(c);
+    conn_ref(c);
     c->run_next = NULL;
     if (S.run_tail)
         S.run_tail->run_next = c;
@@ -377,7 +378,7 @@ static void on_conn_event(uv_poll_t *h, int status, int events) {
     wb__conn *c = h->data;
     assert(S.current == NULL);
     S.current = c;
-    wb__conn_ref(c);
+    conn_ref(c);
     if (status < 0) {
         c->closing = CLOSE_NOW;
     } else {
@@ -390,7 +391,7 @@ static void on_conn_event(uv_poll_t *h, int status, int events) {
     }
     conn_turn(c);
     S.current = NULL;
-    wb__conn_unref(c);
+    conn_unref(c);
 }
 
 static void on_idle(uv_idle_t *h) {
@@ -406,7 +407,7 @@ static void on_idle(uv_idle_t *h) {
         S.current = c;
         conn_turn(c);
         S.current = NULL;
-        wb__conn_unref(c);
+        conn_unref(c);
         if (c == last)
             break;
     }

@@ -82,10 +82,6 @@ void wb__conn_hello_done(wb__conn *c);
 /* 1 once c is closing (no more frames will be handed up). */
 int wb__conn_closing(const wb__conn *c);
 
-/* Keeps c's memory valid after it closed (for jobs that answer later). */
-void wb__conn_ref(wb__conn *c);
-void wb__conn_unref(wb__conn *c);
-
 /* Identity of the peer. */
 uint64_t wb__conn_id(const wb__conn *c);
 const struct ucred *wb__conn_cred(const wb__conn *c);

@@ -81,13 +81,15 @@ void wb__op_status(wb__session *s, uint64_t id, const msgpack_object *req) {
     /* Requests and errors, and the bytes in each page size (all segments
      * are 4 KiB pages today). */
     counter_list cl = {0};
-    cl.cap = wb__stats_count() + 1;
+    cl.cap = wb__stats_count() + 2;
     cl.name = calloc(cl.cap, sizeof(cl.name[0]));
     cl.value = calloc(cl.cap, sizeof(uint64_t));
     if (cl.name == NULL || cl.value == NULL)
         cl.cap = 0;
     wb__stats_each(counter_add, &cl);
     counter_add(&cl, "bytes.4k", st.shmem);
+    if (wb__reg.mem_pinned)
+        counter_add(&cl, "bytes.pinned", wb__reg.mem_pinned);
     st.ncounters = cl.n;
     wb__reply r;
     wb__reply_init(&r, id);

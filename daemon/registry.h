@@ -96,7 +96,7 @@ typedef struct wb__registry {
     uint64_t versions;   /* Committed versions listed. */
     uint64_t mem_pinned; /* Bytes charged for good: abandoned
                             segments sealed with pages a client may
-                            still hold. */
+                            still hold (status counter bytes.pinned). */
 } wb__registry;
 
 extern wb__registry wb__reg; /* The daemon's one registry. */

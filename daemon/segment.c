@@ -39,15 +39,6 @@ void wb__seg_init(wb__segment *s) {
     s->prev = s->next = NULL;
 }
 
-void wb__seg_move(wb__segment *dst, wb__segment *src) {
-    assert(src->fd >= 0);
-    seg_unlink(src);
-    dst->fd = src->fd;
-    dst->size = src->size;
-    seg_link(dst);
-    wb__seg_init(src);
-}
-
 uint64_t wb__seg_allocated(const wb__segment *s) {
     struct stat st;
     if (s->fd < 0 || fstat(s->fd, &st) < 0)

@@ -69,8 +69,6 @@ int wb__seg_open_rw(const wb__segment *s);
  * MAP_POPULATE.  Returns the address or NULL (errno set). */
 void *wb__seg_map_ro(const wb__segment *s, uint64_t off, size_t len,
                      int populate);
-/* Moves an open segment from src to dst (src becomes closed). */
-void wb__seg_move(wb__segment *dst, wb__segment *src);
 /* Bytes the kernel has allocated (st_blocks) to every open segment. */
 uint64_t wb__seg_allocated_total(void);
 /* Bytes allocated to one segment, from fstat. */
