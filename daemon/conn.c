@@ -365,13 +365,26 @@ static void conn_settle(wb__conn *c) {
     }
 }
 
-/* Processes, flushes and settles c: the whole of one turn. */
-static void conn_turn(wb__conn *c) {
+/* 1 if c's input buffer holds a whole frame (or an oversized header). */
+static int conn_has_frame(const wb__conn *c) {
+    if (c->in.len < WB_FRAME_HEADER)
+        return 0;
+    uint32_t len = wb__frame_length((const uint8_t *)c->in.p);
+    return len > WB_MAX_FRAME || c->in.len >= WB_FRAME_HEADER + (size_t)len;
+}
+
+/* Processes, flushes and settles c: the whole of one turn.  Returns 1 when
+ * c should have another turn soon: processing stopped at the output limits
+ * with whole frames still buffered, and the flush then made room.  No
+ * poll event would come for those (the peer may have nothing more to
+ * send), so the caller schedules c once it is no longer current. */
+static int conn_turn(wb__conn *c) {
     if (!c->closing)
         conn_process(c);
     if (!c->closed && c->out_head && conn_flush(c) < 0)
         c->closing = CLOSE_NOW;
     conn_settle(c);
+    return !c->closed && conn_can_process(c) && conn_has_frame(c);
 }
 
 static void on_conn_event(uv_poll_t *h, int status, int events) {
@@ -389,8 +402,10 @@ static void on_conn_event(uv_poll_t *h, int status, int events) {
         if ((events & UV_DISCONNECT) && !(events & UV_READABLE))
             c->closing = CLOSE_NOW; /* Hung up while paused or blocked. */
     }
-    conn_turn(c);
+    int again = conn_turn(c);
     S.current = NULL;
+    if (again)
+        conn_schedule(c);
     conn_unref(c);
 }
 
@@ -405,8 +420,10 @@ static void on_idle(uv_idle_t *h) {
             S.run_tail = NULL;
         c->scheduled = 0;
         S.current = c;
-        conn_turn(c);
+        int again = conn_turn(c);
         S.current = NULL;
+        if (again)
+            conn_schedule(c);
         conn_unref(c);
         if (c == last)
             break;

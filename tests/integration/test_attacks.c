@@ -1000,6 +1000,35 @@ static void test_attacks_client_timeout(void **state) {
     wait_fds(d, base);
 }
 
+/* --client-timeout also closes a client that never reads its replies:
+ * once its queue stops draining for the timeout, it is dropped with every
+ * descriptor it held queued (without the client reading a byte). */
+static void test_attacks_client_timeout_unread_replies(void **state) {
+    wbt_daemon *d = *state;
+    wb_client *c = wbt_connect(d);
+    assert_non_null(c);
+    assert_int_equal(wbt_publish_f32(c, "m", 2, 256), 1);
+    int base = settled_fds(d);
+    long clients = wbt_clients(d);
+    int hog = raw_session(d);
+    wbt_frames f = {0};
+    for (int i = 0; i < HOG_MAPS; i++)
+        wbt_frames_map(&f, 10 + (uint64_t)i, "m", 0);
+    send_bounded(hog, &f, 2000);
+    wbt_frames_free(&f);
+    double until = wbt_now() + 5;
+    while (wbt_clients(d) > clients && wbt_now() < until)
+        wbt_sleep_ms(50);
+    if (wbt_clients(d) > clients)
+        fail_msg("a client that reads no replies was still connected 5 s "
+                 "after its queue stopped draining");
+    close(hog);
+    wait_fds(d, base);
+    assert_int_equal(wb_drop(c, "m", 0), 0);
+    wb_close(c);
+    wait_clean(d);
+}
+
 /* ------------------------------------------------------------ 6: header */
 
 #define RACE_ROUNDS 80 /* Commits raced against header writes. */
@@ -1551,6 +1580,9 @@ int main(void) {
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_attacks_client_timeout,
                                         setup_timeout, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_attacks_client_timeout_unread_replies, setup_timeout,
+            teardown),
         cmocka_unit_test_setup_teardown(test_attacks_commit_header_race, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_attacks_publisher_own_description,
