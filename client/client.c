@@ -12,11 +12,14 @@
  * uid and the socket's directory at connect, every descriptor before it is
  * mapped, and every reply's id.  A reply that breaks the protocol ends the
  * connection. */
+#include <assert.h>
 #include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -119,11 +122,51 @@ static int envelope_error(wb_client *c, const char *bad) {
                        "reply from %s has a msg that is not a string", c->path);
 }
 
+/* Drains c's cancel eventfd: 1 when wb_watch_cancel() had been called
+ * since the last drain, else 0. */
+static int take_cancel(wb_client *c) {
+    uint64_t n = 0;
+    ssize_t k;
+    do
+        k = read(c->cancel_fd, &n, sizeof(n));
+    while (k < 0 && errno == EINTR);
+    return k == (ssize_t)sizeof(n) && n > 0;
+}
+
+/* Waits until the reply starts to arrive on c's socket or wb_watch_cancel()
+ * is called.  A reply already there wins over a cancel, which then stays
+ * for the next wb_watch().  Returns 0 (the reply is there, or the socket
+ * ended: recv_all tells which), or WB_ECANCELED with the connection
+ * dropped, since the daemon would answer the watch on it later. */
+static int wait_reply(wb_client *c) {
+    for (;;) {
+        struct pollfd p[2] = {{.fd = c->fd, .events = POLLIN},
+                              {.fd = c->cancel_fd, .events = POLLIN}};
+        int n = poll(p, 2, -1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return wb__cl_broken(
+                c, wb__cl_fail(c, WB_ESYS, "poll: %s", strerror(errno)));
+        if (p[0].revents)
+            return 0;
+        if ((p[1].revents & POLLIN) && take_cancel(c))
+            return wb__cl_broken(
+                c, wb__cl_fail(c, WB_ECANCELED,
+                               "watch cancelled by wb_watch_cancel(); its "
+                               "connection to %s was dropped and the next "
+                               "call reconnects",
+                               c->path));
+    }
+}
+
 /* Sends the request in sb (a map whose "id" is id) and reads the reply into
- * *m, with its descriptors in fds.  Returns the reply's "err" (with
- * c->errmsg set from "msg"), or a transport error. */
+ * *m, with its descriptors in fds; with cancellable set, a wb_watch_cancel()
+ * while the reply is awaited ends the wait (wait_reply).  Returns the
+ * reply's "err" (with c->errmsg set from "msg"), or a transport error.
+ * Never reconnects: that is wb__cl_call_fds()'s part. */
 static int roundtrip(wb_client *c, msgpack_sbuffer *sb, uint64_t id, wb__msg *m,
-                     int *fds, int *nfds, int maxfds) {
+                     int *fds, int *nfds, int maxfds, int cancellable) {
     msgpack_unpacked_init(&m->up);
     m->root = NULL;
     m->owned = NULL;
@@ -142,6 +185,8 @@ static int roundtrip(wb_client *c, msgpack_sbuffer *sb, uint64_t id, wb__msg *m,
     int rc = send_all(c, hdr, sizeof(hdr));
     if (rc == 0)
         rc = send_all(c, (const uint8_t *)sb->data, sb->size);
+    if (rc == 0 && cancellable && (rc = wait_reply(c)) != 0)
+        return rc;
     if (rc == 0)
         rc = recv_all(c, hdr, sizeof(hdr), fds, nfds, maxfds);
     if (rc)
@@ -199,30 +244,29 @@ void wb__cl_req_begin(wb_client *c, wb__cl_req *r) {
     r->id = ++c->next_id;
 }
 
-int wb__cl_call_fds(wb_client *c, wb__cl_req *r, wb__msg *m, int *fds,
-                    int *nfds, int maxfds) {
-    int rc = roundtrip(c, &r->sb, r->id, m, fds, nfds, maxfds);
-    msgpack_sbuffer_destroy(&r->sb);
-    return rc;
+/* 1 when c's socket shows that the daemon is gone: hung up, in error, or
+ * readable between requests (an end of stream, or a last word with id 0:
+ * no reply is due when no request is out). */
+static int peer_gone(const wb_client *c) {
+    struct pollfd p = {.fd = c->fd, .events = POLLIN | POLLRDHUP};
+    int n;
+    do
+        n = poll(&p, 1, 0);
+    while (n < 0 && errno == EINTR);
+    return n != 0; /* n < 0 cannot tell: treat it as gone, and reconnect. */
 }
 
-int wb__cl_call(wb_client *c, wb__cl_req *r, wb__msg *m) {
-    return wb__cl_call_fds(c, r, m, NULL, NULL, 0);
+int wb__cl_live(wb_client *c) {
+    if (c->fd >= 0 && peer_gone(c))
+        wb__cl_broken(c, 0);
+    return c->fd >= 0;
 }
 
-/* ------------------------------------------------------------ connect */
-
-int wb_connect(const char *socket_path, wb_client **out) {
-    if (out == NULL)
-        return WB_EINVAL;
-    *out = NULL;
-    wb_client *c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        return WB_ENOMEM;
-    c->fd = -1;
-    *out = c;
-    if (wb_socket_path(socket_path, c->path, sizeof(c->path)) < 0)
-        return wb__cl_fail(c, WB_EINVAL, "socket path too long");
+/* Connects c's socket to c->path, checks whoever listens there (trust.h)
+ * and says hello.  On success c->gen counts one more connection; on
+ * failure c->fd is -1 and c->errmsg says why. */
+static int dial(wb_client *c) {
+    assert(c->fd < 0);
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", c->path);
     c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -251,13 +295,111 @@ int wb_connect(const char *socket_path, wb_client **out) {
     wb__cl_req_begin(c, &r);
     wb__pack_hello_req(&r.pk, r.id, wb_version_string());
     wb__msg m;
-    int rc = wb__cl_call(c, &r, &m);
+    int rc = roundtrip(c, &r.sb, r.id, &m, NULL, NULL, 0, 0);
+    msgpack_sbuffer_destroy(&r.sb);
     wb__hello_rep hr;
     if (rc == 0 && wb__decode_hello_rep(m.root, &hr))
         rc =
             wb__cl_fail(c, WB_EPROTO, "malformed hello reply from %s", c->path);
     wb__msg_free(&m);
+    if (rc)
+        return wb__cl_broken(c, rc);
+    c->gen++;
+    return 0;
+}
+
+/* Makes sure c has a live connection before a request goes out: one that
+ * broke earlier, or whose socket shows the daemon gone, is replaced by a
+ * new one to the same path (the daemon restarted).  Returns 0, or why no
+ * connection could be made, with the sentence saying it was a reconnect. */
+static int ensure_connected(wb_client *c) {
+    if (wb__cl_live(c))
+        return 0;
+    if (c->gen == 0) /* wb_connect() failed: the handle is for errmsg only. */
+        return wb__cl_fail(c, WB_ECLOSED,
+                           "this handle never connected to %s (wb_connect() "
+                           "failed): close it",
+                           c->path);
+    int rc = dial(c);
+    if (rc) {
+        char why[WB_CLIENT_ERRMSG_MAX];
+        memcpy(why, c->errmsg, sizeof(why));
+        int e = c->sys_errno;
+        wb__cl_fail(c, rc,
+                    "the connection to the daemon was lost and "
+                    "reconnecting failed: %.900s",
+                    why);
+        c->sys_errno = e;
+    }
     return rc;
+}
+
+static int call(wb_client *c, wb__cl_req *r, wb__msg *m, int *fds, int *nfds,
+                int maxfds, int cancellable) {
+    int rc = ensure_connected(c);
+    if (rc) {
+        msgpack_unpacked_init(&m->up);
+        m->root = NULL;
+        m->owned = NULL;
+        if (nfds)
+            *nfds = 0;
+        msgpack_sbuffer_destroy(&r->sb);
+        return rc;
+    }
+    rc = roundtrip(c, &r->sb, r->id, m, fds, nfds, maxfds, cancellable);
+    msgpack_sbuffer_destroy(&r->sb);
+    return rc;
+}
+
+int wb__cl_call_fds(wb_client *c, wb__cl_req *r, wb__msg *m, int *fds,
+                    int *nfds, int maxfds) {
+    return call(c, r, m, fds, nfds, maxfds, 0);
+}
+
+int wb__cl_call(wb_client *c, wb__cl_req *r, wb__msg *m) {
+    return call(c, r, m, NULL, NULL, 0, 0);
+}
+
+int wb__cl_call_cancellable(wb_client *c, wb__cl_req *r, wb__msg *m) {
+    return call(c, r, m, NULL, NULL, 0, 1);
+}
+
+int wb__cl_take_cancel(wb_client *c) {
+    return take_cancel(c);
+}
+
+int wb_watch_cancel(wb_client *c) {
+    if (c == NULL)
+        return WB_EINVAL;
+    /* Only write(2): async-signal-safe, and thread-safe against a wb_watch
+     * polling the eventfd.  EAGAIN (the counter full) already means a
+     * cancel is pending. */
+    int e = errno;
+    uint64_t one = 1;
+    ssize_t k = write(c->cancel_fd, &one, sizeof(one));
+    (void)k;
+    errno = e;
+    return 0;
+}
+
+/* ------------------------------------------------------------ connect */
+
+int wb_connect(const char *socket_path, wb_client **out) {
+    if (out == NULL)
+        return WB_EINVAL;
+    *out = NULL;
+    wb_client *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return WB_ENOMEM;
+    c->fd = -1;
+    c->cancel_fd = -1;
+    *out = c;
+    if (wb_socket_path(socket_path, c->path, sizeof(c->path)) < 0)
+        return wb__cl_fail(c, WB_EINVAL, "socket path too long");
+    c->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (c->cancel_fd < 0)
+        return wb__cl_fail(c, WB_ESYS, "eventfd: %s", strerror(errno));
+    return dial(c);
 }
 
 void wb_close(wb_client *c) {
@@ -265,5 +407,7 @@ void wb_close(wb_client *c) {
         return;
     if (c->fd >= 0)
         close(c->fd);
+    if (c->cancel_fd >= 0)
+        close(c->cancel_fd);
     free(c);
 }

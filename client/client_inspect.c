@@ -148,12 +148,16 @@ int wb_watch(wb_client *c, const char *model, uint64_t after, int timeout_ms,
              uint64_t *version) {
     if (c == NULL || model == NULL || version == NULL)
         return wb__cl_fail(c, WB_EINVAL, "missing argument");
+    if (wb__cl_take_cancel(c)) /* A stop() that came before the watch. */
+        return wb__cl_fail(c, WB_ECANCELED,
+                           "watch cancelled by a wb_watch_cancel() made "
+                           "before it");
     wb__cl_req r;
     wb__cl_req_begin(c, &r);
     wb__pack_watch_req(&r.pk, r.id, model, after,
                        timeout_ms < 0 ? -1 : timeout_ms);
     wb__msg m;
-    int rc = wb__cl_call(c, &r, &m);
+    int rc = wb__cl_call_cancellable(c, &r, &m);
     uint64_t v = 0;
     if (rc == 0 && wb__decode_u64_rep(m.root, "version", &v))
         rc = wb__cl_fail(c, WB_EPROTO, "malformed watch reply");

@@ -19,7 +19,14 @@
 #define WB_CLIENT_ERRMSG_MAX 1024 /* Bytes of the last failure's detail. */
 
 struct wb_client {
-    int fd;                            /* Connected socket, -1 once broken. */
+    int fd;                            /* Connected socket, -1 once broken
+                                          (the next call reconnects). */
+    int cancel_fd;                     /* eventfd wb_watch_cancel() counts
+                                          up and wb_watch() drains. */
+    uint64_t gen;                      /* Connections made so far (0: none
+                                          yet): tells a publish whether the
+                                          connection it began on is the one
+                                          open now. */
     uint64_t next_id;                  /* Id of the next request. */
     char path[WB_CLIENT_PATH_MAX];     /* Socket path, for messages. */
     char errmsg[WB_CLIENT_ERRMSG_MAX]; /* Detail of the last failure. */
@@ -60,5 +67,22 @@ int wb__cl_call_fds(wb_client *c, wb__cl_req *r, wb__msg *m, int *fds,
 
 /* wb__cl_call_fds() for a reply that brings no descriptors. */
 int wb__cl_call(wb_client *c, wb__cl_req *r, wb__msg *m);
+
+/* wb__cl_call() whose wait for the reply ends, with WB_ECANCELED and the
+ * connection dropped, when wb_watch_cancel() is called (for wb_watch). */
+int wb__cl_call_cancellable(wb_client *c, wb__cl_req *r, wb__msg *m);
+
+/* Both calls above first make sure c is connected: a connection marked
+ * broken, or whose socket shows the daemon gone (zero-timeout poll), is
+ * replaced by a new one (connect, trust checks, hello) to the same path,
+ * and c->gen counts it.  A connection that breaks during the request fails
+ * it with WB_ECLOSED and is marked, for the next call to replace. */
+
+/* Checks c's connection without reconnecting: marks it broken when its
+ * socket shows the daemon gone.  Returns 1 when it is still open. */
+int wb__cl_live(wb_client *c);
+
+/* Takes a pending wb_watch_cancel(): 1 if there was one (now consumed). */
+int wb__cl_take_cancel(wb_client *c);
 
 #endif

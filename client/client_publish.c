@@ -17,7 +17,8 @@
 #include "wire.h"
 
 struct wb_publish {
-    wb_client *c;     /* Connection that opened it. */
+    wb_client *c;     /* Handle that opened it. */
+    uint64_t gen;     /* c's connection it was opened on (client.c). */
     uint64_t pub;     /* Daemon's handle. */
     int fd;           /* The segment, writable, until commit. */
     uint8_t *base;    /* Writable shared mapping, once asked for. */
@@ -127,6 +128,7 @@ int wb_publish_begin(wb_client *c, const char *model,
     wb__msg m;
     int fd = -1, nfds = 0;
     rc = wb__cl_call_fds(c, &r, &m, &fd, &nfds, 1);
+    p->gen = c->gen; /* After the call, which may have reconnected. */
     wb__publish_rep rep;
     memset(&rep, 0, sizeof(rep));
     if (rc == 0 && nfds != 1)
@@ -229,6 +231,12 @@ static void publish_free(wb_publish *p) {
     free(p);
 }
 
+/* 1 when the connection p was opened on is still c's open one: the daemon
+ * aborted p's publish when that connection ended. */
+static int publish_conn_live(wb_publish *p) {
+    return wb__cl_live(p->c) && p->c->gen == p->gen;
+}
+
 int wb_publish_commit(wb_publish *p, uint64_t *version) {
     if (p == NULL)
         return WB_EINVAL;
@@ -236,6 +244,16 @@ int wb_publish_commit(wb_publish *p, uint64_t *version) {
     if (p->base) {
         munmap(p->base, p->size);
         p->base = NULL;
+    }
+    if (!publish_conn_live(p)) {
+        int rc = wb__cl_fail(c, WB_ECLOSED,
+                             "the connection to %s that began this publish "
+                             "was lost before its commit (the daemon "
+                             "restarted or closed it), and the daemon "
+                             "discarded the publish: publish it again",
+                             c->path);
+        publish_free(p);
+        return rc;
     }
     wb__cl_req r;
     wb__cl_req_begin(c, &r);
@@ -259,7 +277,7 @@ void wb_publish_abort(wb_publish *p) {
         munmap(p->base, p->size);
         p->base = NULL;
     }
-    if (p->c && p->pub && p->c->fd >= 0) {
+    if (p->c && p->pub && publish_conn_live(p)) {
         wb__cl_req r;
         wb__cl_req_begin(p->c, &r);
         wb__pack_pub_req(&r.pk, "abort", r.id, p->pub);

@@ -12,12 +12,28 @@
  * handle, or on a publish made through it, also leaves its detail in
  * wb_errmsg() of that handle.  A call that sends a request can, besides
  * the codes its comment lists, fail with the "transport errors":
- * WB_ECLOSED (the connection is gone: every later request on the handle
- * fails the same way, so close it), WB_EPROTO (the daemon's reply was
+ * WB_ECLOSED (the connection broke while the request was out, so whether
+ * the daemon carried it out is unknown), WB_ECONNECT, WB_EPERM or
+ * WB_EVERSION (the connection had been lost and reconnecting failed, as
+ * for wb_connect(); wb_errmsg() says it was a reconnect), WB_EPROTO (the
+ * daemon's reply was
  * malformed or out of sequence, or the daemon refused the request as a
  * protocol error; the connection may have been closed with it),
  * WB_ETOOBIG (the request exceeds the protocol's 32 MiB frame; nothing was
  * sent) and WB_ENOMEM.
+ *
+ * Reconnecting.  A handle outlives its connection: when the daemon went
+ * away (it was restarted, or ended the connection after a protocol error
+ * or one of the above), the next call on the handle connects again to the
+ * same socket path, with the same checks of whoever listens there and a
+ * new hello, and then sends its request.  A call finds the connection lost
+ * when an earlier call marked it so or when its socket shows the daemon
+ * gone; a call whose connection breaks while its request is out fails
+ * with WB_ECLOSED instead, and the call after it reconnects.  Mappings
+ * already made stay valid throughout: they do not depend on the
+ * connection.  What lived on the lost connection does not come back: a
+ * publish begun on it fails its wb_publish_commit() with WB_ECLOSED, and
+ * a wb_watch() waiting on it fails with WB_ECLOSED.
  *
  * Arguments.  Pointer arguments must not be NULL unless the comment says
  * so; a NULL handle or output pointer is refused with WB_EINVAL, but a
@@ -39,7 +55,9 @@
  * (wb_map_*) from several threads at once, since reading does not change
  * it, but must not be unmapped while another thread still uses it; the
  * same holds for wb_rules and wb_schema, which wb_load() only reads.  The
- * functions that take no handle are thread-safe. */
+ * functions that take no handle are thread-safe, and so is
+ * wb_watch_cancel(), made to be called while another thread waits in
+ * wb_watch(). */
 #ifndef WBROKER_H
 #define WBROKER_H
 
@@ -100,7 +118,8 @@ WB_EXTERN const char *wb_version_string(void);
     X(EVERSION, -23, "protocol version mismatch")                              \
     X(ENOMEM, -24, "out of memory")                                            \
     X(EFORMAT, -25, "invalid file format")                                     \
-    X(EIO, -26, "input/output error")
+    X(EIO, -26, "input/output error")                                          \
+    X(ECANCELED, -27, "cancelled")
 
 typedef enum {
     WB_OK = 0,
@@ -613,10 +632,24 @@ WB_EXTERN int wb_drop(wb_client *c, const char *model, uint64_t version);
  * returns 0 with *version == after.  The handle is busy meanwhile.  Fails
  * with WB_EINVAL when c, model or version is NULL; WB_ENAME for an
  * invalid model name; WB_ETOOBIG when the model does not exist yet and
- * the daemon already holds its maximum of 4,096 models; and the transport
- * errors. */
+ * the daemon already holds its maximum of 4,096 models; WB_ECANCELED when
+ * wb_watch_cancel() ended it (see there); and the transport errors. */
 WB_EXTERN int wb_watch(wb_client *c, const char *model, uint64_t after,
                        int timeout_ms, uint64_t *version);
+/* Ends a wb_watch() on c: one that another thread is waiting in returns
+ * WB_ECANCELED at once (within milliseconds).  Its reply is still due on
+ * the connection, so that connection is dropped, and the next call on c
+ * reconnects (see "Reconnecting" above); a reply that has already begun
+ * to arrive wins, and the cancel is then kept for the next wb_watch().
+ * When no wb_watch() is running, the next one on c returns WB_ECANCELED
+ * at once without sending anything, so that a cancel made just before
+ * the watch starts is not lost; it does so once however many cancels
+ * came before, and other calls ignore a pending cancel.  Only wb_watch()
+ * is cancellable.  Thread-safe and async-signal-safe (it writes to an
+ * eventfd inside c and keeps errno), the one call on c that may run while
+ * another thread uses c; c must stay open until it returns.  Returns 0,
+ * or WB_EINVAL for a NULL c. */
+WB_EXTERN int wb_watch_cancel(wb_client *c);
 
 #ifdef __cplusplus
 }
