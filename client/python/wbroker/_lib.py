@@ -28,14 +28,19 @@ WB_KEYS_ALIASED = 4
 
 # Error codes used by name in the package (the header has the full table).
 WB_EINVAL = -1
+WB_EPROTO = -2
 WB_ENOMODEL = -4
 WB_ENOVERSION = -5
 WB_EDTYPE = -8
+WB_EPERM = -12
 WB_ECONNECT = -13
 WB_ECLOSED = -14
+WB_ECORRUPT = -16
+WB_ESTATE = -17
 WB_ERULE = -18
 WB_ELOAD = -20
 WB_EFORMAT = -25
+WB_EIO = -26
 
 # wb_dtype values, in the header's order.
 DTYPE_NAMES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8",
@@ -46,6 +51,20 @@ DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4,
                "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
 
 c_int64_p = ctypes.POINTER(ctypes.c_int64)
+
+
+def enc(s, what="name"):
+    """UTF-8 bytes of a str argument (TypeError for anything else)."""
+    if isinstance(s, bytes):
+        return s
+    if not isinstance(s, str):
+        raise TypeError("%s must be a str, not %s" % (what, type(s).__name__))
+    return s.encode("utf-8", "surrogatepass")
+
+
+def dec(b):
+    """The str of a C string the library returned (None stays None)."""
+    return b.decode("utf-8", "surrogateescape") if b is not None else None
 
 
 class wb_tensor_spec(ctypes.Structure):
