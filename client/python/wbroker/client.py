@@ -217,6 +217,26 @@ class Client:
                              rules=rules,
                              ignore_mismatched_sizes=ignore_mismatched_sizes)
 
+    def follow(self, model, name, lock=None, on_error=None,
+               **load_into_arguments):
+        """Keeps model on the newest version of `name` from now on and
+        returns the Follower doing it (.version, .wait(), .stop()).
+
+        A background thread with a connection of its own loads the latest
+        version (if any), then waits for each new commit (a blocking watch,
+        woken by stop()).  It prepares every new version completely, with
+        the load_into arguments given here, then switches all of model's
+        tensors in one pass, inside ``with lock:`` when a lock (any context
+        manager) is given: a forward pass run under the same lock sees one
+        version, never a mix.  It then drops its references to the version
+        left behind, which is released once nothing else views it.  A
+        version that fails to load leaves model on the one it had and is
+        passed to on_error(exception) (default: a RuntimeWarning).  When
+        the daemon restarts, the follower reconnects and goes on by itself.
+        Raises at once for an invalid name or an unreachable daemon."""
+        from .follow import Follower
+        return Follower(self, model, name, lock, on_error, load_into_arguments)
+
     # -- inspect
 
     def models(self):
