@@ -17,21 +17,27 @@ unmapped when the last tensor viewing it is garbage-collected.
 
 The library is $WBROKER_LIB if set, else the libwbroker.so a wheel ships
 next to this package, else libwbroker found by ctypes (the
-"libwbroker.so.0" soname that ``make install`` provides).  torch is
-imported on first use, so models(), drop(), watch(), publish_file() and
-export() work without it.
+"libwbroker.so.0" soname that ``make install`` provides).  Importing the
+package loads it and raises ImportError when it cannot be loaded or is of
+another version than the package.  torch is imported on first use, so
+models(), drop(), watch(), publish_file() and export() work without it.
 
 Modules: errors (the exceptions), dtypes (safetensors and torch dtypes),
 publish (publish, publish_file, export), load (state_dict, load_into,
 plan and LoadResult), client (connect, Client), _lib (the ctypes
 declarations).
 """
-from .client import Client, ModelInfo, Status, connect, socket_path
-from .errors import ConnectError, Error, FormatError, LoadError, NotFoundError
-from .load import LoadResult
+__version__ = "0.1.0"
+
+from . import _lib  # noqa: E402
+
+_lib.load(__version__)   # Fills the error codes and dtypes the modules use.
+
+from .client import Client, ModelInfo, Status, connect, socket_path  # noqa
+from .errors import (ConnectError, Error, FormatError, LoadError,  # noqa
+                     NotFoundError)
+from .load import LoadResult  # noqa: E402
 
 __all__ = ["connect", "socket_path", "Client", "Error", "ConnectError",
            "LoadError", "NotFoundError", "FormatError", "LoadResult",
            "ModelInfo", "Status"]
-
-__version__ = "0.1.0"

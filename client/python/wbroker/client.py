@@ -4,10 +4,14 @@ small records its inspection calls return.
 Client's methods that move tensors live in publish.py and load.py; the
 methods here hold the connection, its lock, and the calls that move none.
 """
+from __future__ import annotations
+
 import ctypes
 import os
 import threading
 import time
+import typing
+from typing import Dict, Iterator, List, Mapping, Optional, Union
 
 from . import _lib
 from . import load as _load
@@ -16,7 +20,17 @@ from ._lib import dec as _dec
 from ._lib import enc as _enc
 from .errors import ConnectError, Error, _raise
 
+if typing.TYPE_CHECKING:     # Only for the annotations: torch loads lazily.
+    import torch
+
+    from .load import LoadResult, _PendingLoad
+
 __all__ = ["connect", "socket_path", "Client", "ModelInfo", "Status"]
+
+# What the rules arguments of load_into(), plan() and _prepare_load() take.
+Rename = Union[Mapping[str, str], "list[tuple[str, str]]"]
+Prefix = Union["tuple[str, str]", "list[tuple[str, str]]"]
+Globs = Union[str, List[str]]
 
 
 class ModelInfo:
@@ -57,7 +71,7 @@ class Status:
             "%s=%r" % (k, getattr(self, k)) for k in self.__slots__)
 
 
-def socket_path(socket=None):
+def socket_path(socket: Optional[str] = None) -> str:
     """The socket path a client uses: socket, else $WBROKER_SOCKET, else
     the per-user default (as every wbroker program resolves it)."""
     lib = _lib.load()
@@ -68,7 +82,7 @@ def socket_path(socket=None):
     return os.fsdecode(buf.value)
 
 
-def connect(socket=None):
+def connect(socket: Optional[str] = None) -> Client:
     """Connects to wbrokerd (socket=None: the default path) and returns a
     Client, usable as a context manager.  Raises ConnectError naming the
     socket path when the daemon cannot be reached."""
@@ -79,7 +93,7 @@ class Client:
     """A connection to wbrokerd.  Calls are blocking; one call runs at a
     time per client (a lock serialises threads sharing it)."""
 
-    def __init__(self, socket=None):
+    def __init__(self, socket: Optional[str] = None):
         lib = self._lib = _lib.load()
         self._c = None
         self._lock = threading.RLock()
@@ -110,14 +124,14 @@ class Client:
                    self._lib.wb_sys_errno(self._c))
         return rc
 
-    def close(self):
+    def close(self) -> None:
         """Closes the connection.  Tensors mapped through it stay valid."""
         with self._lock:
             c, self._c = self._c, None
             if c is not None:
                 self._lib.wb_close(c)
 
-    def __enter__(self):
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc):
@@ -134,7 +148,9 @@ class Client:
 
     # -- publish
 
-    def publish(self, name, model, metadata=None):
+    def publish(self, name: str,
+                model: Union[torch.nn.Module, Mapping[str, torch.Tensor]],
+                metadata: Optional[Mapping[str, str]] = None) -> int:
         """Publishes an nn.Module's state_dict (or a dict name -> tensor) as
         a new version of model `name` and returns its number.
 
@@ -145,14 +161,16 @@ class Client:
         whole version commits."""
         return _publish.publish(self, name, model, metadata)
 
-    def publish_file(self, path, name, metadata=None):
+    def publish_file(self, path: Union[str, os.PathLike], name: str,
+                     metadata: Optional[Mapping[str, str]] = None) -> int:
         """Publishes a .safetensors file as a new version of `name` and
         returns its number.  The header is validated first (FormatError);
         the file's metadata is kept, updated by `metadata`, and names a
         file made by `export` records as tied are tied again."""
         return _publish.publish_file(self, path, name, metadata)
 
-    def export(self, name, path, version=None):
+    def export(self, name: str, path: Union[str, os.PathLike],
+               version: Optional[int] = None) -> int:
         """Writes a version (None: the latest) of `name` as a safetensors
         file at path (through a temporary file renamed into place) and
         returns the version written."""
@@ -160,7 +178,8 @@ class Client:
 
     # -- map
 
-    def state_dict(self, name, version=None):
+    def state_dict(self, name: str, version: Optional[int] = None
+                   ) -> Dict[str, torch.Tensor]:
         """The tensors of a version (None: the latest) as a dict name ->
         tensor, in the order the daemon stores them (an OrderedDict that
         carries, as torch's state_dict() does, the module versions
@@ -169,14 +188,19 @@ class Client:
         The memory is unmapped when the last of them is collected."""
         return _load.state_dict(self, name, version)
 
-    def metadata(self, name, version=None):
+    def metadata(self, name: str, version: Optional[int] = None
+                 ) -> Dict[str, str]:
         """The metadata (dict str -> str) of a version (None: the
         latest)."""
         return _load.metadata(self, name, version)
 
-    def load_into(self, model, name, version=None, strict=True, include=None,
-                  exclude=None, rename=None, rules=None,
-                  ignore_mismatched_sizes=False):
+    def load_into(self, model: torch.nn.Module, name: str,
+                  version: Optional[int] = None, strict: bool = True,
+                  include: Optional[Globs] = None,
+                  exclude: Optional[Globs] = None,
+                  rename: Optional[Rename] = None,
+                  rules: Optional[Union[str, os.PathLike]] = None,
+                  ignore_mismatched_sizes: bool = False) -> LoadResult:
         """Loads a version (None: the latest) of `name` into model.
 
         The daemon applies the rules (rules file first, then include,
@@ -192,9 +216,13 @@ class Client:
             exclude=exclude, rename=rename, rules=rules,
             ignore_mismatched_sizes=ignore_mismatched_sizes).apply()
 
-    def plan(self, model, name, version=None, strict=True, include=None,
-             exclude=None, rename=None, rules=None,
-             ignore_mismatched_sizes=False):
+    def plan(self, model: torch.nn.Module, name: str,
+             version: Optional[int] = None, strict: bool = True,
+             include: Optional[Globs] = None,
+             exclude: Optional[Globs] = None,
+             rename: Optional[Rename] = None,
+             rules: Optional[Union[str, os.PathLike]] = None,
+             ignore_mismatched_sizes: bool = False) -> LoadResult:
         """Dry run of load_into(): the same report, nothing mapped or
         touched.  A load that would fail is reported in .error (the
         PyTorch-format text), not raised."""
@@ -203,9 +231,14 @@ class Client:
                           rules=rules,
                           ignore_mismatched_sizes=ignore_mismatched_sizes)
 
-    def _prepare_load(self, model, name, version=None, strict=True,
-                      include=None, exclude=None, rename=None, rules=None,
-                      ignore_mismatched_sizes=False):
+    def _prepare_load(self, model: torch.nn.Module, name: str,
+                      version: Optional[int] = None, strict: bool = True,
+                      include: Optional[Globs] = None,
+                      exclude: Optional[Globs] = None,
+                      rename: Optional[Rename] = None,
+                      rules: Optional[Union[str, os.PathLike]] = None,
+                      ignore_mismatched_sizes: bool = False
+                      ) -> _PendingLoad:
         """The first step of load_into(), with the same arguments: asks the
         daemon, maps its answer and checks every view, without touching
         model.  Returns a pending load whose .result is the LoadResult and
@@ -239,7 +272,7 @@ class Client:
 
     # -- inspect
 
-    def models(self):
+    def models(self) -> List[ModelInfo]:
         """The models the daemon holds, as a list of ModelInfo."""
         lib = self._lib
         arr = ctypes.POINTER(_lib.wb_model_info)()
@@ -254,7 +287,7 @@ class Client:
         finally:
             lib.wb_model_info_free(arr, n.value)
 
-    def status(self):
+    def status(self) -> Status:
         """The daemon's Status."""
         st = _lib.wb_status()
         with self._lock:
@@ -266,7 +299,7 @@ class Client:
                       memory_shmem=st.memory_shmem, models=st.models,
                       versions=st.versions, clients=st.clients, pid=st.pid)
 
-    def drop(self, name, version=None):
+    def drop(self, name: str, version: Optional[int] = None) -> None:
         """Drops one version, or (version None) every version of `name`.
         Tensors already mapped stay valid."""
         with self._lock:
@@ -280,7 +313,8 @@ class Client:
                                            timeout_ms, ctypes.byref(v)))
         return v.value
 
-    def watch(self, name, timeout=None):
+    def watch(self, name: str, timeout: Optional[float] = None
+              ) -> Iterator[int]:
         """Returns an iterator over the versions of `name` committed after
         this call (it blocks between them; if several commit while the
         caller is busy, the newest is yielded).  With a timeout (seconds),

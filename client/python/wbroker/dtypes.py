@@ -10,8 +10,9 @@ _TO_TORCH = {}                  # dtype name -> torch.dtype
 _FROM_TORCH = {}                # torch.dtype -> dtype name
 _ITEMSIZE = {}                  # torch.dtype -> bytes per element
 
-# safetensors name -> attribute of the torch module; a torch that lacks one
-# (float8 and the wider unsigned types are recent) just cannot move it.
+# safetensors name (of the library's dtypes) -> attribute of the torch
+# module; a torch that lacks one (float8 and the wider unsigned types are
+# recent) just cannot move it.
 _TORCH_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16",
                 "BF16": "bfloat16", "I64": "int64", "I32": "int32",
                 "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
@@ -20,13 +21,16 @@ _TORCH_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16",
 
 
 def torch():
-    """Imports torch and fills the dtype tables on first use."""
+    """Imports torch and fills the dtype tables on first use: each dtype
+    of the library (_lib.DTYPE_NAMES) that this torch has, with the
+    library's element size."""
     global _torch_mod
     if _torch_mod is None:
         import torch as t
-        for name, attr in _TORCH_NAMES.items():
-            dt = getattr(t, attr, None)
-            if isinstance(dt, t.dtype):
+        for name in _lib.DTYPE_NAMES:
+            dt = getattr(t, _TORCH_NAMES.get(name, ""), None)
+            if isinstance(dt, t.dtype) and t.empty(
+                    (), dtype=dt).element_size() == _lib.DTYPE_SIZES[name]:
                 _TO_TORCH[name] = dt
                 _FROM_TORCH[dt] = name
         _torch_mod = t
