@@ -1,11 +1,13 @@
 /* client_inspect.c -- libwbroker: what the daemon holds and says (list,
- * status), dropping versions and watching for new ones. */
+ * status, holders), dropping and pinning versions and watching for new
+ * ones. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "client_internal.h"
 #include "msg.h"
+#include "wire.h"
 
 int wb_list(wb_client *c, wb_model_info **out, size_t *n) {
     if (c == NULL || out == NULL || n == NULL)
@@ -33,6 +35,7 @@ int wb_list(wb_client *c, wb_model_info **out, size_t *n) {
         v[i].tensors = e[i].tensors;
         v[i].bytes = e[i].bytes;
         v[i].readers = e[i].readers;
+        v[i].pinned = e[i].pinned;
         *n = i + 1;
         if ((v[i].name = wb__str_dup(e[i].name)) == NULL)
             rc = wb__cl_fail(c, WB_ENOMEM, "out of memory");
@@ -165,4 +168,89 @@ int wb_watch(wb_client *c, const char *model, uint64_t after, int timeout_ms,
         *version = v;
     wb__msg_free(&m);
     return rc;
+}
+
+/* Pins (pin 1) or unpins version of model. */
+static int pin_call(wb_client *c, const char *model, uint64_t version,
+                    int pin) {
+    if (c == NULL || model == NULL)
+        return wb__cl_fail(c, WB_EINVAL, "missing argument");
+    if (wb__check_name(model, strlen(model)))
+        return wb__cl_fail(c, WB_ENAME, "invalid model name");
+    wb__cl_req r;
+    wb__cl_req_begin(c, &r);
+    wb__pack_pin_req(&r.pk, r.id, model, version, pin);
+    wb__msg m;
+    int rc = wb__cl_call(c, &r, &m);
+    uint64_t got;
+    if (rc == 0 && wb__decode_u64_rep(m.root, "version", &got))
+        rc = wb__cl_fail(c, WB_EPROTO, "malformed pin reply");
+    wb__msg_free(&m);
+    return rc;
+}
+
+int wb_pin(wb_client *c, const char *model, uint64_t version) {
+    return pin_call(c, model, version, 1);
+}
+
+int wb_unpin(wb_client *c, const char *model, uint64_t version) {
+    return pin_call(c, model, version, 0);
+}
+
+int wb_holders(wb_client *c, const char *model, wb_holder **out, size_t *n) {
+    if (out)
+        *out = NULL;
+    if (n)
+        *n = 0;
+    if (c == NULL || out == NULL || n == NULL)
+        return wb__cl_fail(c, WB_EINVAL, "missing argument");
+    if (model && wb__check_name(model, strlen(model)))
+        return wb__cl_fail(c, WB_ENAME, "invalid model name");
+    wb__cl_req r;
+    wb__cl_req_begin(c, &r);
+    wb__pack_holders_req(&r.pk, r.id, model);
+    wb__msg m;
+    int rc = wb__cl_call(c, &r, &m);
+    wb__holder_entry *e = NULL;
+    size_t ne = 0;
+    int drc = rc ? 0 : wb__decode_holders_rep(m.root, &e, &ne);
+    if (drc)
+        rc = wb__cl_fail(c, drc, "%s",
+                         drc == WB_ENOMEM ? "out of memory"
+                                          : "malformed holders reply");
+    wb_holder *v = NULL;
+    size_t k = 0;
+    if (rc == 0 && !(v = calloc(ne ? ne : 1, sizeof(*v))))
+        rc = wb__cl_fail(c, WB_ENOMEM, "out of memory");
+    for (; rc == 0 && k < ne; k++) {
+        v[k].pid = e[k].pid;
+        v[k].uid = e[k].uid;
+        v[k].version = e[k].version;
+        v[k].bytes = e[k].bytes;
+        v[k].since = e[k].since;
+        v[k].comm = wb__str_dup(e[k].comm);
+        v[k].model = wb__str_dup(e[k].model);
+        if (v[k].comm == NULL || v[k].model == NULL) {
+            k++; /* Freed below with the rest. */
+            rc = wb__cl_fail(c, WB_ENOMEM, "out of memory");
+            break;
+        }
+    }
+    free(e);
+    wb__msg_free(&m);
+    if (rc) {
+        wb_holders_free(v, k);
+        return rc;
+    }
+    *out = v;
+    *n = k;
+    return 0;
+}
+
+void wb_holders_free(wb_holder *v, size_t n) {
+    for (size_t i = 0; v && i < n; i++) {
+        free(v[i].comm);
+        free(v[i].model);
+    }
+    free(v);
 }

@@ -3,12 +3,16 @@
  *
  * A map reply's read-only descriptors are checked, all of them, before
  * any is mapped, shared or copy-on-write; every row of its tensor table
- * must lie inside its segment. */
+ * must lie inside its segment.  The reply's last descriptor, the write
+ * end of the daemon's hold pipe, stays open beside the mapping until
+ * wb_unmap() has unmapped it (see wbroker.h, "Holds"). */
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "client_internal.h"
@@ -49,6 +53,9 @@ struct wb_mapping {
     size_t seg_size[WB_MAX_SEGMENTS]; /* Bytes of each. */
     int nsegs;                        /* Segments mapped. */
     int plain;                        /* 1 if mapped whole, without rules. */
+    int hold_fd;                      /* Write end of the daemon's hold
+                                         pipe (closed after munmap), or
+                                         -1. */
 };
 
 /* Builds the name index of m.  Returns 0 or WB_ENOMEM. */
@@ -90,6 +97,9 @@ void wb_unmap(wb_mapping *m) {
     for (int k = 0; k < m->nsegs; k++)
         if (m->segs[k])
             munmap(m->segs[k], m->seg_size[k]);
+    /* Only now: the daemon may refund the memory once the hold ends. */
+    if (m->hold_fd >= 0)
+        close(m->hold_fd);
     for (size_t i = 0; i < m->n; i++) {
         free(m->t[i].name);
         free(m->t[i].source);
@@ -131,19 +141,44 @@ static int take_report(wb_mapping *m, const wb__report *r) {
     return m->text ? 0 : WB_ENOMEM;
 }
 
+/* Checks that fd, which a map reply says is the write end of its hold
+ * pipe, is one: a FIFO open for writing only.  Returns 0 or -1. */
+static int check_hold_fd(int fd) {
+    struct stat st;
+    int fl = fcntl(fd, F_GETFL);
+    return fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode) && fl >= 0 &&
+                   (fl & O_ACCMODE) == O_WRONLY
+               ? 0
+               : -1;
+}
+
 /* Checks the segments a decoded map reply declares against the
- * descriptors it carried (fds, nfds) and maps them (unless a plan), all
- * checked before any is mapped.  Returns 0 or an error recorded on c. */
+ * descriptors it carried (fds, nfds: the segments', then the hold's when
+ * the reply says so) and maps them (unless a plan), all checked before
+ * any is mapped.  Takes the hold's descriptor into m (fds[nsegs] becomes
+ * -1).  Returns 0 or an error recorded on c. */
 static int map_segments(wb_client *c, const wb__map_rep *rep, wb_mapping *m,
-                        const int *fds, int nfds, int flags) {
+                        int *fds, int nfds, int flags) {
     int plan = (flags & WB_MAP_PLAN) != 0;
     assert(rep->nsegs <= WB_MAX_SEGMENTS); /* The decoder's limit. */
-    if (!plan && rep->nsegs != (size_t)nfds)
+    size_t want = plan ? 0 : rep->nsegs + (rep->hold != 0);
+    if (!plan && want != (size_t)nfds)
         return wb__cl_broken(
             c, wb__cl_fail(c, WB_EPROTO,
-                           "map reply from %s declares %zu segments but "
+                           "map reply from %s declares %zu segments%s but "
                            "carries %d descriptors",
-                           c->path, rep->nsegs, nfds));
+                           c->path, rep->nsegs, rep->hold ? " and a hold" : "",
+                           nfds));
+    if (!plan && rep->hold) {
+        if (check_hold_fd(fds[rep->nsegs]))
+            return wb__cl_broken(
+                c, wb__cl_fail(c, WB_EPROTO,
+                               "map reply from %s: its hold descriptor is "
+                               "not the write end of a pipe",
+                               c->path));
+        m->hold_fd = fds[rep->nsegs];
+        fds[rep->nsegs] = -1;
+    }
     m->nsegs = (int)rep->nsegs;
     for (int k = 0; k < m->nsegs; k++) {
         if (rep->segs[k] > SIZE_MAX)
@@ -192,7 +227,7 @@ static int check_row(wb_client *c, const wb_mapping *m, const wb__map_entry *e,
  * unless a plan), tensor table, metadata and the name index.  Returns 0
  * or an error recorded on c. */
 static int take_mapping(wb_client *c, const wb__map_rep *rep, wb_mapping *m,
-                        const int *fds, int nfds, int flags) {
+                        int *fds, int nfds, int flags) {
     m->version = rep->version;
     int rc = map_segments(c, rep, m, fds, nfds, flags);
     if (rc)
@@ -240,7 +275,7 @@ static int take_mapping(wb_client *c, const wb__map_rep *rep, wb_mapping *m,
  * mp: the whole mapping, or only the version and report of a load error.
  * Returns rc, or an error recorded on c. */
 static int read_reply(wb_client *c, const wb__msg *m, int rc, wb_mapping *mp,
-                      const int *fds, int nfds, int flags) {
+                      int *fds, int nfds, int flags) {
     int load_error = rc == WB_ELOAD;
     wb__map_rep rep;
     int drc = wb__decode_map_rep(m->root, load_error, &rep);
@@ -283,14 +318,15 @@ int wb_load(wb_client *c, const char *model, uint64_t version,
                      strict, ignore, schema ? &schema->s : NULL,
                      rules ? &rules->rs : NULL);
     wb__msg m;
-    int fds[WB_MAX_SEGMENTS], nfds = 0;
-    int rc = wb__cl_call_fds(c, &r, &m, fds, &nfds, WB_MAX_SEGMENTS);
+    int fds[WB_MAX_SEGMENTS + 1], nfds = 0; /* Segments, then the hold. */
+    int rc = wb__cl_call_fds(c, &r, &m, fds, &nfds, WB_MAX_SEGMENTS + 1);
     wb_mapping *mp = NULL;
     if (rc == 0 || rc == WB_ELOAD) {
         mp = calloc(1, sizeof(*mp));
         if (mp == NULL) {
             rc = wb__cl_fail(c, WB_ENOMEM, "out of memory");
         } else {
+            mp->hold_fd = -1;
             int got = rc;
             rc = read_reply(c, &m, rc, mp, fds, nfds, flags);
             mp->plain = got == 0 && schema == NULL && rules == NULL &&
@@ -298,7 +334,8 @@ int wb_load(wb_client *c, const char *model, uint64_t version,
         }
     }
     for (int i = 0; i < nfds; i++)
-        close(fds[i]);
+        if (fds[i] >= 0)
+            close(fds[i]);
     wb__msg_free(&m);
     if (rc && rc != WB_ELOAD) {
         wb_unmap(mp);

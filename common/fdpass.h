@@ -10,7 +10,9 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#define WB_FDPASS_MAX 64 /* Descriptors in one message, either way. */
+#define WB_FDPASS_MAX                                                          \
+    65 /* Descriptors in one message, either way: a                            \
+          map reply's 64 segments and its hold. */
 
 /* Sends up to len > 0 bytes of buf with nfds (0..WB_FDPASS_MAX) descriptors
  * attached, with MSG_NOSIGNAL and the extra flags given (e.g.

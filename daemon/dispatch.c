@@ -45,11 +45,12 @@ static const struct {
     const char *name; /* Value of "op". */
     wb__op_fn fn;     /* Handler. */
 } op_table[] = {
-    {"hello", op_hello},       {"publish", wb__op_publish},
-    {"commit", wb__op_commit}, {"abort", wb__op_abort},
-    {"map", wb__op_map},       {"list", wb__op_list},
-    {"status", wb__op_status}, {"drop", wb__op_drop},
-    {"watch", wb__op_watch},
+    {"hello", op_hello},         {"publish", wb__op_publish},
+    {"commit", wb__op_commit},   {"abort", wb__op_abort},
+    {"map", wb__op_map},         {"list", wb__op_list},
+    {"status", wb__op_status},   {"drop", wb__op_drop},
+    {"watch", wb__op_watch},     {"pin", wb__op_pin},
+    {"holders", wb__op_holders},
 };
 
 /* Answers a protocol error with id 0 and closes once it is sent. */

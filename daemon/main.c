@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
@@ -20,6 +21,7 @@
 
 #include "conn.h"
 #include "dispatch.h"
+#include "hold.h"
 #include "log.h"
 #include "ops.h"
 #include "paths.h"
@@ -27,6 +29,7 @@
 #include "worker.h"
 
 #define WB_DEFAULT_CLIENT_TIMEOUT 30 /* Seconds, --client-timeout. */
+#define WB_DEFAULT_KEEP 2            /* Unpinned versions per model, --keep. */
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -47,6 +50,10 @@ static void usage(FILE *f) {
             "                       a frame or read no replies for S "
             "seconds\n"
             "                       (default 30; 0 never)\n"
+            "  --keep N             unpinned versions a commit leaves per "
+            "model; older\n"
+            "                       ones are retired (default 2; 0 keeps "
+            "all)\n"
             "  --log-level LEVEL    debug, info, warn or error (default "
             "info)\n"
             "  --version            print the version and exit\n"
@@ -176,6 +183,25 @@ static int listen_socket(const char *path, unsigned mode, int inherited_fd) {
     return fd;
 }
 
+/* Every mapping a client keeps costs the daemon one descriptor (its hold,
+ * hold.h), so the soft RLIMIT_NOFILE is raised to the hard one; what is
+ * left is logged, since a map fails with EMFILE beyond it. */
+static void raise_nofile(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t want = rl.rlim_max;
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            wb__warn("cannot raise the descriptor limit to %llu: %s",
+                     (unsigned long long)want, strerror(errno));
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    wb__debug("descriptor limit %llu (each mapping a client keeps uses one)",
+              (unsigned long long)rl.rlim_cur);
+}
+
 static uv_signal_t sig_term, sig_int;
 static int stopping;
 static char bound_path[108]; /* Socket path to unlink at exit, or "". */
@@ -207,6 +233,7 @@ int main(int argc, char **argv) {
         {"socket-mode", required_argument, NULL, 'p'},
         {"log-level", required_argument, NULL, 'l'},
         {"client-timeout", required_argument, NULL, 't'},
+        {"keep", required_argument, NULL, 'k'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -215,9 +242,21 @@ int main(int argc, char **argv) {
     uint64_t limit = 0;
     unsigned mode = 0660;
     unsigned timeout = WB_DEFAULT_CLIENT_TIMEOUT;
+    uint64_t keep = WB_DEFAULT_KEEP;
     int c;
-    while ((c = getopt_long(argc, argv, "s:m:p:l:t:Vh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "s:m:p:l:t:k:Vh", opts, NULL)) != -1) {
         switch (c) {
+        case 'k': {
+            char *end;
+            errno = 0;
+            unsigned long long k = strtoull(optarg, &end, 10);
+            if (*optarg < '0' || *optarg > '9' || *end || errno) {
+                fprintf(stderr, "wbrokerd: bad --keep '%s'\n", optarg);
+                return 2;
+            }
+            keep = k;
+            break;
+        }
         case 't': {
             char *end;
             unsigned long t = strtoul(optarg, &end, 10);
@@ -293,8 +332,10 @@ int main(int argc, char **argv) {
     }
 
     signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
     uv_loop_t *loop = uv_default_loop();
     wb__reg.mem_limit = limit;
+    wb__reg.keep = keep;
     wb__started = (double)uv_hrtime() / 1e9;
 
     /* Before the socket exists: whoever sees it may already signal us. */
@@ -330,10 +371,11 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    wb__info("wbrokerd %s listening on %s (memory limit %llu bytes, client "
-             "timeout %u s, pid %d)",
+    wb__info("wbrokerd %s listening on %s (memory limit %llu bytes, keep "
+             "%llu, client timeout %u s, pid %d)",
              wb_version_string(), inherited >= 0 ? "systemd socket" : path,
-             (unsigned long long)limit, timeout, (int)getpid());
+             (unsigned long long)limit, (unsigned long long)keep, timeout,
+             (int)getpid());
     sd_notifyf(0, "READY=1\nSTATUS=serving on %s\nMAINPID=%d",
                inherited >= 0 ? "systemd socket" : path, (int)getpid());
 
@@ -343,6 +385,7 @@ int main(int argc, char **argv) {
      * every version so that each segment is closed and accounted. */
     wb__worker_stop();
     uv_run(loop, UV_RUN_NOWAIT);
+    wb__holds_clear();
     wb__registry_clear();
     uv_walk(loop, on_walk_close, NULL);
     uv_run(loop, UV_RUN_DEFAULT);

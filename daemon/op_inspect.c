@@ -1,13 +1,17 @@
-/* op_inspect.c -- list and status: what the daemon holds. */
+/* op_inspect.c -- list, status and holders: what the daemon holds and who
+ * holds it. */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "hold.h"
 #include "msg.h"
 #include "ops.h"
 #include "registry.h"
 #include "reply.h"
+#include "request.h"
 #include "stats.h"
 #include "wire.h"
 
@@ -31,7 +35,8 @@ static void list_row(void *arg, size_t i, wb__list_entry *e) {
     e->versions = m->nversions;
     e->tensors = v->n;
     e->bytes = v->data_bytes;
-    e->readers = wb__sessions_mapping(m->name);
+    e->readers = wb__holds_readers(m);
+    e->pinned = wb__model_pinned(m);
 }
 
 void wb__op_list(wb__session *s, uint64_t id, const msgpack_object *req) {
@@ -81,13 +86,17 @@ void wb__op_status(wb__session *s, uint64_t id, const msgpack_object *req) {
     /* Requests and errors, and the bytes in each page size (all segments
      * are 4 KiB pages today). */
     counter_list cl = {0};
-    cl.cap = wb__stats_count() + 2;
+    cl.cap = wb__stats_count() + 4;
     cl.name = calloc(cl.cap, sizeof(cl.name[0]));
     cl.value = calloc(cl.cap, sizeof(uint64_t));
     if (cl.name == NULL || cl.value == NULL)
         cl.cap = 0;
     wb__stats_each(counter_add, &cl);
     counter_add(&cl, "bytes.4k", st.shmem);
+    /* Mappings processes keep, and what versions that left their list
+     * still charge because of them. */
+    counter_add(&cl, "holds", wb__holds_count());
+    counter_add(&cl, "bytes.retired", wb__holds_retired_bytes());
     if (wb__reg.mem_pinned)
         counter_add(&cl, "bytes.pinned", wb__reg.mem_pinned);
     st.ncounters = cl.n;
@@ -97,4 +106,69 @@ void wb__op_status(wb__session *s, uint64_t id, const msgpack_object *req) {
     wb__reply_send(s, &r, NULL, 0);
     free(cl.name);
     free(cl.value);
+}
+
+/* What the row callback of the holders encoder walks: the holds, in an
+ * array gathered before packing. */
+typedef struct holder_rows {
+    const wb__hold **v; /* Holds to list. */
+    size_t n;           /* Entries filled. */
+} holder_rows;
+
+static void holder_collect(void *arg, const wb__hold *h) {
+    holder_rows *hr = arg;
+    hr->v[hr->n++] = h;
+}
+
+static void holder_row(void *arg, size_t i, wb__holder_entry *e) {
+    const holder_rows *hr = arg;
+    const wb__hold *h = hr->v[i];
+    const wb__version *v = wb__hold_version(h);
+    const char *comm = wb__hold_comm(h);
+    e->pid = wb__hold_pid(h);
+    e->uid = wb__hold_uid(h);
+    e->comm.p = comm;
+    e->comm.n = strlen(comm);
+    e->model.p = v->model->name;
+    e->model.n = strlen(v->model->name);
+    e->version = v->number;
+    e->bytes = wb__hold_bytes(h);
+    e->since = wb__hold_since(h);
+}
+
+void wb__op_holders(wb__session *s, uint64_t id, const msgpack_object *req) {
+    wb__str name;
+    int has_model = 0;
+    char model[WB_MAX_NAME + 1];
+    const wb__model *m = NULL;
+    if (wb__decode_holders_req(req, &name, &has_model) != 0) {
+        wb__reply_error(s, id, WB_EPROTO, "model must be a string");
+        return;
+    }
+    if (has_model) {
+        if (wb__req_name(name, model) != 0) {
+            wb__reply_error(s, id, WB_ENAME, "a valid model name is required");
+            return;
+        }
+        /* A model whose every version left the list is still found
+         * while some process holds one. */
+        m = wb__model_find(model);
+        if (m == NULL || (m->versions == NULL && wb__holds_of(m) == 0)) {
+            wb__reply_error(s, id, WB_ENOMODEL, "no model named '%s'", model);
+            return;
+        }
+    }
+    size_t n = wb__holds_of(m);
+    holder_rows hr = {calloc(n ? n : 1, sizeof(wb__hold *)), 0};
+    if (hr.v == NULL) {
+        wb__reply_error(s, id, WB_ENOMEM, "out of memory");
+        return;
+    }
+    wb__holds_each(m, holder_collect, &hr);
+    assert(hr.n == n);
+    wb__reply r;
+    wb__reply_init(&r, id);
+    wb__pack_holders_rep(&r.pk, id, n, holder_row, &hr);
+    free(hr.v);
+    wb__reply_send(s, &r, NULL, 0);
 }

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "convjob.h"
+#include "hold.h"
 #include "log.h"
 #include "msg.h"
 #include "ops.h"
@@ -103,11 +104,13 @@ static void map_row(void *arg, size_t i, wb__map_entry *e) {
     e->cast = d != NULL || (mr->resolved && mr->res.v[i].cast);
 }
 
-/* Sends the map reply: segments, tensor table, metadata and report. */
+/* Sends the map reply: segments, tensor table, metadata and report, and,
+ * unless a plan, the write end of a new hold (hold.h) after the segments'
+ * descriptors. */
 static void map_reply(map_req *mr) {
     wb__session *s = mr->s;
     wb__version *v = mr->v;
-    int fds[WB_MAX_SEGMENTS];
+    int fds[WB_MAX_SEGMENTS + 1];
     int nfds = 0;
     const wb__segment *segs[WB_MAX_SEGMENTS];
     uint64_t sizes[WB_MAX_SEGMENTS];
@@ -154,16 +157,40 @@ static void map_reply(map_req *mr) {
         }
         fds[nfds++] = fd;
     }
+    if (!mr->plan) {
+        uint64_t bytes = 0;
+        for (int k = 0; k < nsegs; k++)
+            bytes += sizes[k];
+        int rc = wb__hold_start(v, &s->cred, bytes, &fds[nfds]);
+        if (rc) {
+            int e = errno;
+            for (int i = 0; i < nfds; i++)
+                close(fds[i]);
+            free(segix);
+            if (rc == WB_ENOMEM)
+                wb__reply_error(s, mr->id, rc, "out of memory");
+            else
+                wb__reply_error_sys(s, mr->id, e,
+                                    "cannot make the pipe that tracks this "
+                                    "mapping: %s%s",
+                                    strerror(e),
+                                    e == EMFILE || e == ENFILE
+                                        ? " (the daemon is out of file "
+                                          "descriptors: raise its "
+                                          "LimitNOFILE, or unmap)"
+                                        : "");
+            return;
+        }
+        nfds++;
+    }
     map_rows rows = {mr, segix};
     wb__report_src rep = report_of(mr);
     wb__reply r;
     wb__reply_init(&r, mr->id);
-    wb__pack_map_rep(&r.pk, mr->id, v->number, sizes, (size_t)nsegs, n, map_row,
-                     &rows, v->mkeys, v->mvals, v->nmeta, &rep);
+    wb__pack_map_rep(&r.pk, mr->id, v->number, !mr->plan, sizes, (size_t)nsegs,
+                     n, map_row, &rows, v->mkeys, v->mvals, v->nmeta, &rep);
     free(segix);
     wb__reply_send(s, &r, fds, nfds);
-    if (!mr->plan)
-        wb__session_note_mapped(s, v->model->name);
 }
 
 /* Sends the load-error reply: the report and PyTorch's text, no mapping. */

@@ -479,6 +479,8 @@ void wb__op_commit(wb__session *s, uint64_t id, const msgpack_object *req) {
     }
     p->v = NULL;
     wb__version_commit(m, v);
+    /* The oldest versions beyond --keep are retired with this commit. */
+    wb__retention_apply(m);
     wb__model_unref(m);
     wb__info("committed %s@%llu: %zu tensors, %llu bytes, segment %llu bytes "
              "(client %llu pid %d)",

@@ -3,7 +3,8 @@
  *   op_publish.c  publish, commit, abort, drop (writing and removing)
  *   op_map.c      map (resolution, conversion, the load report)
  *   op_watch.c    watch (waiting for a newer version)
- *   op_inspect.c  list, status
+ *   op_inspect.c  list, status, holders
+ *   op_pin.c      pin (pins and unpins)
  * dispatch.c decodes the envelope of every request and calls the handler
  * named by its "op".  A handler validates its arguments first and answers
  * with exactly one reply, now or later: to answer later it parks the
@@ -32,6 +33,8 @@ void wb__op_map(wb__session *s, uint64_t id, const msgpack_object *req);
 void wb__op_watch(wb__session *s, uint64_t id, const msgpack_object *req);
 void wb__op_list(wb__session *s, uint64_t id, const msgpack_object *req);
 void wb__op_status(wb__session *s, uint64_t id, const msgpack_object *req);
+void wb__op_holders(wb__session *s, uint64_t id, const msgpack_object *req);
+void wb__op_pin(wb__session *s, uint64_t id, const msgpack_object *req);
 
 /* Called when s's client is gone: abort its publishes, end its watch. */
 void wb__publish_session_closed(wb__session *s);

@@ -115,6 +115,35 @@ void wb__version_ref(wb__version *v) {
     v->refs++;
 }
 
+/* Closes the daemon's descriptors of an unlisted version that only holds
+ * reference: no request or job can reach its segments any more, and the
+ * kernel frees their pages once the last mapping elsewhere goes.  The
+ * bytes stay charged until version_free(). */
+static void version_close_if_held_only(wb__version *v) {
+    if (v->listed || v->closed || v->refs != v->holds)
+        return;
+    for (wb__dseg *ds = v->dsegs; ds; ds = ds->next) {
+        assert(ds->job == NULL); /* A job holds a reference on v. */
+        wb__seg_close(&ds->seg);
+    }
+    wb__seg_close(&v->seg);
+    v->closed = 1;
+}
+
+uint64_t wb__version_charged(const wb__version *v) {
+    uint64_t n = v->accounted;
+    for (const wb__dseg *ds = v->dsegs; ds; ds = ds->next)
+        n += ds->accounted;
+    return n;
+}
+
+uint64_t wb__model_pinned(const wb__model *m) {
+    uint64_t n = 0;
+    for (const wb__version *v = m->versions; v; v = v->next)
+        n += v->pinned != 0;
+    return n;
+}
+
 /* Frees a version whose last reference is gone, returning its memory. */
 static void version_free(wb__version *v) {
     assert(v->refs == 0);
@@ -154,9 +183,11 @@ static void version_free(wb__version *v) {
 void wb__version_unref(wb__version *v) {
     if (v == NULL)
         return;
-    assert(v->refs > 0);
+    assert(v->refs > 0 && v->refs >= v->holds);
     if (--v->refs == 0)
         version_free(v);
+    else
+        version_close_if_held_only(v);
 }
 
 void wb__version_commit(wb__model *m, wb__version *v) {
@@ -174,7 +205,8 @@ void wb__version_commit(wb__model *m, wb__version *v) {
     wb__reg.versions++;
 }
 
-void wb__version_drop(wb__version *v) {
+/* Takes v off its model's list; why names the cause for the log. */
+static void version_unlist(wb__version *v, const char *why) {
     assert(v->listed && v->model != NULL);
     wb__model *m = v->model;
     wb__version **pp = &m->versions;
@@ -187,8 +219,34 @@ void wb__version_drop(wb__version *v) {
     assert(m->nversions > 0 && wb__reg.versions > 0);
     m->nversions--;
     wb__reg.versions--;
-    wb__info("dropped %s@%llu", m->name, (unsigned long long)v->number);
+    wb__info("%s %s@%llu%s", why, m->name, (unsigned long long)v->number,
+             v->holds ? " (still mapped: its memory stays charged until "
+                        "the last holder lets go)"
+                      : "");
     wb__version_unref(v);
+}
+
+void wb__version_drop(wb__version *v) {
+    version_unlist(v, "dropped");
+}
+
+size_t wb__retention_apply(wb__model *m) {
+    if (wb__reg.keep == 0)
+        return 0;
+    uint64_t unpinned = 0;
+    for (const wb__version *v = m->versions; v; v = v->next)
+        unpinned += !v->pinned;
+    size_t retired = 0;
+    while (unpinned > wb__reg.keep) {
+        wb__version *v = m->versions;
+        while (v->pinned)
+            v = v->next;
+        assert(v != NULL);
+        version_unlist(v, "retired");
+        unpinned--;
+        retired++;
+    }
+    return retired;
 }
 
 int wb__mem_charge(uint64_t bytes) {
@@ -228,6 +286,7 @@ size_t wb__registry_models_held(void) {
 }
 
 void wb__registry_clear(void) {
+    /* Holds are ended first (hold.h), so every version goes here. */
     for (wb__model *m = wb__reg.models; m; m = m->next)
         while (m->versions)
             wb__version_drop(m->versions);

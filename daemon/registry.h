@@ -7,9 +7,13 @@
  * handlers call down into it, never the other way round.
  *
  * Lifetimes are reference counts, asserted SQLite-style.  A version is
- * referenced by its model's list while it is listed, and by every request
- * or thread-pool job that still reads it; it is freed, and its memory
- * refunded, when the last reference goes.  A version keeps a reference to
+ * referenced by its model's list while it is listed, by every request or
+ * thread-pool job that still reads it, and by every hold (hold.h: a
+ * process that maps it); it is freed, and its memory refunded, when the
+ * last reference goes.  A version that left its list (dropped, or retired
+ * by --keep) and is referenced by holds alone closes its segments at once,
+ * so that the kernel frees the pages when the last mapping goes, while its
+ * bytes stay charged until the last hold ends.  A version keeps a reference to
  * its model, so a model outlives every version and job that names it.
  * Everything here runs on the event-loop thread; thread-pool jobs only
  * read what they were handed. */
@@ -68,8 +72,12 @@ typedef struct wb__version {
     char **mvals;             /* Metadata values. */
     size_t nmeta;             /* Metadata entries. */
     uint64_t accounted;       /* Bytes charged to the memory limit. */
-    int refs;                 /* Model's list + requests + jobs. */
+    int refs;                 /* Model's list + requests + jobs + holds. */
+    int holds;                /* Holds among refs. */
     int listed;               /* 1 while in its model's list. */
+    int pinned;               /* 1 if retention must leave it listed. */
+    int closed;               /* 1 once its segments' descriptors are
+                                 closed (unlisted, held only). */
     wb__derived **by_src;     /* Per tensor, its converted copies (NULL
                                  until the first conversion). */
     wb__dseg *dsegs;          /* Segments holding them. */
@@ -97,6 +105,8 @@ typedef struct wb__registry {
     uint64_t mem_pinned; /* Bytes charged for good: abandoned
                             segments sealed with pages a client may
                             still hold (status counter bytes.pinned). */
+    uint64_t keep;       /* --keep: unpinned versions a commit leaves
+                            per model (0: all). */
 } wb__registry;
 
 extern wb__registry wb__reg; /* The daemon's one registry. */
@@ -127,8 +137,16 @@ void wb__version_unref(wb__version *v);
  * reference on m; the list takes over the caller's reference on v). */
 void wb__version_commit(wb__model *m, wb__version *v);
 /* Removes a listed version from its model and drops the list's
- * reference.  Requests and jobs that hold v keep it alive. */
+ * reference.  Requests, jobs and holds that hold v keep it alive. */
 void wb__version_drop(wb__version *v);
+/* Retires the oldest unpinned versions of m while it lists more than
+ * wb__reg.keep unpinned ones (nothing when keep is 0).  Returns how many
+ * it retired. */
+size_t wb__retention_apply(wb__model *m);
+/* Bytes charged for v and its converted copies. */
+uint64_t wb__version_charged(const wb__version *v);
+/* Pinned versions m lists. */
+uint64_t wb__model_pinned(const wb__model *m);
 
 /* Charges bytes against the limit.  Returns 0 or WB_ELIMIT (nothing
  * charged). */

@@ -47,29 +47,6 @@ void wb__session_resume(wb__session *s) {
         wb__conn_resume(s->conn);
 }
 
-void wb__session_note_mapped(wb__session *s, const char *model) {
-    for (size_t i = 0; i < s->nmapped; i++)
-        if (strcmp(s->mapped[i], model) == 0)
-            return;
-    char **m = realloc(s->mapped, (s->nmapped + 1) * sizeof(char *));
-    if (m == NULL)
-        return;
-    s->mapped = m;
-    if ((m[s->nmapped] = strdup(model)) != NULL)
-        s->nmapped++;
-}
-
-uint64_t wb__sessions_mapping(const char *model) {
-    uint64_t n = 0;
-    for (const wb__session *s = sessions; s; s = s->next)
-        for (size_t i = 0; i < s->nmapped; i++)
-            if (strcmp(s->mapped[i], model) == 0) {
-                n++;
-                break;
-            }
-    return n;
-}
-
 size_t wb__sessions_count(void) {
     return nsessions;
 }
@@ -93,11 +70,6 @@ wb__session *wb__session_open(wb__conn *c) {
 void wb__session_close(wb__session *s) {
     assert(s->conn != NULL);
     assert(s->pending == NULL && s->watch == NULL);
-    for (size_t i = 0; i < s->nmapped; i++)
-        free(s->mapped[i]);
-    free(s->mapped);
-    s->mapped = NULL;
-    s->nmapped = 0;
     if (s->prev)
         s->prev->next = s->next;
     else

@@ -1,7 +1,8 @@
 /* session.h -- What the request layer keeps per connection.
  *
  * A session is the request-level half of a connection: whether it said
- * hello, its open publishes, the watch it waits in, the models it mapped.
+ * hello, its open publishes, the watch it waits in.  What it mapped is
+ * tracked by holds (hold.h), which outlive it.
  * The connection (conn.c) owns the socket; the session outlives it while a
  * thread-pool job or a pending answer still refers to it, and such a job
  * finds conn == NULL once the client is gone. */
@@ -29,8 +30,6 @@ typedef struct wb__session {
     struct wb__pending *pending; /* Open publishes. */
     size_t npending;             /* Entries in pending. */
     struct wb__watch *watch;     /* The watch it waits in, or NULL. */
-    char **mapped;               /* Models it has mapped (readers count). */
-    size_t nmapped;              /* Entries in mapped. */
     struct wb__session *prev;    /* Previous session. */
     struct wb__session *next;    /* Next session. */
 } wb__session;
@@ -38,9 +37,8 @@ typedef struct wb__session {
 /* Makes the session of a new connection (one reference, the
  * connection's).  Returns NULL when memory ran out. */
 wb__session *wb__session_open(wb__conn *c);
-/* The connection is gone: forgets what s mapped, takes it off the list
- * and drops the connection's reference.  Its publishes and watch must be
- * ended first. */
+/* The connection is gone: takes s off the list and drops the connection's
+ * reference.  Its publishes and watch must be ended first. */
 void wb__session_close(wb__session *s);
 void wb__session_ref(wb__session *s);
 /* Drops a reference; the last frees the session.  Accepts NULL. */
@@ -53,10 +51,6 @@ void wb__session_pause(wb__session *s);
 /* Ends the park once the parked request was answered (deferred: the next
  * pipelined request runs from the loop, not from the caller). */
 void wb__session_resume(wb__session *s);
-/* Records that s mapped model (for the readers count). */
-void wb__session_note_mapped(wb__session *s, const char *model);
-/* Connected sessions that mapped model. */
-uint64_t wb__sessions_mapping(const char *model);
 /* Connected clients. */
 size_t wb__sessions_count(void);
 

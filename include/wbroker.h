@@ -550,7 +550,19 @@ WB_EXTERN int wb_map_image(const wb_mapping *m, const void **data, size_t *len);
 
 /* Unmaps and frees m.  Every pointer read from it (tensor data, names,
  * metadata, report keys, the image) is invalid afterwards; other threads
- * must be done with it.  Accepts NULL. */
+ * must be done with it.  Accepts NULL.
+ *
+ * Holds.  A mapping made without WB_MAP_PLAN (that is, not a plan nor a
+ * WB_ELOAD report) holds its version in the daemon: a version that
+ * retention retires or wb_drop() removes stays readable here, and its
+ * memory stays charged to the daemon's limit, until every process holding
+ * it has let go; wb_holders() lists the holds.  The mapping keeps a pipe
+ * descriptor (O_CLOEXEC) that the daemon watches: wb_unmap() closes it
+ * after unmapping, process exit closes it however the process ends, and a
+ * fork()ed child inherits it with the mapping, so that the hold lasts
+ * until the parent has unmapped and the child has unmapped or exited.
+ * exec() closes it (the mapping is gone too).  Closing the client does
+ * not end a hold. */
 WB_EXTERN void wb_unmap(wb_mapping *m);
 
 /* ---------------------------------------------------------------- inspect */
@@ -558,10 +570,15 @@ WB_EXTERN void wb_unmap(wb_mapping *m);
 typedef struct wb_model_info {
     char *name;         /* Model name. */
     uint64_t latest;    /* Latest committed version. */
-    uint64_t nversions; /* Committed versions held. */
+    uint64_t nversions; /* Committed versions listed (retired ones are
+                           not). */
     uint64_t tensors;   /* Tensors in the latest version. */
     uint64_t bytes;     /* Tensor bytes of the latest version. */
-    uint64_t readers;   /* Connections holding a map of it. */
+    uint64_t readers;   /* Processes holding a mapping of any of its
+                           versions, retired ones included (see
+                           wb_holders()); connected or not. */
+    uint64_t pinned;    /* Pinned versions among nversions (0 from a
+                           daemon older than pins). */
 } wb_model_info;
 
 /* Lists the models that hold at least one committed version.  On success
@@ -602,9 +619,11 @@ typedef struct wb_counter {
 } wb_counter;
 
 /* The daemon's counters, for graphs: requests by op (requests.OP),
- * error replies by code (errors.ENAME), and the bytes of its segments by
- * page size (bytes.4k).  Counters that are 0 may be left out.  *out is
- * an array of *n entries; free it with wb_counters_free().  Fails with
+ * error replies by code (errors.ENAME), the bytes of its segments by
+ * page size (bytes.4k), the holds in progress (holds: mappings processes
+ * keep) and the bytes still charged for versions that were retired or
+ * dropped but are held (bytes.retired).  Counters that are 0 may be left out.
+ * *out is an array of *n entries; free it with wb_counters_free().  Fails with
  * WB_EINVAL for a NULL argument, WB_EPROTO for a malformed reply,
  * WB_ENOMEM, and the transport errors. */
 WB_EXTERN int wb_get_counters(wb_client *c, wb_counter **out, size_t *n);
@@ -613,8 +632,10 @@ WB_EXTERN int wb_get_counters(wb_client *c, wb_counter **out, size_t *n);
 WB_EXTERN void wb_counters_free(wb_counter *v, size_t n);
 
 /* Drops version of model, or every version of it when version is 0, so
- * that no new mapping can be made of it; the memory is freed when the last
- * existing mapping of it goes, and those mappings stay valid.  Dropping a
+ * that no new mapping can be made of it; the memory is freed, and refunded
+ * to the limit, when the last existing mapping of it goes (its holds end:
+ * see wb_unmap()), and those mappings stay valid.  A pinned version is
+ * dropped too: a pin only protects from retention.  Dropping a
  * model's last version removes the model from the list, but version
  * numbers are never reused: the next publish of that name goes on from its
  * last number (the daemon remembers the last number of up to 4,096 names
@@ -650,6 +671,49 @@ WB_EXTERN int wb_watch(wb_client *c, const char *model, uint64_t after,
  * another thread uses c; c must stay open until it returns.  Returns 0,
  * or WB_EINVAL for a NULL c. */
 WB_EXTERN int wb_watch_cancel(wb_client *c);
+
+/* ---------------------------------------------------------------- versions
+ * and holders */
+
+/* Pins version (0: the latest) of model so that retention (wbrokerd
+ * --keep N, which retires the oldest unpinned versions beyond N at each
+ * commit) never retires it.  A pin does not stop wb_drop().  Pinning a
+ * pinned version succeeds and changes nothing.  Fails with WB_EINVAL when
+ * c or model is NULL; WB_ENAME for an invalid model name; WB_ENOMODEL when
+ * no model has that name; WB_ENOVERSION when it lists no such version
+ * (retired versions are not listed); and the transport errors. */
+WB_EXTERN int wb_pin(wb_client *c, const char *model, uint64_t version);
+/* Removes the pin of version (0: the latest) of model; unpinning an
+ * unpinned version succeeds.  Retention then runs at once, as after a
+ * commit: with more than N unpinned versions listed the oldest are
+ * retired, the version just unpinned included when it is among them.
+ * Fails as wb_pin(). */
+WB_EXTERN int wb_unpin(wb_client *c, const char *model, uint64_t version);
+
+/* One hold: a mapping some process keeps of a version (see wb_unmap()). */
+typedef struct wb_holder {
+    uint32_t pid;     /* Process that made the mapping (a fork()ed child
+                         that inherited it is not named). */
+    uint32_t uid;     /* Its user id. */
+    char *comm;       /* Its command name when it mapped (/proc/PID/comm,
+                         "?" when unknown). */
+    char *model;      /* Model name. */
+    uint64_t version; /* Version held (possibly retired or dropped). */
+    uint64_t bytes;   /* Bytes of shared memory the mapping covers. */
+    uint64_t since;   /* When it was made, seconds since the epoch. */
+} wb_holder;
+
+/* Lists the holds on versions of model, or on every model when model is
+ * NULL, newest first.  On success *out is a new array of *n entries
+ * (possibly none): free it with wb_holders_free(*out, *n).  Fails with
+ * WB_EINVAL when c, out or n is NULL; WB_ENAME for an invalid model name;
+ * WB_ENOMODEL when no model has that name (a model whose versions were
+ * all dropped or retired is found while they are held); and the transport
+ * errors; on failure *out is NULL and *n is 0 (when they are not NULL). */
+WB_EXTERN int wb_holders(wb_client *c, const char *model, wb_holder **out,
+                         size_t *n);
+/* Frees n entries from wb_holders() and their strings.  Accepts NULL. */
+WB_EXTERN void wb_holders_free(wb_holder *v, size_t n);
 
 #ifdef __cplusplus
 }

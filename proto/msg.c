@@ -536,11 +536,15 @@ static int decode_report(const msgpack_object *root, wb__report *out) {
 }
 
 void wb__pack_map_rep(msgpack_packer *pk, uint64_t id, uint64_t version,
-                      const uint64_t *segs, size_t nsegs, size_t n,
+                      int hold, const uint64_t *segs, size_t nsegs, size_t n,
                       void (*row)(void *arg, size_t i, wb__map_entry *e),
                       void *arg, char *const *mkeys, char *const *mvals,
                       size_t nmeta, const wb__report_src *report) {
-    wb__pack_rep_begin(pk, id, 0, 6);
+    wb__pack_rep_begin(pk, id, 0, 6 + (hold != 0));
+    if (hold) {
+        wb__pack_key(pk, "hold");
+        pack_bool(pk, 1);
+    }
     wb__pack_key(pk, "version");
     msgpack_pack_uint64(pk, version);
     wb__pack_key(pk, "segs");
@@ -586,7 +590,9 @@ int wb__decode_map_rep(const msgpack_object *root, int load_error,
     const msgpack_object_map *meta = NULL;
     if (wb__mp_get_array(root, "segs", &segs) != 0 ||
         wb__mp_get_array(root, "tensors", &ta) != 0 ||
-        wb__mp_get_map(root, "meta", &meta) < 0 || segs->size > WB_MAX_SEGMENTS)
+        wb__mp_get_map(root, "meta", &meta) < 0 ||
+        wb__mp_get_bool(root, "hold", &out->hold) < 0 ||
+        segs->size > WB_MAX_SEGMENTS)
         return WB_EPROTO;
     if ((rc = decode_u64s(segs, &out->segs, &out->nsegs)) != 0)
         return rc;
@@ -629,13 +635,14 @@ void wb__pack_list_rep(msgpack_packer *pk, uint64_t id, size_t n,
         wb__list_entry e;
         memset(&e, 0, sizeof(e));
         row(arg, i, &e);
-        msgpack_pack_array(pk, 6);
+        msgpack_pack_array(pk, 7);
         pack_str(pk, e.name.p, e.name.n);
         msgpack_pack_uint64(pk, e.latest);
         msgpack_pack_uint64(pk, e.versions);
         msgpack_pack_uint64(pk, e.tensors);
         msgpack_pack_uint64(pk, e.bytes);
         msgpack_pack_uint64(pk, e.readers);
+        msgpack_pack_uint64(pk, e.pinned);
     }
 }
 
@@ -651,14 +658,16 @@ int wb__decode_list_rep(const msgpack_object *root, wb__list_entry **out,
         return WB_ENOMEM;
     for (uint32_t i = 0; i < a->size; i++) {
         const msgpack_object *o = &a->ptr[i];
-        if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 6 ||
+        /* Six fields from a daemon older than pins, seven since. */
+        if (o->type != MSGPACK_OBJECT_ARRAY ||
+            (o->via.array.size != 6 && o->via.array.size != 7) ||
             as_str(&o->via.array.ptr[0], &v[i].name)) {
             free(v);
             return WB_EPROTO;
         }
-        uint64_t *dst[5] = {&v[i].latest, &v[i].versions, &v[i].tensors,
-                            &v[i].bytes, &v[i].readers};
-        for (int k = 0; k < 5; k++) {
+        uint64_t *dst[6] = {&v[i].latest, &v[i].versions, &v[i].tensors,
+                            &v[i].bytes,  &v[i].readers,  &v[i].pinned};
+        for (int k = 0; k < (int)o->via.array.size - 1; k++) {
             const msgpack_object *f = &o->via.array.ptr[k + 1];
             if (f->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
                 free(v);
@@ -755,4 +764,101 @@ void wb__status_rep_free(wb__status_rep *st) {
     st->cnames = NULL;
     st->cvalues = NULL;
     st->ncounters = 0;
+}
+
+/* ---------------------------------------------------------------- pin */
+
+void wb__pack_pin_req(msgpack_packer *pk, uint64_t id, const char *model,
+                      uint64_t version, int pin) {
+    wb__pack_req_begin(pk, "pin", id, 3);
+    wb__pack_key(pk, "model");
+    wb__pack_cstr(pk, model);
+    wb__pack_key(pk, "version");
+    msgpack_pack_uint64(pk, version);
+    wb__pack_key(pk, "pin");
+    pack_bool(pk, pin);
+}
+
+int wb__decode_pin_req(const msgpack_object *root, wb__pin_req *out) {
+    memset(out, 0, sizeof(*out));
+    int rc = wb__decode_model_req(root, &out->mv);
+    if (rc)
+        return rc;
+    return wb__mp_get_bool(root, "pin", &out->pin) == 0 ? 0 : WB_EPROTO;
+}
+
+/* ---------------------------------------------------------------- holders */
+
+void wb__pack_holders_req(msgpack_packer *pk, uint64_t id, const char *model) {
+    wb__pack_req_begin(pk, "holders", id, model != NULL);
+    if (model) {
+        wb__pack_key(pk, "model");
+        wb__pack_cstr(pk, model);
+    }
+}
+
+int wb__decode_holders_req(const msgpack_object *root, wb__str *model,
+                           int *has_model) {
+    model->p = "";
+    model->n = 0;
+    int rc = get_str(root, "model", model);
+    if (rc < 0)
+        return WB_EPROTO;
+    *has_model = rc == 0;
+    return 0;
+}
+
+void wb__pack_holders_rep(msgpack_packer *pk, uint64_t id, size_t n,
+                          void (*row)(void *arg, size_t i, wb__holder_entry *e),
+                          void *arg) {
+    wb__pack_rep_begin(pk, id, 0, 1);
+    wb__pack_key(pk, "holders");
+    msgpack_pack_array(pk, n);
+    for (size_t i = 0; i < n; i++) {
+        wb__holder_entry e;
+        memset(&e, 0, sizeof(e));
+        row(arg, i, &e);
+        msgpack_pack_array(pk, 7);
+        msgpack_pack_uint32(pk, e.pid);
+        msgpack_pack_uint32(pk, e.uid);
+        pack_str(pk, e.comm.p, e.comm.n);
+        pack_str(pk, e.model.p, e.model.n);
+        msgpack_pack_uint64(pk, e.version);
+        msgpack_pack_uint64(pk, e.bytes);
+        msgpack_pack_uint64(pk, e.since);
+    }
+}
+
+int wb__decode_holders_rep(const msgpack_object *root, wb__holder_entry **out,
+                           size_t *n) {
+    *out = NULL;
+    *n = 0;
+    const msgpack_object_array *a;
+    if (wb__mp_get_array(root, "holders", &a) != 0)
+        return WB_EPROTO;
+    wb__holder_entry *v = calloc(a->size ? a->size : 1, sizeof(*v));
+    if (v == NULL)
+        return WB_ENOMEM;
+    for (uint32_t i = 0; i < a->size; i++) {
+        const msgpack_object *o = &a->ptr[i];
+        const msgpack_object *f = o->via.array.ptr;
+        int ok = o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size == 7 &&
+                 as_str(&f[2], &v[i].comm) == 0 &&
+                 as_str(&f[3], &v[i].model) == 0;
+        for (int k = 0; ok && k < 7; k++)
+            ok = k == 2 || k == 3 ||
+                 f[k].type == MSGPACK_OBJECT_POSITIVE_INTEGER;
+        if (!ok || f[0].via.u64 > UINT32_MAX || f[1].via.u64 > UINT32_MAX) {
+            free(v);
+            return WB_EPROTO;
+        }
+        v[i].pid = (uint32_t)f[0].via.u64;
+        v[i].uid = (uint32_t)f[1].via.u64;
+        v[i].version = f[4].via.u64;
+        v[i].bytes = f[5].via.u64;
+        v[i].since = f[6].via.u64;
+    }
+    *out = v;
+    *n = a->size;
+    return 0;
 }

@@ -221,11 +221,15 @@ typedef struct wb__map_rep {
     wb__str *mvals;    /* Metadata values. */
     size_t nmeta;      /* Metadata entries. */
     wb__report report; /* The load report. */
+    int hold;          /* 1 if one more descriptor than segments came:
+                          the write end of the hold pipe, last. */
 } wb__map_rep;
 
-/* Packs a map reply with n table rows produced by row(arg, i, &entry). */
+/* Packs a map reply with n table rows produced by row(arg, i, &entry);
+ * hold says that the hold pipe's write end follows the segments'
+ * descriptors. */
 void wb__pack_map_rep(msgpack_packer *pk, uint64_t id, uint64_t version,
-                      const uint64_t *segs, size_t nsegs, size_t n,
+                      int hold, const uint64_t *segs, size_t nsegs, size_t n,
                       void (*row)(void *arg, size_t i, wb__map_entry *e),
                       void *arg, char *const *mkeys, char *const *mvals,
                       size_t nmeta, const wb__report_src *report);
@@ -250,7 +254,8 @@ typedef struct wb__list_entry {
     uint64_t versions; /* Versions held. */
     uint64_t tensors;  /* Tensors of the latest. */
     uint64_t bytes;    /* Bytes of the latest. */
-    uint64_t readers;  /* Clients that mapped it. */
+    uint64_t readers;  /* Processes holding any of its versions. */
+    uint64_t pinned;   /* Pinned versions (0 from an older daemon). */
 } wb__list_entry;
 
 /* Packs a list reply of n entries produced by row(arg, i, &entry). */
@@ -295,5 +300,47 @@ void wb__status_rep_free(wb__status_rep *st);
  * and counters: a reply without them (from an older daemon) decodes with
  * 0 and none.  Free with wb__status_rep_free() in every case. */
 int wb__decode_status_rep(const msgpack_object *root, wb__status_rep *out);
+
+/* ---------------------------------------------------------------- pin */
+
+typedef struct wb__pin_req {
+    wb__model_req mv; /* Model and version (0: the latest). */
+    int pin;          /* 1 to pin, 0 to unpin. */
+} wb__pin_req;
+
+void wb__pack_pin_req(msgpack_packer *pk, uint64_t id, const char *model,
+                      uint64_t version, int pin);
+/* Returns 0, WB_EINVAL (no model) or WB_EPROTO (no "pin" boolean).  The
+ * reply is a wb__pack_u64_rep with "version", the version (un)pinned. */
+int wb__decode_pin_req(const msgpack_object *root, wb__pin_req *out);
+
+/* ---------------------------------------------------------------- holders */
+
+/* Packs a holders request; model NULL asks for every model's holds. */
+void wb__pack_holders_req(msgpack_packer *pk, uint64_t id, const char *model);
+/* Reads the optional "model" (has_model 0 when absent).  Returns 0 or
+ * WB_EPROTO. */
+int wb__decode_holders_req(const msgpack_object *root, wb__str *model,
+                           int *has_model);
+
+/* One hold: a mapping that some process keeps of a version. */
+typedef struct wb__holder_entry {
+    uint32_t pid;     /* Process that mapped it (SO_PEERCRED). */
+    uint32_t uid;     /* Its user. */
+    wb__str comm;     /* Its command name at map time. */
+    wb__str model;    /* Model name. */
+    uint64_t version; /* Version held. */
+    uint64_t bytes;   /* Bytes of the segments mapped. */
+    uint64_t since;   /* Wall-clock seconds since the epoch. */
+} wb__holder_entry;
+
+/* Packs a holders reply of n rows produced by row(arg, i, &entry). */
+void wb__pack_holders_rep(msgpack_packer *pk, uint64_t id, size_t n,
+                          void (*row)(void *arg, size_t i, wb__holder_entry *e),
+                          void *arg);
+/* Decodes a holders reply into *out (allocated, *n entries; free()).
+ * Returns 0, WB_EPROTO or WB_ENOMEM; on failure *out is NULL and *n 0. */
+int wb__decode_holders_rep(const msgpack_object *root, wb__holder_entry **out,
+                           size_t *n);
 
 #endif

@@ -168,6 +168,22 @@ uint64_t wbt_mem_used(const wbt_daemon *d) {
     return used;
 }
 
+uint64_t wbt_counter(const wbt_daemon *d, const char *name) {
+    wb_client *c = wbt_connect(d);
+    wb_counter *v = NULL;
+    size_t n = 0;
+    uint64_t value = UINT64_MAX;
+    if (c && wb_get_counters(c, &v, &n) == 0) {
+        value = 0;
+        for (size_t i = 0; i < n; i++)
+            if (strcmp(v[i].name, name) == 0)
+                value = v[i].value;
+    }
+    wb_counters_free(v, n);
+    wb_close(c);
+    return value;
+}
+
 uint64_t wbt_publish_f32(wb_client *c, const char *model, size_t n,
                          size_t len) {
     wb_tensor_spec *specs = calloc(n, sizeof(*specs));

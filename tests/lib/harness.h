@@ -45,6 +45,9 @@ void wbt_wait_clean(const wbt_daemon *d);
 int wbt_alive(const wbt_daemon *d);
 /* Memory in use according to status. */
 uint64_t wbt_mem_used(const wbt_daemon *d);
+/* The daemon's counter name ("holds", "bytes.retired"): 0 when it is not
+ * reported, UINT64_MAX when status fails. */
+uint64_t wbt_counter(const wbt_daemon *d, const char *name);
 
 /* Publishes n float32 tensors "t<i>" of len elements each, element j of
  * tensor i being i * 1000 + j.  Returns the version or fails the test. */
@@ -171,7 +174,7 @@ void wbt_frames_free(wbt_frames *f);
 typedef struct wbt_reply {
     int err;                           /* The reply's "err", or a WBT_ code. */
     uint64_t id;                       /* The reply's "id". */
-    int fds[64];                       /* Descriptors that came with it. */
+    int fds[65];                       /* Descriptors that came with it. */
     int nfds;                          /* Entries in fds. */
     const struct msgpack_object *root; /* Decoded map, or NULL. */
     void *priv;                        /* Body and unpacked message. */

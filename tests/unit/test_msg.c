@@ -1060,7 +1060,7 @@ static const wb__report_src report = {
 /* Packs a map reply of the rows, segments, metadata and report above. */
 static void good_map_rep(wb__msg *m) {
     packed p;
-    wb__pack_map_rep(pk_start(&p), TEST_ID, 3, seg_sizes, 2, NROWS, row_of,
+    wb__pack_map_rep(pk_start(&p), TEST_ID, 3, 1, seg_sizes, 2, NROWS, row_of,
                      (void *)rows, meta_keys, meta_vals, 2, &report);
     pk_decode(&p, m);
 }
@@ -1114,7 +1114,7 @@ static void test_msg_map_rep(void **state) {
 
     /* No report at all packs as empty lists and no text. */
     packed p;
-    wb__pack_map_rep(pk_start(&p), TEST_ID, 1, seg_sizes, 1, 0, row_of,
+    wb__pack_map_rep(pk_start(&p), TEST_ID, 1, 0, seg_sizes, 1, 0, row_of,
                      (void *)rows, NULL, NULL, 0, NULL);
     pk_decode(&p, &m);
     assert_int_equal(wb__decode_map_rep(m.root, 0, &r), 0);
@@ -1253,8 +1253,8 @@ static void test_msg_map_rep_malformed(void **state) {
 /* ------------------------------------------------------------ list */
 
 static const wb__list_entry models[] = {
-    {{"resnet", 6}, 3, 2, 320, 97 * MIB, 1},
-    {{"llama", 5}, 1, 1, 243, UINT64_MAX, 0},
+    {{"resnet", 6}, 3, 2, 320, 97 * MIB, 1, 1},
+    {{"llama", 5}, 1, 1, 243, UINT64_MAX, 0, 0},
 };
 
 static void model_of(void *arg, size_t i, wb__list_entry *e) {
@@ -1284,6 +1284,7 @@ static void test_msg_list(void **state) {
         assert_int_equal(v[i].tensors, models[i].tensors);
         assert_int_equal(v[i].bytes, models[i].bytes);
         assert_int_equal(v[i].readers, models[i].readers);
+        assert_int_equal(v[i].pinned, models[i].pinned);
     }
     free(v);
 
@@ -1294,7 +1295,9 @@ static void test_msg_list(void **state) {
         WB_EPROTO);
     assert_int_equal(run(dec_list_rep, with_row_len(o, "models", 1, 5)),
                      WB_EPROTO);
-    assert_int_equal(run(dec_list_rep, with_row_len(o, "models", 1, 7)),
+    /* Six fields (a daemon older than pins) still decode; eight do not. */
+    assert_int_equal(run(dec_list_rep, with_row_len(o, "models", 1, 6)), 0);
+    assert_int_equal(run(dec_list_rep, with_row_len(o, "models", 1, 8)),
                      WB_EPROTO);
     assert_int_equal(run(dec_list_rep, with_row(o, "models", 0, o_str("m"))),
                      WB_EPROTO);

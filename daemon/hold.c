@@ -1,0 +1,213 @@
+/* hold.c -- Holds: a polled pipe per mapping a client keeps (see hold.h).
+ */
+#include "hold.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "log.h"
+#include "wbroker.h"
+
+#define WB_HOLD_DRAIN 512 /* Bytes read per wake-up from a chatty client. */
+
+struct wb__hold {
+    uv_poll_t poll;               /* Watches rfd for end of file. */
+    int rfd;                      /* Read end, -1 once ended. */
+    wb__version *v;               /* Version held (referenced). */
+    uint32_t pid;                 /* Mapping process (SO_PEERCRED). */
+    uint32_t uid;                 /* Its user. */
+    char comm[WB_HOLD_COMM_MAX];  /* /proc/PID/comm at map time. */
+    uint64_t bytes;               /* Bytes of the segments mapped. */
+    uint64_t since;               /* time(NULL) at map time. */
+    struct wb__hold *prev, *next; /* Holds in progress, newest first. */
+};
+
+static wb__hold *holds; /* Holds in progress. */
+static size_t nholds;   /* Entries in holds. */
+
+/* Reads the command name of pid, or "?" when it cannot be read (the
+ * process may already be gone, or live in another pid namespace). */
+static void read_comm(pid_t pid, char *buf, size_t len) {
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
+    snprintf(buf, len, "?");
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, buf, len - 1);
+    close(fd);
+    if (n <= 0) {
+        snprintf(buf, len, "?");
+        return;
+    }
+    buf[n] = '\0';
+    buf[strcspn(buf, "\n")] = '\0';
+}
+
+static void hold_closed(uv_handle_t *h) {
+    free(h->data);
+}
+
+/* Ends h: stops polling, closes the read end, drops the version's
+ * reference (which may refund its memory) and frees h once libuv has let
+ * go of the handle. */
+static void hold_end(wb__hold *h) {
+    assert(h->rfd >= 0 && nholds > 0);
+    uv_poll_stop(&h->poll);
+    close(h->rfd);
+    h->rfd = -1;
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        holds = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    nholds--;
+    wb__version *v = h->v;
+    h->v = NULL;
+    wb__debug("hold of %s@%llu by pid %u ended", v->model->name,
+              (unsigned long long)v->number, (unsigned)h->pid);
+    assert(v->holds > 0);
+    v->holds--;
+    wb__version_unref(v);
+    uv_close((uv_handle_t *)&h->poll, hold_closed);
+}
+
+/* The read end is readable or hung up.  End of file (every write end
+ * closed) ends the hold; bytes a client wrote are read and ignored. */
+static void on_hold_event(uv_poll_t *p, int status, int events) {
+    wb__hold *h = p->data;
+    char buf[WB_HOLD_DRAIN];
+    ssize_t n = status < 0 ? 0 : read(h->rfd, buf, sizeof(buf));
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n > 0)
+        return;
+    hold_end(h);
+}
+
+int wb__hold_start(wb__version *v, const struct ucred *cred, uint64_t bytes,
+                   int *wfd) {
+    assert(v->model != NULL);
+    int p[2];
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
+        return WB_ESYS;
+    /* The client's end blocks like any pipe would: it never writes. */
+    int fl = fcntl(p[1], F_GETFL);
+    if (fl >= 0)
+        fcntl(p[1], F_SETFL, fl & ~O_NONBLOCK);
+    wb__hold *h = calloc(1, sizeof(*h));
+    if (h == NULL) {
+        close(p[0]);
+        close(p[1]);
+        return WB_ENOMEM;
+    }
+    int rc = uv_poll_init(uv_default_loop(), &h->poll, p[0]);
+    if (rc == 0)
+        rc =
+            uv_poll_start(&h->poll, UV_READABLE | UV_DISCONNECT, on_hold_event);
+    if (rc) {
+        close(p[0]);
+        close(p[1]);
+        free(h);
+        errno = -rc;
+        return WB_ESYS;
+    }
+    /* Holds never keep the loop running: shut-down ends them. */
+    uv_unref((uv_handle_t *)&h->poll);
+    h->poll.data = h;
+    h->rfd = p[0];
+    h->v = v;
+    wb__version_ref(v);
+    v->holds++;
+    h->pid = (uint32_t)cred->pid;
+    h->uid = (uint32_t)cred->uid;
+    read_comm(cred->pid, h->comm, sizeof(h->comm));
+    h->bytes = bytes;
+    h->since = (uint64_t)time(NULL);
+    h->next = holds;
+    if (holds)
+        holds->prev = h;
+    holds = h;
+    nholds++;
+    *wfd = p[1];
+    return 0;
+}
+
+size_t wb__holds_count(void) {
+    return nholds;
+}
+
+void wb__holds_each(const wb__model *model,
+                    void (*fn)(void *arg, const wb__hold *h), void *arg) {
+    for (const wb__hold *h = holds; h; h = h->next)
+        if (model == NULL || h->v->model == model)
+            fn(arg, h);
+}
+
+size_t wb__holds_of(const wb__model *model) {
+    size_t n = 0;
+    for (const wb__hold *h = holds; h; h = h->next)
+        n += model == NULL || h->v->model == model;
+    return n;
+}
+
+uint64_t wb__holds_readers(const wb__model *model) {
+    uint64_t n = 0;
+    for (const wb__hold *h = holds; h; h = h->next) {
+        if (h->v->model != model)
+            continue;
+        /* Counted at its newest hold only (quadratic, but holds are few
+         * and list is rare). */
+        const wb__hold *e = holds;
+        while (e != h && !(e->v->model == model && e->pid == h->pid))
+            e = e->next;
+        n += e == h;
+    }
+    return n;
+}
+
+uint64_t wb__holds_retired_bytes(void) {
+    uint64_t n = 0;
+    for (const wb__hold *h = holds; h; h = h->next) {
+        if (h->v->listed)
+            continue;
+        const wb__hold *e = holds;
+        while (e != h && e->v != h->v)
+            e = e->next;
+        if (e == h)
+            n += wb__version_charged(h->v);
+    }
+    return n;
+}
+
+void wb__holds_clear(void) {
+    while (holds)
+        hold_end(holds);
+}
+
+uint32_t wb__hold_pid(const wb__hold *h) {
+    return h->pid;
+}
+uint32_t wb__hold_uid(const wb__hold *h) {
+    return h->uid;
+}
+const char *wb__hold_comm(const wb__hold *h) {
+    return h->comm;
+}
+const wb__version *wb__hold_version(const wb__hold *h) {
+    return h->v;
+}
+uint64_t wb__hold_bytes(const wb__hold *h) {
+    return h->bytes;
+}
+uint64_t wb__hold_since(const wb__hold *h) {
+    return h->since;
+}

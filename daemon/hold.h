@@ -1,0 +1,61 @@
+/* hold.h -- Holds: which processes still map which version.
+ *
+ * Every map that hands out descriptors (not a plan) creates a hold: a
+ * pipe whose read end the daemon keeps and polls, and whose write end
+ * travels to the client with the map reply, last after the segments'
+ * descriptors.  The client keeps it beside its mapping and closes it only
+ * after munmap; a fork() inherits it, exec() does not (O_CLOEXEC), and
+ * the kernel closes it when the process exits however it ends.  When the
+ * last copy of the write end is gone the read end reports end of file
+ * and the hold ends: the version's reference goes, so that a retired or
+ * dropped version's memory is refunded then.  docs/protocol.md explains
+ * why a pipe and not a pidfd.
+ *
+ * A hold is not tied to the connection that made it: it outlives a
+ * closed client.  Everything here runs on the event-loop thread. */
+#ifndef WB_DAEMON_HOLD_H
+#define WB_DAEMON_HOLD_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "registry.h"
+
+#define WB_HOLD_COMM_MAX 16 /* Bytes of a command name (TASK_COMM_LEN). */
+
+typedef struct wb__hold wb__hold;
+
+/* Starts a hold on v (a new reference) for the peer cred, of bytes
+ * mapped.  On success *wfd is the write end to send to the client (the
+ * caller owns it) and 0 is returned; otherwise WB_ESYS with errno set
+ * (EMFILE when the daemon is out of descriptors) or WB_ENOMEM, and
+ * nothing was made. */
+int wb__hold_start(wb__version *v, const struct ucred *cred, uint64_t bytes,
+                   int *wfd);
+
+/* Holds in progress. */
+size_t wb__holds_count(void);
+/* Calls fn for every hold, newest first, on versions of model (NULL:
+ * every model).  fn must not start or end holds. */
+void wb__holds_each(const wb__model *model,
+                    void (*fn)(void *arg, const wb__hold *h), void *arg);
+/* Holds on versions of model (NULL: all). */
+size_t wb__holds_of(const wb__model *model);
+/* Distinct processes holding any version of model. */
+uint64_t wb__holds_readers(const wb__model *model);
+/* Bytes still charged for versions that left their model's list but are
+ * held. */
+uint64_t wb__holds_retired_bytes(void);
+/* Ends every hold (at shut-down, before the registry is cleared). */
+void wb__holds_clear(void);
+
+/* What a hold records. */
+uint32_t wb__hold_pid(const wb__hold *h);
+uint32_t wb__hold_uid(const wb__hold *h);
+const char *wb__hold_comm(const wb__hold *h);
+const wb__version *wb__hold_version(const wb__hold *h);
+uint64_t wb__hold_bytes(const wb__hold *h);
+uint64_t wb__hold_since(const wb__hold *h);
+
+#endif
