@@ -25,7 +25,8 @@ if typing.TYPE_CHECKING:     # Only for the annotations: torch loads lazily.
 
     from .load import LoadResult, _PendingLoad
 
-__all__ = ["connect", "socket_path", "Client", "ModelInfo", "Status"]
+__all__ = ["connect", "socket_path", "Client", "ModelInfo", "Status",
+           "Holder"]
 
 # What the rules arguments of load_into(), plan() and _prepare_load() take.
 Rename = Union[Mapping[str, str], "list[tuple[str, str]]"]
@@ -51,6 +52,62 @@ class ModelInfo:
     def __repr__(self):
         return "ModelInfo(%s)" % ", ".join(
             "%s=%r" % (k, getattr(self, k)) for k in self.__slots__)
+
+
+class Holder:
+    """One hold of holders(): a process that maps a version.  pid, uid,
+    comm (its command name), model, version, bytes (of shared memory the
+    mapping covers) and since (when it was made, seconds since the
+    epoch)."""
+
+    __slots__ = ("pid", "uid", "comm", "model", "version", "bytes", "since")
+
+    def __init__(self, pid, uid, comm, model, version, bytes, since):
+        self.pid = pid
+        self.uid = uid
+        self.comm = comm
+        self.model = model
+        self.version = version
+        self.bytes = bytes
+        self.since = since
+
+    def __repr__(self):
+        return "Holder(%s)" % ", ".join(
+            "%s=%r" % (k, getattr(self, k)) for k in self.__slots__)
+
+
+class _wb_holder(ctypes.Structure):
+    """wb_holder of include/wbroker.h."""
+    _fields_ = [("pid", ctypes.c_uint32),
+                ("uid", ctypes.c_uint32),
+                ("comm", ctypes.c_char_p),
+                ("model", ctypes.c_char_p),
+                ("version", ctypes.c_uint64),
+                ("bytes", ctypes.c_uint64),
+                ("since", ctypes.c_uint64)]
+
+
+# The pin and holders calls, declared on first use.
+_HOLD_PROTOTYPES = {
+    "wb_pin": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p,
+                              ctypes.c_uint64]),
+    "wb_unpin": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p,
+                                ctypes.c_uint64]),
+    "wb_holders": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p,
+                                  ctypes.POINTER(ctypes.POINTER(_wb_holder)),
+                                  ctypes.POINTER(ctypes.c_size_t)]),
+    "wb_holders_free": (None, [ctypes.POINTER(_wb_holder), ctypes.c_size_t]),
+}
+_hold_declared = []
+
+
+def _hold_lib(lib):
+    if not _hold_declared:
+        for name, (res, args) in _HOLD_PROTOTYPES.items():
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = res, args
+        _hold_declared.append(True)
+    return lib
 
 
 class Status:
@@ -305,6 +362,38 @@ class Client:
         with self._lock:
             self._check(self._lib.wb_drop(self._handle(), _enc(name),
                                           version or 0))
+
+    def pin(self, name: str, version: Optional[int] = None) -> None:
+        """Pins a version (None: the latest) of `name`, so that retention
+        (wbrokerd --keep) never retires it; pinning it again changes
+        nothing."""
+        with self._lock:
+            self._check(_hold_lib(self._lib).wb_pin(
+                self._handle(), _enc(name), version or 0))
+
+    def unpin(self, name: str, version: Optional[int] = None) -> None:
+        """Removes the pin of a version (None: the latest) of `name`;
+        retention then runs at once, as after a commit."""
+        with self._lock:
+            self._check(_hold_lib(self._lib).wb_unpin(
+                self._handle(), _enc(name), version or 0))
+
+    def holders(self, name: Optional[str] = None) -> "list[Holder]":
+        """The processes that map versions of `name` (None: of every
+        model), newest first, as a list of Holder."""
+        lib = _hold_lib(self._lib)
+        arr = ctypes.POINTER(_wb_holder)()
+        n = ctypes.c_size_t()
+        with self._lock:
+            self._check(lib.wb_holders(
+                self._handle(), None if name is None else _enc(name),
+                ctypes.byref(arr), ctypes.byref(n)))
+        try:
+            return [Holder(h.pid, h.uid, _dec(h.comm), _dec(h.model),
+                           h.version, h.bytes, h.since)
+                    for h in (arr[i] for i in range(n.value))]
+        finally:
+            lib.wb_holders_free(arr, n.value)
 
     def _watch_once(self, name, after, timeout_ms):
         v = ctypes.c_uint64()
