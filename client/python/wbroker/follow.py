@@ -77,7 +77,8 @@ class Follower:
 
     @property
     def version(self):
-        """The version the model holds now (0: none loaded yet)."""
+        """The version the model holds now (0: none loaded yet); read
+        under the follow lock, the version of the weights it sees."""
         return self._version
 
     def wait(self, version=None, timeout=None):
@@ -181,17 +182,19 @@ class Follower:
             return
         if self._stopping.is_set():
             return
+        # .version changes with the weights, so that a reader holding the
+        # lock sees the version its weights are.
         if self._lock is not None:
             with self._lock:
                 pending.apply()
+                self._version = pending.result.version
         else:
             pending.apply()
-        loaded = pending.result.version
+            self._version = pending.result.version
         # The model's tensors now hold the new views; dropping the pending
         # load releases the follower's last reference to the old ones.
         del pending
         with self._cond:
-            self._version = loaded
             self._cond.notify_all()
 
     def _warn(self, exc):
