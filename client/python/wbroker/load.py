@@ -610,14 +610,15 @@ def plan(client, model, name, version=None, **kw):
 
 def prepare(client, model, name, version=None, **kw):
     """Client._prepare_load(): the first step of a load, see there."""
-    targets, m, _ = _resolve(client, model, name, version, _options(kw),
-                             plan=False)
+    opts = _options(kw)
+    targets, m, _ = _resolve(client, model, name, version, opts, plan=False)
     # From here on the mapping lives as long as a view of it does.
     owner = _Mapping(m)
     lib = client._lib
     result = LoadResult._from_mapping(lib, m)
     fills = _fill_report(client, model, targets, name, result, m)
-    pending = _PendingLoad(model, targets, owner, lib, m, result, fills)
+    pending = _PendingLoad(model, targets, owner, lib, m, result, fills,
+                           strict=opts["strict"])
     _warn_unused(result)
     return pending
 
@@ -634,6 +635,31 @@ def _is_member(model, key, tensor):
             mod._buffers.get(leaf) is tensor)
 
 
+def _is_meta(t):
+    return t.device.type == "meta"
+
+
+def _rebuilt(old, data):
+    """A tensor of old's class viewing data, for a target on the meta
+    device: a Parameter (or Parameter subclass) stays one, with old's
+    requires_grad and attributes, as load_state_dict(assign=True) keeps
+    them; a plain buffer is data itself."""
+    torch = _torch()
+    if type(old) is torch.Tensor:
+        return data.requires_grad_(old.requires_grad) if old.requires_grad \
+            else data
+    new = torch.Tensor._make_subclass(type(old), data, old.requires_grad)
+    new.__dict__.update(old.__dict__)
+    return new
+
+
+def _missing_text(target, keys):
+    """PyTorch's error text for missing keys only."""
+    return ("Error(s) in loading state_dict for %s:\n\tMissing key(s) in "
+            "state_dict: %s. " % (target, ", ".join('"%s"' % k
+                                                    for k in keys)))
+
+
 class _PendingLoad:
     """A load that the daemon answered and that is ready to switch the
     model to: .result is the final LoadResult, .apply() switches every
@@ -641,15 +667,23 @@ class _PendingLoad:
 
     Every view is built and checked when the object is made, so apply()
     does nothing that can fail for the load's sake.  A pending load never
-    applied releases its version when it is collected."""
+    applied releases its version when it is collected.
 
-    def __init__(self, model, targets, owner, lib, m, result, fills):
+    A target on the meta device has no memory to repoint or copy into: it
+    is replaced, wherever the model holds it, by a tensor of its class
+    viewing the mapped memory (assigned, as load_state_dict(assign=True)
+    does), so a model built on the meta device is never allocated."""
+
+    def __init__(self, model, targets, owner, lib, m, result, fills,
+                 strict=True):
         torch = _torch()
         self.result = result
         self._model = model
         self._targets = targets
         self._fills = fills
-        self._actions = []      # (target tensor, view, "map" or "copy")
+        # (target tensor, view, "map", "copy" or "assign"); an "assign"
+        # view is the mapped one, or a private copy where "copy" would be.
+        self._actions = []
         self._fallback = {}     # key -> view, for load_state_dict
         self._applied = False
         placed = {}             # mapped address -> target tensor viewing it
@@ -670,15 +704,38 @@ class _PendingLoad:
             if not _is_member(model, key, dst):
                 self._fallback[key] = view
                 result.copied_keys.append(key)
+                continue
+            # Tied targets (one tensor under two keys) stay tied; two
+            # distinct targets fed by one tied source are not tied by the
+            # load: the second gets a copy.
+            own = not t.nbytes or placed.setdefault(t.data, dst) is dst
+            if _is_meta(dst):
+                if not own:
+                    view = view.clone()
+                    result.copied_keys.append(key)
+                self._actions.append((dst, view, "assign"))
             elif (dst.device.type == "cpu" and dst.layout == torch.strided
-                  and (not t.nbytes or placed.setdefault(t.data, dst) is dst)):
-                # Tied targets (one tensor under two keys) stay tied; two
-                # distinct targets fed by one tied source are not tied by
-                # the load: the second gets a copy.
+                  and own):
                 self._actions.append((dst, view, "map"))
             else:
                 self._actions.append((dst, view, "copy"))
                 result.copied_keys.append(key)
+        for key, value in list(fills.items()):
+            if _is_meta(targets[key]):
+                fills[key] = value.detach().to("cpu", copy=True)
+        # What no action reaches stays on meta: report it missing (a key
+        # that only load_state_dict could fill cannot be filled there).
+        on_meta = [k for k in self._fallback if _is_meta(targets[k])]
+        if on_meta:
+            for k in on_meta:
+                del self._fallback[k]
+                result.copied_keys.remove(k)
+            new = [k for k in on_meta if k not in result.missing_keys]
+            result.missing_keys.extend(new)
+            if strict and new:
+                result.error = _missing_text(type(model).__name__,
+                                             result.missing_keys)
+                raise LoadError(result.error, result)
 
     def apply(self):
         """Points the model's tensors at the mapped views (or copies into
@@ -688,14 +745,32 @@ class _PendingLoad:
             return self.result
         self._applied = True
         torch = _torch()
+        replaced = {}           # id(meta target) -> (it, its replacement)
         with torch.no_grad():
             for dst, view, how in self._actions:
                 if how == "map":
                     dst.data = view
-                else:
+                elif how == "copy":
                     dst.copy_(view)
+                elif id(dst) in replaced:
+                    replaced[id(dst)][1].data = view
+                else:
+                    replaced[id(dst)] = (dst, _rebuilt(dst, view))
             for key, value in self._fills.items():
-                self._targets[key].copy_(value)
+                dst = self._targets[key]
+                if _is_meta(dst):
+                    replaced[id(dst)] = (dst, _rebuilt(dst, value))
+                else:
+                    dst.copy_(value)
+        if replaced:
+            # Every module that holds a replaced tensor (ties included)
+            # gets its replacement.
+            for mod in self._model.modules():
+                for table in (mod._parameters, mod._buffers):
+                    for leaf, v in table.items():
+                        hit = replaced.get(id(v))
+                        if hit is not None and hit[0] is v:
+                            table[leaf] = hit[1]
         if self._fallback:
             self._model.load_state_dict(self._fallback, strict=False)
         # The views live on in the model; the version is released once the
