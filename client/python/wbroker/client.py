@@ -256,21 +256,33 @@ class Client:
                   include: Optional[Globs] = None,
                   exclude: Optional[Globs] = None,
                   rename: Optional[Rename] = None,
+                  prefix: Optional[Prefix] = None,
                   rules: Optional[Union[str, os.PathLike]] = None,
                   ignore_mismatched_sizes: bool = False) -> LoadResult:
         """Loads a version (None: the latest) of `name` into model.
 
-        The daemon applies the rules (rules file first, then include,
-        exclude and rename) against model.state_dict()'s schema and answers
-        with a PyTorch-style report.  CPU targets then view the shared
-        memory copy-on-write (zero-copy; Parameters stay the same objects,
-        so ties and requires_grad are kept); other targets are copied into
-        and listed in copied_keys.  A strict violation or size mismatch
-        raises LoadError and leaves model untouched.  Returns a
-        LoadResult."""
+        The daemon applies the rules against model.state_dict()'s schema
+        and answers with the report torch's load_state_dict() would give.
+        CPU targets then view the shared memory copy-on-write (zero-copy;
+        Parameters stay the same objects, so ties and requires_grad are
+        kept); other targets are copied into and listed in copied_keys.
+        A model built on the meta device gets the views without being
+        allocated first.
+
+        strict: fail (LoadError, model untouched) on any missing,
+        unexpected or size-mismatched key; strict=False reports missing
+        and unexpected keys and skips them.  ignore_mismatched_sizes: skip
+        and report size mismatches instead of failing.  The rules apply in
+        this order: rules (the text of a rules file, or a path to one),
+        include and exclude (globs on source names, exclude wins), prefix
+        (a pair (old, new) or a list of pairs: ("module.", "") strips a
+        DataParallel prefix), rename (a dict of exact names, or a list of
+        (pattern, replacement) regular expressions matching whole keys).
+        A rule that matches no key is listed in unused_rules and warned
+        about (UnusedRuleWarning).  Returns a LoadResult."""
         return self._prepare_load(
             model, name, version, strict=strict, include=include,
-            exclude=exclude, rename=rename, rules=rules,
+            exclude=exclude, rename=rename, prefix=prefix, rules=rules,
             ignore_mismatched_sizes=ignore_mismatched_sizes).apply()
 
     def plan(self, model: torch.nn.Module, name: str,
@@ -278,6 +290,7 @@ class Client:
              include: Optional[Globs] = None,
              exclude: Optional[Globs] = None,
              rename: Optional[Rename] = None,
+             prefix: Optional[Prefix] = None,
              rules: Optional[Union[str, os.PathLike]] = None,
              ignore_mismatched_sizes: bool = False) -> LoadResult:
         """Dry run of load_into(): the same report, nothing mapped or
@@ -285,7 +298,7 @@ class Client:
         PyTorch-format text), not raised."""
         return _load.plan(self, model, name, version, strict=strict,
                           include=include, exclude=exclude, rename=rename,
-                          rules=rules,
+                          prefix=prefix, rules=rules,
                           ignore_mismatched_sizes=ignore_mismatched_sizes)
 
     def _prepare_load(self, model: torch.nn.Module, name: str,
@@ -293,6 +306,7 @@ class Client:
                       include: Optional[Globs] = None,
                       exclude: Optional[Globs] = None,
                       rename: Optional[Rename] = None,
+                      prefix: Optional[Prefix] = None,
                       rules: Optional[Union[str, os.PathLike]] = None,
                       ignore_mismatched_sizes: bool = False
                       ) -> _PendingLoad:
@@ -304,7 +318,7 @@ class Client:
         strict failure."""
         return _load.prepare(self, model, name, version, strict=strict,
                              include=include, exclude=exclude, rename=rename,
-                             rules=rules,
+                             prefix=prefix, rules=rules,
                              ignore_mismatched_sizes=ignore_mismatched_sizes)
 
     def follow(self, model, name, lock=None, on_error=None,

@@ -9,7 +9,7 @@ from . import _lib
 from ._safetensors import FormatError
 
 __all__ = ["Error", "NotFoundError", "ConnectError", "LoadError",
-           "FormatError"]
+           "FormatError", "UnusedRuleWarning"]
 
 
 class Error(RuntimeError):
@@ -55,6 +55,13 @@ class LoadError(Error):
     def __init__(self, message, result):
         super().__init__(_lib.WB_ELOAD, message)
         self.result = result
+
+
+class UnusedRuleWarning(UserWarning):
+    """A rule of a load or plan matched no key (it is listed in the
+    report's unused_rules too): a rename= dict names whole keys, so
+    {"layer1.": "fc1."} renames nothing; a prefix is renamed with
+    prefix=("layer1.", "fc1.")."""
 
 
 _ERROR_CLASSES = {

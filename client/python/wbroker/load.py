@@ -14,6 +14,9 @@ import collections.abc
 import ctypes
 import json
 import os
+import re
+import sys
+import warnings
 
 from . import _lib
 from ._lib import dec as _dec
@@ -22,7 +25,7 @@ from .dtypes import dtype_code as _dtype_code
 from .dtypes import itemsize as _itemsize
 from .dtypes import torch as _torch
 from .dtypes import torch_dtype as _torch_dtype
-from .errors import Error, LoadError, _raise
+from .errors import Error, LoadError, UnusedRuleWarning, _raise
 
 # ------------------------------------------------------------------ module
 # versions and the keys torch fills in itself
@@ -183,19 +186,21 @@ class LoadResult:
     different shape; cast_keys: keys the daemon converted to the target's
     dtype; copied_keys: keys copied instead of mapped (targets off the CPU
     or outside the module's parameters and buffers); aliased_keys: target
-    keys that share a source with another; version: the version loaded;
-    error: the PyTorch-format error text when the load fails or (for a
-    plan) would fail, else None.  The key lists are plain lists, so they
+    keys that share a source with another; unused_rules: the rules that
+    matched no key, each described as 'rule 2: prefix "module." -> ""'
+    (or 'line 3: ...' for a line of a rules file); version: the version
+    loaded; error: the PyTorch-format error text when the load fails or
+    (for a plan) would fail, else None.  The key lists are plain lists, so they
     compare equal to those of torch's load_state_dict(strict=False) for
     the same pair."""
 
     __slots__ = ("missing_keys", "unexpected_keys", "mismatched_keys",
-                 "cast_keys", "copied_keys", "aliased_keys", "version",
-                 "error")
+                 "cast_keys", "copied_keys", "aliased_keys", "unused_rules",
+                 "version", "error")
 
     def __init__(self, version=0, missing_keys=(), unexpected_keys=(),
                  mismatched_keys=(), cast_keys=(), copied_keys=(),
-                 aliased_keys=(), error=None):
+                 aliased_keys=(), unused_rules=(), error=None):
         self.version = version
         self.missing_keys = list(missing_keys)
         self.unexpected_keys = list(unexpected_keys)
@@ -203,6 +208,7 @@ class LoadResult:
         self.cast_keys = list(cast_keys)
         self.copied_keys = list(copied_keys)
         self.aliased_keys = list(aliased_keys)
+        self.unused_rules = list(unused_rules)
         self.error = error
 
     @property
@@ -232,6 +238,7 @@ class LoadResult:
                    mismatched_keys=keys(_lib.WB_KEYS_MISMATCHED),
                    cast_keys=keys(_lib.WB_KEYS_CAST),
                    aliased_keys=keys(_lib.WB_KEYS_ALIASED),
+                   unused_rules=keys(_lib.WB_KEYS_UNUSED_RULES),
                    error=error)
 
 
@@ -263,20 +270,44 @@ def _rules_text(rules):
     return rules.encode("utf-8")
 
 
-class _Rules:
-    """Owns a wb_rules built from load_into()'s keyword arguments."""
+def _prefix_pairs(prefix):
+    """The (old, new) pairs of a prefix argument: one pair, or a list of
+    pairs."""
+    def is_pair(p):
+        return (isinstance(p, (tuple, list)) and len(p) == 2 and
+                all(isinstance(x, (str, bytes)) for x in p))
+    if prefix is None:
+        return []
+    if is_pair(prefix):
+        return [tuple(prefix)]
+    if isinstance(prefix, (str, bytes)) or \
+            not isinstance(prefix, collections.abc.Iterable):
+        raise TypeError("prefix takes a pair (old, new) or a list of pairs, "
+                        "not %r" % (prefix,))
+    pairs = list(prefix)
+    for p in pairs:
+        if not is_pair(p):
+            raise TypeError("prefix takes a pair (old, new) or a list of "
+                            "pairs; %r is not a pair of str" % (p,))
+    return [tuple(p) for p in pairs]
 
-    def __init__(self, include, exclude, rename, rules):
+
+class _Rules:
+    """Owns a wb_rules built from load_into()'s keyword arguments, in this
+    order: the rules file, include, exclude, prefix, rename."""
+
+    def __init__(self, include, exclude, rename, rules, prefix=None):
         lib = self._lib = _lib.load()
         self.ptr = None
+        pairs = _prefix_pairs(prefix)
         if include is None and exclude is None and not rename and \
-                rules is None:
+                rules is None and not pairs:
             return
         self.ptr = lib.wb_rules_new()
         if not self.ptr:
             raise MemoryError("wb_rules_new")
         try:
-            self._fill(include, exclude, rename, rules)
+            self._fill(include, exclude, rename, rules, pairs)
         except BaseException:
             self.close()
             raise
@@ -286,7 +317,7 @@ class _Rules:
             _raise(rc, "%s: %s" % (what,
                                    _dec(self._lib.wb_rules_errmsg(self.ptr))))
 
-    def _fill(self, include, exclude, rename, rules):
+    def _fill(self, include, exclude, rename, rules, pairs):
         lib = self._lib
         if rules is not None:
             text = _rules_text(rules)
@@ -301,6 +332,10 @@ class _Rules:
         for g in _as_list(exclude, "exclude"):
             self._check(lib.wb_rules_exclude(self.ptr, _enc(g, "exclude")),
                         "exclude %r" % (g,))
+        for old, new in pairs:
+            self._check(lib.wb_rules_rename_prefix(
+                self.ptr, _enc(old, "prefix"), _enc(new, "prefix")),
+                "prefix %r -> %r" % (old, new))
         if isinstance(rename, collections.abc.Mapping):
             for old, new in rename.items():
                 self._check(lib.wb_rules_rename(self.ptr, _enc(old, "rename"),
@@ -381,13 +416,33 @@ def _meta_value(client, name, version, key):
 
 # ------------------------------------------------------------------ loads
 
-def _resolve(client, model, name, version, strict, include, exclude, rename,
-             rules, ignore, plan):
+# The keyword arguments of load_into(), plan() and _prepare_load() besides
+# model, name and version, with their defaults.
+LOAD_OPTIONS = {"strict": True, "include": None, "exclude": None,
+                "rename": None, "prefix": None, "rules": None,
+                "ignore_mismatched_sizes": False}
+
+
+def _options(kw):
+    """The full options of a load from its keyword arguments (TypeError
+    for one that load_into() does not take)."""
+    bad = sorted(set(kw) - set(LOAD_OPTIONS))
+    if bad:
+        raise TypeError("load_into() got unexpected keyword argument(s) %s"
+                        % ", ".join(bad))
+    opts = dict(LOAD_OPTIONS)
+    opts.update(kw)
+    return opts
+
+
+def _resolve(client, model, name, version, opts, plan):
     """Asks the daemon to load version (None: the latest) of name into
-    model's schema.  Returns (targets, m, result): targets the key ->
-    tensor of model.state_dict(keep_vars=True), and either m the new
-    wb_mapping (result None) or, for a plan that would fail, m None and
-    result its report.  A load that fails raises LoadError."""
+    model's schema with the options opts (see LOAD_OPTIONS).  Returns
+    (targets, m, result): targets the key -> tensor of
+    model.state_dict(keep_vars=True), and either m the new wb_mapping
+    (result None) or, for a plan that would fail, m None and result its
+    report.  A load that fails raises LoadError (after warning about the
+    rules that matched nothing)."""
     torch = _torch()
     lib = client._lib
     if not isinstance(model, torch.nn.Module):
@@ -396,9 +451,9 @@ def _resolve(client, model, name, version, strict, include, exclude, rename,
     sd = model.state_dict(keep_vars=True)
     targets = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     flags = _lib.WB_MAP_PRIVATE
-    if not strict:
+    if not opts["strict"]:
         flags |= _lib.WB_MAP_NONSTRICT
-    if ignore:
+    if opts["ignore_mismatched_sizes"]:
         flags |= _lib.WB_MAP_IGNORE_MISMATCH
     if plan:
         flags |= _lib.WB_MAP_PLAN
@@ -415,7 +470,8 @@ def _resolve(client, model, name, version, strict, include, exclude, rename,
             if rc:
                 _raise(rc, "target key %r: %s"
                        % (key, _dec(lib.wb_strerror(rc))))
-        rs = _Rules(include, exclude, rename, rules)
+        rs = _Rules(opts["include"], opts["exclude"], opts["rename"],
+                    opts["rules"], opts["prefix"])
         with client._lock:
             c = client._handle()
             rc = lib.wb_load(c, _enc(name), version or 0, schema, rs.ptr,
@@ -428,9 +484,7 @@ def _resolve(client, model, name, version, strict, include, exclude, rename,
                 text = _fill_report(client, model, targets, name, result,
                                     None)
                 if text is not None:
-                    if plan:
-                        return targets, None, result
-                    raise LoadError(text, result)
+                    return targets, None, _refused(result, plan)
                 # Nothing left but keys torch supplies itself: the same
                 # version, non-strict, gives the same matching.
                 rc = lib.wb_load(c, _enc(name), result.version, schema,
@@ -440,15 +494,75 @@ def _resolve(client, model, name, version, strict, include, exclude, rename,
                     text = _dec(lib.wb_map_error_text(m))
                     result = LoadResult._from_mapping(lib, m, text)
                     lib.wb_unmap(m)
-                    if plan:
-                        return targets, None, result
-                    raise LoadError(text, result)
+                    return targets, None, _refused(result, plan)
             client._check(rc)
     finally:
         lib.wb_schema_free(schema)
         if rs is not None:
             rs.close()
     return targets, m, None
+
+
+def _refused(result, plan):
+    """The report of a refused load, its error text ending with a hint
+    when a prefix rule would fix it; raises LoadError unless plan."""
+    hint = _prefix_hint(result.missing_keys, result.unexpected_keys)
+    if hint:
+        result.error += hint
+    _warn_unused(result)
+    if plan:
+        return result
+    raise LoadError(result.error, result)
+
+
+def _prefix_hint(missing, unexpected):
+    """A last line for the error text of a load whose unexpected keys are
+    missing keys with a first component (such as "module.") added or
+    removed, naming the prefix= argument that makes them match; "" when
+    there is none."""
+    if not missing or not unexpected:
+        return ""
+    miss, unex = set(missing), set(unexpected)
+    counts = {}
+    for keys, other, strip in ((unex, miss, True), (miss, unex, False)):
+        for k in keys:
+            head, dot, rest = k.partition(".")
+            if dot and rest in other:
+                p = head + "."
+                counts[(p, "") if strip else ("", p)] = \
+                    counts.get((p, "") if strip else ("", p), 0) + 1
+    if not counts:
+        return ""
+    (old, new), n = max(counts.items(), key=lambda kv: (kv[1], kv[0]))
+    how = ("without the prefix %s" % json.dumps(old) if old else
+           "with the prefix %s added" % json.dumps(new))
+    return ("\n\tHint: %d of the unexpected keys match missing keys %s: "
+            "load with prefix=(%s, %s)." % (n, how, json.dumps(old),
+                                             json.dumps(new)))
+
+
+def _warn_unused(result):
+    """Warns (UnusedRuleWarning) about each rule of result that matched no
+    key, pointing at the caller's line outside this package.  A rule of a
+    rules file is named by its line; one of the keyword arguments by what
+    it says (the library numbers it among all rules, file first)."""
+    if not result.unused_rules:
+        return
+    # warnings.warn's stacklevel 2 is the frame of _warn_unused's caller.
+    level, f = 2, sys._getframe(1)
+    here = os.path.dirname(os.path.abspath(__file__))
+    while f is not None and os.path.dirname(
+            os.path.abspath(f.f_code.co_filename)) == here:
+        level, f = level + 1, f.f_back
+    for rule in result.unused_rules:
+        what = re.sub(r"^rule \d+: ", "", rule)
+        text = "rule matched no key: %s" % what
+        exact = re.search(r': rename "(.*)" -> "(.*)"$', rule)
+        if exact and exact.group(1).endswith("."):
+            text += (" (rename= with a dict renames whole keys; to rename a "
+                     "prefix, use prefix=(%s, %s))"
+                     % (json.dumps(exact.group(1)), json.dumps(exact.group(2))))
+        warnings.warn(text, UnusedRuleWarning, stacklevel=level)
 
 
 def _fill_report(client, model, targets, name, result, m):
@@ -478,37 +592,35 @@ def _fill_report(client, model, targets, name, result, m):
     return fills if m is not None else result.error
 
 
-def plan(client, model, name, version=None, strict=True, include=None,
-         exclude=None, rename=None, rules=None,
-         ignore_mismatched_sizes=False):
+def plan(client, model, name, version=None, **kw):
     """Client.plan(): see there."""
-    targets, m, result = _resolve(client, model, name, version, strict,
-                                  include, exclude, rename, rules,
-                                  ignore_mismatched_sizes, plan=True)
+    targets, m, result = _resolve(client, model, name, version, _options(kw),
+                                  plan=True)
     if m is None:
         return result
     lib = client._lib
     try:
         result = LoadResult._from_mapping(lib, m)
         _fill_report(client, model, targets, name, result, m)
-        return result
     finally:
         lib.wb_unmap(m)
+    _warn_unused(result)
+    return result
 
 
-def prepare(client, model, name, version=None, strict=True, include=None,
-            exclude=None, rename=None, rules=None,
-            ignore_mismatched_sizes=False):
+def prepare(client, model, name, version=None, **kw):
     """Client._prepare_load(): the first step of a load, see there."""
-    targets, m, _ = _resolve(client, model, name, version, strict, include,
-                             exclude, rename, rules, ignore_mismatched_sizes,
-                             plan=False)
+    opts = _options(kw)
+    targets, m, _ = _resolve(client, model, name, version, opts, plan=False)
     # From here on the mapping lives as long as a view of it does.
     owner = _Mapping(m)
     lib = client._lib
     result = LoadResult._from_mapping(lib, m)
     fills = _fill_report(client, model, targets, name, result, m)
-    return _PendingLoad(model, targets, owner, lib, m, result, fills)
+    pending = _PendingLoad(model, targets, owner, lib, m, result, fills,
+                           strict=opts["strict"])
+    _warn_unused(result)
+    return pending
 
 
 def _is_member(model, key, tensor):
@@ -523,6 +635,31 @@ def _is_member(model, key, tensor):
             mod._buffers.get(leaf) is tensor)
 
 
+def _is_meta(t):
+    return t.device.type == "meta"
+
+
+def _rebuilt(old, data):
+    """A tensor of old's class viewing data, for a target on the meta
+    device: a Parameter (or Parameter subclass) stays one, with old's
+    requires_grad and attributes, as load_state_dict(assign=True) keeps
+    them; a plain buffer is data itself."""
+    torch = _torch()
+    if type(old) is torch.Tensor:
+        return data.requires_grad_(old.requires_grad) if old.requires_grad \
+            else data
+    new = torch.Tensor._make_subclass(type(old), data, old.requires_grad)
+    new.__dict__.update(old.__dict__)
+    return new
+
+
+def _missing_text(target, keys):
+    """PyTorch's error text for missing keys only."""
+    return ("Error(s) in loading state_dict for %s:\n\tMissing key(s) in "
+            "state_dict: %s. " % (target, ", ".join('"%s"' % k
+                                                    for k in keys)))
+
+
 class _PendingLoad:
     """A load that the daemon answered and that is ready to switch the
     model to: .result is the final LoadResult, .apply() switches every
@@ -530,15 +667,23 @@ class _PendingLoad:
 
     Every view is built and checked when the object is made, so apply()
     does nothing that can fail for the load's sake.  A pending load never
-    applied releases its version when it is collected."""
+    applied releases its version when it is collected.
 
-    def __init__(self, model, targets, owner, lib, m, result, fills):
+    A target on the meta device has no memory to repoint or copy into: it
+    is replaced, wherever the model holds it, by a tensor of its class
+    viewing the mapped memory (assigned, as load_state_dict(assign=True)
+    does), so a model built on the meta device is never allocated."""
+
+    def __init__(self, model, targets, owner, lib, m, result, fills,
+                 strict=True):
         torch = _torch()
         self.result = result
         self._model = model
         self._targets = targets
         self._fills = fills
-        self._actions = []      # (target tensor, view, "map" or "copy")
+        # (target tensor, view, "map", "copy" or "assign"); an "assign"
+        # view is the mapped one, or a private copy where "copy" would be.
+        self._actions = []
         self._fallback = {}     # key -> view, for load_state_dict
         self._applied = False
         placed = {}             # mapped address -> target tensor viewing it
@@ -559,15 +704,38 @@ class _PendingLoad:
             if not _is_member(model, key, dst):
                 self._fallback[key] = view
                 result.copied_keys.append(key)
+                continue
+            # Tied targets (one tensor under two keys) stay tied; two
+            # distinct targets fed by one tied source are not tied by the
+            # load: the second gets a copy.
+            own = not t.nbytes or placed.setdefault(t.data, dst) is dst
+            if _is_meta(dst):
+                if not own:
+                    view = view.clone()
+                    result.copied_keys.append(key)
+                self._actions.append((dst, view, "assign"))
             elif (dst.device.type == "cpu" and dst.layout == torch.strided
-                  and (not t.nbytes or placed.setdefault(t.data, dst) is dst)):
-                # Tied targets (one tensor under two keys) stay tied; two
-                # distinct targets fed by one tied source are not tied by
-                # the load: the second gets a copy.
+                  and own):
                 self._actions.append((dst, view, "map"))
             else:
                 self._actions.append((dst, view, "copy"))
                 result.copied_keys.append(key)
+        for key, value in list(fills.items()):
+            if _is_meta(targets[key]):
+                fills[key] = value.detach().to("cpu", copy=True)
+        # What no action reaches stays on meta: report it missing (a key
+        # that only load_state_dict could fill cannot be filled there).
+        on_meta = [k for k in self._fallback if _is_meta(targets[k])]
+        if on_meta:
+            for k in on_meta:
+                del self._fallback[k]
+                result.copied_keys.remove(k)
+            new = [k for k in on_meta if k not in result.missing_keys]
+            result.missing_keys.extend(new)
+            if strict and new:
+                result.error = _missing_text(type(model).__name__,
+                                             result.missing_keys)
+                raise LoadError(result.error, result)
 
     def apply(self):
         """Points the model's tensors at the mapped views (or copies into
@@ -577,14 +745,32 @@ class _PendingLoad:
             return self.result
         self._applied = True
         torch = _torch()
+        replaced = {}           # id(meta target) -> (it, its replacement)
         with torch.no_grad():
             for dst, view, how in self._actions:
                 if how == "map":
                     dst.data = view
-                else:
+                elif how == "copy":
                     dst.copy_(view)
+                elif id(dst) in replaced:
+                    replaced[id(dst)][1].data = view
+                else:
+                    replaced[id(dst)] = (dst, _rebuilt(dst, view))
             for key, value in self._fills.items():
-                self._targets[key].copy_(value)
+                dst = self._targets[key]
+                if _is_meta(dst):
+                    replaced[id(dst)] = (dst, _rebuilt(dst, value))
+                else:
+                    dst.copy_(value)
+        if replaced:
+            # Every module that holds a replaced tensor (ties included)
+            # gets its replacement.
+            for mod in self._model.modules():
+                for table in (mod._parameters, mod._buffers):
+                    for leaf, v in table.items():
+                        hit = replaced.get(id(v))
+                        if hit is not None and hit[0] is v:
+                            table[leaf] = hit[1]
         if self._fallback:
             self._model.load_state_dict(self._fallback, strict=False)
         # The views live on in the model; the version is released once the
