@@ -104,6 +104,15 @@ static void map_row(void *arg, size_t i, wb__map_entry *e) {
     e->cast = d != NULL || (mr->resolved && mr->res.v[i].cast);
 }
 
+/* What to add to a map's failure for errno e: out of descriptors is the
+ * one cause an operator can act on. */
+static const char *emfile_hint(int e) {
+    return e == EMFILE || e == ENFILE
+               ? " (the daemon is out of file descriptors, one per "
+                 "mapping held: raise its LimitNOFILE, or unmap)"
+               : "";
+}
+
 /* Sends the map reply: segments, tensor table, metadata and report, and,
  * unless a plan, the write end of a new hold (hold.h) after the segments'
  * descriptors. */
@@ -151,8 +160,8 @@ static void map_reply(map_req *mr) {
                 close(fds[i]);
             free(segix);
             int e = errno;
-            wb__reply_error_sys(s, mr->id, e, "cannot reopen a segment: %s",
-                                strerror(e));
+            wb__reply_error_sys(s, mr->id, e, "cannot reopen a segment: %s%s",
+                                strerror(e), emfile_hint(e));
             return;
         }
         fds[nfds++] = fd;
@@ -173,12 +182,7 @@ static void map_reply(map_req *mr) {
                 wb__reply_error_sys(s, mr->id, e,
                                     "cannot make the pipe that tracks this "
                                     "mapping: %s%s",
-                                    strerror(e),
-                                    e == EMFILE || e == ENFILE
-                                        ? " (the daemon is out of file "
-                                          "descriptors: raise its "
-                                          "LimitNOFILE, or unmap)"
-                                        : "");
+                                    strerror(e), emfile_hint(e));
             return;
         }
         nfds++;
