@@ -178,6 +178,13 @@ static void map_reply(map_req *mr) {
             free(segix);
             if (rc == WB_ENOMEM)
                 wb__reply_error(s, mr->id, rc, "out of memory");
+            else if (rc == WB_ETOOBIG)
+                wb__reply_error(s, mr->id, rc,
+                                "user %u already holds %zu mappings, the "
+                                "most the daemon allows one user "
+                                "(wbrokerd --max-holds-per-user): unmap "
+                                "some first",
+                                (unsigned)s->cred.uid, wb__hold_user_max);
             else
                 wb__reply_error_sys(s, mr->id, e,
                                     "cannot make the pipe that tracks this "

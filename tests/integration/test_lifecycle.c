@@ -48,9 +48,17 @@ static int setup_keep_all(void **state) {
     return wbt_setup(state, extra);
 }
 
+/* Out of descriptors with no per-user cap (which would come first). */
 static int setup_nofile(void **state) {
-    static const char *const extra[] = {"--memory-limit", "1G", NULL};
+    static const char *const extra[] = {"--memory-limit", "1G",
+                                        "--max-holds-per-user", "0", NULL};
     return wbt_setup_limits(state, extra, EMFILE_NOFILE);
+}
+
+static int setup_user_cap(void **state) {
+    static const char *const extra[] = {"--memory-limit", "1G",
+                                        "--max-holds-per-user", "3", NULL};
+    return wbt_setup(state, extra);
 }
 
 static int teardown(void **state) {
@@ -633,6 +641,29 @@ static void test_lifecycle_emfile(void **state) {
     assert_true(wbt_alive(d));
 }
 
+/* One user's holds are capped (--max-holds-per-user): the next map fails
+ * with ETOOBIG and says why, plans still work, and an unmap makes room. */
+static void test_lifecycle_user_hold_cap(void **state) {
+    wbt_daemon *d = *state;
+    wb_client *c = wbt_connect(d);
+    publish_tag(c, "m", 1);
+    wb_mapping *m[4];
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(wb_map(c, "m", 0, WB_MAP_SHARED, &m[i]), 0);
+    assert_int_equal(wb_map(c, "m", 0, WB_MAP_SHARED, &m[3]), WB_ETOOBIG);
+    assert_null(m[3]);
+    assert_non_null(strstr(wb_errmsg(c), "--max-holds-per-user"));
+    assert_int_equal(wb_map(c, "m", 0, WB_MAP_PLAN, &m[3]), 0);
+    wb_unmap(m[3]);
+    wb_unmap(m[0]);
+    assert_int_equal(wait_holds(d, 2, HOLD_END_MS), 2);
+    assert_int_equal(wb_map(c, "m", 0, WB_MAP_SHARED, &m[0]), 0);
+    assert_true(holds_tag(m[0], 1));
+    for (int i = 0; i < 3; i++)
+        wb_unmap(m[i]);
+    wb_close(c);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_lifecycle_keep_two, setup,
@@ -654,6 +685,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_lifecycle_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lifecycle_emfile, setup_nofile,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_lifecycle_user_hold_cap,
+                                        setup_user_cap, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
