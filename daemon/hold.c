@@ -29,6 +29,8 @@ struct wb__hold {
     struct wb__hold *prev, *next; /* Holds in progress, newest first. */
 };
 
+size_t wb__hold_user_max;
+
 static wb__hold *holds; /* Holds in progress. */
 static size_t nholds;   /* Entries in holds. */
 
@@ -96,6 +98,9 @@ static void on_hold_event(uv_poll_t *p, int status, int events) {
 int wb__hold_start(wb__version *v, const struct ucred *cred, uint64_t bytes,
                    int *wfd) {
     assert(v->model != NULL);
+    if (wb__hold_user_max &&
+        wb__holds_of_user((uint32_t)cred->uid) >= wb__hold_user_max)
+        return WB_ETOOBIG;
     int p[2];
     if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
         return WB_ESYS;
@@ -150,6 +155,13 @@ void wb__holds_each(const wb__model *model,
     for (const wb__hold *h = holds; h; h = h->next)
         if (model == NULL || h->v->model == model)
             fn(arg, h);
+}
+
+size_t wb__holds_of_user(uint32_t uid) {
+    size_t n = 0;
+    for (const wb__hold *h = holds; h; h = h->next)
+        n += h->uid == uid;
+    return n;
 }
 
 size_t wb__holds_of(const wb__model *model) {

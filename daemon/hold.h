@@ -26,11 +26,17 @@
 
 typedef struct wb__hold wb__hold;
 
+/* Most holds one user may have at once (0: no cap), so that one user
+ * cannot spend every descriptor of the daemon (set by main.c,
+ * --max-holds-per-user). */
+extern size_t wb__hold_user_max;
+
 /* Starts a hold on v (a new reference) for the peer cred, of bytes
  * mapped.  On success *wfd is the write end to send to the client (the
- * caller owns it) and 0 is returned; otherwise WB_ESYS with errno set
- * (EMFILE when the daemon is out of descriptors) or WB_ENOMEM, and
- * nothing was made. */
+ * caller owns it) and 0 is returned; otherwise WB_ETOOBIG when the user
+ * already has wb__hold_user_max holds, WB_ESYS with errno set (EMFILE
+ * when the daemon is out of descriptors) or WB_ENOMEM, and nothing was
+ * made. */
 int wb__hold_start(wb__version *v, const struct ucred *cred, uint64_t bytes,
                    int *wfd);
 
@@ -40,6 +46,8 @@ size_t wb__holds_count(void);
  * every model).  fn must not start or end holds. */
 void wb__holds_each(const wb__model *model,
                     void (*fn)(void *arg, const wb__hold *h), void *arg);
+/* Holds of user uid. */
+size_t wb__holds_of_user(uint32_t uid);
 /* Holds on versions of model (NULL: all). */
 size_t wb__holds_of(const wb__model *model);
 /* Distinct processes holding any version of model. */

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +55,11 @@ static void usage(FILE *f) {
             "model; older\n"
             "                       ones are retired (default 2; 0 keeps "
             "all)\n"
+            "  --max-holds-per-user N\n"
+            "                       mappings one user may hold at once, "
+            "one descriptor\n"
+            "                       each (default half the descriptor "
+            "limit; 0 no cap)\n"
             "  --log-level LEVEL    debug, info, warn or error (default "
             "info)\n"
             "  --version            print the version and exit\n"
@@ -105,6 +111,17 @@ static int parse_size(const char *s, uint64_t *out) {
     if (*end != '\0' || v * mul > 1.8e19)
         return -1;
     *out = (uint64_t)(v * mul);
+    return 0;
+}
+
+/* Parses a decimal count ("0", "12").  Returns 0 or -1. */
+static int parse_count(const char *s, uint64_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*s < '0' || *s > '9' || *end || errno)
+        return -1;
+    *out = v;
     return 0;
 }
 
@@ -184,12 +201,13 @@ static int listen_socket(const char *path, unsigned mode, int inherited_fd) {
 }
 
 /* Every mapping a client keeps costs the daemon one descriptor (its hold,
- * hold.h), so the soft RLIMIT_NOFILE is raised to the hard one; what is
- * left is logged, since a map fails with EMFILE beyond it. */
-static void raise_nofile(void) {
+ * hold.h), so the soft RLIMIT_NOFILE is raised to the hard one; a map
+ * fails with EMFILE beyond it.  Returns the soft limit then (0 when
+ * unknown). */
+static uint64_t raise_nofile(void) {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
-        return;
+        return 0;
     if (rl.rlim_cur < rl.rlim_max) {
         rlim_t want = rl.rlim_max;
         rl.rlim_cur = want;
@@ -200,6 +218,7 @@ static void raise_nofile(void) {
     }
     wb__debug("descriptor limit %llu (each mapping a client keeps uses one)",
               (unsigned long long)rl.rlim_cur);
+    return rl.rlim_cur == RLIM_INFINITY ? 0 : (uint64_t)rl.rlim_cur;
 }
 
 static uv_signal_t sig_term, sig_int;
@@ -234,6 +253,7 @@ int main(int argc, char **argv) {
         {"log-level", required_argument, NULL, 'l'},
         {"client-timeout", required_argument, NULL, 't'},
         {"keep", required_argument, NULL, 'k'},
+        {"max-holds-per-user", required_argument, NULL, 'H'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -243,20 +263,26 @@ int main(int argc, char **argv) {
     unsigned mode = 0660;
     unsigned timeout = WB_DEFAULT_CLIENT_TIMEOUT;
     uint64_t keep = WB_DEFAULT_KEEP;
+    uint64_t user_holds = 0;
+    int user_holds_set = 0;
     int c;
-    while ((c = getopt_long(argc, argv, "s:m:p:l:t:k:Vh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "s:m:p:l:t:k:H:Vh", opts, NULL)) !=
+           -1) {
         switch (c) {
-        case 'k': {
-            char *end;
-            errno = 0;
-            unsigned long long k = strtoull(optarg, &end, 10);
-            if (*optarg < '0' || *optarg > '9' || *end || errno) {
+        case 'k':
+            if (parse_count(optarg, &keep)) {
                 fprintf(stderr, "wbrokerd: bad --keep '%s'\n", optarg);
                 return 2;
             }
-            keep = k;
             break;
-        }
+        case 'H':
+            if (parse_count(optarg, &user_holds) || user_holds > SIZE_MAX) {
+                fprintf(stderr, "wbrokerd: bad --max-holds-per-user '%s'\n",
+                        optarg);
+                return 2;
+            }
+            user_holds_set = 1;
+            break;
         case 't': {
             char *end;
             unsigned long t = strtoul(optarg, &end, 10);
@@ -332,7 +358,10 @@ int main(int argc, char **argv) {
     }
 
     signal(SIGPIPE, SIG_IGN);
-    raise_nofile();
+    uint64_t nofile = raise_nofile();
+    /* Half the descriptors for any one user's holds by default: the rest
+     * stay for other users, connections and segments. */
+    wb__hold_user_max = (size_t)(user_holds_set ? user_holds : nofile / 2);
     uv_loop_t *loop = uv_default_loop();
     wb__reg.mem_limit = limit;
     wb__reg.keep = keep;

@@ -104,6 +104,15 @@ static void map_row(void *arg, size_t i, wb__map_entry *e) {
     e->cast = d != NULL || (mr->resolved && mr->res.v[i].cast);
 }
 
+/* What to add to a map's failure for errno e: out of descriptors is the
+ * one cause an operator can act on. */
+static const char *emfile_hint(int e) {
+    return e == EMFILE || e == ENFILE
+               ? " (the daemon is out of file descriptors, one per "
+                 "mapping held: raise its LimitNOFILE, or unmap)"
+               : "";
+}
+
 /* Sends the map reply: segments, tensor table, metadata and report, and,
  * unless a plan, the write end of a new hold (hold.h) after the segments'
  * descriptors. */
@@ -151,8 +160,8 @@ static void map_reply(map_req *mr) {
                 close(fds[i]);
             free(segix);
             int e = errno;
-            wb__reply_error_sys(s, mr->id, e, "cannot reopen a segment: %s",
-                                strerror(e));
+            wb__reply_error_sys(s, mr->id, e, "cannot reopen a segment: %s%s",
+                                strerror(e), emfile_hint(e));
             return;
         }
         fds[nfds++] = fd;
@@ -169,16 +178,18 @@ static void map_reply(map_req *mr) {
             free(segix);
             if (rc == WB_ENOMEM)
                 wb__reply_error(s, mr->id, rc, "out of memory");
+            else if (rc == WB_ETOOBIG)
+                wb__reply_error(s, mr->id, rc,
+                                "user %u already holds %zu mappings, the "
+                                "most the daemon allows one user "
+                                "(wbrokerd --max-holds-per-user): unmap "
+                                "some first",
+                                (unsigned)s->cred.uid, wb__hold_user_max);
             else
                 wb__reply_error_sys(s, mr->id, e,
                                     "cannot make the pipe that tracks this "
                                     "mapping: %s%s",
-                                    strerror(e),
-                                    e == EMFILE || e == ENFILE
-                                        ? " (the daemon is out of file "
-                                          "descriptors: raise its "
-                                          "LimitNOFILE, or unmap)"
-                                        : "");
+                                    strerror(e), emfile_hint(e));
             return;
         }
         nfds++;

@@ -1,9 +1,10 @@
 /* cli.h -- Shared state and helpers of the wbroker command-line tool.
  *
- * The CLI is split in three files: wbroker.c parses the command line and
+ * The CLI is split in four files: wbroker.c parses the command line and
  * runs the inspection commands (status, ls, info, plan, rm, watch),
  * transfer.c moves safetensors files in and out of the daemon (import,
- * export), and output.c formats what people and scripts read: aligned
+ * export), lifecycle.c pins versions and lists their holders (pin, unpin,
+ * holders), and output.c formats what people and scripts read: aligned
  * tables, human-readable sizes, JSON documents and error reports. */
 #ifndef WB_CLI_H
 #define WB_CLI_H
@@ -79,6 +80,16 @@ int cmd_import(wb_cli *cli, const wb_cli_args *a);
 /* `export MODEL[@VERSION] FILE|-`: writes a version as a safetensors file
  * (absent or regular; replaced atomically) or to standard output. */
 int cmd_export(wb_cli *cli, const wb_cli_args *a);
+
+/* -------------------------------------------------------------- lifecycle.c */
+
+/* `pin MODEL@VERSION`: keeps a version whatever --keep says. */
+int cmd_pin(wb_cli *cli, const wb_cli_args *a);
+/* `unpin MODEL@VERSION`: lets retention retire it again. */
+int cmd_unpin(wb_cli *cli, const wb_cli_args *a);
+/* `holders [MODEL]`: processes holding versions (pid, user, command,
+ * model@version, bytes, since). */
+int cmd_holders(wb_cli *cli, const wb_cli_args *a);
 
 /* ----------------------------------------------------------------- output.c */
 

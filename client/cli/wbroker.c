@@ -4,9 +4,9 @@
  *
  * This file parses the command line and runs the commands that only talk
  * to the daemon (status, ls, info, plan, rm, watch); import and export live
- * in transfer.c.  Every command opens one connection through libwbroker.
- * Exit status: 0 on success, 1 when the daemon or the system reported an
- * error, 2 on bad usage. */
+ * in transfer.c, pin, unpin and holders in lifecycle.c.  Every command opens
+ * one connection through libwbroker. Exit status: 0 on success, 1 when the
+ * daemon or the system reported an error, 2 on bad usage. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -186,7 +186,8 @@ static int cmd_status(wb_cli *cli, const wb_cli_args *a) {
 
 /* ---------------------------------------------------------------- ls */
 
-/* `ls`: one line per model. */
+/* `ls`: one line per model: versions listed and how many are pinned;
+ * readers are the processes holding any of its versions. */
 static int cmd_ls(wb_cli *cli, const wb_cli_args *a) {
     wb_model_info *v = NULL;
     size_t n = 0;
@@ -199,25 +200,28 @@ static int cmd_ls(wb_cli *cli, const wb_cli_args *a) {
         json_t *arr = json_array();
         for (size_t i = 0; arr && i < n; i++)
             json_array_append_new(
-                arr, json_pack("{s:s, s:I, s:I, s:I, s:I, s:I}", "name",
+                arr, json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I}", "name",
                                v[i].name, "latest", (json_int_t)v[i].latest,
-                               "versions", (json_int_t)v[i].nversions,
-                               "tensors", (json_int_t)v[i].tensors, "bytes",
+                               "versions", (json_int_t)v[i].nversions, "pinned",
+                               (json_int_t)v[i].pinned, "tensors",
+                               (json_int_t)v[i].tensors, "bytes",
                                (json_int_t)v[i].bytes, "readers",
                                (json_int_t)v[i].readers));
         wb_model_info_free(v, n);
         return cli_json_print(arr);
     }
-    static const char *const head[] = {
-        "MODEL", ">LATEST", ">VERSIONS", ">TENSORS", ">SIZE", ">READERS", NULL};
+    static const char *const head[] = {"MODEL",    ">LATEST",  ">VERSIONS",
+                                       ">PINNED",  ">TENSORS", ">SIZE",
+                                       ">READERS", NULL};
     wb_cli_table t;
     cli_table_init(&t, head);
     rc = WB_CLI_OK;
     for (size_t i = 0; i < n && rc == WB_CLI_OK; i++) {
-        char b[4][WB_CLI_SIZE_BUF], size[WB_CLI_SIZE_BUF];
+        char b[5][WB_CLI_SIZE_BUF], size[WB_CLI_SIZE_BUF];
         const char *row[] = {v[i].name,
                              u64_str(v[i].latest, b[0], sizeof(b[0])),
                              u64_str(v[i].nversions, b[1], sizeof(b[1])),
+                             u64_str(v[i].pinned, b[4], sizeof(b[4])),
                              u64_str(v[i].tensors, b[2], sizeof(b[2])),
                              cli_size(v[i].bytes, size, sizeof(size)),
                              u64_str(v[i].readers, b[3], sizeof(b[3]))};
@@ -585,7 +589,8 @@ static int cmd_watch(wb_cli *cli, const wb_cli_args *a) {
 static const command commands[] = {
     {"status", cmd_status, 0, 0, 0, "",
      "version, uptime, memory, models, clients"},
-    {"ls", cmd_ls, 0, 0, 0, "", "models and their latest versions"},
+    {"ls", cmd_ls, 0, 0, 0, "",
+     "models: latest version, versions, pinned, tensors, size, readers"},
     {"info", cmd_info, 1, 1, 0, "MODEL[@VERSION]",
      "tensors (name, dtype, shape, size) and metadata"},
     {"import", cmd_import, 2, 2, 0, "FILE.safetensors MODEL",
@@ -600,6 +605,13 @@ static const command commands[] = {
      "drop a version or a whole model"},
     {"watch", cmd_watch, 1, 1, 0, "MODEL",
      "print each new version as it is committed"},
+    {"pin", cmd_pin, 1, 1, 0, "MODEL@VERSION",
+     "keep a version whatever wbrokerd --keep says (rm still drops it)"},
+    {"unpin", cmd_unpin, 1, 1, 0, "MODEL@VERSION",
+     "let retention retire a version again"},
+    {"holders", cmd_holders, 0, 1, 0, "[MODEL]",
+     "processes holding versions: pid, user, command, model@version, size, "
+     "since"},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
