@@ -45,6 +45,10 @@ def test_pin_keeps_a_version_through_retention(make_daemon):
         c.pin("m", 1)                   # Again: nothing changes.
         publish(c, "m", 3)              # 3, 4, 5: 2..3 retire, 1 stays.
         assert listed(c, "m") == 3
+        publish(c, "other", 1)          # A second row: the struct's size.
+        info = {m.name: m for m in c.models()}
+        assert (info["m"].pinned, info["other"].pinned) == (1, 0)
+        assert info["other"].version == 1 and info["m"].version == 5
         assert c.state_dict("m", 1)["w"][0].item() == 0.0
         with pytest.raises(wbroker.NotFoundError):
             c.state_dict("m", 3)

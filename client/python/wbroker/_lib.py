@@ -99,7 +99,8 @@ class wb_model_info(ctypes.Structure):
                 ("nversions", ctypes.c_uint64),
                 ("tensors", ctypes.c_uint64),
                 ("bytes", ctypes.c_uint64),
-                ("readers", ctypes.c_uint64)]
+                ("readers", ctypes.c_uint64),
+                ("pinned", ctypes.c_uint64)]
 
 
 class wb_status(ctypes.Structure):

@@ -36,18 +36,21 @@ Globs = Union[str, List[str]]
 
 class ModelInfo:
     """One model of models(): name, version (latest), versions (held),
-    tensors and bytes (of the latest version), readers."""
+    tensors and bytes (of the latest version), readers (processes mapping
+    any of its versions), pinned (pinned versions among versions)."""
 
     __slots__ = ("name", "version", "versions", "tensors", "bytes",
-                 "readers")
+                 "readers", "pinned")
 
-    def __init__(self, name, version, versions, tensors, bytes, readers):
+    def __init__(self, name, version, versions, tensors, bytes, readers,
+                 pinned=0):
         self.name = name
         self.version = version
         self.versions = versions
         self.tensors = tensors
         self.bytes = bytes
         self.readers = readers
+        self.pinned = pinned
 
     def __repr__(self):
         return "ModelInfo(%s)" % ", ".join(
@@ -354,7 +357,8 @@ class Client:
         try:
             return [ModelInfo(_dec(arr[i].name), arr[i].latest,
                               arr[i].nversions, arr[i].tensors, arr[i].bytes,
-                              arr[i].readers) for i in range(n.value)]
+                              arr[i].readers, arr[i].pinned)
+                    for i in range(n.value)]
         finally:
             lib.wb_model_info_free(arr, n.value)
 
