@@ -186,6 +186,37 @@ def test_follow_stop_is_prompt(daemon):
         assert c.status().clients == 1
 
 
+def test_follow_stop_from_on_error(daemon):
+    """on_error may stop the follower: its thread ends and closes its
+    connection itself."""
+    trainer(daemon, "m", 1, 1, "--bad", "1")
+    with wbroker.connect(daemon.socket) as c:
+        holder, ready = [], threading.Event()
+
+        def on_error(e):
+            ready.wait(10)
+            holder[0].stop()
+        f = c.follow(filled(0), "m", on_error=on_error)
+        holder.append(f)
+        ready.set()
+        assert not f.wait(1, timeout=10)
+        deadline = time.monotonic() + 5
+        while ((c.status().clients != 1 or "stopped" not in repr(f))
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
+        assert "stopped" in repr(f)
+        assert c.status().clients == 1
+
+
+def test_follow_refuses_a_bad_argument_at_once(daemon):
+    with wbroker.connect(daemon.socket) as c:
+        with pytest.raises(TypeError):
+            c.follow(filled(0), "m", strictt=False)
+        assert c.status().clients == 1
+        f = c.follow(filled(0), "m", strict=False)   # A good one.
+        f.stop()
+
+
 def test_follow_refuses_a_bad_name_at_once(daemon):
     with wbroker.connect(daemon.socket) as c:
         with pytest.raises(wbroker.Error) as e:

@@ -18,6 +18,7 @@ call; the follower retries (backing off up to a second, waking at once on
 stop()) and, once connected, loads whatever is newest there.
 """
 import ctypes
+import inspect
 import threading
 import warnings
 
@@ -60,6 +61,10 @@ class Follower:
         self._done = False          # The thread has ended.
         self._cond = threading.Condition()
         self._stopping = threading.Event()
+        # A misspelt load_into argument fails here, not at every version.
+        inspect.signature(client._prepare_load).bind(model, name, None,
+                                                     **load_kwargs)
+        self._close_on_exit = False  # stop() came from the thread itself.
         self._c = type(client)(client.socket)     # The thread's own.
         self._lib = self._c._lib
         _declare(self._lib)
@@ -105,6 +110,8 @@ class Follower:
         if threading.current_thread() is not self._thread:
             self._thread.join()
             self._c.close()
+        else:  # From on_error: the thread closes it on its way out.
+            self._close_on_exit = True
         with self._cond:
             self._cond.notify_all()
 
@@ -164,6 +171,8 @@ class Follower:
                 latest = None
                 self._stopping.wait(retry)
                 retry = min(retry * 2, _RETRY_MAX)
+        if self._close_on_exit:
+            self._c.close()
         with self._cond:
             self._done = True
             self._cond.notify_all()
