@@ -60,8 +60,10 @@ static int send_all(wb_client *c, const uint8_t *buf, size_t len) {
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
-            return wb__cl_fail(c, WB_ECLOSED, "sending to %s: %s", c->path,
-                               n < 0 ? strerror(errno) : "closed");
+            return wb__cl_fail(c, WB_ECLOSED,
+                               "sending to %s: %s (the next call "
+                               "reconnects)",
+                               c->path, n < 0 ? strerror(errno) : "closed");
         buf += n;
         len -= (size_t)n;
     }
@@ -86,9 +88,11 @@ static int recv_all(wb_client *c, uint8_t *buf, size_t len, int *fds, int *nfds,
                 "%d one reply may hold, and the kernel truncated them",
                 c->path, WB_FDPASS_MAX);
         if (n <= 0)
-            return wb__cl_fail(
-                c, WB_ECLOSED, "daemon at %s closed the connection%s%s",
-                c->path, n < 0 ? ": " : "", n < 0 ? strerror(errno) : "");
+            return wb__cl_fail(c, WB_ECLOSED,
+                               "daemon at %s closed the connection%s%s (the "
+                               "next call reconnects)",
+                               c->path, n < 0 ? ": " : "",
+                               n < 0 ? strerror(errno) : "");
         buf += n;
         len -= (size_t)n;
     }

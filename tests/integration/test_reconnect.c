@@ -186,6 +186,7 @@ static void test_reconnect_broken_mid_request(void **state) {
     assert_int_equal(waitpid(killer, NULL, 0), killer);
     assert_int_equal(rc, WB_ECLOSED);
     assert_non_null(strstr(wb_errmsg(c), "closed the connection"));
+    assert_non_null(strstr(wb_errmsg(c), "the next call reconnects"));
     assert_int_equal(v, 99);
     assert_int_equal(waitpid(d->pid, NULL, 0), d->pid);
     d->pid = 0;
