@@ -254,3 +254,20 @@ def test_follow_goes_on_after_a_daemon_restart(tmp_path):
             assert c.models()[0].version == 2   # c reconnected too.
     finally:
         assert d.stop() == 0
+
+
+def test_follow_takes_the_newest_when_its_version_retired(make_daemon):
+    """With --keep 1 and a trainer committing as fast as it can, the
+    version a watch named is often retired before the follower asks for
+    it: the follower then takes the newest, reports nothing, and ends on
+    the last."""
+    d = make_daemon("--keep", "1")
+    errors = []
+    model = filled(0)
+    with wbroker.connect(d.socket) as c:
+        with c.follow(model, "m", lock=threading.Lock(),
+                      on_error=errors.append) as f:
+            trainer(d, "m", 1, 40)
+            assert f.wait(40, timeout=60)
+    assert errors == []
+    assert values(model) == {40.0}

@@ -23,7 +23,7 @@ import threading
 import warnings
 
 from ._lib import enc
-from .errors import ConnectError, Error
+from .errors import ConnectError, Error, NotFoundError
 
 WB_ECANCELED = -27              # wb_watch_cancel() ended the watch.
 _RETRY_FIRST = 0.05             # Seconds before the first retry ...
@@ -150,8 +150,12 @@ class Follower:
                     latest = self._watch(0, 0)
                     if latest is None:
                         break
-                if latest and latest not in (self._version, self._failed):
-                    self._switch(latest)
+                while (latest and latest not in (self._version, self._failed)
+                       and not self._stopping.is_set()):
+                    newer = self._switch(latest)
+                    if newer is None:
+                        break
+                    latest = newer
                 if self._stopping.is_set():
                     break
                 # Newer than what the model holds or last failed on; after a
@@ -178,19 +182,31 @@ class Follower:
             self._cond.notify_all()
 
     def _switch(self, version):
-        """Loads version into the model, or reports why not."""
+        """Loads version into the model, or reports why not.  Returns a
+        newer version to load instead when this one went meanwhile, else
+        None."""
         self._loading = version
         try:
             pending = self._c._prepare_load(self._model, self._name, version,
                                             **self._kwargs)
         except ConnectError:
             raise
+        except NotFoundError as e:
+            # Retired (or dropped) between the watch and the load, as when
+            # a trainer commits faster than --keep allows: the newest will
+            # do.  Only a version with nothing newer is a failure.
+            newest = self._watch(0, 0)
+            if newest is not None and newest > version:
+                return newest
+            self._failed = version
+            self._report(e)
+            return None
         except Exception as e:
             self._failed = version
             self._report(e)
-            return
+            return None
         if self._stopping.is_set():
-            return
+            return None
         # .version changes with the weights, so that a reader holding the
         # lock sees the version its weights are.
         if self._lock is not None:
@@ -205,6 +221,7 @@ class Follower:
         del pending
         with self._cond:
             self._cond.notify_all()
+        return None
 
     def _warn(self, exc):
         """The default on_error: a RuntimeWarning naming the versions."""
