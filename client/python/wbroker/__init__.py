@@ -35,9 +35,9 @@ _lib.load(__version__)   # Fills the error codes and dtypes the modules use.
 
 from .client import Client, ModelInfo, Status, connect, socket_path  # noqa
 from .errors import (ConnectError, Error, FormatError, LoadError,  # noqa
-                     NotFoundError, UnusedRuleWarning)
+                     MemoryLimitError, NotFoundError, UnusedRuleWarning)
 from .load import LoadResult  # noqa: E402
 
 __all__ = ["connect", "socket_path", "Client", "Error", "ConnectError",
-           "LoadError", "NotFoundError", "FormatError", "LoadResult",
-           "UnusedRuleWarning", "ModelInfo", "Status"]
+           "LoadError", "MemoryLimitError", "NotFoundError", "FormatError",
+           "UnusedRuleWarning", "LoadResult", "ModelInfo", "Status"]

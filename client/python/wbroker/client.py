@@ -18,7 +18,7 @@ from . import load as _load
 from . import publish as _publish
 from ._lib import dec as _dec
 from ._lib import enc as _enc
-from .errors import ConnectError, Error, _raise
+from .errors import ConnectError, Error, MemoryLimitError, _raise
 
 if typing.TYPE_CHECKING:     # Only for the annotations: torch loads lazily.
     import torch
@@ -142,6 +142,19 @@ def socket_path(socket: Optional[str] = None) -> str:
     return os.fsdecode(buf.value)
 
 
+def _connect_text(detail, path):
+    """The message of a failed connect: the library's, said once, with
+    what a Python program can do about it."""
+    if not detail:
+        detail = "no wbrokerd listens at %s" % path
+    head, sep, _ = detail.partition(": start one")
+    if sep or detail.startswith("no wbrokerd listens at"):
+        return ("%s: start it (wbrokerd; make run in a checkout; systemctl "
+                "start wbrokerd.socket), or pass its socket to "
+                "wbroker.connect(socket=...) or in WBROKER_SOCKET" % head)
+    return detail
+
+
 def connect(socket: Optional[str] = None) -> Client:
     """Connects to wbrokerd (socket=None: the default path) and returns a
     Client, usable as a context manager.  Raises ConnectError naming the
@@ -164,8 +177,7 @@ class Client:
             detail = _dec(lib.wb_errmsg(h)) if h.value else None
             lib.wb_close(h)
             if rc in (_lib.WB_ECONNECT, _lib.WB_ECLOSED, _lib.WB_EPERM):
-                e = ConnectError(rc, detail or "cannot connect to wbrokerd "
-                                 "at %s" % self.socket)
+                e = ConnectError(rc, _connect_text(detail, self.socket))
                 e.socket = self.socket
                 raise e
             _raise(rc, detail)
@@ -179,10 +191,24 @@ class Client:
         return self._c
 
     def _check(self, rc):
+        """Raises the Error of a negative rc with the handle's detail;
+        returns rc otherwise."""
         if rc < 0:
-            _raise(rc, _dec(self._lib.wb_errmsg(self._c)),
-                   self._lib.wb_sys_errno(self._c))
+            detail = _dec(self._lib.wb_errmsg(self._c))
+            if rc == _lib.WB_ELIMIT:
+                raise self._limit_error(detail)
+            _raise(rc, detail, self._lib.wb_sys_errno(self._c))
         return rc
+
+    def _limit_error(self, detail):
+        """The MemoryLimitError of an ELIMIT refusal, with the daemon's
+        memory in use and limit asked for when its text lacks them."""
+        used = limit = None
+        if detail is None or " in use)" not in detail:
+            st = _lib.wb_status()
+            if self._lib.wb_get_status(self._c, ctypes.byref(st)) == 0:
+                used, limit = st.memory_used, st.memory_limit
+        return MemoryLimitError(detail, used, limit)
 
     def close(self) -> None:
         """Closes the connection.  Tensors mapped through it stay valid."""

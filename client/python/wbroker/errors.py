@@ -8,8 +8,10 @@ exception a Python program expects (KeyError, ConnectionError).
 from . import _lib
 from ._safetensors import FormatError
 
+import re
+
 __all__ = ["Error", "NotFoundError", "ConnectError", "LoadError",
-           "FormatError", "UnusedRuleWarning"]
+           "MemoryLimitError", "FormatError", "UnusedRuleWarning"]
 
 
 class Error(RuntimeError):
@@ -55,6 +57,53 @@ class LoadError(Error):
     def __init__(self, message, result):
         super().__init__(_lib.WB_ELOAD, message)
         self.result = result
+
+
+def human_size(n):
+    """n bytes as people read them: "512 B", "1.5 GiB", "4 GiB"."""
+    if n < 1024:
+        return "%d B" % n
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        n /= 1024.0
+        if n < 1024 or unit == "PiB":
+            text = "%.1f" % n
+            return "%s %s" % (text[:-2] if text.endswith(".0") else text,
+                              unit)
+
+
+class MemoryLimitError(Error):
+    """The daemon refused to take more memory (ELIMIT): a publish, or the
+    converted copies a load asked for, would pass its --memory-limit.
+
+    .needed is what the request needed, .used and .limit the daemon's
+    memory in use and its limit (bytes, None when unknown); the message
+    gives them in human sizes and says how to make room.  .detail is the
+    daemon's own text."""
+
+    def __init__(self, detail, used=None, limit=None):
+        self.detail = detail
+        what, self.needed = "the request", None
+        m = re.match(r"(.*?)\s*\(?(\d+) bytes\)? would exceed", detail or "")
+        if m:
+            what, self.needed = m.group(1), int(m.group(2))
+            what = re.sub(r"\b1 tensors\b", "1 tensor", what)
+        m = re.search(r"\((\d+) of (\d+) bytes in use\)", detail or "")
+        if m:
+            used, limit = int(m.group(1)), int(m.group(2))
+        self.used, self.limit = used, limit
+        if self.needed is not None and used is not None and \
+                limit is not None:
+            text = "%s needs %s, %s of %s in use" % (
+                what, human_size(self.needed), human_size(used),
+                human_size(limit))
+        elif self.needed is not None:
+            text = "%s needs %s, more than the memory limit leaves" % (
+                what, human_size(self.needed))
+        else:
+            text = detail or "memory limit reached"
+        super().__init__(_lib.WB_ELIMIT, "%s: drop versions (Client.drop, "
+                         "wbroker rm) or give wbrokerd a larger "
+                         "--memory-limit" % text)
 
 
 class UnusedRuleWarning(UserWarning):
