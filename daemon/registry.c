@@ -239,9 +239,9 @@ size_t wb__retention_apply(wb__model *m) {
     size_t retired = 0;
     while (unpinned > wb__reg.keep) {
         wb__version *v = m->versions;
-        while (v->pinned)
+        while (v != NULL && v->pinned)
             v = v->next;
-        assert(v != NULL);
+        assert(v != NULL); /* More unpinned than keep >= 1. */
         version_unlist(v, "retired");
         unpinned--;
         retired++;

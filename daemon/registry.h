@@ -78,6 +78,7 @@ typedef struct wb__version {
     int pinned;               /* 1 if retention must leave it listed. */
     int closed;               /* 1 once its segments' descriptors are
                                  closed (unlisted, held only). */
+    int mark;                 /* Scratch flag of one pass over holds. */
     wb__derived **by_src;     /* Per tensor, its converted copies (NULL
                                  until the first conversion). */
     wb__dseg *dsegs;          /* Segments holding them. */
