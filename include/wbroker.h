@@ -624,7 +624,8 @@ WB_EXTERN void wb_counters_free(wb_counter *v, size_t n);
  * model's last version removes the model from the list, but version
  * numbers are never reused: the next publish of that name goes on from its
  * last number (the daemon remembers the last number of up to 4,096 names
- * that hold no version, forgetting the oldest first).  Fails with
+ * that hold no version, and up to 1,024 per user who committed their last
+ * version, forgetting the oldest first).  Fails with
  * WB_EINVAL when c or model is NULL; WB_ENAME for an invalid model name;
  * WB_ENOMODEL when no model has that name; WB_ENOVERSION when it has no
  * such version; and with the transport errors. */
