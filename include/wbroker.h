@@ -543,7 +543,9 @@ WB_EXTERN int wb_map_image(const wb_mapping *m, const void **data, size_t *len);
  * fork()ed child inherits it with the mapping, so that the hold lasts
  * until the parent has unmapped and the child has unmapped or exited.
  * exec() closes it (the mapping is gone too).  Closing the client does
- * not end a hold.  Each hold costs the daemon a descriptor: wb_map() and
+ * not end a hold.  The descriptor counts against this process's
+ * RLIMIT_NOFILE like any other: one per mapping held.  Each hold costs
+ * the daemon a descriptor too: wb_map() and
  * wb_load() fail with WB_ETOOBIG when this user already holds the most
  * mappings the daemon allows one user (wbrokerd --max-holds-per-user),
  * and with WB_ESYS (wb_sys_errno() EMFILE) when the daemon is out of
