@@ -171,32 +171,41 @@ size_t wb__holds_of(const wb__model *model) {
     return n;
 }
 
+static int cmp_u32(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 uint64_t wb__holds_readers(const wb__model *model) {
-    uint64_t n = 0;
-    for (const wb__hold *h = holds; h; h = h->next) {
-        if (h->v->model != model)
-            continue;
-        /* Counted at its newest hold only (quadratic, but holds are few
-         * and list is rare). */
-        const wb__hold *e = holds;
-        while (e != h && !(e->v->model == model && e->pid == h->pid))
-            e = e->next;
-        n += e == h;
-    }
-    return n;
+    assert(model != NULL);
+    size_t n = wb__holds_of(model);
+    if (n < 2)
+        return n;
+    uint32_t *pid = malloc(n * sizeof(uint32_t));
+    if (pid == NULL)
+        return n; /* An upper bound beats failing a list. */
+    size_t k = 0;
+    for (const wb__hold *h = holds; h; h = h->next)
+        if (h->v->model == model)
+            pid[k++] = h->pid;
+    assert(k == n);
+    qsort(pid, n, sizeof(uint32_t), cmp_u32);
+    uint64_t distinct = 1;
+    for (size_t i = 1; i < n; i++)
+        distinct += pid[i] != pid[i - 1];
+    free(pid);
+    return distinct;
 }
 
 uint64_t wb__holds_retired_bytes(void) {
+    for (const wb__hold *h = holds; h; h = h->next)
+        h->v->mark = 0;
     uint64_t n = 0;
-    for (const wb__hold *h = holds; h; h = h->next) {
-        if (h->v->listed)
-            continue;
-        const wb__hold *e = holds;
-        while (e != h && e->v != h->v)
-            e = e->next;
-        if (e == h)
+    for (const wb__hold *h = holds; h; h = h->next)
+        if (!h->v->listed && !h->v->mark) {
+            h->v->mark = 1;
             n += wb__version_charged(h->v);
-    }
+        }
     return n;
 }
 

@@ -50,7 +50,7 @@ void wb__holds_each(const wb__model *model,
 size_t wb__holds_of_user(uint32_t uid);
 /* Holds on versions of model (NULL: all). */
 size_t wb__holds_of(const wb__model *model);
-/* Distinct processes holding any version of model. */
+/* Distinct processes holding any version of model (not NULL). */
 uint64_t wb__holds_readers(const wb__model *model);
 /* Bytes still charged for versions that left their model's list but are
  * held. */

@@ -479,6 +479,7 @@ void wb__op_commit(wb__session *s, uint64_t id, const msgpack_object *req) {
     }
     p->v = NULL;
     wb__version_commit(m, v);
+    m->owner = (uint32_t)s->cred.uid;
     /* The oldest versions beyond --keep are retired with this commit. */
     wb__retention_apply(m);
     wb__model_unref(m);

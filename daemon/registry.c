@@ -23,21 +23,30 @@ static int model_live(const wb__model *m) {
     return m->versions != NULL || m->refs > 0;
 }
 
-/* Forgets the oldest record (a name with nothing left but its number). */
-static void forget_oldest_record(void) {
+/* Forgets the oldest record (a name with nothing left but its number) of
+ * user owner, or of anyone when any is set. */
+static void forget_oldest_record(int any, uint32_t owner) {
     wb__model **victim = NULL;
     for (wb__model **pp = &wb__reg.models; *pp; pp = &(*pp)->next)
-        if (!model_live(*pp))
+        if (!model_live(*pp) && (any || (*pp)->owner == owner))
             victim = pp; /* The list is newest first: keep the last. */
     if (victim == NULL)
         return;
     wb__model *m = *victim;
     *victim = m->next;
     wb__reg.nrecords--;
-    wb__debug("forgot the version numbers of %s (last %llu)", m->name,
-              (unsigned long long)m->last_number);
+    wb__debug("forgot the version numbers of %s (last %llu, user %u)", m->name,
+              (unsigned long long)m->last_number, (unsigned)m->owner);
     free(m->name);
     free(m);
+}
+
+/* Records of user owner. */
+static size_t records_of(uint32_t owner) {
+    size_t n = 0;
+    for (const wb__model *m = wb__reg.models; m; m = m->next)
+        n += !model_live(m) && m->owner == owner;
+    return n;
 }
 
 wb__model *wb__model_acquire(const char *name) {
@@ -79,8 +88,11 @@ void wb__model_unref(wb__model *m) {
     assert(m->watchers == NULL);
     wb__reg.nmodels--;
     wb__reg.nrecords++;
+    uint32_t owner = m->owner; /* m itself may be the one forgotten. */
+    if (records_of(owner) > WB_MAX_MODEL_RECORDS_PER_USER)
+        forget_oldest_record(0, owner);
     if (wb__reg.nrecords > WB_MAX_MODEL_RECORDS)
-        forget_oldest_record();
+        forget_oldest_record(1, 0);
 }
 
 wb__version *wb__version_find(const wb__model *m, uint64_t number) {
@@ -239,9 +251,9 @@ size_t wb__retention_apply(wb__model *m) {
     size_t retired = 0;
     while (unpinned > wb__reg.keep) {
         wb__version *v = m->versions;
-        while (v->pinned)
+        while (v != NULL && v->pinned)
             v = v->next;
-        assert(v != NULL);
+        assert(v != NULL); /* More unpinned than keep >= 1. */
         version_unlist(v, "retired");
         unpinned--;
         retired++;

@@ -28,8 +28,11 @@
 
 #define WB_MAX_MODELS 4096 /* Models holding versions at once. */
 /* Names remembered after their last version went, so that numbers never
- * repeat (the oldest is forgotten). */
+ * repeat (the oldest is forgotten): in all, and per user (the one who
+ * committed the name's last version), so that one user who publishes and
+ * drops many names forgets their own first, not everyone's. */
 #define WB_MAX_MODEL_RECORDS 4096
+#define WB_MAX_MODEL_RECORDS_PER_USER 1024
 
 struct wb__model;
 struct wb__watch;
@@ -78,6 +81,7 @@ typedef struct wb__version {
     int pinned;               /* 1 if retention must leave it listed. */
     int closed;               /* 1 once its segments' descriptors are
                                  closed (unlisted, held only). */
+    int mark;                 /* Scratch flag of one pass over holds. */
     wb__derived **by_src;     /* Per tensor, its converted copies (NULL
                                  until the first conversion). */
     wb__dseg *dsegs;          /* Segments holding them. */
@@ -87,6 +91,7 @@ typedef struct wb__version {
 typedef struct wb__model {
     char *name;                 /* Model name. */
     uint64_t last_number;       /* Highest version number handed out. */
+    uint32_t owner;             /* Uid of the last commit's publisher. */
     wb__version *versions;      /* Committed versions, oldest first. */
     size_t nversions;           /* Versions in the list. */
     struct wb__watch *watchers; /* Clients waiting for a new version. */
@@ -121,7 +126,8 @@ wb__model *wb__model_acquire(const char *name);
 void wb__model_ref(wb__model *m);
 /* Drops a reference.  A model left with no versions and no references
  * becomes a record (name and last number only); the oldest records are
- * forgotten past WB_MAX_MODEL_RECORDS. */
+ * forgotten past WB_MAX_MODEL_RECORDS_PER_USER of its owner's and past
+ * WB_MAX_MODEL_RECORDS in all. */
 void wb__model_unref(wb__model *m);
 
 /* Version number (0 = latest) of m, or NULL. */

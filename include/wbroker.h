@@ -562,7 +562,9 @@ WB_EXTERN int wb_map_image(const wb_mapping *m, const void **data, size_t *len);
  * fork()ed child inherits it with the mapping, so that the hold lasts
  * until the parent has unmapped and the child has unmapped or exited.
  * exec() closes it (the mapping is gone too).  Closing the client does
- * not end a hold.  Each hold costs the daemon a descriptor: wb_map() and
+ * not end a hold.  The descriptor counts against this process's
+ * RLIMIT_NOFILE like any other: one per mapping held.  Each hold costs
+ * the daemon a descriptor too: wb_map() and
  * wb_load() fail with WB_ETOOBIG when this user already holds the most
  * mappings the daemon allows one user (wbrokerd --max-holds-per-user),
  * and with WB_ESYS (wb_sys_errno() EMFILE) when the daemon is out of
@@ -643,7 +645,8 @@ WB_EXTERN void wb_counters_free(wb_counter *v, size_t n);
  * model's last version removes the model from the list, but version
  * numbers are never reused: the next publish of that name goes on from its
  * last number (the daemon remembers the last number of up to 4,096 names
- * that hold no version, forgetting the oldest first).  Fails with
+ * that hold no version, and up to 1,024 per user who committed their last
+ * version, forgetting the oldest first).  Fails with
  * WB_EINVAL when c or model is NULL; WB_ENAME for an invalid model name;
  * WB_ENOMODEL when no model has that name; WB_ENOVERSION when it has no
  * such version; and with the transport errors. */

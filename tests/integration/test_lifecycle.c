@@ -664,6 +664,30 @@ static void test_lifecycle_user_hold_cap(void **state) {
     wb_close(c);
 }
 
+#define RECORDS_PER_USER 1024 /* WB_MAX_MODEL_RECORDS_PER_USER. */
+
+/* A user who publishes and drops more names than the daemon remembers for
+ * one user forgets their own oldest name's numbers first: that name starts
+ * again from 1, the others go on. */
+static void test_lifecycle_records_per_user(void **state) {
+    wbt_daemon *d = *state;
+    wb_client *c = wbt_connect(d);
+    char name[32];
+    double t0 = wbt_now();
+    for (int i = 0; i <= RECORDS_PER_USER; i++) {
+        snprintf(name, sizeof(name), "r%d", i);
+        assert_int_equal(wbt_publish_f32(c, name, 1, 1), 1);
+        assert_int_equal(wb_drop(c, name, 0), 0);
+    }
+    fprintf(stderr, "  %d names published and dropped in %.2f s\n",
+            RECORDS_PER_USER + 1, wbt_now() - t0);
+    assert_int_equal(wbt_publish_f32(c, "r0", 1, 1), 1); /* Forgotten. */
+    assert_int_equal(wbt_publish_f32(c, "r1", 1, 1), 2); /* Remembered. */
+    snprintf(name, sizeof(name), "r%d", RECORDS_PER_USER);
+    assert_int_equal(wbt_publish_f32(c, name, 1, 1), 2);
+    wb_close(c);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_lifecycle_keep_two, setup,
@@ -687,6 +711,8 @@ int main(void) {
                                         teardown),
         cmocka_unit_test_setup_teardown(test_lifecycle_user_hold_cap,
                                         setup_user_cap, teardown),
+        cmocka_unit_test_setup_teardown(test_lifecycle_records_per_user, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
