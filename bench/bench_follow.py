@@ -264,7 +264,8 @@ def report(args, size, commits, publish, followers, peak):
                   % (k + 1, ms(statistics.median(lat)), ms(max(lat))))
     bound = (KEEP + 2) * size
     print()
-    print("| resident shared memory | peak | bound (keep + 2) x size | within |")
+    print("| resident shared memory | peak | bound (keep + 2) x size "
+          "| within |")
     print("| --- | --- | --- | --- |")
     for what, key in (("daemon's segments (status shmem)", "daemon"),
                       ("/proc/meminfo Shmem growth", "shmem")):

@@ -20,7 +20,7 @@ from wbt_daemon import BUILD, Daemon
 HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
 sys.path.insert(0, HELPERS)
 
-from follow_trainer import Net, filled  # noqa: E402
+from follow_trainer import filled  # noqa: E402
 
 
 def trainer(daemon, name, first, last, *extra, wait=True):

@@ -61,6 +61,7 @@ class Follower:
         self._done = False          # The thread has ended.
         self._cond = threading.Condition()
         self._stopping = threading.Event()
+        self._stop_lock = threading.Lock()
         # A misspelt load_into argument fails here, not at every version.
         inspect.signature(client._prepare_load).bind(model, name, None,
                                                      **load_kwargs)
@@ -104,12 +105,14 @@ class Follower:
         closes the follower's connection.  The model keeps the version it
         holds.  Safe to call more than once, and from on_error."""
         self._stopping.set()
-        c = self._c._c
-        if c is not None:
-            self._lib.wb_watch_cancel(c)
+        with self._stop_lock:   # Never cancel a handle being closed.
+            c = self._c._c
+            if c is not None:
+                self._lib.wb_watch_cancel(c)
         if threading.current_thread() is not self._thread:
             self._thread.join()
-            self._c.close()
+            with self._stop_lock:
+                self._c.close()
         else:  # From on_error: the thread closes it on its way out.
             self._close_on_exit = True
         with self._cond:
@@ -176,7 +179,8 @@ class Follower:
                 self._stopping.wait(retry)
                 retry = min(retry * 2, _RETRY_MAX)
         if self._close_on_exit:
-            self._c.close()
+            with self._stop_lock:
+                self._c.close()
         with self._cond:
             self._done = True
             self._cond.notify_all()
@@ -196,7 +200,9 @@ class Follower:
             # a trainer commits faster than --keep allows: the newest will
             # do.  Only a version with nothing newer is a failure.
             newest = self._watch(0, 0)
-            if newest is not None and newest > version:
+            if newest is None:  # stop() came meanwhile.
+                return None
+            if newest > version:
                 return newest
             self._failed = version
             self._report(e)
