@@ -559,9 +559,9 @@ def _warn_unused(result):
         text = "rule matched no key: %s" % what
         exact = re.search(r': rename "(.*)" -> "(.*)"$', rule)
         if exact and exact.group(1).endswith("."):
+            old, new = (json.dumps(g) for g in exact.groups())
             text += (" (rename= with a dict renames whole keys; to rename a "
-                     "prefix, use prefix=(%s, %s))"
-                     % (json.dumps(exact.group(1)), json.dumps(exact.group(2))))
+                     "prefix, use prefix=(%s, %s))" % (old, new))
         warnings.warn(text, UnusedRuleWarning, stacklevel=level)
 
 
