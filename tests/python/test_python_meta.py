@@ -212,3 +212,34 @@ def test_meta_model_omitted_tie_partner(daemon):
     assert dst.head.weight.device.type == "cpu"
     with torch.no_grad():
         assert torch.equal(dst.eval()(IDS), src(IDS))
+
+
+# torch 2.x's parameter-swap setting (module conversions swap tensors
+# instead of assigning .data) works with loaded models, meta-built ones
+# included, and with load_state_dict(assign=True) from state_dict() views.
+@pytest.mark.skipif(not hasattr(torch.__future__,
+                                "set_swap_module_params_on_conversion"),
+                    reason="torch without the parameter-swap setting")
+def test_swap_module_params_setting(daemon):
+    src = source()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        with wbroker.connect(daemon.socket) as c, \
+                warnings.catch_warnings():
+            warnings.simplefilter("error")
+            c.publish("net", src)
+            dst = Net(device="meta")
+            c.load_into(dst, "net")
+            weight = dst.fc.weight
+            dst.double()
+            assert dst.fc.weight is weight
+            assert dst.fc.weight.dtype == torch.float64
+            assert dst.head.weight is dst.embed.weight
+            r = c.load_into(dst, "net")
+            assert "fc.weight" in r.cast_keys
+            plain = Net()
+            plain.load_state_dict(c.state_dict("net"), assign=True)
+            with torch.no_grad():
+                assert torch.equal(plain.eval()(IDS), src(IDS))
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(False)
