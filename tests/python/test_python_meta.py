@@ -167,3 +167,79 @@ def test_meta_model_untied_targets(daemon):
     assert dst.head.weight.data_ptr() != dst.embed.weight.data_ptr()
     assert torch.equal(dst.head.weight, src.embed.weight)
     assert r.copied_keys in (["head.weight"], ["embed.weight"])
+
+
+# A size mismatch skipped with ignore_mismatched_sizes leaves its target
+# on meta: it is reported missing too (strict=True then fails, model
+# untouched); a plan of a meta model touches nothing.
+def test_meta_model_mismatch_left_on_meta(daemon):
+    src = source()
+    sd = dict(src.state_dict())
+    sd["fc.bias"] = torch.zeros(7)
+    with wbroker.connect(daemon.socket) as c:
+        c.publish("mis", sd)
+        dst = Net(device="meta")
+        p = c.plan(dst, "mis", ignore_mismatched_sizes=True)
+        assert p.mismatched_keys == ["fc.bias"] and p.ok
+        assert all(t.device.type == "meta"
+                   for t in dst.state_dict().values())
+        with pytest.raises(wbroker.LoadError) as e:
+            c.load_into(dst, "mis", ignore_mismatched_sizes=True)
+        assert str(e.value) == ('Error(s) in loading state_dict for Net:\n\t'
+                                'Missing key(s) in state_dict: "fc.bias". ')
+        assert all(t.device.type == "meta"
+                   for t in dst.state_dict().values())
+        r = c.load_into(dst, "mis", ignore_mismatched_sizes=True,
+                        strict=False)
+    assert r.mismatched_keys == ["fc.bias"] and r.missing_keys == ["fc.bias"]
+    assert dst.fc.bias.device.type == "meta"
+    assert dst.fc.weight.device.type == "cpu"
+
+
+# A checkpoint that omits a tied key (GPT-2's file has no lm_head.weight):
+# the report is torch's, and the omitted target, tied to a loaded one, is
+# that view, not left on meta.
+def test_meta_model_omitted_tie_partner(daemon):
+    src = source()
+    sd = {k: v for k, v in src.state_dict().items() if k != "head.weight"}
+    want = Net().load_state_dict(sd, strict=False)
+    with wbroker.connect(daemon.socket) as c:
+        c.publish("omit", sd)
+        dst = Net(device="meta")
+        r = c.load_into(dst, "omit", strict=False)
+    assert r.missing_keys == list(want.missing_keys) == ["head.weight"]
+    assert dst.head.weight is dst.embed.weight
+    assert dst.head.weight.device.type == "cpu"
+    with torch.no_grad():
+        assert torch.equal(dst.eval()(IDS), src(IDS))
+
+
+# torch 2.x's parameter-swap setting (module conversions swap tensors
+# instead of assigning .data) works with loaded models, meta-built ones
+# included, and with load_state_dict(assign=True) from state_dict() views.
+@pytest.mark.skipif(not hasattr(torch.__future__,
+                                "set_swap_module_params_on_conversion"),
+                    reason="torch without the parameter-swap setting")
+def test_swap_module_params_setting(daemon):
+    src = source()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        with wbroker.connect(daemon.socket) as c, \
+                warnings.catch_warnings():
+            warnings.simplefilter("error")
+            c.publish("net", src)
+            dst = Net(device="meta")
+            c.load_into(dst, "net")
+            weight = dst.fc.weight
+            dst.double()
+            assert dst.fc.weight is weight
+            assert dst.fc.weight.dtype == torch.float64
+            assert dst.head.weight is dst.embed.weight
+            r = c.load_into(dst, "net")
+            assert "fc.weight" in r.cast_keys
+            plain = Net()
+            plain.load_state_dict(c.state_dict("net"), assign=True)
+            with torch.no_grad():
+                assert torch.equal(plain.eval()(IDS), src(IDS))
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(False)

@@ -181,3 +181,21 @@ def test_help_shows_hints_and_docs():
                  "-> 'int'", "Dry run of load_into()",
                  "state_dict(self, name: 'str'"):
         assert frag in text, frag
+
+
+# Each error code the package raises by kind gets its class: a FormatError
+# is an Error (EFORMAT) and a ValueError; a missing model a KeyError.
+def test_error_classes_by_code():
+    from wbroker.errors import _raise
+    lib = wbroker._lib
+    for code, cls, base in ((lib.WB_EFORMAT, wbroker.FormatError, ValueError),
+                            (lib.WB_ENOMODEL, wbroker.NotFoundError,
+                             KeyError),
+                            (lib.WB_ECLOSED, wbroker.ConnectError,
+                             ConnectionError)):
+        with pytest.raises(cls) as e:
+            _raise(code, b"detail")
+        assert isinstance(e.value, base) and isinstance(e.value,
+                                                        wbroker.Error)
+        assert (e.value.code, str(e.value)) == (code, "detail")
+    assert str(wbroker.FormatError("bad header")) == "bad header"

@@ -8,7 +8,7 @@ A thin ctypes layer over libwbroker.so (see include/wbroker.h)::
         v = c.publish("resnet", model)                 # -> 1, 2, ...
         sd = c.state_dict("resnet")                    # zero-copy views
         r = c.load_into(target, "resnet", strict=False,
-                        rename=[(r"module\\.(.*)", r"\\1")])
+                        prefix=("module.", ""))    # strip DataParallel's
         r.missing_keys, r.unexpected_keys, r.version
 
 Mapped tensors view the daemon's sealed shared memory copy-on-write: a
@@ -41,3 +41,11 @@ from .load import LoadResult  # noqa: E402
 __all__ = ["connect", "socket_path", "Client", "Error", "ConnectError",
            "LoadError", "MemoryLimitError", "NotFoundError", "FormatError",
            "UnusedRuleWarning", "LoadResult", "ModelInfo", "Status"]
+
+# The public classes are the package's: tracebacks and reprs say
+# wbroker.LoadError, whichever module defines it.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = __name__
+del _name, _obj

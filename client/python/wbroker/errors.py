@@ -6,7 +6,6 @@ that callers handle by kind have subclasses that are also the builtin
 exception a Python program expects (KeyError, ConnectionError).
 """
 from . import _lib
-from ._safetensors import FormatError
 
 import re
 
@@ -57,6 +56,14 @@ class LoadError(Error):
     def __init__(self, message, result):
         super().__init__(_lib.WB_ELOAD, message)
         self.result = result
+
+
+class FormatError(Error, ValueError):
+    """A safetensors file that does not follow the format (EFORMAT); a
+    ValueError whose message says where and why."""
+
+    def __init__(self, message=None):
+        super().__init__(_lib.WB_EFORMAT, message)
 
 
 def human_size(n):
@@ -126,7 +133,10 @@ def _raise(code, detail=None, sys_errno=0):
     as its message and sys_errno, when not 0, as its .errno."""
     if isinstance(detail, bytes):
         detail = detail.decode("utf-8", "replace")
-    e = _ERROR_CLASSES.get(code, Error)(code, detail)
+    if code == _lib.WB_EFORMAT:
+        e = FormatError(detail)
+    else:
+        e = _ERROR_CLASSES.get(code, Error)(code, detail)
     if sys_errno:
         e.errno = sys_errno
     raise e

@@ -559,9 +559,9 @@ def _warn_unused(result):
         text = "rule matched no key: %s" % what
         exact = re.search(r': rename "(.*)" -> "(.*)"$', rule)
         if exact and exact.group(1).endswith("."):
+            old, new = (json.dumps(g) for g in exact.groups())
             text += (" (rename= with a dict renames whole keys; to rename a "
-                     "prefix, use prefix=(%s, %s))"
-                     % (json.dumps(exact.group(1)), json.dumps(exact.group(2))))
+                     "prefix, use prefix=(%s, %s))" % (old, new))
         warnings.warn(text, UnusedRuleWarning, stacklevel=level)
 
 
@@ -723,18 +723,23 @@ class _PendingLoad:
         for key, value in list(fills.items()):
             if _is_meta(targets[key]):
                 fills[key] = value.detach().to("cpu", copy=True)
-        # What no action reaches stays on meta: report it missing (a key
-        # that only load_state_dict could fill cannot be filled there).
-        on_meta = [k for k in self._fallback if _is_meta(targets[k])]
-        if on_meta:
-            for k in on_meta:
+        # What no action reaches stays on meta (a key the load skipped, or
+        # one only load_state_dict could fill, which cannot fill it there):
+        # it is reported missing, unless a tie partner's load replaces it.
+        assigned = {id(dst) for dst, _, how in self._actions
+                    if how == "assign"}
+        assigned.update(id(targets[k]) for k in fills)
+        left = [k for k, t in targets.items()
+                if _is_meta(t) and id(t) not in assigned]
+        for k in left:
+            if k in self._fallback:
                 del self._fallback[k]
                 result.copied_keys.remove(k)
-            new = [k for k in on_meta if k not in result.missing_keys]
+        new = [k for k in left if k not in result.missing_keys]
+        if new:
             result.missing_keys.extend(new)
-            if strict and new:
-                result.error = _missing_text(type(model).__name__,
-                                             result.missing_keys)
+            if strict:
+                result.error = _missing_text(type(model).__name__, new)
                 raise LoadError(result.error, result)
 
     def apply(self):
