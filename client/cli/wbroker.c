@@ -606,7 +606,7 @@ static int cmd_watch(wb_cli *cli, const wb_cli_args *a) {
 
 static const command commands[] = {
     {"status", cmd_status, 0, 0, 0, "",
-     "version, uptime, memory, models, clients"},
+     "version, uptime, memory, models, clients, holds"},
     {"ls", cmd_ls, 0, 0, 0, "",
      "models: latest version, versions, pinned, tensors, size, readers"},
     {"info", cmd_info, 1, 1, 0, "MODEL[@VERSION]",
