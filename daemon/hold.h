@@ -1,7 +1,7 @@
 /* hold.h -- Holds: which processes still map which version.
  *
- * Every map that hands out descriptors (not a plan) creates a hold: a
- * pipe whose read end the daemon keeps and polls, and whose write end
+ * Every map that asks for it (libwbroker's do, plans excepted) creates a
+ * hold: a pipe whose read end the daemon keeps and polls, and whose write end
  * travels to the client with the map reply, last after the segments'
  * descriptors.  The client keeps it beside its mapping and closes it only
  * after munmap; a fork() inherits it, exec() does not (O_CLOEXEC), and

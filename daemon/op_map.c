@@ -114,8 +114,8 @@ static const char *emfile_hint(int e) {
 }
 
 /* Sends the map reply: segments, tensor table, metadata and report, and,
- * unless a plan, the write end of a new hold (hold.h) after the segments'
- * descriptors. */
+ * when the client asked for one (never for a plan), the write end of a
+ * new hold (hold.h) after the segments' descriptors. */
 static void map_reply(map_req *mr) {
     wb__session *s = mr->s;
     wb__version *v = mr->v;
@@ -166,7 +166,8 @@ static void map_reply(map_req *mr) {
         }
         fds[nfds++] = fd;
     }
-    if (!mr->plan) {
+    int hold = !mr->plan && mr->mq.hold;
+    if (hold) {
         uint64_t bytes = 0;
         for (int k = 0; k < nsegs; k++)
             bytes += sizes[k];
@@ -198,8 +199,8 @@ static void map_reply(map_req *mr) {
     wb__report_src rep = report_of(mr);
     wb__reply r;
     wb__reply_init(&r, mr->id);
-    wb__pack_map_rep(&r.pk, mr->id, v->number, !mr->plan, sizes, (size_t)nsegs,
-                     n, map_row, &rows, v->mkeys, v->mvals, v->nmeta, &rep);
+    wb__pack_map_rep(&r.pk, mr->id, v->number, hold, sizes, (size_t)nsegs, n,
+                     map_row, &rows, v->mkeys, v->mvals, v->nmeta, &rep);
     free(segix);
     wb__reply_send(s, &r, fds, nfds);
 }

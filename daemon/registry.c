@@ -298,10 +298,14 @@ size_t wb__registry_models_held(void) {
 }
 
 void wb__registry_clear(void) {
-    /* Holds are ended first (hold.h), so every version goes here. */
-    for (wb__model *m = wb__reg.models; m; m = m->next)
+    /* Holds are ended first (hold.h), so every version goes here.  The
+     * reference keeps each model live meanwhile: a model becoming a
+     * record could otherwise be forgotten (freed) under this loop. */
+    for (wb__model *m = wb__reg.models; m; m = m->next) {
+        wb__model_ref(m);
         while (m->versions)
             wb__version_drop(m->versions);
+    }
     while (wb__reg.models) {
         wb__model *m = wb__reg.models;
         wb__reg.models = m->next;

@@ -379,7 +379,8 @@ void wb__pack_map_req(msgpack_packer *pk, uint64_t id, const char *model,
                       uint64_t version, int plan, int strict,
                       int ignore_mismatch, const wb__schema *schema,
                       const wb__ruleset *rules) {
-    wb__pack_req_begin(pk, "map", id, 5 + (schema != NULL) + (rules != NULL));
+    wb__pack_req_begin(pk, "map", id,
+                       5 + !plan + (schema != NULL) + (rules != NULL));
     wb__pack_key(pk, "model");
     wb__pack_cstr(pk, model);
     wb__pack_key(pk, "version");
@@ -390,6 +391,10 @@ void wb__pack_map_req(msgpack_packer *pk, uint64_t id, const char *model,
     pack_bool(pk, strict);
     wb__pack_key(pk, "ignore_mismatch");
     pack_bool(pk, ignore_mismatch);
+    if (!plan) {
+        wb__pack_key(pk, "hold");
+        pack_bool(pk, 1);
+    }
     if (schema) {
         wb__pack_key(pk, "schema");
         msgpack_pack_map(pk, 2);
@@ -415,7 +420,8 @@ int wb__decode_map_req(const msgpack_object *root, wb__map_req *out) {
         return rc;
     if (wb__mp_get_bool(root, "plan", &out->plan) < 0 ||
         wb__mp_get_bool(root, "strict", &out->strict) < 0 ||
-        wb__mp_get_bool(root, "ignore_mismatch", &out->ignore_mismatch) < 0)
+        wb__mp_get_bool(root, "ignore_mismatch", &out->ignore_mismatch) < 0 ||
+        wb__mp_get_bool(root, "hold", &out->hold) < 0)
         return WB_EPROTO;
     const msgpack_object_array *ra = NULL, *sa = NULL;
     const msgpack_object *so = wb__mp_get(root, "schema");

@@ -171,9 +171,12 @@ typedef struct wb__map_req {
     wb__schema schema;   /* The target (owned). */
     int has_rules;       /* 1 if rules came. */
     wb__ruleset rules;   /* The rules (owned). */
+    int hold;            /* 1 if the client asks for a hold (hold.h). */
 } wb__map_req;
 
-/* Packs a map request; schema and rules may be NULL. */
+/* Packs a map request; schema and rules may be NULL.  Unless plan, it asks
+ * for a hold ("hold": true): the reply then brings the hold pipe's write
+ * end. */
 void wb__pack_map_req(msgpack_packer *pk, uint64_t id, const char *model,
                       uint64_t version, int plan, int strict,
                       int ignore_mismatch, const wb__schema *schema,

@@ -181,6 +181,24 @@ static int cmd_status(wb_cli *cli, const wb_cli_args *a) {
     printf("models    %" PRIu64 "\n", st.models);
     printf("versions  %" PRIu64 "\n", st.versions);
     printf("clients   %" PRIu64 "\n", st.clients);
+    /* Holds and what retired versions still charge, from the counters (a
+     * daemon older than holds reports neither). */
+    wb_counter *cv = NULL;
+    size_t nc = 0;
+    uint64_t holds = 0, retired = 0;
+    int have = 0;
+    if (wb_get_counters(cli->c, &cv, &nc) == 0)
+        for (size_t i = 0; i < nc; i++) {
+            if (strcmp(cv[i].name, "holds") == 0)
+                holds = cv[i].value, have = 1;
+            else if (strcmp(cv[i].name, "bytes.retired") == 0)
+                retired = cv[i].value;
+        }
+    wb_counters_free(cv, nc);
+    if (have)
+        printf("holds     %" PRIu64 " mappings held (%s of them in retired "
+               "or dropped versions)\n",
+               holds, cli_size(retired, shm, sizeof(shm)));
     return WB_CLI_OK;
 }
 
@@ -588,7 +606,7 @@ static int cmd_watch(wb_cli *cli, const wb_cli_args *a) {
 
 static const command commands[] = {
     {"status", cmd_status, 0, 0, 0, "",
-     "version, uptime, memory, models, clients"},
+     "version, uptime, memory, models, clients, holds"},
     {"ls", cmd_ls, 0, 0, 0, "",
      "models: latest version, versions, pinned, tensors, size, readers"},
     {"info", cmd_info, 1, 1, 0, "MODEL[@VERSION]",

@@ -405,19 +405,17 @@ static void add_cast_map(wbt_frames *f, uint64_t id, const char *model,
 }
 
 /* Checks a successful cast-map reply: every tensor is the F16 conversion
- * of conv_value() (tensor index from its name "t<i>").  The reply's last
- * descriptor is its hold, not a segment. */
+ * of conv_value() (tensor index from its name "t<i>"). */
 static void check_cast_reply(const wbt_reply *r, size_t ntensors) {
     const msgpack_object *segs = field(r->root, "segs");
     const msgpack_object *ts = field(r->root, "tensors");
     assert_non_null(segs);
     assert_non_null(ts);
-    assert_int_equal(segs->via.array.size + 1, r->nfds);
-    int nsegs = r->nfds - 1;
+    assert_int_equal(segs->via.array.size, r->nfds);
     assert_int_equal(ts->via.array.size, ntensors);
     void *base[64];
     size_t size[64];
-    for (int k = 0; k < nsegs; k++) {
+    for (int k = 0; k < r->nfds; k++) {
         size[k] = (size_t)segs->via.array.ptr[k].via.u64;
         base[k] = mmap(NULL, size[k], PROT_READ, MAP_SHARED, r->fds[k], 0);
         assert_true(base[k] != MAP_FAILED);
@@ -433,7 +431,7 @@ static void check_cast_reply(const wbt_reply *r, size_t ntensors) {
         assert_true(e[2].via.str.size == 3 &&
                     memcmp(e[2].via.str.ptr, "F16", 3) == 0);
         uint64_t seg = e[4].via.u64, off = e[5].via.u64, nb = e[6].via.u64;
-        assert_true(seg < (uint64_t)nsegs);
+        assert_true(seg < (uint64_t)r->nfds);
         assert_true(off + nb <= size[seg]);
         const uint16_t *got = (const uint16_t *)((char *)base[seg] + off);
         size_t n = (size_t)nb / 2;
@@ -446,7 +444,7 @@ static void check_cast_reply(const wbt_reply *r, size_t ntensors) {
                 fail_msg("tensor %s: wrong converted bytes near %zu", name, j);
         }
     }
-    for (int k = 0; k < nsegs; k++)
+    for (int k = 0; k < r->nfds; k++)
         munmap(base[k], size[k]);
 }
 
@@ -726,11 +724,6 @@ static size_t send_bounded(int fd, const wbt_frames *f, int timeout_ms) {
     return off;
 }
 
-/* The daemon's "holds" counter (mappings processes keep), or 0. */
-static uint64_t holds_now(const wbt_daemon *d) {
-    return wbt_counter(d, "holds");
-}
-
 /* A client that never reads its replies cannot pile up descriptors. */
 static void test_attacks_descriptor_hog(void **state) {
     wbt_daemon *d = *state;
@@ -748,14 +741,9 @@ static void test_attacks_descriptor_hog(void **state) {
     wbt_frames_free(&f);
     fprintf(stderr, "  hog sent %zu bytes of requests\n", sent);
 
-    /* Every map reply the hog's socket already holds is a mapping it may
-     * keep, with a hold (one daemon descriptor each) that ends when the
-     * socket closes: those are the hog's, bounded by RLIMIT_NOFILE and
-     * the socket buffer.  What is bounded here is the rest, what the
-     * daemon queues for a client that does not read. */
     int most = 0;
     for (int i = 0; i < 30; i++) {
-        int n = wbt_fd_count(d) - (int)holds_now(d);
+        int n = wbt_fd_count(d);
         most = n > most ? n : most;
         wbt_sleep_ms(50);
     }
@@ -772,7 +760,7 @@ static void test_attacks_descriptor_hog(void **state) {
     wb_unmap(m);
     wb_close(c);
     for (int i = 0; i < 10; i++) {
-        int n = wbt_fd_count(d) - (int)holds_now(d);
+        int n = wbt_fd_count(d);
         most = n > most ? n : most;
         wbt_sleep_ms(20);
     }
@@ -1264,7 +1252,7 @@ static void test_attacks_publisher_own_description(void **state) {
     read_ok(s, 3, REPLY_MS, &r);
     wbt_reply_free(&r);
     read_ok(s, 4, REPLY_MS, &r);
-    assert_int_equal(r.nfds, 2); /* The segment and the hold. */
+    assert_int_equal(r.nfds, 1);
     int fl = fcntl(r.fds[0], F_GETFL);
     assert_true(fl >= 0);
     assert_int_equal(fl & O_ACCMODE, O_RDONLY);

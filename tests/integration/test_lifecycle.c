@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -609,6 +610,73 @@ static void test_lifecycle_errors(void **state) {
     wb_close(c);
 }
 
+/* A plain map of raw_model@1: with "hold" true when hold_field is 1,
+ * without the field when 0, and as a plan asking for a hold when 2. */
+static int hold_field;
+
+static void pk_map(msgpack_packer *pk) {
+    msgpack_pack_map(pk, 4 + (hold_field != 0) + (hold_field == 2));
+    wbt_pk_str(pk, "op");
+    wbt_pk_str(pk, "map");
+    wbt_pk_str(pk, "id");
+    msgpack_pack_uint64(pk, 11);
+    wbt_pk_str(pk, "model");
+    wbt_pk_str(pk, raw_model);
+    wbt_pk_str(pk, "version");
+    msgpack_pack_uint64(pk, 1);
+    if (hold_field) {
+        wbt_pk_str(pk, "hold");
+        msgpack_pack_true(pk);
+    }
+    if (hold_field == 2) {
+        wbt_pk_str(pk, "plan");
+        msgpack_pack_true(pk);
+    }
+}
+
+/* Sends pk_map with hold_field = how on a raw session; returns the
+ * descriptors of the reply, with the last one's kind checked when a hold
+ * came. */
+static int raw_map_fds(const wbt_daemon *d, int how) {
+    int fd = wbt_raw_connect(d);
+    assert_true(fd >= 0);
+    assert_int_equal(wbt_raw_hello(fd), 0);
+    raw_model = "m";
+    hold_field = how;
+    wbt_raw_packed(fd, pk_map);
+    wbt_reply r;
+    assert_int_equal(wbt_raw_read(fd, 5000, &r), 0);
+    int n = r.nfds;
+    if (how == 1) {
+        assert_true(n >= 2);
+        struct stat st;
+        assert_int_equal(fstat(r.fds[n - 1], &st), 0);
+        assert_true(S_ISFIFO(st.st_mode));
+        int fl = fcntl(r.fds[n - 1], F_GETFL);
+        assert_int_equal(fl & O_ACCMODE, O_WRONLY);
+        assert_int_equal(wbt_counter(d, "holds"), 1);
+    }
+    wbt_reply_free(&r); /* Closes the descriptors: the hold ends. */
+    close(fd);
+    return n;
+}
+
+/* A hold is made only when the map asks for one (the library always does,
+ * an older client does not) and never for a plan; the hold's descriptor
+ * comes last, write-only. */
+static void test_lifecycle_hold_only_when_asked(void **state) {
+    wbt_daemon *d = *state;
+    wb_client *c = wbt_connect(d);
+    publish_tag(c, "m", 1);
+    assert_int_equal(raw_map_fds(d, 0), 1);
+    assert_int_equal(wbt_counter(d, "holds"), 0);
+    assert_int_equal(raw_map_fds(d, 1), 2);
+    assert_int_equal(wait_holds(d, 0, HOLD_END_MS), 0);
+    assert_int_equal(raw_map_fds(d, 2), 0);
+    assert_int_equal(wbt_counter(d, "holds"), 0);
+    wb_close(c);
+}
+
 /* A daemon out of descriptors answers a map with ESYS/EMFILE and a clear
  * sentence, keeps serving, and maps again once holds end. */
 static void test_lifecycle_emfile(void **state) {
@@ -707,6 +775,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_lifecycle_holders_names, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_lifecycle_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lifecycle_hold_only_when_asked,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_lifecycle_emfile, setup_nofile,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_lifecycle_user_hold_cap,

@@ -189,6 +189,9 @@ def test_cli_holders_of_a_retired_version(daemon, tmp_path, holder):
     counters = cli_json(daemon, "status")["counters"]
     assert counters["holds"] == 1
     assert counters["bytes.retired"] >= NBYTES
+    (line,) = [s for s in cli(daemon, "status", check=0).stdout.splitlines()
+               if s.startswith("holds")]
+    assert line.split()[1] == "1" and "2.0 MiB of them in retired" in line
 
     assert h.finish()[-NBYTES:] == bytes([1]) * NBYTES
     assert wait_for(lambda: cli_json(daemon, "status")["counters"]

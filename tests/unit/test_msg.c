@@ -854,6 +854,7 @@ static void test_msg_map_req(void **state) {
     assert_str(r.mv.model, "net");
     assert_int_equal(r.mv.version, 5);
     assert_int_equal(r.plan, 1);
+    assert_int_equal(r.hold, 0);
     assert_int_equal(r.strict, 0);
     assert_int_equal(r.ignore_mismatch, 1);
     assert_int_equal(r.has_schema, 1);
@@ -891,10 +892,11 @@ static void test_msg_map_req(void **state) {
     packed p;
     wb__pack_map_req(pk_start(&p), TEST_ID, "net", 0, 0, 1, 0, NULL, NULL);
     pk_decode(&p, &m);
-    assert_req(m.root, "map", TEST_ID, 5);
+    assert_req(m.root, "map", TEST_ID, 6);
     assert_int_equal(wb__decode_map_req(m.root, &r), 0);
     assert_int_equal(r.mv.version, 0);
     assert_int_equal(r.plan, 0);
+    assert_int_equal(r.hold, 1); /* Asked for unless a plan. */
     assert_int_equal(r.strict, 1);
     assert_int_equal(r.ignore_mismatch, 0);
     assert_int_equal(r.has_schema, 0);
