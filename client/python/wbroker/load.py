@@ -197,6 +197,15 @@ class LoadResult:
     __slots__ = ("missing_keys", "unexpected_keys", "mismatched_keys",
                  "cast_keys", "copied_keys", "aliased_keys", "unused_rules",
                  "version", "error")
+    missing_keys: "list[str]"
+    unexpected_keys: "list[str]"
+    mismatched_keys: "list[str]"
+    cast_keys: "list[str]"
+    copied_keys: "list[str]"
+    aliased_keys: "list[str]"
+    unused_rules: "list[str]"
+    version: int
+    error: "str | None"
 
     def __init__(self, version=0, missing_keys=(), unexpected_keys=(),
                  mismatched_keys=(), cast_keys=(), copied_keys=(),
