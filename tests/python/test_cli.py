@@ -123,15 +123,15 @@ def test_cli_import_then_ls_and_info(daemon, model_file):
 
     p = cli(daemon, "ls", check=0)
     lines = p.stdout.splitlines()
-    assert lines[0].split() == ["MODEL", "LATEST", "VERSIONS", "TENSORS",
-                                "SIZE", "READERS"]
-    assert lines[1].split()[:4] == ["net", "2", "2", str(len(raw))]
+    assert lines[0].split() == ["MODEL", "LATEST", "VERSIONS", "PINNED",
+                                "TENSORS", "SIZE", "READERS"]
+    assert lines[1].split()[:5] == ["net", "2", "2", "0", str(len(raw))]
 
     (info,) = cli_json(daemon, "ls")
     assert info == {"name": "net", "latest": 2, "versions": 2,
                     "tensors": len(raw),
                     "bytes": sum(len(b) for b in raw.values()),
-                    "readers": 0}
+                    "readers": 0, "pinned": 0}
 
     p = cli(daemon, "info", "net@1", check=0)
     assert "version   1" in p.stdout
@@ -577,8 +577,9 @@ def test_cli_export_to_stdout_refuses_json_and_terminals(daemon, model_file):
 
 # ---------------------------------------------------------------- rm
 
-def test_cli_rm_version_and_model(daemon, model_file):
+def test_cli_rm_version_and_model(make_daemon, model_file):
     """rm MODEL@VERSION drops one version, rm MODEL drops them all."""
+    daemon = make_daemon("--keep", "0")
     path, _ = model_file
     for _ in range(3):
         cli(daemon, "import", path, "net", check=0)

@@ -24,8 +24,8 @@ models(), drop(), watch(), publish_file() and export() work without it.
 
 Modules: errors (the exceptions), dtypes (safetensors and torch dtypes),
 publish (publish, publish_file, export), load (state_dict, load_into,
-plan and LoadResult), client (connect, Client), _lib (the ctypes
-declarations).
+plan and LoadResult), client (connect, Client, Holder), follow (Follower,
+what Client.follow() returns), _lib (the ctypes declarations).
 """
 __version__ = "0.1.0"
 
@@ -33,14 +33,17 @@ from . import _lib  # noqa: E402
 
 _lib.load(__version__)   # Fills the error codes and dtypes the modules use.
 
-from .client import Client, ModelInfo, Status, connect, socket_path  # noqa
+from .client import (Client, Holder, ModelInfo, Status, connect,  # noqa
+                     socket_path)
 from .errors import (ConnectError, Error, FormatError, LoadError,  # noqa
                      MemoryLimitError, NotFoundError, UnusedRuleWarning)
+from .follow import Follower  # noqa: E402
 from .load import LoadResult  # noqa: E402
 
 __all__ = ["connect", "socket_path", "Client", "Error", "ConnectError",
            "LoadError", "MemoryLimitError", "NotFoundError", "FormatError",
-           "UnusedRuleWarning", "LoadResult", "ModelInfo", "Status"]
+           "UnusedRuleWarning", "LoadResult", "ModelInfo", "Status", "Holder",
+           "Follower"]
 
 # The public classes are the package's: tracebacks and reprs say
 # wbroker.LoadError, whichever module defines it.

@@ -43,7 +43,7 @@ DTYPE_SIZES = {}                # "F32" -> bytes per element
 # The codes the package names; a library without one of them is refused.
 _USED_CODES = ("EINVAL", "EPROTO", "ENOMODEL", "ENOVERSION", "EDTYPE",
                "ELIMIT", "EPERM", "ECONNECT", "ECLOSED", "ECORRUPT",
-               "ESTATE", "ERULE", "ELOAD", "EFORMAT", "EIO")
+               "ESTATE", "ERULE", "ELOAD", "EFORMAT", "EIO", "ECANCELED")
 _CODES_SCANNED = 256            # Codes -1 .. -255 are asked for a name.
 
 c_int64_p = ctypes.POINTER(ctypes.c_int64)
@@ -115,6 +115,16 @@ class wb_status(ctypes.Structure):
                 ("pid", ctypes.c_uint32)]
 
 
+class wb_holder(ctypes.Structure):
+    _fields_ = [("pid", ctypes.c_uint32),
+                ("uid", ctypes.c_uint32),
+                ("comm", ctypes.c_char_p),
+                ("model", ctypes.c_char_p),
+                ("version", ctypes.c_uint64),
+                ("bytes", ctypes.c_uint64),
+                ("since", ctypes.c_uint64)]
+
+
 _P = ctypes.c_void_p
 _PP = ctypes.POINTER(ctypes.c_void_p)
 _S = ctypes.c_char_p
@@ -172,6 +182,12 @@ _PROTOTYPES = {
     "wb_get_status": (_I, [_P, ctypes.POINTER(wb_status)]),
     "wb_drop": (_I, [_P, _S, _U64]),
     "wb_watch": (_I, [_P, _S, _U64, _I, ctypes.POINTER(_U64)]),
+    "wb_watch_cancel": (_I, [_P]),
+    "wb_pin": (_I, [_P, _S, _U64]),
+    "wb_unpin": (_I, [_P, _S, _U64]),
+    "wb_holders": (_I, [_P, _S, ctypes.POINTER(ctypes.POINTER(wb_holder)),
+                        ctypes.POINTER(_Z)]),
+    "wb_holders_free": (None, [ctypes.POINTER(wb_holder), _Z]),
 }
 
 _lib = None

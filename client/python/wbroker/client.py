@@ -79,40 +79,6 @@ class Holder:
             "%s=%r" % (k, getattr(self, k)) for k in self.__slots__)
 
 
-class _wb_holder(ctypes.Structure):
-    """wb_holder of include/wbroker.h."""
-    _fields_ = [("pid", ctypes.c_uint32),
-                ("uid", ctypes.c_uint32),
-                ("comm", ctypes.c_char_p),
-                ("model", ctypes.c_char_p),
-                ("version", ctypes.c_uint64),
-                ("bytes", ctypes.c_uint64),
-                ("since", ctypes.c_uint64)]
-
-
-# The pin and holders calls, declared on first use.
-_HOLD_PROTOTYPES = {
-    "wb_pin": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p,
-                              ctypes.c_uint64]),
-    "wb_unpin": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p,
-                                ctypes.c_uint64]),
-    "wb_holders": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p,
-                                  ctypes.POINTER(ctypes.POINTER(_wb_holder)),
-                                  ctypes.POINTER(ctypes.c_size_t)]),
-    "wb_holders_free": (None, [ctypes.POINTER(_wb_holder), ctypes.c_size_t]),
-}
-_hold_declared = []
-
-
-def _hold_lib(lib):
-    if not _hold_declared:
-        for name, (res, args) in _HOLD_PROTOTYPES.items():
-            fn = getattr(lib, name)
-            fn.restype, fn.argtypes = res, args
-        _hold_declared.append(True)
-    return lib
-
-
 class Status:
     """The daemon's status: version, uptime (s), memory_used (bytes
     charged to the limit), memory_limit, memory_shmem (bytes the kernel
@@ -412,21 +378,21 @@ class Client:
         (wbrokerd --keep) never retires it; pinning it again changes
         nothing."""
         with self._lock:
-            self._check(_hold_lib(self._lib).wb_pin(
+            self._check(self._lib.wb_pin(
                 self._handle(), _enc(name), version or 0))
 
     def unpin(self, name: str, version: Optional[int] = None) -> None:
         """Removes the pin of a version (None: the latest) of `name`;
         retention then runs at once, as after a commit."""
         with self._lock:
-            self._check(_hold_lib(self._lib).wb_unpin(
+            self._check(self._lib.wb_unpin(
                 self._handle(), _enc(name), version or 0))
 
     def holders(self, name: Optional[str] = None) -> "list[Holder]":
         """The processes that map versions of `name` (None: of every
         model), newest first, as a list of Holder."""
-        lib = _hold_lib(self._lib)
-        arr = ctypes.POINTER(_wb_holder)()
+        lib = self._lib
+        arr = ctypes.POINTER(_lib.wb_holder)()
         n = ctypes.c_size_t()
         with self._lock:
             self._check(lib.wb_holders(

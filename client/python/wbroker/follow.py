@@ -22,24 +22,12 @@ import inspect
 import threading
 import warnings
 
+from . import _lib
 from ._lib import enc
 from .errors import ConnectError, Error, NotFoundError
 
-WB_ECANCELED = -27              # wb_watch_cancel() ended the watch.
 _RETRY_FIRST = 0.05             # Seconds before the first retry ...
 _RETRY_MAX = 1.0                # ... doubling up to this.
-
-_declared = False
-
-
-def _declare(lib):
-    """Declares wb_watch_cancel (not among _lib's prototypes)."""
-    global _declared
-    if not _declared:
-        lib.wb_watch_cancel.restype = ctypes.c_int
-        lib.wb_watch_cancel.argtypes = [ctypes.c_void_p]
-        _declared = True
-
 
 class Follower:
     """Keeps `model` on the newest version of `name`; see Client.follow().
@@ -68,7 +56,6 @@ class Follower:
         self._close_on_exit = False  # stop() came from the thread itself.
         self._c = type(client)(client.socket)     # The thread's own.
         self._lib = self._c._lib
-        _declare(self._lib)
         try:
             # Checks the name now, where the caller sees an error.
             self._latest = self._watch(0, 0)
@@ -140,7 +127,7 @@ class Follower:
         with c._lock:
             rc = self._lib.wb_watch(c._handle(), self._raw, after, timeout_ms,
                                     ctypes.byref(v))
-            if rc == WB_ECANCELED:
+            if rc == _lib.WB_ECANCELED:
                 return None
             c._check(rc)
         return v.value
