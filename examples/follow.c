@@ -1,30 +1,33 @@
-/* follow.c -- a server that follows a model: it serves from one version
- * while a follower thread maps each new one and switches to it.
+/* follow.c -- a C server that follows a model: a watch thread maps
+ * each new version and swaps it in, the serving loop reads under a mutex,
+ * and a signal or the end of the run cancels the watch.
  *
- *   follow [--socket PATH] [--model NAME] [--until VERSION] [--timeout S]
+ *   follow [--socket PATH] [--model NAME] [--until VERSION]
  *
- * The main thread plays the server: in a loop it runs a "forward pass"
- * that reads every tensor of the version it serves, under a read lock.
- * A follower thread with its own connection waits in wb_watch() for a
- * newer version, maps it and checks it, switches the server to it under
- * the write lock (one pointer swap: every pass sees exactly one version),
- * and only then unmaps the version it replaces, which lets the daemon
- * free a version that retention (wbrokerd --keep) has retired.  Every
- * element of every tensor of version V is expected to equal V, as a
- * trainer stamping its versions would publish them; a pass that sees
- * anything else fails.  It stops once it serves version --until (default
- * 3), or after --timeout seconds (default 60) with exit status 1.
- * Without --socket it uses $WBROKER_SOCKET, else the default path.
- * Exit status 0 when every pass saw one whole version, 1 otherwise, 2 on
- * bad usage.
+ * The watch thread has a handle of its own and waits in a blocking
+ * wb_watch() (no polling); for each new version it maps the whole version
+ * read-only (wb_map), swaps the pointer the server reads under the mutex,
+ * and only then unmaps the previous one, so that no reader ever sees a
+ * mapping go away under it, and the daemon can free the version left
+ * behind.  The serving loop checks that every float32 element of every tensor
+ * holds the same value (a publisher such as the tests' fills every tensor of
+ * version v with v) and prints a line whenever the version it serves
+ * changes.  SIGINT or SIGTERM, or serving --until, ends the run:
+ * wb_watch_cancel(), which is async-signal-safe, wakes the watch thread at
+ * once with WB_ECANCELED.  When the daemon restarts, the watch fails once
+ * and the next call reconnects; the thread goes on after a short pause.
+ * Without --socket it uses $WBROKER_SOCKET, else the default path.  Exit
+ * status 0 after a clean stop, 1 on an error, 2 on bad usage.
  *
- * Build: `make examples` (build/examples/follow), or against an installed
- * libwbroker:
+ * Build: `make examples` (build/examples/follow), or against an
+ * installed libwbroker:
  *
  *   cc follow.c $(pkg-config --cflags --libs wbroker) -pthread
  */
 #define _POSIX_C_SOURCE 200809L
+
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,143 +36,150 @@
 
 #include <wbroker.h>
 
-#define WATCH_MS 200 /* A watch returns this often to look at the clock. */
+static wb_client *watch_client;       /* The watch thread's handle. */
+static volatile sig_atomic_t stopped; /* A signal asked to stop. */
 
-/* What the server and the follower share. */
-typedef struct shared {
-    pthread_rwlock_t lock; /* Held for reading by a pass, for writing by a
-                              switch. */
-    wb_mapping *cur;       /* Version served (NULL before the first). */
-    int done;              /* 1 once the follower stopped. */
-    int failed;            /* 1 if the follower failed. */
-    const char *socket;    /* --socket, or NULL. */
-    const char *model;     /* --model. */
-    uint64_t until;        /* --until. */
-    double deadline;       /* Monotonic time to give up at. */
-} shared;
+static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
+static wb_mapping *current; /* The version served, under current_lock. */
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+static const char *model = "trainer";
+
+static void on_signal(int sig) {
+    (void)sig;
+    stopped = 1;
+    wb_watch_cancel(watch_client); /* Async-signal-safe. */
 }
 
-/* A forward pass over m: 1 if every F32 element of every tensor equals
- * the version number, else 0. */
-static int forward(const wb_mapping *m) {
-    float want = (float)wb_map_version(m);
-    size_t n = wb_map_count(m);
-    for (size_t i = 0; i < n; i++) {
-        wb_tensor t;
-        if (wb_map_tensor(m, i, &t) != 0 || t.dtype != WB_F32)
-            return 0;
-        const float *x = t.data;
-        for (size_t j = 0; j < t.nbytes / sizeof(float); j++)
-            if (x[j] != want)
-                return 0;
+static void pause_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Maps version v and makes it the one served; unmaps the one it replaces
+ * once no reader can hold it. */
+static int switch_to(uint64_t v) {
+    wb_mapping *m = NULL;
+    int rc = wb_map(watch_client, model, v, WB_MAP_SHARED, &m);
+    if (rc) {
+        fprintf(stderr, "follow: map %s@%llu: %s\n", model,
+                (unsigned long long)v, wb_errmsg(watch_client));
+        return rc;
     }
-    return n > 0;
+    pthread_mutex_lock(&current_lock);
+    wb_mapping *old = current;
+    current = m;
+    pthread_mutex_unlock(&current_lock);
+    wb_unmap(old);
+    return 0;
 }
 
-/* The follower thread: maps each new version and switches the server to
- * it; stops at --until or the deadline. */
-static void *follower(void *arg) {
-    shared *sh = arg;
-    wb_client *c = NULL;
-    int rc = wb_connect(sh->socket, &c);
-    uint64_t have = 0;
-    while (rc == 0 && have < sh->until && now() < sh->deadline) {
-        uint64_t v = have;
-        rc = wb_watch(c, sh->model, have, WATCH_MS, &v);
-        if (rc || v <= have)
-            continue;
-        wb_mapping *next = NULL;
-        rc = wb_map(c, sh->model, v, WB_MAP_SHARED, &next);
-        if (rc == WB_ENOVERSION) { /* Retired meanwhile: take a newer. */
-            rc = 0;
+static void *watch_thread(void *arg) {
+    (void)arg;
+    uint64_t after = 0, v = 0;
+    /* The latest version first, if there is one (timeout 0: no wait). */
+    if (wb_watch(watch_client, model, 0, 0, &v) == 0 && v > 0 &&
+        switch_to(v) == 0)
+        after = v;
+    for (;;) {
+        int rc = wb_watch(watch_client, model, after, -1, &v);
+        if (rc == WB_ECANCELED)
+            break;
+        if (rc) { /* The daemon went away: the next call reconnects. */
+            fprintf(stderr, "follow: watch: %s\n", wb_errmsg(watch_client));
+            pause_ms(200);
             continue;
         }
-        if (rc)
-            break;
-        /* Build first, switch in one step, release the old one after. */
-        pthread_rwlock_wrlock(&sh->lock);
-        wb_mapping *old = sh->cur;
-        sh->cur = next;
-        pthread_rwlock_unlock(&sh->lock);
-        wb_unmap(old);
-        have = v;
-        printf("serving %s@%llu\n", sh->model, (unsigned long long)v);
-        fflush(stdout);
+        if (v > after && switch_to(v) == 0)
+            after = v;
+        else if (v > after)
+            after = v; /* Gone already, or unreadable: wait for the next. */
     }
-    if (rc)
-        fprintf(stderr, "follow: %s (%s)\n",
-                wb_errmsg(c)[0] ? wb_errmsg(c) : wb_strerror(rc),
-                wb_err_name(rc));
-    wb_close(c); /* The mapping served stays valid. */
-    pthread_rwlock_wrlock(&sh->lock);
-    sh->failed = rc != 0 || have < sh->until;
-    sh->done = 1;
-    pthread_rwlock_unlock(&sh->lock);
+    printf("watch cancelled\n");
+    fflush(stdout);
     return NULL;
 }
 
+static int usage(FILE *f) {
+    fprintf(f, "usage: follow [--socket PATH] [--model NAME] "
+               "[--until VERSION]\n");
+    return f == stdout ? 0 : 2;
+}
+
 int main(int argc, char **argv) {
-    shared sh = {.model = "follow", .until = 3};
-    double timeout = 60;
+    const char *socket_path = NULL; /* NULL: $WBROKER_SOCKET or default */
+    uint64_t until = 0;
     for (int i = 1; i < argc; i++) {
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(argv[i], "--socket") == 0 && v)
-            sh.socket = v;
-        else if (strcmp(argv[i], "--model") == 0 && v)
-            sh.model = v;
-        else if (strcmp(argv[i], "--until") == 0 && v)
-            sh.until = strtoull(v, NULL, 10);
-        else if (strcmp(argv[i], "--timeout") == 0 && v)
-            timeout = atof(v);
-        else {
-            fprintf(stderr, "usage: follow [--socket PATH] [--model NAME] "
-                            "[--until VERSION] [--timeout S]\n");
-            return 2;
-        }
-        i++;
+        if (strcmp(argv[i], "--socket") == 0 && i + 1 < argc)
+            socket_path = argv[++i];
+        else if (strcmp(argv[i], "--model") == 0 && i + 1 < argc)
+            model = argv[++i];
+        else if (strcmp(argv[i], "--until") == 0 && i + 1 < argc)
+            until = strtoull(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--help") == 0)
+            return usage(stdout);
+        else
+            return usage(stderr);
     }
-    if (sh.until == 0 || timeout <= 0) {
-        fprintf(stderr, "follow: --until and --timeout must be > 0\n");
-        return 2;
-    }
-    sh.deadline = now() + timeout;
-    pthread_rwlock_init(&sh.lock, NULL);
-    pthread_t t;
-    if (pthread_create(&t, NULL, follower, &sh) != 0) {
-        fprintf(stderr, "follow: cannot start the follower thread\n");
+    int rc = wb_connect(socket_path, &watch_client);
+    if (rc) {
+        fprintf(stderr, "follow: %s\n", wb_errmsg(watch_client));
+        wb_close(watch_client);
         return 1;
     }
-    unsigned long passes = 0, bad = 0;
-    uint64_t first = 0, last = 0;
-    for (;;) {
-        pthread_rwlock_rdlock(&sh.lock);
-        int done = sh.done;
-        if (sh.cur) {
-            passes++;
-            bad += !forward(sh.cur);
-            last = wb_map_version(sh.cur);
-            if (first == 0)
-                first = last;
-        }
-        pthread_rwlock_unlock(&sh.lock);
-        if (done)
-            break;
-        /* Between requests: a server waits for work, and the follower
-         * gets the lock (glibc's rwlock lets readers go first). */
-        struct timespec gap = {0, 1000000};
-        nanosleep(&gap, NULL);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    pthread_t t;
+    if (pthread_create(&t, NULL, watch_thread, NULL) != 0) {
+        fprintf(stderr, "follow: cannot start the watch thread\n");
+        return 1;
     }
+    printf("following %s\n", model);
+    fflush(stdout);
+    uint64_t serving = 0;
+    int status = 0;
+    while (!stopped && !(until && serving >= until)) {
+        pthread_mutex_lock(&current_lock); /* One version per pass. */
+        uint64_t v = wb_map_version(current);
+        size_t n = wb_map_count(current);
+        float first = 0;
+        int mixed = 0;
+        for (size_t i = 0; i < n; i++) {
+            wb_tensor tt;
+            if (wb_map_tensor(current, i, &tt) != 0 || tt.dtype != WB_F32)
+                continue;
+            const unsigned char *p = tt.data; /* Every element. */
+            for (size_t k = 0; k + sizeof(float) <= tt.nbytes;
+                 k += sizeof(float)) {
+                float f;
+                memcpy(&f, p + k, sizeof(f));
+                if (i == 0 && k == 0)
+                    first = f;
+                else if (f != first)
+                    mixed = 1;
+            }
+        }
+        pthread_mutex_unlock(&current_lock);
+        if (mixed) {
+            fprintf(stderr, "follow: %s@%llu holds several values\n", model,
+                    (unsigned long long)v);
+            status = 1;
+        }
+        if (v != serving) {
+            serving = v;
+            printf("serving %s@%llu: %zu tensors, first value %g\n", model,
+                   (unsigned long long)v, n, (double)first);
+            fflush(stdout);
+        }
+        pause_ms(1);
+    }
+    wb_watch_cancel(watch_client); /* Thread-safe: ends the wait. */
     pthread_join(t, NULL);
-    printf("followed %s from version %llu to %llu: %lu forward passes, %lu "
-           "saw more than one version\n",
-           sh.model, (unsigned long long)first, (unsigned long long)last,
-           passes, bad);
-    wb_unmap(sh.cur);
-    pthread_rwlock_destroy(&sh.lock);
-    return sh.failed || bad || passes == 0;
+    wb_unmap(current);
+    wb_close(watch_client);
+    printf("stopped, last on %s@%llu\n", model, (unsigned long long)serving);
+    return status;
 }

@@ -1,5 +1,5 @@
 """The follow examples against a real daemon: examples/server.py follows
-examples/trainer.py, and examples/follow_watch.c (the C building blocks:
+examples/trainer.py, and examples/follow.c (the C building blocks:
 a blocking watch in a thread, wb_watch_cancel) follows a publisher."""
 import os
 import re
@@ -47,7 +47,7 @@ def c_follower(daemon, *args):
                         "examples"], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     p = subprocess.Popen(
-        [os.path.join(BUILD, "examples", "follow_watch"), "--socket",
+        [os.path.join(BUILD, "examples", "follow"), "--socket",
          daemon.socket, *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout.readline() == "following cw\n"
@@ -62,7 +62,7 @@ def publish_filled(c, v):
 
 
 def test_c_follower_serves_each_version_and_stops(daemon):
-    """examples/follow_watch.c: the first version is there before it
+    """examples/follow.c: the first version is there before it
     starts, two more come while it runs; it serves the last one, and its
     watch thread is cancelled at the end."""
     import wbroker
