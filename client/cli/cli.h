@@ -19,13 +19,12 @@
 #define WB_CLI_FAIL 1  /* Exit status: the daemon or the system failed. */
 #define WB_CLI_USAGE 2 /* Exit status: bad usage. */
 
-#define WB_CLI_MAX_ARGS 8          /* Positional arguments of one command. */
-#define WB_CLI_MAX_COLS 8          /* Columns of one table. */
-#define WB_CLI_SIZE_BUF 32         /* Bytes of a formatted size. */
-#define WB_CLI_SHAPE_BUF 512       /* Bytes of a formatted shape. */
-#define WB_CLI_ERR_BUF 1024        /* Bytes of an error detail. */
-#define WB_CLI_PATH_BUF 4096       /* Bytes of a file path we build. */
-#define WB_CLI_IO_CHUNK (8u << 20) /* Bytes per read or write call. */
+#define WB_CLI_MAX_ARGS 8    /* Positional arguments of one command. */
+#define WB_CLI_MAX_COLS 8    /* Columns of one table. */
+#define WB_CLI_SIZE_BUF 32   /* Bytes of a formatted size. */
+#define WB_CLI_SHAPE_BUF 512 /* Bytes of a formatted shape. */
+#define WB_CLI_ERR_BUF 1024  /* Bytes of an error detail. */
+#define WB_CLI_PATH_BUF 4096 /* Bytes of a file path we build. */
 #define WB_CLI_MAX_RULES_FILE (16u << 20) /* Max bytes of a rules file. */
 
 /* Global options and the connection of one wbroker run. */
@@ -74,10 +73,12 @@ int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* --------------------------------------------------------------- transfer.c */
 
-/* `import FILE.safetensors MODEL`: publishes a safetensors file. */
+/* `import FILE.safetensors|INDEX.json|DIR MODEL`: publishes a safetensors
+ * file or a sharded checkpoint as one version (wb_import_file()). */
 int cmd_import(wb_cli *cli, const wb_cli_args *a);
 /* `export MODEL[@VERSION] FILE|-`: writes a version as a safetensors file
- * (absent or regular; replaced atomically) or to standard output. */
+ * (absent or regular; replaced atomically: wb_export_file()) or to
+ * standard output (wb_export_fd()). */
 int cmd_export(wb_cli *cli, const wb_cli_args *a);
 
 /* ----------------------------------------------------------------- output.c */

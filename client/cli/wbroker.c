@@ -588,8 +588,10 @@ static const command commands[] = {
     {"ls", cmd_ls, 0, 0, 0, "", "models and their latest versions"},
     {"info", cmd_info, 1, 1, 0, "MODEL[@VERSION]",
      "tensors (name, dtype, shape, size) and metadata"},
-    {"import", cmd_import, 2, 2, 0, "FILE.safetensors MODEL",
-     "publish a safetensors file as a new version"},
+    {"import", cmd_import, 2, 2, 0, "FILE.safetensors|INDEX.json|DIR MODEL",
+     "publish a safetensors file, or a sharded checkpoint (its "
+     "model.safetensors.index.json, or a directory holding it or "
+     "model.safetensors), as one new version"},
     {"export", cmd_export, 2, 2, 0, "MODEL[@VERSION] FILE|-",
      "write a version as a safetensors file, or to stdout for -"},
     {"plan", cmd_plan, 1, 1, 1,
