@@ -283,6 +283,12 @@ static int index_check(imp *im, const char *path, json_t *wm) {
                 break;
             }
             rc = 0;
+        }
+    }
+    for (size_t i = 0; i < im->nfiles && rc == 0; i++) {
+        const imp_file *f = &im->files[i];
+        for (size_t j = 0; j < f->f.n && rc == 0; j++) {
+            const char *t = f->f.t[j].name;
             json_t *where = json_object_get(wm, t);
             if (where == NULL)
                 rc = imp_fail(im, WB_EFORMAT,
