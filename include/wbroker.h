@@ -387,9 +387,10 @@ WB_EXTERN int wb_import_file(wb_client *c, const char *path, const char *model,
  * header, an index's shards, the metadata merge), without a daemon and
  * without reading any tensor's bytes: for refusing a bad checkpoint before
  * connecting, or checking one.  Returns 0 with *info (NULL allowed; its
- * version 0) saying what an import would move, or the code
- * wb_import_file() would fail with for the files, with the detail in err
- * (NULL allowed, or errlen 0; truncated to errlen bytes).  Thread-safe. */
+ * version 0) saying what an import would move; WB_EINVAL for a NULL path;
+ * or the code wb_import_file() would fail with for the files (WB_ESYS,
+ * WB_EFORMAT, WB_EIO, WB_ENOMEM), with the detail in err (NULL allowed,
+ * or errlen 0; truncated to errlen bytes).  Thread-safe. */
 WB_EXTERN int wb_check_file(const char *path, wb_file_info *info, char *err,
                             size_t errlen);
 
