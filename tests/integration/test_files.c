@@ -583,6 +583,34 @@ static void test_files_export_refusals_and_fd(void **state) {
     wb_close(c);
 }
 
+/* A shard's WB_TIED_KEY entry ties its names again in the one version;
+ * a tied name that another shard stores is refused. */
+static void test_files_sharded_ties(void **state) {
+    wbt_daemon *d = *state;
+    write_sharded(d, "", "{\"wbroker.tied\": \"{\\\"head\\\": \\\"c\\\"}\"}");
+    wb_client *c = wbt_connect(d);
+    char path[256];
+    in_dir(d, "model.safetensors.index.json", path, sizeof(path));
+    wb_file_info info;
+    assert_int_equal(wb_import_file(c, path, "t", NULL, 0, NULL, NULL, &info),
+                     0);
+    assert_int_equal(info.tensors, 3);
+    wb_mapping *m;
+    assert_int_equal(wb_map(c, "t", 0, WB_MAP_SHARED, &m), 0);
+    assert_int_equal(wb_map_count(m), 4);
+    wb_tensor h, t;
+    wb_map_tensor(m, (size_t)wb_map_find(m, "head"), &h);
+    wb_map_tensor(m, (size_t)wb_map_find(m, "c"), &t);
+    assert_ptr_equal(h.data, t.data);
+    assert_int_equal(wb_map_meta_count(m), 0);
+    wb_unmap(m);
+    write_sharded(d, "", "{\"wbroker.tied\": \"{\\\"a\\\": \\\"c\\\"}\"}");
+    assert_int_equal(wb_import_file(c, path, "t", NULL, 0, NULL, NULL, NULL),
+                     WB_EFORMAT);
+    assert_non_null(strstr(wb_errmsg(c), "ties the name 'a'"));
+    wb_close(c);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_files_single_round_trip, setup,
@@ -592,6 +620,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_files_sharded_metadata_conflict,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_files_sharded_refusals, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_files_sharded_ties, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_files_import_refusals, setup,
                                         teardown),
