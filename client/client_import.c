@@ -24,7 +24,6 @@
 #include "client_internal.h"
 #include "hash.h"
 #include "safetensors.h"
-#include "wire.h"
 
 #define WB_IMPORT_CHUNK (8u << 20)        /* Bytes per pread(). */
 #define WB_INDEX_MAX (UINT64_C(64) << 20) /* Bytes of an index file. */
