@@ -157,9 +157,9 @@ def test_python_publish_abort(daemon, monkeypatch):
         with pytest.raises(TypeError):
             c.publish("bad", {"c": torch.ones(2, dtype=torch.complex64)})
 
-        def boom(self, p, i, key, t):
+        def boom(client, p, i, key, t):
             raise RuntimeError("interrupted")
-        monkeypatch.setattr(wbroker.Client, "_write", boom)
+        monkeypatch.setattr(wbroker.publish, "_write", boom)
         with pytest.raises(RuntimeError, match="interrupted"):
             c.publish("bad", {"w": torch.ones(2)})
         monkeypatch.undo()

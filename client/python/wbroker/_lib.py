@@ -1,16 +1,23 @@
 """_lib.py -- ctypes declarations of libwbroker (include/wbroker.h).
 
-The library is found through $WBROKER_LIB when set, else through
-ctypes.util.find_library("wbroker"), else as "libwbroker.so.0" (the soname
-that ``make install`` puts on the loader path).  It is loaded on first use,
-so ``import wbroker`` works even where the library is absent.
+The library is found through $WBROKER_LIB when set, else next to this file
+(where a wheel puts it), else through ctypes.util.find_library("wbroker"),
+else as "libwbroker.so.0" (the soname that ``make install`` puts on the
+loader path).  ``import wbroker`` loads it (load()) and refuses, with an
+ImportError, a library of another version than the package.
+
+The error codes (WB_EINVAL, ...; ERROR_CODES) and the dtypes (DTYPE_NAMES,
+DTYPE_CODES, DTYPE_SIZES) are read from the library when it is loaded, so
+that they cannot drift from it.  The flags and enums below have no such
+function; tests/python/test_python_package.py checks them against the
+header.
 """
 import ctypes
 import ctypes.util
 import os
 import threading
 
-# Mirrors of the header's constants.
+# Mirrors of the header's constants (checked against it by the tests).
 WB_MAX_DIMS = 16
 WB_MAX_NAME = 1024
 
@@ -25,27 +32,35 @@ WB_KEYS_UNEXPECTED = 1
 WB_KEYS_MISMATCHED = 2
 WB_KEYS_CAST = 3
 WB_KEYS_ALIASED = 4
+WB_KEYS_UNUSED_RULES = 5
 
-# Error codes used by name in the package (the header has the full table).
-WB_EINVAL = -1
-WB_ENOMODEL = -4
-WB_ENOVERSION = -5
-WB_EDTYPE = -8
-WB_ECONNECT = -13
-WB_ECLOSED = -14
-WB_ERULE = -18
-WB_ELOAD = -20
-WB_EFORMAT = -25
+# Filled by load() from wb_err_name(), wb_dtype_name() and wb_dtype_size():
+ERROR_CODES = {}                # "ENOMODEL" -> -4, and WB_ENOMODEL = -4
+DTYPE_NAMES = ()                # wb_dtype -> "F32"
+DTYPE_CODES = {}                # "F32" -> wb_dtype
+DTYPE_SIZES = {}                # "F32" -> bytes per element
 
-# wb_dtype values, in the header's order.
-DTYPE_NAMES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8",
-               "BOOL", "F8_E4M3", "F8_E5M2", "U16", "U32", "U64")
-DTYPE_CODES = {name: code for code, name in enumerate(DTYPE_NAMES)}
-DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4,
-               "I16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1,
-               "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+# The codes the package names; a library without one of them is refused.
+_USED_CODES = ("EINVAL", "EPROTO", "ENOMODEL", "ENOVERSION", "EDTYPE",
+               "ELIMIT", "EPERM", "ECONNECT", "ECLOSED", "ECORRUPT",
+               "ESTATE", "ERULE", "ELOAD", "EFORMAT", "EIO")
+_CODES_SCANNED = 256            # Codes -1 .. -255 are asked for a name.
 
 c_int64_p = ctypes.POINTER(ctypes.c_int64)
+
+
+def enc(s, what="name"):
+    """UTF-8 bytes of a str argument (TypeError for anything else)."""
+    if isinstance(s, bytes):
+        return s
+    if not isinstance(s, str):
+        raise TypeError("%s must be a str, not %s" % (what, type(s).__name__))
+    return s.encode("utf-8", "surrogatepass")
+
+
+def dec(b):
+    """The str of a C string the library returned (None stays None)."""
+    return b.decode("utf-8", "surrogateescape") if b is not None else None
 
 
 class wb_tensor_spec(ctypes.Structure):
@@ -110,6 +125,8 @@ _U64 = ctypes.c_uint64
 _PROTOTYPES = {
     "wb_version": (ctypes.c_uint, []),
     "wb_version_string": (_S, []),
+    "wb_dtype_name": (_S, [_I]),
+    "wb_dtype_size": (_Z, [_I]),
     "wb_strerror": (_S, [_I]),
     "wb_err_name": (_S, [_I]),
     "wb_socket_path": (_I, [_S, ctypes.c_char_p, _Z]),
@@ -173,8 +190,58 @@ def library_path():
     return ctypes.util.find_library("wbroker") or "libwbroker.so.0"
 
 
-def load():
-    """Returns the loaded libwbroker with its prototypes declared."""
+def _file_of(fn):
+    """The file a loaded function comes from (its mapping in
+    /proc/self/maps), or None."""
+    addr = ctypes.cast(fn, ctypes.c_void_p).value
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                if lo <= addr < hi and len(parts) == 6:
+                    return parts[5].strip()
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _version_text(v):
+    return "%d.%d.%d" % (v >> 16, (v >> 8) & 0xFF, v & 0xFF)
+
+
+def _derive(lib):
+    """Reads the error codes and dtypes out of lib into this module."""
+    g = globals()
+    codes = {}
+    for code in range(-1, -_CODES_SCANNED, -1):
+        name = lib.wb_err_name(code).decode()
+        if name != "EUNKNOWN":
+            codes[name] = code
+    missing = [n for n in _USED_CODES if n not in codes]
+    if missing:
+        raise ImportError("%s lacks the error code(s) %s that this wbroker "
+                          "package needs" % (library_path(),
+                                             ", ".join(missing)))
+    for name, code in codes.items():
+        g["WB_" + name] = code
+    names = []
+    while True:
+        name = lib.wb_dtype_name(len(names))
+        if name is None:
+            break
+        names.append(name.decode())
+    ERROR_CODES.update(codes)
+    g["DTYPE_NAMES"] = tuple(names)
+    DTYPE_CODES.update((n, i) for i, n in enumerate(names))
+    DTYPE_SIZES.update((n, lib.wb_dtype_size(i)) for i, n in enumerate(names))
+
+
+def load(expected_version=None):
+    """Returns the loaded libwbroker with its prototypes declared.  The
+    first call opens it; with expected_version ("0.1.0", the package's
+    __version__) it refuses a library whose wb_version() differs, with an
+    ImportError naming both versions and the library's path."""
     global _lib
     if _lib is not None:
         return _lib
@@ -187,9 +254,21 @@ def load():
                 raise ImportError(
                     "cannot load libwbroker (%s): %s; set WBROKER_LIB to the "
                     "path of libwbroker.so" % (path, e)) from e
+            # Before any other symbol: another version may lack some.
+            lib.wb_version.restype = ctypes.c_uint
+            lib.wb_version.argtypes = []
+            have = _version_text(lib.wb_version())
+            if expected_version is not None and have != expected_version:
+                where = _file_of(lib.wb_version) or path
+                raise ImportError(
+                    "the wbroker package is version %s but libwbroker at %s "
+                    "is version %s: install the package and the library "
+                    "together (or set WBROKER_LIB to a libwbroker.so %s)"
+                    % (expected_version, where, have, expected_version))
             for name, (res, args) in _PROTOTYPES.items():
                 fn = getattr(lib, name)
                 fn.restype = res
                 fn.argtypes = args
+            _derive(lib)
             _lib = lib
     return _lib

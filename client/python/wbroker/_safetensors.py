@@ -23,6 +23,7 @@ import re
 import struct
 
 from ._lib import DTYPE_SIZES, TIED_KEY, WB_MAX_DIMS, WB_MAX_NAME
+from .errors import FormatError
 
 PREFIX_LEN = 8                  # Bytes of the header-length prefix.
 MAX_HEADER = 100 << 20          # Max JSON header bytes.
@@ -41,8 +42,6 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _TOO_DEEP = b"[" * (MAX_DEPTH + 1)
 
 
-class FormatError(ValueError):
-    """A safetensors file that does not follow the format."""
 
 
 class TensorEntry:

@@ -1,0 +1,362 @@
+"""client.py -- the connection to wbrokerd: connect(), Client and the
+small records its inspection calls return.
+
+Client's methods that move tensors live in publish.py and load.py; the
+methods here hold the connection, its lock, and the calls that move none.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+import typing
+from typing import Dict, Iterator, List, Mapping, Optional, Union
+
+from . import _lib
+from . import load as _load
+from . import publish as _publish
+from ._lib import dec as _dec
+from ._lib import enc as _enc
+from .errors import ConnectError, Error, MemoryLimitError, _raise
+
+if typing.TYPE_CHECKING:     # Only for the annotations: torch loads lazily.
+    import torch
+
+    from .load import LoadResult, _PendingLoad
+
+__all__ = ["connect", "socket_path", "Client", "ModelInfo", "Status"]
+
+# What the rules arguments of load_into(), plan() and _prepare_load() take.
+Rename = Union[Mapping[str, str], "list[tuple[str, str]]"]
+Prefix = Union["tuple[str, str]", "list[tuple[str, str]]"]
+Globs = Union[str, List[str]]
+
+
+class ModelInfo:
+    """One model of models(): name, version (latest), versions (held),
+    tensors and bytes (of the latest version), readers."""
+
+    __slots__ = ("name", "version", "versions", "tensors", "bytes",
+                 "readers")
+
+    def __init__(self, name, version, versions, tensors, bytes, readers):
+        self.name = name
+        self.version = version
+        self.versions = versions
+        self.tensors = tensors
+        self.bytes = bytes
+        self.readers = readers
+
+    def __repr__(self):
+        return "ModelInfo(%s)" % ", ".join(
+            "%s=%r" % (k, getattr(self, k)) for k in self.__slots__)
+
+
+class Status:
+    """The daemon's status: version, uptime (s), memory_used (bytes
+    charged to the limit), memory_limit, memory_shmem (bytes the kernel
+    has allocated to the daemon's segments), models, versions, clients,
+    pid."""
+
+    __slots__ = ("version", "uptime", "memory_used", "memory_limit",
+                 "memory_shmem", "models", "versions", "clients", "pid")
+
+    def __init__(self, **kw):
+        for k in self.__slots__:
+            setattr(self, k, kw[k])
+
+    def __repr__(self):
+        return "Status(%s)" % ", ".join(
+            "%s=%r" % (k, getattr(self, k)) for k in self.__slots__)
+
+
+def socket_path(socket: Optional[str] = None) -> str:
+    """The socket path a client uses: socket, else $WBROKER_SOCKET, else
+    the per-user default (as every wbroker program resolves it)."""
+    lib = _lib.load()
+    buf = ctypes.create_string_buffer(4096)
+    arg = os.fsencode(socket) if socket is not None else None
+    if lib.wb_socket_path(arg, buf, len(buf)) < 0:
+        raise ValueError("socket path too long: %r" % (socket,))
+    return os.fsdecode(buf.value)
+
+
+def _connect_text(detail, path):
+    """The message of a failed connect: the library's, said once, with
+    what a Python program can do about it."""
+    if not detail:
+        detail = "no wbrokerd listens at %s" % path
+    head, sep, _ = detail.partition(": start one")
+    if sep or detail.startswith("no wbrokerd listens at"):
+        return ("%s: start it (wbrokerd; make run in a checkout; systemctl "
+                "start wbrokerd.socket), or pass its socket to "
+                "wbroker.connect(socket=...) or in WBROKER_SOCKET" % head)
+    return detail
+
+
+def connect(socket: Optional[str] = None) -> Client:
+    """Connects to wbrokerd (socket=None: the default path) and returns a
+    Client, usable as a context manager.  Raises ConnectError naming the
+    socket path when the daemon cannot be reached."""
+    return Client(socket)
+
+
+class Client:
+    """A connection to wbrokerd.  Calls are blocking; one call runs at a
+    time per client (a lock serialises threads sharing it)."""
+
+    def __init__(self, socket: Optional[str] = None):
+        lib = self._lib = _lib.load()
+        self._c = None
+        self._lock = threading.RLock()
+        self.socket = socket_path(socket)
+        h = ctypes.c_void_p()
+        rc = lib.wb_connect(os.fsencode(self.socket), ctypes.byref(h))
+        if rc:
+            detail = _dec(lib.wb_errmsg(h)) if h.value else None
+            lib.wb_close(h)
+            if rc in (_lib.WB_ECONNECT, _lib.WB_ECLOSED, _lib.WB_EPERM):
+                e = ConnectError(rc, _connect_text(detail, self.socket))
+                e.socket = self.socket
+                raise e
+            _raise(rc, detail)
+        self._c = h
+
+    # -- plumbing
+
+    def _handle(self):
+        if self._c is None:
+            raise Error(_lib.WB_ESTATE, "client is closed")
+        return self._c
+
+    def _check(self, rc):
+        """Raises the Error of a negative rc with the handle's detail;
+        returns rc otherwise."""
+        if rc < 0:
+            detail = _dec(self._lib.wb_errmsg(self._c))
+            if rc == _lib.WB_ELIMIT:
+                raise self._limit_error(detail)
+            _raise(rc, detail, self._lib.wb_sys_errno(self._c))
+        return rc
+
+    def _limit_error(self, detail):
+        """The MemoryLimitError of an ELIMIT refusal, with the daemon's
+        memory in use and limit asked for when its text lacks them."""
+        used = limit = None
+        if detail is None or " in use)" not in detail:
+            st = _lib.wb_status()
+            if self._lib.wb_get_status(self._c, ctypes.byref(st)) == 0:
+                used, limit = st.memory_used, st.memory_limit
+        return MemoryLimitError(detail, used, limit)
+
+    def close(self) -> None:
+        """Closes the connection.  Tensors mapped through it stay valid."""
+        with self._lock:
+            c, self._c = self._c, None
+            if c is not None:
+                self._lib.wb_close(c)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_c", None) is not None:
+            self._lib.wb_close(self._c)
+            self._c = None
+
+    def __repr__(self):
+        return "<wbroker.Client %s%s>" % (
+            self.socket, "" if self._c is not None else " (closed)")
+
+    # -- publish
+
+    def publish(self, name: str,
+                model: Union[torch.nn.Module, Mapping[str, torch.Tensor]],
+                metadata: Optional[Mapping[str, str]] = None) -> int:
+        """Publishes an nn.Module's state_dict (or a dict name -> tensor) as
+        a new version of model `name` and returns its number.
+
+        Tensors are detached, moved to the CPU and written in C order.
+        Tensors that are the same view of the same storage (tied weights)
+        are stored once and published under each of their names.  metadata
+        is a dict of str -> str.  Nothing is visible to readers unless the
+        whole version commits."""
+        return _publish.publish(self, name, model, metadata)
+
+    def publish_file(self, path: Union[str, os.PathLike], name: str,
+                     metadata: Optional[Mapping[str, str]] = None) -> int:
+        """Publishes a .safetensors file as a new version of `name` and
+        returns its number.  The header is validated first (FormatError);
+        the file's metadata is kept, updated by `metadata`, and names a
+        file made by `export` records as tied are tied again."""
+        return _publish.publish_file(self, path, name, metadata)
+
+    def export(self, name: str, path: Union[str, os.PathLike],
+               version: Optional[int] = None) -> int:
+        """Writes a version (None: the latest) of `name` as a safetensors
+        file at path (through a temporary file renamed into place) and
+        returns the version written."""
+        return _publish.export(self, name, path, version)
+
+    # -- map
+
+    def state_dict(self, name: str, version: Optional[int] = None
+                   ) -> Dict[str, torch.Tensor]:
+        """The tensors of a version (None: the latest) as a dict name ->
+        tensor, in the order the daemon stores them (an OrderedDict that
+        carries, as torch's state_dict() does, the module versions
+        publish() recorded as its _metadata).  The tensors view the shared
+        memory copy-on-write, without a copy; writes to them stay private.
+        The memory is unmapped when the last of them is collected."""
+        return _load.state_dict(self, name, version)
+
+    def metadata(self, name: str, version: Optional[int] = None
+                 ) -> Dict[str, str]:
+        """The metadata (dict str -> str) of a version (None: the
+        latest)."""
+        return _load.metadata(self, name, version)
+
+    def load_into(self, model: torch.nn.Module, name: str,
+                  version: Optional[int] = None, strict: bool = True,
+                  include: Optional[Globs] = None,
+                  exclude: Optional[Globs] = None,
+                  rename: Optional[Rename] = None,
+                  prefix: Optional[Prefix] = None,
+                  rules: Optional[Union[str, os.PathLike]] = None,
+                  ignore_mismatched_sizes: bool = False) -> LoadResult:
+        """Loads a version (None: the latest) of `name` into model.
+
+        The daemon applies the rules against model.state_dict()'s schema
+        and answers with the report torch's load_state_dict() would give.
+        CPU targets then view the shared memory copy-on-write (zero-copy;
+        Parameters stay the same objects, so ties and requires_grad are
+        kept); other targets are copied into and listed in copied_keys.
+        A model built on the meta device gets the views without being
+        allocated first.
+
+        strict: fail (LoadError, model untouched) on any missing,
+        unexpected or size-mismatched key; strict=False reports missing
+        and unexpected keys and skips them.  ignore_mismatched_sizes: skip
+        and report size mismatches instead of failing.  The rules apply in
+        this order: rules (the text of a rules file, or a path to one),
+        include and exclude (globs on source names, exclude wins), prefix
+        (a pair (old, new) or a list of pairs: ("module.", "") strips a
+        DataParallel prefix), rename (a dict of exact names, or a list of
+        (pattern, replacement) regular expressions matching whole keys).
+        A rule that matches no key is listed in unused_rules and warned
+        about (UnusedRuleWarning).  Returns a LoadResult."""
+        return self._prepare_load(
+            model, name, version, strict=strict, include=include,
+            exclude=exclude, rename=rename, prefix=prefix, rules=rules,
+            ignore_mismatched_sizes=ignore_mismatched_sizes).apply()
+
+    def plan(self, model: torch.nn.Module, name: str,
+             version: Optional[int] = None, strict: bool = True,
+             include: Optional[Globs] = None,
+             exclude: Optional[Globs] = None,
+             rename: Optional[Rename] = None,
+             prefix: Optional[Prefix] = None,
+             rules: Optional[Union[str, os.PathLike]] = None,
+             ignore_mismatched_sizes: bool = False) -> LoadResult:
+        """Dry run of load_into(): the same report, nothing mapped or
+        touched.  A load that would fail is reported in .error (the
+        PyTorch-format text), not raised."""
+        return _load.plan(self, model, name, version, strict=strict,
+                          include=include, exclude=exclude, rename=rename,
+                          prefix=prefix, rules=rules,
+                          ignore_mismatched_sizes=ignore_mismatched_sizes)
+
+    def _prepare_load(self, model: torch.nn.Module, name: str,
+                      version: Optional[int] = None, strict: bool = True,
+                      include: Optional[Globs] = None,
+                      exclude: Optional[Globs] = None,
+                      rename: Optional[Rename] = None,
+                      prefix: Optional[Prefix] = None,
+                      rules: Optional[Union[str, os.PathLike]] = None,
+                      ignore_mismatched_sizes: bool = False
+                      ) -> _PendingLoad:
+        """The first step of load_into(), with the same arguments: asks the
+        daemon, maps its answer and checks every view, without touching
+        model.  Returns a pending load whose .result is the LoadResult and
+        whose .apply() switches all of model's matched tensors at once
+        (and cannot fail).  Raises as load_into() does, LoadError for a
+        strict failure."""
+        return _load.prepare(self, model, name, version, strict=strict,
+                             include=include, exclude=exclude, rename=rename,
+                             prefix=prefix, rules=rules,
+                             ignore_mismatched_sizes=ignore_mismatched_sizes)
+
+    # -- inspect
+
+    def models(self) -> List[ModelInfo]:
+        """The models the daemon holds, as a list of ModelInfo."""
+        lib = self._lib
+        arr = ctypes.POINTER(_lib.wb_model_info)()
+        n = ctypes.c_size_t()
+        with self._lock:
+            self._check(lib.wb_list(self._handle(), ctypes.byref(arr),
+                                    ctypes.byref(n)))
+        try:
+            return [ModelInfo(_dec(arr[i].name), arr[i].latest,
+                              arr[i].nversions, arr[i].tensors, arr[i].bytes,
+                              arr[i].readers) for i in range(n.value)]
+        finally:
+            lib.wb_model_info_free(arr, n.value)
+
+    def status(self) -> Status:
+        """The daemon's Status."""
+        st = _lib.wb_status()
+        with self._lock:
+            self._check(self._lib.wb_get_status(self._handle(),
+                                                ctypes.byref(st)))
+        return Status(version=_dec(st.version), uptime=st.uptime,
+                      memory_used=st.memory_used,
+                      memory_limit=st.memory_limit,
+                      memory_shmem=st.memory_shmem, models=st.models,
+                      versions=st.versions, clients=st.clients, pid=st.pid)
+
+    def drop(self, name: str, version: Optional[int] = None) -> None:
+        """Drops one version, or (version None) every version of `name`.
+        Tensors already mapped stay valid."""
+        with self._lock:
+            self._check(self._lib.wb_drop(self._handle(), _enc(name),
+                                          version or 0))
+
+    def _watch_once(self, name, after, timeout_ms):
+        v = ctypes.c_uint64()
+        with self._lock:
+            self._check(self._lib.wb_watch(self._handle(), name, after,
+                                           timeout_ms, ctypes.byref(v)))
+        return v.value
+
+    def watch(self, name: str, timeout: Optional[float] = None
+              ) -> Iterator[int]:
+        """Returns an iterator over the versions of `name` committed after
+        this call (it blocks between them; if several commit while the
+        caller is busy, the newest is yielded).  With a timeout (seconds),
+        iteration stops after that long without a new version.  The model
+        need not exist yet.  Waits are cut into one-second calls so that
+        signals (Ctrl-C) are handled; use a client of its own for it, since
+        each wait holds this client."""
+        raw = _enc(name)
+        return self._watch(raw, self._watch_once(raw, 0, 0), timeout)
+
+    def _watch(self, raw, last, timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = 1000
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                wait = max(1, min(wait, int(left * 1000)))
+            v = self._watch_once(raw, last, wait)
+            if v > last:
+                last = v
+                yield v
+                if deadline is not None:
+                    deadline = time.monotonic() + timeout
