@@ -52,7 +52,8 @@ def ckpt(tmp_path):
 
 
 def cli(daemon, *args, check=0):
-    p = subprocess.run([daemon.cli, "--socket", daemon.socket, *map(str, args)],
+    p = subprocess.run([daemon.cli, "--socket", daemon.socket,
+                        *map(str, args)],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
     return p

@@ -77,7 +77,8 @@ META = {"format": "pt", "note": "h\u00e9llo", "step": "12"}
 
 
 def cli(daemon, *args, check=0):
-    p = subprocess.run([daemon.cli, "--socket", daemon.socket, *map(str, args)],
+    p = subprocess.run([daemon.cli, "--socket", daemon.socket,
+                        *map(str, args)],
                        capture_output=True, text=True, timeout=120)
     if check is not None:
         assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
