@@ -626,14 +626,14 @@ static void imp_info(const imp *im, uint64_t version, wb_file_info *info) {
     info->files = im->nfiles;
 }
 
-int wb_check_file(const char *path, wb_file_info *info, char *err,
-                  size_t errlen) {
+int wb_check_file(const char *path, const wb_kv *meta, size_t n_meta,
+                  wb_file_info *info, char *err, size_t errlen) {
     imp im = {.err = err, .errlen = errlen};
     if (err != NULL && errlen > 0)
         err[0] = '\0';
-    if (path == NULL)
+    if (path == NULL || (n_meta && meta == NULL))
         return imp_fail(&im, WB_EINVAL, "missing argument");
-    int rc = imp_prepare(&im, path, NULL, 0);
+    int rc = imp_prepare(&im, path, meta, n_meta);
     if (rc == 0)
         imp_info(&im, 0, info);
     imp_free(&im);

@@ -383,16 +383,18 @@ WB_EXTERN int wb_import_file(wb_client *c, const char *path, const char *model,
                              wb_progress_fn progress, void *user,
                              wb_file_info *info);
 
-/* Reads and validates what wb_import_file() would import from path (every
- * header, an index's shards, the metadata merge), without a daemon and
+/* Reads and validates what wb_import_file() would import from path with
+ * the n_meta entries of meta (NULL allowed when n_meta is 0: every header,
+ * an index's shards, the metadata merge), without a daemon and
  * without reading any tensor's bytes: for refusing a bad checkpoint before
  * connecting, or checking one.  Returns 0 with *info (NULL allowed; its
- * version 0) saying what an import would move; WB_EINVAL for a NULL path;
+ * version 0) saying what an import would move; WB_EINVAL for a NULL path,
+ * NULL meta with a non-zero n_meta or an entry with a NULL key or value;
  * or the code wb_import_file() would fail with for the files (WB_ESYS,
  * WB_EFORMAT, WB_EIO, WB_ENOMEM), with the detail in err (NULL allowed,
  * or errlen 0; truncated to errlen bytes).  Thread-safe. */
-WB_EXTERN int wb_check_file(const char *path, wb_file_info *info, char *err,
-                            size_t errlen);
+WB_EXTERN int wb_check_file(const char *path, const wb_kv *meta, size_t n_meta,
+                            wb_file_info *info, char *err, size_t errlen);
 
 /* Writes version (0: the latest) of model as a safetensors file at path,
  * atomically: the version's whole image (the daemon keeps versions in

@@ -26,6 +26,7 @@
 #define WB_CLI_ERR_BUF 1024  /* Bytes of an error detail. */
 #define WB_CLI_PATH_BUF 4096 /* Bytes of a file path we build. */
 #define WB_CLI_MAX_RULES_FILE (16u << 20) /* Max bytes of a rules file. */
+#define WB_CLI_MAX_META 64 /* import --meta options of one run. */
 
 /* Global options and the connection of one wbroker run. */
 typedef struct wb_cli {
@@ -36,12 +37,14 @@ typedef struct wb_cli {
 
 /* A command's parsed arguments: positionals and its own options. */
 typedef struct wb_cli_args {
-    const char *pos[WB_CLI_MAX_ARGS]; /* Positional arguments, in order. */
-    int npos;                         /* Positional arguments given. */
-    const char *target;               /* plan --target FILE. */
-    const char *rules;                /* plan --rules FILE. */
-    int no_strict;                    /* plan --no-strict. */
-    int ignore_mismatch;              /* plan --ignore-mismatched-sizes. */
+    const char *pos[WB_CLI_MAX_ARGS];  /* Positional arguments, in order. */
+    int npos;                          /* Positional arguments given. */
+    const char *target;                /* plan --target FILE. */
+    const char *rules;                 /* plan --rules FILE. */
+    int no_strict;                     /* plan --no-strict. */
+    int ignore_mismatch;               /* plan --ignore-mismatched-sizes. */
+    const char *meta[WB_CLI_MAX_META]; /* import --meta KEY=VALUE, each. */
+    int nmeta;                         /* --meta options given. */
 } wb_cli_args;
 
 /* One aligned text table, built row by row and printed at once. */
@@ -73,8 +76,9 @@ int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* --------------------------------------------------------------- transfer.c */
 
-/* `import FILE.safetensors|INDEX.json|DIR MODEL`: publishes a safetensors
- * file or a sharded checkpoint as one version (wb_import_file()). */
+/* `import [--meta KEY=VALUE]... FILE.safetensors|INDEX.json|DIR MODEL`:
+ * publishes a safetensors file or a sharded checkpoint as one version
+ * (wb_import_file()), with metadata entries that replace the files'. */
 int cmd_import(wb_cli *cli, const wb_cli_args *a);
 /* `export MODEL[@VERSION] FILE|-`: writes a version as a safetensors file
  * (absent or regular; replaced atomically: wb_export_file()) or to

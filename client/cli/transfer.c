@@ -156,21 +156,41 @@ static void stop_signals_restore(const struct sigaction old[N_STOP_SIGNALS]) {
 
 int cmd_import(wb_cli *cli, const wb_cli_args *a) {
     const char *path = a->pos[0], *model = a->pos[1];
+    /* --meta KEY=VALUE, split at the first '=' (the parser checked there
+     * is one after a non-empty key). */
+    wb_kv meta[WB_CLI_MAX_META];
+    char *keys[WB_CLI_MAX_META];
+    int rc = 0;
+    for (int i = 0; i < a->nmeta; i++) {
+        const char *eq = strchr(a->meta[i], '=');
+        keys[i] = strndup(a->meta[i], (size_t)(eq - a->meta[i]));
+        if (keys[i] == NULL)
+            rc = cli_fail(cli, WB_ENOMEM, "out of memory");
+        meta[i].key = keys[i];
+        meta[i].value = eq + 1;
+    }
     /* A bad file is refused before anything is asked of a daemon, even
      * when none runs; the import checks it again as it reads it. */
     char err[WB_CLI_ERR_BUF];
-    int rc = wb_check_file(path, NULL, err, sizeof(err));
-    if (rc)
-        return cli_fail(cli, rc, "%s", err);
-    if ((rc = cli_connect(cli)))
-        return rc;
+    if (rc == 0 && (rc = wb_check_file(path, meta, (size_t)a->nmeta, NULL, err,
+                                       sizeof(err))))
+        rc = cli_fail(cli, rc, "%s", err);
+    if (rc == 0)
+        rc = cli_connect(cli);
     progress pr;
     progress_init(&pr, "importing", 0);
     wb_file_info info;
-    rc = wb_import_file(cli->c, path, model, NULL, 0, on_progress, &pr, &info);
-    progress_end(&pr, rc == 0);
+    if (rc == 0) {
+        rc = wb_import_file(cli->c, path, model, meta, (size_t)a->nmeta,
+                            on_progress, &pr, &info);
+        progress_end(&pr, rc == 0);
+        if (rc)
+            rc = cli_fail_client(cli, rc);
+    }
+    for (int i = 0; i < a->nmeta; i++)
+        free(keys[i]);
     if (rc)
-        return cli_fail_client(cli, rc);
+        return rc;
     if (cli->json)
         return cli_json_print(
             json_pack("{s:s, s:I, s:s, s:I, s:I, s:I}", "model", model,

@@ -246,7 +246,7 @@ static void test_files_sharded_one_version(void **state) {
     wb_file_info info;
     assert_int_equal(wb_check_file(in_dir(d, "model.safetensors.index.json",
                                           path, sizeof(path)),
-                                   &info, NULL, 0),
+                                   NULL, 0, &info, NULL, 0),
                      0);
     assert_int_equal(info.files, 2);
     assert_int_equal(info.tensors, 3);
@@ -313,7 +313,14 @@ static void test_files_sharded_metadata_conflict(void **state) {
     assert_non_null(strstr(e, "metadata 'step'"));
     assert_non_null(strstr(e, "model-00001-of-00002.safetensors"));
     assert_non_null(strstr(e, "model-00002-of-00002.safetensors"));
+    char err[1024];
+    assert_int_equal(wb_check_file(path, NULL, 0, NULL, err, sizeof(err)),
+                     WB_EFORMAT);
+    assert_string_equal(err, e);
     wb_kv meta[] = {{"step", "3"}};
+    assert_int_equal(wb_check_file(path, meta, 1, NULL, err, sizeof(err)), 0);
+    assert_int_equal(wb_check_file(path, NULL, 1, NULL, err, sizeof(err)),
+                     WB_EINVAL);
     wb_file_info info;
     assert_int_equal(wb_import_file(c, path, "sh", meta, 1, NULL, NULL, &info),
                      0);
@@ -388,7 +395,7 @@ static void test_files_sharded_refusals(void **state) {
     for (size_t i = 0; i < sizeof(BAD) / sizeof(BAD[0]); i++) {
         const bad_index *b = &BAD[i];
         write_text(d, "bad.index.json", b->index);
-        int rc = wb_check_file(path, NULL, err, sizeof(err));
+        int rc = wb_check_file(path, NULL, 0, NULL, err, sizeof(err));
         if (rc != b->code)
             fail_msg("case %zu: %d %s", i, rc, err);
         assert_int_equal(
@@ -456,7 +463,7 @@ static void test_files_import_refusals(void **state) {
         wb_import_file(c, path, "m", reserved, 1, NULL, NULL, NULL), WB_EINVAL);
     assert_int_equal(wb_import_file(c, path, "", NULL, 0, NULL, NULL, NULL),
                      WB_ENAME);
-    assert_int_equal(wb_check_file(NULL, NULL, NULL, 0), WB_EINVAL);
+    assert_int_equal(wb_check_file(NULL, NULL, 0, NULL, NULL, 0), WB_EINVAL);
     wb_model_info *mi;
     size_t n;
     assert_int_equal(wb_list(c, &mi, &n), 0);

@@ -107,3 +107,30 @@ def test_cli_sharded_refusals(daemon, ckpt):
     assert "neither model.safetensors.index.json nor model.safetensors" in \
         p.stderr
     assert cli_json(daemon, "ls") == []
+
+
+def test_cli_sharded_metadata_conflict_and_meta(daemon, ckpt):
+    """Shards that disagree on a metadata key are refused (before any
+    daemon is asked) unless --meta gives the key a value; --meta entries
+    replace the files' and add to them."""
+    d, _ = ckpt
+    sh = shards()
+    write_st(d / S2, sh[S2], {"format": "np"})
+    j = cli_json(daemon, "import", d, "m", check=1)
+    assert j["error"] == "EFORMAT"
+    assert "metadata 'format'" in j["message"] and S1 in j["message"]
+    p = subprocess.run([daemon.cli, "--socket", str(d / "none.sock"),
+                        "import", str(d), "m"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 1 and "metadata 'format'" in p.stderr
+    doc = cli_json(daemon, "import", "--meta", "format=pt", "--meta=run=a=b",
+                   d, "m")
+    assert doc["version"] == 1
+    assert cli_json(daemon, "info", "m")["metadata"] == {"format": "pt",
+                                                          "run": "a=b"}
+    for bad in (["--meta"], ["--meta", "novalue"], ["--meta", "=x"]):
+        p = cli(daemon, "import", *bad, d, "m", check=2)
+        assert "--meta needs KEY=VALUE" in p.stderr
+    j = cli_json(daemon, "import", "--meta", "format=pt", "--meta",
+                 "wbroker.tied=x", d, "m", check=1)
+    assert j["error"] == "EINVAL"
