@@ -318,6 +318,141 @@ WB_EXTERN int wb_publish_commit(wb_publish *p, uint64_t *version);
  * Accepts NULL. */
 WB_EXTERN void wb_publish_abort(wb_publish *p);
 
+/* ---------------------------------------------------------------- files
+ *
+ * Safetensors files in and out: the one implementation that the wbroker
+ * CLI and the Python package both call. */
+
+/* Progress of a file transfer: done of total bytes moved so far.  Called
+ * with done 0 before the first byte, after every chunk (at most 8 MiB),
+ * and once more with done == total when everything is written (and, for a
+ * file, synced), just before the commit or the rename that makes it
+ * visible: the last chance to stop.  Return 0 to go on; any other value
+ * stops the transfer, which then undoes itself (the publish is aborted,
+ * the temporary file removed) and returns that value, so return a
+ * negative WB_E* code of your choosing.  It may not call the library on
+ * the same handle. */
+typedef int (*wb_progress_fn)(void *user, uint64_t done, uint64_t total);
+
+/* What a transfer moved, filled on success when the pointer given is not
+ * NULL. */
+typedef struct wb_file_info {
+    uint64_t version; /* Version published, or written out. */
+    uint64_t tensors; /* Import: tensors stored (tied names not counted);
+                         export: names the version maps (tied included). */
+    uint64_t bytes;   /* Import: tensor bytes read; export: the bytes of
+                         the safetensors image written. */
+    uint64_t files;   /* Import: safetensors files read (1, or the shards
+                         of an index); export: 0. */
+} wb_file_info;
+
+/* Index file of a sharded checkpoint, as transformers' save_pretrained
+ * names it, and the single file it writes otherwise: what
+ * wb_import_file() looks for in a directory. */
+#define WB_ST_INDEX_NAME "model.safetensors.index.json"
+#define WB_ST_FILE_NAME "model.safetensors"
+
+/* Publishes a safetensors checkpoint as one new version of model.  path
+ * names a safetensors file; or an index (a file whose name ends in
+ * ".json", such as WB_ST_INDEX_NAME) whose "weight_map" object maps every
+ * tensor name to the shard file holding it; or a directory holding
+ * WB_ST_INDEX_NAME (preferred) or WB_ST_FILE_NAME.  Symbolic links are
+ * followed (a Hugging Face cache's snapshot is made of them).
+ *
+ * Every file's header is read and validated before any request is sent:
+ * nothing is declared for a file that would fail.  Then every tensor of
+ * every file is declared in one publish (the files' tensors in data order,
+ * shards in the order of their names, then the names a WB_TIED_KEY entry
+ * ties to them), each tensor's bytes are read from its file straight into
+ * the shared segment, and the version is committed.  Any failure, a
+ * progress callback that stops it, or the death of the process aborts the
+ * publish: a half-imported version is never visible.
+ *
+ * An index is checked as a whole: each shard is a plain file name in the
+ * index's directory (not empty, no '/', no ".."); each weight_map entry is
+ * a tensor of its shard; no tensor is in two shards; no shard holds a
+ * tensor the weight_map does not list (under that shard).  The index's own
+ * "metadata" (total_size) is not kept: the version has its own size.
+ *
+ * Metadata: the files' __metadata__ entries (without WB_TIED_KEY, which
+ * becomes ties), then the n_meta entries of meta (NULL allowed when n_meta
+ * is 0), which replace entries of the same key.  Shards merge theirs: a
+ * key several shards give keeps its value when they agree (save_pretrained
+ * writes {"format": "pt"} into each); when they disagree the import fails
+ * with WB_EFORMAT, unless meta gives that key a value, which wins.
+ *
+ * progress (NULL allowed) counts tensor bytes read (see wb_progress_fn);
+ * user is passed to it.  On success the version is committed, *info (NULL
+ * allowed) says what was moved, and it returns 0.
+ *
+ * Fails, with nothing published, with WB_EINVAL for a NULL c, path or
+ * model, NULL meta with a non-zero n_meta, a metadata entry wb_publish_begin()
+ * refuses; WB_ESYS when path or a shard cannot be found, opened or is not
+ * a regular file (wb_sys_errno() has the errno); WB_EFORMAT for a file
+ * that is not valid safetensors, an index that is not a JSON object with a
+ * non-empty "weight_map" object of plain file names, a shard that breaks a
+ * rule above, a name both stored and tied (or tied twice) across shards,
+ * shards whose metadata disagree, and a directory with neither file in
+ * it; WB_EIO when reading fails or a file ends early; WB_ENOMEM; whatever
+ * wb_publish_begin(), wb_publish_write() and wb_publish_commit() fail with
+ * (WB_ENAME, WB_ETOOBIG, WB_ELIMIT, ...); and whatever progress returned.
+ * wb_errmsg() names the file, and the tensor or key at fault. */
+WB_EXTERN int wb_import_file(wb_client *c, const char *path, const char *model,
+                             const wb_kv *meta, size_t n_meta,
+                             wb_progress_fn progress, void *user,
+                             wb_file_info *info);
+
+/* Reads and validates what wb_import_file() would import from path with
+ * the n_meta entries of meta (NULL allowed when n_meta is 0: every header,
+ * an index's shards, the metadata merge), without a daemon and
+ * without reading any tensor's bytes: for refusing a bad checkpoint before
+ * connecting, or checking one.  Returns 0 with *info (NULL allowed; its
+ * version 0) saying what an import would move; WB_EINVAL for a NULL path,
+ * NULL meta with a non-zero n_meta or an entry with a NULL key or value;
+ * or the code wb_import_file() would fail with for the files (WB_ESYS,
+ * WB_EFORMAT, WB_EIO, WB_ENOMEM), with the detail in err (NULL allowed,
+ * or errlen 0; truncated to errlen bytes).  Thread-safe. */
+WB_EXTERN int wb_check_file(const char *path, const wb_kv *meta, size_t n_meta,
+                            wb_file_info *info, char *err, size_t errlen);
+
+/* Writes version (0: the latest) of model as a safetensors file at path,
+ * atomically: the version's whole image (the daemon keeps versions in
+ * that layout, tied names under WB_TIED_KEY) goes to a fresh temporary
+ * file next to path (".NAME.RANDOM.tmp", opened with O_EXCL and
+ * O_NOFOLLOW, so that nothing planted there is written through), which is
+ * synced, renamed over path, and the directory synced: path is either the
+ * old file or the complete new one.  path must be absent or a regular
+ * file, checked before the daemon is asked for anything and again just
+ * before the rename: a directory, device, fifo, socket or symbolic link is
+ * refused (renaming over it would replace it, or the link rather than what
+ * it points to).  A replaced file keeps its permission bits; a new one
+ * gets 0666 less the umask.  The library installs no signal handler: a
+ * program that wants the temporary file removed on SIGINT stops the
+ * transfer from its progress callback (as the wbroker CLI does).
+ *
+ * progress (NULL allowed) counts the image's bytes; user is passed to it.
+ * On success *info (NULL allowed) says what was written.  Fails, with
+ * path untouched and no temporary file left, with WB_EINVAL for a NULL c,
+ * model or path, a path ending in '/', longer than 4,095 bytes or naming
+ * something that is not a regular file; WB_ESYS when its directory cannot
+ * be opened, or creating, writing, syncing or renaming the file fails
+ * (wb_sys_errno() has the errno); whatever wb_map() fails with (WB_ENAME,
+ * WB_ENOMODEL, WB_ENOVERSION, the transport errors); WB_ECORRUPT for an
+ * image without a valid header; and whatever progress returned. */
+WB_EXTERN int wb_export_file(wb_client *c, const char *model, uint64_t version,
+                             const char *path, wb_progress_fn progress,
+                             void *user, wb_file_info *info);
+
+/* wb_export_file() to the open descriptor fd (a pipe, a socket, standard
+ * output) from where it stands, with write(2); nothing is synced and
+ * nothing renamed.  Writing to a pipe whose reader left raises SIGPIPE
+ * unless the program ignores it.  Fails with WB_EINVAL for a negative fd,
+ * WB_ESYS when a write fails (the bytes before it are written), and as
+ * wb_export_file() otherwise. */
+WB_EXTERN int wb_export_fd(wb_client *c, const char *model, uint64_t version,
+                           int fd, wb_progress_fn progress, void *user,
+                           wb_file_info *info);
+
 /* ---------------------------------------------------------------- rules */
 
 typedef struct wb_rules wb_rules;

@@ -20,14 +20,14 @@
 #define WB_CLI_FAIL 1  /* Exit status: the daemon or the system failed. */
 #define WB_CLI_USAGE 2 /* Exit status: bad usage. */
 
-#define WB_CLI_MAX_ARGS 8          /* Positional arguments of one command. */
-#define WB_CLI_MAX_COLS 8          /* Columns of one table. */
-#define WB_CLI_SIZE_BUF 32         /* Bytes of a formatted size. */
-#define WB_CLI_SHAPE_BUF 512       /* Bytes of a formatted shape. */
-#define WB_CLI_ERR_BUF 1024        /* Bytes of an error detail. */
-#define WB_CLI_PATH_BUF 4096       /* Bytes of a file path we build. */
-#define WB_CLI_IO_CHUNK (8u << 20) /* Bytes per read or write call. */
+#define WB_CLI_MAX_ARGS 8    /* Positional arguments of one command. */
+#define WB_CLI_MAX_COLS 8    /* Columns of one table. */
+#define WB_CLI_SIZE_BUF 32   /* Bytes of a formatted size. */
+#define WB_CLI_SHAPE_BUF 512 /* Bytes of a formatted shape. */
+#define WB_CLI_ERR_BUF 1024  /* Bytes of an error detail. */
+#define WB_CLI_PATH_BUF 4096 /* Bytes of a file path we build. */
 #define WB_CLI_MAX_RULES_FILE (16u << 20) /* Max bytes of a rules file. */
+#define WB_CLI_MAX_META 64 /* import --meta options of one run. */
 
 /* Global options and the connection of one wbroker run. */
 typedef struct wb_cli {
@@ -38,12 +38,14 @@ typedef struct wb_cli {
 
 /* A command's parsed arguments: positionals and its own options. */
 typedef struct wb_cli_args {
-    const char *pos[WB_CLI_MAX_ARGS]; /* Positional arguments, in order. */
-    int npos;                         /* Positional arguments given. */
-    const char *target;               /* plan --target FILE. */
-    const char *rules;                /* plan --rules FILE. */
-    int no_strict;                    /* plan --no-strict. */
-    int ignore_mismatch;              /* plan --ignore-mismatched-sizes. */
+    const char *pos[WB_CLI_MAX_ARGS];  /* Positional arguments, in order. */
+    int npos;                          /* Positional arguments given. */
+    const char *target;                /* plan --target FILE. */
+    const char *rules;                 /* plan --rules FILE. */
+    int no_strict;                     /* plan --no-strict. */
+    int ignore_mismatch;               /* plan --ignore-mismatched-sizes. */
+    const char *meta[WB_CLI_MAX_META]; /* import --meta KEY=VALUE, each. */
+    int nmeta;                         /* --meta options given. */
 } wb_cli_args;
 
 /* One aligned text table, built row by row and printed at once. */
@@ -75,10 +77,13 @@ int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* --------------------------------------------------------------- transfer.c */
 
-/* `import FILE.safetensors MODEL`: publishes a safetensors file. */
+/* `import [--meta KEY=VALUE]... FILE.safetensors|INDEX.json|DIR MODEL`:
+ * publishes a safetensors file or a sharded checkpoint as one version
+ * (wb_import_file()), with metadata entries that replace the files'. */
 int cmd_import(wb_cli *cli, const wb_cli_args *a);
 /* `export MODEL[@VERSION] FILE|-`: writes a version as a safetensors file
- * (absent or regular; replaced atomically) or to standard output. */
+ * (absent or regular; replaced atomically: wb_export_file()) or to
+ * standard output (wb_export_fd()). */
 int cmd_export(wb_cli *cli, const wb_cli_args *a);
 
 /* -------------------------------------------------------------- lifecycle.c */

@@ -611,8 +611,12 @@ static const command commands[] = {
      "models: latest version, versions, pinned, tensors, size, readers"},
     {"info", cmd_info, 1, 1, 0, "MODEL[@VERSION]",
      "tensors (name, dtype, shape, size) and metadata"},
-    {"import", cmd_import, 2, 2, 0, "FILE.safetensors MODEL",
-     "publish a safetensors file as a new version"},
+    {"import", cmd_import, 2, 2, 0,
+     "[--meta KEY=VALUE]... FILE.safetensors|INDEX.json|DIR MODEL",
+     "publish a safetensors file, or a sharded checkpoint (its "
+     "model.safetensors.index.json, or a directory holding it or "
+     "model.safetensors), as one new version; --meta sets a metadata "
+     "entry"},
     {"export", cmd_export, 2, 2, 0, "MODEL[@VERSION] FILE|-",
      "write a version as a safetensors file, or to stdout for -"},
     {"plan", cmd_plan, 1, 1, 1,
@@ -703,6 +707,15 @@ static int parse_args(wb_cli *cli, const command *cmd, int argc, char **argv,
             if (missing)
                 return cli_usage_error("%s: --rules needs a file", cmd->name);
             a->rules = v;
+        } else if (cmd->run == cmd_import &&
+                   ((v = opt_value(argc, argv, &i, "--meta", &missing)) ||
+                    missing)) {
+            if (missing || v[0] == '=' || strchr(v, '=') == NULL)
+                return cli_usage_error("%s: --meta needs KEY=VALUE", cmd->name);
+            if (a->nmeta >= WB_CLI_MAX_META)
+                return cli_usage_error("%s: more than %d --meta options",
+                                       cmd->name, WB_CLI_MAX_META);
+            a->meta[a->nmeta++] = v;
         } else if (cmd->plan_opts && strcmp(s, "--no-strict") == 0) {
             a->no_strict = 1;
         } else if (cmd->plan_opts &&

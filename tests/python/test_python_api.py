@@ -273,8 +273,10 @@ def test_python_export_refuses_non_regular_targets(daemon, tmp_path):
     with wbroker.connect(daemon.socket) as c:
         c.publish("m", {"w": torch.arange(4)})
         for target in (fifo, link, sub):
-            with pytest.raises(OSError, match="not a regular file"):
+            with pytest.raises(wbroker.Error, match="not a regular file") \
+                    as err:
                 c.export("m", target)
+            assert err.value.name == "EINVAL"
     assert os.path.islink(link) and victim.read_bytes() == b"precious"
     assert os.path.isdir(sub) and not os.listdir(sub)
     import stat
@@ -334,17 +336,18 @@ def test_python_publish_file_rejects(daemon, tmp_path, case):
 
 HOSTILE_FILES = {
     "deep": (b'{"a": ' + b"[" * 100000 + b"]" * 100000 + b"}", b"",
-             "nests deeper"),
+             "maximum parsing depth"),
     "huge_int": (b'{"a": {"dtype": "U8", "shape": [' + b"9" * 5000 +
-                 b'], "data_offsets": [0, 0]}}', b"", "64-bit"),
+                 b'], "data_offsets": [0, 0]}}', b"", "too big integer"),
     "over_int64": (b'{"a": {"dtype": "U8", "shape": [9223372036854775808, '
-                   b'0], "data_offsets": [0, 0]}}', b"", "64-bit"),
+                   b'0], "data_offsets": [0, 0]}}', b"", "too big integer"),
     "nan": (b'{"a": {"dtype": "F32", "shape": [NaN], '
             b'"data_offsets": [0, 4]}}', b"\0" * 4, "NaN"),
     "not_utf8": (b'{"\xff": {"dtype": "F32", "shape": [1], '
-                 b'"data_offsets": [0, 4]}}', b"\0" * 4, "UTF-8"),
+                 b'"data_offsets": [0, 4]}}', b"\0" * 4, "unable to decode"),
     "lone_surrogate": (b'{"\\ud800": {"dtype": "F32", "shape": [1], '
-                       b'"data_offsets": [0, 4]}}', b"\0" * 4, "surrogate"),
+                       b'"data_offsets": [0, 4]}}', b"\0" * 4,
+                       "invalid Unicode"),
     "overflow": (b'{"a": {"dtype": "F64", "shape": [4294967296, 4294967296],'
                  b' "data_offsets": [0, 0]}}', b"", "overflows"),
     "tie_list": ({"__metadata__": {"wbroker.tied": '{"b": ["a"]}'},
@@ -352,14 +355,14 @@ HOSTILE_FILES = {
                         "data_offsets": [0, 4]}}, b"\0" * 4, "tie"),
     "tie_deep": ({"__metadata__": {"wbroker.tied": "[" * 100000},
                   "a": {"dtype": "F32", "shape": [1],
-                        "data_offsets": [0, 4]}}, b"\0" * 4, "nests deeper"),
+                        "data_offsets": [0, 4]}}, b"\0" * 4, "wbroker.tied"),
 }
 
 
 # Hostile headers (deep nesting, numbers beyond 64 bits, non-JSON literals,
 # bad text) are a FormatError from publish_file, never another exception,
-# and nothing is published.  tests/python/test_safetensors_hostile.py has
-# the full table against the parser itself.
+# with the library parser's reason, and nothing is published.
+# tests/python/test_safetensors_hostile.py has the full table.
 @pytest.mark.parametrize("case", sorted(HOSTILE_FILES))
 def test_python_publish_file_rejects_hostile_headers(daemon, tmp_path, case):
     header, data, why = HOSTILE_FILES[case]

@@ -215,17 +215,24 @@ class Client:
 
     def publish_file(self, path: Union[str, os.PathLike], name: str,
                      metadata: Optional[Mapping[str, str]] = None) -> int:
-        """Publishes a .safetensors file as a new version of `name` and
-        returns its number.  The header is validated first (FormatError);
-        the file's metadata is kept, updated by `metadata`, and names a
-        file made by `export` records as tied are tied again."""
+        """Publishes a .safetensors file, or a sharded checkpoint (its
+        model.safetensors.index.json, or a directory holding it or
+        model.safetensors), as one new version of `name` and returns its
+        number.  Every header (and the index) is validated before anything
+        is published (FormatError naming the file and tensor); the files'
+        metadata is kept, updated by `metadata`, and names a file made by
+        `export` records as tied are tied again.  Ctrl-C aborts it
+        (KeyboardInterrupt, nothing published)."""
         return _publish.publish_file(self, path, name, metadata)
 
     def export(self, name: str, path: Union[str, os.PathLike],
                version: Optional[int] = None) -> int:
         """Writes a version (None: the latest) of `name` as a safetensors
-        file at path (through a temporary file renamed into place) and
-        returns the version written."""
+        file at path and returns the version written: through a fresh
+        temporary file, synced and renamed over path, so that path is the
+        old file or the new one.  path must be absent or a regular file
+        (anything else is an Error, EINVAL).  Ctrl-C stops it
+        (KeyboardInterrupt, path untouched, no temporary file left)."""
         return _publish.export(self, name, path, version)
 
     # -- map

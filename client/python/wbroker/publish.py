@@ -2,6 +2,8 @@
 
 The Client methods of the same names call these with themselves as the
 first argument; they take the client's lock around every library call.
+Files go through the library's one safetensors implementation
+(wb_import_file, wb_export_file), the one the wbroker CLI calls.
 """
 import collections.abc
 import ctypes
@@ -12,9 +14,8 @@ from . import _lib
 from ._lib import enc as _enc
 from .dtypes import dtype_code as _dtype_code
 from .dtypes import torch as _torch
-from .errors import Error, _raise
+from .errors import Error
 
-_COPY_CHUNK = 8 << 20          # Bytes per read when importing a file.
 _VERSIONS_MAX = 512 << 10      # Max chars of the recorded module versions.
 
 
@@ -143,131 +144,83 @@ def _write(client, p, i, key, t):
     del dst, buf
 
 
+# ------------------------------------------------------------------ files
+#
+# Safetensors files go through the library's one implementation
+# (wb_import_file, wb_export_file: include/wbroker.h), which the wbroker
+# CLI uses too: validation before any request, the atomic write.
+
+_PROGRESS_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p,
+                                ctypes.c_uint64, ctypes.c_uint64)
+
+
+class _FileInfo(ctypes.Structure):
+    """wb_file_info."""
+    _fields_ = [("version", ctypes.c_uint64), ("tensors", ctypes.c_uint64),
+                ("bytes", ctypes.c_uint64), ("files", ctypes.c_uint64)]
+
+
+def _file_calls(lib):
+    """Declares the library's file calls on lib (once is enough; again is
+    harmless)."""
+    p, s = ctypes.c_void_p, ctypes.c_char_p
+    info = ctypes.POINTER(_FileInfo)
+    lib.wb_import_file.restype = ctypes.c_int
+    lib.wb_import_file.argtypes = [p, s, s, ctypes.POINTER(_lib.wb_kv),
+                                   ctypes.c_size_t, _PROGRESS_FN, p, info]
+    lib.wb_export_file.restype = ctypes.c_int
+    lib.wb_export_file.argtypes = [p, s, ctypes.c_uint64, s, _PROGRESS_FN,
+                                   p, info]
+
+
+def _stoppable(call):
+    """Runs call(progress) with a wb_progress_fn that stops the library's
+    transfer when SIGINT comes (the publish is aborted, the temporary file
+    removed), then raises KeyboardInterrupt.  While the library works no
+    Python runs but this callback, so the default handler's exception
+    would be raised, and lost, on the way into it: in the main thread the
+    handler is replaced for the call by one that only takes note."""
+    import signal
+    import threading
+    hit = []
+    progress = _PROGRESS_FN(
+        lambda user, done, total: _lib.WB_ESTATE if hit else 0)
+    old = None
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        old = signal.signal(signal.SIGINT, lambda sig, frame: hit.append(sig))
+    try:
+        rc = call(progress)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+    if hit:
+        raise KeyboardInterrupt
+    return rc
+
+
 def publish_file(client, path, name, metadata=None):
     """Client.publish_file(): see there."""
     lib = client._lib
-    with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        from ._safetensors import read_header
-        h = read_header(f, size)
-        by_name = {t.name: t for t in h.tensors}
-        decl = [(t.name, _lib.DTYPE_CODES[t.dtype], t.shape, None)
-                for t in h.tensors]
-        decl += [(alias, _lib.DTYPE_CODES[by_name[s].dtype],
-                  by_name[s].shape, s) for alias, s in h.ties.items()]
-        specs, keep = _declare(decl)
-        meta = dict(h.metadata)
-        meta.update(metadata or {})
-        kvs, nmeta = _kvs(meta)
-        with client._lock:
-            c = client._handle()
-            p = ctypes.c_void_p()
-            client._check(lib.wb_publish_begin(c, _enc(name), specs,
-                                               len(decl), kvs, nmeta,
-                                               ctypes.byref(p)))
-            try:
-                f.seek(h.data_start)
-                buf = ctypes.create_string_buffer(_COPY_CHUNK)
-                for i, t in enumerate(h.tensors):
-                    _read_into(client, f, p, i, t, path, buf)
-            except BaseException:
-                lib.wb_publish_abort(p)
-                raise
-            version = ctypes.c_uint64()
-            client._check(lib.wb_publish_commit(p, ctypes.byref(version)))
-            return version.value
-
-
-def _read_into(client, f, p, i, t, path, buf):
-    """Copies tensor t of file f into slot i of publish p through buf (a
-    ctypes buffer) and wb_publish_write().  The header was checked: t's
-    bytes match its shape, which is what the daemon laid out."""
-    need = t.end - t.begin
-    mv = memoryview(buf).cast("B")
-    done = 0
-    try:
-        while done < need:
-            got = f.readinto(mv[:min(len(mv), need - done)])
-            if not got:
-                raise Error(_lib.WB_EIO, "%s: file ended inside tensor %r"
-                            % (path, t.name))
-            client._check(client._lib.wb_publish_write(
-                p, i, ctypes.addressof(buf), got, done))
-            done += got
-    finally:
-        mv.release()
+    _file_calls(lib)
+    kvs, nmeta = _kvs(dict(metadata or {}))
+    info = _FileInfo()
+    with client._lock:
+        c = client._handle()
+        client._check(_stoppable(lambda progress: lib.wb_import_file(
+            c, os.fsencode(path), _enc(name), kvs, nmeta, progress, None,
+            ctypes.byref(info))))
+    return info.version
 
 
 def export(client, name, path, version=None):
     """Client.export(): see there."""
     lib = client._lib
-    m = ctypes.c_void_p()
+    _file_calls(lib)
+    info = _FileInfo()
     with client._lock:
-        client._check(lib.wb_map(client._handle(), _enc(name), version or 0,
-                                 _lib.WB_MAP_SHARED, ctypes.byref(m)))
-    try:
-        data = ctypes.c_void_p()
-        size = ctypes.c_size_t()
-        rc = lib.wb_map_image(m, ctypes.byref(data), ctypes.byref(size))
-        if rc:
-            _raise(rc)
-        written = lib.wb_map_version(m)
-        _write_file(path, data.value, size.value)
-        return written
-    finally:
-        lib.wb_unmap(m)
-
-
-def _check_replaceable(path):
-    """Refuses a target that exists and is not a regular file (a device, a
-    fifo, a directory, a symlink), as ``wbroker export`` does: replacing it
-    would destroy something that is not a weights file."""
-    import stat
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISREG(st.st_mode):
-        raise IsADirectoryError(
-            "%s exists and is not a regular file: export refuses to replace "
-            "it" % path) if stat.S_ISDIR(st.st_mode) else FileExistsError(
-            "%s exists and is not a regular file: export refuses to replace "
-            "it" % path)
-
-
-def _write_file(path, data, size):
-    """Writes size bytes at address data to path atomically: a temporary
-    file in the same directory (mode 0666 less the umask), fsynced, then
-    renamed over path."""
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    base = os.path.basename(path)
-    _check_replaceable(path)
-    for attempt in range(100):
-        tmp = os.path.join(d, ".%s.%d.%d.tmp" % (base, os.getpid(), attempt))
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
-                         os.O_CLOEXEC, 0o666)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise FileExistsError("no free temporary name next to %s" % path)
-    try:
-        with os.fdopen(fd, "wb", buffering=0) as f:
-            if size:
-                mv = memoryview((ctypes.c_ubyte * size).from_address(data))
-                mv = mv.cast("B")
-                done = 0
-                while done < size:
-                    done += f.write(mv[done:done + (64 << 20)])
-                mv.release()
-            os.fsync(f.fileno())
-        _check_replaceable(path)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        c = client._handle()
+        client._check(_stoppable(lambda progress: lib.wb_export_file(
+            c, _enc(name), version or 0, os.fsencode(path), progress, None,
+            ctypes.byref(info))))
+    return info.version
