@@ -76,9 +76,10 @@ def test_python_publish_file_bad_index(daemon, ckpt):
         with pytest.raises(wbroker.FormatError) as err:
             c.publish_file(d, "m")
         assert "'ghost'" in str(err.value) and S1 in str(err.value)
-        with pytest.raises(wbroker.Error) as err:
+        with pytest.raises(FileNotFoundError) as err:
             c.publish_file(d / "absent.safetensors", "m")
-        assert err.value.errno == 2
+        assert isinstance(err.value, wbroker.SystemCallError)
+        assert err.value.errno == 2 and err.value.name == "ESYS"
         assert c.models() == []
 
 

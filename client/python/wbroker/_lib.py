@@ -43,7 +43,8 @@ DTYPE_SIZES = {}                # "F32" -> bytes per element
 # The codes the package names; a library without one of them is refused.
 _USED_CODES = ("EINVAL", "EPROTO", "ENOMODEL", "ENOVERSION", "EDTYPE",
                "ELIMIT", "EPERM", "ECONNECT", "ECLOSED", "ECORRUPT",
-               "ESTATE", "ERULE", "ELOAD", "EFORMAT", "EIO", "ECANCELED")
+               "ESTATE", "ERULE", "ELOAD", "EFORMAT", "EIO", "ECANCELED",
+               "ESYS")
 _CODES_SCANNED = 256            # Codes -1 .. -255 are asked for a name.
 
 c_int64_p = ctypes.POINTER(ctypes.c_int64)

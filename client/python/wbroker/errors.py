@@ -10,7 +10,8 @@ from . import _lib
 import re
 
 __all__ = ["Error", "NotFoundError", "ConnectError", "LoadError",
-           "MemoryLimitError", "FormatError", "UnusedRuleWarning"]
+           "MemoryLimitError", "FormatError", "SystemCallError",
+           "UnusedRuleWarning"]
 
 
 class Error(RuntimeError):
@@ -120,6 +121,36 @@ class UnusedRuleWarning(UserWarning):
     prefix=("layer1.", "fc1.")."""
 
 
+class SystemCallError(Error, OSError):
+    """A system call failed (ESYS), here or in the daemon: also an OSError
+    whose .errno is the system's code.  Raised as the builtin subclass
+    that code means as well (FileNotFoundError for ENOENT,
+    PermissionError for EACCES, ...), so `except FileNotFoundError`
+    works as it does for open()."""
+
+    def __init__(self, code, message=None):
+        Error.__init__(self, code, message)
+
+
+_SYS_CLASSES = {}               # errno -> SystemCallError subclass
+
+
+def _sys_class(sys_errno):
+    """The SystemCallError subclass for sys_errno: also the builtin
+    OSError subclass Python raises for it, when there is one."""
+    cls = _SYS_CLASSES.get(sys_errno)
+    if cls is None:
+        builtin = type(OSError(sys_errno, ""))
+        if builtin is OSError:
+            cls = SystemCallError
+        else:
+            cls = type(builtin.__name__, (SystemCallError, builtin),
+                       {"__module__": "wbroker", "__doc__":
+                        SystemCallError.__doc__})
+        _SYS_CLASSES[sys_errno] = cls
+    return cls
+
+
 _ERROR_CLASSES = {
     _lib.WB_ENOMODEL: NotFoundError,
     _lib.WB_ENOVERSION: NotFoundError,
@@ -135,6 +166,9 @@ def _raise(code, detail=None, sys_errno=0):
         detail = detail.decode("utf-8", "replace")
     if code == _lib.WB_EFORMAT:
         e = FormatError(detail)
+    elif code == _lib.WB_ESYS:
+        e = (_sys_class(sys_errno) if sys_errno else SystemCallError)(
+            code, detail)
     else:
         e = _ERROR_CLASSES.get(code, Error)(code, detail)
     if sys_errno:
