@@ -13,7 +13,12 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
+
+#ifndef HUGETLBFS_MAGIC
+#define HUGETLBFS_MAGIC 0x958458f6
+#endif
 
 #include "client_internal.h"
 #include "hash.h"
@@ -152,6 +157,39 @@ static int check_hold_fd(int fd) {
                : -1;
 }
 
+/* A copy-on-write view of a hugetlb segment reserves its whole length
+ * from the host's pool at mmap (so that no write can ever find the pool
+ * empty and SIGBUS; MAP_NORESERVE would allow exactly that).  Where the
+ * pool has no room for it (ENOMEM), the view becomes a private copy in
+ * ordinary memory instead, read with pread: it costs the segment's size
+ * but no write to it can fault.  Returns the copy, or MAP_FAILED with
+ * errno set (ENOMEM kept for anything but hugetlb). */
+static void *private_copy(int fd, size_t len) {
+    struct statfs sf;
+    if (fstatfs(fd, &sf) < 0 || sf.f_type != HUGETLBFS_MAGIC) {
+        errno = ENOMEM;
+        return MAP_FAILED;
+    }
+    uint8_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return MAP_FAILED;
+    madvise(p, len, MADV_HUGEPAGE);
+    for (size_t off = 0; off < len;) {
+        ssize_t n = pread(fd, p + off, len - off, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int e = n < 0 ? errno : EIO;
+            munmap(p, len);
+            errno = e;
+            return MAP_FAILED;
+        }
+        off += (size_t)n;
+    }
+    return p;
+}
+
 /* Checks the segments a decoded map reply declares against the
  * descriptors it carried (fds, nfds: the segments', then the hold's when
  * the reply says so) and maps them (unless a plan), all checked before
@@ -200,6 +238,8 @@ static int map_segments(wb_client *c, const wb__map_rep *rep, wb_mapping *m,
         void *p = mmap(NULL, m->seg_size[k],
                        shared ? PROT_READ : PROT_READ | PROT_WRITE,
                        shared ? MAP_SHARED : MAP_PRIVATE, fds[k], 0);
+        if (p == MAP_FAILED && errno == ENOMEM && !shared)
+            p = private_copy(fds[k], m->seg_size[k]);
         if (p == MAP_FAILED)
             return wb__cl_fail(c, WB_ESYS, "mapping segment %d: %s", k,
                                strerror(errno));

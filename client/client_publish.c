@@ -207,9 +207,17 @@ int wb_publish_write(wb_publish *p, size_t i, const void *src, size_t len,
     const uint8_t *s = src;
     uint64_t at = p->offs[i] + off;
     while (len > 0) {
-        ssize_t w = pwrite(p->fd, s, len, (off_t)at);
+        ssize_t w = p->base ? -1 : pwrite(p->fd, s, len, (off_t)at);
         if (w < 0 && errno == EINTR)
             continue;
+        if (w < 0 && (p->base || errno == EINVAL)) {
+            /* A hugetlb segment has no write(2): its bytes go in through
+             * the (huge) shared mapping, as fast as write would be. */
+            if (wb_publish_data(p, i, NULL) == NULL)
+                return WB_ESYS;
+            memcpy(p->base + at, s, len);
+            return 0;
+        }
         if (w <= 0)
             return wb__cl_fail(p->c, WB_ESYS, "writing tensor %zu: %s", i,
                                w < 0 ? strerror(errno) : "no progress");

@@ -64,7 +64,7 @@ static int convert_range(const wb__version *v, const wb__derived *d,
         return 0;
     uint64_t first = (from - d->offset) / osz, count = (to - from) / osz;
     uint64_t off = v->offset[d->src] + first * isz;
-    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t page = wb__seg_page(&v->seg); /* 2 MiB on hugetlb. */
     uint64_t sbase = off / page * page;
     size_t slen = (size_t)(off - sbase + count * isz);
     /* Through a read-only descriptor: the source is sealed. */
@@ -85,7 +85,7 @@ static int convert_range(const wb__version *v, const wb__derived *d,
 static void conv_part_work(uv_work_t *w) {
     conv_part *pt = w->data;
     conv_job *j = pt->j;
-    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t page = wb__seg_page(&j->ds->seg);
     uint64_t base = pt->lo / page * page;
     size_t len = (size_t)(pt->hi - base);
     uint8_t *dst = mmap(NULL, len, PROT_READ | PROT_WRITE,
