@@ -61,6 +61,8 @@ struct wb_mapping {
     int hold_fd;                      /* Write end of the daemon's hold
                                          pipe (closed after munmap), or
                                          -1. */
+    char pages[16];                   /* Page backend, "" if not said. */
+    uint64_t huge;                    /* Bytes in 2 MiB pages. */
 };
 
 /* Builds the name index of m.  Returns 0 or WB_ENOMEM. */
@@ -269,6 +271,8 @@ static int check_row(wb_client *c, const wb_mapping *m, const wb__map_entry *e,
 static int take_mapping(wb_client *c, const wb__map_rep *rep, wb_mapping *m,
                         int *fds, int nfds, int flags) {
     m->version = rep->version;
+    memcpy(m->pages, rep->pages, sizeof(m->pages));
+    m->huge = rep->huge;
     int rc = map_segments(c, rep, m, fds, nfds, flags);
     if (rc)
         return rc;
@@ -414,6 +418,11 @@ int wb_map_image(const wb_mapping *m, const void **data, size_t *len) {
 
 uint64_t wb_map_version(const wb_mapping *m) {
     return m ? m->version : 0;
+}
+const char *wb_map_pages(const wb_mapping *m, uint64_t *huge_bytes) {
+    if (huge_bytes)
+        *huge_bytes = m ? m->huge : 0;
+    return m ? m->pages : "";
 }
 size_t wb_map_count(const wb_mapping *m) {
     return m ? m->n : 0;

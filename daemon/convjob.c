@@ -66,7 +66,9 @@ static int convert_range(const wb__version *v, const wb__derived *d,
     uint64_t off = v->offset[d->src] + first * isz;
     uint64_t page = wb__seg_page(&v->seg); /* 2 MiB on hugetlb. */
     uint64_t sbase = off / page * page;
-    size_t slen = (size_t)(off - sbase + count * isz);
+    /* Whole pages: a hugetlb mapping cannot be unmapped in part. */
+    size_t slen =
+        (size_t)((off - sbase + count * isz + page - 1) / page * page);
     /* Through a read-only descriptor: the source is sealed. */
     uint8_t *src = wb__seg_map_ro(&v->seg, sbase, slen, 1);
     if (src == NULL) {
@@ -87,7 +89,7 @@ static void conv_part_work(uv_work_t *w) {
     conv_job *j = pt->j;
     uint64_t page = wb__seg_page(&j->ds->seg);
     uint64_t base = pt->lo / page * page;
-    size_t len = (size_t)(pt->hi - base);
+    size_t len = (size_t)((pt->hi - base + page - 1) / page * page);
     uint8_t *dst = mmap(NULL, len, PROT_READ | PROT_WRITE,
                         MAP_SHARED | MAP_POPULATE, j->ds->seg.fd, (off_t)base);
     if (dst == MAP_FAILED) {

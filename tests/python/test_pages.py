@@ -76,6 +76,17 @@ def _counters(d):
     return json.loads(out)["counters"]
 
 
+def _info(d, name):
+    out = subprocess.run([d.cli, "--socket", d.socket, "--json", "info", name],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def _status_text(d):
+    return subprocess.run([d.cli, "--socket", d.socket, "status"], check=True,
+                          capture_output=True, text=True).stdout
+
+
 def _tensors(mib, seed):
     g = torch.Generator().manual_seed(seed)
     n = mib * MIB // 4 // 3
@@ -112,6 +123,9 @@ def test_thp_each_policy_backs_segments_with_2m_pages(host, make_daemon,
     # kernel's smaps counts them.
     assert c["bytes.2m"] >= 24 * MIB, c
     assert c["bytes.2m"] % (2 * MIB) == 0
+    i = _info(d, "m")
+    assert i["pages"] == "thp" and i["bytes_2m"] == c["bytes.2m"]
+    assert "--huge-pages thp" in _status_text(d)
 
 
 def test_off_reports_4k_only(host, make_daemon):
@@ -121,6 +135,8 @@ def test_off_reports_4k_only(host, make_daemon):
     c = _counters(d)
     assert c["pages.off"] == 1 and c["bytes.2m"] == 0
     assert c["bytes.4k"] >= 24 * MIB
+    i = _info(d, "m")
+    assert i["pages"] == "4k" and i["bytes_2m"] == 0
 
 
 def test_thp_refuses_to_start_without_shmem_thp(host, tmp_path):
@@ -145,6 +161,8 @@ def test_hugetlb_publish_map_and_exhaustion(host, make_daemon):
     c = _counters(d)
     assert c["pages.hugetlb"] == 1
     assert c["bytes.2m"] >= 100 * MIB and c["bytes.4k"] == 0, c
+    i = _info(d, "m")
+    assert i["pages"] == "hugetlb" and i["bytes_2m"] == c["bytes.2m"]
     # The pool has 256 MiB; a second 200 MiB version does not fit: a clean
     # ENOSPC, and the daemon goes on serving the first.
     with wbroker.connect(d.socket) as cl:
@@ -196,3 +214,22 @@ def test_auto_prefers_hugetlb_then_thp(host, make_daemon):
     assert c2["bytes.2m"] >= 80 * MIB, c2
     log = open(d.log).read()
     assert "hugetlb pages" in log and "thp pages" in log
+
+
+def test_hugetlb_converted_copies(host, make_daemon):
+    """A dtype conversion writes its copy into a segment of the same
+    backend, in parts whose mappings start on 2 MiB boundaries."""
+    host.pool(POOL_PAGES)
+    host.thp("never")
+    d = make_daemon("--huge-pages", "hugetlb")
+    src = torch.nn.Sequential(torch.nn.Linear(2048, 2048),
+                              torch.nn.Linear(2048, 1024))
+    with wbroker.connect(d.socket) as c:
+        c.publish("m", src)
+        dst = torch.nn.Sequential(torch.nn.Linear(2048, 2048),
+                                  torch.nn.Linear(2048, 1024)).to(
+                                      torch.bfloat16)
+        c.load_into(dst, "m", rules="cast * BF16\n")
+        for k, t in src.state_dict().items():
+            assert torch.equal(dst.state_dict()[k], t.to(torch.bfloat16)), k
+    assert _counters(d)["bytes.4k"] == 0
