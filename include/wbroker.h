@@ -425,7 +425,12 @@ enum {
     WB_MAP_SHARED = 1 << 0,          /* Shared, read-only. */
     WB_MAP_NONSTRICT = 1 << 1,       /* strict=False. */
     WB_MAP_IGNORE_MISMATCH = 1 << 2, /* ignore_mismatched_sizes=True. */
-    WB_MAP_PLAN = 1 << 3             /* Dry run: report only, maps nothing. */
+    WB_MAP_PLAN = 1 << 3,            /* Dry run: report only, maps nothing. */
+    WB_MAP_POPULATE = 1 << 4         /* Make every page resident before the
+                                        call returns (MADV_POPULATE_READ,
+                                        else a read of each page), for a
+                                        server that wants no page fault
+                                        on its first request. */
 };
 
 typedef struct wb_tensor {

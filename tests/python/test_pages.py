@@ -233,3 +233,33 @@ def test_hugetlb_converted_copies(host, make_daemon):
         for k, t in src.state_dict().items():
             assert torch.equal(dst.state_dict()[k], t.to(torch.bfloat16)), k
     assert _counters(d)["bytes.4k"] == 0
+
+
+def _rss_shmem():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssShmem:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.mark.parametrize("how", ["state_dict", "load_into"])
+def test_populate_makes_every_page_resident(make_daemon, how):
+    d = make_daemon("--huge-pages", "off")
+    src = torch.nn.Linear(4096, 2048)  # 32 MiB of weights
+    with wbroker.connect(d.socket) as c:
+        c.publish("m", src)
+        before = _rss_shmem()
+        if how == "state_dict":
+            got = c.state_dict("m", populate=True)
+        else:
+            got = torch.nn.Linear(4096, 2048, device="meta")
+            c.load_into(got, "m", populate=True)
+        # Resident and mapped before any tensor is read.
+        mid = _rss_shmem()
+        assert mid - before >= 32 * MIB
+        # Without populate nothing is faulted in at the call.
+        lazy = c.state_dict("m")
+        assert _rss_shmem() - mid < 2 * MIB
+        del lazy
+        sd = got if how == "state_dict" else got.state_dict()
+        assert torch.equal(sd["weight"], src.weight.detach())
