@@ -11,6 +11,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
 #include "client_internal.h"
 #include "msg.h"
 #include "trust.h"
@@ -180,14 +184,18 @@ void *wb_publish_data(wb_publish *p, size_t i, size_t *nbytes) {
     if (p == NULL || i >= p->n || p->fd < 0)
         return NULL;
     if (p->base == NULL) {
-        void *b = mmap(NULL, p->size, PROT_READ | PROT_WRITE,
-                       MAP_SHARED | MAP_POPULATE, p->fd, 0);
+        void *b =
+            mmap(NULL, p->size, PROT_READ | PROT_WRITE, MAP_SHARED, p->fd, 0);
         if (b == MAP_FAILED) {
             wb__cl_fail(p->c, WB_ESYS, "mapping the new segment: %s",
                         strerror(errno));
             return NULL;
         }
+        /* Huge pages asked for before the page tables are filled: with
+         * MAP_POPULATE they would be filled first, a 4 KiB entry at a time
+         * even over 2 MiB folios (5x slower at 64 MiB here). */
         madvise(b, p->size, MADV_HUGEPAGE);
+        madvise(b, p->size, MADV_POPULATE_WRITE);
         p->base = b;
     }
     if (nbytes)

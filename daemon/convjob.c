@@ -52,7 +52,7 @@ typedef struct conv_wait {
 
 /* Converts the elements of d's source tensor that land in the output
  * bytes [lo, hi) of the segment, whose bytes from base on are mapped at
- * dst.  The source range is mapped with MAP_POPULATE: faulting fresh
+ * dst.  The source range is mapped with its page tables filled: faulting fresh
  * shared pages one at a time costs more than the conversion itself. */
 static int convert_range(const wb__version *v, const wb__derived *d,
                          uint64_t lo, uint64_t hi, uint8_t *dst, uint64_t base,
@@ -90,14 +90,15 @@ static void conv_part_work(uv_work_t *w) {
     uint64_t page = wb__seg_page(&j->ds->seg);
     uint64_t base = pt->lo / page * page;
     size_t len = (size_t)((pt->hi - base + page - 1) / page * page);
-    uint8_t *dst = mmap(NULL, len, PROT_READ | PROT_WRITE,
-                        MAP_SHARED | MAP_POPULATE, j->ds->seg.fd, (off_t)base);
+    uint8_t *dst = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED,
+                        j->ds->seg.fd, (off_t)base);
     if (dst == MAP_FAILED) {
         snprintf(pt->err, sizeof(pt->err), "mapping the copy: %s",
                  strerror(errno));
         pt->rc = WB_ESYS;
         return;
     }
+    wb__seg_populate(dst, len, 1);
     for (size_t i = 0; i < j->nitems && pt->rc == 0; i++)
         pt->rc = convert_range(j->v, j->items[i], pt->lo, pt->hi, dst, base,
                                pt->err, sizeof(pt->err));

@@ -585,12 +585,25 @@ void *wb__seg_map_ro(const wb__segment *s, uint64_t off, size_t len,
     int fd = seg_reopen(s, O_RDONLY);
     if (fd < 0)
         return NULL;
-    void *p = mmap(NULL, len, PROT_READ,
-                   MAP_SHARED | (populate ? MAP_POPULATE : 0), fd, (off_t)off);
+    void *p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, (off_t)off);
     int e = errno;
     close(fd);
+    if (p != MAP_FAILED && populate)
+        wb__seg_populate(p, len, 0);
     errno = e;
     return p == MAP_FAILED ? NULL : p;
+}
+
+void wb__seg_populate(void *p, size_t len, int write) {
+    madvise(p, len, MADV_HUGEPAGE);
+    if (madvise(p, len, write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ) == 0)
+        return;
+    volatile uint8_t *b = p; /* Before 5.14: fault each page in. */
+    for (size_t o = 0; o < len; o += 4096)
+        if (write)
+            b[o] = b[o];
+        else
+            (void)b[o];
 }
 
 int wb__seg_release(wb__segment *s) {

@@ -90,10 +90,15 @@ int wb__seg_release(wb__segment *s);
 int wb__seg_open_rw(const wb__segment *s);
 /* Maps len bytes at offset off (page-aligned) of a sealed segment,
  * read-only, through a read-only descriptor: Linux before 6.7 refuses
- * mapping a write-sealed file through a writable one.  populate asks for
- * MAP_POPULATE.  Returns the address or NULL (errno set). */
+ * mapping a write-sealed file through a writable one.  populate fills
+ * its page tables (wb__seg_populate).  Returns the address or NULL (errno set).
+ */
 void *wb__seg_map_ro(const wb__segment *s, uint64_t off, size_t len,
                      int populate);
+/* Fills the page tables of a mapping of a segment, for reading or (write)
+ * writing, after asking for huge pages: MAP_POPULATE would fill them
+ * before the advice, a 4 KiB entry at a time even over 2 MiB folios. */
+void wb__seg_populate(void *p, size_t len, int write);
 /* Bytes the kernel has allocated (st_blocks) to every open segment. */
 uint64_t wb__seg_allocated_total(void);
 /* Bytes allocated to one segment, from fstat. */
