@@ -429,9 +429,10 @@ int wb__seg_create(const char *label, uint64_t size, wb__segment *out,
         if (fd >= 0)
             out->kind = WB_SEG_HUGETLB;
         else if (mode == WB_PAGES_AUTO && hugetlb_free() > 0)
-            wb__debug("segment %s of %llu bytes: the hugetlb pool is short "
-                      "(%s); trying shared memory",
-                      label, (unsigned long long)size, strerror(errno));
+            wb__info("segment %s of %llu bytes: the hugetlb pool has "
+                     "%llu bytes free; trying shared memory",
+                     label, (unsigned long long)size,
+                     (unsigned long long)hugetlb_free());
     }
     if (fd < 0) {
         uint64_t avail = wb__mem_available();

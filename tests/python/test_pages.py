@@ -263,3 +263,11 @@ def test_populate_makes_every_page_resident(make_daemon, how):
         del lazy
         sd = got if how == "state_dict" else got.state_dict()
         assert torch.equal(sd["weight"], src.weight.detach())
+
+
+def test_bad_mode_is_a_usage_error(tmp_path):
+    from wbt_daemon import BUILD
+    r = subprocess.run([os.path.join(BUILD, "wbrokerd"), "--socket",
+                        str(tmp_path / "s"), "--huge-pages", "2m"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "bad --huge-pages '2m'" in r.stderr
