@@ -70,6 +70,13 @@ def host():
                     f.write(saved[path])
 
 
+def _meminfo(key):
+    for line in open("/proc/meminfo"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def _counters(d):
     out = subprocess.run([d.cli, "--socket", d.socket, "--json", "status"],
                          check=True, capture_output=True, text=True).stdout
@@ -116,8 +123,12 @@ def test_thp_each_policy_backs_segments_with_2m_pages(host, make_daemon,
                                                       policy):
     host.thp(policy)
     d = make_daemon("--huge-pages", "thp")
+    before = _meminfo("ShmemHugePages")
     _publish_check(d, "m")
     c = _counters(d)
+    # The kernel's own count of huge shmem pages grew as much (a second
+    # source than the daemon's smaps reading).
+    assert _meminfo("ShmemHugePages") - before >= 24 * MIB
     assert c["pages.thp"] == 1
     # 24 MiB of data (plus the header's unit) lies in 2 MiB folios, as the
     # kernel's smaps counts them.
