@@ -226,7 +226,9 @@ bench: deps
 # for -lwbroker), the static library, the header, wbroker.pc, the Python
 # package (which finds the library through its soname), the units, the
 # sysusers.d file that creates the "wbroker" user and group, the manual
-# pages and the README the units point to.  Installing into the live
+# pages and the README the units point to, and the host settings for
+# 2 MiB pages (a sysctl.d and a tmpfiles.d snippet) under DOCDIR/host,
+# which do nothing until an administrator copies them into /etc.  Installing into the live
 # system as root (no DESTDIR) also runs ldconfig, so that the new soname
 # is found, and systemd-sysusers for the user; a LIBDIR the loader does
 # not search needs an /etc/ld.so.conf.d entry, which is said.
@@ -250,6 +252,10 @@ install: $(DAEMON_BIN) $(CLI_BIN) $(LIB_SO) $(LIB_A) $(BUILD)/wbroker.pc $(UNITS
 	install -m 644 docs/man/wbroker.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 644 docs/man/wbrokerd.8 $(DESTDIR)$(MANDIR)/man8/
 	install -m 644 README.md $(DESTDIR)$(DOCDIR)/
+	install -D -m 644 packaging/host/60-wbroker-hugepages.conf \
+	  $(DESTDIR)$(DOCDIR)/host/sysctl.d/60-wbroker-hugepages.conf
+	install -D -m 644 packaging/host/wbroker-thp.conf \
+	  $(DESTDIR)$(DOCDIR)/host/tmpfiles.d/wbroker-thp.conf
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then \
 	  echo ldconfig; ldconfig; \
 	  ldconfig -p | grep -q '$(LIBDIR)/$(SONAME)' || \
@@ -268,6 +274,7 @@ uninstall:
 	  $(DESTDIR)$(UNITDIR)/wbrokerd.service $(DESTDIR)$(UNITDIR)/wbrokerd.socket \
 	  $(DESTDIR)$(SYSUSERSDIR)/wbroker.conf $(DESTDIR)$(MANDIR)/man1/wbroker.1 \
 	  $(DESTDIR)$(MANDIR)/man8/wbrokerd.8 $(DESTDIR)$(DOCDIR)/README.md
+	rm -rf $(DESTDIR)$(DOCDIR)/host
 	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
 	rm -rf $(DESTDIR)$(PYDIR)/wbroker
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then echo ldconfig; ldconfig; fi

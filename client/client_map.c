@@ -13,7 +13,15 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+#ifndef HUGETLBFS_MAGIC
+#define HUGETLBFS_MAGIC 0x958458f6
+#endif
 
 #include "client_internal.h"
 #include "hash.h"
@@ -56,6 +64,8 @@ struct wb_mapping {
     int hold_fd;                      /* Write end of the daemon's hold
                                          pipe (closed after munmap), or
                                          -1. */
+    char pages[16];                   /* Page backend, "" if not said. */
+    uint64_t huge;                    /* Bytes in 2 MiB pages. */
 };
 
 /* Builds the name index of m.  Returns 0 or WB_ENOMEM. */
@@ -152,6 +162,51 @@ static int check_hold_fd(int fd) {
                : -1;
 }
 
+/* Makes every page of [p, p + len) resident and mapped: one call where
+ * the kernel has MADV_POPULATE_READ (5.14), else a read of each 4 KiB. */
+static void populate(void *p, size_t len) {
+    if (madvise(p, len, MADV_POPULATE_READ) == 0)
+        return;
+    const volatile uint8_t *b = p;
+    uint8_t sum = 0;
+    for (size_t off = 0; off < len; off += 4096)
+        sum ^= b[off];
+    (void)sum;
+}
+
+/* A copy-on-write view of a hugetlb segment reserves its whole length
+ * from the host's pool at mmap (so that no write can ever find the pool
+ * empty and SIGBUS; MAP_NORESERVE would allow exactly that).  Where the
+ * pool has no room for it (ENOMEM), the view becomes a private copy in
+ * ordinary memory instead, read with pread: it costs the segment's size
+ * but no write to it can fault.  Returns the copy, or MAP_FAILED with
+ * errno set (ENOMEM kept for anything but hugetlb). */
+static void *private_copy(int fd, size_t len) {
+    struct statfs sf;
+    if (fstatfs(fd, &sf) < 0 || sf.f_type != HUGETLBFS_MAGIC) {
+        errno = ENOMEM;
+        return MAP_FAILED;
+    }
+    uint8_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return MAP_FAILED;
+    madvise(p, len, MADV_HUGEPAGE);
+    for (size_t off = 0; off < len;) {
+        ssize_t n = pread(fd, p + off, len - off, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int e = n < 0 ? errno : EIO;
+            munmap(p, len);
+            errno = e;
+            return MAP_FAILED;
+        }
+        off += (size_t)n;
+    }
+    return p;
+}
+
 /* Checks the segments a decoded map reply declares against the
  * descriptors it carried (fds, nfds: the segments', then the hold's when
  * the reply says so) and maps them (unless a plan), all checked before
@@ -200,11 +255,15 @@ static int map_segments(wb_client *c, const wb__map_rep *rep, wb_mapping *m,
         void *p = mmap(NULL, m->seg_size[k],
                        shared ? PROT_READ : PROT_READ | PROT_WRITE,
                        shared ? MAP_SHARED : MAP_PRIVATE, fds[k], 0);
+        if (p == MAP_FAILED && errno == ENOMEM && !shared)
+            p = private_copy(fds[k], m->seg_size[k]);
         if (p == MAP_FAILED)
             return wb__cl_fail(c, WB_ESYS, "mapping segment %d: %s", k,
                                strerror(errno));
         m->segs[k] = p;
         madvise(p, m->seg_size[k], MADV_HUGEPAGE);
+        if (flags & WB_MAP_POPULATE)
+            populate(p, m->seg_size[k]);
     }
     return 0;
 }
@@ -229,6 +288,8 @@ static int check_row(wb_client *c, const wb_mapping *m, const wb__map_entry *e,
 static int take_mapping(wb_client *c, const wb__map_rep *rep, wb_mapping *m,
                         int *fds, int nfds, int flags) {
     m->version = rep->version;
+    memcpy(m->pages, rep->pages, sizeof(m->pages));
+    m->huge = rep->huge;
     int rc = map_segments(c, rep, m, fds, nfds, flags);
     if (rc)
         return rc;
@@ -374,6 +435,11 @@ int wb_map_image(const wb_mapping *m, const void **data, size_t *len) {
 
 uint64_t wb_map_version(const wb_mapping *m) {
     return m ? m->version : 0;
+}
+const char *wb_map_pages(const wb_mapping *m, uint64_t *huge_bytes) {
+    if (huge_bytes)
+        *huge_bytes = m ? m->huge : 0;
+    return m ? m->pages : "";
 }
 size_t wb_map_count(const wb_mapping *m) {
     return m ? m->n : 0;

@@ -52,7 +52,7 @@ typedef struct conv_wait {
 
 /* Converts the elements of d's source tensor that land in the output
  * bytes [lo, hi) of the segment, whose bytes from base on are mapped at
- * dst.  The source range is mapped with MAP_POPULATE: faulting fresh
+ * dst.  The source range is mapped with its page tables filled: faulting fresh
  * shared pages one at a time costs more than the conversion itself. */
 static int convert_range(const wb__version *v, const wb__derived *d,
                          uint64_t lo, uint64_t hi, uint8_t *dst, uint64_t base,
@@ -64,9 +64,11 @@ static int convert_range(const wb__version *v, const wb__derived *d,
         return 0;
     uint64_t first = (from - d->offset) / osz, count = (to - from) / osz;
     uint64_t off = v->offset[d->src] + first * isz;
-    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t page = wb__seg_page(&v->seg); /* 2 MiB on hugetlb. */
     uint64_t sbase = off / page * page;
-    size_t slen = (size_t)(off - sbase + count * isz);
+    /* Whole pages: a hugetlb mapping cannot be unmapped in part. */
+    size_t slen =
+        (size_t)((off - sbase + count * isz + page - 1) / page * page);
     /* Through a read-only descriptor: the source is sealed. */
     uint8_t *src = wb__seg_map_ro(&v->seg, sbase, slen, 1);
     if (src == NULL) {
@@ -85,17 +87,18 @@ static int convert_range(const wb__version *v, const wb__derived *d,
 static void conv_part_work(uv_work_t *w) {
     conv_part *pt = w->data;
     conv_job *j = pt->j;
-    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t page = wb__seg_page(&j->ds->seg);
     uint64_t base = pt->lo / page * page;
-    size_t len = (size_t)(pt->hi - base);
-    uint8_t *dst = mmap(NULL, len, PROT_READ | PROT_WRITE,
-                        MAP_SHARED | MAP_POPULATE, j->ds->seg.fd, (off_t)base);
+    size_t len = (size_t)((pt->hi - base + page - 1) / page * page);
+    uint8_t *dst = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED,
+                        j->ds->seg.fd, (off_t)base);
     if (dst == MAP_FAILED) {
         snprintf(pt->err, sizeof(pt->err), "mapping the copy: %s",
                  strerror(errno));
         pt->rc = WB_ESYS;
         return;
     }
+    wb__seg_populate(dst, len, 1);
     for (size_t i = 0; i < j->nitems && pt->rc == 0; i++)
         pt->rc = convert_range(j->v, j->items[i], pt->lo, pt->hi, dst, base,
                                pt->err, sizeof(pt->err));

@@ -62,6 +62,12 @@ static void usage(FILE *f) {
             "limit; 0 no cap)\n"
             "  --log-level LEVEL    debug, info, warn or error (default "
             "info)\n"
+            "  --huge-pages MODE    auto, hugetlb, thp or off: 2 MiB pages "
+            "for segments\n"
+            "                       (default auto: hugetlb where its pool "
+            "has room,\n"
+            "                       else transparent huge pages, else 4 "
+            "KiB)\n"
             "  --version            print the version and exit\n"
             "  --help               print this help and exit\n");
 }
@@ -254,6 +260,7 @@ int main(int argc, char **argv) {
         {"client-timeout", required_argument, NULL, 't'},
         {"keep", required_argument, NULL, 'k'},
         {"max-holds-per-user", required_argument, NULL, 'H'},
+        {"huge-pages", required_argument, NULL, 'P'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -265,10 +272,17 @@ int main(int argc, char **argv) {
     uint64_t keep = WB_DEFAULT_KEEP;
     uint64_t user_holds = 0;
     int user_holds_set = 0;
+    int pages = WB_PAGES_AUTO;
     int c;
-    while ((c = getopt_long(argc, argv, "s:m:p:l:t:k:H:Vh", opts, NULL)) !=
+    while ((c = getopt_long(argc, argv, "s:m:p:l:t:k:H:P:Vh", opts, NULL)) !=
            -1) {
         switch (c) {
+        case 'P':
+            if ((pages = wb__seg_pages_parse(optarg)) < 0) {
+                fprintf(stderr, "wbrokerd: bad --huge-pages '%s'\n", optarg);
+                return 2;
+            }
+            break;
         case 'k':
             if (parse_count(optarg, &keep)) {
                 fprintf(stderr, "wbrokerd: bad --keep '%s'\n", optarg);
@@ -357,6 +371,12 @@ int main(int argc, char **argv) {
         limit = room;
     }
 
+    char why[256];
+    if (wb__seg_set_pages((wb__pages_mode)pages, why, sizeof(why)) != 0) {
+        wb__error("--huge-pages %s: %s", wb__seg_pages_name(pages), why);
+        return 1;
+    }
+
     signal(SIGPIPE, SIG_IGN);
     uint64_t nofile = raise_nofile();
     /* Half the descriptors for any one user's holds by default: the rest
@@ -401,10 +421,10 @@ int main(int argc, char **argv) {
     }
 
     wb__info("wbrokerd %s listening on %s (memory limit %llu bytes, keep "
-             "%llu, client timeout %u s, pid %d)",
+             "%llu, client timeout %u s, huge pages %s, pid %d)",
              wb_version_string(), inherited >= 0 ? "systemd socket" : path,
              (unsigned long long)limit, (unsigned long long)keep, timeout,
-             (int)getpid());
+             wb__seg_pages_name(pages), (int)getpid());
     sd_notifyf(0, "READY=1\nSTATUS=serving on %s\nMAINPID=%d",
                inherited >= 0 ? "systemd socket" : path, (int)getpid());
 

@@ -83,16 +83,22 @@ void wb__op_status(wb__session *s, uint64_t id, const msgpack_object *req) {
         .clients = wb__sessions_count(),
         .pid = (uint32_t)getpid(),
     };
-    /* Requests and errors, and the bytes in each page size (all segments
-     * are 4 KiB pages today). */
+    /* Requests and errors, the --huge-pages mode (pages.MODE = 1) and the
+     * bytes in each page size, as the kernel reported them at each seal. */
     counter_list cl = {0};
-    cl.cap = wb__stats_count() + 4;
+    cl.cap = wb__stats_count() + 8;
     cl.name = calloc(cl.cap, sizeof(cl.name[0]));
     cl.value = calloc(cl.cap, sizeof(uint64_t));
     if (cl.name == NULL || cl.value == NULL)
         cl.cap = 0;
     wb__stats_each(counter_add, &cl);
-    counter_add(&cl, "bytes.4k", st.shmem);
+    char pages[32];
+    snprintf(pages, sizeof(pages), "pages.%s",
+             wb__seg_pages_name(wb__seg_pages()));
+    counter_add(&cl, pages, 1);
+    uint64_t huge = wb__seg_huge_total();
+    counter_add(&cl, "bytes.2m", huge);
+    counter_add(&cl, "bytes.4k", st.shmem > huge ? st.shmem - huge : 0);
     /* Mappings processes keep, and what versions that left their list
      * still charge because of them. */
     counter_add(&cl, "holds", wb__holds_count());

@@ -199,8 +199,12 @@ static void map_reply(map_req *mr) {
     wb__report_src rep = report_of(mr);
     wb__reply r;
     wb__reply_init(&r, mr->id);
-    wb__pack_map_rep(&r.pk, mr->id, v->number, hold, sizes, (size_t)nsegs, n,
-                     map_row, &rows, v->mkeys, v->mvals, v->nmeta, &rep);
+    uint64_t huge = 0;
+    for (int k = 0; k < nsegs; k++)
+        huge += segs[k]->huge;
+    wb__pack_map_rep_pages(&r.pk, mr->id, v->number, hold, sizes, (size_t)nsegs,
+                           n, map_row, &rows, v->mkeys, v->mvals, v->nmeta,
+                           &rep, wb__seg_kind_name(v->seg.kind), huge);
     free(segix);
     wb__reply_send(s, &r, fds, nfds);
 }

@@ -99,19 +99,12 @@ static void seg_job_work(uv_work_t *w) {
         wb__seg_create(label, v->accounted, &v->seg, j->err, sizeof(j->err));
     if (j->rc == WB_ESYS)
         j->sys_errno = errno;
-    for (size_t done = 0; j->rc == 0 && done < j->p->header_len;) {
-        ssize_t n = pwrite(v->seg.fd, j->p->header + done,
-                           j->p->header_len - done, (off_t)done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            j->sys_errno = n < 0 ? errno : EIO;
-            snprintf(j->err, sizeof(j->err), "writing the header: %s",
-                     strerror(j->sys_errno));
-            j->rc = WB_ESYS;
-        } else {
-            done += (size_t)n;
-        }
+    if (j->rc == 0 &&
+        wb__seg_write(&v->seg, 0, j->p->header, j->p->header_len) != 0) {
+        j->sys_errno = errno;
+        snprintf(j->err, sizeof(j->err), "writing the header: %s",
+                 strerror(j->sys_errno));
+        j->rc = WB_ESYS;
     }
 }
 

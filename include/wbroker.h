@@ -560,7 +560,12 @@ enum {
     WB_MAP_SHARED = 1 << 0,          /* Shared, read-only. */
     WB_MAP_NONSTRICT = 1 << 1,       /* strict=False. */
     WB_MAP_IGNORE_MISMATCH = 1 << 2, /* ignore_mismatched_sizes=True. */
-    WB_MAP_PLAN = 1 << 3             /* Dry run: report only, maps nothing. */
+    WB_MAP_PLAN = 1 << 3,            /* Dry run: report only, maps nothing. */
+    WB_MAP_POPULATE = 1 << 4         /* Make every page resident before the
+                                        call returns (MADV_POPULATE_READ,
+                                        else a read of each page), for a
+                                        server that wants no page fault
+                                        on its first request. */
 };
 
 typedef struct wb_tensor {
@@ -626,6 +631,13 @@ WB_EXTERN int wb_load(wb_client *c, const char *model, uint64_t version,
 
 /* Version number m maps (also for a WB_ELOAD report), or 0 for NULL. */
 WB_EXTERN uint64_t wb_map_version(const wb_mapping *m);
+/* The page backend of m's version, as the daemon chose it: "hugetlb"
+ * (2 MiB pages of the host's pool), "thp" (shared memory that the kernel
+ * may back with 2 MiB transparent huge pages), "4k", or "" (NULL m, or a
+ * daemon older than huge pages).  huge_bytes (may be NULL) gets the bytes
+ * of the mapped segments that the kernel held in 2 MiB pages when each
+ * was sealed. */
+WB_EXTERN const char *wb_map_pages(const wb_mapping *m, uint64_t *huge_bytes);
 /* Tensors in m's table (0 for NULL and for a WB_ELOAD report). */
 WB_EXTERN size_t wb_map_count(const wb_mapping *m);
 /* Fills *t with tensor i (0..wb_map_count() - 1) of m's table.  t->name

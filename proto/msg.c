@@ -546,7 +546,24 @@ void wb__pack_map_rep(msgpack_packer *pk, uint64_t id, uint64_t version,
                       void (*row)(void *arg, size_t i, wb__map_entry *e),
                       void *arg, char *const *mkeys, char *const *mvals,
                       size_t nmeta, const wb__report_src *report) {
-    wb__pack_rep_begin(pk, id, 0, 6 + (hold != 0));
+    wb__pack_map_rep_pages(pk, id, version, hold, segs, nsegs, n, row, arg,
+                           mkeys, mvals, nmeta, report, NULL, 0);
+}
+
+void wb__pack_map_rep_pages(msgpack_packer *pk, uint64_t id, uint64_t version,
+                            int hold, const uint64_t *segs, size_t nsegs,
+                            size_t n,
+                            void (*row)(void *arg, size_t i, wb__map_entry *e),
+                            void *arg, char *const *mkeys, char *const *mvals,
+                            size_t nmeta, const wb__report_src *report,
+                            const char *pages, uint64_t huge) {
+    wb__pack_rep_begin(pk, id, 0, 6 + (hold != 0) + (pages ? 2 : 0));
+    if (pages) {
+        wb__pack_key(pk, "pages");
+        wb__pack_cstr(pk, pages);
+        wb__pack_key(pk, "huge");
+        msgpack_pack_uint64(pk, huge);
+    }
     if (hold) {
         wb__pack_key(pk, "hold");
         pack_bool(pk, 1);
@@ -602,6 +619,18 @@ int wb__decode_map_rep(const msgpack_object *root, int load_error,
         return WB_EPROTO;
     if ((rc = decode_u64s(segs, &out->segs, &out->nsegs)) != 0)
         return rc;
+    /* Page backend and 2 MiB bytes: optional (older daemons send none). */
+    const char *pages;
+    size_t plen;
+    int pr = wb__mp_get_str(root, "pages", &pages, &plen);
+    if (pr == 0) {
+        if (plen >= sizeof(out->pages) ||
+            wb__mp_get_u64(root, "huge", &out->huge) != 0)
+            return WB_EPROTO;
+        memcpy(out->pages, pages, plen);
+        out->pages[plen] = '\0';
+    } else if (pr != 1)
+        return WB_EPROTO;
     if ((out->t = calloc(ta->size ? ta->size : 1, sizeof(wb__map_entry))) ==
         NULL)
         return WB_ENOMEM;

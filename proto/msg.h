@@ -226,6 +226,9 @@ typedef struct wb__map_rep {
     wb__report report; /* The load report. */
     int hold;          /* 1 if one more descriptor than segments came:
                           the write end of the hold pipe, last. */
+    char pages[16];    /* Backend of the version's segment ("hugetlb",
+                          "thp", "4k"), "" from a daemon older than it. */
+    uint64_t huge;     /* Bytes of the segments in 2 MiB pages. */
 } wb__map_rep;
 
 /* Packs a map reply with n table rows produced by row(arg, i, &entry);
@@ -236,6 +239,15 @@ void wb__pack_map_rep(msgpack_packer *pk, uint64_t id, uint64_t version,
                       void (*row)(void *arg, size_t i, wb__map_entry *e),
                       void *arg, char *const *mkeys, char *const *mvals,
                       size_t nmeta, const wb__report_src *report);
+/* The same with the page backend of the version's segment (NULL: none)
+ * and the bytes of the mapped segments the kernel holds in 2 MiB pages. */
+void wb__pack_map_rep_pages(msgpack_packer *pk, uint64_t id, uint64_t version,
+                            int hold, const uint64_t *segs, size_t nsegs,
+                            size_t n,
+                            void (*row)(void *arg, size_t i, wb__map_entry *e),
+                            void *arg, char *const *mkeys, char *const *mvals,
+                            size_t nmeta, const wb__report_src *report,
+                            const char *pages, uint64_t huge);
 /* Packs the reply to a strict load that failed: WB_ELOAD, the report and
  * its text (also as "msg"), and the version. */
 void wb__pack_load_error_rep(msgpack_packer *pk, uint64_t id, uint64_t version,

@@ -185,15 +185,28 @@ static int cmd_status(wb_cli *cli, const wb_cli_args *a) {
      * daemon older than holds reports neither). */
     wb_counter *cv = NULL;
     size_t nc = 0;
-    uint64_t holds = 0, retired = 0;
+    uint64_t holds = 0, retired = 0, b2m = 0, b4k = 0;
     int have = 0;
+    const char *mode = NULL;
     if (wb_get_counters(cli->c, &cv, &nc) == 0)
         for (size_t i = 0; i < nc; i++) {
-            if (strcmp(cv[i].name, "holds") == 0)
+            if (strncmp(cv[i].name, "pages.", 6) == 0 && cv[i].value)
+                mode = cv[i].name + 6;
+            else if (strcmp(cv[i].name, "bytes.2m") == 0)
+                b2m = cv[i].value;
+            else if (strcmp(cv[i].name, "bytes.4k") == 0)
+                b4k = cv[i].value;
+            else if (strcmp(cv[i].name, "holds") == 0)
                 holds = cv[i].value, have = 1;
             else if (strcmp(cv[i].name, "bytes.retired") == 0)
                 retired = cv[i].value;
         }
+    if (mode) {
+        char big[WB_CLI_SIZE_BUF];
+        printf("pages     --huge-pages %s: %s in 2 MiB pages, %s in 4 KiB\n",
+               mode, cli_size(b2m, big, sizeof(big)),
+               cli_size(b4k, shm, sizeof(shm)));
+    }
     wb_counters_free(cv, nc);
     if (have)
         printf("holds     %" PRIu64 " mappings held (%s of them in retired "
@@ -269,6 +282,11 @@ static int print_info(wb_cli *cli, const char *model, const wb_mapping *m) {
     printf("tensors   %zu\n", n);
     printf("size      %s (%" PRIu64 " bytes)\n",
            cli_size(total, size, sizeof(size)), total);
+    uint64_t huge = 0;
+    const char *pages = wb_map_pages(m, &huge);
+    if (pages[0])
+        printf("pages     %s, %s in 2 MiB pages\n", pages,
+               cli_size(huge, size, sizeof(size)));
     size_t nm = wb_map_meta_count(m);
     if (nm) {
         printf("metadata\n");
@@ -323,9 +341,12 @@ static json_t *info_json(const char *model, const wb_mapping *m) {
         if (wb_map_meta_at(m, i, &k, &v) == 0)
             json_object_set_new(meta, k, json_string(v));
     }
-    return json_pack("{s:s, s:I, s:I, s:o, s:o}", "model", model, "version",
-                     (json_int_t)wb_map_version(m), "bytes", (json_int_t)total,
-                     "tensors", tensors, "metadata", meta);
+    uint64_t huge = 0;
+    const char *pages = wb_map_pages(m, &huge);
+    return json_pack("{s:s, s:I, s:I, s:s, s:I, s:o, s:o}", "model", model,
+                     "version", (json_int_t)wb_map_version(m), "bytes",
+                     (json_int_t)total, "pages", pages, "bytes_2m",
+                     (json_int_t)huge, "tensors", tensors, "metadata", meta);
 }
 
 /* `info MODEL[@VERSION]`: tensors and metadata, without mapping. */

@@ -324,6 +324,14 @@ def test_install_tree(usr_tree):
         assert "file:///usr/share/doc/wbroker/README.md" in text
         assert "man:wbrokerd(8)" in text
     assert os.path.isfile(d("/usr/share/doc/wbroker/README.md"))
+    # The host settings for 2 MiB pages are there to copy, not enabled.
+    host = d("/usr/share/doc/wbroker/host")
+    assert "vm.nr_hugepages" in open(
+        os.path.join(host, "sysctl.d", "60-wbroker-hugepages.conf")).read()
+    assert "shmem_enabled" in open(
+        os.path.join(host, "tmpfiles.d", "wbroker-thp.conf")).read()
+    for enabled in ("/usr/lib/sysctl.d", "/usr/lib/tmpfiles.d", "/etc"):
+        assert not os.path.exists(d(enabled)), enabled
 
     sysusers = open(d("/usr/lib/sysusers.d/wbroker.conf")).read()
     assert re.search(r"^u\s+wbroker\s", sysusers, re.M)

@@ -237,15 +237,17 @@ class Client:
 
     # -- map
 
-    def state_dict(self, name: str, version: Optional[int] = None
-                   ) -> Dict[str, torch.Tensor]:
+    def state_dict(self, name: str, version: Optional[int] = None,
+                   populate: bool = False) -> Dict[str, torch.Tensor]:
         """The tensors of a version (None: the latest) as a dict name ->
         tensor, in the order the daemon stores them (an OrderedDict that
         carries, as torch's state_dict() does, the module versions
         publish() recorded as its _metadata).  The tensors view the shared
         memory copy-on-write, without a copy; writes to them stay private.
-        The memory is unmapped when the last of them is collected."""
-        return _load.state_dict(self, name, version)
+        The memory is unmapped when the last of them is collected.
+        populate=True makes every page resident before returning (no page
+        fault on first use)."""
+        return _load.state_dict(self, name, version, populate)
 
     def metadata(self, name: str, version: Optional[int] = None
                  ) -> Dict[str, str]:
@@ -260,7 +262,8 @@ class Client:
                   rename: Optional[Rename] = None,
                   prefix: Optional[Prefix] = None,
                   rules: Optional[Union[str, os.PathLike]] = None,
-                  ignore_mismatched_sizes: bool = False) -> LoadResult:
+                  ignore_mismatched_sizes: bool = False,
+                  populate: bool = False) -> LoadResult:
         """Loads a version (None: the latest) of `name` into model.
 
         The daemon applies the rules against model.state_dict()'s schema
@@ -281,11 +284,14 @@ class Client:
         DataParallel prefix), rename (a dict of exact names, or a list of
         (pattern, replacement) regular expressions matching whole keys).
         A rule that matches no key is listed in unused_rules and warned
-        about (UnusedRuleWarning).  Returns a LoadResult."""
+        about (UnusedRuleWarning).  populate=True makes every shared page
+        resident before returning, for a server that wants no page fault
+        on its first request.  Returns a LoadResult."""
         return self._prepare_load(
             model, name, version, strict=strict, include=include,
             exclude=exclude, rename=rename, prefix=prefix, rules=rules,
-            ignore_mismatched_sizes=ignore_mismatched_sizes).apply()
+            ignore_mismatched_sizes=ignore_mismatched_sizes,
+            populate=populate).apply()
 
     def plan(self, model: torch.nn.Module, name: str,
              version: Optional[int] = None, strict: bool = True,
@@ -310,8 +316,8 @@ class Client:
                       rename: Optional[Rename] = None,
                       prefix: Optional[Prefix] = None,
                       rules: Optional[Union[str, os.PathLike]] = None,
-                      ignore_mismatched_sizes: bool = False
-                      ) -> _PendingLoad:
+                      ignore_mismatched_sizes: bool = False,
+                      populate: bool = False) -> _PendingLoad:
         """The first step of load_into(), with the same arguments: asks the
         daemon, maps its answer and checks every view, without touching
         model.  Returns a pending load whose .result is the LoadResult and
@@ -321,7 +327,8 @@ class Client:
         return _load.prepare(self, model, name, version, strict=strict,
                              include=include, exclude=exclude, rename=rename,
                              prefix=prefix, rules=rules,
-                             ignore_mismatched_sizes=ignore_mismatched_sizes)
+                             ignore_mismatched_sizes=ignore_mismatched_sizes,
+                             populate=populate)
 
     def follow(self, model, name, lock=None, on_error=None,
                **load_into_arguments):

@@ -368,7 +368,7 @@ class _Rules:
 
 # ------------------------------------------------------------------ state_dict
 
-def state_dict(client, name, version=None):
+def state_dict(client, name, version=None, populate=False):
     """Client.state_dict(): see there."""
     _torch()
     lib = client._lib
@@ -376,7 +376,9 @@ def state_dict(client, name, version=None):
     with client._lock:
         c = client._handle()
         client._check(lib.wb_map(c, _enc(name), version or 0,
-                                 _lib.WB_MAP_PRIVATE, ctypes.byref(m)))
+                                 _lib.WB_MAP_PRIVATE |
+                                 (_lib.WB_MAP_POPULATE if populate else 0),
+                                 ctypes.byref(m)))
     owner = _Mapping(m)
     out = collections.OrderedDict()
     versions = _parse_versions(_dec(lib.wb_map_meta(
@@ -429,7 +431,7 @@ def _meta_value(client, name, version, key):
 # model, name and version, with their defaults.
 LOAD_OPTIONS = {"strict": True, "include": None, "exclude": None,
                 "rename": None, "prefix": None, "rules": None,
-                "ignore_mismatched_sizes": False}
+                "ignore_mismatched_sizes": False, "populate": False}
 
 
 def _options(kw):
@@ -466,6 +468,8 @@ def _resolve(client, model, name, version, opts, plan):
         flags |= _lib.WB_MAP_IGNORE_MISMATCH
     if plan:
         flags |= _lib.WB_MAP_PLAN
+    elif opts["populate"]:
+        flags |= _lib.WB_MAP_POPULATE
     schema = lib.wb_schema_new(_enc(type(model).__name__))
     if not schema:
         raise MemoryError("wb_schema_new")
