@@ -18,11 +18,9 @@
 #include <stdint.h>
 
 #include "session.h"
+#include "wbroker.h" /* WB_NO_OWNER: also a name never committed to. */
 
 #define WB_DEFAULT_ACCESS_FILE "/etc/wbroker/access.conf"
-#define WB_NO_OWNER                                                            \
-    UINT32_MAX /* wb__model.owner of a name never                              \
-                  committed to. */
 #define WB_ADMIN_SLOTS                                                         \
     16 /* Connections beyond --max-clients that                                \
           only admins may take. */

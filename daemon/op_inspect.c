@@ -37,6 +37,7 @@ static void list_row(void *arg, size_t i, wb__list_entry *e) {
     e->bytes = v->data_bytes;
     e->readers = wb__holds_readers(m);
     e->pinned = wb__model_pinned(m);
+    e->owner = m->owner;
 }
 
 void wb__op_list(wb__session *s, uint64_t id, const msgpack_object *req) {

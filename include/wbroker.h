@@ -585,7 +585,13 @@ typedef struct wb_model_info {
                            wb_holders()); connected or not. */
     uint64_t pinned;    /* Pinned versions among nversions (0 from a
                            daemon older than pins). */
+    uint32_t owner;     /* Uid of the user who first published it, who
+                           with the admins alone may publish further
+                           versions, pin or remove it (WB_NO_OWNER from a
+                           daemon older than ownership). */
 } wb_model_info;
+
+#define WB_NO_OWNER UINT32_MAX /* wb_model_info.owner when unknown. */
 
 /* Lists the models that hold at least one committed version.  On success
  * *out is a new array of *n entries (possibly none) that belongs to the

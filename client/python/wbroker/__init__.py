@@ -36,14 +36,15 @@ _lib.load(__version__)   # Fills the error codes and dtypes the modules use.
 from .client import (Client, Holder, ModelInfo, Status, connect,  # noqa
                      socket_path)
 from .errors import (ConnectError, Error, FormatError, LoadError,  # noqa
-                     MemoryLimitError, NotFoundError, UnusedRuleWarning)
+                     MemoryLimitError, NotFoundError, PermissionDeniedError,
+                     UnusedRuleWarning)
 from .follow import Follower  # noqa: E402
 from .load import LoadResult  # noqa: E402
 
 __all__ = ["connect", "socket_path", "Client", "Error", "ConnectError",
            "LoadError", "MemoryLimitError", "NotFoundError", "FormatError",
-           "UnusedRuleWarning", "LoadResult", "ModelInfo", "Status", "Holder",
-           "Follower"]
+           "PermissionDeniedError", "UnusedRuleWarning", "LoadResult",
+           "ModelInfo", "Status", "Holder", "Follower"]
 
 # The public classes are the package's: tracebacks and reprs say
 # wbroker.LoadError, whichever module defines it.
