@@ -427,7 +427,7 @@ int main(int argc, char **argv) {
         inherited = SD_LISTEN_FDS_START;
 
     char path[108];
-    if (wb_socket_path(socket_opt, path, sizeof(path)) < 0) {
+    if (wb__socket_path_listen(socket_opt, path, sizeof(path)) < 0) {
         wb__error("socket path too long");
         return 1;
     }

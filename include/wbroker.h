@@ -172,11 +172,14 @@ WB_EXTERN int wb_dtype_from_name(const char *name);
 
 typedef struct wb_client wb_client;
 
-/* Resolves the socket path as every wbroker program does: explicit_path
+/* Resolves the socket path as every wbroker client does: explicit_path
  * when it is neither NULL nor "", else $WBROKER_SOCKET when set and not
  * empty, else /run/wbroker/wbroker.sock when the effective user is root,
- * else $XDG_RUNTIME_DIR/wbroker.sock when that is set and not empty, else
- * /tmp/wbroker-$UID/wbroker.sock.  Writes it NUL-terminated into buf (len
+ * else the user's own socket when one exists there
+ * ($XDG_RUNTIME_DIR/wbroker.sock when that is set and not empty, else
+ * /tmp/wbroker-$UID/wbroker.sock), else the system's
+ * /run/wbroker/wbroker.sock.  (wbrokerd itself listens on the user's own
+ * path whether or not it exists.)  Writes it NUL-terminated into buf (len
  * bytes; buf may be NULL only when len is 0).  Returns its length without
  * the NUL, or WB_ETOOBIG when it needs len bytes or more (buf then holds
  * a truncated path).  Reads the environment: do not call it while another

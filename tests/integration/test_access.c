@@ -64,6 +64,7 @@ static int publish(wb_client *c, const char *model, size_t len) {
 }
 
 enum {
+    OP_PATH,
     OP_CONNECT,
     OP_PUBLISH,
     OP_PUBLISH_BIG,
@@ -117,6 +118,10 @@ static result as(const wbt_daemon *d, const who *w, int op, const char *model) {
             r.rc = WB_ESYS;
             snprintf(r.msg, sizeof(r.msg), "dropping to uid %u: %s",
                      (unsigned)w->uid, strerror(errno));
+        } else if (op == OP_PATH) {
+            setenv("XDG_RUNTIME_DIR", model, 1);
+            unsetenv("WBROKER_SOCKET");
+            r.rc = wb_socket_path(NULL, r.msg, sizeof(r.msg));
         } else {
             wb_client *c = NULL;
             r.rc = wb_connect(d->sock, &c);
@@ -455,6 +460,47 @@ static void test_access_client_caps(void **state) {
     finish(&d);
 }
 
+/* ------------------------------------------------------------ finding */
+
+/* A client that the socket's mode refuses hears which socket, whose, and
+ * which group grants access. */
+static void
+test_access_socket_mode_refusal_names_owner_and_group(void **state) {
+    NEED_ROOT();
+    wbt_daemon d;
+    const char *const mode[] = {"--socket-mode", "0660", NULL};
+    start(&d, NULL, mode);
+    result r = as(&d, &nobody, OP_CONNECT, NULL);
+    expect(r, WB_EPERM, d.sock);
+    expect(r, WB_EPERM, "belongs to user root (uid 0) and group root (gid 0)");
+    expect(r, WB_EPERM, "join group root");
+    finish(&d);
+}
+
+/* Without --socket or WBROKER_SOCKET a user's client takes the user's own
+ * socket when one is there, else the system's. */
+static void test_access_client_finds_system_socket(void **state) {
+    NEED_ROOT();
+    wbt_daemon d;
+    start(&d, NULL, NULL);
+    char dir[64];
+    snprintf(dir, sizeof(dir), "/tmp/wbt-run-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(chmod(dir, 0777), 0);
+    result r = as(&d, &nobody, OP_PATH, dir);
+    assert_true(r.rc > 0);
+    assert_string_equal(r.msg, "/run/wbroker/wbroker.sock");
+    /* The test daemon's socket stands in for the user's own. */
+    char own[128];
+    snprintf(own, sizeof(own), "%s/wbroker.sock", dir);
+    assert_int_equal(link(d.sock, own), 0);
+    r = as(&d, &nobody, OP_PATH, dir);
+    assert_string_equal(r.msg, own);
+    unlink(own);
+    rmdir(dir);
+    finish(&d);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_access_owner_without_policy),
@@ -462,6 +508,8 @@ int main(void) {
         cmocka_unit_test(test_access_quota),
         cmocka_unit_test(test_access_reload),
         cmocka_unit_test(test_access_client_caps),
+        cmocka_unit_test(test_access_socket_mode_refusal_names_owner_and_group),
+        cmocka_unit_test(test_access_client_finds_system_socket),
     };
     return cmocka_run_group_tests(tests, setup_group, teardown_group);
 }
