@@ -348,6 +348,18 @@ static const char *role_name(int role) {
 
 /* ------------------------------------------------------------ checks */
 
+int wb__access_open(const wb__session *s) {
+    if (born_admin(s))
+        return 0;
+    size_t mine = wb__sessions_count_of((uint32_t)s->cred.uid);
+    if (mine <= wb__max_clients_per_user + WB_ADMIN_SLOTS)
+        return 0;
+    wb__info("audit: refused a connection of uid %u pid %d: %zu open "
+             "already, with or without a hello",
+             (unsigned)s->cred.uid, (int)s->cred.pid, mine - 1);
+    return -1;
+}
+
 int wb__access_hello(wb__session *s, uint64_t id) {
     char who[96];
     int admin = wb__access_admin(s);
@@ -365,13 +377,18 @@ int wb__access_hello(wb__session *s, uint64_t id) {
                         who, policy_path);
         return -1;
     }
-    if (admin)
-        return 0; /* Admins have WB_ADMIN_SLOTS beyond the caps. */
     size_t total = wb__sessions_count_hello(UINT32_MAX);
     size_t mine = wb__sessions_count_hello((uint32_t)s->cred.uid);
     const char *cap = NULL;
     size_t limit = 0;
-    if (total >= wb__max_clients)
+    /* Admins have WB_ADMIN_SLOTS beyond --max-clients, and no per-user
+     * cap, so that a full daemon can still be inspected and cleaned. */
+    if (admin && total >= wb__max_clients + WB_ADMIN_SLOTS)
+        cap = "clients in all (--max-clients and the admins' slots)",
+        limit = wb__max_clients + WB_ADMIN_SLOTS;
+    else if (admin)
+        return 0;
+    else if (total >= wb__max_clients)
         cap = "clients in all (--max-clients)", limit = wb__max_clients;
     else if (mine >= wb__max_clients_per_user)
         cap = "clients per user (--max-clients-per-user)",
@@ -455,6 +472,12 @@ int wb__access_quota(wb__session *s, uint64_t id, const char *model,
                     (unsigned long long)r->quota, r->line, policy_path,
                     (unsigned long long)used);
     return -1;
+}
+
+int wb__access_sees_hold(const wb__session *s, uint32_t hold_uid,
+                         uint32_t owner) {
+    uint32_t me = (uint32_t)s->cred.uid;
+    return hold_uid == me || owner == me || wb__access_admin(s);
 }
 
 /* ------------------------------------------------------------ usage */

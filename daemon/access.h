@@ -41,6 +41,10 @@ void wb__access_clear(void);
 /* 1 when s's user is an admin of every model (root, the daemon's user, or
  * a policy line "WHO * admin" naming them). */
 int wb__access_admin(const wb__session *s);
+/* At accept, for the session s just opened: -1 (after logging) when its
+ * user already has so many connections, hello or not, that it would crowd
+ * others out before any hello could be refused: it is closed at once. */
+int wb__access_open(const wb__session *s);
 /* At hello: answers WB_EPERM or WB_ELIMIT and returns -1 when s's user
  * may not connect (not named by the policy, or over a connection cap). */
 int wb__access_hello(wb__session *s, uint64_t id);
@@ -64,6 +68,12 @@ typedef struct wb__quota {
 } wb__quota;
 /* The quota that s's charges for model count against. */
 wb__quota wb__access_quota_of(const wb__session *s, const char *model);
+
+/* 1 when s may see a hold of user hold_uid on a model of owner: admins
+ * see every hold, the owner every hold of its models, anyone else the
+ * holds of its own processes. */
+int wb__access_sees_hold(const wb__session *s, uint32_t hold_uid,
+                         uint32_t owner);
 
 /* Bytes charged to user uid (versions published, copies cast). */
 void wb__usage_charge(uint32_t uid, uint64_t bytes);

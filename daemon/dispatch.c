@@ -98,7 +98,12 @@ static void protocol_error(wb__session *s, int code, const char *what) {
 }
 
 static void *on_open(wb__conn *c) {
-    return wb__session_open(c);
+    wb__session *s = wb__session_open(c);
+    if (s && wb__access_open(s) != 0) {
+        wb__session_close(s);
+        return NULL;
+    }
+    return s;
 }
 
 static void on_frame(void *state, const uint8_t *body, size_t len) {
@@ -150,6 +155,8 @@ static void on_oversized(void *state, uint32_t len) {
 
 static void on_closed(void *state) {
     wb__session *s = state;
+    if (s == NULL)
+        return; /* Refused at open: no session was kept. */
     wb__publish_session_closed(s);
     wb__watch_session_closed(s);
     wb__session_close(s);

@@ -58,6 +58,13 @@ size_t wb__sessions_count_hello(uint32_t uid) {
     return n;
 }
 
+size_t wb__sessions_count_of(uint32_t uid) {
+    size_t n = 0;
+    for (const wb__session *s = sessions; s; s = s->next)
+        n += (uint32_t)s->cred.uid == uid;
+    return n;
+}
+
 wb__session *wb__session_open(wb__conn *c) {
     wb__session *s = calloc(1, sizeof(*s));
     if (s == NULL)

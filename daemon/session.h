@@ -58,5 +58,7 @@ void wb__session_resume(wb__session *s);
 size_t wb__sessions_count(void);
 /* Connected clients that said hello, of user uid (UINT32_MAX: of all). */
 size_t wb__sessions_count_hello(uint32_t uid);
+/* Connected clients of user uid, whether they said hello or not. */
+size_t wb__sessions_count_of(uint32_t uid);
 
 #endif

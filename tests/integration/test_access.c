@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -66,6 +67,7 @@ static int publish(wb_client *c, const char *model, size_t len) {
 enum {
     OP_PATH,
     OP_CONNECT,
+    OP_RAW,
     OP_PUBLISH,
     OP_PUBLISH_BIG,
     OP_DROP,
@@ -118,6 +120,20 @@ static result as(const wbt_daemon *d, const who *w, int op, const char *model) {
             r.rc = WB_ESYS;
             snprintf(r.msg, sizeof(r.msg), "dropping to uid %u: %s",
                      (unsigned)w->uid, strerror(errno));
+        } else if (op == OP_RAW) {
+            /* Connections that never say hello: the first ones wait for
+             * their timeout, the one beyond per user + 16 is closed at
+             * once.  Reports how many of them were closed within 2 s. */
+            int raw[32], n = atoi(model);
+            for (int i = 0; i < n && i < 32; i++)
+                raw[i] = wbt_raw_connect(d);
+            wbt_sleep_ms(300);
+            for (int i = 0; i < n && i < 32; i++) {
+                char b;
+                ssize_t k = raw[i] < 0 ? 0 : recv(raw[i], &b, 1, MSG_DONTWAIT);
+                r.rc += k == 0 || (k < 0 && errno != EAGAIN);
+                close(raw[i]);
+            }
         } else if (op == OP_PATH) {
             setenv("XDG_RUNTIME_DIR", model, 1);
             unsetenv("WBROKER_SOCKET");
@@ -457,6 +473,14 @@ static void test_access_client_caps(void **state) {
     release(held2, go2);
     wbt_sleep_ms(100);
     expect(as(&d, &nobody, OP_CONNECT, NULL), 0, NULL);
+    /* 2 + 16 connections without a hello are let wait for their hello;
+     * the 19th and 20th are closed at once. */
+    int fds = wbt_settled_fds(&d, 100, 2000);
+    assert_int_equal(as(&d, &nobody, OP_RAW, "18").rc, 0);
+    assert_int_equal(wbt_wait_fds(&d, fds), fds);
+    assert_int_equal(as(&d, &nobody, OP_RAW, "20").rc, 2);
+    assert_true(log_has(&d, "audit: refused a connection of uid 65534"));
+    expect(as(&d, &trainer, OP_CONNECT, NULL), 0, NULL);
     finish(&d);
 }
 
