@@ -720,11 +720,13 @@ typedef struct wb_holder {
 } wb_holder;
 
 /* Lists the holds on versions of model, or on every model when model is
- * NULL, newest first.  On success *out is a new array of *n entries
- * (possibly none): free it with wb_holders_free(*out, *n).  Fails with
- * WB_EINVAL when c, out or n is NULL; WB_ENAME for an invalid model name;
- * WB_ENOMODEL when no model has that name (a model whose versions were
- * all dropped or retired is found while they are held); and the transport
+ * NULL, newest first: those of the caller's own processes, and every
+ * hold of the models it owns; an admin (root, the daemon's user, or an
+ * admin of every model by the access policy) sees them all.  On success *out is
+ * a new array of *n entries (possibly none): free it with wb_holders_free(*out,
+ * *n).  Fails with WB_EINVAL when c, out or n is NULL; WB_ENAME for an invalid
+ * model name; WB_ENOMODEL when no model has that name (a model whose versions
+ * were all dropped or retired is found while they are held); and the transport
  * errors; on failure *out is NULL and *n is 0 (when they are not NULL). */
 WB_EXTERN int wb_holders(wb_client *c, const char *model, wb_holder **out,
                          size_t *n);

@@ -73,6 +73,7 @@ enum {
     OP_DROP,
     OP_PIN,
     OP_LOAD,
+    OP_HOLDERS,
     OP_CAST
 };
 
@@ -94,6 +95,13 @@ static int do_op(wb_client *c, int op, const char *model) {
         rc = wb_map(c, model, 0, WB_MAP_SHARED, &m);
         wb_unmap(m);
         return rc;
+    case OP_HOLDERS: { /* How many holders it sees. */
+        wb_holder *h = NULL;
+        size_t n = 0;
+        rc = wb_holders(c, model, &h, &n);
+        wb_holders_free(h, n);
+        return rc ? rc : (int)n;
+    }
     default: {
         wb_rules *r = wb_rules_new();
         wb_rules_cast(r, "*", WB_F16);
@@ -302,6 +310,114 @@ static void test_access_owner_without_policy(void **state) {
     expect(as(&d, &nobody, OP_PUBLISH, "mine"), 0, NULL);
     assert_int_equal(wb_drop(c, "mine", 0), 0);
     assert_int_equal(wb_drop(c, "prod", 0), 0);
+    wb_close(c);
+    wbt_wait_clean(&d);
+    finish(&d);
+}
+
+/* Two users publish the same new name at once: the first commit makes its
+ * publisher the owner, and the other's commit is refused, its segment and
+ * charge given back. */
+static void test_access_commit_race_first_owner_wins(void **state) {
+    NEED_ROOT();
+    wbt_daemon d;
+    start(&d, NULL, NULL);
+    int segs0 = wbt_segment_count(&d);
+    int up[2], down[2];
+    assert_int_equal(pipe(up), 0);
+    assert_int_equal(pipe(down), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        result r = {0, ""};
+        wb_client *c = NULL;
+        wb_publish *p = NULL;
+        int64_t shape[1] = {16};
+        wb_tensor_spec spec = {"w", WB_F32, 1, shape, NULL};
+        if (setgroups(0, NULL) || setgid(NOBODY) || setuid(NOBODY) ||
+            wb_connect(d.sock, &c) ||
+            wb_publish_begin(c, "race", &spec, 1, NULL, 0, &p))
+            r.rc = WB_ESYS;
+        char b = 0;
+        if (write(up[1], &b, 1) != 1 || read(down[0], &b, 1) != 1)
+            _exit(1);
+        if (r.rc == 0) {
+            r.rc = wb_publish_commit(p, NULL);
+            snprintf(r.msg, sizeof(r.msg), "%s", wb_errmsg(c));
+        }
+        wb_close(c);
+        _exit(write(up[1], &r, sizeof(r)) == (ssize_t)sizeof(r) ? 0 : 1);
+    }
+    close(up[1]);
+    close(down[0]);
+    char b;
+    assert_int_equal(read(up[0], &b, 1), 1);
+    expect(as(&d, &trainer, OP_PUBLISH, "race"), 0, NULL);
+    assert_int_equal(owner_of(&d, "race"), TRAINER);
+    assert_int_equal(write(down[1], "x", 1), 1);
+    result r;
+    assert_int_equal(read(up[0], &r, sizeof(r)), (ssize_t)sizeof(r));
+    int st;
+    waitpid(pid, &st, 0);
+    close(up[0]);
+    close(down[1]);
+    expect(r, WB_EPERM,
+           "user 65534 (nobody) may not commit to model 'race': it belongs "
+           "to user 4242");
+    assert_int_equal(owner_of(&d, "race"), TRAINER);
+    assert_int_equal(wbt_wait_segments(&d, segs0 + 1), segs0 + 1);
+    wb_client *c = wbt_connect(&d);
+    assert_int_equal(wb_drop(c, "race", 0), 0);
+    wb_close(c);
+    wbt_wait_clean(&d);
+    finish(&d);
+}
+
+/* holders: a reader sees its own processes, the owner and admins every
+ * holder of the model. */
+static void test_access_holders_of_ones_own(void **state) {
+    NEED_ROOT();
+    wbt_daemon d;
+    start(&d, NULL, NULL);
+    expect(as(&d, &trainer, OP_PUBLISH, "tm"), 0, NULL);
+    int up[2], down[2];
+    assert_int_equal(pipe(up), 0);
+    assert_int_equal(pipe(down), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) { /* nobody maps tm and keeps it. */
+        wb_client *c = NULL;
+        wb_mapping *m = NULL;
+        char b = 0;
+        if (setgroups(0, NULL) || setgid(NOBODY) || setuid(NOBODY) ||
+            wb_connect(d.sock, &c) || wb_map(c, "tm", 0, WB_MAP_SHARED, &m))
+            b = 1;
+        if (write(up[1], &b, 1) != 1 || read(down[0], &b, 1) < 0)
+            _exit(1);
+        wb_unmap(m);
+        wb_close(c);
+        _exit(0);
+    }
+    close(up[1]);
+    close(down[0]);
+    char b = 1;
+    assert_int_equal(read(up[0], &b, 1), 1);
+    assert_int_equal(b, 0);
+    expect(as(&d, &stranger, OP_HOLDERS, "tm"), 0, NULL); /* Sees none. */
+    expect(as(&d, &trainer, OP_HOLDERS, "tm"), 1, NULL);  /* The owner. */
+    wb_client *c = wbt_connect(&d);
+    wb_holder *h = NULL;
+    size_t n = 0;
+    assert_int_equal(wb_holders(c, NULL, &h, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(h[0].uid, NOBODY);
+    wb_holders_free(h, n);
+    assert_int_equal(write(down[1], "x", 1), 1);
+    int st;
+    waitpid(pid, &st, 0);
+    close(up[0]);
+    close(down[1]);
+    assert_int_equal(wb_drop(c, "tm", 0), 0);
     wb_close(c);
     wbt_wait_clean(&d);
     finish(&d);
@@ -528,6 +644,8 @@ static void test_access_client_finds_system_socket(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_access_owner_without_policy),
+        cmocka_unit_test(test_access_commit_race_first_owner_wins),
+        cmocka_unit_test(test_access_holders_of_ones_own),
         cmocka_unit_test(test_access_policy_roles_and_groups),
         cmocka_unit_test(test_access_quota),
         cmocka_unit_test(test_access_reload),
