@@ -241,7 +241,13 @@ int wb__access_load(const char *path) {
 
 void wb__access_reload(void) {
     if (policy_path == NULL) {
-        wb__info("audit: reload: no access policy file in force");
+        /* The default file may have been written since the start. */
+        if (access(WB_DEFAULT_ACCESS_FILE, F_OK) == 0)
+            wb__access_load(NULL);
+        else
+            wb__info("audit: reload: no access policy file (%s does not "
+                     "exist)",
+                     WB_DEFAULT_ACCESS_FILE);
         return;
     }
     policy *p = policy_read(policy_path);
