@@ -14,13 +14,16 @@
  * connection. */
 #include <assert.h>
 #include <errno.h>
+#include <grp.h>
 #include <poll.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -269,6 +272,29 @@ int wb__cl_live(wb_client *c) {
 /* Connects c's socket to c->path, checks whoever listens there (trust.h)
  * and says hello.  On success c->gen counts one more connection; on
  * failure c->fd is -1 and c->errmsg says why. */
+/* Fails a connect refused by the socket's permissions, naming the socket,
+ * its owner and the group that grants access. */
+static int permission_denied(wb_client *c, int e) {
+    struct stat st;
+    if (stat(c->path, &st) != 0)
+        return wb__cl_fail(c, WB_EPERM,
+                           "%s: %s (this process may not reach that socket: "
+                           "see the modes of its directories)",
+                           c->path, strerror(e));
+    char user[64], group[64];
+    struct passwd *pw = getpwuid(st.st_uid);
+    struct group *gr = getgrgid(st.st_gid);
+    snprintf(user, sizeof(user), "%s", pw ? pw->pw_name : "?");
+    snprintf(group, sizeof(group), "%s", gr ? gr->gr_name : "?");
+    return wb__cl_fail(c, WB_EPERM,
+                       "%s: %s: the socket belongs to user %s (uid %u) and "
+                       "group %s (gid %u), mode %04o; join group %s (then "
+                       "log in again) or ask its administrator for access",
+                       c->path, strerror(e), user, (unsigned)st.st_uid, group,
+                       (unsigned)st.st_gid, (unsigned)(st.st_mode & 07777),
+                       group);
+}
+
 static int dial(wb_client *c) {
     assert(c->fd < 0);
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -281,10 +307,7 @@ static int dial(wb_client *c) {
         close(c->fd);
         c->fd = -1;
         if (e == EACCES || e == EPERM)
-            return wb__cl_fail(c, WB_EPERM,
-                               "%s: %s (this process may not use that "
-                               "socket: see who owns it and its group)",
-                               c->path, strerror(e));
+            return permission_denied(c, e);
         return wb__cl_fail(c, WB_ECONNECT,
                            "no wbrokerd listens at %s (%s): start one "
                            "(wbrokerd, or systemctl start wbrokerd.socket), "

@@ -36,6 +36,8 @@ int wb_list(wb_client *c, wb_model_info **out, size_t *n) {
         v[i].bytes = e[i].bytes;
         v[i].readers = e[i].readers;
         v[i].pinned = e[i].pinned;
+        v[i].owner =
+            e[i].owner > UINT32_MAX ? WB_NO_OWNER : (uint32_t)e[i].owner;
         *n = i + 1;
         if ((v[i].name = wb__str_dup(e[i].name)) == NULL)
             rc = wb__cl_fail(c, WB_ENOMEM, "out of memory");

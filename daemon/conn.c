@@ -35,6 +35,8 @@ struct wb__conn {
     int fd;                    /* Connected socket. */
     uint64_t id;               /* Serial number, for logs. */
     struct ucred cred;         /* Peer's pid, uid, gid (SO_PEERCRED). */
+    gid_t groups[64];          /* Its supplementary groups (SO_PEERGROUPS). */
+    int ngroups;               /* Entries in groups. */
     void *state;               /* The layer above's state. */
     wb__buf in;                /* Received bytes not yet handed up. */
     out_frame *out_head;       /* Queue of frames to send. */
@@ -190,6 +192,30 @@ int wb__conn_closing(const wb__conn *c) {
 uint64_t wb__conn_id(const wb__conn *c) {
     return c->id;
 }
+/* Reads the peer's supplementary groups into c.  A peer in more groups
+ * than c keeps is matched on the first ones only: a rule for a later group
+ * does not apply to it. */
+static void peer_groups(wb__conn *c) {
+    socklen_t sl = sizeof(c->groups);
+    if (getsockopt(c->fd, SOL_SOCKET, SO_PEERGROUPS, c->groups, &sl) == 0) {
+        c->ngroups = (int)(sl / sizeof(gid_t));
+        return;
+    }
+    gid_t *all = errno == ERANGE ? malloc(sl) : NULL;
+    if (all && getsockopt(c->fd, SOL_SOCKET, SO_PEERGROUPS, all, &sl) == 0) {
+        size_t n = sl / sizeof(gid_t);
+        c->ngroups = (int)(n < 64 ? n : 64);
+        memcpy(c->groups, all, (size_t)c->ngroups * sizeof(gid_t));
+    }
+    free(all);
+}
+
+int wb__conn_groups(const wb__conn *c, gid_t *groups, int max) {
+    int n = c->ngroups < max ? c->ngroups : max;
+    memcpy(groups, c->groups, (size_t)n * sizeof(gid_t));
+    return n;
+}
+
 const struct ucred *wb__conn_cred(const wb__conn *c) {
     return &c->cred;
 }
@@ -518,6 +544,7 @@ static void on_listen_event(uv_poll_t *h, int status, int events) {
         socklen_t sl = sizeof(c->cred);
         if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &sl) < 0)
             c->cred.pid = 0, c->cred.uid = (uid_t)-1, c->cred.gid = (gid_t)-1;
+        peer_groups(c);
         c->next = S.conns;
         if (S.conns)
             S.conns->prev = c;

@@ -85,6 +85,9 @@ int wb__conn_closing(const wb__conn *c);
 /* Identity of the peer. */
 uint64_t wb__conn_id(const wb__conn *c);
 const struct ucred *wb__conn_cred(const wb__conn *c);
+/* Copies up to max of the peer's supplementary groups (SO_PEERGROUPS, as
+ * the peer had them when it connected) into groups; returns how many. */
+int wb__conn_groups(const wb__conn *c, gid_t *groups, int max);
 /* Connections open now. */
 size_t wb__conn_count(void);
 

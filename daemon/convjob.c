@@ -215,6 +215,7 @@ static void conv_discard(conv_job *j) {
         }
     wb__seg_close(&j->ds->seg);
     wb__mem_refund(j->ds->accounted);
+    wb__usage_refund(j->ds->charged_to, j->ds->accounted);
     free(j->ds);
 }
 
@@ -266,7 +267,7 @@ static int conv_join(conv_job *j, wb__conv_waiter *w) {
  * of them) into one segment.  Returns 0 or an error code (err filled). */
 static int conv_start(wb__version *v, const wb__resolved *res, size_t nres,
                       wb__derived **conv, size_t nmissing, wb__conv_waiter *w,
-                      char *err, size_t errlen) {
+                      const wb__quota *q, char *err, size_t errlen) {
     conv_job *j = calloc(1, sizeof(*j));
     wb__dseg *ds = calloc(1, sizeof(*ds));
     wb__derived **items = calloc(nmissing, sizeof(*items));
@@ -296,6 +297,20 @@ static int conv_start(wb__version *v, const wb__resolved *res, size_t nres,
     int rc = n < nmissing ? WB_ENOMEM : 0;
     if (rc)
         snprintf(err, errlen, "out of memory");
+    uint64_t used = wb__usage_of(q->uid);
+    if (rc == 0 && (size > q->limit || used > q->limit - size)) {
+        char who[96];
+        rc = WB_ELIMIT;
+        snprintf(err, errlen,
+                 "converting %zu tensors (%llu bytes) would exceed the quota "
+                 "of user %s (%llu bytes, policy line %d; %llu in use)",
+                 nmissing, (unsigned long long)size,
+                 wb__user_label(q->uid, who, sizeof(who)),
+                 (unsigned long long)q->limit, q->line,
+                 (unsigned long long)used);
+        wb__info("audit: refused a cast of %s for uid %u: %s", v->model->name,
+                 (unsigned)q->uid, err);
+    }
     if (rc == 0 && wb__mem_charge(size)) {
         rc = WB_ELIMIT;
         snprintf(err, errlen,
@@ -310,6 +325,8 @@ static int conv_start(wb__version *v, const wb__resolved *res, size_t nres,
         return rc;
     }
     ds->accounted = size;
+    ds->charged_to = q->uid;
+    wb__usage_charge(q->uid, size);
     wb__seg_init(&ds->seg);
     ds->seg.size = size;
     ds->job = j;
@@ -346,8 +363,8 @@ static int conv_start(wb__version *v, const wb__resolved *res, size_t nres,
 }
 
 int wb__conv_prepare(wb__version *v, const wb__resolved *res, size_t n,
-                     wb__derived **conv, wb__conv_waiter *w, char *err,
-                     size_t errlen) {
+                     wb__derived **conv, wb__conv_waiter *w, const wb__quota *q,
+                     char *err, size_t errlen) {
     size_t nmissing = 0;
     for (size_t i = 0; i < n; i++) {
         const wb__resolved *e = &res[i];
@@ -377,5 +394,6 @@ int wb__conv_prepare(wb__version *v, const wb__resolved *res, size_t n,
             return WB_ENOMEM;
         }
     }
-    return nmissing ? conv_start(v, res, n, conv, nmissing, w, err, errlen) : 0;
+    return nmissing ? conv_start(v, res, n, conv, nmissing, w, q, err, errlen)
+                    : 0;
 }

@@ -13,6 +13,7 @@
 
 #include <stddef.h>
 
+#include "access.h"
 #include "registry.h"
 #include "resolve.h"
 
@@ -32,11 +33,12 @@ typedef struct wb__conv_waiter {
 /* Finds or starts the copies that the cast entries of res[0..n) need from
  * version v, storing each in conv[i] (conv has n entries, NULL where no
  * cast).  Jobs that w must wait for are counted in w->waiting (0: all
- * ready now).  Returns 0, WB_EDTYPE (a pair that cannot be converted),
- * WB_ELIMIT or WB_ENOMEM, with err filled in; on an error w may still wait
- * for jobs it joined before the failure. */
+ * ready now).  New copies are charged to q's user, and refused
+ * (WB_ELIMIT) past its quota before any segment is made.  Returns 0, WB_EDTYPE
+ * (a pair that cannot be converted), WB_ELIMIT or WB_ENOMEM, with err filled
+ * in; on an error w may still wait for jobs it joined before the failure. */
 int wb__conv_prepare(wb__version *v, const wb__resolved *res, size_t n,
-                     wb__derived **conv, wb__conv_waiter *w, char *err,
-                     size_t errlen);
+                     wb__derived **conv, wb__conv_waiter *w, const wb__quota *q,
+                     char *err, size_t errlen);
 
 #endif

@@ -12,11 +12,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "dispatch.h"
 #include "log.h"
 #include "ops.h"
 #include "registry.h"
 #include "reply.h"
+#include "request.h"
 #include "stats.h"
 #include "wire.h"
 
@@ -31,6 +33,10 @@ static void op_hello(wb__session *s, uint64_t id, const msgpack_object *req) {
         wb__conn_close_later(s->conn, 0);
         return;
     }
+    if (wb__access_hello(s, id) != 0) {
+        wb__conn_close_later(s->conn, 0);
+        return;
+    }
     s->hello = 1;
     wb__conn_hello_done(s->conn);
     wb__reply r;
@@ -41,17 +47,49 @@ static void op_hello(wb__session *s, uint64_t id, const msgpack_object *req) {
 
 /* ------------------------------------------------------------ dispatch */
 
+/* Each op with the role it needs and the words a refusal uses.  A
+ * request naming a model ("model") is checked for that model, and for
+ * publish-level ops against its owner as well; commit and abort name no
+ * model: the publish they end was checked when it opened (commit checks the
+ * owner again, as the model may have gained one meanwhile). */
 static const struct {
-    const char *name; /* Value of "op". */
-    wb__op_fn fn;     /* Handler. */
+    const char *name;   /* Value of "op". */
+    wb__op_fn fn;       /* Handler. */
+    int role;           /* WB_ROLE_*. */
+    const char *action; /* "user U may not ACTION model 'M'". */
 } op_table[] = {
-    {"hello", op_hello},         {"publish", wb__op_publish},
-    {"commit", wb__op_commit},   {"abort", wb__op_abort},
-    {"map", wb__op_map},         {"list", wb__op_list},
-    {"status", wb__op_status},   {"drop", wb__op_drop},
-    {"watch", wb__op_watch},     {"pin", wb__op_pin},
-    {"holders", wb__op_holders},
+    {"hello", op_hello, WB_ROLE_NONE, "connect"},
+    {"publish", wb__op_publish, WB_ROLE_PUBLISH, "publish to"},
+    {"commit", wb__op_commit, WB_ROLE_READ, "commit"},
+    {"abort", wb__op_abort, WB_ROLE_READ, "abort"},
+    {"map", wb__op_map, WB_ROLE_READ, "load"},
+    {"list", wb__op_list, WB_ROLE_READ, "list"},
+    {"status", wb__op_status, WB_ROLE_READ, "see the status"},
+    {"drop", wb__op_drop, WB_ROLE_PUBLISH, "remove"},
+    {"watch", wb__op_watch, WB_ROLE_READ, "watch"},
+    {"pin", wb__op_pin, WB_ROLE_PUBLISH, "pin"},
+    {"holders", wb__op_holders, WB_ROLE_READ, "list the holders of"},
 };
+
+/* The access check of every request: 0 to go on, or -1 once refused.  A
+ * request whose model is missing or invalid goes on to its handler, which
+ * refuses it for that. */
+static int access_check(wb__session *s, uint64_t id, const msgpack_object *req,
+                        int role, const char *action) {
+    if (role == WB_ROLE_NONE)
+        return 0;
+    const msgpack_object *mo = wb__mp_get(req, "model");
+    char model[WB_MAX_NAME + 1];
+    if (mo && mo->type == MSGPACK_OBJECT_STR) {
+        wb__str name = {mo->via.str.ptr, mo->via.str.size};
+        if (wb__req_name(name, model) != 0)
+            return 0;
+        return wb__access_model(s, id, role, action, model);
+    }
+    if (mo && mo->type != MSGPACK_OBJECT_NIL && role >= WB_ROLE_PUBLISH)
+        return 0; /* Malformed: the handler refuses it. */
+    return wb__access_model(s, id, role, action, NULL);
+}
 
 /* Answers a protocol error with id 0 and closes once it is sent. */
 static void protocol_error(wb__session *s, int code, const char *what) {
@@ -60,7 +98,12 @@ static void protocol_error(wb__session *s, int code, const char *what) {
 }
 
 static void *on_open(wb__conn *c) {
-    return wb__session_open(c);
+    wb__session *s = wb__session_open(c);
+    if (s && wb__access_open(s) != 0) {
+        wb__session_close(s);
+        return NULL;
+    }
+    return s;
 }
 
 static void on_frame(void *state, const uint8_t *body, size_t len) {
@@ -89,7 +132,10 @@ static void on_frame(void *state, const uint8_t *body, size_t len) {
         while (i < n && !wb__mp_streq(op, op_table[i].name))
             i++;
         wb__stats_request(i < n ? op_table[i].name : NULL);
-        if (i < n)
+        if (i < n && access_check(s, id, m.root, op_table[i].role,
+                                  op_table[i].action) != 0)
+            ; /* Refused and answered. */
+        else if (i < n)
             op_table[i].fn(s, id, m.root);
         else
             wb__reply_error(
@@ -109,6 +155,8 @@ static void on_oversized(void *state, uint32_t len) {
 
 static void on_closed(void *state) {
     wb__session *s = state;
+    if (s == NULL)
+        return; /* Refused at open: no session was kept. */
     wb__publish_session_closed(s);
     wb__watch_session_closed(s);
     wb__session_close(s);

@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include "access.h"
 #include "conn.h"
 #include "dispatch.h"
 #include "hold.h"
@@ -60,6 +61,15 @@ static void usage(FILE *f) {
             "one descriptor\n"
             "                       each (default half the descriptor "
             "limit; 0 no cap)\n"
+            "  --access FILE        access policy (default "
+            "/etc/wbroker/access.conf\n"
+            "                       when it exists; SIGHUP reloads it)\n"
+            "  --max-clients N      clients served at once (default 1024; "
+            "admins\n"
+            "                       have 16 more)\n"
+            "  --max-clients-per-user N\n"
+            "                       clients one user may have at once "
+            "(default 256)\n"
             "  --log-level LEVEL    debug, info, warn or error (default "
             "info)\n"
             "  --huge-pages MODE    auto, hugetlb, thp or off: 2 MiB pages "
@@ -227,7 +237,7 @@ static uint64_t raise_nofile(void) {
     return rl.rlim_cur == RLIM_INFINITY ? 0 : (uint64_t)rl.rlim_cur;
 }
 
-static uv_signal_t sig_term, sig_int;
+static uv_signal_t sig_term, sig_int, sig_hup;
 static int stopping;
 static char bound_path[108]; /* Socket path to unlink at exit, or "". */
 
@@ -247,8 +257,15 @@ static void on_signal(uv_signal_t *s, int signum) {
         unlink(bound_path);
     uv_signal_stop(&sig_term);
     uv_signal_stop(&sig_int);
+    uv_signal_stop(&sig_hup);
     uv_close((uv_handle_t *)&sig_term, NULL);
     uv_close((uv_handle_t *)&sig_int, NULL);
+    uv_close((uv_handle_t *)&sig_hup, NULL);
+}
+
+static void on_hup(uv_signal_t *s, int signum) {
+    (void)s, (void)signum;
+    wb__access_reload();
 }
 
 int main(int argc, char **argv) {
@@ -261,6 +278,9 @@ int main(int argc, char **argv) {
         {"keep", required_argument, NULL, 'k'},
         {"max-holds-per-user", required_argument, NULL, 'H'},
         {"huge-pages", required_argument, NULL, 'P'},
+        {"access", required_argument, NULL, 'A'},
+        {"max-clients", required_argument, NULL, 'C'},
+        {"max-clients-per-user", required_argument, NULL, 'U'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -273,9 +293,11 @@ int main(int argc, char **argv) {
     uint64_t user_holds = 0;
     int user_holds_set = 0;
     int pages = WB_PAGES_AUTO;
+    const char *access_file = NULL;
+    uint64_t nclients;
     int c;
-    while ((c = getopt_long(argc, argv, "s:m:p:l:t:k:H:P:Vh", opts, NULL)) !=
-           -1) {
+    while ((c = getopt_long(argc, argv, "s:m:p:l:t:k:H:P:A:C:U:Vh", opts,
+                            NULL)) != -1) {
         switch (c) {
         case 'P':
             if ((pages = wb__seg_pages_parse(optarg)) < 0) {
@@ -296,6 +318,24 @@ int main(int argc, char **argv) {
                 return 2;
             }
             user_holds_set = 1;
+            break;
+        case 'A':
+            access_file = optarg;
+            break;
+        case 'C':
+        case 'U':
+            if (parse_count(optarg, &nclients) || nclients == 0 ||
+                nclients > WB_MAX_CLIENTS - WB_ADMIN_SLOTS) {
+                fprintf(stderr,
+                        "wbrokerd: bad --max-clients%s '%s' (1 to %d)\n",
+                        c == 'U' ? "-per-user" : "", optarg,
+                        WB_MAX_CLIENTS - WB_ADMIN_SLOTS);
+                return 2;
+            }
+            if (c == 'C')
+                wb__max_clients = (size_t)nclients;
+            else
+                wb__max_clients_per_user = (size_t)nclients;
             break;
         case 't': {
             char *end;
@@ -377,6 +417,8 @@ int main(int argc, char **argv) {
         return 1;
     }
 
+    if (wb__access_load(access_file) != 0)
+        return 1;
     signal(SIGPIPE, SIG_IGN);
     uint64_t nofile = raise_nofile();
     /* Half the descriptors for any one user's holds by default: the rest
@@ -392,6 +434,8 @@ int main(int argc, char **argv) {
     uv_signal_init(loop, &sig_int);
     uv_signal_start(&sig_term, on_signal, SIGTERM);
     uv_signal_start(&sig_int, on_signal, SIGINT);
+    uv_signal_init(loop, &sig_hup);
+    uv_signal_start(&sig_hup, on_hup, SIGHUP);
 
     int inherited = -1;
     int nfds = sd_listen_fds(1);
@@ -403,7 +447,7 @@ int main(int argc, char **argv) {
         inherited = SD_LISTEN_FDS_START;
 
     char path[108];
-    if (wb_socket_path(socket_opt, path, sizeof(path)) < 0) {
+    if (wb__socket_path_listen(socket_opt, path, sizeof(path)) < 0) {
         wb__error("socket path too long");
         return 1;
     }
@@ -436,6 +480,7 @@ int main(int argc, char **argv) {
     uv_run(loop, UV_RUN_NOWAIT);
     wb__holds_clear();
     wb__registry_clear();
+    wb__access_clear();
     uv_walk(loop, on_walk_close, NULL);
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "hold.h"
 #include "msg.h"
 #include "ops.h"
@@ -37,6 +38,7 @@ static void list_row(void *arg, size_t i, wb__list_entry *e) {
     e->bytes = v->data_bytes;
     e->readers = wb__holds_readers(m);
     e->pinned = wb__model_pinned(m);
+    e->owner = m->owner;
 }
 
 void wb__op_list(wb__session *s, uint64_t id, const msgpack_object *req) {
@@ -117,13 +119,17 @@ void wb__op_status(wb__session *s, uint64_t id, const msgpack_object *req) {
 /* What the row callback of the holders encoder walks: the holds, in an
  * array gathered before packing. */
 typedef struct holder_rows {
-    const wb__hold **v; /* Holds to list. */
-    size_t n;           /* Entries filled. */
+    const wb__hold **v;   /* Holds to list. */
+    size_t n;             /* Entries filled. */
+    const wb__session *s; /* Who asks (sees what wb__access_sees_hold
+                             lets it). */
 } holder_rows;
 
 static void holder_collect(void *arg, const wb__hold *h) {
     holder_rows *hr = arg;
-    hr->v[hr->n++] = h;
+    if (wb__access_sees_hold(hr->s, wb__hold_uid(h),
+                             wb__hold_version(h)->model->owner))
+        hr->v[hr->n++] = h;
 }
 
 static void holder_row(void *arg, size_t i, wb__holder_entry *e) {
@@ -165,16 +171,16 @@ void wb__op_holders(wb__session *s, uint64_t id, const msgpack_object *req) {
         }
     }
     size_t n = wb__holds_of(m);
-    holder_rows hr = {calloc(n ? n : 1, sizeof(wb__hold *)), 0};
+    holder_rows hr = {calloc(n ? n : 1, sizeof(wb__hold *)), 0, s};
     if (hr.v == NULL) {
         wb__reply_error(s, id, WB_ENOMEM, "out of memory");
         return;
     }
     wb__holds_each(m, holder_collect, &hr);
-    assert(hr.n == n);
+    assert(hr.n <= n);
     wb__reply r;
     wb__reply_init(&r, id);
-    wb__pack_holders_rep(&r.pk, id, n, holder_row, &hr);
+    wb__pack_holders_rep(&r.pk, id, hr.n, holder_row, &hr);
     free(hr.v);
     wb__reply_send(s, &r, NULL, 0);
 }

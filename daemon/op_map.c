@@ -266,9 +266,11 @@ static int map_resolved(map_req *mr) {
         if (!(mr->conv =
                   calloc(mr->res.n ? mr->res.n : 1, sizeof(wb__derived *))))
             rc = WB_ENOMEM, snprintf(err, sizeof(err), "out of memory");
-        else
+        else {
+            wb__quota q = wb__access_quota_of(s, mr->v->model->name);
             rc = wb__conv_prepare(mr->v, mr->res.v, mr->res.n, mr->conv,
-                                  &mr->wait, err, sizeof(err));
+                                  &mr->wait, &q, err, sizeof(err));
+        }
         if (rc) {
             wb__reply_error(s, mr->id, rc, "%s", err);
             mr->answered = 1;

@@ -30,8 +30,10 @@ void wb__op_pin(wb__session *s, uint64_t id, const msgpack_object *req) {
     uint64_t number = v->number;
     wb__model *m = v->model;
     if (v->pinned != pr.pin)
-        wb__info("%s %s@%llu", pr.pin ? "pinned" : "unpinned", m->name,
-                 (unsigned long long)number);
+        wb__info("audit: %s %s@%llu (client %llu uid %u pid %d)",
+                 pr.pin ? "pinned" : "unpinned", m->name,
+                 (unsigned long long)number, (unsigned long long)s->id,
+                 (unsigned)s->cred.uid, (int)s->cred.pid);
     v->pinned = pr.pin;
     if (!pr.pin) {
         wb__model_ref(m);

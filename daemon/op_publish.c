@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "convert.h"
 #include "layout.h"
 #include "log.h"
@@ -58,6 +59,7 @@ static void pending_free(wb__pending *p) {
         return;
     wb__version *v = p->v;
     if (v) {
+        wb__usage_refund(v->charged_to, v->accounted);
         wb__seg_abandon(&v->seg, v->accounted);
         v->accounted = 0;
         wb__version_unref(v);
@@ -332,6 +334,8 @@ void wb__op_publish(wb__session *s, uint64_t id, const msgpack_object *req) {
                         WB_MAX_FRAME, WB_MAX_OBJECTS);
         goto fail;
     }
+    if (wb__access_quota(s, id, model, size, "publishing") != 0)
+        goto fail;
     if (wb__mem_charge(size)) {
         wb__reply_error(s, id, WB_ELIMIT,
                         "publishing %llu bytes would exceed the memory limit "
@@ -342,6 +346,8 @@ void wb__op_publish(wb__session *s, uint64_t id, const msgpack_object *req) {
         goto fail;
     }
     v->accounted = size;
+    v->charged_to = (uint32_t)s->cred.uid;
+    wb__usage_charge(v->charged_to, size);
     v->image_len = total;
     p->header = lay.header;
     p->header_len = lay.header_len;
@@ -445,6 +451,12 @@ void wb__op_commit(wb__session *s, uint64_t id, const msgpack_object *req) {
     if (p == NULL)
         return;
     pending_unlink(s, p);
+    /* Another user may have committed the name first since the publish
+     * opened, or the policy changed. */
+    if (wb__access_model(s, id, WB_ROLE_PUBLISH, "commit to", p->model) != 0) {
+        pending_free(p);
+        return;
+    }
     wb__version *v = p->v;
     char why[WB_MAX_NAME + 128] = "";
     /* Forbid writes, then check, then seal for good: nothing checked can
@@ -472,15 +484,17 @@ void wb__op_commit(wb__session *s, uint64_t id, const msgpack_object *req) {
     }
     p->v = NULL;
     wb__version_commit(m, v);
-    m->owner = (uint32_t)s->cred.uid;
+    if (m->owner == WB_NO_OWNER)
+        m->owner = (uint32_t)s->cred.uid;
     /* The oldest versions beyond --keep are retired with this commit. */
     wb__retention_apply(m);
     wb__model_unref(m);
-    wb__info("committed %s@%llu: %zu tensors, %llu bytes, segment %llu bytes "
-             "(client %llu pid %d)",
+    wb__info("audit: committed %s@%llu: %zu tensors, %llu bytes, segment "
+             "%llu bytes (client %llu uid %u pid %d)",
              m->name, (unsigned long long)v->number, v->n,
              (unsigned long long)v->data_bytes, (unsigned long long)v->seg.size,
-             (unsigned long long)s->id, (int)s->cred.pid);
+             (unsigned long long)s->id, (unsigned)s->cred.uid,
+             (int)s->cred.pid);
     pending_free(p);
     wb__reply r;
     wb__reply_init(&r, id);
@@ -534,6 +548,9 @@ void wb__op_drop(wb__session *s, uint64_t id, const msgpack_object *req) {
         wb__version_drop(v);
         dropped = 1;
     }
+    wb__info("audit: dropped %llu versions of %s (client %llu uid %u pid %d)",
+             (unsigned long long)dropped, model, (unsigned long long)s->id,
+             (unsigned)s->cred.uid, (int)s->cred.pid);
     wb__reply r;
     wb__reply_init(&r, id);
     wb__pack_u64_rep(&r.pk, id, "dropped", dropped);

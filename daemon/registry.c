@@ -1,6 +1,8 @@
 /* registry.c -- Models, versions, references and memory accounting. */
 #include "registry.h"
 
+#include "access.h"
+
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +61,7 @@ wb__model *wb__model_acquire(const char *name) {
             free(m);
             return NULL;
         }
+        m->owner = WB_NO_OWNER;
         m->next = wb__reg.models;
         wb__reg.models = m;
         wb__reg.nrecords++; /* Becomes live just below. */
@@ -170,10 +173,12 @@ static void version_free(wb__version *v) {
         assert(ds->job == NULL); /* A job holds a reference on v. */
         wb__seg_close(&ds->seg);
         wb__mem_refund(ds->accounted);
+        wb__usage_refund(ds->charged_to, ds->accounted);
         free(ds);
     }
     wb__seg_close(&v->seg);
     wb__mem_refund(v->accounted);
+    wb__usage_refund(v->charged_to, v->accounted);
     for (size_t i = 0; i < v->n; i++)
         free(v->t[i].name);
     for (size_t i = 0; i < v->nmeta; i++) {

@@ -42,6 +42,7 @@ struct conv_job;
 typedef struct wb__dseg {
     wb__segment seg;       /* Sealed once every copy is written. */
     uint64_t accounted;    /* Bytes charged to the memory limit. */
+    uint32_t charged_to;   /* Uid whose quota they count against. */
     int ready;             /* 1 once converted and sealed. */
     struct conv_job *job;  /* The job writing it, until it is done. */
     struct wb__dseg *next; /* Next in the version's list. */
@@ -75,6 +76,8 @@ typedef struct wb__version {
     char **mvals;             /* Metadata values. */
     size_t nmeta;             /* Metadata entries. */
     uint64_t accounted;       /* Bytes charged to the memory limit. */
+    uint32_t charged_to;      /* Uid whose quota they count against (the
+                                 publisher's). */
     int refs;                 /* Model's list + requests + jobs + holds. */
     int holds;                /* Holds among refs. */
     int listed;               /* 1 while in its model's list. */
@@ -91,7 +94,9 @@ typedef struct wb__version {
 typedef struct wb__model {
     char *name;                 /* Model name. */
     uint64_t last_number;       /* Highest version number handed out. */
-    uint32_t owner;             /* Uid of the last commit's publisher. */
+    uint32_t owner;             /* Uid of the first commit's publisher
+                                   (WB_NO_OWNER before it), kept while
+                                   the name is remembered. */
     wb__version *versions;      /* Committed versions, oldest first. */
     size_t nversions;           /* Versions in the list. */
     struct wb__watch *watchers; /* Clients waiting for a new version. */

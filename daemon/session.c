@@ -51,6 +51,20 @@ size_t wb__sessions_count(void) {
     return nsessions;
 }
 
+size_t wb__sessions_count_hello(uint32_t uid) {
+    size_t n = 0;
+    for (const wb__session *s = sessions; s; s = s->next)
+        n += s->hello && (uid == UINT32_MAX || (uint32_t)s->cred.uid == uid);
+    return n;
+}
+
+size_t wb__sessions_count_of(uint32_t uid) {
+    size_t n = 0;
+    for (const wb__session *s = sessions; s; s = s->next)
+        n += (uint32_t)s->cred.uid == uid;
+    return n;
+}
+
 wb__session *wb__session_open(wb__conn *c) {
     wb__session *s = calloc(1, sizeof(*s));
     if (s == NULL)
@@ -58,6 +72,7 @@ wb__session *wb__session_open(wb__conn *c) {
     s->conn = c;
     s->id = wb__conn_id(c);
     s->cred = *wb__conn_cred(c);
+    s->ngroups = wb__conn_groups(c, s->groups, WB_MAX_PEER_GROUPS);
     s->refs = 1;
     s->next = sessions;
     if (sessions)

@@ -15,23 +15,26 @@
 
 #include "conn.h"
 
-#define WB_MAX_PENDING 16 /* Open publishes per connection. */
+#define WB_MAX_PENDING 16     /* Open publishes per connection. */
+#define WB_MAX_PEER_GROUPS 64 /* Supplementary groups kept per peer. */
 
 struct wb__pending;
 struct wb__watch;
 
 typedef struct wb__session {
-    wb__conn *conn;              /* Transport, NULL once it closed. */
-    uint64_t id;                 /* Connection serial, for logs. */
-    struct ucred cred;           /* Peer's pid, uid, gid. */
-    int hello;                   /* 1 once the hello was exchanged. */
-    int busy;                    /* 1 while a request awaits its answer. */
-    int refs;                    /* The connection's + jobs'. */
-    struct wb__pending *pending; /* Open publishes. */
-    size_t npending;             /* Entries in pending. */
-    struct wb__watch *watch;     /* The watch it waits in, or NULL. */
-    struct wb__session *prev;    /* Previous session. */
-    struct wb__session *next;    /* Next session. */
+    wb__conn *conn;                   /* Transport, NULL once it closed. */
+    uint64_t id;                      /* Connection serial, for logs. */
+    struct ucred cred;                /* Peer's pid, uid, gid. */
+    gid_t groups[WB_MAX_PEER_GROUPS]; /* Peer's supplementary groups. */
+    int ngroups;                      /* Entries in groups. */
+    int hello;                        /* 1 once the hello was exchanged. */
+    int busy;                         /* 1 while a request awaits its answer. */
+    int refs;                         /* The connection's + jobs'. */
+    struct wb__pending *pending;      /* Open publishes. */
+    size_t npending;                  /* Entries in pending. */
+    struct wb__watch *watch;          /* The watch it waits in, or NULL. */
+    struct wb__session *prev;         /* Previous session. */
+    struct wb__session *next;         /* Next session. */
 } wb__session;
 
 /* Makes the session of a new connection (one reference, the
@@ -53,5 +56,9 @@ void wb__session_pause(wb__session *s);
 void wb__session_resume(wb__session *s);
 /* Connected clients. */
 size_t wb__sessions_count(void);
+/* Connected clients that said hello, of user uid (UINT32_MAX: of all). */
+size_t wb__sessions_count_hello(uint32_t uid);
+/* Connected clients of user uid, whether they said hello or not. */
+size_t wb__sessions_count_of(uint32_t uid);
 
 #endif

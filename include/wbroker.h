@@ -172,11 +172,14 @@ WB_EXTERN int wb_dtype_from_name(const char *name);
 
 typedef struct wb_client wb_client;
 
-/* Resolves the socket path as every wbroker program does: explicit_path
+/* Resolves the socket path as every wbroker client does: explicit_path
  * when it is neither NULL nor "", else $WBROKER_SOCKET when set and not
  * empty, else /run/wbroker/wbroker.sock when the effective user is root,
- * else $XDG_RUNTIME_DIR/wbroker.sock when that is set and not empty, else
- * /tmp/wbroker-$UID/wbroker.sock.  Writes it NUL-terminated into buf (len
+ * else the user's own socket when one exists there
+ * ($XDG_RUNTIME_DIR/wbroker.sock when that is set and not empty, else
+ * /tmp/wbroker-$UID/wbroker.sock), else the system's
+ * /run/wbroker/wbroker.sock.  (wbrokerd itself listens on the user's own
+ * path whether or not it exists.)  Writes it NUL-terminated into buf (len
  * bytes; buf may be NULL only when len is 0).  Returns its length without
  * the NUL, or WB_ETOOBIG when it needs len bytes or more (buf then holds
  * a truncated path).  Reads the environment: do not call it while another
@@ -732,7 +735,13 @@ typedef struct wb_model_info {
                            wb_holders()); connected or not. */
     uint64_t pinned;    /* Pinned versions among nversions (0 from a
                            daemon older than pins). */
+    uint32_t owner;     /* Uid of the user who first published it, who
+                           with the admins alone may publish further
+                           versions, pin or remove it (WB_NO_OWNER from a
+                           daemon older than ownership). */
 } wb_model_info;
+
+#define WB_NO_OWNER UINT32_MAX /* wb_model_info.owner when unknown. */
 
 /* Lists the models that hold at least one committed version.  On success
  * *out is a new array of *n entries (possibly none) that belongs to the
@@ -858,11 +867,13 @@ typedef struct wb_holder {
 } wb_holder;
 
 /* Lists the holds on versions of model, or on every model when model is
- * NULL, newest first.  On success *out is a new array of *n entries
- * (possibly none): free it with wb_holders_free(*out, *n).  Fails with
- * WB_EINVAL when c, out or n is NULL; WB_ENAME for an invalid model name;
- * WB_ENOMODEL when no model has that name (a model whose versions were
- * all dropped or retired is found while they are held); and the transport
+ * NULL, newest first: those of the caller's own processes, and every
+ * hold of the models it owns; an admin (root, the daemon's user, or an
+ * admin of every model by the access policy) sees them all.  On success *out is
+ * a new array of *n entries (possibly none): free it with wb_holders_free(*out,
+ * *n).  Fails with WB_EINVAL when c, out or n is NULL; WB_ENAME for an invalid
+ * model name; WB_ENOMODEL when no model has that name (a model whose versions
+ * were all dropped or retired is found while they are held); and the transport
  * errors; on failure *out is NULL and *n is 0 (when they are not NULL). */
 WB_EXTERN int wb_holders(wb_client *c, const char *model, wb_holder **out,
                          size_t *n);

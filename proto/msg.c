@@ -670,7 +670,7 @@ void wb__pack_list_rep(msgpack_packer *pk, uint64_t id, size_t n,
         wb__list_entry e;
         memset(&e, 0, sizeof(e));
         row(arg, i, &e);
-        msgpack_pack_array(pk, 7);
+        msgpack_pack_array(pk, 8);
         pack_str(pk, e.name.p, e.name.n);
         msgpack_pack_uint64(pk, e.latest);
         msgpack_pack_uint64(pk, e.versions);
@@ -678,6 +678,7 @@ void wb__pack_list_rep(msgpack_packer *pk, uint64_t id, size_t n,
         msgpack_pack_uint64(pk, e.bytes);
         msgpack_pack_uint64(pk, e.readers);
         msgpack_pack_uint64(pk, e.pinned);
+        msgpack_pack_uint64(pk, e.owner);
     }
 }
 
@@ -693,15 +694,17 @@ int wb__decode_list_rep(const msgpack_object *root, wb__list_entry **out,
         return WB_ENOMEM;
     for (uint32_t i = 0; i < a->size; i++) {
         const msgpack_object *o = &a->ptr[i];
-        /* Six fields from a daemon older than pins, seven since. */
-        if (o->type != MSGPACK_OBJECT_ARRAY ||
-            (o->via.array.size != 6 && o->via.array.size != 7) ||
-            as_str(&o->via.array.ptr[0], &v[i].name)) {
+        /* Six fields from a daemon older than pins, seven since, eight
+         * since owners. */
+        v[i].owner = WB_NO_OWNER;
+        if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size < 6 ||
+            o->via.array.size > 8 || as_str(&o->via.array.ptr[0], &v[i].name)) {
             free(v);
             return WB_EPROTO;
         }
-        uint64_t *dst[6] = {&v[i].latest, &v[i].versions, &v[i].tensors,
-                            &v[i].bytes,  &v[i].readers,  &v[i].pinned};
+        uint64_t *dst[7] = {&v[i].latest, &v[i].versions, &v[i].tensors,
+                            &v[i].bytes,  &v[i].readers,  &v[i].pinned,
+                            &v[i].owner};
         for (int k = 0; k < (int)o->via.array.size - 1; k++) {
             const msgpack_object *f = &o->via.array.ptr[k + 1];
             if (f->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {

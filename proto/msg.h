@@ -271,6 +271,8 @@ typedef struct wb__list_entry {
     uint64_t bytes;    /* Bytes of the latest. */
     uint64_t readers;  /* Processes holding any of its versions. */
     uint64_t pinned;   /* Pinned versions (0 from an older daemon). */
+    uint64_t owner;    /* Uid of its first publisher (WB_NO_OWNER from an
+                          older daemon). */
 } wb__list_entry;
 
 /* Packs a list reply of n entries produced by row(arg, i, &entry). */

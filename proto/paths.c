@@ -15,7 +15,16 @@
 
 #define WB_WRITABLE_BY_OTHERS (S_IWGRP | S_IWOTH) /* Mode bits refused. */
 
-int wb_socket_path(const char *explicit_path, char *buf, size_t len) {
+/* The per-user socket path of a non-root user. */
+static int user_socket(char *buf, size_t len) {
+    const char *env = getenv("XDG_RUNTIME_DIR");
+    if (env && *env)
+        return snprintf(buf, len, "%s/wbroker.sock", env);
+    return snprintf(buf, len, "/tmp/wbroker-%u/wbroker.sock",
+                    (unsigned)geteuid());
+}
+
+int wb__socket_path_listen(const char *explicit_path, char *buf, size_t len) {
     const char *env;
     int n;
     if (explicit_path && *explicit_path)
@@ -23,12 +32,27 @@ int wb_socket_path(const char *explicit_path, char *buf, size_t len) {
     else if ((env = getenv("WBROKER_SOCKET")) && *env)
         n = snprintf(buf, len, "%s", env);
     else if (geteuid() == 0)
-        n = snprintf(buf, len, "/run/wbroker/wbroker.sock");
-    else if ((env = getenv("XDG_RUNTIME_DIR")) && *env)
-        n = snprintf(buf, len, "%s/wbroker.sock", env);
+        n = snprintf(buf, len, "%s", WB_SYSTEM_SOCKET);
     else
-        n = snprintf(buf, len, "/tmp/wbroker-%u/wbroker.sock",
-                     (unsigned)geteuid());
+        n = user_socket(buf, len);
+    if (n < 0 || (size_t)n >= len)
+        return WB_ETOOBIG;
+    return n;
+}
+
+int wb_socket_path(const char *explicit_path, char *buf, size_t len) {
+    int n = wb__socket_path_listen(explicit_path, buf, len);
+    if (n < 0 || (explicit_path && *explicit_path) || geteuid() == 0)
+        return n;
+    const char *env = getenv("WBROKER_SOCKET");
+    if (env && *env)
+        return n;
+    /* A user's own daemon when one listens, else the system's: a member
+     * of group wbroker needs no WBROKER_SOCKET. */
+    struct stat st;
+    if (stat(buf, &st) == 0 && S_ISSOCK(st.st_mode))
+        return n;
+    n = snprintf(buf, len, "%s", WB_SYSTEM_SOCKET);
     if (n < 0 || (size_t)n >= len)
         return WB_ETOOBIG;
     return n;

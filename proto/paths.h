@@ -11,6 +11,12 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#define WB_SYSTEM_SOCKET "/run/wbroker/wbroker.sock" /* The system's. */
+
+/* The path the daemon listens on: wb_socket_path()'s rule without looking
+ * for a socket that exists (a non-root daemon takes its per-user path). */
+int wb__socket_path_listen(const char *explicit_path, char *buf, size_t len);
+
 /* Also trust a directory that only root or * self could have put where it
  * is. */
 #define WB_DIR_TRUST_PLACED 1

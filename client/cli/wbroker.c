@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -217,6 +218,24 @@ static int cmd_status(wb_cli *cli, const wb_cli_args *a) {
 
 /* ---------------------------------------------------------------- ls */
 
+/* The owner of a model for people: its user name, else the uid ("-" when
+ * the daemon does not say). */
+static const char *owner_str(uint32_t uid, char *buf, size_t n) {
+    struct passwd *pw = uid == WB_NO_OWNER ? NULL : getpwuid((uid_t)uid);
+    if (pw)
+        snprintf(buf, n, "%s", pw->pw_name);
+    else if (uid == WB_NO_OWNER)
+        snprintf(buf, n, "-");
+    else
+        snprintf(buf, n, "%u", (unsigned)uid);
+    return buf;
+}
+
+/* The owner of a model for JSON: its uid, or null when unknown. */
+static json_t *owner_json(uint32_t uid) {
+    return uid == WB_NO_OWNER ? json_null() : json_integer((json_int_t)uid);
+}
+
 /* `ls`: one line per model: versions listed and how many are pinned;
  * readers are the processes holding any of its versions. */
 static int cmd_ls(wb_cli *cli, const wb_cli_args *a) {
@@ -231,31 +250,34 @@ static int cmd_ls(wb_cli *cli, const wb_cli_args *a) {
         json_t *arr = json_array();
         for (size_t i = 0; arr && i < n; i++)
             json_array_append_new(
-                arr, json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I}", "name",
-                               v[i].name, "latest", (json_int_t)v[i].latest,
-                               "versions", (json_int_t)v[i].nversions, "pinned",
-                               (json_int_t)v[i].pinned, "tensors",
-                               (json_int_t)v[i].tensors, "bytes",
-                               (json_int_t)v[i].bytes, "readers",
-                               (json_int_t)v[i].readers));
+                arr,
+                json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "name",
+                          v[i].name, "latest", (json_int_t)v[i].latest,
+                          "versions", (json_int_t)v[i].nversions, "pinned",
+                          (json_int_t)v[i].pinned, "tensors",
+                          (json_int_t)v[i].tensors, "bytes",
+                          (json_int_t)v[i].bytes, "readers",
+                          (json_int_t)v[i].readers, "owner",
+                          owner_json(v[i].owner)));
         wb_model_info_free(v, n);
         return cli_json_print(arr);
     }
     static const char *const head[] = {"MODEL",    ">LATEST",  ">VERSIONS",
                                        ">PINNED",  ">TENSORS", ">SIZE",
-                                       ">READERS", NULL};
+                                       ">READERS", "OWNER",    NULL};
     wb_cli_table t;
     cli_table_init(&t, head);
     rc = WB_CLI_OK;
     for (size_t i = 0; i < n && rc == WB_CLI_OK; i++) {
-        char b[5][WB_CLI_SIZE_BUF], size[WB_CLI_SIZE_BUF];
+        char b[5][WB_CLI_SIZE_BUF], size[WB_CLI_SIZE_BUF], own[64];
         const char *row[] = {v[i].name,
                              u64_str(v[i].latest, b[0], sizeof(b[0])),
                              u64_str(v[i].nversions, b[1], sizeof(b[1])),
                              u64_str(v[i].pinned, b[4], sizeof(b[4])),
                              u64_str(v[i].tensors, b[2], sizeof(b[2])),
                              cli_size(v[i].bytes, size, sizeof(size)),
-                             u64_str(v[i].readers, b[3], sizeof(b[3]))};
+                             u64_str(v[i].readers, b[3], sizeof(b[3])),
+                             owner_str(v[i].owner, own, sizeof(own))};
         if (cli_table_add(&t, row))
             rc = cli_fail(cli, WB_ENOMEM, "building the table");
     }
@@ -269,7 +291,8 @@ static int cmd_ls(wb_cli *cli, const wb_cli_args *a) {
 /* ---------------------------------------------------------------- info */
 
 /* Prints the tensor table and metadata of m for people. */
-static int print_info(wb_cli *cli, const char *model, const wb_mapping *m) {
+static int print_info(wb_cli *cli, const char *model, const wb_mapping *m,
+                      uint32_t owner) {
     size_t n = wb_map_count(m);
     uint64_t total = 0;
     wb_tensor t;
@@ -279,6 +302,8 @@ static int print_info(wb_cli *cli, const char *model, const wb_mapping *m) {
     char size[WB_CLI_SIZE_BUF];
     printf("model     %s\n", model);
     printf("version   %" PRIu64 "\n", wb_map_version(m));
+    char own[64];
+    printf("owner     %s\n", owner_str(owner, own, sizeof(own)));
     printf("tensors   %zu\n", n);
     printf("size      %s (%" PRIu64 " bytes)\n",
            cli_size(total, size, sizeof(size)), total);
@@ -320,7 +345,8 @@ static int print_info(wb_cli *cli, const char *model, const wb_mapping *m) {
 }
 
 /* Builds the JSON document of `info`. */
-static json_t *info_json(const char *model, const wb_mapping *m) {
+static json_t *info_json(const char *model, const wb_mapping *m,
+                         uint32_t owner) {
     json_t *tensors = json_array(), *meta = json_object();
     uint64_t total = 0;
     size_t n = wb_map_count(m);
@@ -343,10 +369,11 @@ static json_t *info_json(const char *model, const wb_mapping *m) {
     }
     uint64_t huge = 0;
     const char *pages = wb_map_pages(m, &huge);
-    return json_pack("{s:s, s:I, s:I, s:s, s:I, s:o, s:o}", "model", model,
-                     "version", (json_int_t)wb_map_version(m), "bytes",
-                     (json_int_t)total, "pages", pages, "bytes_2m",
-                     (json_int_t)huge, "tensors", tensors, "metadata", meta);
+    return json_pack("{s:s, s:I, s:o, s:I, s:s, s:I, s:o, s:o}", "model", model,
+                     "version", (json_int_t)wb_map_version(m), "owner",
+                     owner_json(owner), "bytes", (json_int_t)total, "pages",
+                     pages, "bytes_2m", (json_int_t)huge, "tensors", tensors,
+                     "metadata", meta);
 }
 
 /* `info MODEL[@VERSION]`: tensors and metadata, without mapping. */
@@ -363,8 +390,17 @@ static int cmd_info(wb_cli *cli, const wb_cli_args *a) {
         wb_unmap(m);
         return cli_fail_client(cli, rc);
     }
-    rc = cli->json ? cli_json_print(info_json(model, m))
-                   : print_info(cli, model, m);
+    /* The owner comes with the list, not with the tensor table. */
+    uint32_t owner = WB_NO_OWNER;
+    wb_model_info *v = NULL;
+    size_t n = 0;
+    if (wb_list(cli->c, &v, &n) == 0)
+        for (size_t i = 0; i < n; i++)
+            if (strcmp(v[i].name, model) == 0)
+                owner = v[i].owner;
+    wb_model_info_free(v, n);
+    rc = cli->json ? cli_json_print(info_json(model, m, owner))
+                   : print_info(cli, model, m, owner);
     wb_unmap(m);
     return rc;
 }

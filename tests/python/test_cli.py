@@ -124,14 +124,14 @@ def test_cli_import_then_ls_and_info(daemon, model_file):
     p = cli(daemon, "ls", check=0)
     lines = p.stdout.splitlines()
     assert lines[0].split() == ["MODEL", "LATEST", "VERSIONS", "PINNED",
-                                "TENSORS", "SIZE", "READERS"]
+                                "TENSORS", "SIZE", "READERS", "OWNER"]
     assert lines[1].split()[:5] == ["net", "2", "2", "0", str(len(raw))]
 
     (info,) = cli_json(daemon, "ls")
     assert info == {"name": "net", "latest": 2, "versions": 2,
                     "tensors": len(raw),
                     "bytes": sum(len(b) for b in raw.values()),
-                    "readers": 0, "pinned": 0}
+                    "readers": 0, "pinned": 0, "owner": os.getuid()}
 
     p = cli(daemon, "info", "net@1", check=0)
     assert "version   1" in p.stdout
@@ -142,6 +142,7 @@ def test_cli_import_then_ls_and_info(daemon, model_file):
 
     j = cli_json(daemon, "info", "net")
     assert j["model"] == "net" and j["version"] == 2
+    assert j["owner"] == os.getuid()
     assert j["metadata"] == {"format": "pt", "note": "héllo"}
     by = {t["name"]: t for t in j["tensors"]}
     assert set(by) == set(raw)

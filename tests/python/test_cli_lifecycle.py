@@ -107,7 +107,7 @@ def test_cli_pin_keeps_a_version_and_ls_shows_it(daemon, tmp_path):
 
     lines = cli(daemon, "ls", check=0).stdout.splitlines()
     assert lines[0].split() == ["MODEL", "LATEST", "VERSIONS", "PINNED",
-                                "TENSORS", "SIZE", "READERS"]
+                                "TENSORS", "SIZE", "READERS", "OWNER"]
     assert lines[1].split()[:5] == ["net", "5", "3", "1", "1"]
     row = ls_row(daemon, "net")
     assert (row["latest"], row["versions"], row["pinned"]) == (5, 3, 1)

@@ -1255,8 +1255,8 @@ static void test_msg_map_rep_malformed(void **state) {
 /* ------------------------------------------------------------ list */
 
 static const wb__list_entry models[] = {
-    {{"resnet", 6}, 3, 2, 320, 97 * MIB, 1, 1},
-    {{"llama", 5}, 1, 1, 243, UINT64_MAX, 0, 0},
+    {{"resnet", 6}, 3, 2, 320, 97 * MIB, 1, 1, 0},
+    {{"llama", 5}, 1, 1, 243, UINT64_MAX, 0, 0, 65534},
 };
 
 static void model_of(void *arg, size_t i, wb__list_entry *e) {
@@ -1287,6 +1287,7 @@ static void test_msg_list(void **state) {
         assert_int_equal(v[i].bytes, models[i].bytes);
         assert_int_equal(v[i].readers, models[i].readers);
         assert_int_equal(v[i].pinned, models[i].pinned);
+        assert_int_equal(v[i].owner, models[i].owner);
     }
     free(v);
 
@@ -1297,9 +1298,11 @@ static void test_msg_list(void **state) {
         WB_EPROTO);
     assert_int_equal(run(dec_list_rep, with_row_len(o, "models", 1, 5)),
                      WB_EPROTO);
-    /* Six fields (a daemon older than pins) still decode; eight do not. */
+    /* Six fields (a daemon older than pins) and seven (older than owners)
+     * still decode, the owner unknown; nine do not. */
     assert_int_equal(run(dec_list_rep, with_row_len(o, "models", 1, 6)), 0);
-    assert_int_equal(run(dec_list_rep, with_row_len(o, "models", 1, 8)),
+    assert_int_equal(run(dec_list_rep, with_row_len(o, "models", 1, 7)), 0);
+    assert_int_equal(run(dec_list_rep, with_row_len(o, "models", 1, 9)),
                      WB_EPROTO);
     assert_int_equal(run(dec_list_rep, with_row(o, "models", 0, o_str("m"))),
                      WB_EPROTO);

@@ -155,9 +155,10 @@ static void test_segment_conversion_maps_sealed_read_only(void **state) {
     wb__derived *conv[1] = {NULL};
     wb__conv_waiter w = {.done = on_conv_done};
     char err[256];
+    wb__quota q = {0, UINT64_MAX, 0};
     refused = 0;
-    assert_int_equal(wb__conv_prepare(v, &res, 1, conv, &w, err, sizeof(err)),
-                     0);
+    assert_int_equal(
+        wb__conv_prepare(v, &res, 1, conv, &w, &q, err, sizeof(err)), 0);
     assert_int_equal(w.waiting, 1);
     uv_run(uv_default_loop(), UV_RUN_DEFAULT);
     assert_int_equal(conv_done_calls, 1);

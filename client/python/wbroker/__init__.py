@@ -36,16 +36,16 @@ _lib.load(__version__)   # Fills the error codes and dtypes the modules use.
 from .client import (Client, Holder, ModelInfo, Status, connect,  # noqa
                      socket_path)
 from .errors import (ConnectError, Error, FormatError, LoadError,  # noqa
-                     MemoryLimitError, NotFoundError, SystemCallError,
+                     MemoryLimitError, NotFoundError, PermissionDeniedError,
+                     SystemCallError,
                      UnusedRuleWarning)
 from .follow import Follower  # noqa: E402
 from .load import LoadResult  # noqa: E402
 
 __all__ = ["connect", "socket_path", "Client", "Error", "ConnectError",
            "LoadError", "MemoryLimitError", "NotFoundError", "FormatError",
-           "SystemCallError",
-           "UnusedRuleWarning", "LoadResult", "ModelInfo", "Status", "Holder",
-           "Follower"]
+           "PermissionDeniedError", "SystemCallError", "UnusedRuleWarning",
+           "LoadResult", "ModelInfo", "Status", "Holder", "Follower"]
 
 # The public classes are the package's: tracebacks and reprs say
 # wbroker.LoadError, whichever module defines it.

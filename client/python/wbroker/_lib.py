@@ -102,7 +102,8 @@ class wb_model_info(ctypes.Structure):
                 ("tensors", ctypes.c_uint64),
                 ("bytes", ctypes.c_uint64),
                 ("readers", ctypes.c_uint64),
-                ("pinned", ctypes.c_uint64)]
+                ("pinned", ctypes.c_uint64),
+                ("owner", ctypes.c_uint32)]
 
 
 class wb_status(ctypes.Structure):

@@ -18,7 +18,8 @@ from . import load as _load
 from . import publish as _publish
 from ._lib import dec as _dec
 from ._lib import enc as _enc
-from .errors import ConnectError, Error, MemoryLimitError, _raise
+from .errors import (ConnectError, Error, MemoryLimitError,
+                     PermissionDeniedError, _raise)
 
 if typing.TYPE_CHECKING:     # Only for the annotations: torch loads lazily.
     import torch
@@ -37,13 +38,14 @@ Globs = Union[str, List[str]]
 class ModelInfo:
     """One model of models(): name, version (latest), versions (held),
     tensors and bytes (of the latest version), readers (processes mapping
-    any of its versions), pinned (pinned versions among versions)."""
+    any of its versions), pinned (pinned versions among versions), owner
+    (uid of the user who first published it, None from an older daemon)."""
 
     __slots__ = ("name", "version", "versions", "tensors", "bytes",
-                 "readers", "pinned")
+                 "readers", "pinned", "owner")
 
     def __init__(self, name, version, versions, tensors, bytes, readers,
-                 pinned=0):
+                 pinned=0, owner=None):
         self.name = name
         self.version = version
         self.versions = versions
@@ -51,6 +53,7 @@ class ModelInfo:
         self.bytes = bytes
         self.readers = readers
         self.pinned = pinned
+        self.owner = owner
 
     def __repr__(self):
         return "ModelInfo(%s)" % ", ".join(
@@ -143,7 +146,11 @@ class Client:
             detail = _dec(lib.wb_errmsg(h)) if h.value else None
             lib.wb_close(h)
             if rc in (_lib.WB_ECONNECT, _lib.WB_ECLOSED, _lib.WB_EPERM):
-                e = ConnectError(rc, _connect_text(detail, self.socket))
+                # EPERM (the socket's mode, an untrusted daemon, or the
+                # daemon's access policy) is a PermissionError.
+                cls = (PermissionDeniedError if rc == _lib.WB_EPERM
+                       else ConnectError)
+                e = cls(rc, _connect_text(detail, self.socket))
                 e.socket = self.socket
                 raise e
             _raise(rc, detail)
@@ -363,7 +370,9 @@ class Client:
         try:
             return [ModelInfo(_dec(arr[i].name), arr[i].latest,
                               arr[i].nversions, arr[i].tensors, arr[i].bytes,
-                              arr[i].readers, arr[i].pinned)
+                              arr[i].readers, arr[i].pinned,
+                              None if arr[i].owner == 0xFFFFFFFF
+                              else arr[i].owner)
                     for i in range(n.value)]
         finally:
             lib.wb_model_info_free(arr, n.value)

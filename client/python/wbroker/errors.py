@@ -48,6 +48,12 @@ class ConnectError(Error, ConnectionError):
     socket = None
 
 
+class PermissionDeniedError(Error, PermissionError):
+    """The daemon's access policy or a model's owner refused the request
+    (EPERM); a PermissionError whose message names the user, the action
+    and the model."""
+
+
 class LoadError(Error):
     """A load that violated strict or met a size mismatch (ELOAD).
 
@@ -156,6 +162,7 @@ _ERROR_CLASSES = {
     _lib.WB_ENOVERSION: NotFoundError,
     _lib.WB_ECONNECT: ConnectError,
     _lib.WB_ECLOSED: ConnectError,
+    _lib.WB_EPERM: PermissionDeniedError,
 }
 
 
