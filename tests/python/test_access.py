@@ -8,12 +8,11 @@ need root; they are skipped, saying why, without it."""
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import pytest
 
-from wbt_daemon import ROOT, Daemon
+from wbt_daemon import BUILD, ROOT, Daemon
 
 import wbroker
 
@@ -35,7 +34,19 @@ def shared():
     "prod" into)."""
     top = tempfile.mkdtemp(prefix="wbt-py-acc-")
     os.chmod(top, 0o755)
+    # What nobody runs is copied where nobody can read it: the checkout
+    # may sit under a directory only root may enter.
+    dist = os.path.join(top, "dist")
+    shutil.copytree(os.path.join(ROOT, "client", "python", "wbroker"),
+                    os.path.join(dist, "wbroker"))
+    shutil.copy2(os.environ["WBROKER_LIB"], dist)
+    os.mkdir(os.path.join(dist, "bin"))
+    shutil.copy2(os.path.join(BUILD, "wbroker"), os.path.join(dist, "bin"))
+    for base, dirs, files in os.walk(top):
+        for n in dirs + files:
+            os.chmod(os.path.join(base, n), 0o755)
     d = Daemon(top, ["--socket-mode", "0666"])
+    d.dist = dist
     try:
         import torch
         with wbroker.connect(d.socket) as c:
@@ -62,15 +73,19 @@ print(sorted((m.name, m.owner) for m in c.models()))
 """
 
 
-def run_as_nobody(args, **kw):
+def run_as_nobody(d, args, **kw):
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.path.join(ROOT, "client", "python")
+    env["PYTHONPATH"] = d.dist
+    env["WBROKER_LIB"] = os.path.join(d.dist, "libwbroker.so")
     return subprocess.run(args, capture_output=True, text=True, env=env,
                           preexec_fn=as_nobody, timeout=60, **kw)
 
 
 def test_access_python_permission_error(shared):
-    p = run_as_nobody([sys.executable, "-c", SCRIPT, shared.socket])
+    # The system's interpreter: a venv's may sit under root's home, which
+    # nobody cannot enter (the script needs no torch).
+    p = run_as_nobody(shared, ["/usr/bin/python3", "-c", SCRIPT,
+                              shared.socket])
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[0] == ("user 65534 (nobody) may not remove model 'prod': "
@@ -82,10 +97,11 @@ def test_access_python_permission_error(shared):
 
 
 def test_access_cli_exits_1_with_the_sentence(shared):
-    p = run_as_nobody([shared.cli, "--socket", shared.socket, "rm", "prod"])
+    cli = os.path.join(shared.dist, "bin", "wbroker")
+    p = run_as_nobody(shared, [cli, "--socket", shared.socket, "rm", "prod"])
     assert p.returncode == 1
     assert ("user 65534 (nobody) may not remove model 'prod': it belongs to "
             "root") in p.stderr
-    p = run_as_nobody([shared.cli, "--socket", shared.socket, "ls"])
+    p = run_as_nobody(shared, [cli, "--socket", shared.socket, "ls"])
     assert p.returncode == 0
     assert p.stdout.splitlines()[1].split()[-1] == "root"
