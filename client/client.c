@@ -24,6 +24,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -56,10 +57,20 @@ int wb_sys_errno(const wb_client *c) {
 
 /* ------------------------------------------------------------ transport */
 
-/* Sends all of buf.  Returns 0 or WB_ECLOSED. */
-static int send_all(wb_client *c, const uint8_t *buf, size_t len) {
-    while (len > 0) {
-        ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
+/* Sends a frame, its header and body, whole: in one sendmsg() where the
+ * socket takes it all, so that the daemon wakes once per request rather
+ * than once for the header and again for the body. */
+static int send_frame(wb_client *c, const uint8_t *hdr, size_t hlen,
+                      const uint8_t *body, size_t blen) {
+    struct iovec iov[2] = {{(void *)hdr, hlen}, {(void *)body, blen}};
+    int k = 0;
+    for (;;) {
+        while (k < 2 && iov[k].iov_len == 0)
+            k++;
+        if (k == 2)
+            return 0;
+        struct msghdr mh = {.msg_iov = iov + k, .msg_iovlen = (size_t)(2 - k)};
+        ssize_t n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
@@ -67,10 +78,15 @@ static int send_all(wb_client *c, const uint8_t *buf, size_t len) {
                                "sending to %s: %s (the next call "
                                "reconnects)",
                                c->path, n < 0 ? strerror(errno) : "closed");
-        buf += n;
-        len -= (size_t)n;
+        for (size_t left = (size_t)n; left > 0; k++) {
+            size_t t = left < iov[k].iov_len ? left : iov[k].iov_len;
+            iov[k].iov_base = (uint8_t *)iov[k].iov_base + t;
+            iov[k].iov_len -= t;
+            left -= t;
+            if (iov[k].iov_len > 0)
+                break; /* k stays: the rest of this part next. */
+        }
     }
-    return 0;
 }
 
 /* Receives exactly len bytes, collecting passed descriptors into fds
@@ -189,9 +205,8 @@ static int roundtrip(wb_client *c, msgpack_sbuffer *sb, uint64_t id, wb__msg *m,
                            sb->size, WB_MAX_FRAME);
     uint8_t hdr[WB_FRAME_HEADER];
     wb__frame_header(hdr, (uint32_t)sb->size);
-    int rc = send_all(c, hdr, sizeof(hdr));
-    if (rc == 0)
-        rc = send_all(c, (const uint8_t *)sb->data, sb->size);
+    int rc =
+        send_frame(c, hdr, sizeof(hdr), (const uint8_t *)sb->data, sb->size);
     if (rc == 0 && cancellable && (rc = wait_reply(c)) != 0)
         return rc;
     if (rc == 0)

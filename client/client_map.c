@@ -50,6 +50,9 @@ struct wb_mapping {
     uint64_t version;                 /* Version mapped. */
     map_entry *t;                     /* Tensors. */
     size_t n;                         /* Tensors in t. */
+    char *names;                      /* Every name and source of t, one
+                                         block: one malloc a mapping, not
+                                         two a tensor. */
     size_t *index;                    /* Open-addressing hash of names. */
     size_t index_cap;                 /* Slots in index (power of two). */
     char **mkeys;                     /* Metadata keys. */
@@ -110,10 +113,6 @@ void wb_unmap(wb_mapping *m) {
     /* Only now: the daemon may refund the memory once the hold ends. */
     if (m->hold_fd >= 0)
         close(m->hold_fd);
-    for (size_t i = 0; i < m->n; i++) {
-        free(m->t[i].name);
-        free(m->t[i].source);
-    }
     for (size_t i = 0; i < m->nmeta; i++) {
         free(m->mkeys[i]);
         free(m->mvals[i]);
@@ -124,6 +123,7 @@ void wb_unmap(wb_mapping *m) {
         free(m->keys[w].v);
     }
     free(m->t);
+    free(m->names);
     free(m->index);
     free(m->mkeys);
     free(m->mvals);
@@ -295,20 +295,32 @@ static int take_mapping(wb_client *c, const wb__map_rep *rep, wb_mapping *m,
         return rc;
     if (take_report(m, &rep->report))
         return wb__cl_fail(c, WB_ENOMEM, "out of memory");
-    m->t = calloc(rep->n ? rep->n : 1, sizeof(map_entry));
-    if (m->t == NULL)
+    /* Every row checked, and the bytes of its names counted, before any
+     * is copied. */
+    size_t nb = 0;
+    for (size_t i = 0; i < rep->n; i++) {
+        const wb__map_entry *r = &rep->t[i];
+        if ((rc = check_row(c, m, r, i)) != 0)
+            return rc;
+        nb += r->target.n + r->source.n + 2; /* Bounded by the frame. */
+    }
+    m->t = malloc((rep->n ? rep->n : 1) * sizeof(map_entry));
+    m->names = malloc(nb ? nb : 1);
+    if (m->t == NULL || m->names == NULL)
         return wb__cl_fail(c, WB_ENOMEM, "out of memory");
     int plan = (flags & WB_MAP_PLAN) != 0;
+    char *q = m->names;
     for (size_t i = 0; i < rep->n; i++) {
         const wb__map_entry *r = &rep->t[i];
         map_entry *e = &m->t[i];
-        if ((rc = check_row(c, m, r, i)) != 0)
-            return rc;
-        e->name = wb__str_dup(r->target);
-        e->source = wb__str_dup(r->source);
-        m->n = i + 1;
-        if (e->name == NULL || e->source == NULL)
-            return wb__cl_fail(c, WB_ENOMEM, "out of memory");
+        e->name = q;
+        memcpy(q, r->target.p, r->target.n);
+        q += r->target.n;
+        *q++ = '\0';
+        e->source = q;
+        memcpy(q, r->source.p, r->source.n);
+        q += r->source.n;
+        *q++ = '\0';
         e->dtype = r->dtype;
         e->ndim = r->ndim;
         memcpy(e->shape, r->shape, sizeof(e->shape));
@@ -316,6 +328,8 @@ static int take_mapping(wb_client *c, const wb__map_rep *rep, wb_mapping *m,
         e->cast = r->cast;
         e->data = plan ? NULL : (uint8_t *)m->segs[r->seg] + r->offset;
     }
+    assert(q == m->names + nb);
+    m->n = rep->n;
     if (rep->nmeta) {
         m->mkeys = calloc(rep->nmeta, sizeof(char *));
         m->mvals = calloc(rep->nmeta, sizeof(char *));

@@ -102,12 +102,11 @@ int wb__hold_start(wb__version *v, const struct ucred *cred, uint64_t bytes,
         wb__holds_of_user((uint32_t)cred->uid) >= wb__hold_user_max)
         return WB_ETOOBIG;
     int p[2];
-    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
+    /* Both ends block: the client's like any pipe would (it never
+     * writes), and uv_poll_init() makes the daemon's non-blocking itself;
+     * no fcntl() pair per map to undo O_NONBLOCK on the client's. */
+    if (pipe2(p, O_CLOEXEC) < 0)
         return WB_ESYS;
-    /* The client's end blocks like any pipe would: it never writes. */
-    int fl = fcntl(p[1], F_GETFL);
-    if (fl >= 0)
-        fcntl(p[1], F_SETFL, fl & ~O_NONBLOCK);
     wb__hold *h = calloc(1, sizeof(*h));
     if (h == NULL) {
         close(p[0]);

@@ -113,6 +113,48 @@ static const char *emfile_hint(int e) {
                : "";
 }
 
+/* Builds v->map_tail, the tail of the reply to a map of the whole version
+ * as stored (mr unresolved, no copies): its table, metadata and empty
+ * report are the same for every such map, so it is packed once, at the
+ * first, and each later map only copies it behind its own head (id, page
+ * backend, hold).  Returns 0 or WB_ENOMEM. */
+/* A buffer that remembers a failed write: the packer ignores its
+ * callback's result, and a truncated tail must never be kept. */
+typedef struct tail_buf {
+    msgpack_sbuffer sb; /* Bytes. */
+    int failed;         /* 1 once a write did not fit in memory. */
+} tail_buf;
+
+static int tail_write(void *data, const char *buf, size_t len) {
+    tail_buf *t = data;
+    if (msgpack_sbuffer_write(&t->sb, buf, len) != 0)
+        t->failed = 1;
+    return 0;
+}
+
+static int plain_tail(map_req *mr, const int *segix) {
+    wb__version *v = mr->v;
+    assert(!mr->resolved && mr->conv == NULL);
+    if (v->map_tail)
+        return 0;
+    tail_buf t = {.failed = 0};
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&t.sb);
+    msgpack_packer_init(&pk, &t, tail_write);
+    map_rows rows = {mr, segix};
+    wb__report_src rep = report_of(mr);
+    uint64_t size = v->seg.size;
+    wb__pack_map_rep_tail(&pk, v->number, &size, 1, v->n, map_row, &rows,
+                          v->mkeys, v->mvals, v->nmeta, &rep);
+    if (t.failed || t.sb.data == NULL) {
+        msgpack_sbuffer_destroy(&t.sb);
+        return WB_ENOMEM;
+    }
+    v->map_tail = t.sb.data;
+    v->map_tail_len = t.sb.size;
+    return 0;
+}
+
 /* Sends the map reply: segments, tensor table, metadata and report, and,
  * when the client asked for one (never for a plan), the write end of a
  * new hold (hold.h) after the segments' descriptors. */
@@ -150,6 +192,12 @@ static void map_reply(map_req *mr) {
             segs[nsegs++] = &d->ds->seg;
         }
         segix[i] = k;
+    }
+    int plain = !mr->resolved && mr->conv == NULL;
+    if (plain && plain_tail(mr, segix)) {
+        free(segix);
+        wb__reply_error(s, mr->id, WB_ENOMEM, "out of memory");
+        return;
     }
     for (int k = 0; k < nsegs; k++)
         sizes[k] = segs[k]->size;
@@ -202,9 +250,18 @@ static void map_reply(map_req *mr) {
     uint64_t huge = 0;
     for (int k = 0; k < nsegs; k++)
         huge += segs[k]->huge;
-    wb__pack_map_rep_pages(&r.pk, mr->id, v->number, hold, sizes, (size_t)nsegs,
-                           n, map_row, &rows, v->mkeys, v->mvals, v->nmeta,
-                           &rep, wb__seg_kind_name(v->seg.kind), huge);
+    if (plain) {
+        assert(nsegs == 1 && sizes[0] == v->seg.size);
+        wb__pack_map_rep_head(&r.pk, mr->id, hold,
+                              wb__seg_kind_name(v->seg.kind), huge);
+        /* Raw bytes appended, not a string: the tail is whole values. */
+        msgpack_pack_str_body(&r.pk, v->map_tail, v->map_tail_len);
+    } else {
+        wb__pack_map_rep_pages(&r.pk, mr->id, v->number, hold, sizes,
+                               (size_t)nsegs, n, map_row, &rows, v->mkeys,
+                               v->mvals, v->nmeta, &rep,
+                               wb__seg_kind_name(v->seg.kind), huge);
+    }
     free(segix);
     wb__reply_send(s, &r, fds, nfds);
 }

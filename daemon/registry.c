@@ -193,6 +193,7 @@ static void version_free(wb__version *v) {
     free(v->nbytes);
     free(v->mkeys);
     free(v->mvals);
+    free(v->map_tail);
     free(v);
     wb__model_unref(m);
 }

@@ -88,6 +88,10 @@ typedef struct wb__version {
     wb__derived **by_src;     /* Per tensor, its converted copies (NULL
                                  until the first conversion). */
     wb__dseg *dsegs;          /* Segments holding them. */
+    char *map_tail;           /* NULL, or the packed tail of the reply to
+                                 a map of the whole version (op_map.c),
+                                 kept since the version never changes. */
+    size_t map_tail_len;      /* Bytes of map_tail. */
     struct wb__version *next; /* Next newer version of the model. */
 } wb__version;
 

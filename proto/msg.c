@@ -557,6 +557,13 @@ void wb__pack_map_rep_pages(msgpack_packer *pk, uint64_t id, uint64_t version,
                             void *arg, char *const *mkeys, char *const *mvals,
                             size_t nmeta, const wb__report_src *report,
                             const char *pages, uint64_t huge) {
+    wb__pack_map_rep_head(pk, id, hold, pages, huge);
+    wb__pack_map_rep_tail(pk, version, segs, nsegs, n, row, arg, mkeys, mvals,
+                          nmeta, report);
+}
+
+void wb__pack_map_rep_head(msgpack_packer *pk, uint64_t id, int hold,
+                           const char *pages, uint64_t huge) {
     wb__pack_rep_begin(pk, id, 0, 6 + (hold != 0) + (pages ? 2 : 0));
     if (pages) {
         wb__pack_key(pk, "pages");
@@ -568,6 +575,13 @@ void wb__pack_map_rep_pages(msgpack_packer *pk, uint64_t id, uint64_t version,
         wb__pack_key(pk, "hold");
         pack_bool(pk, 1);
     }
+}
+
+void wb__pack_map_rep_tail(msgpack_packer *pk, uint64_t version,
+                           const uint64_t *segs, size_t nsegs, size_t n,
+                           void (*row)(void *arg, size_t i, wb__map_entry *e),
+                           void *arg, char *const *mkeys, char *const *mvals,
+                           size_t nmeta, const wb__report_src *report) {
     wb__pack_key(pk, "version");
     msgpack_pack_uint64(pk, version);
     wb__pack_key(pk, "segs");

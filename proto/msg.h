@@ -248,6 +248,17 @@ void wb__pack_map_rep_pages(msgpack_packer *pk, uint64_t id, uint64_t version,
                             void *arg, char *const *mkeys, char *const *mvals,
                             size_t nmeta, const wb__report_src *report,
                             const char *pages, uint64_t huge);
+/* The same in two parts, so that a daemon can keep the second: the head
+ * (id, page backend, hold) changes with each request, the tail (version,
+ * segments, tensor table, metadata, report) not for a version mapped
+ * whole.  Head then tail are the bytes of wb__pack_map_rep_pages(). */
+void wb__pack_map_rep_head(msgpack_packer *pk, uint64_t id, int hold,
+                           const char *pages, uint64_t huge);
+void wb__pack_map_rep_tail(msgpack_packer *pk, uint64_t version,
+                           const uint64_t *segs, size_t nsegs, size_t n,
+                           void (*row)(void *arg, size_t i, wb__map_entry *e),
+                           void *arg, char *const *mkeys, char *const *mvals,
+                           size_t nmeta, const wb__report_src *report);
 /* Packs the reply to a strict load that failed: WB_ELOAD, the report and
  * its text (also as "msg"), and the version. */
 void wb__pack_load_error_rep(msgpack_packer *pk, uint64_t id, uint64_t version,

@@ -1129,6 +1129,27 @@ static void test_msg_map_rep(void **state) {
     wb__msg_free(&m);
 }
 
+/* Head and tail, packed apart (as the daemon does with a kept tail), are
+ * byte for byte the whole reply, with and without a hold. */
+static void test_msg_map_rep_split(void **state) {
+    for (int hold = 0; hold <= 1; hold++) {
+        packed whole, head, tail;
+        wb__pack_map_rep_pages(pk_start(&whole), TEST_ID, 3, hold, seg_sizes, 2,
+                               NROWS, row_of, (void *)rows, meta_keys,
+                               meta_vals, 2, &report, "thp", 2 * MIB);
+        wb__pack_map_rep_head(pk_start(&head), TEST_ID, hold, "thp", 2 * MIB);
+        wb__pack_map_rep_tail(pk_start(&tail), 3, seg_sizes, 2, NROWS, row_of,
+                              (void *)rows, meta_keys, meta_vals, 2, &report);
+        assert_int_equal(head.sb.size + tail.sb.size, whole.sb.size);
+        assert_memory_equal(whole.sb.data, head.sb.data, head.sb.size);
+        assert_memory_equal(whole.sb.data + head.sb.size, tail.sb.data,
+                            tail.sb.size);
+        msgpack_sbuffer_destroy(&whole.sb);
+        msgpack_sbuffer_destroy(&head.sb);
+        msgpack_sbuffer_destroy(&tail.sb);
+    }
+}
+
 /* A strict load that failed: WB_ELOAD, the text as msg, the report. */
 static void test_msg_load_error(void **state) {
     packed p;
@@ -1434,6 +1455,7 @@ int main(void) {
         cmocka_unit_test(test_msg_map_req),
         cmocka_unit_test(test_msg_map_req_malformed),
         cmocka_unit_test(test_msg_map_rep),
+        cmocka_unit_test(test_msg_map_rep_split),
         cmocka_unit_test(test_msg_load_error),
         cmocka_unit_test(test_msg_map_rep_malformed),
         cmocka_unit_test(test_msg_list),
