@@ -174,6 +174,24 @@ def own_pss():
     raise RuntimeError("no Pss")
 
 
+def ray_ref_out(ref):
+    """What another process needs to get the object of `ref`: its id and
+    owner.  Pickling a reference out of band (cloudpickle) would pin the
+    object for the store's life; this leaves it to the owner's reference
+    count, which the producer keeps until the consumer has loaded."""
+    import ray
+    w = ray._private.worker.global_worker
+    ref, owner, status = w.core_worker.serialize_object_ref(ref)
+    return (ref.binary(), owner, status, ref.tensor_transport())
+
+
+def ray_ref_in(arg):
+    """The ObjectRef of ray_ref_out()'s answer, registered as a borrower."""
+    from ray._private.serialization import _object_ref_deserializer
+    binary, owner, status, transport = arg
+    return _object_ref_deserializer(binary, "", owner, status, transport)
+
+
 # ------------------------------------------------------------------ consumer
 
 class Consumer:
@@ -202,7 +220,7 @@ class Consumer:
             m.load_state_dict(load_file(arg), assign=True)
         elif r == "ray":
             import ray
-            d = ray.get(ray.cloudpickle.loads(arg))
+            d = ray.get(ray_ref_in(arg))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")     # read-only arrays
                 sd = {k: torch.from_numpy(v) for k, v in d.items()}
@@ -291,7 +309,6 @@ class Producer:
         self.np = {k: v.numpy() for k, v in self.sd.items()}
         self.path = "/dev/shm/wb-bench-peers-%d-%s" % (os.getpid(), kind)
         self.ref = None
-        self.ray_arg = self.ray_pinned = None
         self.shared = False
 
     def publish(self, route, client, run):
@@ -313,13 +330,7 @@ class Producer:
             self.ref = None
             self.ref = ray.put(self.np)
             t1 = now()
-            # A reference pickled out of band stays pinned for the
-            # store's life: the first put's is kept and every consumer
-            # gets that object; later puts are timed and dropped.
-            if self.ray_arg is None:
-                self.ray_arg = ray.cloudpickle.dumps(self.ref)
-                self.ray_pinned = self.ref
-            return self.ray_arg, t1 - t
+            return ray_ref_out(self.ref), t1 - t
         else:
             if not self.shared:
                 self.model.share_memory()
@@ -335,7 +346,7 @@ class Producer:
             if os.path.exists(self.path):
                 os.unlink(self.path)
         elif route == "ray":
-            self.ref = self.ray_arg = self.ray_pinned = None
+            self.ref = None
 
     def fetch(self, w, route, arg):
         if route == "mp-queue":
