@@ -4,9 +4,9 @@ a model's weights to a second, already running process, in one run:
   wbroker      publish(), then the consumer's load_into() (views of the
                daemon's segment, pages faulted on first use)
   wb-populate  the same with load_into(populate=True) (resident on return)
-  torch-mmap   torch.save() into /dev/shm, then torch.load(mmap=True,
+  torch-mmap   torch.save() into a new file in /dev/shm per version, then torch.load(mmap=True,
                weights_only=True) + load_state_dict(assign=True)
-  safetensors  save_file() into /dev/shm, then load_file() (which is
+  safetensors  save_file() into a new file in /dev/shm per version, then load_file() (which is
                safe_open() + get_tensor() per key) + load_state_dict(
                assign=True)
   ray          ray.put() of a dict of numpy arrays into a local object store
@@ -308,6 +308,7 @@ class Producer:
         self.sums = checksums(self.model)
         self.np = {k: v.numpy() for k, v in self.sd.items()}
         self.path = "/dev/shm/wb-bench-peers-%d-%s" % (os.getpid(), kind)
+        self.paths = []
         self.ref = None
         self.shared = False
 
@@ -319,12 +320,12 @@ class Producer:
             client.publish(self.kind, self.sd)
             arg = self.kind
         elif route == "torch-mmap":
-            torch.save(self.sd, self.path)
-            arg = self.path
+            arg = self.new_path(run)
+            torch.save(self.sd, arg)
         elif route == "safetensors":
             from safetensors.torch import save_file
-            save_file(self.sd, self.path)
-            arg = self.path
+            arg = self.new_path(run)
+            save_file(self.sd, arg)
         elif route == "ray":
             import ray
             self.ref = None
@@ -339,14 +340,27 @@ class Producer:
             return None, None
         return arg, now() - t
 
+    def new_path(self, run):
+        """A new file per version: saving over the file a consumer maps
+        would truncate it under the consumer (its old weights then fault
+        with SIGBUS) and move the consumer's unmapping into the save."""
+        path = "%s.%d" % (self.path, run)
+        self.paths.append(path)
+        return path
+
     def withdraw(self, route, client):
         if route in ("wbroker", "wb-populate"):
             client.drop(self.kind)
         elif route in ("torch-mmap", "safetensors"):
-            if os.path.exists(self.path):
-                os.unlink(self.path)
+            self.remove_files()
         elif route == "ray":
             self.ref = None
+
+    def remove_files(self):
+        for path in self.paths:
+            if os.path.exists(path):
+                os.unlink(path)
+        self.paths = []
 
     def fetch(self, w, route, arg):
         if route == "mp-queue":
@@ -516,8 +530,7 @@ def main():
             ray.shutdown()
             rc = daemon.stop()
             for p in producers.values():
-                if os.path.exists(p.path):
-                    os.unlink(p.path)
+                p.remove_files()
             shutil.rmtree(tmpdir, ignore_errors=True)
     if rc != 0:
         print("wbrokerd exited with %r" % rc, file=sys.stderr)
