@@ -180,6 +180,15 @@ static int write_all(wb_client *c, int fd, const char *what,
  * temporary file removed. */
 static int write_atomic(wb_client *c, target *t, const uint8_t *data,
                         size_t len, wb_progress_fn progress, void *user) {
+    /* Asked once before the temporary file exists too, so that a caller
+     * that stops on a signal (the CLI) knows when there is something to
+     * undo: a signal before this call may end the process outright, one
+     * after it makes the next call stop the write and remove the file. */
+    if (progress) {
+        int stop = progress(user, 0, len);
+        if (stop)
+            return wb__cl_fail(c, stop, "stopped by the progress callback");
+    }
     char tmp[NAME_MAX + 1];
     int fd = tmp_create(t, tmp);
     if (fd < 0)

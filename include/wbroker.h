@@ -327,7 +327,10 @@ WB_EXTERN void wb_publish_abort(wb_publish *p);
  * CLI and the Python package both call. */
 
 /* Progress of a file transfer: done of total bytes moved so far.  Called
- * with done 0 before the first byte, after every chunk (at most 8 MiB),
+ * with done 0 before the first byte (an export to a file calls it once
+ * before its temporary file exists and once after, so that a caller
+ * knows from the first call on that a stop is needed to undo it), after
+ * every chunk (at most 8 MiB),
  * and once more with done == total when everything is written (and, for a
  * file, synced), just before the commit or the rename that makes it
  * visible: the last chance to stop.  Return 0 to go on; any other value
