@@ -40,19 +40,11 @@ typedef struct policy {
     size_t n; /* Entries in r. */
 } policy;
 
-/* A user's charged bytes. */
-typedef struct usage {
-    uint32_t uid;
-    uint64_t bytes;
-    struct usage *next;
-} usage;
-
 size_t wb__max_clients = 1024;
 size_t wb__max_clients_per_user = 256;
 
 static char *policy_path; /* File in force, or NULL: no policy. */
 static policy *cur;       /* Rules in force (NULL with no file). */
-static usage *usages;     /* Users with bytes charged. */
 
 /* ------------------------------------------------------------ the file */
 
@@ -266,11 +258,6 @@ void wb__access_clear(void) {
     cur = NULL;
     free(policy_path);
     policy_path = NULL;
-    while (usages) {
-        usage *u = usages;
-        usages = u->next;
-        free(u);
-    }
 }
 
 /* ------------------------------------------------------------ matching */
@@ -484,41 +471,4 @@ int wb__access_sees_hold(const wb__session *s, uint32_t hold_uid,
                          uint32_t owner) {
     uint32_t me = (uint32_t)s->cred.uid;
     return hold_uid == me || owner == me || wb__access_admin(s);
-}
-
-/* ------------------------------------------------------------ usage */
-
-static usage **usage_slot(uint32_t uid) {
-    usage **pp = &usages;
-    while (*pp && (*pp)->uid != uid)
-        pp = &(*pp)->next;
-    return pp;
-}
-
-void wb__usage_charge(uint32_t uid, uint64_t bytes) {
-    if (bytes == 0)
-        return;
-    usage **pp = usage_slot(uid);
-    if (*pp == NULL && (*pp = calloc(1, sizeof(usage))) != NULL)
-        (*pp)->uid = uid;
-    if (*pp) /* Out of memory: the user's bytes go uncounted. */
-        (*pp)->bytes += bytes;
-}
-
-void wb__usage_refund(uint32_t uid, uint64_t bytes) {
-    usage **pp = usage_slot(uid);
-    usage *u = *pp;
-    if (u == NULL || bytes == 0)
-        return;
-    /* Clamped: a charge lost to a failed allocation is not refunded. */
-    u->bytes -= bytes < u->bytes ? bytes : u->bytes;
-    if (u->bytes == 0) {
-        *pp = u->next;
-        free(u);
-    }
-}
-
-uint64_t wb__usage_of(uint32_t uid) {
-    usage *u = *usage_slot(uid);
-    return u ? u->bytes : 0;
 }

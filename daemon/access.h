@@ -75,11 +75,6 @@ wb__quota wb__access_quota_of(const wb__session *s, const char *model);
 int wb__access_sees_hold(const wb__session *s, uint32_t hold_uid,
                          uint32_t owner);
 
-/* Bytes charged to user uid (versions published, copies cast). */
-void wb__usage_charge(uint32_t uid, uint64_t bytes);
-void wb__usage_refund(uint32_t uid, uint64_t bytes);
-uint64_t wb__usage_of(uint32_t uid);
-
 /* "65534 (nobody)" for uid, into buf of n bytes. */
 const char *wb__user_label(uint32_t uid, char *buf, size_t n);
 

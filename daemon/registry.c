@@ -1,8 +1,6 @@
 /* registry.c -- Models, versions, references and memory accounting. */
 #include "registry.h"
 
-#include "access.h"
-
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
@@ -303,6 +301,53 @@ size_t wb__registry_models_held(void) {
     return n;
 }
 
+/* A user's charged bytes. */
+typedef struct usage {
+    uint32_t uid;
+    uint64_t bytes;
+    struct usage *next;
+} usage;
+
+static usage *usages; /* Users with bytes charged. */
+
+/* The bytes charged to each user, which quotas (access.c) are held
+ * against. */
+
+static usage **usage_slot(uint32_t uid) {
+    usage **pp = &usages;
+    while (*pp && (*pp)->uid != uid)
+        pp = &(*pp)->next;
+    return pp;
+}
+
+void wb__usage_charge(uint32_t uid, uint64_t bytes) {
+    if (bytes == 0)
+        return;
+    usage **pp = usage_slot(uid);
+    if (*pp == NULL && (*pp = calloc(1, sizeof(usage))) != NULL)
+        (*pp)->uid = uid;
+    if (*pp) /* Out of memory: the user's bytes go uncounted. */
+        (*pp)->bytes += bytes;
+}
+
+void wb__usage_refund(uint32_t uid, uint64_t bytes) {
+    usage **pp = usage_slot(uid);
+    usage *u = *pp;
+    if (u == NULL || bytes == 0)
+        return;
+    /* Clamped: a charge lost to a failed allocation is not refunded. */
+    u->bytes -= bytes < u->bytes ? bytes : u->bytes;
+    if (u->bytes == 0) {
+        *pp = u->next;
+        free(u);
+    }
+}
+
+uint64_t wb__usage_of(uint32_t uid) {
+    usage *u = *usage_slot(uid);
+    return u ? u->bytes : 0;
+}
+
 void wb__registry_clear(void) {
     /* Holds are ended first (hold.h), so every version goes here.  The
      * reference keeps each model live meanwhile: a model becoming a
@@ -319,4 +364,10 @@ void wb__registry_clear(void) {
         free(m);
     }
     wb__reg.nmodels = wb__reg.nrecords = 0;
+    /* Last: dropping the versions above refunded their users. */
+    while (usages) {
+        usage *u = usages;
+        usages = u->next;
+        free(u);
+    }
 }

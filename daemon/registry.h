@@ -181,6 +181,11 @@ uint64_t wb__registry_shmem(void);
 /* Models holding at least one committed version. */
 size_t wb__registry_models_held(void);
 /* Frees every version and model (at shut-down). */
+/* Bytes charged to user uid (versions published, copies cast). */
+void wb__usage_charge(uint32_t uid, uint64_t bytes);
+void wb__usage_refund(uint32_t uid, uint64_t bytes);
+uint64_t wb__usage_of(uint32_t uid);
+
 void wb__registry_clear(void);
 
 #endif
