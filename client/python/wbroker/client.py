@@ -35,7 +35,33 @@ Prefix = Union["tuple[str, str]", "list[tuple[str, str]]"]
 Globs = Union[str, List[str]]
 
 
-class ModelInfo:
+class _Record:
+    """A record of named fields (its __slots__, in order), given by
+    position or by name; fields in _defaults may be left out."""
+
+    __slots__ = ()
+    _defaults: Dict[str, object] = {}
+
+    def __init__(self, *args, **kw):
+        if len(args) > len(self.__slots__):
+            raise TypeError("%s takes %d fields" % (type(self).__name__,
+                                                    len(self.__slots__)))
+        values = dict(self._defaults)
+        values.update(zip(self.__slots__, args))
+        values.update(kw)
+        missing = [k for k in self.__slots__ if k not in values]
+        if missing:
+            raise TypeError("%s lacks %s" % (type(self).__name__,
+                                             ", ".join(missing)))
+        for k in self.__slots__:
+            setattr(self, k, values[k])
+
+    def __repr__(self):
+        return "%s(%s)" % (type(self).__name__, ", ".join(
+            "%s=%r" % (k, getattr(self, k)) for k in self.__slots__))
+
+
+class ModelInfo(_Record):
     """One model of models(): name, version (latest), versions (held),
     tensors and bytes (of the latest version), readers (processes mapping
     any of its versions), pinned (pinned versions among versions), owner
@@ -43,24 +69,10 @@ class ModelInfo:
 
     __slots__ = ("name", "version", "versions", "tensors", "bytes",
                  "readers", "pinned", "owner")
-
-    def __init__(self, name, version, versions, tensors, bytes, readers,
-                 pinned=0, owner=None):
-        self.name = name
-        self.version = version
-        self.versions = versions
-        self.tensors = tensors
-        self.bytes = bytes
-        self.readers = readers
-        self.pinned = pinned
-        self.owner = owner
-
-    def __repr__(self):
-        return "ModelInfo(%s)" % ", ".join(
-            "%s=%r" % (k, getattr(self, k)) for k in self.__slots__)
+    _defaults = {"pinned": 0, "owner": None}
 
 
-class Holder:
+class Holder(_Record):
     """One hold of holders(): a process that maps a version.  pid, uid,
     comm (its command name), model, version, bytes (of shared memory the
     mapping covers) and since (when it was made, seconds since the
@@ -68,21 +80,8 @@ class Holder:
 
     __slots__ = ("pid", "uid", "comm", "model", "version", "bytes", "since")
 
-    def __init__(self, pid, uid, comm, model, version, bytes, since):
-        self.pid = pid
-        self.uid = uid
-        self.comm = comm
-        self.model = model
-        self.version = version
-        self.bytes = bytes
-        self.since = since
 
-    def __repr__(self):
-        return "Holder(%s)" % ", ".join(
-            "%s=%r" % (k, getattr(self, k)) for k in self.__slots__)
-
-
-class Status:
+class Status(_Record):
     """The daemon's status: version, uptime (s), memory_used (bytes
     charged to the limit), memory_limit, memory_shmem (bytes the kernel
     has allocated to the daemon's segments), models, versions, clients,
@@ -90,14 +89,6 @@ class Status:
 
     __slots__ = ("version", "uptime", "memory_used", "memory_limit",
                  "memory_shmem", "models", "versions", "clients", "pid")
-
-    def __init__(self, **kw):
-        for k in self.__slots__:
-            setattr(self, k, kw[k])
-
-    def __repr__(self):
-        return "Status(%s)" % ", ".join(
-            "%s=%r" % (k, getattr(self, k)) for k in self.__slots__)
 
 
 def socket_path(socket: Optional[str] = None) -> str:
