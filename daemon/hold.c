@@ -31,8 +31,44 @@ struct wb__hold {
 
 size_t wb__hold_user_max;
 
-static wb__hold *holds; /* Holds in progress. */
-static size_t nholds;   /* Entries in holds. */
+/* The holds one user has in progress, so that the per-user cap costs a
+ * map O(users), not a walk of every hold. */
+typedef struct user_holds {
+    uint32_t uid;
+    size_t n;
+    struct user_holds *next;
+} user_holds;
+
+static wb__hold *holds;   /* Holds in progress. */
+static size_t nholds;     /* Entries in holds. */
+static user_holds *users; /* Users with holds in progress. */
+
+static user_holds **user_slot(uint32_t uid) {
+    user_holds **pp = &users;
+    while (*pp && (*pp)->uid != uid)
+        pp = &(*pp)->next;
+    return pp;
+}
+
+/* Counts one more hold of uid; -1 when out of memory. */
+static int user_add(uint32_t uid) {
+    user_holds **pp = user_slot(uid);
+    if (*pp == NULL && (*pp = calloc(1, sizeof(user_holds))) == NULL)
+        return -1;
+    (*pp)->uid = uid;
+    (*pp)->n++;
+    return 0;
+}
+
+static void user_remove(uint32_t uid) {
+    user_holds **pp = user_slot(uid);
+    user_holds *u = *pp;
+    assert(u != NULL && u->n > 0);
+    if (--u->n == 0) {
+        *pp = u->next;
+        free(u);
+    }
+}
 
 /* Reads the command name of pid, or "?" when it cannot be read (the
  * process may already be gone, or live in another pid namespace). */
@@ -72,6 +108,7 @@ static void hold_end(wb__hold *h) {
     if (h->next)
         h->next->prev = h->prev;
     nholds--;
+    user_remove(h->uid);
     wb__version *v = h->v;
     h->v = NULL;
     wb__debug("hold of %s@%llu by pid %u ended", v->model->name,
@@ -108,7 +145,8 @@ int wb__hold_start(wb__version *v, const struct ucred *cred, uint64_t bytes,
     if (pipe2(p, O_CLOEXEC) < 0)
         return WB_ESYS;
     wb__hold *h = calloc(1, sizeof(*h));
-    if (h == NULL) {
+    if (h == NULL || user_add((uint32_t)cred->uid) != 0) {
+        free(h);
         close(p[0]);
         close(p[1]);
         return WB_ENOMEM;
@@ -118,6 +156,7 @@ int wb__hold_start(wb__version *v, const struct ucred *cred, uint64_t bytes,
         rc =
             uv_poll_start(&h->poll, UV_READABLE | UV_DISCONNECT, on_hold_event);
     if (rc) {
+        user_remove((uint32_t)cred->uid);
         close(p[0]);
         close(p[1]);
         free(h);
@@ -157,10 +196,8 @@ void wb__holds_each(const wb__model *model,
 }
 
 size_t wb__holds_of_user(uint32_t uid) {
-    size_t n = 0;
-    for (const wb__hold *h = holds; h; h = h->next)
-        n += h->uid == uid;
-    return n;
+    const user_holds *u = *user_slot(uid);
+    return u ? u->n : 0;
 }
 
 size_t wb__holds_of(const wb__model *model) {

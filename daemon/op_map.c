@@ -113,11 +113,6 @@ static const char *emfile_hint(int e) {
                : "";
 }
 
-/* Builds v->map_tail, the tail of the reply to a map of the whole version
- * as stored (mr unresolved, no copies): its table, metadata and empty
- * report are the same for every such map, so it is packed once, at the
- * first, and each later map only copies it behind its own head (id, page
- * backend, hold).  Returns 0 or WB_ENOMEM. */
 /* A buffer that remembers a failed write: the packer ignores its
  * callback's result, and a truncated tail must never be kept. */
 typedef struct tail_buf {
@@ -132,6 +127,11 @@ static int tail_write(void *data, const char *buf, size_t len) {
     return 0;
 }
 
+/* Builds v->map_tail, the tail of the reply to a map of the whole version
+ * as stored (mr unresolved, no copies): its table, metadata and empty
+ * report are the same for every such map, so it is packed once, at the
+ * first, and each later map only copies it behind its own head (id, page
+ * backend, hold).  Returns 0 or WB_ENOMEM. */
 static int plain_tail(map_req *mr, const int *segix) {
     wb__version *v = mr->v;
     assert(!mr->resolved && mr->conv == NULL);
