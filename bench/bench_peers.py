@@ -90,16 +90,20 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
-from torch import nn  # noqa: E402
 
 import wbroker  # noqa: E402
 from wbt_daemon import Daemon  # noqa: E402
+
+# The model, clock and checksums of the file-route benchmark, so that both
+# measure the same things (its WIDTH and VOCAB are this model's too).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_torch import TransformerLike, checksums, now  # noqa: E402
 
 MODELS = ("resnet50", "transformer1g")
 ROUTES = ("wbroker", "wb-populate", "torch-mmap", "safetensors", "ray",
           "mp-queue")
 RUNS = 3
-LAYERS, WIDTH, VOCAB, MLP = 25, 1024, 16384, 3
+LAYERS, MLP = 25, 3             # Blocks of WIDTH 1024 (bench_torch.py).
 PRODUCER_SEED, CONSUMER_SEED = 1, 2
 CONSUMERS = 4
 MEMORY_LIMIT = "6G"
@@ -110,49 +114,11 @@ THP = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
 CTX = torch.multiprocessing.get_context("spawn")
 
 
-def now():
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
-
-
-# ------------------------------------------------------------------ models
-
-class Block(nn.Module):
-    """A pre-norm transformer block: single-head attention, an MLP x3."""
-
-    def __init__(self, d):
-        super().__init__()
-        self.ln1 = nn.LayerNorm(d)
-        self.qkv = nn.Linear(d, 3 * d)
-        self.out = nn.Linear(d, d)
-        self.ln2 = nn.LayerNorm(d)
-        self.up = nn.Linear(d, MLP * d)
-        self.down = nn.Linear(MLP * d, d)
-
-
-class TransformerLike(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Embedding(VOCAB, WIDTH)
-        self.blocks = nn.Sequential(*(Block(WIDTH) for _ in range(LAYERS)))
-        self.norm = nn.LayerNorm(WIDTH)
-
-
 def build(kind, seed):
     torch.manual_seed(seed)
     if kind == "resnet50":
         return torchvision.models.resnet50(weights=None).eval()
-    return TransformerLike().eval()
-
-
-def checksums(model):
-    """Per tensor the sum mod 2**32 of its bytes as uint32 (uint8 when not
-    a multiple of 4): exact and order-independent."""
-    out = {}
-    for k, t in model.state_dict().items():
-        a = t.detach().reshape(-1).numpy()
-        a = a.view(np.uint32 if a.nbytes % 4 == 0 else np.uint8)
-        out[k] = int(a.sum(dtype=np.uint32))
-    return out
+    return TransformerLike(LAYERS, MLP).eval()
 
 
 def touch(model):

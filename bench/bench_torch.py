@@ -98,16 +98,17 @@ def now():
 # ------------------------------------------------------------------ models
 
 class Block(nn.Module):
-    """A pre-norm transformer block: single-head attention, a 4x MLP."""
+    """A pre-norm transformer block: single-head attention, an MLP of
+    mlp x d (4 by default)."""
 
-    def __init__(self, d):
+    def __init__(self, d, mlp=4):
         super().__init__()
         self.ln1 = nn.LayerNorm(d)
         self.qkv = nn.Linear(d, 3 * d)
         self.out = nn.Linear(d, d)
         self.ln2 = nn.LayerNorm(d)
-        self.up = nn.Linear(d, 4 * d)
-        self.down = nn.Linear(4 * d, d)
+        self.up = nn.Linear(d, mlp * d)
+        self.down = nn.Linear(mlp * d, d)
 
     def forward(self, x):
         q, k, v = self.qkv(self.ln1(x)).chunk(3, dim=-1)
@@ -117,12 +118,14 @@ class Block(nn.Module):
 
 
 class TransformerLike(nn.Module):
-    """Token embedding, `layers` blocks of WIDTH, a final norm."""
+    """Token embedding, `layers` blocks of WIDTH (MLPs of mlp x WIDTH), a
+    final norm."""
 
-    def __init__(self, layers):
+    def __init__(self, layers, mlp=4):
         super().__init__()
         self.embed = nn.Embedding(VOCAB, WIDTH)
-        self.blocks = nn.Sequential(*(Block(WIDTH) for _ in range(layers)))
+        self.blocks = nn.Sequential(*(Block(WIDTH, mlp)
+                                      for _ in range(layers)))
         self.norm = nn.LayerNorm(WIDTH)
 
     def forward(self, tokens):
