@@ -1,5 +1,9 @@
 """Byte-level helpers shared by the Python tests: torch dtypes by their
-safetensors names, and the raw bytes of a tensor as a file stores them."""
+safetensors names, the raw bytes of a tensor as a file stores them, and a
+safetensors writer of its own (independent of wbroker's)."""
+import json
+import struct
+
 import torch
 
 DTYPES = {
@@ -16,3 +20,24 @@ def tensor_bytes(t):
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy().tobytes()
     return t.numpy().tobytes()
+
+
+def write_st(path, tensors, metadata=None):
+    """Writes a safetensors file of name -> tensor by hand (header padded
+    with spaces to 8 bytes); returns name -> bytes."""
+    header, blobs, off = {}, [], 0
+    raw = {}
+    for name, t in tensors.items():
+        b = tensor_bytes(t)
+        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        raw[name] = b
+        off += len(b)
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    return raw

@@ -16,27 +16,7 @@ import time
 import pytest
 import torch
 
-from st_bytes import DTYPES, tensor_bytes
-
-
-def write_st(path, tensors, metadata=None):
-    """Writes a safetensors file of name -> tensor; returns name -> bytes."""
-    header, blobs, off = {}, [], 0
-    raw = {}
-    for name, t in tensors.items():
-        b = tensor_bytes(t)
-        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        raw[name] = b
-        off += len(b)
-    if metadata is not None:
-        header["__metadata__"] = metadata
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
-    return raw
+from st_bytes import DTYPES, write_st
 
 
 def write_header_only(path, tensors):

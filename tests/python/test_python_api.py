@@ -15,24 +15,7 @@ import torch
 
 import wbroker
 
-from st_bytes import DTYPES, tensor_bytes
-
-
-def write_st(path, tensors, metadata=None):
-    """Writes a safetensors file by hand (an independent writer)."""
-    header, blobs, off = {}, [], 0
-    for name, t in tensors.items():
-        b = tensor_bytes(t)
-        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    if metadata is not None:
-        header["__metadata__"] = metadata
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+from st_bytes import DTYPES, tensor_bytes, write_st
 
 
 def read_st(path):

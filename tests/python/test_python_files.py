@@ -12,24 +12,9 @@ import pytest
 import torch
 
 import wbroker
-from st_bytes import DTYPES, tensor_bytes
+from st_bytes import write_st
 
 S1, S2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
-
-
-def write_st(path, tensors, metadata=None):
-    header, blobs, off = {}, [], 0
-    for name, t in tensors.items():
-        b = tensor_bytes(t)
-        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    if metadata is not None:
-        header["__metadata__"] = metadata
-    h = json.dumps(header).encode()
-    with open(path, "wb") as f:
-        f.write(len(h).to_bytes(8, "little") + h + b"".join(blobs))
 
 
 @pytest.fixture
