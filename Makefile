@@ -38,7 +38,8 @@ VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
 DEB_PACKAGES := build-essential pkg-config libuv1-dev libmsgpack-dev \
 	libcmocka-dev libpcre2-dev libjansson-dev libsystemd-dev clang-format \
 	python3 python3-venv python3-torch python3-torchvision python3-pytest \
-	python3-pip python3-setuptools python3-wheel cmake dpkg-dev groff-base
+	python3-pip python3-setuptools python3-wheel cmake dpkg-dev groff-base \
+	libxxhash-dev debootstrap systemd-container
 
 # The second PyTorch the Python suites run on: current torch 2.x from PyPI
 # in one virtual environment, kept outside the clone with pip's download

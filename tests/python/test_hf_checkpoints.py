@@ -20,6 +20,7 @@ st_torch = pytest.importorskip("safetensors.torch")
 
 import hf_models  # noqa: E402
 import hf_proc  # noqa: E402
+import wb_proc  # noqa: E402
 import torch  # noqa: E402
 import wbroker  # noqa: E402
 
@@ -75,7 +76,7 @@ def test_hf_save_pretrained_import_load(daemon, tmp_path, kind):
     hf_proc.assert_zero_copy(target)
     for k, v in target.state_dict().items():
         assert torch.equal(v, pub.source[k]), k
-    assert torch.equal(hf_models.forward(target, kind), pub.output)
+    wb_proc.assert_same_output(hf_models.forward(target, kind), pub.output)
 
 
 # The metadata save_pretrained writes ({"format": "pt"}) survives the
@@ -121,7 +122,7 @@ def test_hf_wrapped_state_dict_into_plain(daemon, tmp_path, mode, prefix,
             assert r.missing_keys == [] and r.unexpected_keys == []
             hf_proc.assert_ties(target, ties)
             hf_proc.assert_zero_copy(target)
-            assert torch.equal(hf_models.forward(target, kind), pub.output)
+            wb_proc.assert_same_output(hf_models.forward(target, kind), pub.output)
 
 
 # The same without a rename: strict fails with torch's message (every key
@@ -164,4 +165,4 @@ def test_hf_compiled_prefix_keyword(daemon, tmp_path):
     hf_proc.assert_report_like_torch(r, fresh, strip(pub.source,
                                                      "_orig_mod."))
     hf_proc.assert_zero_copy(target)
-    assert torch.equal(hf_models.forward(target, "gpt2"), pub.output)
+    wb_proc.assert_same_output(hf_models.forward(target, "gpt2"), pub.output)

@@ -26,6 +26,7 @@ import wbroker  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "helpers"))
+import wb_proc  # noqa: E402
 
 # Every dtype safetensors and wbroker share, by torch name; the ones this
 # torch lacks are left out.
@@ -203,7 +204,7 @@ def test_hf_sharded_llama_one_version(daemon, tmp_path):
         r = c.load_into(target, "llama", version=2)
     assert r.missing_keys == [] and r.unexpected_keys == []
     hf_proc.assert_zero_copy(target)
-    assert torch.equal(hf_models.forward(target, "llama"), pub.output)
+    wb_proc.assert_same_output(hf_models.forward(target, "llama"), pub.output)
 
 
 # GPT-2 in shards: the tied lm_head the files omit is reported missing as
@@ -226,7 +227,7 @@ def test_hf_sharded_gpt2_tied_head(daemon, tmp_path):
     assert r.missing_keys == ["lm_head.weight"]
     hf_proc.assert_report_like_torch(r, fresh, file_sd)
     hf_proc.assert_ties(target, ties)
-    assert torch.equal(hf_models.forward(target, "gpt2"), pub.output)
+    wb_proc.assert_same_output(hf_models.forward(target, "gpt2"), pub.output)
 
 
 def write_shards(tmp_path, sd_by_shard, weight_map=None, meta=None):

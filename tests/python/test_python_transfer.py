@@ -78,7 +78,7 @@ def test_python_transfer_identical(daemon, tmp_path):
         warnings.simplefilter("error")      # no read-only buffer warning
         r = c.load_into(target, "net")
     assert r.version == pub.version == 1
-    assert torch.equal(forward(target, "net"), pub.output)
+    wb_proc.assert_same_output(forward(target, "net"), pub.output)
     for k, v in target.state_dict().items():
         assert torch.equal(v, pub.source[k]), k
     # The Parameter objects are the same ones, still trainable.
@@ -119,7 +119,7 @@ def test_python_transfer_renamed(daemon, tmp_path):
     rename = [(r"layer(\d+)\.(.*)", r"fc\1.\2")]
     with wbroker.connect(daemon.socket) as c:
         r = c.load_into(target, "layers", rename=rename)
-    assert torch.equal(forward(target, "fc"), pub.output)
+    wb_proc.assert_same_output(forward(target, "fc"), pub.output)
     assert_zero_copy(target)
     assert r.missing_keys == [] and r.unexpected_keys == []
     assert check_report(r, fresh, pub.source, rename)
@@ -134,7 +134,7 @@ def test_python_transfer_dataparallel_prefix(daemon, tmp_path):
     rename = [(r"module\.(.*)", r"\1")]
     with wbroker.connect(daemon.socket) as c:
         r = c.load_into(target, "dp", rename=rename)
-    assert torch.equal(forward(target, "net"), pub.output)
+    wb_proc.assert_same_output(forward(target, "net"), pub.output)
     assert_zero_copy(target)
     assert check_report(r, fresh, pub.source, rename)
 
@@ -182,7 +182,7 @@ def test_python_resnet18_zero_copy(daemon, tmp_path):
         r = c.load_into(target, "resnet")
     assert r.missing_keys == [] and r.unexpected_keys == []
     assert r.copied_keys == [] and r.cast_keys == []
-    assert torch.equal(forward(target, "resnet18"), pub.output)
+    wb_proc.assert_same_output(forward(target, "resnet18"), pub.output)
     assert_zero_copy(target)
 
 
@@ -246,7 +246,7 @@ def test_python_tied_weights_stay_tied(daemon, tmp_path):
     with wbroker.connect(daemon.socket) as c:
         r = c.load_into(target, "tied")
     assert target.head.weight is target.embed.weight
-    assert torch.equal(forward(target, "tied"), pub.output)
+    wb_proc.assert_same_output(forward(target, "tied"), pub.output)
     assert_zero_copy(target)
     assert check_report(r, fresh, pub.source)
 
@@ -295,7 +295,7 @@ def test_python_rules_include_exclude_file(daemon, tmp_path):
         r = c.load_into(target, "layers", rename={
             "layer1.weight": "fc1.weight", "layer1.bias": "fc1.bias",
             "layer2.weight": "fc2.weight", "layer2.bias": "fc2.bias"})
-        assert torch.equal(forward(target, "fc"), pub.output)
+        wb_proc.assert_same_output(forward(target, "fc"), pub.output)
         with pytest.raises(wbroker.Error) as err:
             c.load_into(target, "layers", rules="regex layer( -> x\n")
         assert err.value.name == "ERULE" and "line 1" in str(err.value)
