@@ -357,6 +357,68 @@ static void test_lifecycle_hold_outlives_close(void **state) {
     assert_int_equal(wbt_segment_count(d), 0);
 }
 
+/* The pipe ends of this process, as a bit per descriptor below 1024. */
+static void pipe_fds(unsigned char *set) {
+    memset(set, 0, 1024);
+    for (int fd = 0; fd < 1024; fd++) {
+        char path[64], link[64];
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+        ssize_t k = readlink(path, link, sizeof(link) - 1);
+        if (k > 5 && memcmp(link, "pipe:", 5) == 0)
+            set[fd] = 1;
+    }
+}
+
+/* A client that writes into its hold's pipe (the daemon never reads what
+ * it means) gets nothing for it: the daemon drains and ignores the bytes,
+ * the hold stays, everyone else is served, and the unmap still ends it. */
+static void test_lifecycle_hold_pipe_written(void **state) {
+    wbt_daemon *d = *state;
+    wb_client *c = wbt_connect(d);
+    publish_tag(c, "m", 1);
+    unsigned char before[1024], after[1024];
+    pipe_fds(before);
+    wb_mapping *m;
+    assert_int_equal(wb_map(c, "m", 0, WB_MAP_SHARED, &m), 0);
+    pipe_fds(after);
+    int hold = -1;
+    for (int fd = 0; fd < 1024; fd++)
+        if (after[fd] && !before[fd]) {
+            assert_int_equal(hold, -1); /* One new pipe end: the hold's. */
+            hold = fd;
+        }
+    assert_true(hold >= 0);
+    int fl = fcntl(hold, F_GETFL);
+    assert_true(fl >= 0 && (fl & O_ACCMODE) == O_WRONLY);
+    assert_int_equal(fcntl(hold, F_SETFL, fl | O_NONBLOCK), 0);
+    static char junk[65536];
+    memset(junk, 0xa5, sizeof(junk));
+    size_t sent = 0;
+    double end = wbt_now() + 10;
+    while (sent < (8u << 20) && wbt_now() < end) {
+        ssize_t w = write(hold, junk, sizeof(junk));
+        if (w > 0)
+            sent += (size_t)w;
+        else if (w < 0 && errno == EAGAIN)
+            wbt_sleep_ms(1); /* The daemon drains it between turns. */
+        else
+            fail_msg("write into the hold pipe: %s", strerror(errno));
+    }
+    assert_true(sent >= (8u << 20));
+    assert_int_equal(wait_holds(d, 1, 0), 1);
+    wb_client *other = wbt_connect(d);
+    wb_mapping *m2;
+    assert_int_equal(wb_map(other, "m", 0, 0, &m2), 0);
+    assert_true(holds_tag(m2, 1));
+    wb_unmap(m2);
+    wb_close(other);
+    assert_true(holds_tag(m, 1));
+    wb_unmap(m);
+    assert_int_equal(wait_holds(d, 0, HOLD_END_MS), 0);
+    wb_close(c);
+    wbt_wait_clean(d);
+}
+
 /* fork(): the child inherits the mapping and its hold; after the parent
  * unmaps, the version stays held until the child exits. */
 static void test_lifecycle_fork_inherits_hold(void **state) {
@@ -775,6 +837,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_lifecycle_holders_names, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_lifecycle_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lifecycle_hold_pipe_written, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_lifecycle_hold_only_when_asked,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_lifecycle_emfile, setup_nofile,
