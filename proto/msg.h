@@ -268,6 +268,16 @@ void wb__pack_load_error_rep(msgpack_packer *pk, uint64_t id, uint64_t version,
 int wb__decode_map_rep(const msgpack_object *root, int load_error,
                        wb__map_rep *out);
 void wb__map_rep_free(wb__map_rep *r);
+/* Decodes the whole body of a frame (len bytes, no header) when it is a
+ * successful map reply in the shape wbrokerd sends (msg_fast.c), straight
+ * from the bytes, without msgpack-c: *id is its id (never 0).  Strings
+ * are views into body.  Returns 0; 1 when the body is anything else (a
+ * failure, another shape, malformed), which the general path
+ * (wb__msg_decode, the envelope, wb__decode_map_rep) must then decode,
+ * with the same result on every body this takes; or WB_ENOMEM.  Free
+ * with wb__map_rep_free() after 0 (nothing to free otherwise). */
+int wb__decode_map_rep_fast(const uint8_t *body, size_t len, uint64_t *id,
+                            wb__map_rep *out);
 
 /* ---------------------------------------------------------------- list */
 
