@@ -23,7 +23,8 @@ struct wb__hold {
     wb__version *v;               /* Version held (referenced). */
     uint32_t pid;                 /* Mapping process (SO_PEERCRED). */
     uint32_t uid;                 /* Its user. */
-    char comm[WB_HOLD_COMM_MAX];  /* /proc/PID/comm at map time. */
+    char comm[WB_HOLD_COMM_MAX];  /* /proc/PID/comm at the connection's
+                                     first map. */
     uint64_t bytes;               /* Bytes of the segments mapped. */
     uint64_t since;               /* time(NULL) at map time. */
     struct wb__hold *prev, *next; /* Holds in progress, newest first. */
@@ -134,6 +135,13 @@ static void on_hold_event(uv_poll_t *p, int status, int events) {
 
 int wb__hold_start(wb__version *v, const struct ucred *cred, uint64_t bytes,
                    int *wfd) {
+    char comm[WB_HOLD_COMM_MAX];
+    int known = 0;
+    return wb__hold_start_comm(v, cred, bytes, comm, &known, wfd);
+}
+
+int wb__hold_start_comm(wb__version *v, const struct ucred *cred,
+                        uint64_t bytes, char *comm, int *comm_known, int *wfd) {
     assert(v->model != NULL);
     if (wb__hold_user_max &&
         wb__holds_of_user((uint32_t)cred->uid) >= wb__hold_user_max)
@@ -172,7 +180,11 @@ int wb__hold_start(wb__version *v, const struct ucred *cred, uint64_t bytes,
     v->holds++;
     h->pid = (uint32_t)cred->pid;
     h->uid = (uint32_t)cred->uid;
-    read_comm(cred->pid, h->comm, sizeof(h->comm));
+    if (!*comm_known) {
+        read_comm(cred->pid, comm, WB_HOLD_COMM_MAX);
+        *comm_known = 1;
+    }
+    memcpy(h->comm, comm, sizeof(h->comm));
     h->bytes = bytes;
     h->since = (uint64_t)time(NULL);
     h->next = holds;

@@ -39,6 +39,14 @@ extern size_t wb__hold_user_max;
  * made. */
 int wb__hold_start(wb__version *v, const struct ucred *cred, uint64_t bytes,
                    int *wfd);
+/* wb__hold_start() with the peer's command name already known: comm,
+ * which *comm_known says was read (else it is read from /proc/PID/comm
+ * into comm, WB_HOLD_COMM_MAX bytes, and *comm_known set), so that a
+ * connection that maps again and again reads /proc once, not three
+ * system calls a map.  The name is then the one the process had at its
+ * connection's first map. */
+int wb__hold_start_comm(wb__version *v, const struct ucred *cred,
+                        uint64_t bytes, char *comm, int *comm_known, int *wfd);
 
 /* Holds in progress. */
 size_t wb__holds_count(void);
