@@ -357,6 +357,60 @@ static void test_lifecycle_hold_outlives_close(void **state) {
     assert_int_equal(wbt_segment_count(d), 0);
 }
 
+/* The descriptors of this process that are the write end of a pipe,
+ * into fds (at most max); returns how many. */
+static int pipe_write_ends(int *fds, int max) {
+    int n = 0;
+    for (int fd = 3; fd < 1024 && n < max; fd++) {
+        struct stat st;
+        int fl = fcntl(fd, F_GETFL);
+        if (fl >= 0 && (fl & O_ACCMODE) == O_WRONLY && fstat(fd, &st) == 0 &&
+            S_ISFIFO(st.st_mode))
+            fds[n++] = fd;
+    }
+    return n;
+}
+
+/* Bytes a client writes into its hold pipe, more than the daemon reads
+ * per wake-up, are read and ignored: the hold lasts, the daemon goes on
+ * answering, and the unmap still ends the hold. */
+static void test_lifecycle_hold_ignores_bytes(void **state) {
+    wbt_daemon *d = *state;
+    wb_client *c = wbt_connect(d);
+    publish_tag(c, "m", 1);
+    int before[64], after[64];
+    int nb = pipe_write_ends(before, 64);
+    wb_mapping *m;
+    assert_int_equal(wb_map(c, "m", 0, WB_MAP_SHARED, &m), 0);
+    int na = pipe_write_ends(after, 64);
+    assert_int_equal(na, nb + 1);
+    int hold = -1;
+    for (int i = 0; i < na && hold < 0; i++) {
+        int known = 0;
+        for (int k = 0; k < nb; k++)
+            known |= before[k] == after[i];
+        if (!known)
+            hold = after[i];
+    }
+    assert_true(hold >= 0);
+    char junk[3000];
+    memset(junk, 'x', sizeof(junk));
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(write(hold, junk, sizeof(junk)),
+                         (ssize_t)sizeof(junk));
+        wbt_sleep_ms(20);
+    }
+    assert_int_equal(wait_holds(d, 1, 200), 1);
+    wb_mapping *m2;
+    assert_int_equal(wb_map(c, "m", 0, WB_MAP_SHARED, &m2), 0);
+    assert_true(holds_tag(m2, 1));
+    wb_unmap(m2);
+    assert_int_equal(wait_holds(d, 1, HOLD_END_MS), 1);
+    wb_unmap(m);
+    assert_int_equal(wait_holds(d, 0, HOLD_END_MS), 0);
+    wb_close(c);
+}
+
 /* fork(): the child inherits the mapping and its hold; after the parent
  * unmaps, the version stays held until the child exits. */
 static void test_lifecycle_fork_inherits_hold(void **state) {
@@ -783,6 +837,8 @@ int main(void) {
                                         setup_user_cap, teardown),
         cmocka_unit_test_setup_teardown(test_lifecycle_records_per_user, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_lifecycle_hold_ignores_bytes,
+                                        setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
