@@ -8,9 +8,13 @@
  * meaning (names, limits, ties: the daemon checks those and answers with
  * its own sentences).  Strings decode as views (wb__str) into the decoded
  * message, which must outlive the struct; arrays are allocated and freed
- * with the message's free function.  Encoders write the whole body
- * ("op"/"id" or "id"/"err" included) into a msgpack packer; those that
- * stream a long table take a callback per entry. */
+ * with the message's free function.  One reply has a second decoder
+ * beside its general one, for speed: a successful map reply is read
+ * straight from its bytes by wb__decode_map_rep_fast() (msg_fast.c),
+ * which takes only what the general decoder would decode the same.
+ * Encoders write the whole body ("op"/"id" or "id"/"err" included) into
+ * a msgpack packer; those that stream a long table take a callback per
+ * entry. */
 #ifndef WB_PROTO_MSG_H
 #define WB_PROTO_MSG_H
 
