@@ -189,7 +189,8 @@ static int wait_reply(wb_client *c) {
  * reply's "err" (with c->errmsg set from "msg"), or a transport error.
  * Never reconnects: that is wb__cl_call_fds()'s part. */
 static int roundtrip(wb_client *c, msgpack_sbuffer *sb, uint64_t id, wb__msg *m,
-                     int *fds, int *nfds, int maxfds, int cancellable) {
+                     int *fds, int *nfds, int maxfds, int cancellable,
+                     wb__cl_fast_fn fast, void *arg) {
     msgpack_unpacked_init(&m->up);
     m->root = NULL;
     m->owned = NULL;
@@ -217,13 +218,34 @@ static int roundtrip(wb_client *c, msgpack_sbuffer *sb, uint64_t id, wb__msg *m,
     if (len > WB_MAX_FRAME)
         return wb__cl_broken(
             c, wb__cl_fail(c, WB_EPROTO, "reply of %u bytes", len));
-    uint8_t *body = malloc(len ? len : 1);
+    uint8_t *body;
+    size_t cap = len ? len : 1;
+    if (fast && c->rx && c->rx_cap >= len) {
+        body = c->rx, cap = c->rx_cap;
+        c->rx = NULL;
+    } else {
+        if (fast) { /* Too small: the larger buffer is the one to keep. */
+            free(c->rx);
+            c->rx = NULL;
+        }
+        body = malloc(cap);
+    }
     if (body == NULL)
         return wb__cl_broken(c, wb__cl_fail(c, WB_ENOMEM, "out of memory"));
+    if (fast) {
+        c->rx_out = body;
+        c->rx_out_cap = cap;
+    }
+    m->owned = body;
     rc = recv_all(c, body, len, fds, nfds, maxfds);
+    if (rc == 0 && fast && fast(arg, body, len, id) == 0) {
+        c->errmsg[0] = '\0';
+        c->sys_errno = 0;
+        return 0;
+    }
     if (rc == 0)
         rc = wb__msg_decode(m, body, len);
-    m->owned = body;
+    m->owned = body; /* wb__msg_decode() starts the message afresh. */
     if (rc)
         return wb__cl_broken(
             c, rc == WB_ECLOSED ? rc : wb__cl_fail(c, rc, "malformed reply"));
@@ -337,7 +359,7 @@ static int dial(wb_client *c) {
     wb__cl_req_begin(c, &r);
     wb__pack_hello_req(&r.pk, r.id, wb_version_string());
     wb__msg m;
-    int rc = roundtrip(c, &r.sb, r.id, &m, NULL, NULL, 0, 0);
+    int rc = roundtrip(c, &r.sb, r.id, &m, NULL, NULL, 0, 0, NULL, NULL);
     msgpack_sbuffer_destroy(&r.sb);
     wb__hello_rep hr;
     if (rc == 0 && wb__decode_hello_rep(m.root, &hr))
@@ -377,7 +399,7 @@ static int ensure_connected(wb_client *c) {
 }
 
 static int call(wb_client *c, wb__cl_req *r, wb__msg *m, int *fds, int *nfds,
-                int maxfds, int cancellable) {
+                int maxfds, int cancellable, wb__cl_fast_fn fast, void *arg) {
     int rc = ensure_connected(c);
     if (rc) {
         msgpack_unpacked_init(&m->up);
@@ -388,22 +410,40 @@ static int call(wb_client *c, wb__cl_req *r, wb__msg *m, int *fds, int *nfds,
         msgpack_sbuffer_destroy(&r->sb);
         return rc;
     }
-    rc = roundtrip(c, &r->sb, r->id, m, fds, nfds, maxfds, cancellable);
+    rc = roundtrip(c, &r->sb, r->id, m, fds, nfds, maxfds, cancellable, fast,
+                   arg);
     msgpack_sbuffer_destroy(&r->sb);
     return rc;
 }
 
 int wb__cl_call_fds(wb_client *c, wb__cl_req *r, wb__msg *m, int *fds,
                     int *nfds, int maxfds) {
-    return call(c, r, m, fds, nfds, maxfds, 0);
+    return call(c, r, m, fds, nfds, maxfds, 0, NULL, NULL);
+}
+
+int wb__cl_call_fast(wb_client *c, wb__cl_req *r, wb__msg *m, int *fds,
+                     int *nfds, int maxfds, wb__cl_fast_fn fast, void *arg) {
+    c->rx_out = NULL;
+    return call(c, r, m, fds, nfds, maxfds, 0, fast, arg);
+}
+
+void wb__cl_msg_done(wb_client *c, wb__msg *m) {
+    if (m->owned && m->owned == c->rx_out && c->rx == NULL &&
+        c->rx_out_cap <= WB_CL_RX_KEEP) {
+        c->rx = m->owned;
+        c->rx_cap = c->rx_out_cap;
+        m->owned = NULL;
+    }
+    c->rx_out = NULL;
+    wb__msg_free(m);
 }
 
 int wb__cl_call(wb_client *c, wb__cl_req *r, wb__msg *m) {
-    return call(c, r, m, NULL, NULL, 0, 0);
+    return call(c, r, m, NULL, NULL, 0, 0, NULL, NULL);
 }
 
 int wb__cl_call_cancellable(wb_client *c, wb__cl_req *r, wb__msg *m) {
-    return call(c, r, m, NULL, NULL, 0, 1);
+    return call(c, r, m, NULL, NULL, 0, 1, NULL, NULL);
 }
 
 int wb__cl_take_cancel(wb_client *c) {
@@ -451,5 +491,6 @@ void wb_close(wb_client *c) {
         close(c->fd);
     if (c->cancel_fd >= 0)
         close(c->cancel_fd);
+    free(c->rx);
     free(c);
 }

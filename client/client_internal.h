@@ -32,6 +32,11 @@ struct wb_client {
     char errmsg[WB_CLIENT_ERRMSG_MAX]; /* Detail of the last failure. */
     int sys_errno;                     /* errno behind the last WB_ESYS failure
                                           (this process's or the daemon's), or 0. */
+    uint8_t *rx;       /* A reply body's buffer kept for the next map reply
+                          (wb__cl_msg_done), or NULL. */
+    size_t rx_cap;     /* Bytes of rx. */
+    uint8_t *rx_out;   /* The buffer the last fast call read into. */
+    size_t rx_out_cap; /* Its bytes. */
 };
 
 /* One request on its way: the bytes packed so far and its id. */
@@ -65,6 +70,23 @@ void wb__cl_req_begin(wb_client *c, wb__cl_req *r);
 int wb__cl_call_fds(wb_client *c, wb__cl_req *r, wb__msg *m, int *fds,
                     int *nfds, int maxfds);
 
+/* A decoder wb__cl_call_fast() tries on a reply's body before the
+ * general path: returns 0 when it took the body (a success answering
+ * request id), else nonzero to leave it to msgpack-c and the envelope
+ * check, which then decide as they always did. */
+typedef int (*wb__cl_fast_fn)(void *arg, const uint8_t *body, size_t len,
+                              uint64_t id);
+/* wb__cl_call_fds() with fast tried first on the reply's body: when it
+ * takes it, returns 0 with m->root NULL (nothing unpacked) and the body
+ * in m->owned, for what fast decoded to view.  The body's buffer comes
+ * from c when c keeps one large enough; free m with wb__cl_msg_done(). */
+int wb__cl_call_fast(wb_client *c, wb__cl_req *r, wb__msg *m, int *fds,
+                     int *nfds, int maxfds, wb__cl_fast_fn fast, void *arg);
+/* Frees m like wb__msg_free(), but keeps the buffer of a body that
+ * wb__cl_call_fast() read, when it is at most WB_CL_RX_KEEP bytes, for
+ * the next such call: no malloc and free of the reply per map. */
+void wb__cl_msg_done(wb_client *c, wb__msg *m);
+#define WB_CL_RX_KEEP (1u << 20)
 /* wb__cl_call_fds() for a reply that brings no descriptors. */
 int wb__cl_call(wb_client *c, wb__cl_req *r, wb__msg *m);
 

@@ -371,6 +371,27 @@ static int read_reply(wb_client *c, const wb__msg *m, int rc, wb_mapping *mp,
     return rc;
 }
 
+/* What fast_map() leaves for wb_load(). */
+typedef struct fast_rep {
+    wb__map_rep rep; /* The decoded reply. */
+    int taken;       /* 1 if fast_map() decoded it. */
+} fast_rep;
+
+/* Decodes a successful map reply straight from its bytes (msg.h,
+ * wb__decode_map_rep_fast); anything else is left to the general path. */
+static int fast_map(void *arg, const uint8_t *body, size_t len, uint64_t id) {
+    fast_rep *f = arg;
+    uint64_t rid;
+    if (wb__decode_map_rep_fast(body, len, &rid, &f->rep) != 0)
+        return 1;
+    if (rid != id) {
+        wb__map_rep_free(&f->rep);
+        return 1;
+    }
+    f->taken = 1;
+    return 0;
+}
+
 int wb_load(wb_client *c, const char *model, uint64_t version,
             const wb_schema *schema, const wb_rules *rules, int flags,
             wb_mapping **out) {
@@ -394,7 +415,9 @@ int wb_load(wb_client *c, const char *model, uint64_t version,
                      rules ? &rules->rs : NULL);
     wb__msg m;
     int fds[WB_MAX_SEGMENTS + 1], nfds = 0; /* Segments, then the hold. */
-    int rc = wb__cl_call_fds(c, &r, &m, fds, &nfds, WB_MAX_SEGMENTS + 1);
+    fast_rep f = {.taken = 0};
+    int rc = wb__cl_call_fast(c, &r, &m, fds, &nfds, WB_MAX_SEGMENTS + 1,
+                              fast_map, &f);
     wb_mapping *mp = NULL;
     if (rc == 0 || rc == WB_ELOAD) {
         mp = calloc(1, sizeof(*mp));
@@ -403,7 +426,12 @@ int wb_load(wb_client *c, const char *model, uint64_t version,
         } else {
             mp->hold_fd = -1;
             int got = rc;
-            rc = read_reply(c, &m, rc, mp, fds, nfds, flags);
+            if (f.taken) {
+                rc = take_mapping(c, &f.rep, mp, fds, nfds, flags);
+                wb__map_rep_free(&f.rep);
+            } else {
+                rc = read_reply(c, &m, rc, mp, fds, nfds, flags);
+            }
             mp->plain = got == 0 && schema == NULL && rules == NULL &&
                         !(flags & WB_MAP_PLAN);
         }
@@ -411,7 +439,9 @@ int wb_load(wb_client *c, const char *model, uint64_t version,
     for (int i = 0; i < nfds; i++)
         if (fds[i] >= 0)
             close(fds[i]);
-    wb__msg_free(&m);
+    if (f.taken && mp == NULL)
+        wb__map_rep_free(&f.rep); /* calloc failed: not taken above. */
+    wb__cl_msg_done(c, &m);
     if (rc && rc != WB_ELOAD) {
         wb_unmap(mp);
         mp = NULL;

@@ -215,16 +215,23 @@ int wb_publish_write(wb_publish *p, size_t i, const void *src, size_t len,
     const uint8_t *s = src;
     uint64_t at = p->offs[i] + off;
     while (len > 0) {
-        ssize_t w = p->base ? -1 : pwrite(p->fd, s, len, (off_t)at);
+        /* Mapped already (wb_publish_data, or a hugetlb segment that has
+         * no write(2)): the bytes go in through the mapping.  Checked
+         * before pwrite, never from errno, which may hold any earlier
+         * call's EINTR. */
+        if (p->base) {
+            memcpy(p->base + at, s, len);
+            return 0;
+        }
+        ssize_t w = pwrite(p->fd, s, len, (off_t)at);
         if (w < 0 && errno == EINTR)
             continue;
-        if (w < 0 && (p->base || errno == EINVAL)) {
+        if (w < 0 && errno == EINVAL) {
             /* A hugetlb segment has no write(2): its bytes go in through
              * the (huge) shared mapping, as fast as write would be. */
             if (wb_publish_data(p, i, NULL) == NULL)
                 return WB_ESYS;
-            memcpy(p->base + at, s, len);
-            return 0;
+            continue;
         }
         if (w <= 0)
             return wb__cl_fail(p->c, WB_ESYS, "writing tensor %zu: %s", i,

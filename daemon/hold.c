@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -18,12 +19,12 @@
 #define WB_HOLD_DRAIN 512 /* Bytes read per wake-up from a chatty client. */
 
 struct wb__hold {
-    uv_poll_t poll;               /* Watches rfd for end of file. */
     int rfd;                      /* Read end, -1 once ended. */
     wb__version *v;               /* Version held (referenced). */
     uint32_t pid;                 /* Mapping process (SO_PEERCRED). */
     uint32_t uid;                 /* Its user. */
-    char comm[WB_HOLD_COMM_MAX];  /* /proc/PID/comm at map time. */
+    char comm[WB_HOLD_COMM_MAX];  /* /proc/PID/comm at the connection's
+                                     first map. */
     uint64_t bytes;               /* Bytes of the segments mapped. */
     uint64_t since;               /* time(NULL) at map time. */
     struct wb__hold *prev, *next; /* Holds in progress, newest first. */
@@ -38,6 +39,14 @@ typedef struct user_holds {
     size_t n;
     struct user_holds *next;
 } user_holds;
+
+/* Every hold's read end is in one epoll instance of hold.c's own, which
+ * the loop polls as one handle: a hold costs pipe2, one epoll_ctl to add
+ * its read end and one to remove it, where a uv_poll_t per hold cost
+ * another four system calls a map (an ioctl for O_NONBLOCK, libuv's
+ * add-and-remove check of the descriptor, a read at the end). */
+static int hold_ep = -1;    /* The epoll instance, or -1 before init. */
+static uv_poll_t hold_poll; /* Watches hold_ep on the loop. */
 
 static wb__hold *holds;   /* Holds in progress. */
 static size_t nholds;     /* Entries in holds. */
@@ -89,16 +98,13 @@ static void read_comm(pid_t pid, char *buf, size_t len) {
     buf[strcspn(buf, "\n")] = '\0';
 }
 
-static void hold_closed(uv_handle_t *h) {
-    free(h->data);
-}
-
 /* Ends h: stops polling, closes the read end, drops the version's
- * reference (which may refund its memory) and frees h once libuv has let
- * go of the handle. */
+ * reference (which may refund its memory) and frees h. */
 static void hold_end(wb__hold *h) {
     assert(h->rfd >= 0 && nholds > 0);
-    uv_poll_stop(&h->poll);
+    /* Removed before the close, not by it: a copy of the descriptor
+     * elsewhere would keep it registered, with h freed. */
+    epoll_ctl(hold_ep, EPOLL_CTL_DEL, h->rfd, NULL);
     close(h->rfd);
     h->rfd = -1;
     if (h->prev)
@@ -116,32 +122,70 @@ static void hold_end(wb__hold *h) {
     assert(v->holds > 0);
     v->holds--;
     wb__version_unref(v);
-    uv_close((uv_handle_t *)&h->poll, hold_closed);
+    free(h);
 }
 
-/* The read end is readable or hung up.  End of file (every write end
- * closed) ends the hold; bytes a client wrote are read and ignored. */
-static void on_hold_event(uv_poll_t *p, int status, int events) {
-    wb__hold *h = p->data;
-    char buf[WB_HOLD_DRAIN];
-    ssize_t n = status < 0 ? 0 : read(h->rfd, buf, sizeof(buf));
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return;
-    if (n > 0)
-        return;
-    hold_end(h);
+/* Some read ends are readable or hung up.  End of file (every write end
+ * closed: EPOLLHUP, or a read of 0) ends a hold; bytes a client wrote are
+ * read and ignored.  The read ends block, but a level-triggered EPOLLIN
+ * means bytes are there for this, their only reader: read never waits. */
+static void on_holds(uv_poll_t *p, int status, int events) {
+    (void)p;
+    (void)status; /* Whatever libuv saw, epoll says which holds. */
+    (void)events;
+    struct epoll_event ev[64];
+    int n = epoll_wait(hold_ep, ev, 64, 0);
+    for (int i = 0; i < n; i++) {
+        wb__hold *h = ev[i].data.ptr;
+        if (ev[i].events & EPOLLIN) {
+            char buf[WB_HOLD_DRAIN];
+            ssize_t k = read(h->rfd, buf, sizeof(buf));
+            if (k > 0 || (k < 0 && (errno == EAGAIN || errno == EINTR)))
+                continue;
+        }
+        hold_end(h);
+    }
+}
+
+int wb__holds_init(void) {
+    if (hold_ep >= 0)
+        return 0;
+    hold_ep = epoll_create1(EPOLL_CLOEXEC);
+    if (hold_ep < 0)
+        return WB_ESYS;
+    int rc = uv_poll_init(uv_default_loop(), &hold_poll, hold_ep);
+    if (rc == 0)
+        rc = uv_poll_start(&hold_poll, UV_READABLE, on_holds);
+    if (rc) {
+        close(hold_ep);
+        hold_ep = -1;
+        errno = -rc;
+        return WB_ESYS;
+    }
+    /* Holds never keep the loop running: shut-down ends them. */
+    uv_unref((uv_handle_t *)&hold_poll);
+    return 0;
 }
 
 int wb__hold_start(wb__version *v, const struct ucred *cred, uint64_t bytes,
                    int *wfd) {
+    char comm[WB_HOLD_COMM_MAX];
+    int known = 0;
+    return wb__hold_start_comm(v, cred, bytes, comm, &known, wfd);
+}
+
+int wb__hold_start_comm(wb__version *v, const struct ucred *cred,
+                        uint64_t bytes, char *comm, int *comm_known, int *wfd) {
     assert(v->model != NULL);
     if (wb__hold_user_max &&
         wb__holds_of_user((uint32_t)cred->uid) >= wb__hold_user_max)
         return WB_ETOOBIG;
+    if (wb__holds_init())
+        return WB_ESYS;
     int p[2];
     /* Both ends block: the client's like any pipe would (it never
-     * writes), and uv_poll_init() makes the daemon's non-blocking itself;
-     * no fcntl() pair per map to undo O_NONBLOCK on the client's. */
+     * writes), the daemon's read only when epoll says bytes are there; no
+     * fcntl() pair per map to undo O_NONBLOCK on the client's. */
     if (pipe2(p, O_CLOEXEC) < 0)
         return WB_ESYS;
     wb__hold *h = calloc(1, sizeof(*h));
@@ -151,28 +195,27 @@ int wb__hold_start(wb__version *v, const struct ucred *cred, uint64_t bytes,
         close(p[1]);
         return WB_ENOMEM;
     }
-    int rc = uv_poll_init(uv_default_loop(), &h->poll, p[0]);
-    if (rc == 0)
-        rc =
-            uv_poll_start(&h->poll, UV_READABLE | UV_DISCONNECT, on_hold_event);
-    if (rc) {
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = h};
+    if (epoll_ctl(hold_ep, EPOLL_CTL_ADD, p[0], &ev) < 0) {
+        int e = errno;
         user_remove((uint32_t)cred->uid);
         close(p[0]);
         close(p[1]);
         free(h);
-        errno = -rc;
+        errno = e;
         return WB_ESYS;
     }
-    /* Holds never keep the loop running: shut-down ends them. */
-    uv_unref((uv_handle_t *)&h->poll);
-    h->poll.data = h;
     h->rfd = p[0];
     h->v = v;
     wb__version_ref(v);
     v->holds++;
     h->pid = (uint32_t)cred->pid;
     h->uid = (uint32_t)cred->uid;
-    read_comm(cred->pid, h->comm, sizeof(h->comm));
+    if (!*comm_known) {
+        read_comm(cred->pid, comm, WB_HOLD_COMM_MAX);
+        *comm_known = 1;
+    }
+    memcpy(h->comm, comm, sizeof(h->comm));
     h->bytes = bytes;
     h->since = (uint64_t)time(NULL);
     h->next = holds;

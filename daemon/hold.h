@@ -1,7 +1,8 @@
 /* hold.h -- Holds: which processes still map which version.
  *
  * Every map that asks for it (libwbroker's do, plans excepted) creates a
- * hold: a pipe whose read end the daemon keeps and polls, and whose write end
+ * hold: a pipe whose read end the daemon keeps and polls (all of them in
+ * one epoll instance), and whose write end
  * travels to the client with the map reply, last after the segments'
  * descriptors.  The client keeps it beside its mapping and closes it only
  * after munmap; a fork() inherits it, exec() does not (O_CLOEXEC), and
@@ -39,6 +40,20 @@ extern size_t wb__hold_user_max;
  * made. */
 int wb__hold_start(wb__version *v, const struct ucred *cred, uint64_t bytes,
                    int *wfd);
+/* wb__hold_start() with the peer's command name already known: comm,
+ * which *comm_known says was read (else it is read from /proc/PID/comm
+ * into comm, WB_HOLD_COMM_MAX bytes, and *comm_known set), so that a
+ * connection that maps again and again reads /proc once, not three
+ * system calls a map.  The name is then the one the process had at its
+ * connection's first map. */
+int wb__hold_start_comm(wb__version *v, const struct ucred *cred,
+                        uint64_t bytes, char *comm, int *comm_known, int *wfd);
+
+/* Makes the epoll instance every hold's read end is polled in, as one
+ * handle on the default loop (main.c calls it at start-up, so that the
+ * daemon's descriptors do not change at its first map; the first hold
+ * makes it otherwise).  Returns 0, or WB_ESYS with errno set. */
+int wb__holds_init(void);
 
 /* Holds in progress. */
 size_t wb__holds_count(void);

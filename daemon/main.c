@@ -425,6 +425,10 @@ int main(int argc, char **argv) {
      * stay for other users, connections and segments. */
     wb__hold_user_max = (size_t)(user_holds_set ? user_holds : nofile / 2);
     uv_loop_t *loop = uv_default_loop();
+    if (wb__holds_init()) {
+        wb__error("cannot poll holds: %s", strerror(errno));
+        return 1;
+    }
     wb__reg.mem_limit = limit;
     wb__reg.keep = keep;
     wb__started = (double)uv_hrtime() / 1e9;

@@ -29,6 +29,10 @@
 #include "wire.h"
 #include "worker.h"
 
+/* A session keeps its peer's command name for every hold it starts. */
+_Static_assert(sizeof(((wb__session *)0)->comm) == WB_HOLD_COMM_MAX,
+               "a session's comm holds a hold's");
+
 /* State of a map request until it is answered. */
 typedef struct map_req {
     wb__task task;        /* Resolution on the worker. */
@@ -219,7 +223,8 @@ static void map_reply(map_req *mr) {
         uint64_t bytes = 0;
         for (int k = 0; k < nsegs; k++)
             bytes += sizes[k];
-        int rc = wb__hold_start(v, &s->cred, bytes, &fds[nfds]);
+        int rc = wb__hold_start_comm(v, &s->cred, bytes, s->comm,
+                                     &s->comm_known, &fds[nfds]);
         if (rc) {
             int e = errno;
             for (int i = 0; i < nfds; i++)

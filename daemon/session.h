@@ -35,6 +35,9 @@ typedef struct wb__session {
     struct wb__watch *watch;          /* The watch it waits in, or NULL. */
     struct wb__session *prev;         /* Previous session. */
     struct wb__session *next;         /* Next session. */
+    char comm[16];                    /* Peer's /proc/PID/comm at its first
+                                         hold (hold.h), if comm_known. */
+    int comm_known;                   /* 1 once comm was read. */
 } wb__session;
 
 /* Makes the session of a new connection (one reference, the

@@ -8,9 +8,13 @@
  * meaning (names, limits, ties: the daemon checks those and answers with
  * its own sentences).  Strings decode as views (wb__str) into the decoded
  * message, which must outlive the struct; arrays are allocated and freed
- * with the message's free function.  Encoders write the whole body
- * ("op"/"id" or "id"/"err" included) into a msgpack packer; those that
- * stream a long table take a callback per entry. */
+ * with the message's free function.  One reply has a second decoder
+ * beside its general one, for speed: a successful map reply is read
+ * straight from its bytes by wb__decode_map_rep_fast() (msg_fast.c),
+ * which takes only what the general decoder would decode the same.
+ * Encoders write the whole body ("op"/"id" or "id"/"err" included) into
+ * a msgpack packer; those that stream a long table take a callback per
+ * entry. */
 #ifndef WB_PROTO_MSG_H
 #define WB_PROTO_MSG_H
 
@@ -268,6 +272,16 @@ void wb__pack_load_error_rep(msgpack_packer *pk, uint64_t id, uint64_t version,
 int wb__decode_map_rep(const msgpack_object *root, int load_error,
                        wb__map_rep *out);
 void wb__map_rep_free(wb__map_rep *r);
+/* Decodes the whole body of a frame (len bytes, no header) when it is a
+ * successful map reply in the shape wbrokerd sends (msg_fast.c), straight
+ * from the bytes, without msgpack-c: *id is its id (never 0).  Strings
+ * are views into body.  Returns 0; 1 when the body is anything else (a
+ * failure, another shape, malformed), which the general path
+ * (wb__msg_decode, the envelope, wb__decode_map_rep) must then decode,
+ * with the same result on every body this takes; or WB_ENOMEM.  Free
+ * with wb__map_rep_free() after 0 (nothing to free otherwise). */
+int wb__decode_map_rep_fast(const uint8_t *body, size_t len, uint64_t *id,
+                            wb__map_rep *out);
 
 /* ---------------------------------------------------------------- list */
 

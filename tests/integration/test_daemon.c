@@ -700,6 +700,40 @@ static void test_daemon_publish_write(void **state) {
     wb_close(c);
 }
 
+/* wb_publish_write() after wb_publish_data() copies through the mapping
+ * and returns, whatever errno held before (a stale EINTR once made it
+ * retry forever). */
+static void test_daemon_publish_write_after_data(void **state) {
+    wbt_daemon *d = *state;
+    wb_client *c = wbt_connect(d);
+    int64_t shape[1] = {1000};
+    wb_tensor_spec specs[2] = {{"a", WB_F32, 1, shape, NULL},
+                               {"b", WB_F32, 1, shape, NULL}};
+    float fa[1000];
+    for (int i = 0; i < 1000; i++)
+        fa[i] = (float)i / 8;
+    wb_publish *p;
+    assert_int_equal(wb_publish_begin(c, "wd", specs, 2, NULL, 0, &p), 0);
+    float *b = wb_publish_data(p, 1, NULL);
+    assert_non_null(b);
+    memset(b, 0, sizeof(fa));
+    errno = EINTR;
+    assert_int_equal(wb_publish_write(p, 0, fa, sizeof(fa), 0), 0);
+    errno = EINTR;
+    assert_int_equal(wb_publish_write(p, 1, fa + 10, 40, 4), 0);
+    assert_int_equal(wb_publish_commit(p, NULL), 0);
+    wb_mapping *m;
+    assert_int_equal(wb_map(c, "wd", 0, WB_MAP_SHARED, &m), 0);
+    wb_tensor t;
+    assert_int_equal(wb_map_tensor(m, (size_t)wb_map_find(m, "a"), &t), 0);
+    assert_memory_equal(t.data, fa, sizeof(fa));
+    assert_int_equal(wb_map_tensor(m, (size_t)wb_map_find(m, "b"), &t), 0);
+    assert_true(((const float *)t.data)[0] == 0.0f);
+    assert_memory_equal((const char *)t.data + 4, fa + 10, 40);
+    wb_unmap(m);
+    wb_close(c);
+}
+
 /* Which malformed "tied" list body_tied() sends. */
 static int tied_case;
 
@@ -901,6 +935,8 @@ int main(void) {
                                         teardown),
         cmocka_unit_test_setup_teardown(test_daemon_publish_write, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_daemon_publish_write_after_data,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_daemon_tied_tensors, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_daemon_many_tensors, setup,

@@ -13,7 +13,9 @@ A thin ctypes layer over libwbroker.so (see include/wbroker.h)::
 
 Mapped tensors view the daemon's sealed shared memory copy-on-write: a
 process that writes to them changes only its own pages.  A mapping is
-unmapped when the last tensor viewing it is garbage-collected.
+unmapped when the last tensor viewing it is garbage-collected, by a
+background thread, off the path of the call that dropped it (a reload);
+flush_unmaps() waits until every such mapping is unmapped.
 
 The library is $WBROKER_LIB if set, else the libwbroker.so a wheel ships
 next to this package, else libwbroker found by ctypes (the
@@ -25,7 +27,8 @@ models(), drop(), watch(), publish_file() and export() work without it.
 Modules: errors (the exceptions), dtypes (safetensors and torch dtypes),
 publish (publish, publish_file, export), load (state_dict, load_into,
 plan and LoadResult), client (connect, Client, Holder), follow (Follower,
-what Client.follow() returns), _lib (the ctypes declarations).
+what Client.follow() returns), release (the unmapping thread,
+flush_unmaps), _lib (the ctypes declarations).
 """
 __version__ = "0.1.0"
 
@@ -41,11 +44,13 @@ from .errors import (ConnectError, Error, FormatError, LoadError,  # noqa
                      UnusedRuleWarning)
 from .follow import Follower  # noqa: E402
 from .load import LoadResult  # noqa: E402
+from .release import flush as flush_unmaps  # noqa: E402
 
 __all__ = ["connect", "socket_path", "Client", "Error", "ConnectError",
            "LoadError", "MemoryLimitError", "NotFoundError", "FormatError",
            "PermissionDeniedError", "SystemCallError", "UnusedRuleWarning",
-           "LoadResult", "ModelInfo", "Status", "Holder", "Follower"]
+           "LoadResult", "ModelInfo", "Status", "Holder", "Follower",
+           "flush_unmaps"]
 
 # The public classes are the package's: tracebacks and reprs say
 # wbroker.LoadError, whichever module defines it.

@@ -242,7 +242,8 @@ class Client:
         carries, as torch's state_dict() does, the module versions
         publish() recorded as its _metadata).  The tensors view the shared
         memory copy-on-write, without a copy; writes to them stay private.
-        The memory is unmapped when the last of them is collected.
+        The memory is unmapped when the last of them is collected, by a
+        background thread (wbroker.flush_unmaps() waits for it).
         populate=True makes every page resident before returning (no page
         fault on first use)."""
         return _load.state_dict(self, name, version, populate)

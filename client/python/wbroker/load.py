@@ -19,6 +19,7 @@ import sys
 import warnings
 
 from . import _lib
+from . import release
 from ._lib import dec as _dec
 from ._lib import enc as _enc
 from .dtypes import dtype_code as _dtype_code
@@ -124,13 +125,16 @@ class _Mapping:
 
     Every tensor view made from the mapping holds this object (through the
     ctypes buffer it views), so the memory stays mapped as long as any view
-    lives."""
+    lives.  Collected, it is unmapped by release's thread, not by whatever
+    call dropped the last view (a reload's; see release.py); close()
+    unmaps at once."""
 
     __slots__ = ("_ptr", "_unmap", "__weakref__")
 
     def __init__(self, ptr):
         self._unmap = _lib.load().wb_unmap
         self._ptr = ptr
+        release.start()
 
     def close(self):
         ptr, self._ptr = self._ptr, None
@@ -138,7 +142,9 @@ class _Mapping:
             self._unmap(ptr)
 
     def __del__(self):
-        self.close()
+        ptr, self._ptr = self._ptr, None
+        if ptr:
+            release.release(self._unmap, ptr)
 
 
 def _view(owner, data, nbytes, dtype, shape):
