@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "client_internal.h"
+#include "identity.h"
 
 #define WB_EXPORT_CHUNK (8u << 20) /* Bytes per write(). */
 #define WB_EXPORT_PATH_MAX 4096    /* Bytes of a target path, NUL included. */
@@ -153,13 +154,11 @@ static int tmp_create(const target *t, char name[NAME_MAX + 1]) {
     return -1;
 }
 
-/* The image's header with the daemon's identity entry (WB_VERSION_KEY,
- * which names the version, not its content) blanked out with spaces: an
- * export holds the tensors, their metadata and ties, and two versions of
- * the same content export to the same bytes.  The header keeps its length,
- * so every offset stays.  Returns a new copy of the header (*hlen bytes),
- * or NULL when there is nothing to blank or no memory (then the image is
- * written as it is). */
+/* The image's header with the daemon's identity entry blanked out
+ * (identity.h): an export holds the tensors, their metadata and ties, and
+ * its bytes are what the version's digest digests.  Returns a new copy of
+ * the header (*hlen bytes), or NULL when there is nothing to blank or no
+ * memory (then the image is written as it is). */
 static uint8_t *header_without_identity(const uint8_t *img, size_t len,
                                         size_t *hlen) {
     if (len < 8)
@@ -169,26 +168,14 @@ static uint8_t *header_without_identity(const uint8_t *img, size_t len,
         n |= (uint64_t)img[i] << (8 * i);
     if (n > len - 8)
         return NULL;
-    static const char key[] = "\"" WB_VERSION_KEY "\":\"";
-    const uint8_t *h = img + 8;
-    const uint8_t *k = memmem(h, (size_t)n, key, strlen(key));
-    if (k == NULL)
-        return NULL;
-    size_t start = (size_t)(k - img), end = start + strlen(key);
-    while (end < 8 + n && img[end] != '"')
-        end += img[end] == '\\' ? 2 : 1;
-    if (end >= 8 + n)
-        return NULL;
-    end++; /* The closing quote. */
-    if (start > 8 && img[start - 1] == ',')
-        start--; /* The entry is the metadata's last. */
-    else if (end < 8 + n && img[end] == ',')
-        end++;
     uint8_t *copy = malloc(8 + (size_t)n);
     if (copy == NULL)
         return NULL;
     memcpy(copy, img, 8 + (size_t)n);
-    memset(copy + start, ' ', end - start);
+    if (!wb__blank_identity(copy, 8 + (size_t)n)) {
+        free(copy);
+        return NULL;
+    }
     *hlen = 8 + (size_t)n;
     return copy;
 }

@@ -14,6 +14,7 @@
 #include <xxhash.h>
 
 #include "../client/safetensors.h"
+#include "identity.h"
 #include "layout.h"
 #include "wbroker.h"
 #include "wire.h"
@@ -197,8 +198,9 @@ int wb__digest_parse(const char *hex, uint8_t *d) {
     return 0;
 }
 
-int wb__digest_seg(const wb__segment *s, uint64_t len, uint8_t *out) {
-    if (len == 0 || len > s->size || len > SIZE_MAX) {
+int wb__digest_seg(const wb__segment *s, uint64_t len, uint64_t header_len,
+                   uint8_t *out) {
+    if (len == 0 || len > s->size || len > SIZE_MAX || header_len > len) {
         errno = EINVAL;
         return WB_ESYS;
     }
@@ -206,7 +208,26 @@ int wb__digest_seg(const wb__segment *s, uint64_t len, uint8_t *out) {
     if (p == NULL)
         return WB_ESYS;
     madvise(p, (size_t)len, MADV_SEQUENTIAL);
-    XXH128_hash_t h = XXH3_128bits(p, (size_t)len);
+    /* The header without the identity, then the data: the bytes of the
+     * version's export (identity.h). */
+    uint8_t *hdr = malloc(header_len ? (size_t)header_len : 1);
+    XXH3_state_t *st = XXH3_createState();
+    if (hdr == NULL || st == NULL) {
+        free(hdr);
+        XXH3_freeState(st);
+        munmap(p, (size_t)len);
+        errno = ENOMEM;
+        return WB_ESYS;
+    }
+    memcpy(hdr, p, (size_t)header_len);
+    wb__blank_identity(hdr, (size_t)header_len);
+    XXH3_128bits_reset(st);
+    XXH3_128bits_update(st, hdr, (size_t)header_len);
+    XXH3_128bits_update(st, (const uint8_t *)p + header_len,
+                        (size_t)(len - header_len));
+    XXH128_hash_t h = XXH3_128bits_digest(st);
+    XXH3_freeState(st);
+    free(hdr);
     munmap(p, (size_t)len);
     XXH128_canonical_t c;
     XXH128_canonicalFromHash(&c, h);

@@ -11,9 +11,11 @@
  * image (it is not known at publish): it lives in the descriptor names of
  * the service manager's store and in the state record.
  *
- * The digest is XXH3-128 of the image's first image_len bytes, computed
- * once at commit, written as 32 lowercase hex digits (the canonical, big-
- * endian form of xxhsum --tag -H2 without its prefix). */
+ * The digest is XXH3-128 of the image's first image_len bytes with the
+ * identity entry blanked out (identity.h): the bytes of the version's
+ * export, so that `xxhsum -H2` of an exported file gives it and the same
+ * content has the same digest.  Computed once at commit, written as 32
+ * lowercase hex digits (XXH128's canonical, big-endian form). */
 #ifndef WB_DAEMON_IDENT_H
 #define WB_DAEMON_IDENT_H
 
@@ -58,10 +60,12 @@ void wb__ident_free(wb__ident *id);
 void wb__digest_hex(const uint8_t *d, char *out);
 /* Parses 32 hex digits into d.  Returns 0 or -1. */
 int wb__digest_parse(const char *hex, uint8_t *d);
-/* Digests the first len bytes of a sealed segment (mapped read-only: a
- * sealed segment cannot shrink under the mapping).  Blocks for about
- * 0.1 s per GiB: call it off the loop.  Returns 0 or WB_ESYS. */
-int wb__digest_seg(const wb__segment *s, uint64_t len, uint8_t *out);
+/* Digests the image of len bytes, header_len of them its header, of a
+ * sealed segment (mapped read-only: a sealed segment cannot shrink under
+ * the mapping).  Blocks for about 0.1 s per GiB: call it off the loop.
+ * Returns 0 or WB_ESYS. */
+int wb__digest_seg(const wb__segment *s, uint64_t len, uint64_t header_len,
+                   uint8_t *out);
 
 /* A version rebuilt from a header: v holds its tensors (published order),
  * ties, metadata, offsets and lengths, image_len, data_bytes and id, but no

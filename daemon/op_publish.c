@@ -478,7 +478,7 @@ typedef struct digest_job {
 static void digest_job_work(uv_work_t *w) {
     digest_job *j = w->data;
     wb__version *v = j->p->v;
-    j->rc = wb__digest_seg(&v->seg, v->image_len, v->digest);
+    j->rc = wb__digest_seg(&v->seg, v->image_len, j->p->header_len, v->digest);
     if (j->rc)
         j->sys_errno = errno;
 }

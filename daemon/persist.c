@@ -220,7 +220,7 @@ static int load_file(const char *name, uint64_t want_id, wb__persisted *out,
     }
     uint8_t digest[WB_DIGEST_LEN];
     if (wb__seg_seal(&v->seg) != 0 ||
-        wb__digest_seg(&v->seg, v->image_len, digest) != 0)
+        wb__digest_seg(&v->seg, v->image_len, rb.header_len, digest) != 0)
         goto fail_io;
     if (memcmp(digest, rb.ident.digest, WB_DIGEST_LEN) != 0) {
         snprintf(why, whylen, "digest mismatch: its bytes changed");

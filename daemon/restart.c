@@ -242,7 +242,8 @@ static int take_stored_version(wb__stored_fd *s, const wb__state *st, cand *c,
     v->stored = 1;
     if (sv) {
         memcpy(v->digest, sv->digest, WB_DIGEST_LEN);
-    } else if (wb__digest_seg(&v->seg, v->image_len, v->digest) != 0) {
+    } else if (wb__digest_seg(&v->seg, v->image_len,
+                              v->image_len - v->data_bytes, v->digest) != 0) {
         snprintf(why, whylen, "cannot digest it: %s", strerror(errno));
         v->stored = 0;
         wb__seg_close(&v->seg);
