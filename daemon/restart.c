@@ -246,7 +246,8 @@ static int take_stored_version(wb__stored_fd *s, const wb__state *st, cand *c,
                               v->image_len - v->data_bytes, v->digest) != 0) {
         snprintf(why, whylen, "cannot digest it: %s", strerror(errno));
         v->stored = 0;
-        wb__seg_close(&v->seg);
+        wb__seg_close(&v->seg); /* Closes s->fd. */
+        s->fd = -1;
         wb__rebuilt_free(&rb);
         return -1;
     }
