@@ -204,7 +204,9 @@ int wb__digest_seg(const wb__segment *s, uint64_t len, uint64_t header_len,
         errno = EINVAL;
         return WB_ESYS;
     }
-    void *p = wb__seg_map_ro(s, 0, (size_t)len, 0);
+    /* The whole segment: hugetlb maps whole 2 MiB pages only. */
+    size_t maplen = (size_t)s->size;
+    void *p = wb__seg_map_ro(s, 0, maplen, 0);
     if (p == NULL)
         return WB_ESYS;
     madvise(p, (size_t)len, MADV_SEQUENTIAL);
@@ -215,7 +217,7 @@ int wb__digest_seg(const wb__segment *s, uint64_t len, uint64_t header_len,
     if (hdr == NULL || st == NULL) {
         free(hdr);
         XXH3_freeState(st);
-        munmap(p, (size_t)len);
+        munmap(p, maplen);
         errno = ENOMEM;
         return WB_ESYS;
     }
@@ -228,7 +230,7 @@ int wb__digest_seg(const wb__segment *s, uint64_t len, uint64_t header_len,
     XXH128_hash_t h = XXH3_128bits_digest(st);
     XXH3_freeState(st);
     free(hdr);
-    munmap(p, (size_t)len);
+    munmap(p, maplen);
     XXH128_canonical_t c;
     XXH128_canonicalFromHash(&c, h);
     memcpy(out, c.digest, WB_DIGEST_LEN);
