@@ -1,6 +1,8 @@
 /* hold.c -- Holds: a polled pipe per mapping a client keeps (see hold.h).
  */
 #include "hold.h"
+#include "ident.h"
+#include "restart.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -27,6 +29,8 @@ struct wb__hold {
                                      first map. */
     uint64_t bytes;               /* Bytes of the segments mapped. */
     uint64_t since;               /* time(NULL) at map time. */
+    uint64_t serial;              /* Tells this hold's name in the
+                                     descriptor store apart (fdstore.h). */
     struct wb__hold *prev, *next; /* Holds in progress, newest first. */
 };
 
@@ -115,6 +119,7 @@ static void hold_end(wb__hold *h) {
         h->next->prev = h->prev;
     nholds--;
     user_remove(h->uid);
+    wb__restart_hold(h, 0);
     wb__version *v = h->v;
     h->v = NULL;
     wb__debug("hold of %s@%llu by pid %u ended", v->model->name,
@@ -174,56 +179,87 @@ int wb__hold_start(wb__version *v, const struct ucred *cred, uint64_t bytes,
     return wb__hold_start_comm(v, cred, bytes, comm, &known, wfd);
 }
 
-int wb__hold_start_comm(wb__version *v, const struct ucred *cred,
-                        uint64_t bytes, char *comm, int *comm_known, int *wfd) {
-    assert(v->model != NULL);
-    if (wb__hold_user_max &&
-        wb__holds_of_user((uint32_t)cred->uid) >= wb__hold_user_max)
-        return WB_ETOOBIG;
-    if (wb__holds_init())
+/* Makes a hold of v by uid/pid on the read end rfd (taken over), with
+ * command name comm.  Returns 0, or WB_ENOMEM / WB_ESYS (errno set) with
+ * rfd closed. */
+static int hold_make(wb__version *v, uint32_t uid, uint32_t pid, int rfd,
+                     uint64_t serial, const char *comm, wb__hold **out) {
+    if (wb__holds_init()) {
+        close(rfd);
         return WB_ESYS;
-    int p[2];
-    /* Both ends block: the client's like any pipe would (it never
-     * writes), the daemon's read only when epoll says bytes are there; no
-     * fcntl() pair per map to undo O_NONBLOCK on the client's. */
-    if (pipe2(p, O_CLOEXEC) < 0)
-        return WB_ESYS;
+    }
     wb__hold *h = calloc(1, sizeof(*h));
-    if (h == NULL || user_add((uint32_t)cred->uid) != 0) {
+    if (h == NULL || user_add(uid) != 0) {
         free(h);
-        close(p[0]);
-        close(p[1]);
+        close(rfd);
         return WB_ENOMEM;
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = h};
-    if (epoll_ctl(hold_ep, EPOLL_CTL_ADD, p[0], &ev) < 0) {
+    if (epoll_ctl(hold_ep, EPOLL_CTL_ADD, rfd, &ev) < 0) {
         int e = errno;
-        user_remove((uint32_t)cred->uid);
-        close(p[0]);
-        close(p[1]);
+        user_remove(uid);
+        close(rfd);
         free(h);
         errno = e;
         return WB_ESYS;
     }
-    h->rfd = p[0];
+    h->rfd = rfd;
     h->v = v;
     wb__version_ref(v);
     v->holds++;
-    h->pid = (uint32_t)cred->pid;
-    h->uid = (uint32_t)cred->uid;
-    if (!*comm_known) {
-        read_comm(cred->pid, comm, WB_HOLD_COMM_MAX);
-        *comm_known = 1;
-    }
-    memcpy(h->comm, comm, sizeof(h->comm));
-    h->bytes = bytes;
+    h->pid = pid;
+    h->uid = uid;
+    h->serial = serial;
+    snprintf(h->comm, sizeof(h->comm), "%s", comm);
     h->since = (uint64_t)time(NULL);
     h->next = holds;
     if (holds)
         holds->prev = h;
     holds = h;
     nholds++;
+    *out = h;
+    return 0;
+}
+
+int wb__hold_adopt(wb__version *v, uint32_t uid, uint32_t pid, int rfd,
+                   uint64_t serial) {
+    char comm[WB_HOLD_COMM_MAX];
+    read_comm((pid_t)pid, comm, sizeof(comm));
+    wb__hold *h;
+    int rc = hold_make(v, uid, pid, rfd, serial, comm, &h);
+    if (rc == 0)
+        h->bytes = v->seg.fd >= 0 ? v->seg.size : v->accounted;
+    return rc;
+}
+
+int wb__hold_start_comm(wb__version *v, const struct ucred *cred,
+                        uint64_t bytes, char *comm, int *comm_known, int *wfd) {
+    assert(v->model != NULL);
+    if (wb__hold_user_max &&
+        wb__holds_of_user((uint32_t)cred->uid) >= wb__hold_user_max)
+        return WB_ETOOBIG;
+    int p[2];
+    /* Both ends block: the client's like any pipe would (it never
+     * writes), the daemon's read only when epoll says bytes are there; no
+     * fcntl() pair per map to undo O_NONBLOCK on the client's. */
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return WB_ESYS;
+    if (!*comm_known) {
+        read_comm(cred->pid, comm, WB_HOLD_COMM_MAX);
+        *comm_known = 1;
+    }
+    wb__hold *h;
+    int rc = hold_make(v, (uint32_t)cred->uid, (uint32_t)cred->pid, p[0],
+                       wb__ident_new_id(), comm, &h);
+    if (rc) {
+        int e = errno;
+        close(p[1]);
+        errno = e;
+        return rc;
+    }
+    h->bytes = bytes;
     *wfd = p[1];
+    wb__restart_hold(h, 1);
     return 0;
 }
 
@@ -310,4 +346,10 @@ uint64_t wb__hold_bytes(const wb__hold *h) {
 }
 uint64_t wb__hold_since(const wb__hold *h) {
     return h->since;
+}
+int wb__hold_rfd(const wb__hold *h) {
+    return h->rfd;
+}
+uint64_t wb__hold_serial(const wb__hold *h) {
+    return h->serial;
 }

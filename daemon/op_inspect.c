@@ -8,8 +8,10 @@
 
 #include "access.h"
 #include "hold.h"
+#include "ident.h"
 #include "msg.h"
 #include "ops.h"
+#include "persist.h"
 #include "registry.h"
 #include "reply.h"
 #include "request.h"
@@ -21,6 +23,8 @@ double wb__started;
 /* Cursor over the models that hold versions, for the list encoder. */
 typedef struct list_cursor {
     wb__model *m; /* Next model to look at. */
+    int digest;   /* 1 to send digests (the client asked). */
+    char hex[33]; /* The current row's digest. */
 } list_cursor;
 
 static void list_row(void *arg, size_t i, wb__list_entry *e) {
@@ -39,10 +43,15 @@ static void list_row(void *arg, size_t i, wb__list_entry *e) {
     e->readers = wb__holds_readers(m);
     e->pinned = wb__model_pinned(m);
     e->owner = m->owner;
+    if (cur->digest) {
+        wb__digest_hex(v->digest, cur->hex);
+        e->digest.p = cur->hex;
+        e->digest.n = 32;
+    }
 }
 
 void wb__op_list(wb__session *s, uint64_t id, const msgpack_object *req) {
-    list_cursor cur = {wb__reg.models};
+    list_cursor cur = {wb__reg.models, wb__decode_list_req(req), ""};
     wb__reply r;
     wb__reply_init(&r, id);
     wb__pack_list_rep(&r.pk, id, wb__registry_models_held(), list_row, &cur);
@@ -88,7 +97,7 @@ void wb__op_status(wb__session *s, uint64_t id, const msgpack_object *req) {
     /* Requests and errors, the --huge-pages mode (pages.MODE = 1) and the
      * bytes in each page size, as the kernel reported them at each seal. */
     counter_list cl = {0};
-    cl.cap = wb__stats_count() + 8;
+    cl.cap = wb__stats_count() + 16;
     cl.name = calloc(cl.cap, sizeof(cl.name[0]));
     cl.value = calloc(cl.cap, sizeof(uint64_t));
     if (cl.name == NULL || cl.value == NULL)
@@ -107,6 +116,15 @@ void wb__op_status(wb__session *s, uint64_t id, const msgpack_object *req) {
     counter_add(&cl, "bytes.retired", wb__holds_retired_bytes());
     if (wb__reg.mem_pinned)
         counter_add(&cl, "bytes.pinned", wb__reg.mem_pinned);
+    if (wb__persist_on()) {
+        const wb__persist_stats *ps = &wb__persist_stats_now;
+        counter_add(&cl, "persist.backlog", ps->backlog);
+        counter_add(&cl, "persist.backlog_bytes", ps->backlog_bytes);
+        counter_add(&cl, "persist.written", ps->written);
+        counter_add(&cl, "persist.failed", ps->failed);
+        counter_add(&cl, "persist.corrupt", ps->corrupt);
+        counter_add(&cl, "persist.recovered", ps->recovered);
+    }
     st.ncounters = cl.n;
     wb__reply r;
     wb__reply_init(&r, id);
