@@ -299,3 +299,254 @@ def test_python_binding_inside(box):
     ver, pid, names = r.stdout.split(" ", 2)
     assert int(pid) == main_pid(box)
     assert "py-inside" in names
+
+
+# --------------------------------------------------- restart with the store
+
+def needs_store(c):
+    """The restart tests need the daemon's descriptor store, which the unit
+    enables with FileDescriptorStoreMax=."""
+    if int(prop(c, "wbrokerd.service", "FileDescriptorStoreMax") or 0) == 0:
+        pytest.skip("this build's wbrokerd.service sets no FileDescriptorStoreMax= "
+                    "(no descriptor store to restart from)")
+
+
+def snapshot(c):
+    """Everything a restart must keep: the model list (latest numbers,
+    version and pin counts, owners, digests) and, for every number up to
+    each latest, the version's info and the sha256 of its tensor bytes, or
+    that it is gone."""
+    models = cli_json(c, "ls")
+    snap = {"ls": models}
+    for m in models:
+        for num in range(1, m["latest"] + 1):
+            ref = "%s@%d" % (m["name"], num)
+            r = cli(c, "--json", "info", ref, check=False)
+            if r.returncode != 0:
+                assert json.loads(r.stdout)["error"] == "ENOVERSION", r.stdout
+                snap[ref] = None
+            else:
+                snap[ref] = (json.loads(r.stdout), export_sha(c, ref))
+    return snap
+
+
+class Holder:
+    """tests/service/holder.c inside the container, holding model@version."""
+
+    def __init__(self, c, model, version, prefix="/usr/local", env=None):
+        self.p = c.popen(prefix + "/bin/wbt-holder", model, str(version), env=env,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.first = self.p.stdout.readline().split()
+        assert self.first[:1] == ["held"], self.first
+        self.sum = self.first[3]
+        self.pid = int(self.first[4])
+
+    def ask(self, line):
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+        return self.p.stdout.readline().split()
+
+    def quit(self):
+        self.p.stdin.write("quit\n")
+        self.p.stdin.flush()
+        assert self.p.wait(10) == 0
+
+
+def restart_and_check(c, how):
+    """Publishes (two models, a pin, metadata), holds a version in a C
+    client, restarts the service the way how() does, and checks that every
+    version is back, the hold survived and is listed, the client's next
+    call works and new commits continue the numbering."""
+    before = snapshot(c)
+    held_model = before["ls"][0]["name"]
+    held_version = before["ls"][0]["latest"]
+    h = Holder(c, held_model, held_version)
+    try:
+        pid_before = main_pid(c)
+        how()
+        wait_for("wbrokerd active again", lambda: systemctl(
+            c, "is-active", "wbrokerd.service", check=False) == "active")
+        assert main_pid(c) != pid_before
+        assert snapshot(c) == before
+        assert h.ask("sum") == ["sum", h.sum]
+        holders = cli_json(c, "holders")
+        mine = [x for x in holders if x["pid"] == h.pid and x["model"] == held_model
+                and x["version"] == held_version]
+        assert mine, holders
+        assert h.ask("ls") == ["ls", str(len(before["ls"]))]
+        assert h.ask("map %d" % held_version)[:4] == ["map", str(held_version),
+                                                      h.first[2], h.sum]
+        assert publish(c, held_model, 1000 + held_version) == held_version + 1
+        # The pins came back too: retention (keep 2) still spares them.
+        pinned = {m["name"]: m["pinned"] for m in cli_json(c, "ls")}
+        assert pinned == {m["name"]: m["pinned"] for m in before["ls"]}
+    finally:
+        h.quit()
+
+
+def test_restart_keeps_every_version(box):
+    needs_store(box)
+    # restart-a: 1 (pinned) 2 (retired by keep 2) 3 4; restart-b: 1.
+    first = publish(box, "restart-a", 10, meta=("step=0",))
+    cli(box, "pin", "restart-a@%d" % first)
+    for i in range(1, 4):
+        publish(box, "restart-a", 10 + i, meta=("step=%d" % i,))
+    publish(box, "restart-b", 20, nbytes=9 << 20)
+    restart_and_check(box, lambda: systemctl(box, "restart", "wbrokerd.service"))
+
+
+def test_kill_restarts_with_every_version(box):
+    needs_store(box)
+    publish(box, "restart-a", 30)
+    restarts = int(prop(box, "wbrokerd.service", "NRestarts"))
+    restart_and_check(box, lambda: systemctl(box, "kill", "-s", "KILL",
+                                             "wbrokerd.service"))
+    assert int(prop(box, "wbrokerd.service", "NRestarts")) == restarts + 1
+
+
+# -------------------------------------------------------------------- upgrade
+
+def old_release():
+    """Source tree of OLD_RELEASE, built once (daemon, CLI, libraries) and
+    kept in $WB_CACHE/release-<commit>; skips when this clone lacks it."""
+    r = subprocess.run(["git", "-C", ROOT, "rev-parse", "--verify", "-q",
+                        OLD_RELEASE + "^{commit}"], capture_output=True, text=True)
+    if r.returncode != 0:
+        skip("commit %s (the previous release) is not in this clone" % OLD_RELEASE)
+    commit = r.stdout.strip()
+    top = os.path.join(wc.CACHE, "release-" + commit)
+    src = os.path.join(top, "src")
+    if not os.path.exists(os.path.join(top, ".complete")):
+        shutil.rmtree(top, ignore_errors=True)
+        os.makedirs(src)
+        archive = subprocess.Popen(["git", "-C", ROOT, "archive", commit],
+                                   stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-C", src], stdin=archive.stdout, check=True)
+        assert archive.wait() == 0
+        make("-j2", "BUILD=build", "build/wbrokerd", "build/wbroker",
+             "build/libwbroker.a", "build/wbroker.pc", cwd=src)
+        make("-j2", "BUILD=build", "install", "DESTDIR=" + os.path.join(top, "probe"),
+             cwd=src)
+        shutil.rmtree(os.path.join(top, "probe"))
+        open(os.path.join(top, ".complete"), "w").write(commit + "\n")
+    return src
+
+
+OLD = "/opt/wbroker-old"
+NEW = "/opt/wbroker-new"
+
+
+@pytest.fixture(scope="module")
+def upgrade_box():
+    """A container whose service is the previous release (in /usr/local),
+    with that release's clients in /opt/wbroker-old and this one's in
+    /opt/wbroker-new."""
+    src = old_release()
+
+    def prepare(upper):
+        install(upper, src=src, build="build")
+        install(upper, prefix=OLD, src=src, build="build")
+        install(upper, prefix=NEW)
+
+    c = boot("upgrade", prepare)
+    yield c
+    shutdown(c)
+
+
+def lib_env(prefix):
+    return {"LD_LIBRARY_PATH": prefix + "/lib",
+            "PYTHONPATH": prefix + "/lib/python3.11/site-packages"}
+
+
+def client_round(c, prefix, model, seed, ls=True):
+    """What a client of the release at prefix does against the running
+    daemon: status, publish two versions, info, export, hold a mapping and
+    read it again, and (with ls) list through the holder's handle and with
+    the CLI.  Returns the daemon's status."""
+    status = cli_json(c, "status", prefix=prefix)
+    v1 = publish(c, model, seed, prefix=prefix)
+    v2 = publish(c, model, seed + 1, prefix=prefix)
+    assert v2 == v1 + 1
+    info = cli_json(c, "info", "%s@%d" % (model, v1), prefix=prefix)
+    assert info["bytes"] == 3 << 20
+    assert export_sha(c, "%s@%d" % (model, v2), prefix=prefix) == data_sha(seed + 1, 3 << 20)
+    h = Holder(c, model, v2, prefix=prefix, env=lib_env(prefix))
+    try:
+        assert h.ask("sum") == ["sum", h.sum]
+        assert h.ask("map %d" % v1)[:2] == ["map", str(v1)]
+        if ls:
+            answer = h.ask("ls")
+            assert answer[0] == "ls", " ".join(answer)
+            names = [m["name"] for m in cli_json(c, "ls", prefix=prefix)]
+            assert model in names
+    finally:
+        h.quit()
+    return status
+
+
+@pytest.fixture(scope="module")
+def upgraded_box(upgrade_box):
+    """upgrade_box after the upgrade: versions published to the previous
+    release's daemon, then this release installed over it with `make
+    install`, the units reloaded and the service restarted."""
+    c = upgrade_box
+    systemctl(c, "enable", "--now", "wbrokerd.socket")
+    old = cli_json(c, "status", prefix=OLD)
+    print("previous release: wbrokerd %s (commit %s)" % (old["version"], OLD_RELEASE))
+    publish(c, "old-on-old", 100, prefix=OLD)
+    c.old_pid = main_pid(c)
+    install(c.root)
+    c.run("ldconfig")
+    systemctl(c, "daemon-reload")
+    systemctl(c, "restart", "wbrokerd.service")
+    return c
+
+
+def test_upgrade_new_clients_on_old_daemon(upgrade_box):
+    """This release's CLI, C library and Python package against the
+    previous release's daemon."""
+    c = upgrade_box
+    systemctl(c, "enable", "--now", "wbrokerd.socket")
+    client_round(c, NEW, "new-on-old", 200)
+    code = ("import wbroker\n"
+            "print(sorted(m.name for m in wbroker.Client().models()))\n")
+    r = c.run("python3", "-c", code, env=lib_env(NEW))
+    assert "new-on-old" in r.stdout
+
+
+def test_upgrade_new_daemon_starts_on_old_state(upgraded_box):
+    """The new daemon starts where the old one ran.  The old release kept
+    nothing across a restart (it has no descriptor store and no
+    --persist), so what was published to it is gone: that is checked and
+    said, not hidden."""
+    c = upgraded_box
+    assert systemctl(c, "is-active", "wbrokerd.service") == "active"
+    assert main_pid(c) != c.old_pid
+    left = cli_json(c, "ls", prefix=NEW)
+    print("models after the upgrade from %s: %s" % (OLD_RELEASE, [m["name"] for m in left]))
+    assert left == [], "the previous release kept nothing, yet: %r" % left
+    journal = c.run("journalctl", "-u", "wbrokerd.service", "--no-pager", "-o", "cat",
+                    "_PID=%d" % main_pid(c)).stdout
+    assert " error " not in journal and " warning " not in journal, journal
+    client_round(c, NEW, "new-on-new", 300)
+
+
+def test_upgrade_old_clients_on_new_daemon(upgraded_box):
+    """The previous release's CLI and C library against this release's
+    daemon: hello, publish, info, export, map and hold."""
+    client_round(upgraded_box, OLD, "old-on-new", 400, ls=False)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "list rows grew from 6 fields to 8 (pins, owners) after 9b33dde under the same "
+    "protocol version 1: a 9b33dde client's wb_list() fails with EPROTO 'malformed "
+    "list reply', which names neither version"))
+def test_upgrade_old_list_on_new_daemon(upgraded_box):
+    """The previous release's wb_list() (and `wbroker ls`) against this
+    daemon: works, or fails saying which versions do not match."""
+    c = upgraded_box
+    publish(c, "old-ls", 500, prefix=OLD)
+    r = cli(c, "ls", prefix=OLD, check=False)
+    if r.returncode != 0:
+        assert "version" in r.stderr.lower() or "protocol" in r.stderr.lower(), r.stderr
+    assert "old-ls" in r.stdout

@@ -216,6 +216,7 @@ class Container:
         self.log = os.path.join(workdir, "console.log")
         self.proc = None
         self.leader = None
+        self.children = []  # popen()ed, ended by stop() if still running
         self.cgroups = [os.path.join(h, name) for h in cgroup_dirs()]
 
     @property
@@ -306,11 +307,17 @@ exec systemd-nspawn --boot --quiet --register=no --keep-unit \
         return r
 
     def popen(self, *cmd, user=None, env=None, **kw):
-        return subprocess.Popen(self.argv(*cmd, user=user, env=env), **kw)
+        p = subprocess.Popen(self.argv(*cmd, user=user, env=env), **kw)
+        self.children.append(p)
+        return p
 
     def stop(self, timeout=30):
         """Powers the container off (nspawn turns SIGTERM into an orderly
         shutdown), then removes its cgroups; returns the console output."""
+        for p in self.children:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -6,8 +6,9 @@
  *   holder MODEL VERSION
  *
  * Connects, maps MODEL@VERSION shared (a hold the daemon lists) and prints
- * "held VERSION LENGTH SUM", SUM being FNV-1a 64 of the version's
- * safetensors image (its own length, not the segment's).  Then reads one
+ * "held VERSION LENGTH SUM PID", SUM being FNV-1a 64 of the version's
+ * safetensors image (its own length, not the segment's), PID its own (as
+ * the daemon's holders list shows it).  Then reads one
  * command a line from standard input and answers one line each:
  *
  *   sum          "sum SUM" of the held mapping, read again now
@@ -22,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <wbroker.h>
 
@@ -75,9 +77,15 @@ int main(int argc, char **argv) {
         wb_close(c);
         return 1;
     }
-    printf("held %" PRIu64 " ", wb_map_version(held));
-    if (print_image(held) < 0)
+    const void *data = NULL;
+    size_t len = 0;
+    rc = wb_map_image(held, &data, &len);
+    if (rc < 0) {
+        printf("error %s wb_map_image failed\n", wb_err_name(rc));
         return 1;
+    }
+    printf("held %" PRIu64 " %zu %016" PRIx64 " %ld\n", wb_map_version(held),
+           len, fnv1a(data, len), (long)getpid());
 
     char line[256];
     while (fgets(line, sizeof line, stdin) != NULL) {
