@@ -287,6 +287,21 @@ def test_hardening_in_practice(box, tmp_path):
     assert score <= 2.0, verdict[0]
 
 
+def test_socket_group(box):
+    """The socket the unit makes (0660, group wbroker): a member of group
+    wbroker connects, another user is refused by the file system, and the
+    client says so naming the socket."""
+    box.run("useradd", "--no-create-home", "--groups", "wbroker", "wbt-member")
+    box.run("useradd", "--no-create-home", "wbt-outsider")
+    r = box.run("wbroker", "status", user="wbt-member",
+                env={"WBROKER_SOCKET": "/run/wbroker/wbroker.sock"})
+    assert "wbrokerd" in r.stdout
+    r = box.run("wbroker", "status", user="wbt-outsider", check=False,
+                env={"WBROKER_SOCKET": "/run/wbroker/wbroker.sock"})
+    assert r.returncode == 1, r
+    assert "/run/wbroker/wbroker.sock" in r.stderr and "ermission" in r.stderr, r.stderr
+
+
 def test_python_binding_inside(box):
     """The installed Python package on the container's python3 (no torch)."""
     code = ("import wbroker, sys\n"
