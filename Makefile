@@ -57,6 +57,10 @@ MSGPACK_PC := $(shell pkg-config --exists msgpack-c 2>/dev/null && echo msgpack-
 CLIENT_PKGS := $(MSGPACK_PC) libpcre2-8 jansson
 DAEMON_PKGS := libuv $(MSGPACK_PC) libpcre2-8 libsystemd
 PKGS := libuv $(MSGPACK_PC) libpcre2-8 jansson libsystemd
+# Restart and persistence: the daemon digests images (XXH3-128) and reads
+# persisted files back with the library's safetensors parser (jansson).
+DAEMON_PKGS += jansson libxxhash
+PKGS += libxxhash
 
 ifeq ($(SANITIZER),)
 BUILD ?= build
@@ -145,7 +149,7 @@ $(LIB_A): $(PROTO_OBJ) $(CLIENT_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-$(DAEMON_BIN): $(BUILD)/daemon/main.o $(DAEMON_OBJ) $(PROTO_OBJ)
+$(DAEMON_BIN): $(BUILD)/daemon/main.o $(DAEMON_OBJ) $(PROTO_OBJ) $(BUILD)/client/safetensors.o
 	$(CC) -Wl,--as-needed -o $@ $^ $(LDFLAGS_ALL) $(DAEMON_LIBS) -lm
 
 $(CLI_BIN): $(call obj,$(CLI_SRC)) $(LIB_A)

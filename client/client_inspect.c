@@ -38,6 +38,8 @@ int wb_list(wb_client *c, wb_model_info **out, size_t *n) {
         v[i].pinned = e[i].pinned;
         v[i].owner =
             e[i].owner > UINT32_MAX ? WB_NO_OWNER : (uint32_t)e[i].owner;
+        if (e[i].digest.p && e[i].digest.n == sizeof(v[i].digest) - 1)
+            memcpy(v[i].digest, e[i].digest.p, e[i].digest.n);
         *n = i + 1;
         if ((v[i].name = wb__str_dup(e[i].name)) == NULL)
             rc = wb__cl_fail(c, WB_ENOMEM, "out of memory");

@@ -249,6 +249,24 @@ static int st_parse_ties(wb__st_file *f, char *err, size_t errlen) {
     return rc;
 }
 
+/* Takes the WB_VERSION_KEY metadata entry, if any, out of the metadata
+ * into f->version: the daemon's identity of the image it came from, which
+ * only the daemon reads back (an importer publishes a new version). */
+static void st_take_version(wb__st_file *f) {
+    size_t m = 0;
+    while (m < f->n_meta && strcmp(f->meta_keys[m], WB_VERSION_KEY) != 0)
+        m++;
+    if (m == f->n_meta)
+        return;
+    free(f->meta_keys[m]);
+    f->version = f->meta_vals[m];
+    f->n_meta--;
+    memmove(f->meta_keys + m, f->meta_keys + m + 1,
+            (f->n_meta - m) * sizeof *f->meta_keys);
+    memmove(f->meta_vals + m, f->meta_vals + m + 1,
+            (f->n_meta - m) * sizeof *f->meta_vals);
+}
+
 /* Parses the JSON root into f (whose header fields are set) and checks the
  * tensors' layout.  Returns 0 or an error with err set; on error f may hold
  * partial allocations for the caller to free. */
@@ -302,7 +320,10 @@ static int st_parse_root(json_t *root, wb__st_file *f, char *err,
                        (unsigned long long)pos,
                        (unsigned long long)f->data_start,
                        (unsigned long long)f->data_len);
-    return st_parse_ties(f, err, errlen);
+    rc = st_parse_ties(f, err, errlen);
+    if (rc == 0)
+        st_take_version(f);
+    return rc;
 }
 
 /* What buf (len >= 8 bytes, the start of a file) looks like when it is a
@@ -458,5 +479,6 @@ void wb__st_file_free(wb__st_file *f) {
         free(f->tie_alias[i]);
     free(f->tie_alias);
     free(f->tie_of);
+    free(f->version);
     memset(f, 0, sizeof *f);
 }

@@ -34,10 +34,14 @@ typedef struct wb__st_file {
     char **meta_keys;    /* Metadata keys, in file order. */
     char **meta_vals;    /* Metadata values, parallel to meta_keys. */
     size_t n_meta;       /* Number of metadata entries (without the
-                            WB_TIED_KEY entry, which becomes the ties). */
+                            WB_TIED_KEY entry, which becomes the ties,
+                            and the WB_VERSION_KEY entry). */
     char **tie_alias;    /* Names that share a stored tensor's bytes. */
     size_t *tie_of;      /* Per alias: index in t of the stored tensor. */
     size_t n_ties;       /* Number of aliases. */
+    char *version;       /* NULL, or the value of the WB_VERSION_KEY
+                            entry (not among the metadata): written by
+                            the daemon, read back by the daemon alone. */
     uint64_t header_len; /* N, the JSON header's length in bytes. */
     uint64_t data_start; /* Offset of the data buffer in the file: 8 + N. */
     uint64_t data_len;   /* Bytes of the data buffer (tensors tile it). */

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "wbroker.h"
 #include "wire.h"
 
 void wb__buf_json_str(wb__buf *b, const char *s) {
@@ -48,6 +49,12 @@ static int cmp_stored(const void *x, const void *y, void *arg) {
     if (sa != sb)
         return sa > sb ? -1 : 1;
     return strcmp(a->name, b->name);
+}
+
+void wb__layout_order(const wb__tinfo *t, size_t n, const size_t *tie,
+                      size_t *ix) {
+    order_ctx ctx = {t, tie};
+    qsort_r(ix, n, sizeof(size_t), cmp_stored, &ctx);
 }
 
 /* qsort_r comparator on names alone. */
@@ -96,9 +103,32 @@ static void put_ties(wb__buf *b, const wb__tinfo *t, const size_t *tie,
     free(obj.p);
 }
 
+/* Appends the WB_VERSION_KEY metadata entry: ident (an open JSON object,
+ * ident.h) closed with the data length and the published order, as a JSON
+ * string. */
+static void put_ident(wb__buf *b, const char *ident, uint64_t data_len,
+                      const size_t *order, size_t n, int first) {
+    wb__buf obj = {0};
+    wb__buf_put(&obj, ident, strlen(ident));
+    wb__buf_printf(&obj, ",\"data\":%llu,\"order\":[",
+                   (unsigned long long)data_len);
+    for (size_t k = 0; k < n; k++)
+        wb__buf_printf(&obj, "%s%zu", k ? "," : "", order[k]);
+    wb__buf_put(&obj, "]}", 2);
+    if (!first)
+        wb__buf_put(b, ",", 1);
+    wb__buf_json_str(b, WB_VERSION_KEY);
+    wb__buf_put(b, ":", 1);
+    if (obj.oom)
+        b->oom = 1;
+    else
+        wb__buf_json_str(b, obj.p);
+    free(obj.p);
+}
+
 int wb__layout_build(const wb__tinfo *t, size_t n, const size_t *tie,
                      char *const *mkeys, char *const *mvals, size_t nmeta,
-                     wb__layout *out) {
+                     const char *ident, wb__layout *out) {
     memset(out, 0, sizeof(*out));
     out->order = malloc((n ? n : 1) * sizeof(size_t));
     out->offset = malloc((n ? n : 1) * sizeof(uint64_t));
@@ -107,8 +137,7 @@ int wb__layout_build(const wb__tinfo *t, size_t n, const size_t *tie,
         goto oom;
     for (size_t i = 0; i < n; i++)
         out->order[i] = i;
-    order_ctx ctx = {t, tie};
-    qsort_r(out->order, n, sizeof(size_t), cmp_stored, &ctx);
+    wb__layout_order(t, n, tie, out->order);
     size_t nstored = n;
     while (tie && nstored > 0 &&
            tie[out->order[nstored - 1]] != out->order[nstored - 1])
@@ -139,7 +168,7 @@ int wb__layout_build(const wb__tinfo *t, size_t n, const size_t *tie,
 
     wb__buf b = {0};
     wb__buf_put(&b, "{", 1);
-    if (nmeta > 0 || nstored < n) {
+    if (nmeta > 0 || nstored < n || ident) {
         wb__buf_put(&b, "\"__metadata__\":{", 16);
         for (size_t m = 0; m < nmeta; m++) {
             if (m)
@@ -150,6 +179,9 @@ int wb__layout_build(const wb__tinfo *t, size_t n, const size_t *tie,
         }
         if (nstored < n)
             put_ties(&b, t, tie, out->order + nstored, n - nstored, nmeta);
+        if (ident)
+            put_ident(&b, ident, out->data_len, out->order, n,
+                      nmeta == 0 && nstored == n);
         wb__buf_put(&b, "}", 1);
     }
     for (size_t k = 0; k < nstored; k++) {

@@ -29,11 +29,21 @@ typedef struct wb__layout {
 /* Computes the layout of n tensors with metadata.  tie is NULL or gives
  * for each tensor the index of the one whose bytes it shares (its own
  * index if none): a tied tensor takes no bytes and no header entry, and the
- * header's metadata records it under WB_TIED_KEY.  Returns 0, WB_EEXIST for
- * a duplicate name, WB_ETOOBIG, or WB_ENOMEM. */
+ * header's metadata records it under WB_TIED_KEY.  ident is NULL or the
+ * start of the version's identity (an unclosed JSON object, ident.h): the
+ * header's metadata then records it under WB_VERSION_KEY, closed with
+ * "data" (the data length) and "order" (order[], so that the published
+ * order can be rebuilt from the image).  The header depends on nothing
+ * else, so that the same arguments give the same bytes.  Returns 0,
+ * WB_EEXIST for a duplicate name, WB_ETOOBIG, or WB_ENOMEM. */
 int wb__layout_build(const wb__tinfo *t, size_t n, const size_t *tie,
                      char *const *mkeys, char *const *mvals, size_t nmeta,
-                     wb__layout *out);
+                     const char *ident, wb__layout *out);
+/* The order of tensors in an image (stored ones, larger elements first,
+ * then by name; tied ones last, the same way): sorts ix[0..n) of t (tie
+ * as for wb__layout_build). */
+void wb__layout_order(const wb__tinfo *t, size_t n, const size_t *tie,
+                      size_t *ix);
 void wb__layout_free(wb__layout *l);
 
 /* Appends s as a JSON string (quoted, escaped). */

@@ -8,6 +8,7 @@
 
 #include "access.h"
 #include "hold.h"
+#include "ident.h"
 #include "msg.h"
 #include "ops.h"
 #include "registry.h"
@@ -21,6 +22,8 @@ double wb__started;
 /* Cursor over the models that hold versions, for the list encoder. */
 typedef struct list_cursor {
     wb__model *m; /* Next model to look at. */
+    int digest;   /* 1 to send digests (the client asked). */
+    char hex[33]; /* The current row's digest. */
 } list_cursor;
 
 static void list_row(void *arg, size_t i, wb__list_entry *e) {
@@ -39,10 +42,15 @@ static void list_row(void *arg, size_t i, wb__list_entry *e) {
     e->readers = wb__holds_readers(m);
     e->pinned = wb__model_pinned(m);
     e->owner = m->owner;
+    if (cur->digest) {
+        wb__digest_hex(v->digest, cur->hex);
+        e->digest.p = cur->hex;
+        e->digest.n = 32;
+    }
 }
 
 void wb__op_list(wb__session *s, uint64_t id, const msgpack_object *req) {
-    list_cursor cur = {wb__reg.models};
+    list_cursor cur = {wb__reg.models, wb__decode_list_req(req), ""};
     wb__reply r;
     wb__reply_init(&r, id);
     wb__pack_list_rep(&r.pk, id, wb__registry_models_held(), list_row, &cur);

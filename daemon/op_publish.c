@@ -19,6 +19,7 @@
 
 #include "access.h"
 #include "convert.h"
+#include "ident.h"
 #include "layout.h"
 #include "log.h"
 #include "msg.h"
@@ -182,6 +183,14 @@ static int read_meta(wb__session *s, uint64_t id, const wb__publish_req *pr,
                             WB_TIED_KEY);
             return -1;
         }
+        if (k.n == strlen(WB_VERSION_KEY) &&
+            memcmp(k.p, WB_VERSION_KEY, k.n) == 0) {
+            wb__reply_error(s, id, WB_EINVAL,
+                            "metadata key \"%s\" is reserved: the daemon "
+                            "records the version's identity under it",
+                            WB_VERSION_KEY);
+            return -1;
+        }
         v->mkeys[i] = wb__str_dup(k);
         v->mvals[i] = wb__str_dup(val);
         v->nmeta = i + 1;
@@ -295,8 +304,14 @@ void wb__op_publish(wb__session *s, uint64_t id, const msgpack_object *req) {
     }
     if (read_meta(s, id, &pr, v) || read_ties(s, id, &pr, v))
         goto fail;
-    rc = wb__layout_build(pr.t, pr.n, v->tie, v->mkeys, v->mvals, v->nmeta,
-                          &lay);
+    /* The identity goes into the header now: it is fixed from here on. */
+    v->id = wb__ident_new_id();
+    wb__buf ident = {0};
+    wb__ident_render(&ident, model, v->id, (uint32_t)s->cred.uid, 0, NULL);
+    rc = ident.oom ? WB_ENOMEM
+                   : wb__layout_build(pr.t, pr.n, v->tie, v->mkeys, v->mvals,
+                                      v->nmeta, ident.p, &lay);
+    wb__buf_free(&ident);
     if (rc) {
         wb__reply_error(s, id, rc,
                         rc == WB_EEXIST ? "two tensors share a name"
@@ -446,6 +461,74 @@ static int check_sealed(const wb__pending *p, char *why, size_t n) {
     return rc;
 }
 
+/* Digests a sealed version off the loop before it is listed. */
+typedef struct digest_job {
+    uv_work_t work;  /* libuv request. */
+    wb__session *s;  /* Publisher (referenced). */
+    wb__pending *p;  /* Publish it ends (owned until done). */
+    wb__model *m;    /* Model it joins (referenced). */
+    uint64_t req_id; /* Request to answer. */
+    uint32_t uid;    /* Publisher's uid (the session may be gone). */
+    pid_t pid;       /* Publisher's pid, for the audit line. */
+    int rc;          /* Result of the work. */
+    int sys_errno;   /* errno behind a WB_ESYS result. */
+} digest_job;
+
+static void digest_job_work(uv_work_t *w) {
+    digest_job *j = w->data;
+    wb__version *v = j->p->v;
+    j->rc = wb__digest_seg(&v->seg, v->image_len, v->digest);
+    if (j->rc)
+        j->sys_errno = errno;
+}
+
+static void digest_job_done(uv_work_t *w, int status) {
+    digest_job *j = w->data;
+    wb__session *s = j->s;
+    wb__pending *p = j->p;
+    wb__model *m = j->m;
+    int live = wb__session_live(s);
+    if (status != 0 && j->rc == 0)
+        j->rc = WB_ESYS, j->sys_errno = ECANCELED;
+    if (j->rc) {
+        wb__warn("commit of %s: digest failed: %s", p->model,
+                 strerror(j->sys_errno));
+        if (live)
+            wb__reply_error_sys(s, j->req_id, j->sys_errno,
+                                "cannot commit %s: digesting it failed",
+                                p->model);
+        pending_free(p);
+    } else {
+        /* Listed even when the publisher left meanwhile: it asked for the
+         * commit, and the version is sealed and whole. */
+        wb__version *v = p->v;
+        p->v = NULL;
+        wb__version_commit(m, v);
+        /* The oldest versions beyond --keep are retired with this commit. */
+        wb__retention_apply(m);
+        char hex[2 * WB_DIGEST_LEN + 1];
+        wb__digest_hex(v->digest, hex);
+        wb__info("audit: committed %s@%llu: %zu tensors, %llu bytes, segment "
+                 "%llu bytes, digest %s (client %llu uid %u pid %d)",
+                 m->name, (unsigned long long)v->number, v->n,
+                 (unsigned long long)v->data_bytes,
+                 (unsigned long long)v->seg.size, hex,
+                 (unsigned long long)s->id, (unsigned)j->uid, (int)j->pid);
+        pending_free(p);
+        if (live) {
+            wb__reply r;
+            wb__reply_init(&r, j->req_id);
+            wb__pack_u64_rep(&r.pk, j->req_id, "version", v->number);
+            wb__reply_send(s, &r, NULL, 0);
+        }
+        wb__watch_notify(m);
+    }
+    wb__model_unref(m);
+    wb__session_resume(s);
+    wb__session_unref(s);
+    free(j);
+}
+
 void wb__op_commit(wb__session *s, uint64_t id, const msgpack_object *req) {
     wb__pending *p = find_pending(s, id, req);
     if (p == NULL)
@@ -472,7 +555,13 @@ void wb__op_commit(wb__session *s, uint64_t id, const msgpack_object *req) {
         rc = WB_ETOOBIG;
         snprintf(why, sizeof(why), "at most %d models", WB_MAX_MODELS);
     }
+    digest_job *j = NULL;
+    if (rc == 0 && (j = calloc(1, sizeof(*j))) == NULL) {
+        rc = WB_ENOMEM;
+        snprintf(why, sizeof(why), "out of memory");
+    }
     if (rc) {
+        wb__model_unref(m);
         wb__reply_error(s, id, rc, "cannot commit %s: %s", p->model,
                         rc == WB_EBUSY
                             ? "a writable mapping still exists; unmap before "
@@ -482,25 +571,29 @@ void wb__op_commit(wb__session *s, uint64_t id, const msgpack_object *req) {
         pending_free(p);
         return;
     }
-    p->v = NULL;
-    wb__version_commit(m, v);
+    /* The name is claimed now, not once digested: a second publisher's
+     * commit that arrives meanwhile is refused as if this one were done. */
     if (m->owner == WB_NO_OWNER)
         m->owner = (uint32_t)s->cred.uid;
-    /* The oldest versions beyond --keep are retired with this commit. */
-    wb__retention_apply(m);
-    wb__model_unref(m);
-    wb__info("audit: committed %s@%llu: %zu tensors, %llu bytes, segment "
-             "%llu bytes (client %llu uid %u pid %d)",
-             m->name, (unsigned long long)v->number, v->n,
-             (unsigned long long)v->data_bytes, (unsigned long long)v->seg.size,
-             (unsigned long long)s->id, (unsigned)s->cred.uid,
-             (int)s->cred.pid);
-    pending_free(p);
-    wb__reply r;
-    wb__reply_init(&r, id);
-    wb__pack_u64_rep(&r.pk, id, "version", v->number);
-    wb__reply_send(s, &r, NULL, 0);
-    wb__watch_notify(m);
+    /* The digest is computed before the version is listed or answered, on
+     * the pool: a GiB takes about 0.1 s. */
+    j->work.data = j;
+    j->s = s;
+    j->p = p;
+    j->m = m;
+    j->req_id = id;
+    j->uid = (uint32_t)s->cred.uid;
+    j->pid = s->cred.pid;
+    if (uv_queue_work(uv_default_loop(), &j->work, digest_job_work,
+                      digest_job_done) != 0) {
+        free(j);
+        wb__model_unref(m);
+        wb__reply_error_sys(s, id, EAGAIN, "cannot queue work");
+        pending_free(p);
+        return;
+    }
+    wb__session_ref(s);
+    wb__session_pause(s);
 }
 
 void wb__op_abort(wb__session *s, uint64_t id, const msgpack_object *req) {

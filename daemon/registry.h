@@ -88,6 +88,9 @@ typedef struct wb__version {
     wb__derived **by_src;     /* Per tensor, its converted copies (NULL
                                  until the first conversion). */
     wb__dseg *dsegs;          /* Segments holding them. */
+    uint64_t id;              /* Opaque id, unique across restarts (ident.h). */
+    uint8_t digest[16];       /* XXH3-128 of the image, set at commit. */
+    int persisted;            /* 1 once --persist wrote its file. */
     char *map_tail;           /* NULL, or the packed tail of the reply to
                                  a map of the whole version (op_map.c),
                                  kept since the version never changes. */

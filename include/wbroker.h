@@ -245,6 +245,12 @@ typedef struct wb_kv {
  * the image lists each stored tensor once, as safetensors requires.
  * Reserved: publishers cannot set it; importers turn it back into ties. */
 #define WB_TIED_KEY "wbroker.tied"
+/* Metadata key under which the daemon records a version's identity in its
+ * image and in the files --persist writes: a JSON object (format, model,
+ * id, uid, the published order of the tensors; a persisted file adds the
+ * number and the digest).  Reserved like WB_TIED_KEY: publishers cannot set
+ * it, readers never see it among the metadata and importers drop it. */
+#define WB_VERSION_KEY "wbroker.version"
 
 /* Declares a new version of model (a valid name) with the n tensors of
  * tensors (NULL allowed when n is 0) and the n_meta entries of meta (NULL
@@ -742,6 +748,9 @@ typedef struct wb_model_info {
                            with the admins alone may publish further
                            versions, pin or remove it (WB_NO_OWNER from a
                            daemon older than ownership). */
+    char digest[33];    /* XXH3-128 of the latest version's safetensors
+                           image, 32 lowercase hex digits ("" from a
+                           daemon older than digests). */
 } wb_model_info;
 
 #define WB_NO_OWNER UINT32_MAX /* wb_model_info.owner when unknown. */

@@ -671,7 +671,14 @@ void wb__map_rep_free(wb__map_rep *r) {
 /* ---------------------------------------------------------------- list */
 
 void wb__pack_list_req(msgpack_packer *pk, uint64_t id) {
-    wb__pack_req_begin(pk, "list", id, 0);
+    wb__pack_req_begin(pk, "list", id, 1);
+    wb__pack_key(pk, "digest");
+    msgpack_pack_true(pk);
+}
+
+int wb__decode_list_req(const msgpack_object *root) {
+    int digest = 0;
+    return wb__mp_get_bool(root, "digest", &digest) == 0 && digest;
 }
 
 void wb__pack_list_rep(msgpack_packer *pk, uint64_t id, size_t n,
@@ -684,7 +691,7 @@ void wb__pack_list_rep(msgpack_packer *pk, uint64_t id, size_t n,
         wb__list_entry e;
         memset(&e, 0, sizeof(e));
         row(arg, i, &e);
-        msgpack_pack_array(pk, 8);
+        msgpack_pack_array(pk, e.digest.p ? 9 : 8);
         pack_str(pk, e.name.p, e.name.n);
         msgpack_pack_uint64(pk, e.latest);
         msgpack_pack_uint64(pk, e.versions);
@@ -693,6 +700,8 @@ void wb__pack_list_rep(msgpack_packer *pk, uint64_t id, size_t n,
         msgpack_pack_uint64(pk, e.readers);
         msgpack_pack_uint64(pk, e.pinned);
         msgpack_pack_uint64(pk, e.owner);
+        if (e.digest.p)
+            pack_str(pk, e.digest.p, e.digest.n);
     }
 }
 
@@ -709,17 +718,21 @@ int wb__decode_list_rep(const msgpack_object *root, wb__list_entry **out,
     for (uint32_t i = 0; i < a->size; i++) {
         const msgpack_object *o = &a->ptr[i];
         /* Six fields from a daemon older than pins, seven since, eight
-         * since owners. */
+         * since owners, nine (the digest) when asked for since digests. */
         v[i].owner = WB_NO_OWNER;
         if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size < 6 ||
-            o->via.array.size > 8 || as_str(&o->via.array.ptr[0], &v[i].name)) {
+            o->via.array.size > 9 || as_str(&o->via.array.ptr[0], &v[i].name) ||
+            (o->via.array.size == 9 &&
+             (as_str(&o->via.array.ptr[8], &v[i].digest) ||
+              v[i].digest.n != 32))) {
             free(v);
             return WB_EPROTO;
         }
         uint64_t *dst[7] = {&v[i].latest, &v[i].versions, &v[i].tensors,
                             &v[i].bytes,  &v[i].readers,  &v[i].pinned,
                             &v[i].owner};
-        for (int k = 0; k < (int)o->via.array.size - 1; k++) {
+        int nint = (int)o->via.array.size - 1 - (o->via.array.size == 9);
+        for (int k = 0; k < nint; k++) {
             const msgpack_object *f = &o->via.array.ptr[k + 1];
             if (f->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
                 free(v);

@@ -271,8 +271,12 @@ void wb__map_rep_free(wb__map_rep *r);
 
 /* ---------------------------------------------------------------- list */
 
-/* Packs a list request: the envelope alone. */
+/* Packs a list request: the envelope and "digest": true, which asks for
+ * rows of nine (a daemon older than digests ignores it). */
 void wb__pack_list_req(msgpack_packer *pk, uint64_t id);
+/* 1 if a list request asks for digests: rows of eight go to older clients,
+ * whose decoders refuse longer ones. */
+int wb__decode_list_req(const msgpack_object *root);
 
 typedef struct wb__list_entry {
     wb__str name;      /* Model name. */
@@ -284,6 +288,8 @@ typedef struct wb__list_entry {
     uint64_t pinned;   /* Pinned versions (0 from an older daemon). */
     uint64_t owner;    /* Uid of its first publisher (WB_NO_OWNER from an
                           older daemon). */
+    wb__str digest;    /* 32 hex digits of the latest version's digest;
+                          p NULL: not sent (an older daemon or client). */
 } wb__list_entry;
 
 /* Packs a list reply of n entries produced by row(arg, i, &entry). */

@@ -292,7 +292,7 @@ static int cmd_ls(wb_cli *cli, const wb_cli_args *a) {
 
 /* Prints the tensor table and metadata of m for people. */
 static int print_info(wb_cli *cli, const char *model, const wb_mapping *m,
-                      uint32_t owner) {
+                      uint32_t owner, const char *digest) {
     size_t n = wb_map_count(m);
     uint64_t total = 0;
     wb_tensor t;
@@ -305,6 +305,8 @@ static int print_info(wb_cli *cli, const char *model, const wb_mapping *m,
     char own[64];
     printf("owner     %s\n", owner_str(owner, own, sizeof(own)));
     printf("tensors   %zu\n", n);
+    if (digest[0])
+        printf("digest    %s (XXH3-128 of the image)\n", digest);
     printf("size      %s (%" PRIu64 " bytes)\n",
            cli_size(total, size, sizeof(size)), total);
     uint64_t huge = 0;
@@ -345,8 +347,8 @@ static int print_info(wb_cli *cli, const char *model, const wb_mapping *m,
 }
 
 /* Builds the JSON document of `info`. */
-static json_t *info_json(const char *model, const wb_mapping *m,
-                         uint32_t owner) {
+static json_t *info_json(const char *model, const wb_mapping *m, uint32_t owner,
+                         const char *digest) {
     json_t *tensors = json_array(), *meta = json_object();
     uint64_t total = 0;
     size_t n = wb_map_count(m);
@@ -369,11 +371,12 @@ static json_t *info_json(const char *model, const wb_mapping *m,
     }
     uint64_t huge = 0;
     const char *pages = wb_map_pages(m, &huge);
-    return json_pack("{s:s, s:I, s:o, s:I, s:s, s:I, s:o, s:o}", "model", model,
-                     "version", (json_int_t)wb_map_version(m), "owner",
+    return json_pack("{s:s, s:I, s:o, s:I, s:s, s:I, s:o, s:o, s:o}", "model",
+                     model, "version", (json_int_t)wb_map_version(m), "owner",
                      owner_json(owner), "bytes", (json_int_t)total, "pages",
                      pages, "bytes_2m", (json_int_t)huge, "tensors", tensors,
-                     "metadata", meta);
+                     "metadata", meta, "digest",
+                     digest[0] ? json_string(digest) : json_null());
 }
 
 /* `info MODEL[@VERSION]`: tensors and metadata, without mapping. */
@@ -390,17 +393,22 @@ static int cmd_info(wb_cli *cli, const wb_cli_args *a) {
         wb_unmap(m);
         return cli_fail_client(cli, rc);
     }
-    /* The owner comes with the list, not with the tensor table. */
+    /* The owner comes with the list, not with the tensor table, and so
+     * does the digest, of the latest version only. */
     uint32_t owner = WB_NO_OWNER;
+    char digest[33] = "";
     wb_model_info *v = NULL;
     size_t n = 0;
     if (wb_list(cli->c, &v, &n) == 0)
         for (size_t i = 0; i < n; i++)
-            if (strcmp(v[i].name, model) == 0)
+            if (strcmp(v[i].name, model) == 0) {
                 owner = v[i].owner;
+                if (v[i].latest == wb_map_version(m))
+                    memcpy(digest, v[i].digest, sizeof(digest));
+            }
     wb_model_info_free(v, n);
-    rc = cli->json ? cli_json_print(info_json(model, m, owner))
-                   : print_info(cli, model, m, owner);
+    rc = cli->json ? cli_json_print(info_json(model, m, owner, digest))
+                   : print_info(cli, model, m, owner, digest);
     wb_unmap(m);
     return rc;
 }

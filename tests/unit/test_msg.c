@@ -1276,8 +1276,16 @@ static void test_msg_map_rep_malformed(void **state) {
 /* ------------------------------------------------------------ list */
 
 static const wb__list_entry models[] = {
-    {{"resnet", 6}, 3, 2, 320, 97 * MIB, 1, 1, 0},
-    {{"llama", 5}, 1, 1, 243, UINT64_MAX, 0, 0, 65534},
+    {{"resnet", 6},
+     3,
+     2,
+     320,
+     97 * MIB,
+     1,
+     1,
+     0,
+     {"0123456789abcdef0123456789abcdef", 32}},
+    {{"llama", 5}, 1, 1, 243, UINT64_MAX, 0, 0, 65534, {NULL, 0}},
 };
 
 static void model_of(void *arg, size_t i, wb__list_entry *e) {
@@ -1290,7 +1298,8 @@ static void test_msg_list(void **state) {
     wb__msg m;
     wb__pack_list_req(pk_start(&p), TEST_ID);
     pk_decode(&p, &m);
-    assert_req(m.root, "list", TEST_ID, 0);
+    assert_req(m.root, "list", TEST_ID, 1);
+    assert_int_equal(wb__decode_list_req(m.root), 1);
     wb__msg_free(&m);
 
     wb__pack_list_rep(pk_start(&p), TEST_ID, 2, model_of, (void *)models);
@@ -1309,6 +1318,9 @@ static void test_msg_list(void **state) {
         assert_int_equal(v[i].readers, models[i].readers);
         assert_int_equal(v[i].pinned, models[i].pinned);
         assert_int_equal(v[i].owner, models[i].owner);
+        assert_int_equal(v[i].digest.n, models[i].digest.n);
+        if (models[i].digest.p)
+            assert_str(v[i].digest, models[i].digest.p);
     }
     free(v);
 
@@ -1320,11 +1332,17 @@ static void test_msg_list(void **state) {
     assert_int_equal(run(dec_list_rep, with_row_len(o, "models", 1, 5)),
                      WB_EPROTO);
     /* Six fields (a daemon older than pins) and seven (older than owners)
-     * still decode, the owner unknown; nine do not. */
+     * still decode, the owner unknown; a ninth must be a digest, and ten
+     * do not decode. */
     assert_int_equal(run(dec_list_rep, with_row_len(o, "models", 1, 6)), 0);
     assert_int_equal(run(dec_list_rep, with_row_len(o, "models", 1, 7)), 0);
     assert_int_equal(run(dec_list_rep, with_row_len(o, "models", 1, 9)),
                      WB_EPROTO);
+    assert_int_equal(run(dec_list_rep, with_row_len(o, "models", 0, 10)),
+                     WB_EPROTO);
+    assert_int_equal(
+        run(dec_list_rep, with_cell(o, "models", 0, 8, o_str("00"))),
+        WB_EPROTO);
     assert_int_equal(run(dec_list_rep, with_row(o, "models", 0, o_str("m"))),
                      WB_EPROTO);
     assert_int_equal(run(dec_list_rep, with_cell(o, "models", 1, 0, o_u64(1))),

@@ -103,7 +103,8 @@ class wb_model_info(ctypes.Structure):
                 ("bytes", ctypes.c_uint64),
                 ("readers", ctypes.c_uint64),
                 ("pinned", ctypes.c_uint64),
-                ("owner", ctypes.c_uint32)]
+                ("owner", ctypes.c_uint32),
+                ("digest", ctypes.c_char * 33)]
 
 
 class wb_status(ctypes.Structure):

@@ -65,11 +65,13 @@ class ModelInfo(_Record):
     """One model of models(): name, version (latest), versions (held),
     tensors and bytes (of the latest version), readers (processes mapping
     any of its versions), pinned (pinned versions among versions), owner
-    (uid of the user who first published it, None from an older daemon)."""
+    (uid of the user who first published it, None from an older daemon),
+    digest (XXH3-128 of the latest version's image, 32 hex digits; "" from
+    an older daemon)."""
 
     __slots__ = ("name", "version", "versions", "tensors", "bytes",
-                 "readers", "pinned", "owner")
-    _defaults = {"pinned": 0, "owner": None}
+                 "readers", "pinned", "owner", "digest")
+    _defaults = {"pinned": 0, "owner": None, "digest": ""}
 
 
 class Holder(_Record):
@@ -363,7 +365,7 @@ class Client:
                               arr[i].nversions, arr[i].tensors, arr[i].bytes,
                               arr[i].readers, arr[i].pinned,
                               None if arr[i].owner == 0xFFFFFFFF
-                              else arr[i].owner)
+                              else arr[i].owner, arr[i].digest.decode())
                     for i in range(n.value)]
         finally:
             lib.wb_model_info_free(arr, n.value)
