@@ -50,6 +50,8 @@ IMAGE_FORMAT = "1"
 MASKED = ["apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer",
           "e2scrub_all.timer", "fstrim.timer", "console-getty.service",
           "getty@.service", "systemd-tmpfiles-clean.timer"]
+# Images kept in the cache, the ones used last (see _prune()).
+KEEP_IMAGES = 3
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -153,6 +155,7 @@ def image(pkgs=None, log=sys.stderr):
     top = os.path.join(CACHE, "container")
     final = os.path.join(top, "%s-%s" % (SUITE, key))
     if os.path.exists(os.path.join(final, ".complete")):
+        os.utime(os.path.join(final, ".complete"))  # last use, for _prune()
         return os.path.join(final, "root"), 0.0
     os.makedirs(top, exist_ok=True)
     with open(os.path.join(top, ".lock"), "w") as lock:
@@ -190,7 +193,20 @@ def image(pkgs=None, log=sys.stderr):
         with open(os.path.join(tmp, ".complete"), "w") as f:
             f.write("debootstrap took %.1f s\n" % took)
         os.rename(tmp, final)
+        _prune(top, keep=KEEP_IMAGES)
         return os.path.join(final, "root"), took
+
+
+def _prune(top, keep):
+    """Removes all but the keep images used last (each is ~290 MB; an old
+    one is only worth keeping for a branch that still builds with it)."""
+    done = []
+    for d in os.listdir(top):
+        marker = os.path.join(top, d, ".complete")
+        if d.startswith(SUITE + "-") and os.path.exists(marker):
+            done.append((os.path.getmtime(marker), d))
+    for _, d in sorted(done, reverse=True)[keep:]:
+        shutil.rmtree(os.path.join(top, d), ignore_errors=True)
 
 
 class BootError(RuntimeError):
