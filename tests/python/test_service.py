@@ -20,6 +20,7 @@ each boot printed and the daemon's journal land in $WB_BUILD/service/.
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -105,6 +106,13 @@ def box():
     c = boot("new", install)
     yield c
     shutdown(c)
+
+
+def serving(c):
+    """c with wbrokerd.socket enabled and listening (what
+    test_socket_activation checks step by step), for tests run alone."""
+    systemctl(c, "enable", "--now", "wbrokerd.socket")
+    return c
 
 
 def systemctl(c, *args, check=True):
@@ -203,6 +211,7 @@ def test_notify_readiness(box):
     2 s pause before the daemon's exec (same main pid, as NotifyAccess=main
     wants), the unit stays "activating" for the pause and a client that
     connects meanwhile waits in the socket's queue, then gets its answer."""
+    serving(box)
     assert prop(box, "wbrokerd.service", "Type") == "notify"
     systemctl(box, "stop", "wbrokerd.service")
     unit = open(box.root + "/usr/local/lib/systemd/system/wbrokerd.service").read()
@@ -245,6 +254,7 @@ def test_hardening_in_practice(box, tmp_path):
     sealed memfds (a publish and a map work) and gets the same page mode
     as a plain daemon on the same kernel.  systemd-analyze's verdict is
     kept in $WB_BUILD/service/security.txt."""
+    serving(box)
     cli(box, "status")
     pid = main_pid(box)
     st = proc_status(box, pid)
@@ -295,6 +305,7 @@ def test_socket_group(box):
     """The socket the unit makes (0660, group wbroker): a member of group
     wbroker connects, another user is refused by the file system, and the
     client says so naming the socket."""
+    serving(box)
     box.run("useradd", "--no-create-home", "--groups", "wbroker", "wbt-member")
     box.run("useradd", "--no-create-home", "wbt-outsider")
     r = box.run("wbroker", "status", user="wbt-member",
@@ -308,6 +319,7 @@ def test_socket_group(box):
 
 def test_python_binding_inside(box):
     """The installed Python package on the container's python3 (no torch)."""
+    serving(box)
     code = ("import wbroker, sys\n"
             "c = wbroker.Client()\n"
             "v = c.publish_file(sys.argv[1], 'py-inside')\n"
@@ -325,6 +337,7 @@ def test_python_binding_inside(box):
 def needs_store(c):
     """The restart tests need the daemon's descriptor store, which the unit
     enables with FileDescriptorStoreMax=."""
+    serving(c)
     if int(prop(c, "wbrokerd.service", "FileDescriptorStoreMax") or 0) == 0:
         pytest.skip("this build's wbrokerd.service sets no FileDescriptorStoreMax= "
                     "(no descriptor store to restart from)")
@@ -376,17 +389,21 @@ def restart_and_check(c, how):
     client, restarts the service the way how() does, and checks that every
     version is back, the hold survived and is listed, the client's next
     call works and new commits continue the numbering."""
-    before = snapshot(c)
-    held_model = before["ls"][0]["name"]
-    held_version = before["ls"][0]["latest"]
+    listed = cli_json(c, "ls")
+    held_model, held_version = listed[0]["name"], listed[0]["latest"]
     h = Holder(c, held_model, held_version)
     try:
+        before = snapshot(c)
         pid_before = main_pid(c)
         how()
         wait_for("wbrokerd active again", lambda: systemctl(
             c, "is-active", "wbrokerd.service", check=False) == "active")
         assert main_pid(c) != pid_before
         assert snapshot(c) == before
+        # Recovery is logged with its count (READY=1 follows it).
+        log = c.run("journalctl", "--no-pager", "-o", "cat", "_PID=%d" % main_pid(c)).stdout
+        counts = re.findall(r"recovered (\d+) versions", log)
+        assert counts and int(counts[0]) == sum(v is not None for v in before.values()) - 1, log
         assert h.ask("sum") == ["sum", h.sum]
         holders = cli_json(c, "holders")
         mine = [x for x in holders if x["pid"] == h.pid and x["model"] == held_model
