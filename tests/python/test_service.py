@@ -90,15 +90,22 @@ def boot(name, prepare):
     except wc.BootError as e:
         c.stop()
         skip("the container did not boot: %s" % e)
-    c.run("ldconfig")
+    try:
+        c.run("ldconfig")
+    except BaseException:
+        c.stop()
+        raise
     return c
 
 
 def shutdown(c):
-    with open(os.path.join(c.dir, "journal.txt"), "w") as f:
-        f.write(c.run("journalctl", "--no-pager", "-o", "short-monotonic",
-                      check=False).stdout)
-    c.stop()
+    """Keeps the container's journal in its directory, then stops it."""
+    try:
+        with open(os.path.join(c.dir, "journal.txt"), "w") as f:
+            f.write(c.run("journalctl", "--no-pager", "-o", "short-monotonic",
+                          check=False).stdout)
+    finally:
+        c.stop()
 
 
 @pytest.fixture(scope="module")
