@@ -12,7 +12,9 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "ident.h"
 #include "log.h"
+#include "restart.h"
 #include "wbroker.h"
 
 #define WB_HOLD_DRAIN 512 /* Bytes read per wake-up from a chatty client. */
@@ -26,6 +28,8 @@ struct wb__hold {
     char comm[WB_HOLD_COMM_MAX];  /* /proc/PID/comm at map time. */
     uint64_t bytes;               /* Bytes of the segments mapped. */
     uint64_t since;               /* time(NULL) at map time. */
+    uint64_t serial;              /* Tells this hold's name in the
+                                     descriptor store apart (fdstore.h). */
     struct wb__hold *prev, *next; /* Holds in progress, newest first. */
 };
 
@@ -109,6 +113,7 @@ static void hold_end(wb__hold *h) {
         h->next->prev = h->prev;
     nholds--;
     user_remove(h->uid);
+    wb__restart_hold(h, 0);
     wb__version *v = h->v;
     h->v = NULL;
     wb__debug("hold of %s@%llu by pid %u ended", v->model->name,
@@ -132,6 +137,57 @@ static void on_hold_event(uv_poll_t *p, int status, int events) {
     hold_end(h);
 }
 
+/* Makes a hold of v by uid/pid on the read end rfd (taken over).  Returns
+ * 0, or WB_ENOMEM / WB_ESYS (errno set) with rfd closed. */
+static int hold_make(wb__version *v, uint32_t uid, uint32_t pid, int rfd,
+                     uint64_t serial, wb__hold **out) {
+    wb__hold *h = calloc(1, sizeof(*h));
+    if (h == NULL || user_add(uid) != 0) {
+        free(h);
+        close(rfd);
+        return WB_ENOMEM;
+    }
+    int rc = uv_poll_init(uv_default_loop(), &h->poll, rfd);
+    if (rc == 0)
+        rc =
+            uv_poll_start(&h->poll, UV_READABLE | UV_DISCONNECT, on_hold_event);
+    if (rc) {
+        user_remove(uid);
+        close(rfd);
+        free(h);
+        errno = -rc;
+        return WB_ESYS;
+    }
+    /* Holds never keep the loop running: shut-down ends them. */
+    uv_unref((uv_handle_t *)&h->poll);
+    h->poll.data = h;
+    h->rfd = rfd;
+    h->v = v;
+    wb__version_ref(v);
+    v->holds++;
+    h->pid = pid;
+    h->uid = uid;
+    h->serial = serial;
+    read_comm((pid_t)pid, h->comm, sizeof(h->comm));
+    h->since = (uint64_t)time(NULL);
+    h->next = holds;
+    if (holds)
+        holds->prev = h;
+    holds = h;
+    nholds++;
+    *out = h;
+    return 0;
+}
+
+int wb__hold_adopt(wb__version *v, uint32_t uid, uint32_t pid, int rfd,
+                   uint64_t serial) {
+    wb__hold *h;
+    int rc = hold_make(v, uid, pid, rfd, serial, &h);
+    if (rc == 0)
+        h->bytes = v->seg.fd >= 0 ? v->seg.size : v->accounted;
+    return rc;
+}
+
 int wb__hold_start(wb__version *v, const struct ucred *cred, uint64_t bytes,
                    int *wfd) {
     assert(v->model != NULL);
@@ -144,43 +200,18 @@ int wb__hold_start(wb__version *v, const struct ucred *cred, uint64_t bytes,
      * no fcntl() pair per map to undo O_NONBLOCK on the client's. */
     if (pipe2(p, O_CLOEXEC) < 0)
         return WB_ESYS;
-    wb__hold *h = calloc(1, sizeof(*h));
-    if (h == NULL || user_add((uint32_t)cred->uid) != 0) {
-        free(h);
-        close(p[0]);
-        close(p[1]);
-        return WB_ENOMEM;
-    }
-    int rc = uv_poll_init(uv_default_loop(), &h->poll, p[0]);
-    if (rc == 0)
-        rc =
-            uv_poll_start(&h->poll, UV_READABLE | UV_DISCONNECT, on_hold_event);
+    wb__hold *h;
+    int rc = hold_make(v, (uint32_t)cred->uid, (uint32_t)cred->pid, p[0],
+                       wb__ident_new_id(), &h);
     if (rc) {
-        user_remove((uint32_t)cred->uid);
-        close(p[0]);
+        int e = errno;
         close(p[1]);
-        free(h);
-        errno = -rc;
-        return WB_ESYS;
+        errno = e;
+        return rc;
     }
-    /* Holds never keep the loop running: shut-down ends them. */
-    uv_unref((uv_handle_t *)&h->poll);
-    h->poll.data = h;
-    h->rfd = p[0];
-    h->v = v;
-    wb__version_ref(v);
-    v->holds++;
-    h->pid = (uint32_t)cred->pid;
-    h->uid = (uint32_t)cred->uid;
-    read_comm(cred->pid, h->comm, sizeof(h->comm));
     h->bytes = bytes;
-    h->since = (uint64_t)time(NULL);
-    h->next = holds;
-    if (holds)
-        holds->prev = h;
-    holds = h;
-    nholds++;
     *wfd = p[1];
+    wb__restart_hold(h, 1);
     return 0;
 }
 
@@ -267,4 +298,10 @@ uint64_t wb__hold_bytes(const wb__hold *h) {
 }
 uint64_t wb__hold_since(const wb__hold *h) {
     return h->since;
+}
+int wb__hold_rfd(const wb__hold *h) {
+    return h->rfd;
+}
+uint64_t wb__hold_serial(const wb__hold *h) {
+    return h->serial;
 }

@@ -40,6 +40,12 @@ extern size_t wb__hold_user_max;
 int wb__hold_start(wb__version *v, const struct ucred *cred, uint64_t bytes,
                    int *wfd);
 
+/* Takes back a hold a previous daemon made (its read end rfd, from the
+ * service manager's store, taken over) on v.  Returns 0, or WB_ENOMEM /
+ * WB_ESYS with rfd closed. */
+int wb__hold_adopt(wb__version *v, uint32_t uid, uint32_t pid, int rfd,
+                   uint64_t serial);
+
 /* Holds in progress. */
 size_t wb__holds_count(void);
 /* Calls fn for every hold, newest first, on versions of model (NULL:
@@ -65,5 +71,7 @@ const char *wb__hold_comm(const wb__hold *h);
 const wb__version *wb__hold_version(const wb__hold *h);
 uint64_t wb__hold_bytes(const wb__hold *h);
 uint64_t wb__hold_since(const wb__hold *h);
+int wb__hold_rfd(const wb__hold *h);
+uint64_t wb__hold_serial(const wb__hold *h);
 
 #endif

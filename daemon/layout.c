@@ -186,7 +186,7 @@ int wb__layout_build(const wb__tinfo *t, size_t n, const size_t *tie,
     }
     for (size_t k = 0; k < nstored; k++) {
         size_t i = out->order[k];
-        if (k || nmeta || nstored < n)
+        if (k || nmeta || nstored < n || ident)
             wb__buf_put(&b, ",", 1);
         wb__buf_json_str(&b, t[i].name);
         wb__buf_printf(&b, ":{\"dtype\":\"%s\",\"shape\":[",

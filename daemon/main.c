@@ -28,6 +28,7 @@
 #include "ops.h"
 #include "paths.h"
 #include "registry.h"
+#include "restart.h"
 #include "worker.h"
 
 #define WB_DEFAULT_CLIENT_TIMEOUT 30 /* Seconds, --client-timeout. */
@@ -78,6 +79,10 @@ static void usage(FILE *f) {
             "has room,\n"
             "                       else transparent huge pages, else 4 "
             "KiB)\n"
+            "  --persist DIR        also write every committed version to "
+            "DIR (in the\n"
+            "                       background) and load DIR's versions "
+            "back at start\n"
             "  --version            print the version and exit\n"
             "  --help               print this help and exit\n");
 }
@@ -252,6 +257,8 @@ static void on_signal(uv_signal_t *s, int signum) {
     stopping = 1;
     wb__info("%s: shutting down", strsignal(signum));
     sd_notify(0, "STOPPING=1");
+    /* What the store and --persist hold stays for the next start. */
+    wb__restart_stop();
     wb__conn_shutdown();
     if (bound_path[0])
         unlink(bound_path);
@@ -281,6 +288,7 @@ int main(int argc, char **argv) {
         {"access", required_argument, NULL, 'A'},
         {"max-clients", required_argument, NULL, 'C'},
         {"max-clients-per-user", required_argument, NULL, 'U'},
+        {"persist", required_argument, NULL, 'D'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -294,11 +302,15 @@ int main(int argc, char **argv) {
     int user_holds_set = 0;
     int pages = WB_PAGES_AUTO;
     const char *access_file = NULL;
+    const char *persist_dir = NULL;
     uint64_t nclients;
     int c;
-    while ((c = getopt_long(argc, argv, "s:m:p:l:t:k:H:P:A:C:U:Vh", opts,
+    while ((c = getopt_long(argc, argv, "s:m:p:l:t:k:H:P:A:C:U:D:Vh", opts,
                             NULL)) != -1) {
         switch (c) {
+        case 'D':
+            persist_dir = optarg;
+            break;
         case 'P':
             if ((pages = wb__seg_pages_parse(optarg)) < 0) {
                 fprintf(stderr, "wbrokerd: bad --huge-pages '%s'\n", optarg);
@@ -437,14 +449,11 @@ int main(int argc, char **argv) {
     uv_signal_init(loop, &sig_hup);
     uv_signal_start(&sig_hup, on_hup, SIGHUP);
 
+    /* The listening socket and what the descriptor store kept come in
+     * one list; versions come back before anyone can connect. */
     int inherited = -1;
-    int nfds = sd_listen_fds(1);
-    if (nfds > 1) {
-        wb__error("systemd passed %d sockets; expected one", nfds);
+    if (wb__restart_recover(persist_dir, &inherited) != 0)
         return 1;
-    }
-    if (nfds == 1)
-        inherited = SD_LISTEN_FDS_START;
 
     char path[108];
     if (wb__socket_path_listen(socket_opt, path, sizeof(path)) < 0) {

@@ -11,6 +11,7 @@
 #include "ident.h"
 #include "msg.h"
 #include "ops.h"
+#include "persist.h"
 #include "registry.h"
 #include "reply.h"
 #include "request.h"
@@ -96,7 +97,7 @@ void wb__op_status(wb__session *s, uint64_t id, const msgpack_object *req) {
     /* Requests and errors, the --huge-pages mode (pages.MODE = 1) and the
      * bytes in each page size, as the kernel reported them at each seal. */
     counter_list cl = {0};
-    cl.cap = wb__stats_count() + 8;
+    cl.cap = wb__stats_count() + 16;
     cl.name = calloc(cl.cap, sizeof(cl.name[0]));
     cl.value = calloc(cl.cap, sizeof(uint64_t));
     if (cl.name == NULL || cl.value == NULL)
@@ -115,6 +116,15 @@ void wb__op_status(wb__session *s, uint64_t id, const msgpack_object *req) {
     counter_add(&cl, "bytes.retired", wb__holds_retired_bytes());
     if (wb__reg.mem_pinned)
         counter_add(&cl, "bytes.pinned", wb__reg.mem_pinned);
+    if (wb__persist_on()) {
+        const wb__persist_stats *ps = &wb__persist_stats_now;
+        counter_add(&cl, "persist.backlog", ps->backlog);
+        counter_add(&cl, "persist.backlog_bytes", ps->backlog_bytes);
+        counter_add(&cl, "persist.written", ps->written);
+        counter_add(&cl, "persist.failed", ps->failed);
+        counter_add(&cl, "persist.corrupt", ps->corrupt);
+        counter_add(&cl, "persist.recovered", ps->recovered);
+    }
     st.ncounters = cl.n;
     wb__reply r;
     wb__reply_init(&r, id);

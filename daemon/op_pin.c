@@ -10,6 +10,7 @@
 #include "registry.h"
 #include "reply.h"
 #include "request.h"
+#include "restart.h"
 #include "wire.h"
 
 void wb__op_pin(wb__session *s, uint64_t id, const msgpack_object *req) {
@@ -35,6 +36,7 @@ void wb__op_pin(wb__session *s, uint64_t id, const msgpack_object *req) {
                  (unsigned long long)number, (unsigned long long)s->id,
                  (unsigned)s->cred.uid, (int)s->cred.pid);
     v->pinned = pr.pin;
+    wb__restart_changed();
     if (!pr.pin) {
         wb__model_ref(m);
         wb__retention_apply(m);

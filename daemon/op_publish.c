@@ -27,6 +27,7 @@
 #include "registry.h"
 #include "reply.h"
 #include "request.h"
+#include "restart.h"
 #include "wire.h"
 
 #define WB_REPLY_SLACK 4096 /* Bytes of a map reply besides its tables. */
@@ -504,6 +505,7 @@ static void digest_job_done(uv_work_t *w, int status) {
         wb__version *v = p->v;
         p->v = NULL;
         wb__version_commit(m, v);
+        wb__restart_committed(v);
         /* The oldest versions beyond --keep are retired with this commit. */
         wb__retention_apply(m);
         char hex[2 * WB_DIGEST_LEN + 1];

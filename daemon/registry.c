@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "restart.h"
 #include "wbroker.h"
 
 wb__registry wb__reg;
@@ -139,6 +140,8 @@ static void version_close_if_held_only(wb__version *v) {
         assert(ds->job == NULL); /* A job holds a reference on v. */
         wb__seg_close(&ds->seg);
     }
+    if (v->seg.fd >= 0)
+        wb__restart_closed(v);
     wb__seg_close(&v->seg);
     v->closed = 1;
 }
@@ -174,6 +177,8 @@ static void version_free(wb__version *v) {
         wb__usage_refund(ds->charged_to, ds->accounted);
         free(ds);
     }
+    if (v->seg.fd >= 0 && v->number)
+        wb__restart_closed(v);
     wb__seg_close(&v->seg);
     wb__mem_refund(v->accounted);
     wb__usage_refund(v->charged_to, v->accounted);
@@ -221,6 +226,24 @@ void wb__version_commit(wb__model *m, wb__version *v) {
     wb__reg.versions++;
 }
 
+void wb__version_restore(wb__model *m, wb__version *v, uint64_t number) {
+    assert(v->model == NULL && !v->listed && number > 0);
+    wb__model_ref(m);
+    v->model = m;
+    v->number = number;
+    v->listed = 1;
+    if (m->last_number < number)
+        m->last_number = number;
+    wb__version **pp = &m->versions;
+    while (*pp) {
+        assert((*pp)->number < number);
+        pp = &(*pp)->next;
+    }
+    *pp = v;
+    m->nversions++;
+    wb__reg.versions++;
+}
+
 /* Takes v off its model's list; why names the cause for the log. */
 static void version_unlist(wb__version *v, const char *why) {
     assert(v->listed && v->model != NULL);
@@ -239,6 +262,7 @@ static void version_unlist(wb__version *v, const char *why) {
              v->holds ? " (still mapped: its memory stays charged until "
                         "the last holder lets go)"
                       : "");
+    wb__restart_unlisted(v);
     wb__version_unref(v);
 }
 

@@ -91,6 +91,8 @@ typedef struct wb__version {
     uint64_t id;              /* Opaque id, unique across restarts (ident.h). */
     uint8_t digest[16];       /* XXH3-128 of the image, set at commit. */
     int persisted;            /* 1 once --persist wrote its file. */
+    int stored;               /* 1 while the service manager's descriptor
+                                 store holds its segment (fdstore.h). */
     char *map_tail;           /* NULL, or the packed tail of the reply to
                                  a map of the whole version (op_map.c),
                                  kept since the version never changes. */
@@ -154,6 +156,9 @@ void wb__version_unref(wb__version *v);
 /* Appends pending version v to m with the next number (v->model takes a
  * reference on m; the list takes over the caller's reference on v). */
 void wb__version_commit(wb__model *m, wb__version *v);
+/* Appends v, read back at start (restart.h), to m under number, which is
+ * higher than any m lists; m's last number grows to it if lower. */
+void wb__version_restore(wb__model *m, wb__version *v, uint64_t number);
 /* Removes a listed version from its model and drops the list's
  * reference.  Requests, jobs and holds that hold v keep it alive. */
 void wb__version_drop(wb__version *v);
