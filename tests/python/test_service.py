@@ -221,13 +221,11 @@ def test_notify_readiness(box):
     serving(box)
     assert prop(box, "wbrokerd.service", "Type") == "notify"
     systemctl(box, "stop", "wbrokerd.service")
-    unit = open(box.root + "/usr/local/lib/systemd/system/wbrokerd.service").read()
-    exec_start = [l for l in unit.splitlines() if l.startswith("ExecStart=")][0]
     dropin = box.root + "/run/systemd/system/wbrokerd.service.d"
     os.makedirs(dropin, exist_ok=True)
     with open(dropin + "/wbt-delay.conf", "w") as f:
         f.write("[Service]\nExecStart=\nExecStart=/bin/sh -c 'sleep 2; exec %s'\n"
-                % exec_start[len("ExecStart="):])
+                % unit_exec_start(box))
     try:
         systemctl(box, "daemon-reload")
         t0 = time.monotonic()
@@ -355,7 +353,7 @@ def snapshot(c):
     version and pin counts, owners, digests) and, for every number up to
     each latest, the version's info and the sha256 of its tensor bytes, or
     that it is gone."""
-    models = cli_json(c, "ls")
+    models = sorted(cli_json(c, "ls"), key=lambda m: m["name"])  # order is not kept
     snap = {"ls": models}
     for m in models:
         for num in range(1, m["latest"] + 1):
@@ -445,6 +443,55 @@ def test_kill_restarts_with_every_version(box):
     restart_and_check(box, lambda: systemctl(box, "kill", "-s", "KILL",
                                              "wbrokerd.service"))
     assert int(prop(box, "wbrokerd.service", "NRestarts")) == restarts + 1
+
+
+def unit_exec_start(c):
+    """The installed unit's ExecStart= command line."""
+    unit = open(c.root + "/usr/local/lib/systemd/system/wbrokerd.service").read()
+    line = [l for l in unit.splitlines() if l.startswith("ExecStart=")][0]
+    return line[len("ExecStart="):]
+
+
+def test_reboot_keeps_persisted_versions(box):
+    """--persist under the unit's sandbox (a StateDirectory=, the rest of
+    the file system read-only) across a reboot of the whole container,
+    which the descriptor store does not survive and the files do: every
+    version comes back from disk, numbers, pins, digests and bytes."""
+    serving(box)
+    if "--persist" not in box.run("wbrokerd", "--help").stdout:
+        pytest.skip("this wbrokerd has no --persist")
+    dropin = "/etc/systemd/system/wbrokerd.service.d"
+    os.makedirs(box.root + dropin, exist_ok=True)
+    with open(box.root + dropin + "/wbt-persist.conf", "w") as f:
+        f.write("[Service]\nStateDirectory=wbroker\nExecStart=\n"
+                "ExecStart=%s --persist /var/lib/wbroker\n" % unit_exec_start(box))
+    try:
+        systemctl(box, "daemon-reload")
+        systemctl(box, "restart", "wbrokerd.service")
+        first = publish(box, "persisted", 40, meta=("kind=disk",))
+        cli(box, "pin", "persisted@%d" % first)
+        publish(box, "persisted", 41, nbytes=7 << 20)
+
+        def written():
+            counters = cli_json(box, "status")["counters"]
+            return counters.get("persist.backlog", 1) == 0 and counters.get(
+                "persist.written", 0) > 0
+        wait_for("the persistence backlog to drain", written)
+        before = snapshot(box)
+
+        box.stop()
+        box.start()
+        box.run("ldconfig")
+        assert systemctl(box, "is-active", "wbrokerd.socket") == "active"
+        after = snapshot(box)
+        assert after == before
+        log = box.run("journalctl", "--no-pager", "-o", "cat", "-u",
+                      "wbrokerd.service", "-b").stdout
+        assert re.search(r"recovered \d+ versions .*from /var/lib/wbroker", log), log
+    finally:
+        os.unlink(box.root + dropin + "/wbt-persist.conf")  # a new root after the reboot
+        systemctl(box, "daemon-reload")
+        systemctl(box, "restart", "wbrokerd.service")
 
 
 # -------------------------------------------------------------------- upgrade

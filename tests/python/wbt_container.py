@@ -240,6 +240,9 @@ class Container:
         return "/proc/%d/root" % self.leader
 
     def start(self, timeout=60):
+        """Boots the container (again, after stop(): a reboot that keeps
+        what the upper directory holds)."""
+        self.leader = None
         for cg in self.cgroups:
             os.makedirs(cg, exist_ok=True)
         # The shell joins the cgroups and mounts in its own namespace, then
