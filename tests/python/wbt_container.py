@@ -198,7 +198,7 @@ def image(pkgs=None, log=sys.stderr):
 
 
 def _prune(top, keep):
-    """Removes all but the keep images used last (each is ~290 MB; an old
+    """Removes all but the keep images used last (each is ~200 MB; an old
     one is only worth keeping for a branch that still builds with it)."""
     done = []
     for d in os.listdir(top):
