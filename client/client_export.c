@@ -3,13 +3,14 @@
  *
  * The daemon keeps every version as one valid safetensors image, so an
  * export maps the version shared and read-only and writes the image as it
- * is.  A file is written atomically: a fresh temporary file next to it (a
- * random name opened with O_EXCL and O_NOFOLLOW, so that a file or a
- * symbolic link planted there is never written through), synced, renamed
- * over the target, then the directory synced.  The target must be absent
- * or a regular file, checked before the daemon is asked for anything and
- * again just before the rename, because the rename would replace a device
- * node, a fifo, a socket, a directory or a link rather than write to it.
+ * is, but for the daemon's identity entry in its header, blanked out.  A file
+ * is written atomically: a fresh temporary file next to it (a random name
+ * opened with O_EXCL and O_NOFOLLOW, so that a file or a symbolic link planted
+ * there is never written through), synced, renamed over the target, then the
+ * directory synced.  The target must be absent or a regular file, checked
+ * before the daemon is asked for anything and again just before the rename,
+ * because the rename would replace a device node, a fifo, a socket, a directory
+ * or a link rather than write to it.
  *
  * Nothing here touches process-wide state (no signal handlers, no umask
  * change), since a library shares its process: a new file gets its mode
@@ -152,17 +153,63 @@ static int tmp_create(const target *t, char name[NAME_MAX + 1]) {
     return -1;
 }
 
-/* Writes len bytes of data to fd in chunks, reporting each to progress.
+/* The image's header with the daemon's identity entry (WB_VERSION_KEY,
+ * which names the version, not its content) blanked out with spaces: an
+ * export holds the tensors, their metadata and ties, and two versions of
+ * the same content export to the same bytes.  The header keeps its length,
+ * so every offset stays.  Returns a new copy of the header (*hlen bytes),
+ * or NULL when there is nothing to blank or no memory (then the image is
+ * written as it is). */
+static uint8_t *header_without_identity(const uint8_t *img, size_t len,
+                                        size_t *hlen) {
+    if (len < 8)
+        return NULL;
+    uint64_t n = 0;
+    for (int i = 0; i < 8; i++)
+        n |= (uint64_t)img[i] << (8 * i);
+    if (n > len - 8)
+        return NULL;
+    static const char key[] = "\"" WB_VERSION_KEY "\":\"";
+    const uint8_t *h = img + 8;
+    const uint8_t *k = memmem(h, (size_t)n, key, strlen(key));
+    if (k == NULL)
+        return NULL;
+    size_t start = (size_t)(k - img), end = start + strlen(key);
+    while (end < 8 + n && img[end] != '"')
+        end += img[end] == '\\' ? 2 : 1;
+    if (end >= 8 + n)
+        return NULL;
+    end++; /* The closing quote. */
+    if (start > 8 && img[start - 1] == ',')
+        start--; /* The entry is the metadata's last. */
+    else if (end < 8 + n && img[end] == ',')
+        end++;
+    uint8_t *copy = malloc(8 + (size_t)n);
+    if (copy == NULL)
+        return NULL;
+    memcpy(copy, img, 8 + (size_t)n);
+    memset(copy + start, ' ', end - start);
+    *hlen = 8 + (size_t)n;
+    return copy;
+}
+
+/* Writes len bytes of data to fd in chunks, reporting each to progress;
+ * the first head_len bytes come from head instead when it is not NULL.
  * Returns 0, or records the failure (what names the destination). */
 static int write_all(wb_client *c, int fd, const char *what,
-                     const uint8_t *data, size_t len, wb_progress_fn progress,
-                     void *user) {
+                     const uint8_t *data, size_t len, const uint8_t *head,
+                     size_t head_len, wb_progress_fn progress, void *user) {
     size_t done = 0;
     int rc = progress ? progress(user, 0, len) : 0;
     while (rc == 0 && done < len) {
         size_t want =
             len - done < WB_EXPORT_CHUNK ? len - done : WB_EXPORT_CHUNK;
-        ssize_t n = write(fd, data + done, want);
+        const uint8_t *from = data + done;
+        if (head && done < head_len) {
+            from = head + done;
+            want = head_len - done;
+        }
+        ssize_t n = write(fd, from, want);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
@@ -179,7 +226,8 @@ static int write_all(wb_client *c, int fd, const char *what,
  * Returns 0, or records the failure with the file untouched and the
  * temporary file removed. */
 static int write_atomic(wb_client *c, target *t, const uint8_t *data,
-                        size_t len, wb_progress_fn progress, void *user) {
+                        size_t len, const uint8_t *head, size_t head_len,
+                        wb_progress_fn progress, void *user) {
     /* Asked once before the temporary file exists too, so that a caller
      * that stops on a signal (the CLI) knows when there is something to
      * undo: a signal before this call may end the process outright, one
@@ -198,7 +246,7 @@ static int write_atomic(wb_client *c, target *t, const uint8_t *data,
      * mode from open() already. */
     int exists = t->exists;
     mode_t mode = t->mode;
-    int rc = write_all(c, fd, tmp, data, len, progress, user);
+    int rc = write_all(c, fd, tmp, data, len, head, head_len, progress, user);
     const char *what = NULL;
     if (rc == 0 && exists && fchmod(fd, mode) != 0)
         what = "setting the mode of";
@@ -275,10 +323,13 @@ int wb_export_file(wb_client *c, const char *model, uint64_t version,
     const void *data = NULL;
     size_t len = 0;
     rc = image_map(c, model, version, &m, &data, &len);
+    size_t hlen = 0;
+    uint8_t *head = rc ? NULL : header_without_identity(data, len, &hlen);
     if (rc == 0)
-        rc = write_atomic(c, &t, data, len, progress, user);
+        rc = write_atomic(c, &t, data, len, head, hlen, progress, user);
     if (rc == 0)
         export_info(info, m, len);
+    free(head);
     wb_unmap(m);
     close(t.dfd);
     return rc;
@@ -294,8 +345,11 @@ int wb_export_fd(wb_client *c, const char *model, uint64_t version, int fd,
     int rc = image_map(c, model, version, &m, &data, &len);
     if (rc == 0) {
         char what[32];
+        size_t hlen = 0;
+        uint8_t *head = header_without_identity(data, len, &hlen);
         snprintf(what, sizeof(what), "descriptor %d", fd);
-        rc = write_all(c, fd, what, data, len, progress, user);
+        rc = write_all(c, fd, what, data, len, head, hlen, progress, user);
+        free(head);
     }
     if (rc == 0)
         export_info(info, m, len);

@@ -187,7 +187,8 @@ static int cmd_status(wb_cli *cli, const wb_cli_args *a) {
     wb_counter *cv = NULL;
     size_t nc = 0;
     uint64_t holds = 0, retired = 0, b2m = 0, b4k = 0;
-    int have = 0;
+    uint64_t pb = 0, pbb = 0, pw = 0, pf = 0, pc = 0;
+    int have = 0, persist = 0;
     const char *mode = NULL;
     if (wb_get_counters(cli->c, &cv, &nc) == 0)
         for (size_t i = 0; i < nc; i++) {
@@ -201,6 +202,21 @@ static int cmd_status(wb_cli *cli, const wb_cli_args *a) {
                 holds = cv[i].value, have = 1;
             else if (strcmp(cv[i].name, "bytes.retired") == 0)
                 retired = cv[i].value;
+            else if (strncmp(cv[i].name, "persist.", 8) == 0) {
+                const char *k = cv[i].name + 8;
+                uint64_t x = cv[i].value;
+                persist = 1;
+                if (strcmp(k, "backlog") == 0)
+                    pb = x;
+                else if (strcmp(k, "backlog_bytes") == 0)
+                    pbb = x;
+                else if (strcmp(k, "written") == 0)
+                    pw = x;
+                else if (strcmp(k, "failed") == 0)
+                    pf = x;
+                else if (strcmp(k, "corrupt") == 0)
+                    pc = x;
+            }
         }
     if (mode) {
         char big[WB_CLI_SIZE_BUF];
@@ -213,6 +229,11 @@ static int cmd_status(wb_cli *cli, const wb_cli_args *a) {
         printf("holds     %" PRIu64 " mappings held (%s of them in retired "
                "or dropped versions)\n",
                holds, cli_size(retired, shm, sizeof(shm)));
+    if (persist)
+        printf("persist   %" PRIu64 " versions (%s) to write, %" PRIu64
+               " written, %" PRIu64 " failed, %" PRIu64
+               " files set aside at start\n",
+               pb, cli_size(pbb, shm, sizeof(shm)), pw, pf, pc);
     return WB_CLI_OK;
 }
 

@@ -230,6 +230,14 @@ static void test_persist_roundtrip(void **state) {
     xxh_hex(plain[1].image, plain[1].len, want);
     assert_string_equal(dplain, want);
     assert_int_equal(ilm.pinned, 1);
+    /* The identity's key is the daemon's alone. */
+    int64_t one[1] = {1};
+    wb_tensor_spec spec = {"x", WB_F32, 1, one, NULL};
+    wb_kv reserved = {WB_VERSION_KEY, "{}"};
+    wb_publish *p;
+    assert_int_equal(wb_publish_begin(c, "lm", &spec, 1, &reserved, 1, &p),
+                     WB_EINVAL);
+    assert_non_null(strstr(wb_errmsg(c), "reserved"));
     wb_close(c);
     kill_daemon(&d);
 

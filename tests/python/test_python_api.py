@@ -160,6 +160,9 @@ def test_python_models_and_drop(daemon):
         assert set(info) == {"a", "z"}
         a = info["a"]
         assert (a.version, a.versions, a.tensors, a.bytes) == (2, 2, 2, 24)
+        # The digest of the latest version: 32 hex digits, its own.
+        assert len(a.digest) == 32 and int(a.digest, 16) >= 0
+        assert a.digest != info["z"].digest
         c.drop("a", version=1)
         assert {m.name: m.versions for m in c.models()}["a"] == 1
         with pytest.raises(KeyError):
