@@ -384,8 +384,9 @@ class Holder:
         return self.p.stdout.readline().split()
 
     def quit(self):
-        self.p.stdin.write("quit\n")
-        self.p.stdin.flush()
+        if self.p.poll() is None:
+            self.p.stdin.write("quit\n")
+            self.p.stdin.flush()
         assert self.p.wait(10) == 0
 
 
@@ -421,6 +422,10 @@ def restart_and_check(c, how):
         # The pins came back too: retention (keep 2) still spares them.
         pinned = {m["name"]: m["pinned"] for m in cli_json(c, "ls")}
         assert pinned == {m["name"]: m["pinned"] for m in before["ls"]}
+        # The hold taken back from the store still ends with the process.
+        h.quit()
+        wait_for("the hold to end", lambda: not [
+            x for x in cli_json(c, "holders") if x["pid"] == h.pid], 10)
     finally:
         h.quit()
 
