@@ -344,10 +344,18 @@ exec systemd-nspawn --boot --quiet --register=no --keep-unit \
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait()
-        for cg in self.cgroups:
-            for top, dirs, _ in os.walk(cg, topdown=False):
-                with contextlib.suppress(OSError):
-                    os.rmdir(top)
+        # The kernel lets go of a cgroup once its last process is reaped,
+        # which can lag behind nspawn's exit: retry for a while.
+        deadline = time.monotonic() + 5
+        while True:
+            for cg in self.cgroups:
+                for top, dirs, _ in os.walk(cg, topdown=False):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(top)
+            left = [cg for cg in self.cgroups if os.path.exists(cg)]
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         return self.console()
 
 
