@@ -138,7 +138,7 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
--include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) -name '*.d' -type f 2>/dev/null)
 
 $(LIB_SO): $(PROTO_OBJ) $(CLIENT_OBJ)
 	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--as-needed -o $@ $^ $(LDFLAGS_ALL) $(CLIENT_LIBS)
@@ -360,3 +360,17 @@ format-check:
 
 clean:
 	rm -rf build build-address build-undefined build-thread
+
+# ---------------------------------------------------------------- service
+#
+# make service-test: only the tests of the installed service under a real
+# systemd (tests/python/test_service.py: a Debian 12 container booted with
+# systemd-nspawn, its image cached in $(WB_CACHE)/container; needs root).
+# make test runs them too, with the rest of the Python tests.
+FORMAT_SRC += $(wildcard tests/service/*.c)
+
+service-test: $(DAEMON_BIN) $(CLI_BIN) $(LIB_SO) $(LIB_A) $(BUILD)/wbroker.pc $(UNITS)
+	WB_BUILD=$(BUILD) WB_CACHE=$(WB_CACHE) $(PYTHON) -m pytest -q -p no:cacheprovider \
+	  tests/python/test_service.py
+
+.PHONY: service-test
