@@ -455,3 +455,22 @@ KILL_CLIENTS ?= 1000
 .PHONY: kill-test
 kill-test: $(BUILD)/tests/test_kill
 	WB_BUILD=$(BUILD) WB_KILL_CLIENTS=$(KILL_CLIENTS) $(BUILD)/tests/test_kill
+
+# ---------------------------------------------------------------- faults
+#
+# make fault-test  test_failmalloc over every allocation of its session
+#                  (the suite samples 40): libwbfailmalloc.so, preloaded
+#                  into wbrokerd, fails the Nth malloc/calloc/realloc made
+#                  for the clients.  Not under ASan or TSan, whose
+#                  allocators come first.
+ifeq ($(filter address thread,$(SANITIZER)),)
+FAILMALLOC_SO := $(BUILD)/libwbfailmalloc.so
+all: $(FAILMALLOC_SO)
+$(FAILMALLOC_SO): tests/faults/failmalloc.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 $(OPT) $(WARN) $(SANFLAGS) -fPIC -shared -o $@ $<
+endif
+FORMAT_SRC += $(wildcard tests/faults/*.c)
+.PHONY: fault-test
+fault-test: $(BUILD)/tests/test_failmalloc $(FAILMALLOC_SO)
+	WB_BUILD=$(BUILD) WB_FAILMALLOC_ALL=1 $(BUILD)/tests/test_failmalloc

@@ -1,0 +1,117 @@
+/* failmalloc.c -- A preloaded allocator that fails one chosen allocation
+ * of the daemon, for the allocation-failure sweep (test_failmalloc.c).
+ *
+ * LD_PRELOAD=libwbfailmalloc.so wbrokerd ...: malloc, calloc and realloc
+ * go to glibc's allocator, except that the Nth of them counted since the
+ * last arming returns NULL (with errno ENOMEM), once.  The file named by
+ * WB_FAILMALLOC_CTL holds N (0: fail nothing); it is read at each accepted
+ * connection, and a new N arms the count from there, so that allocations
+ * of start-up and of earlier connections do not count, and the Nth is
+ * one made on behalf of the clients (request handling, the worker thread's
+ * jobs, closing).  WB_FAILMALLOC_LOG names a file that gets a line
+ * "armed N" at each arming, "fired N" when the Nth fails, and
+ * "count C" (allocations since the arming) at each accept, which tells a
+ * test how many allocation points a session has.  For a build without
+ * ASan, whose allocator replaces these functions first. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+void *__libc_malloc(size_t n);
+void *__libc_calloc(size_t k, size_t n);
+void *__libc_realloc(void *p, size_t n);
+
+static atomic_ullong counted; /* Allocations since the arming. */
+static atomic_ullong fail_at; /* The one to fail (0: none). */
+static char ctl_seen[32];     /* The control file's text at the arming. */
+
+/* Appends one line to the log, without allocating. */
+static void log_line(const char *what, unsigned long long v) {
+    const char *path = getenv("WB_FAILMALLOC_LOG");
+    if (path == NULL)
+        return;
+    char line[64];
+    int n = snprintf(line, sizeof(line), "%s %llu\n", what, v);
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return;
+    ssize_t k = write(fd, line, (size_t)n);
+    (void)k;
+    close(fd);
+}
+
+/* 1 if this allocation is the one to fail. */
+static int should_fail(void) {
+    unsigned long long at = atomic_load(&fail_at);
+    if (at == 0)
+        return 0;
+    if (atomic_fetch_add(&counted, 1) + 1 != at)
+        return 0;
+    atomic_store(&fail_at, 0);
+    log_line("fired", at);
+    return 1;
+}
+
+void *malloc(size_t n) {
+    if (should_fail()) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return __libc_malloc(n);
+}
+
+void *calloc(size_t k, size_t n) {
+    if (should_fail()) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return __libc_calloc(k, n);
+}
+
+void *realloc(void *p, size_t n) {
+    if (should_fail()) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return __libc_realloc(p, n);
+}
+
+/* Reads the control file; a text other than the last arms a new N. */
+static void rearm(void) {
+    const char *path = getenv("WB_FAILMALLOC_CTL");
+    if (path == NULL)
+        return;
+    char buf[32] = {0};
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t k = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (k <= 0 || memcmp(buf, ctl_seen, sizeof(buf)) == 0)
+        return;
+    memcpy(ctl_seen, buf, sizeof(buf));
+    unsigned long long n = 0;
+    for (const char *p = buf; *p >= '0' && *p <= '9'; p++)
+        n = n * 10 + (unsigned long long)(*p - '0');
+    atomic_store(&counted, 0);
+    atomic_store(&fail_at, n);
+    log_line("armed", n);
+}
+
+int accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags) {
+    int c = (int)syscall(SYS_accept4, fd, sa, len, flags);
+    if (c >= 0) {
+        log_line("count", atomic_load(&counted));
+        rearm();
+    }
+    return c;
+}

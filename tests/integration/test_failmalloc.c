@@ -1,0 +1,332 @@
+/* test_failmalloc.c -- One allocation of the daemon fails, for every
+ * allocation a scripted session makes: the daemon answers that request
+ * with an error or closes that connection, and goes on serving.
+ *
+ * wbrokerd runs with tests/faults/failmalloc.c preloaded, which fails the
+ * Nth malloc, calloc or realloc counted from the session's connection on
+ * (see there).  The session is what a client does in a day: hello,
+ * publish three tensors and write them, commit, map plainly and read
+ * every byte, load with rules and a cast, list, watch, status, holders,
+ * pin and unpin, drop.  A step that fails is passed over (the library
+ * reconnects for the next one); a step that succeeds must give the right
+ * answer, every byte of a mapping included.  After each session the daemon
+ * must be running and answer a new connection.  First a session without
+ * failure counts its allocations (C); then, by default, FM_SAMPLES values
+ * of N drawn from the seed (WB_FAILMALLOC_SEED, printed) are tried, or
+ * with WB_FAILMALLOC_ALL=1 (`make fault-test`) every N from 1 until a
+ * session passes without its Nth allocation.  In the end the daemon holds
+ * no bytes, no segments and no more descriptors than at the start.
+ *
+ * The preloaded allocator cannot stand in for AddressSanitizer's, so under
+ * ASan or TSan the test is skipped. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define FM_SANITIZED 1
+#else
+#define FM_SANITIZED 0
+#endif
+
+#define FM_SAMPLES 40      /* Values of N the suite tries. */
+#define FM_SESSION_S 20    /* Seconds one session may take. */
+#define FM_ELEMS 4096      /* Elements of the big tensor. */
+#define FM_MAX_N 1000000ul /* A sweep that goes past this is stuck. */
+
+static char fm_dir[64]; /* Temporary directory of the files below. */
+static char fm_ctl[96]; /* Control file: N. */
+static char fm_log[96]; /* Log of the preloaded allocator. */
+static unsigned fm_gen; /* Makes every control text new. */
+
+static int setup(void **state) {
+    if (FM_SANITIZED)
+        return 0;
+    char lib[256];
+    snprintf(lib, sizeof(lib), "%s/libwbfailmalloc.so", wbt_build_dir());
+    if (access(lib, R_OK) != 0)
+        return -1;
+    char abs[4096];
+    if (realpath(lib, abs) == NULL)
+        return -1;
+    snprintf(fm_dir, sizeof(fm_dir), "/tmp/wbfm.XXXXXX");
+    if (mkdtemp(fm_dir) == NULL)
+        return -1;
+    snprintf(fm_ctl, sizeof(fm_ctl), "%s/ctl", fm_dir);
+    snprintf(fm_log, sizeof(fm_log), "%s/log", fm_dir);
+    FILE *f = fopen(fm_ctl, "w");
+    if (f == NULL)
+        return -1;
+    fputs("0 start\n", f);
+    fclose(f);
+    setenv("WB_FAILMALLOC_CTL", fm_ctl, 1);
+    setenv("WB_FAILMALLOC_LOG", fm_log, 1);
+    setenv("LD_PRELOAD", abs, 1);
+    static const char *const extra[] = {"--memory-limit", "256M", NULL};
+    int rc = wbt_setup(state, extra);
+    unsetenv("LD_PRELOAD"); /* Only the daemon. */
+    return rc;
+}
+
+static int teardown(void **state) {
+    if (FM_SANITIZED)
+        return 0;
+    int rc = wbt_teardown_finish(state);
+    unlink(fm_ctl);
+    unlink(fm_log);
+    rmdir(fm_dir);
+    return rc;
+}
+
+/* Arms the allocator to fail the nth allocation (0: none) from the next
+ * connection on. */
+static void arm(unsigned long n) {
+    char tmp[128];
+    snprintf(tmp, sizeof(tmp), "%s.new", fm_ctl);
+    FILE *f = fopen(tmp, "w");
+    assert_non_null(f);
+    fprintf(f, "%lu %u\n", n, ++fm_gen);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(rename(tmp, fm_ctl), 0);
+}
+
+/* The last value logged with what ("fired", "count"), or -1. */
+static long long log_last(const char *what) {
+    FILE *f = fopen(fm_log, "r");
+    if (f == NULL)
+        return -1;
+    char w[16];
+    unsigned long long v;
+    long long last = -1;
+    while (fscanf(f, "%15s %llu", w, &v) == 2)
+        if (strcmp(w, what) == 0)
+            last = (long long)v;
+    fclose(f);
+    return last;
+}
+
+/* The value element j of tensor t holds. */
+static uint32_t fm_word(size_t t, size_t j) {
+    return (uint32_t)(t * 0x9e3779b9u) ^ (uint32_t)(j * 2654435761u);
+}
+
+/* Fails unless mapping m (plain) holds the session's tensors exactly. */
+static void check_plain(const wb_mapping *m) {
+    assert_int_equal(wb_map_count(m), 3);
+    for (size_t t = 0; t < 3; t++) {
+        wb_tensor x;
+        assert_int_equal(wb_map_tensor(m, t, &x), 0);
+        if (t == 2) {
+            const uint8_t *b = x.data;
+            for (size_t j = 0; j < x.nbytes; j++)
+                assert_int_equal(b[j], j & 1);
+            continue;
+        }
+        const uint32_t *w = x.data;
+        for (size_t j = 0; j < x.nbytes / 4; j++)
+            if (w[j] != fm_word(t, j))
+                fail_msg("tensor %s differs at %zu", x.name, j);
+    }
+}
+
+/* The scripted session.  Returns the steps that succeeded. */
+static int session(const wbt_daemon *d) {
+    int ok = 0;
+    wb_client *c = NULL;
+    if (wb_connect(d->sock, &c) != 0) {
+        wb_close(c);
+        return 0;
+    }
+    ok++;
+    int64_t big = FM_ELEMS, small = 64, nb = 16;
+    wb_tensor_spec ts[3] = {{"enc.weight", WB_F32, 1, &big, NULL},
+                            {"enc.bias", WB_F32, 1, &small, NULL},
+                            {"mask", WB_BOOL, 1, &nb, NULL}};
+    wb_kv kv = {"format", "pt"};
+    wb_publish *p = NULL;
+    uint64_t v = 0;
+    if (wb_publish_begin(c, "fm", ts, 3, &kv, 1, &p) == 0) {
+        ok++;
+        for (size_t t = 0; t < 3; t++) {
+            size_t n = 0;
+            uint8_t *dst = wb_publish_data(p, t, &n);
+            assert_non_null(dst);
+            for (size_t j = 0; j < n; j++)
+                dst[j] = t == 2 ? (uint8_t)(j & 1) : 0;
+            if (t < 2)
+                for (size_t j = 0; j < n / 4; j++)
+                    ((uint32_t *)(void *)dst)[j] = fm_word(t, j);
+        }
+        if (wb_publish_commit(p, &v) == 0)
+            ok++;
+    }
+    wb_mapping *m = NULL;
+    if (wb_map(c, "fm", 0, WB_MAP_SHARED, &m) == 0) {
+        ok++;
+        check_plain(m);
+        wb_unmap(m);
+    }
+    wb_rules *r = wb_rules_new();
+    assert_non_null(r);
+    assert_int_equal(wb_rules_cast(r, "encoder.weight", WB_F16), 0);
+    assert_int_equal(wb_rules_rename_prefix(r, "enc.", "encoder."), 0);
+    if (wb_load(c, "fm", 0, NULL, r, 0, &m) == 0) {
+        ok++;
+        long i = wb_map_find(m, "encoder.bias");
+        assert_true(i >= 0);
+        wb_tensor x;
+        assert_int_equal(wb_map_tensor(m, (size_t)i, &x), 0);
+        for (size_t j = 0; j < x.nbytes / 4; j++)
+            assert_int_equal(((const uint32_t *)x.data)[j], fm_word(1, j));
+        i = wb_map_find(m, "encoder.weight");
+        assert_true(i >= 0);
+        assert_int_equal(wb_map_tensor(m, (size_t)i, &x), 0);
+        assert_int_equal(x.dtype, WB_F16);
+        wb_unmap(m);
+    }
+    wb_rules_free(r);
+    wb_model_info *mi = NULL;
+    size_t n = 0;
+    if (wb_list(c, &mi, &n) == 0) {
+        ok++;
+        wb_model_info_free(mi, n);
+    }
+    uint64_t got = 0;
+    if (wb_watch(c, "fm", 0, 0, &got) == 0)
+        ok++;
+    wb_status st;
+    if (wb_get_status(c, &st) == 0)
+        ok++;
+    wb_holder *h = NULL;
+    if (wb_holders(c, NULL, &h, &n) == 0) {
+        ok++;
+        wb_holders_free(h, n);
+    }
+    if (wb_pin(c, "fm", 0) == 0)
+        ok++;
+    if (wb_unpin(c, "fm", 0) == 0)
+        ok++;
+    if (wb_drop(c, "fm", 0) == 0)
+        ok++;
+    wb_close(c);
+    return ok;
+}
+
+#define FM_STEPS 12 /* Steps of a session that all succeed. */
+
+/* Runs the session with the nth allocation failing; fails the test unless
+ * the daemon is running and serving afterwards.  Returns 1 if the nth
+ * allocation was reached. */
+static int run_with(const wbt_daemon *d, unsigned long n, int *steps) {
+    arm(n);
+    wbt_watchdog(d, FM_SESSION_S);
+    *steps = session(d);
+    arm(0); /* The checks below must not meet a failure. */
+    if (!wbt_running(d))
+        fail_msg("wbrokerd died when its allocation %lu failed", n);
+    long clients = wbt_clients(d);
+    wbt_watchdog(NULL, 0);
+    if (clients < 1)
+        fail_msg("wbrokerd stopped serving after allocation %lu failed", n);
+    return log_last("fired") == (long long)n;
+}
+
+static uint64_t mix(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* Each allocation of a session failing in turn leaves a serving daemon. */
+static void test_failmalloc_every_step(void **state) {
+    if (FM_SANITIZED)
+        skip();
+    wbt_daemon *d = *state;
+    int base_fds = wbt_settled_fds(d, 200, 5000);
+    int base_segs = wbt_segment_count(d);
+
+    /* A session without failure: its steps all pass; count them. */
+    int steps = 0;
+    assert_int_equal(run_with(d, 0, &steps), 0);
+    assert_int_equal(steps, FM_STEPS);
+    arm(FM_MAX_N * 100);
+    steps = session(d);
+    assert_int_equal(steps, FM_STEPS);
+    arm(0);
+    assert_true(wbt_clients(d) >= 1); /* Its accept logs the count. */
+    long long count = log_last("count");
+    assert_true(count > 0);
+
+    const char *env = getenv("WB_FAILMALLOC_ALL");
+    int all = env && *env && strcmp(env, "0") != 0;
+    env = getenv("WB_FAILMALLOC_SEED");
+    uint64_t seed = env && *env
+                        ? strtoull(env, NULL, 0)
+                        : (uint64_t)time(NULL) * 1000003u + (uint64_t)getpid();
+    fprintf(stderr,
+            "  failmalloc: a session makes %lld allocations; %s "
+            "(WB_FAILMALLOC_SEED=%llu)\n",
+            count, all ? "trying every one" : "sampling",
+            (unsigned long long)seed);
+    unsigned long tried = 0, fired = 0, partial = 0;
+    double t0 = wbt_now();
+    if (all) {
+        for (unsigned long n = 1; n < FM_MAX_N; n++) {
+            int hit = run_with(d, n, &steps);
+            tried++;
+            fired += (unsigned long)hit;
+            partial += steps < FM_STEPS;
+            if (!hit)
+                break; /* The whole session went by: every N is done. */
+        }
+    } else {
+        for (int i = 0; i < FM_SAMPLES; i++) {
+            unsigned long n =
+                1 + (unsigned long)(mix(seed + (uint64_t)i) % (uint64_t)count);
+            fired += (unsigned long)run_with(d, n, &steps);
+            partial += steps < FM_STEPS;
+            tried++;
+        }
+    }
+    fprintf(stderr,
+            "  failmalloc: %lu sessions in %.1f s, %lu with the failure "
+            "reached, %lu with a step refused; the daemon served on\n",
+            tried, wbt_now() - t0, fired, partial);
+    assert_true(fired > 0);
+
+    /* Whatever a failure left behind goes with the model. */
+    wb_client *c = wbt_connect(d);
+    int rc = wb_drop(c, "fm", 0);
+    assert_true(rc == 0 || rc == WB_ENOMODEL);
+    wb_close(c);
+    double until = wbt_now() + 10;
+    while (wbt_now() < until &&
+           (wbt_mem_used(d) != 0 || wbt_segment_count(d) != base_segs ||
+            wbt_fd_count(d) != base_fds))
+        wbt_sleep_ms(50);
+    assert_int_equal(wbt_mem_used(d), 0);
+    assert_int_equal(wbt_segment_count(d), base_segs);
+    assert_int_equal(wbt_settled_fds(d, 200, 5000), base_fds);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_failmalloc_every_step, setup,
+                                        teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
