@@ -3,8 +3,10 @@
  *
  * LD_PRELOAD=libwbfailmalloc.so wbrokerd ...: malloc, calloc and realloc
  * go to glibc's allocator, except that the Nth of them counted since the
- * last arming returns NULL (with errno ENOMEM), once.  The file named by
- * WB_FAILMALLOC_CTL holds N (0: fail nothing); it is read at each accepted
+ * last arming returns NULL (with errno ENOMEM), once, or, when N is
+ * followed by "+", every one from the Nth on (memory gone for good, until
+ * the next arming).  The file named by WB_FAILMALLOC_CTL holds N (0: fail
+ * nothing) and any text after it; it is read at each accepted
  * connection, and a new N arms the count from there, so that allocations
  * of start-up and of earlier connections do not count, and the Nth is
  * one made on behalf of the clients (request handling, the worker thread's
@@ -32,6 +34,7 @@ void *__libc_realloc(void *p, size_t n);
 
 static atomic_ullong counted; /* Allocations since the arming. */
 static atomic_ullong fail_at; /* The one to fail (0: none). */
+static atomic_int fail_on;    /* 1: every one from fail_at on. */
 static char ctl_seen[32];     /* The control file's text at the arming. */
 
 /* Appends one line to the log, without allocating. */
@@ -54,10 +57,13 @@ static int should_fail(void) {
     unsigned long long at = atomic_load(&fail_at);
     if (at == 0)
         return 0;
-    if (atomic_fetch_add(&counted, 1) + 1 != at)
+    unsigned long long k = atomic_fetch_add(&counted, 1) + 1;
+    if (k < at || (k > at && !atomic_load(&fail_on)))
         return 0;
-    atomic_store(&fail_at, 0);
-    log_line("fired", at);
+    if (k == at)
+        log_line("fired", at);
+    if (!atomic_load(&fail_on))
+        atomic_store(&fail_at, 0);
     return 1;
 }
 
@@ -100,9 +106,12 @@ static void rearm(void) {
         return;
     memcpy(ctl_seen, buf, sizeof(buf));
     unsigned long long n = 0;
-    for (const char *p = buf; *p >= '0' && *p <= '9'; p++)
+    const char *p = buf;
+    for (; *p >= '0' && *p <= '9'; p++)
         n = n * 10 + (unsigned long long)(*p - '0');
+    atomic_store(&fail_at, 0); /* Nothing fails while re-arming. */
     atomic_store(&counted, 0);
+    atomic_store(&fail_on, *p == '+');
     atomic_store(&fail_at, n);
     log_line("armed", n);
 }

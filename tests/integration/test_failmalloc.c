@@ -14,7 +14,10 @@
  * failure counts its allocations (C); then, by default, FM_SAMPLES values
  * of N drawn from the seed (WB_FAILMALLOC_SEED, printed) are tried, or
  * with WB_FAILMALLOC_ALL=1 (`make fault-test`) every N from 1 until a
- * session passes without its Nth allocation.  In the end the daemon holds
+ * session passes without its Nth allocation.  Each N is tried twice: the
+ * Nth allocation alone failing, and every one from the Nth to the end of
+ * the session (memory gone for good: the daemon may not even manage an
+ * error reply, and closes the connection instead).  In the end the daemon holds
  * no bytes, no segments and no more descriptors than at the start.
  *
  * The preloaded allocator cannot stand in for AddressSanitizer's, so under
@@ -92,15 +95,19 @@ static int teardown(void **state) {
 }
 
 /* Arms the allocator to fail the nth allocation (0: none) from the next
- * connection on. */
-static void arm(unsigned long n) {
+ * connection on; with from_on set, every one from the nth on. */
+static void arm_mode(unsigned long n, int from_on) {
     char tmp[128];
     snprintf(tmp, sizeof(tmp), "%s.new", fm_ctl);
     FILE *f = fopen(tmp, "w");
     assert_non_null(f);
-    fprintf(f, "%lu %u\n", n, ++fm_gen);
+    fprintf(f, "%lu%s %u\n", n, from_on ? "+" : "", ++fm_gen);
     assert_int_equal(fclose(f), 0);
     assert_int_equal(rename(tmp, fm_ctl), 0);
+}
+
+static void arm(unsigned long n) {
+    arm_mode(n, 0);
 }
 
 /* The last value logged with what ("fired", "count"), or -1. */
@@ -230,17 +237,20 @@ static int session(const wbt_daemon *d) {
 /* Runs the session with the nth allocation failing; fails the test unless
  * the daemon is running and serving afterwards.  Returns 1 if the nth
  * allocation was reached. */
-static int run_with(const wbt_daemon *d, unsigned long n, int *steps) {
-    arm(n);
+static int run_with(const wbt_daemon *d, unsigned long n, int from_on,
+                    int *steps) {
+    arm_mode(n, from_on);
     wbt_watchdog(d, FM_SESSION_S);
     *steps = session(d);
     arm(0); /* The checks below must not meet a failure. */
     if (!wbt_running(d))
-        fail_msg("wbrokerd died when its allocation %lu failed", n);
+        fail_msg("wbrokerd died when its allocation %lu%s failed", n,
+                 from_on ? " and every later one" : "");
     long clients = wbt_clients(d);
     wbt_watchdog(NULL, 0);
     if (clients < 1)
-        fail_msg("wbrokerd stopped serving after allocation %lu failed", n);
+        fail_msg("wbrokerd stopped serving after allocation %lu%s failed", n,
+                 from_on ? " and every later one" : "");
     return log_last("fired") == (long long)n;
 }
 
@@ -261,7 +271,7 @@ static void test_failmalloc_every_step(void **state) {
 
     /* A session without failure: its steps all pass; count them. */
     int steps = 0;
-    assert_int_equal(run_with(d, 0, &steps), 0);
+    assert_int_equal(run_with(d, 0, 0, &steps), 0);
     assert_int_equal(steps, FM_STEPS);
     arm(FM_MAX_N * 100);
     steps = session(d);
@@ -286,18 +296,21 @@ static void test_failmalloc_every_step(void **state) {
     double t0 = wbt_now();
     if (all) {
         for (unsigned long n = 1; n < FM_MAX_N; n++) {
-            int hit = run_with(d, n, &steps);
+            int hit = run_with(d, n, 0, &steps);
             tried++;
             fired += (unsigned long)hit;
             partial += steps < FM_STEPS;
             if (!hit)
                 break; /* The whole session went by: every N is done. */
+            fired += (unsigned long)run_with(d, n, 1, &steps);
+            partial += steps < FM_STEPS;
+            tried++;
         }
     } else {
         for (int i = 0; i < FM_SAMPLES; i++) {
             unsigned long n =
                 1 + (unsigned long)(mix(seed + (uint64_t)i) % (uint64_t)count);
-            fired += (unsigned long)run_with(d, n, &steps);
+            fired += (unsigned long)run_with(d, n, i & 1, &steps);
             partial += steps < FM_STEPS;
             tried++;
         }
