@@ -364,13 +364,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             abort(); /* A connection that never goes. */
         step(-1, 1);
     }
-    worker_barrier();
-    worker_barrier(); /* Completions may have queued more. */
+    /* Jobs of the worker thread and of libuv's pool (the conversions'
+     * parts) may go on after their session: all of them end first. */
+    for (int round = 0; round < 3; round++) {
+        while (loop->active_reqs.count > 0) {
+            if (now_ms() > until)
+                abort(); /* A job that never ends. */
+            step(-1, 1);
+        }
+        worker_barrier(); /* Completions may queue more: three rounds. */
+    }
     for (int i = 0; i < 3; i++)
         uv_run(loop, UV_RUN_NOWAIT);
     wb__holds_clear();
     wb__registry_clear();
-    if (wb__reg.mem_used != wb__reg.mem_pinned)
-        abort(); /* Bytes still charged with nothing left to hold them. */
+    if (wb__reg.mem_used != wb__reg.mem_pinned) {
+        /* Bytes still charged with nothing left to hold them. */
+        fprintf(stderr, "fuzz_session: %llu bytes charged, %llu pinned\n",
+                (unsigned long long)wb__reg.mem_used,
+                (unsigned long long)wb__reg.mem_pinned);
+        abort();
+    }
     return 0;
 }
