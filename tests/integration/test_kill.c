@@ -78,7 +78,7 @@ static uint64_t mix(uint64_t x) {
 typedef struct model_spec {
     uint64_t seed;                  /* What derives everything. */
     size_t n;                       /* Tensors. */
-    char name[MAX_TENSORS][16];     /* "t<i>". */
+    char name[MAX_TENSORS][24];     /* "t<i>". */
     int dtype[MAX_TENSORS];         /* WB_F32 or WB_I32. */
     int64_t nelem[MAX_TENSORS];     /* Elements (one dimension). */
     wb_tensor_spec ts[MAX_TENSORS]; /* The declaration. */
