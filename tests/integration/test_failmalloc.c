@@ -20,8 +20,14 @@
  * error reply, and closes the connection instead).  In the end the daemon holds
  * no bytes, no segments and no more descriptors than at the start.
  *
+ * The client library gets the same: each command of the wbroker CLI
+ * (import, info, export, ls, plan with rules, rm) runs with its Nth
+ * allocation failing (N sampled, or every N), and must end with an exit
+ * status, never a signal; an export that says it succeeded must have
+ * written the same bytes as one without failure; the daemon serves on.
+ *
  * The preloaded allocator cannot stand in for AddressSanitizer's, so under
- * ASan or TSan the test is skipped. */
+ * ASan or TSan the tests are skipped. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -34,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -50,10 +57,11 @@
 #define FM_ELEMS 4096      /* Elements of the big tensor. */
 #define FM_MAX_N 1000000ul /* A sweep that goes past this is stuck. */
 
-static char fm_dir[64]; /* Temporary directory of the files below. */
-static char fm_ctl[96]; /* Control file: N. */
-static char fm_log[96]; /* Log of the preloaded allocator. */
-static unsigned fm_gen; /* Makes every control text new. */
+static char fm_dir[64];   /* Temporary directory of the files below. */
+static char fm_ctl[96];   /* Control file: N. */
+static char fm_log[96];   /* Log of the preloaded allocator. */
+static char fm_lib[4096]; /* The allocator's absolute path. */
+static unsigned fm_gen;   /* Makes every control text new. */
 
 static int setup(void **state) {
     if (FM_SANITIZED)
@@ -62,8 +70,7 @@ static int setup(void **state) {
     snprintf(lib, sizeof(lib), "%s/libwbfailmalloc.so", wbt_build_dir());
     if (access(lib, R_OK) != 0)
         return -1;
-    char abs[4096];
-    if (realpath(lib, abs) == NULL)
+    if (realpath(lib, fm_lib) == NULL)
         return -1;
     snprintf(fm_dir, sizeof(fm_dir), "/tmp/wbfm.XXXXXX");
     if (mkdtemp(fm_dir) == NULL)
@@ -77,7 +84,7 @@ static int setup(void **state) {
     fclose(f);
     setenv("WB_FAILMALLOC_CTL", fm_ctl, 1);
     setenv("WB_FAILMALLOC_LOG", fm_log, 1);
-    setenv("LD_PRELOAD", abs, 1);
+    setenv("LD_PRELOAD", fm_lib, 1);
     static const char *const extra[] = {"--memory-limit", "256M", NULL};
     int rc = wbt_setup(state, extra);
     unsetenv("LD_PRELOAD"); /* Only the daemon. */
@@ -336,9 +343,197 @@ static void test_failmalloc_every_step(void **state) {
     assert_int_equal(wbt_settled_fds(d, 200, 5000), base_fds);
 }
 
+/* ------------------------------------------------------------ client */
+
+#define FM_CLI_SAMPLES 8 /* Values of N per command the suite tries. */
+
+static char cli_st[96];    /* A safetensors file to import. */
+static char cli_rules[96]; /* A rules file for plan. */
+static char cli_out[96];   /* Where export writes. */
+static char cli_ref[96];   /* An export made without failure. */
+static char cli_log[96];   /* The CLI's allocator log. */
+
+/* Writes a small safetensors file: two F32 tensors and metadata. */
+static void write_st(const char *path) {
+    static const char hdr[] =
+        "{\"__metadata__\":{\"format\":\"pt\"},"
+        "\"enc.bias\":{\"dtype\":\"F32\",\"shape\":[4],"
+        "\"data_offsets\":[0,16]},"
+        "\"enc.weight\":{\"dtype\":\"F32\",\"shape\":[4,4],"
+        "\"data_offsets\":[16,80]}}";
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    uint64_t n = sizeof(hdr) - 1;
+    uint8_t len[8];
+    for (int i = 0; i < 8; i++)
+        len[i] = (uint8_t)(n >> (8 * i));
+    fwrite(len, 1, 8, f);
+    fwrite(hdr, 1, n, f);
+    for (uint32_t j = 0; j < 20; j++) {
+        float v = (float)j * 0.5f;
+        fwrite(&v, 4, 1, f);
+    }
+    assert_int_equal(fclose(f), 0);
+}
+
+/* Runs the CLI with args (NULL-terminated, after --socket) and the nth
+ * allocation failing (0: none; with from_on, every one from then on).
+ * Returns its wait status. */
+static int cli(const wbt_daemon *d, unsigned long n, int from_on,
+               const char *const *args) {
+    char bin[256], nbuf[32];
+    snprintf(bin, sizeof(bin), "%s/wbroker", wbt_build_dir());
+    snprintf(nbuf, sizeof(nbuf), "%lu%s", n, from_on ? "+" : "");
+    const char *argv[16] = {bin, "--socket", d->sock};
+    int k = 3;
+    for (; *args && k < 15; args++)
+        argv[k++] = *args;
+    argv[k] = NULL;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        wbt_watchdog(NULL, 0);
+        if (n > 0) {
+            setenv("LD_PRELOAD", fm_lib, 1);
+            setenv("WB_FAILMALLOC_N", nbuf, 1);
+            setenv("WB_FAILMALLOC_LOG", cli_log, 1);
+        }
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        if (getenv("WB_FAILMALLOC_VERBOSE") == NULL)
+            dup2(null, 2);
+        alarm(FM_SESSION_S);
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    return st;
+}
+
+/* 1 if files a and b hold the same bytes. */
+static int same_file(const char *a, const char *b) {
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int same = fa && fb;
+    while (same) {
+        int x = fgetc(fa), y = fgetc(fb);
+        if (x != y)
+            same = 0;
+        if (x == EOF || y == EOF)
+            break;
+    }
+    if (fa)
+        fclose(fa);
+    if (fb)
+        fclose(fb);
+    return same;
+}
+
+/* Each allocation of each CLI command failing in turn ends the command
+ * with a status, leaves no wrong export behind and a daemon serving. */
+static void test_failmalloc_client(void **state) {
+    if (FM_SANITIZED)
+        skip();
+    wbt_daemon *d = *state;
+    snprintf(cli_st, sizeof(cli_st), "%s/in.safetensors", fm_dir);
+    snprintf(cli_rules, sizeof(cli_rules), "%s/rules", fm_dir);
+    snprintf(cli_out, sizeof(cli_out), "%s/out.safetensors", fm_dir);
+    snprintf(cli_ref, sizeof(cli_ref), "%s/ref.safetensors", fm_dir);
+    snprintf(cli_log, sizeof(cli_log), "%s/cli.log", fm_dir);
+    write_st(cli_st);
+    FILE *f = fopen(cli_rules, "w");
+    assert_non_null(f);
+    fputs("prefix enc. -> enc.\ncast *.weight F16\nstrict false\n", f);
+    fclose(f);
+    const char *const import[] = {"import", cli_st, "fmc", NULL};
+    const char *const info[] = {"info", "fmc", NULL};
+    const char *const export[] = {"export", "fmc", cli_out, NULL};
+    const char *const ref[] = {"export", "fmc", cli_ref, NULL};
+    const char *const ls[] = {"ls", NULL};
+    const char *const plan[] = {"plan",    "fmc",     "--target", cli_st,
+                                "--rules", cli_rules, NULL};
+    const char *const rm[] = {"rm", "fmc", NULL};
+    const char *const *cmds[] = {import, info, export, ls, plan, rm};
+    static const char *const names[] = {"import", "info", "export",
+                                        "ls",     "plan", "rm"};
+    const size_t ncmds = sizeof(cmds) / sizeof(cmds[0]);
+
+    arm(0);
+    assert_int_equal(cli(d, 0, 0, import), 0);
+    assert_int_equal(cli(d, 0, 0, ref), 0);
+
+    const char *env = getenv("WB_FAILMALLOC_ALL");
+    int all = env && *env && strcmp(env, "0") != 0;
+    env = getenv("WB_FAILMALLOC_SEED");
+    uint64_t seed = env && *env
+                        ? strtoull(env, NULL, 0)
+                        : (uint64_t)time(NULL) * 1000003u + (uint64_t)getpid();
+    unsigned long runs = 0, refused = 0;
+    for (size_t ci = 0; ci < ncmds; ci++) {
+        /* Its allocations, from one run without failure. */
+        (void)cli(d, 0, 0, rm);
+        assert_int_equal(cli(d, 0, 0, import), 0);
+        unlink(cli_log);
+        assert_int_equal(cli(d, FM_MAX_N * 100, 0, cmds[ci]), 0);
+        long long count = -1;
+        FILE *lf = fopen(cli_log, "r");
+        char w[16];
+        unsigned long long v;
+        while (lf && fscanf(lf, "%15s %llu", w, &v) == 2)
+            if (strcmp(w, "count") == 0)
+                count = (long long)v;
+        if (lf)
+            fclose(lf);
+        assert_true(count > 0);
+        fprintf(stderr, "  failmalloc: wbroker %s makes %lld allocations\n",
+                names[ci], count);
+        unsigned long nn = all ? (unsigned long)count * 2 : FM_CLI_SAMPLES;
+        for (unsigned long i = 0; i < nn; i++) {
+            unsigned long n =
+                all ? 1 + i / 2
+                    : 1 + (unsigned long)(mix(seed + ci * 1000 + i) %
+                                          (uint64_t)count);
+            int from_on = all ? (int)(i & 1) : (int)(i & 1);
+            /* The state the command expects: the model there, except
+             * for import. */
+            (void)cli(d, 0, 0, rm);
+            if (cmds[ci] != import)
+                assert_int_equal(cli(d, 0, 0, import), 0);
+            unlink(cli_out);
+            int st = cli(d, n, from_on, cmds[ci]);
+            runs++;
+            if (!WIFEXITED(st))
+                fail_msg("wbroker %s died of signal %d when its allocation "
+                         "%lu%s failed",
+                         names[ci], WTERMSIG(st), n,
+                         from_on ? " and every later one" : "");
+            refused += WEXITSTATUS(st) != 0;
+            if (cmds[ci] == export && WEXITSTATUS(st) == 0 &&
+                !same_file(cli_out, cli_ref))
+                fail_msg("wbroker export reported success with allocation "
+                         "%lu%s failing but wrote other bytes",
+                         n, from_on ? "+" : "");
+            if (!wbt_running(d))
+                fail_msg("wbrokerd died during wbroker %s", names[ci]);
+        }
+    }
+    fprintf(stderr,
+            "  failmalloc: %lu CLI runs with an allocation failing, %lu "
+            "ended with an error status, none with a signal\n",
+            runs, refused);
+    (void)cli(d, 0, 0, rm);
+    unlink(cli_st);
+    unlink(cli_rules);
+    unlink(cli_out);
+    unlink(cli_ref);
+    unlink(cli_log);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_failmalloc_every_step, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_failmalloc_client, setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
