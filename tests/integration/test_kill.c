@@ -14,8 +14,9 @@
  * base seed (WB_KILL_SEED=N replays a run).  After each batch every
  * version a child committed must read back bit for bit, and is dropped;
  * at the end the daemon must be alive and back to its baseline: memory
- * charged, holds, clients, descriptors, segments, and /proc/meminfo's
- * Shmem within a slack. */
+ * charged, holds, clients, descriptors, segments, the bytes the kernel
+ * holds for its segments (status), and /proc/meminfo's Shmem within a
+ * slack. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -605,6 +606,8 @@ static void test_kill_clients_at_every_step(void **state) {
     uint64_t base_holds = wbt_counter(d, "holds");
     base_fds = wbt_settled_fds(d, 200, 5000);
     uint64_t base_shmem = wbt_shmem_bytes();
+    wb_status st0;
+    assert_int_equal(wb_get_status(c, &st0), 0);
 
     double t0 = wbt_now();
     unsigned killed[STEP_COUNT] = {0};
@@ -655,9 +658,12 @@ static void test_kill_clients_at_every_step(void **state) {
 
     double until = wbt_now() + 10;
     int fds, segs;
-    uint64_t mem, holds, shmem;
+    uint64_t mem, holds, shmem, seg_shmem = 0;
     long clients;
     do {
+        wb_status st;
+        assert_int_equal(wb_get_status(c, &st), 0);
+        seg_shmem = st.memory_shmem;
         fds = wbt_fd_count(d);
         segs = wbt_segment_count(d);
         mem = wbt_mem_used(d);
@@ -666,22 +672,25 @@ static void test_kill_clients_at_every_step(void **state) {
         shmem = wbt_shmem_bytes();
         if (fds == base_fds && segs == base_segs && mem == base_mem &&
             holds == base_holds && clients == 2 &&
-            shmem <= base_shmem + SHMEM_SLACK)
+            seg_shmem == st0.memory_shmem && shmem <= base_shmem + SHMEM_SLACK)
             break;
         wbt_sleep_ms(50);
     } while (wbt_now() < until);
     fprintf(stderr,
             "  kill: descriptors %d (before %d), segments %d (%d), memory "
-            "%llu (%llu), holds %llu (%llu), clients %ld, Shmem %+lld KiB\n",
+            "%llu (%llu), holds %llu (%llu), clients %ld, segments' shmem "
+            "%llu (%llu), host Shmem %+lld KiB\n",
             fds, base_fds, segs, base_segs, (unsigned long long)mem,
             (unsigned long long)base_mem, (unsigned long long)holds,
             (unsigned long long)base_holds, clients,
+            (unsigned long long)seg_shmem, (unsigned long long)st0.memory_shmem,
             ((long long)shmem - (long long)base_shmem) / 1024);
     assert_int_equal(segs, base_segs);
     assert_int_equal(mem, base_mem);
     assert_int_equal(holds, base_holds);
     assert_int_equal(clients, 2); /* c and the one asking. */
     assert_int_equal(fds, base_fds);
+    assert_int_equal(seg_shmem, st0.memory_shmem);
     if (shmem > base_shmem + SHMEM_SLACK)
         fail_msg("Shmem grew by %llu KiB",
                  (unsigned long long)(shmem - base_shmem) / 1024);
