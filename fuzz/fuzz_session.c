@@ -10,7 +10,8 @@
  * byte even, the rest is split at each "\xc1\xc1" (0xc1 is never used by
  * msgpack) into frame bodies that get their length prefixes here, so that
  * mutations stay inside messages; those go one at a time, each once the
- * one before is answered (or has waited FZ_IDLE_MS, as a watch does), and
+ * one before is answered (once one has waited FZ_IDLE_MS unanswered, as a
+ * watch does, the rest go at once, pipelined behind it), and
  * in each the 8 bytes after "pub" as a uint64 ("\xa3pub\xcf") are set to
  * the handle of the last publish answered, since handles count up over
  * the whole run.  With the first byte odd, the rest is sent as it is,
@@ -51,7 +52,7 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define FZ_IDLE_MS 10            /* Quiet time after which a wait ends. */
+#define FZ_IDLE_MS 5             /* Quiet time after which a wait ends. */
 #define FZ_DRAIN_MS 5000         /* Time the daemon gets to settle. */
 #define FZ_MEM_LIMIT (64u << 20) /* The daemon's memory limit. */
 
@@ -344,11 +345,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (c.fd < 0 || connect(c.fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
         abort();
     size_t released = 0; /* Frames allowed out. */
+    int stalled = 0;     /* 1 once a request went unanswered. */
     double quiet_since = now_ms();
     while (!c.closed) {
         int idle = now_ms() - quiet_since > FZ_IDLE_MS;
         if (c.sent == c.limit && released < c.nframes &&
-            (c.replies >= released || idle)) {
+            (c.replies >= released || idle || stalled)) {
+            /* A request left waiting (a watch) holds up the ones behind
+             * it: from then on the rest go without waiting. */
+            stalled |= idle;
             release_frame(&c, released++);
             quiet_since = now_ms();
             idle = 0;
