@@ -16,7 +16,9 @@
  * connected (the hello is not replayed); a thread on the other end reads
  * each request and answers the first with the reply, then ends the
  * stream.  Every call must return (an error or a result) without reading
- * past the reply, trusting a count it was not given, or leaking. */
+ * past the reply, trusting a count it was not given, or leaking memory, a
+ * descriptor or a mapping. */
+#include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -139,6 +141,33 @@ static int make_segment(size_t size, int writable) {
     if (ro < 0)
         abort();
     return ro;
+}
+
+/* Open descriptors of this process. */
+static int fd_count(void) {
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL)
+        abort();
+    while (readdir(d) != NULL)
+        n++;
+    closedir(d);
+    return n;
+}
+
+/* Mappings of memfds in this process (the segments a call mapped): lines
+ * of /proc/self/maps naming one.  Other mappings come and go with the
+ * allocator. */
+static int map_count(void) {
+    FILE *f = fopen("/proc/self/maps", "re");
+    if (f == NULL)
+        abort();
+    int n = 0;
+    char line[512];
+    while (fgets(line, sizeof(line), f))
+        n += strstr(line, "/memfd:") != NULL;
+    fclose(f);
+    return n;
 }
 
 /* Runs every reply decoder on the body, whatever the call. */
@@ -303,6 +332,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const uint8_t *body = data + FZ_CTRL;
     size_t len = size - FZ_CTRL;
     decode_all(body, len);
+    int fds0 = fd_count(), maps0 = map_count();
 
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
@@ -348,5 +378,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         close(f.fds[k]);
     if (hold[0] >= 0)
         close(hold[0]);
+    /* Whatever the reply, the call leaves no descriptor or mapping. */
+    int fds1 = fd_count(), maps1 = map_count();
+    if (fds1 != fds0 || maps1 != maps0) {
+        fprintf(stderr,
+                "fuzz_reply: %d descriptors (%d before), %d memfd "
+                "mappings (%d before)\n",
+                fds1, fds0, maps1, maps0);
+        abort();
+    }
     return 0;
 }
