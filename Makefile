@@ -373,6 +373,7 @@ clean:
 # with clang's coverage instrumentation and ASan + UBSan (every UBSan
 # report aborts, so that it counts as a crash).
 FUZZ_CC ?= clang-14
+DEB_PACKAGES += clang-14 libclang-rt-14-dev
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
 FUZZ_CI_SECONDS ?= 20
