@@ -374,3 +374,122 @@ service-test: $(DAEMON_BIN) $(CLI_BIN) $(LIB_SO) $(LIB_A) $(BUILD)/wbroker.pc $(
 	  tests/python/test_service.py
 
 .PHONY: service-test
+
+# ---------------------------------------------------------------- fuzzing
+#
+# make fuzz        builds the libFuzzer harnesses of fuzz/ in $(FUZZ_BUILD)
+#                  and runs each for FUZZ_SECONDS (one job each, leak
+#                  detection on, 10 s per input at most), printing the
+#                  executions and coverage each reached; new inputs go to
+#                  $(FUZZ_BUILD)/corpus/NAME, crashes to
+#                  $(FUZZ_BUILD)/artifacts/NAME/.
+# make fuzz-ci     replays fuzz/regress/NAME/* and runs each harness for
+#                  FUZZ_CI_SECONDS; fails on any crash, leak or timeout.
+# make fuzz-build  only builds them.  FUZZERS=NAME... picks some.
+#
+# The daemon's, the library's and the protocol's objects are built again
+# with clang's coverage instrumentation and ASan + UBSan (every UBSan
+# report aborts, so that it counts as a crash).
+FUZZ_CC ?= clang-14
+DEB_PACKAGES += clang-14 libclang-rt-14-dev
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_CI_SECONDS ?= 20
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=all \
+	-fno-omit-frame-pointer
+FUZZ_CFLAGS = -std=gnu11 -O1 -g $(WARN) $(FUZZ_SAN) -fsanitize=fuzzer-no-link \
+	-D_GNU_SOURCE -Iinclude -Iproto -Icommon $(PKG_CFLAGS) -MMD -MP
+FUZZERS ?= $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
+FUZZ_LIB := $(FUZZ_BUILD)/libwbfuzz.a
+# fuzz_session runs the whole daemon but main.c.  clang 14 knows no
+# "f16c" for __builtin_cpu_supports: the fuzz build of convert.c takes its
+# portable loops instead.
+FUZZ_DAEMON_SRC := $(DAEMON_SRC)
+$(FUZZ_BUILD)/daemon/convert.o: FUZZ_CFLAGS += '-D__builtin_cpu_supports(x)=0'
+FUZZ_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/%.o,$(PROTO_SRC) $(FUZZ_DAEMON_SRC) \
+	$(CLIENT_SRC))
+FUZZ_BIN := $(patsubst %,$(FUZZ_BUILD)/%,$(FUZZERS))
+FUZZ_RUN_FLAGS = -timeout=10 -detect_leaks=1 \
+	-rss_limit_mb=2048 -print_final_stats=1
+.PHONY: fuzz fuzz-ci fuzz-build clean-fuzz
+
+FORMAT_SRC += $(wildcard fuzz/*.[ch])
+
+$(FUZZ_BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
+
+$(FUZZ_LIB): $(FUZZ_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(FUZZ_BUILD)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_LIB)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_LIB) \
+	  $(PKG_LIBS) -lpthread -lm
+
+-include $(shell find $(FUZZ_BUILD) -name '*.d' 2>/dev/null)
+
+fuzz-build: $(FUZZ_BIN)
+
+fuzz: $(FUZZ_BIN)
+	@for f in $(FUZZERS); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$f $(FUZZ_BUILD)/artifacts/$$f; \
+	  echo "=== $$f: $(FUZZ_SECONDS) s"; \
+	  $(FUZZ_BUILD)/$$f $(FUZZ_RUN_FLAGS) -max_total_time=$(FUZZ_SECONDS) \
+	    -dict=$$(f=$$f; case $$f in fuzz_rules) echo fuzz/dict/rules.dict;; \
+	      fuzz_safetensors) echo fuzz/dict/safetensors.dict;; \
+	      *) echo fuzz/dict/msgpack.dict;; esac) \
+	    -artifact_prefix=$(FUZZ_BUILD)/artifacts/$$f/ \
+	    $(FUZZ_BUILD)/corpus/$$f fuzz/corpus/$$f \
+	    > $(FUZZ_BUILD)/$$f.log 2>&1; rc=$$?; \
+	  grep -E '^#[0-9]+' $(FUZZ_BUILD)/$$f.log | tail -n 1; \
+	  grep -E '^stat::number_of_executed_units|^stat::peak_rss_mb' $(FUZZ_BUILD)/$$f.log; \
+	  if [ $$rc -ne 0 ]; then tail -n 40 $(FUZZ_BUILD)/$$f.log; \
+	    echo "$$f: FAILED (log $(FUZZ_BUILD)/$$f.log)"; exit 1; fi; \
+	done
+
+fuzz-ci: $(FUZZ_BIN)
+	@for f in $(FUZZERS); do \
+	  if [ -d fuzz/regress/$$f ] && [ -n "$$(ls fuzz/regress/$$f)" ]; then \
+	    echo "=== $$f: regressions"; \
+	    $(FUZZ_BUILD)/$$f -timeout=10 -detect_leaks=1 fuzz/regress/$$f/* \
+	      > $(FUZZ_BUILD)/$$f.regress.log 2>&1 || \
+	      { tail -n 40 $(FUZZ_BUILD)/$$f.regress.log; echo "$$f: regression FAILED"; exit 1; }; \
+	  fi; \
+	done
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_CI_SECONDS)
+
+clean-fuzz:
+	rm -rf $(FUZZ_BUILD)
+
+clean: clean-fuzz
+
+# ---------------------------------------------------------------- kill test
+#
+# make kill-test   tests/integration/test_kill.c with KILL_CLIENTS client
+#                  processes (default 1,000; the suite runs 100), each
+#                  SIGKILLed at some step of the protocol; WB_KILL_SEED=N
+#                  replays a run.
+KILL_CLIENTS ?= 1000
+.PHONY: kill-test
+kill-test: $(BUILD)/tests/test_kill
+	WB_BUILD=$(BUILD) WB_KILL_CLIENTS=$(KILL_CLIENTS) $(BUILD)/tests/test_kill
+
+# ---------------------------------------------------------------- faults
+#
+# make fault-test  test_failmalloc over every allocation of its session
+#                  (the suite samples 40): libwbfailmalloc.so, preloaded
+#                  into wbrokerd, fails the Nth malloc/calloc/realloc made
+#                  for the clients.  Not under ASan or TSan, whose
+#                  allocators come first.
+ifeq ($(filter address thread,$(SANITIZER)),)
+FAILMALLOC_SO := $(BUILD)/libwbfailmalloc.so
+all: $(FAILMALLOC_SO)
+$(FAILMALLOC_SO): tests/faults/failmalloc.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 $(OPT) $(WARN) $(SANFLAGS) -fPIC -shared -o $@ $<
+endif
+FORMAT_SRC += $(wildcard tests/faults/*.c)
+.PHONY: fault-test
+fault-test: $(BUILD)/tests/test_failmalloc $(FAILMALLOC_SO)
+	WB_BUILD=$(BUILD) WB_FAILMALLOC_ALL=1 $(BUILD)/tests/test_failmalloc
