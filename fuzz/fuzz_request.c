@@ -73,7 +73,7 @@ static void publish_roundtrip(const wb__publish_req *pr) {
             abort();
     }
     wb__layout lay = {0};
-    int rc = wb__layout_build(pr->t, pr->n, tie, mk, mv, pr->nmeta, &lay);
+    int rc = wb__layout_build(pr->t, pr->n, tie, mk, mv, pr->nmeta, NULL, &lay);
     if (rc == 0) {
         wb__st_file f;
         char err[256];
