@@ -5,7 +5,8 @@
 
 #include "wbroker.h"
 
-int wb__blank_identity(uint8_t *hdr, size_t len) {
+int wb__identity_span(const uint8_t *hdr, size_t len, size_t *start_out,
+                      size_t *end_out) {
     if (len < 8)
         return 0;
     uint64_t n = 0;
@@ -17,7 +18,7 @@ int wb__blank_identity(uint8_t *hdr, size_t len) {
      * tensor's value is an object, and quotes inside strings are escaped. */
     static const char key[] = "\"" WB_VERSION_KEY "\":\"";
     size_t klen = sizeof(key) - 1;
-    uint8_t *k = memmem(hdr + 8, (size_t)n, key, klen);
+    const uint8_t *k = memmem(hdr + 8, (size_t)n, key, klen);
     if (k == NULL)
         return 0;
     size_t start = (size_t)(k - hdr), end = start + klen, stop = 8 + (size_t)n;
@@ -30,6 +31,15 @@ int wb__blank_identity(uint8_t *hdr, size_t len) {
         start--; /* The entry follows another. */
     else if (end < stop && hdr[end] == ',')
         end++; /* The entry comes first. */
+    *start_out = start;
+    *end_out = end;
+    return 1;
+}
+
+int wb__blank_identity(uint8_t *hdr, size_t len) {
+    size_t start, end;
+    if (!wb__identity_span(hdr, len, &start, &end))
+        return 0;
     memset(hdr + start, ' ', end - start);
     return 1;
 }

@@ -13,6 +13,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Finds the WB_VERSION_KEY entry (and its separating comma) of the header
+ * at hdr, len bytes: bytes [*start, *end) are what blanking replaces.
+ * Returns 1 if there is one, else 0. */
+int wb__identity_span(const uint8_t *hdr, size_t len, size_t *start,
+                      size_t *end);
 /* Blanks the WB_VERSION_KEY entry (and its separating comma) of the header
  * at hdr, len bytes: the 8-byte length and at least part of the JSON.
  * Returns 1 if it found and blanked one, else 0 (hdr unchanged). */

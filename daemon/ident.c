@@ -11,6 +11,7 @@
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack. */
 #include <xxhash.h>
 
 #include "../client/safetensors.h"
@@ -210,26 +211,23 @@ int wb__digest_seg(const wb__segment *s, uint64_t len, uint64_t header_len,
     if (p == NULL)
         return WB_ESYS;
     madvise(p, (size_t)len, MADV_SEQUENTIAL);
-    /* The header without the identity, then the data: the bytes of the
-     * version's export (identity.h). */
-    uint8_t *hdr = malloc(header_len ? (size_t)header_len : 1);
-    XXH3_state_t *st = XXH3_createState();
-    if (hdr == NULL || st == NULL) {
-        free(hdr);
-        XXH3_freeState(st);
-        munmap(p, maplen);
-        errno = ENOMEM;
-        return WB_ESYS;
-    }
-    memcpy(hdr, p, (size_t)header_len);
-    wb__blank_identity(hdr, (size_t)header_len);
-    XXH3_128bits_reset(st);
-    XXH3_128bits_update(st, hdr, (size_t)header_len);
-    XXH3_128bits_update(st, (const uint8_t *)p + header_len,
-                        (size_t)(len - header_len));
-    XXH128_hash_t h = XXH3_128bits_digest(st);
-    XXH3_freeState(st);
-    free(hdr);
+    /* The header with the identity as spaces, then the data: the bytes of
+     * the version's export (identity.h), hashed where they lie, with no
+     * allocation: a commit's digest runs after the final seal, when a
+     * failure could no longer give the segment's pages back. */
+    const uint8_t *img = p;
+    size_t start = (size_t)header_len, end = (size_t)header_len;
+    wb__identity_span(img, (size_t)header_len, &start, &end);
+    static const uint8_t spaces[256] = {[0 ... 255] = ' '};
+    XXH3_state_t st;
+    XXH3_INITSTATE(&st);
+    XXH3_128bits_reset(&st);
+    XXH3_128bits_update(&st, img, start);
+    for (size_t k = start; k < end; k += sizeof(spaces))
+        XXH3_128bits_update(
+            &st, spaces, end - k < sizeof(spaces) ? end - k : sizeof(spaces));
+    XXH3_128bits_update(&st, img + end, (size_t)(len - end));
+    XXH128_hash_t h = XXH3_128bits_digest(&st);
     munmap(p, maplen);
     XXH128_canonical_t c;
     XXH128_canonicalFromHash(&c, h);

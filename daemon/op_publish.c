@@ -546,12 +546,11 @@ void wb__op_commit(wb__session *s, uint64_t id, const msgpack_object *req) {
     char why[WB_MAX_NAME + 128] = "";
     /* Forbid writes, then check, then seal for good: nothing checked can
      * change after the check, and a failed check can still give every page
-     * back (the segment can be truncated until the final seal). */
+     * back (the segment can be truncated until the final seal).  So what
+     * may fail for want of resources comes before the final seal too. */
     int rc = wb__seg_seal_write(&v->seg);
     if (rc == 0)
         rc = check_sealed(p, why, sizeof(why));
-    if (rc == 0)
-        rc = wb__seg_seal(&v->seg);
     wb__model *m = NULL;
     if (rc == 0 && (m = wb__model_acquire(p->model)) == NULL) {
         rc = WB_ETOOBIG;
@@ -562,7 +561,10 @@ void wb__op_commit(wb__session *s, uint64_t id, const msgpack_object *req) {
         rc = WB_ENOMEM;
         snprintf(why, sizeof(why), "out of memory");
     }
+    if (rc == 0)
+        rc = wb__seg_seal(&v->seg);
     if (rc) {
+        free(j);
         wb__model_unref(m);
         wb__reply_error(s, id, rc, "cannot commit %s: %s", p->model,
                         rc == WB_EBUSY
