@@ -154,47 +154,29 @@ static int tmp_create(const target *t, char name[NAME_MAX + 1]) {
     return -1;
 }
 
-/* The image's header with the daemon's identity entry blanked out
- * (identity.h): an export holds the tensors, their metadata and ties, and
- * its bytes are what the version's digest digests.  Returns a new copy of
- * the header (*hlen bytes), or NULL when there is nothing to blank or no
- * memory (then the image is written as it is). */
-static uint8_t *header_without_identity(const uint8_t *img, size_t len,
-                                        size_t *hlen) {
-    if (len < 8)
-        return NULL;
-    uint64_t n = 0;
-    for (int i = 0; i < 8; i++)
-        n |= (uint64_t)img[i] << (8 * i);
-    if (n > len - 8)
-        return NULL;
-    uint8_t *copy = malloc(8 + (size_t)n);
-    if (copy == NULL)
-        return NULL;
-    memcpy(copy, img, 8 + (size_t)n);
-    if (!wb__blank_identity(copy, 8 + (size_t)n)) {
-        free(copy);
-        return NULL;
-    }
-    *hlen = 8 + (size_t)n;
-    return copy;
-}
-
-/* Writes len bytes of data to fd in chunks, reporting each to progress;
- * the first head_len bytes come from head instead when it is not NULL.
- * Returns 0, or records the failure (what names the destination). */
+/* Writes the image of len bytes at data to fd in chunks, reporting each to
+ * progress, with the daemon's identity entry of its header (identity.h)
+ * written as spaces: an export holds the tensors, their metadata and ties,
+ * and its bytes are what the version's digest digests.  Nothing is copied,
+ * so there is no allocation to fail.  Returns 0, or records the failure
+ * (what names the destination). */
 static int write_all(wb_client *c, int fd, const char *what,
-                     const uint8_t *data, size_t len, const uint8_t *head,
-                     size_t head_len, wb_progress_fn progress, void *user) {
+                     const uint8_t *data, size_t len, wb_progress_fn progress,
+                     void *user) {
+    static const uint8_t spaces[4096] = {[0 ... 4095] = ' '};
+    size_t start = 0, end = 0; /* The bytes written as spaces. */
+    wb__identity_span(data, len, &start, &end);
     size_t done = 0;
     int rc = progress ? progress(user, 0, len) : 0;
     while (rc == 0 && done < len) {
         size_t want =
             len - done < WB_EXPORT_CHUNK ? len - done : WB_EXPORT_CHUNK;
         const uint8_t *from = data + done;
-        if (head && done < head_len) {
-            from = head + done;
-            want = head_len - done;
+        if (done >= start && done < end) {
+            from = spaces;
+            want = end - done < sizeof(spaces) ? end - done : sizeof(spaces);
+        } else if (done < start && want > start - done) {
+            want = start - done;
         }
         ssize_t n = write(fd, from, want);
         if (n < 0 && errno == EINTR)
@@ -213,8 +195,7 @@ static int write_all(wb_client *c, int fd, const char *what,
  * Returns 0, or records the failure with the file untouched and the
  * temporary file removed. */
 static int write_atomic(wb_client *c, target *t, const uint8_t *data,
-                        size_t len, const uint8_t *head, size_t head_len,
-                        wb_progress_fn progress, void *user) {
+                        size_t len, wb_progress_fn progress, void *user) {
     /* Asked once before the temporary file exists too, so that a caller
      * that stops on a signal (the CLI) knows when there is something to
      * undo: a signal before this call may end the process outright, one
@@ -233,7 +214,7 @@ static int write_atomic(wb_client *c, target *t, const uint8_t *data,
      * mode from open() already. */
     int exists = t->exists;
     mode_t mode = t->mode;
-    int rc = write_all(c, fd, tmp, data, len, head, head_len, progress, user);
+    int rc = write_all(c, fd, tmp, data, len, progress, user);
     const char *what = NULL;
     if (rc == 0 && exists && fchmod(fd, mode) != 0)
         what = "setting the mode of";
@@ -310,13 +291,10 @@ int wb_export_file(wb_client *c, const char *model, uint64_t version,
     const void *data = NULL;
     size_t len = 0;
     rc = image_map(c, model, version, &m, &data, &len);
-    size_t hlen = 0;
-    uint8_t *head = rc ? NULL : header_without_identity(data, len, &hlen);
     if (rc == 0)
-        rc = write_atomic(c, &t, data, len, head, hlen, progress, user);
+        rc = write_atomic(c, &t, data, len, progress, user);
     if (rc == 0)
         export_info(info, m, len);
-    free(head);
     wb_unmap(m);
     close(t.dfd);
     return rc;
@@ -332,11 +310,8 @@ int wb_export_fd(wb_client *c, const char *model, uint64_t version, int fd,
     int rc = image_map(c, model, version, &m, &data, &len);
     if (rc == 0) {
         char what[32];
-        size_t hlen = 0;
-        uint8_t *head = header_without_identity(data, len, &hlen);
         snprintf(what, sizeof(what), "descriptor %d", fd);
-        rc = write_all(c, fd, what, data, len, head, hlen, progress, user);
-        free(head);
+        rc = write_all(c, fd, what, data, len, progress, user);
     }
     if (rc == 0)
         export_info(info, m, len);
