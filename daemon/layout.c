@@ -78,6 +78,20 @@ static int has_duplicate(const wb__tinfo *t, size_t n) {
     return dup;
 }
 
+/* Appends the metadata entry key: the JSON text in obj (freed) as a JSON
+ * string, after a comma unless it is the first entry. */
+static void put_entry(wb__buf *b, const char *key, wb__buf *obj, int first) {
+    if (!first)
+        wb__buf_put(b, ",", 1);
+    wb__buf_json_str(b, key);
+    wb__buf_put(b, ":", 1);
+    if (obj->oom)
+        b->oom = 1;
+    else
+        wb__buf_json_str(b, obj->p);
+    free(obj->p);
+}
+
 /* Appends the WB_TIED_KEY metadata entry: a JSON object {alias: stored}
  * as a JSON string. */
 static void put_ties(wb__buf *b, const wb__tinfo *t, const size_t *tie,
@@ -92,15 +106,7 @@ static void put_ties(wb__buf *b, const wb__tinfo *t, const size_t *tie,
         wb__buf_json_str(&obj, t[tie[tied[k]]].name);
     }
     wb__buf_put(&obj, "}", 1);
-    if (nmeta)
-        wb__buf_put(b, ",", 1);
-    wb__buf_json_str(b, WB_TIED_KEY);
-    wb__buf_put(b, ":", 1);
-    if (obj.oom)
-        b->oom = 1;
-    else
-        wb__buf_json_str(b, obj.p);
-    free(obj.p);
+    put_entry(b, WB_TIED_KEY, &obj, nmeta == 0);
 }
 
 /* Appends the WB_VERSION_KEY metadata entry: ident (an open JSON object,
@@ -115,15 +121,7 @@ static void put_ident(wb__buf *b, const char *ident, uint64_t data_len,
     for (size_t k = 0; k < n; k++)
         wb__buf_printf(&obj, "%s%zu", k ? "," : "", order[k]);
     wb__buf_put(&obj, "]}", 2);
-    if (!first)
-        wb__buf_put(b, ",", 1);
-    wb__buf_json_str(b, WB_VERSION_KEY);
-    wb__buf_put(b, ":", 1);
-    if (obj.oom)
-        b->oom = 1;
-    else
-        wb__buf_json_str(b, obj.p);
-    free(obj.p);
+    put_entry(b, WB_VERSION_KEY, &obj, first);
 }
 
 int wb__layout_build(const wb__tinfo *t, size_t n, const size_t *tie,
