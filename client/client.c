@@ -332,7 +332,9 @@ static int permission_denied(wb_client *c, int e) {
                        group);
 }
 
-static int dial(wb_client *c) {
+/* Connects c->fd to c->path and checks whoever listens there (trust.h).
+ * Returns 0, or fails with c->fd -1. */
+static int dial_once(wb_client *c) {
     assert(c->fd < 0);
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", c->path);
@@ -355,21 +357,38 @@ static int dial(wb_client *c) {
     int trc = wb__trust_peer(c->fd, c->path, why, sizeof(why));
     if (trc) /* Not a byte sent to whoever this is. */
         return wb__cl_broken(c, wb__cl_fail(c, trc, "%s", why));
-    wb__cl_req r;
-    wb__cl_req_begin(c, &r);
-    wb__pack_hello_req(&r.pk, r.id, wb_version_string());
-    wb__msg m;
-    int rc = roundtrip(c, &r.sb, r.id, &m, NULL, NULL, 0, 0, NULL, NULL);
-    msgpack_sbuffer_destroy(&r.sb);
-    wb__hello_rep hr;
-    if (rc == 0 && wb__decode_hello_rep(m.root, &hr))
-        rc =
-            wb__cl_fail(c, WB_EPROTO, "malformed hello reply from %s", c->path);
-    wb__msg_free(&m);
-    if (rc)
-        return wb__cl_broken(c, rc);
-    c->gen++;
     return 0;
+}
+
+/* Connects and says hello in the newest protocol the daemon speaks: a
+ * daemon older than this library refuses a newer protocol with EVERSION
+ * and closes, so each older one is tried on a new connection, down to
+ * WB_PROTO_MIN.  On success c->gen counts one more connection; on failure
+ * c->fd is -1 and c->errmsg says why. */
+static int dial(wb_client *c) {
+    for (uint64_t proto = WB_PROTO_VERSION;; proto--) {
+        int rc = dial_once(c);
+        if (rc)
+            return rc;
+        wb__cl_req r;
+        wb__cl_req_begin(c, &r);
+        wb__pack_hello_req(&r.pk, r.id, proto, wb_version_string());
+        wb__msg m;
+        rc = roundtrip(c, &r.sb, r.id, &m, NULL, NULL, 0, 0, NULL, NULL);
+        msgpack_sbuffer_destroy(&r.sb);
+        wb__hello_rep hr;
+        if (rc == 0 && wb__decode_hello_rep(m.root, &hr))
+            rc = wb__cl_fail(c, WB_EPROTO, "malformed hello reply from %s",
+                             c->path);
+        wb__msg_free(&m);
+        if (rc == 0) {
+            c->gen++;
+            return 0;
+        }
+        wb__cl_broken(c, rc);
+        if (rc != WB_EVERSION || proto <= WB_PROTO_MIN)
+            return rc;
+    }
 }
 
 /* Makes sure c has a live connection before a request goes out: one that

@@ -26,10 +26,12 @@
 
 static void op_hello(wb__session *s, uint64_t id, const msgpack_object *req) {
     wb__hello_req h;
-    if (wb__decode_hello_req(req, &h) != 0 || h.proto != WB_PROTO_VERSION) {
+    if (wb__decode_hello_req(req, &h) != 0 || h.proto < WB_PROTO_MIN ||
+        h.proto > WB_PROTO_VERSION) {
         wb__reply_error(s, id, WB_EVERSION,
-                        "client speaks protocol %llu, daemon speaks %d",
-                        (unsigned long long)h.proto, WB_PROTO_VERSION);
+                        "client speaks protocol %llu, daemon speaks %d to %d",
+                        (unsigned long long)h.proto, WB_PROTO_MIN,
+                        WB_PROTO_VERSION);
         wb__conn_close_later(s->conn, 0);
         return;
     }
@@ -38,10 +40,11 @@ static void op_hello(wb__session *s, uint64_t id, const msgpack_object *req) {
         return;
     }
     s->hello = 1;
+    s->proto = h.proto;
     wb__conn_hello_done(s->conn);
     wb__reply r;
     wb__reply_init(&r, id);
-    wb__pack_hello_rep(&r.pk, id, (uint32_t)getpid());
+    wb__pack_hello_rep(&r.pk, id, (uint32_t)getpid(), s->proto);
     wb__reply_send(s, &r, NULL, 0);
 }
 

@@ -54,7 +54,8 @@ void wb__op_list(wb__session *s, uint64_t id, const msgpack_object *req) {
     list_cursor cur = {wb__reg.models, wb__decode_list_req(req), ""};
     wb__reply r;
     wb__reply_init(&r, id);
-    wb__pack_list_rep(&r.pk, id, wb__registry_models_held(), list_row, &cur);
+    wb__pack_list_rep(&r.pk, id, wb__registry_models_held(), list_row, &cur,
+                      s->proto);
     wb__reply_send(s, &r, NULL, 0);
 }
 

@@ -28,6 +28,7 @@ typedef struct wb__session {
     gid_t groups[WB_MAX_PEER_GROUPS]; /* Peer's supplementary groups. */
     int ngroups;                      /* Entries in groups. */
     int hello;                        /* 1 once the hello was exchanged. */
+    uint64_t proto;                   /* Protocol the client speaks. */
     int busy;                         /* 1 while a request awaits its answer. */
     int refs;                         /* The connection's + jobs'. */
     struct wb__pending *pending;      /* Open publishes. */

@@ -305,7 +305,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    wb__pack_hello_req(&pk, 1, "fuzz");
+    wb__pack_hello_req(&pk, 1, WB_PROTO_VERSION, "fuzz");
     out_frame(&c, sb.data, sb.size);
     msgpack_sbuffer_destroy(&sb);
     int raw = size > 0 && (data[0] & 1);

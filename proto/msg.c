@@ -132,11 +132,11 @@ int wb__decode_rep_errno(const msgpack_object *root) {
 
 /* ---------------------------------------------------------------- hello */
 
-void wb__pack_hello_req(msgpack_packer *pk, uint64_t id,
+void wb__pack_hello_req(msgpack_packer *pk, uint64_t id, uint64_t proto,
                         const char *client_version) {
     wb__pack_req_begin(pk, "hello", id, 2);
     wb__pack_key(pk, "proto");
-    msgpack_pack_int(pk, WB_PROTO_VERSION);
+    msgpack_pack_uint64(pk, proto);
     wb__pack_key(pk, "client");
     wb__pack_cstr(pk, client_version);
 }
@@ -149,10 +149,11 @@ int wb__decode_hello_req(const msgpack_object *root, wb__hello_req *out) {
     return 0;
 }
 
-void wb__pack_hello_rep(msgpack_packer *pk, uint64_t id, uint32_t pid) {
+void wb__pack_hello_rep(msgpack_packer *pk, uint64_t id, uint32_t pid,
+                        uint64_t proto) {
     wb__pack_rep_begin(pk, id, 0, 3);
     wb__pack_key(pk, "proto");
-    msgpack_pack_int(pk, WB_PROTO_VERSION);
+    msgpack_pack_uint64(pk, proto);
     wb__pack_key(pk, "server");
     wb__pack_cstr(pk, wb_version_string());
     wb__pack_key(pk, "pid");
@@ -683,7 +684,7 @@ int wb__decode_list_req(const msgpack_object *root) {
 
 void wb__pack_list_rep(msgpack_packer *pk, uint64_t id, size_t n,
                        void (*row)(void *arg, size_t i, wb__list_entry *e),
-                       void *arg) {
+                       void *arg, uint64_t proto) {
     wb__pack_rep_begin(pk, id, 0, 1);
     wb__pack_key(pk, "models");
     msgpack_pack_array(pk, n);
@@ -691,13 +692,16 @@ void wb__pack_list_rep(msgpack_packer *pk, uint64_t id, size_t n,
         wb__list_entry e;
         memset(&e, 0, sizeof(e));
         row(arg, i, &e);
-        msgpack_pack_array(pk, e.digest.p ? 9 : 8);
+        int legacy = proto < 2;
+        msgpack_pack_array(pk, legacy ? 6 : e.digest.p ? 9 : 8);
         pack_str(pk, e.name.p, e.name.n);
         msgpack_pack_uint64(pk, e.latest);
         msgpack_pack_uint64(pk, e.versions);
         msgpack_pack_uint64(pk, e.tensors);
         msgpack_pack_uint64(pk, e.bytes);
         msgpack_pack_uint64(pk, e.readers);
+        if (legacy)
+            continue;
         msgpack_pack_uint64(pk, e.pinned);
         msgpack_pack_uint64(pk, e.owner);
         if (e.digest.p)

@@ -66,16 +66,19 @@ typedef struct wb__hello_req {
 } wb__hello_req;
 
 typedef struct wb__hello_rep {
-    uint64_t proto; /* WB_PROTO_VERSION of the daemon. */
+    uint64_t proto; /* Protocol the daemon speaks on this connection. */
     wb__str server; /* Daemon version. */
     uint32_t pid;   /* Daemon's process id. */
 } wb__hello_rep;
 
-void wb__pack_hello_req(msgpack_packer *pk, uint64_t id,
+/* proto: the protocol the client asks to speak. */
+void wb__pack_hello_req(msgpack_packer *pk, uint64_t id, uint64_t proto,
                         const char *client_version);
 /* Returns 0 or WB_EPROTO (proto is required, client is not). */
 int wb__decode_hello_req(const msgpack_object *root, wb__hello_req *out);
-void wb__pack_hello_rep(msgpack_packer *pk, uint64_t id, uint32_t pid);
+/* proto: what the daemon speaks on this connection (the client's). */
+void wb__pack_hello_rep(msgpack_packer *pk, uint64_t id, uint32_t pid,
+                        uint64_t proto);
 /* Returns 0 or WB_EPROTO (every field required; pid fits 32 bits). */
 int wb__decode_hello_rep(const msgpack_object *root, wb__hello_rep *out);
 
@@ -306,10 +309,11 @@ typedef struct wb__list_entry {
                           p NULL: not sent (an older daemon or client). */
 } wb__list_entry;
 
-/* Packs a list reply of n entries produced by row(arg, i, &entry). */
+/* Packs a list reply of n entries produced by row(arg, i, &entry), for a
+ * client of protocol proto (1: the six fields it knows). */
 void wb__pack_list_rep(msgpack_packer *pk, uint64_t id, size_t n,
                        void (*row)(void *arg, size_t i, wb__list_entry *e),
-                       void *arg);
+                       void *arg, uint64_t proto);
 /* Decodes a list reply into *out (allocated, *n entries; free()).
  * Returns 0, WB_EPROTO or WB_ENOMEM; on failure *out is NULL and *n 0. */
 int wb__decode_list_rep(const msgpack_object *root, wb__list_entry **out,

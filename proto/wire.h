@@ -16,8 +16,12 @@
 #include "rules.h"
 #include "wbroker.h"
 
-#define WB_PROTO_VERSION 1                /* Exchanged in the hello. */
-#define WB_FRAME_HEADER 4                 /* Bytes of the length prefix. */
+/* Exchanged in the hello.  2: list rows carry pins and owners (and a
+ * digest when asked).  The daemon still speaks 1 to older clients, which
+ * take list rows of six fields only. */
+#define WB_PROTO_VERSION 2
+#define WB_PROTO_MIN 1    /* Oldest protocol the daemon still speaks. */
+#define WB_FRAME_HEADER 4 /* Bytes of the length prefix. */
 #define WB_MAX_FRAME (32u * 1024 * 1024)  /* Max body bytes of one frame. */
 #define WB_MAX_OBJECTS (2u * 1024 * 1024) /* Max msgpack objects a frame. */
 #define WB_MAX_DEPTH 6                    /* Max nesting of containers. */

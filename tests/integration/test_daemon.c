@@ -26,6 +26,7 @@
 #include "../../client/safetensors.h"
 #include "fdpass.h"
 #include "harness.h"
+#include "wire.h"
 
 /* ------------------------------------------------------------ fixtures */
 
@@ -340,6 +341,96 @@ static void body_bad_proto(msgpack_packer *pk) {
     msgpack_pack_uint64(pk, 1);
     wbt_pk_str(pk, "proto");
     msgpack_pack_int(pk, 99);
+}
+
+/* Sends a hello of protocol proto and a list (id 2) on a new raw
+ * connection; returns it with the hello's reply in *hello. */
+static int hello_proto(const wbt_daemon *d, uint64_t proto, wbt_reply *hello) {
+    int fd = wbt_raw_connect(d);
+    assert_true(fd >= 0);
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 3);
+    wbt_pk_str(&pk, "op");
+    wbt_pk_str(&pk, "hello");
+    wbt_pk_str(&pk, "id");
+    msgpack_pack_uint64(&pk, 1);
+    wbt_pk_str(&pk, "proto");
+    msgpack_pack_uint64(&pk, proto);
+    assert_int_equal(wbt_raw_frame(fd, sb.data, sb.size), 0);
+    msgpack_sbuffer_clear(&sb);
+    msgpack_pack_map(&pk, 2);
+    wbt_pk_str(&pk, "op");
+    wbt_pk_str(&pk, "list");
+    wbt_pk_str(&pk, "id");
+    msgpack_pack_uint64(&pk, 2);
+    assert_int_equal(wbt_raw_frame(fd, sb.data, sb.size), 0);
+    msgpack_sbuffer_destroy(&sb);
+    wbt_raw_read(fd, 5000, hello);
+    return fd;
+}
+
+/* Fields of each row of a list reply on fd; -1 unless every row has the
+ * same number. */
+static int list_fields(int fd) {
+    wbt_reply r;
+    assert_int_equal(wbt_raw_read(fd, 5000, &r), 0);
+    const msgpack_object *models = NULL;
+    for (uint32_t i = 0; i < r.root->via.map.size; i++) {
+        const msgpack_object_kv *kv = &r.root->via.map.ptr[i];
+        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == 6 &&
+            memcmp(kv->key.via.str.ptr, "models", 6) == 0)
+            models = &kv->val;
+    }
+    assert_non_null(models);
+    assert_int_equal(models->type, MSGPACK_OBJECT_ARRAY);
+    assert_true(models->via.array.size > 0);
+    int fields = -1;
+    for (uint32_t i = 0; i < models->via.array.size; i++) {
+        int n = (int)models->via.array.ptr[i].via.array.size;
+        fields = i == 0 || n == fields ? n : -1;
+    }
+    wbt_reply_free(&r);
+    return fields;
+}
+
+/* A client of protocol 1 (the previous release) is answered in protocol 1:
+ * list rows of the six fields it decodes.  Protocols the daemon does not
+ * speak get EVERSION and a close. */
+static void test_daemon_protocol_versions(void **state) {
+    wbt_daemon *d = *state;
+    assert_int_equal(in_child(d, publish_standard), 0);
+    wbt_reply h;
+    int fd = hello_proto(d, 1, &h);
+    assert_int_equal(h.err, 0);
+    assert_int_equal(wbt_reply_u64(&h, "proto"), 1);
+    wbt_reply_free(&h);
+    assert_int_equal(list_fields(fd), 6);
+    close(fd);
+    fd = hello_proto(d, WB_PROTO_VERSION, &h);
+    assert_int_equal(h.err, 0);
+    assert_int_equal(wbt_reply_u64(&h, "proto"), WB_PROTO_VERSION);
+    wbt_reply_free(&h);
+    assert_int_equal(list_fields(fd), 8);
+    close(fd);
+    uint64_t bad[] = {0, WB_PROTO_VERSION + 1};
+    for (int i = 0; i < 2; i++) {
+        fd = hello_proto(d, bad[i], &h);
+        assert_int_equal(h.err, WB_EVERSION);
+        wbt_reply_free(&h);
+        assert_true(wbt_raw_wait_closed(fd, 5000));
+        close(fd);
+    }
+    /* The library speaks the newest. */
+    wb_client *c = wbt_connect(d);
+    wb_model_info *mi = NULL;
+    size_t n = 0;
+    assert_int_equal(wb_list(c, &mi, &n), 0);
+    assert_true(n > 0);
+    wb_model_info_free(mi, n);
+    wb_close(c);
 }
 
 /* Sends one valid hello frame with an unasked descriptor attached. */
@@ -909,6 +1000,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(
             test_daemon_publish_map_across_processes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_daemon_protocol_versions, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_daemon_readonly_and_cow, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_daemon_publisher_killed, setup,

@@ -2,6 +2,7 @@
 #include "harness.h"
 
 #include "fdpass.h"
+#include "wire.h"
 
 #include <msgpack.h>
 
@@ -302,7 +303,7 @@ int wbt_raw_hello(int fd) {
     msgpack_pack_str_with_body(&pk, "id", 2);
     msgpack_pack_uint64(&pk, 1);
     msgpack_pack_str_with_body(&pk, "proto", 5);
-    msgpack_pack_int(&pk, 1);
+    msgpack_pack_int(&pk, WB_PROTO_VERSION);
     int rc = wbt_raw_frame(fd, sb.data, sb.size) ? -1 : wbt_raw_reply(fd);
     msgpack_sbuffer_destroy(&sb);
     return rc;
@@ -700,7 +701,7 @@ void wbt_frames_hello(wbt_frames *f, uint64_t id) {
     req r;
     msgpack_packer *pk = req_begin(&r, "hello", id, 1);
     wbt_pk_str(pk, "proto");
-    msgpack_pack_int(pk, 1);
+    msgpack_pack_int(pk, WB_PROTO_VERSION);
     req_end(&r, f);
 }
 

@@ -632,10 +632,6 @@ def test_upgrade_old_clients_on_new_daemon(upgraded_box):
     client_round(upgraded_box, OLD, "old-on-new", 400, ls=False)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "list rows grew from 6 fields to 8 (pins, owners) after 9b33dde under the same "
-    "protocol version 1: a 9b33dde client's wb_list() fails with EPROTO 'malformed "
-    "list reply', which names neither version"))
 def test_upgrade_old_list_on_new_daemon(upgraded_box):
     """The previous release's wb_list() (and `wbroker ls`) against this
     daemon: works, or fails saying which versions do not match."""

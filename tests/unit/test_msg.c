@@ -471,7 +471,7 @@ static void test_msg_envelope_malformed(void **state) {
 static void test_msg_hello(void **state) {
     packed p;
     wb__msg m;
-    wb__pack_hello_req(pk_start(&p), TEST_ID, "9.8.7");
+    wb__pack_hello_req(pk_start(&p), TEST_ID, WB_PROTO_VERSION, "9.8.7");
     pk_decode(&p, &m);
     assert_req(m.root, "hello", TEST_ID, 2);
     wb__hello_req q;
@@ -489,7 +489,7 @@ static void test_msg_hello(void **state) {
                      WB_EPROTO);
     wb__msg_free(&m);
 
-    wb__pack_hello_rep(pk_start(&p), TEST_ID, TEST_PID);
+    wb__pack_hello_rep(pk_start(&p), TEST_ID, TEST_PID, WB_PROTO_VERSION);
     pk_decode(&p, &m);
     assert_ok_rep(m.root);
     wb__hello_rep h;
@@ -1302,7 +1302,8 @@ static void test_msg_list(void **state) {
     assert_int_equal(wb__decode_list_req(m.root), 1);
     wb__msg_free(&m);
 
-    wb__pack_list_rep(pk_start(&p), TEST_ID, 2, model_of, (void *)models);
+    wb__pack_list_rep(pk_start(&p), TEST_ID, 2, model_of, (void *)models,
+                      WB_PROTO_VERSION);
     pk_decode(&p, &m);
     assert_ok_rep(m.root);
     wb__list_entry *v = NULL;
@@ -1355,7 +1356,8 @@ static void test_msg_list(void **state) {
         run(dec_list_rep, with_cell(o, "models", 0, 5, o_str("0"))), WB_EPROTO);
     wb__msg_free(&m);
 
-    wb__pack_list_rep(pk_start(&p), TEST_ID, 0, model_of, (void *)models);
+    wb__pack_list_rep(pk_start(&p), TEST_ID, 0, model_of, (void *)models,
+                      WB_PROTO_VERSION);
     pk_decode(&p, &m);
     assert_int_equal(wb__decode_list_rep(m.root, &v, &n), 0);
     assert_int_equal(n, 0);

@@ -218,7 +218,7 @@ static void test_fast_leaves_the_rest(void **state) {
     wb__pack_load_error_rep(&pk, TEST_ID, 3, &rep);
     assert_int_equal(both_ways((const uint8_t *)sb.data, sb.size), 1);
     msgpack_sbuffer_clear(&sb);
-    wb__pack_hello_rep(&pk, TEST_ID, 1234);
+    wb__pack_hello_rep(&pk, TEST_ID, 1234, WB_PROTO_VERSION);
     assert_int_equal(both_ways((const uint8_t *)sb.data, sb.size), 1);
     msgpack_sbuffer_clear(&sb);
     /* A reply with id 0, which only an error may carry. */
