@@ -444,7 +444,8 @@ int wb__restart_recover(const char *persist_dir, int *listen_fd) {
 
     /* Into the registry, each model's versions in number order; what the
      * record says was dropped stays dropped. */
-    qsort(cs.c, cs.n, sizeof(cand), cmp_cand);
+    if (cs.n > 0) /* cs.c is NULL when nothing came back. */
+        qsort(cs.c, cs.n, sizeof(cand), cmp_cand);
     uint64_t nrec = 0, bytes = 0, nstore = 0, disk_bytes = 0;
     for (size_t i = 0; i < cs.n; i++) {
         cand *c = &cs.c[i];
