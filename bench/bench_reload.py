@@ -31,18 +31,9 @@ os.environ.setdefault("WBROKER_LIB", os.path.join(BUILD, "libwbroker.so"))
 import wbroker  # noqa: E402
 from wbt_daemon import Daemon  # noqa: E402
 
-WIDTH = 4096
-NAME = "big"
-
-
-class Stack(torch.nn.Module):
-    def __init__(self, layers, init=True):
-        super().__init__()
-        make = (torch.nn.Linear if init else
-                lambda *a, **k: torch.nn.utils.skip_init(torch.nn.Linear,
-                                                         *a, **k))
-        self.layers = torch.nn.ModuleList(
-            make(WIDTH, WIDTH, bias=False) for _ in range(layers))
+# The model, its width and its name are bench_follow's (same directory).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_follow import NAME, WIDTH, Stack  # noqa: E402
 
 
 def main():
