@@ -44,13 +44,6 @@
 
 /* ------------------------------------------------------------ content */
 
-static uint64_t mix(uint64_t x) {
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
 /* A random model, all of it derived from one seed. */
 typedef struct model_spec {
     uint64_t seed;              /* What derives everything. */
@@ -63,14 +56,14 @@ typedef struct model_spec {
 static void spec_derive(uint64_t seed, model_spec *s) {
     memset(s, 0, sizeof(*s));
     s->seed = seed;
-    uint64_t r = mix(seed);
+    uint64_t r = wbt_mix(seed);
     s->n = 1 + (size_t)(r % MAX_TENSORS);
     /* Total bytes log-uniform between MIN_BYTES and MAX_BYTES. */
-    double span = (double)(mix(r + 1) % 1000) / 1000.0;
+    double span = (double)(wbt_mix(r + 1) % 1000) / 1000.0;
     double total = MIN_BYTES * exp2(span * 11.0);
     static const int others[] = {WB_F16, WB_BF16, WB_I32, WB_U8, WB_BOOL};
     for (size_t i = 0; i < s->n; i++) {
-        uint64_t q = mix(r + 100 + i);
+        uint64_t q = wbt_mix(r + 100 + i);
         int f32 = q % 10 < 7;
         s->dtype[i] = f32 ? WB_F32 : others[(q >> 8) % 5];
         snprintf(s->name[i], sizeof(s->name[i]), "%c%zu.w", f32 ? 'f' : 'x', i);
@@ -85,31 +78,33 @@ static void spec_derive(uint64_t seed, model_spec *s) {
 
 /* Fills buf with tensor i's bytes. */
 static void spec_bytes(const model_spec *s, size_t i, void *buf) {
-    uint64_t k = mix(s->seed ^ (0x1234567ull * (i + 1)));
+    uint64_t k = wbt_mix(s->seed ^ (0x1234567ull * (i + 1)));
     int64_t n = s->nelem[i];
     switch (s->dtype[i]) {
     case WB_F32:
         for (int64_t j = 0; j < n; j++)
             ((float *)buf)[j] =
-                (float)((int64_t)(mix(k + (uint64_t)j) % 2000001) - 1000000) /
+                (float)((int64_t)(wbt_mix(k + (uint64_t)j) % 2000001) -
+                        1000000) /
                 64.0f;
         break;
     case WB_F16:
     case WB_BF16: /* Finite values: no NaN or infinity exponents. */
         for (int64_t j = 0; j < n; j++)
-            ((uint16_t *)buf)[j] = (uint16_t)(mix(k + (uint64_t)j) & 0xbbff);
+            ((uint16_t *)buf)[j] =
+                (uint16_t)(wbt_mix(k + (uint64_t)j) & 0xbbff);
         break;
     case WB_I32:
         for (int64_t j = 0; j < n; j++)
-            ((uint32_t *)buf)[j] = (uint32_t)mix(k + (uint64_t)j);
+            ((uint32_t *)buf)[j] = (uint32_t)wbt_mix(k + (uint64_t)j);
         break;
     case WB_U8:
         for (int64_t j = 0; j < n; j++)
-            ((uint8_t *)buf)[j] = (uint8_t)mix(k + (uint64_t)j);
+            ((uint8_t *)buf)[j] = (uint8_t)wbt_mix(k + (uint64_t)j);
         break;
     default: /* BOOL */
         for (int64_t j = 0; j < n; j++)
-            ((uint8_t *)buf)[j] = (uint8_t)(mix(k + (uint64_t)j) & 1);
+            ((uint8_t *)buf)[j] = (uint8_t)(wbt_mix(k + (uint64_t)j) & 1);
         break;
     }
 }
@@ -178,7 +173,7 @@ typedef struct child {
 
 static uint64_t rnd(child *k) {
     k->rng += 0x9e3779b97f4a7c15ull;
-    return mix(k->rng);
+    return wbt_mix(k->rng);
 }
 static int chance(child *k, int percent) {
     return (int)(rnd(k) % 100) < percent;
@@ -658,7 +653,7 @@ static pid_t spawn(const wbt_daemon *d, uint64_t seed, double end) {
         alarm((unsigned)(end - wbt_now()) + 60); /* In case it is stuck. */
         child k = {.d = d,
                    .seed = seed,
-                   .rng = mix(seed ^ 0x5851f42d4c957f2dull),
+                   .rng = wbt_mix(seed ^ 0x5851f42d4c957f2dull),
                    .end = end};
         child_run(&k);
     }
@@ -670,10 +665,7 @@ static void test_chaos_many_clients(void **state) {
     wbt_daemon *d = *state;
     const char *env = getenv("WB_CHAOS_SECONDS");
     double seconds = env && *env ? strtod(env, NULL) : CHAOS_SECONDS;
-    env = getenv("WB_CHAOS_SEED");
-    uint64_t base_seed =
-        env && *env ? strtoull(env, NULL, 0)
-                    : (uint64_t)time(NULL) * 1000003u + (uint64_t)getpid();
+    uint64_t base_seed = wbt_seed("WB_CHAOS_SEED");
     wbt_watchdog(d, (unsigned)seconds + 120);
     fprintf(stderr,
             "  chaos: %d processes for %.0f s, base seed %llu "
@@ -690,7 +682,7 @@ static void test_chaos_many_clients(void **state) {
     assert_non_null(c);
     uint64_t ref_seed[CHAOS_REFS];
     for (int i = 0; i < CHAOS_REFS; i++) {
-        ref_seed[i] = mix(base_seed ^ (0xabcdefull + (uint64_t)i));
+        ref_seed[i] = wbt_mix(base_seed ^ (0xabcdefull + (uint64_t)i));
         publish_ref(c, i, ref_seed[i]);
     }
     wb_close(c);

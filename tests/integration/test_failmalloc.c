@@ -261,13 +261,6 @@ static int run_with(const wbt_daemon *d, unsigned long n, int from_on,
     return log_last("fired") == (long long)n;
 }
 
-static uint64_t mix(uint64_t x) {
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
 /* Each allocation of a session failing in turn leaves a serving daemon. */
 static void test_failmalloc_every_step(void **state) {
     if (FM_SANITIZED)
@@ -290,10 +283,7 @@ static void test_failmalloc_every_step(void **state) {
 
     const char *env = getenv("WB_FAILMALLOC_ALL");
     int all = env && *env && strcmp(env, "0") != 0;
-    env = getenv("WB_FAILMALLOC_SEED");
-    uint64_t seed = env && *env
-                        ? strtoull(env, NULL, 0)
-                        : (uint64_t)time(NULL) * 1000003u + (uint64_t)getpid();
+    uint64_t seed = wbt_seed("WB_FAILMALLOC_SEED");
     fprintf(stderr,
             "  failmalloc: a session makes %lld allocations; %s "
             "(WB_FAILMALLOC_SEED=%llu)\n",
@@ -315,8 +305,8 @@ static void test_failmalloc_every_step(void **state) {
         }
     } else {
         for (int i = 0; i < FM_SAMPLES; i++) {
-            unsigned long n =
-                1 + (unsigned long)(mix(seed + (uint64_t)i) % (uint64_t)count);
+            unsigned long n = 1 + (unsigned long)(wbt_mix(seed + (uint64_t)i) %
+                                                  (uint64_t)count);
             fired += (unsigned long)run_with(d, n, i & 1, &steps);
             partial += steps < FM_STEPS;
             tried++;
@@ -491,7 +481,7 @@ static void test_failmalloc_client(void **state) {
         for (unsigned long i = 0; i < nn; i++) {
             unsigned long n =
                 all ? 1 + i / 2
-                    : 1 + (unsigned long)(mix(seed + ci * 1000 + i) %
+                    : 1 + (unsigned long)(wbt_mix(seed + ci * 1000 + i) %
                                           (uint64_t)count);
             int from_on = all ? (int)(i & 1) : (int)(i & 1);
             /* The state the command expects: the model there, except

@@ -68,13 +68,6 @@ static const char *const step_names[STEP_COUNT] = {
 
 /* ------------------------------------------------------------ content */
 
-static uint64_t mix(uint64_t x) {
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
 /* A child's model, all of it derived from one seed. */
 typedef struct model_spec {
     uint64_t seed;                  /* What derives everything. */
@@ -88,10 +81,10 @@ typedef struct model_spec {
 static void spec_derive(uint64_t seed, model_spec *s) {
     memset(s, 0, sizeof(*s));
     s->seed = seed;
-    uint64_t r = mix(seed);
+    uint64_t r = wbt_mix(seed);
     s->n = 1 + (size_t)(r % MAX_TENSORS);
     for (size_t i = 0; i < s->n; i++) {
-        uint64_t q = mix(r + 1 + i);
+        uint64_t q = wbt_mix(r + 1 + i);
         s->dtype[i] = q & 1 ? WB_F32 : WB_I32;
         s->nelem[i] = (int64_t)(1 + (q >> 8) % MAX_ELEMS);
         snprintf(s->name[i], sizeof(s->name[i]), "t%zu", i);
@@ -103,7 +96,7 @@ static void spec_derive(uint64_t seed, model_spec *s) {
 /* The bytes of tensor i: 32-bit words from the seed. */
 static void spec_fill(const model_spec *s, size_t i, uint32_t *out) {
     for (int64_t j = 0; j < s->nelem[i]; j++)
-        out[j] = (uint32_t)mix(s->seed ^ ((uint64_t)i << 40) ^ (uint64_t)j);
+        out[j] = (uint32_t)wbt_mix(s->seed ^ ((uint64_t)i << 40) ^ (uint64_t)j);
 }
 
 static void model_name(size_t index, char *buf, size_t len) {
@@ -122,7 +115,7 @@ typedef struct child {
 } child;
 
 static uint64_t child_rand(child *k) {
-    return k->rng = mix(k->rng);
+    return k->rng = wbt_mix(k->rng);
 }
 
 /* Dies now, as a killed client does: no close, no exit handlers. */
@@ -449,7 +442,7 @@ static void publish_ref(wb_client *c, uint64_t seed) {
         uint32_t *dst = wb_publish_data(p, i, &nb);
         assert_non_null(dst);
         for (size_t j = 0; j < REF_ELEMS; j++)
-            dst[j] = (uint32_t)mix(seed + i * REF_ELEMS + j);
+            dst[j] = (uint32_t)wbt_mix(seed + i * REF_ELEMS + j);
     }
     assert_int_equal(wb_publish_commit(p, NULL), 0);
 }
@@ -465,7 +458,7 @@ static void check_ref(wb_client *c, uint64_t seed) {
         assert_int_equal(wb_map_tensor(m, i, &t), 0);
         const uint32_t *w = t.data;
         for (size_t j = 0; j < REF_ELEMS; j++)
-            if (w[j] != (uint32_t)mix(seed + i * REF_ELEMS + j))
+            if (w[j] != (uint32_t)wbt_mix(seed + i * REF_ELEMS + j))
                 fail_msg("ref: tensor %s changed at %zu", t.name, j);
     }
     wb_unmap(m);
@@ -562,7 +555,7 @@ static pid_t spawn(const wbt_daemon *d, size_t index, uint64_t seed, int step) {
         child k = {.d = d,
                    .index = index,
                    .seed = seed,
-                   .rng = mix(seed ^ 0x5851f42d4c957f2dull),
+                   .rng = wbt_mix(seed ^ 0x5851f42d4c957f2dull),
                    .step = step};
         child_run(&k);
     }
@@ -574,10 +567,7 @@ static void test_kill_clients_at_every_step(void **state) {
     wbt_daemon *d = *state;
     const char *env = getenv("WB_KILL_CLIENTS");
     size_t nclients = env && *env ? strtoull(env, NULL, 10) : KILL_CLIENTS;
-    env = getenv("WB_KILL_SEED");
-    uint64_t base_seed =
-        env && *env ? strtoull(env, NULL, 0)
-                    : (uint64_t)time(NULL) * 1000003u + (uint64_t)getpid();
+    uint64_t base_seed = wbt_seed("WB_KILL_SEED");
     wbt_watchdog(d, 120 + (unsigned)(nclients / 4));
     fprintf(stderr,
             "  kill: %zu clients, %d at a time, base seed %llu "
@@ -587,7 +577,7 @@ static void test_kill_clients_at_every_step(void **state) {
 
     wb_client *c = wbt_connect(d);
     assert_non_null(c);
-    uint64_t ref_seed = mix(base_seed ^ 0xabcdefull);
+    uint64_t ref_seed = wbt_mix(base_seed ^ 0xabcdefull);
     publish_ref(c, ref_seed);
     /* The time of one cast, for the converting children's kill window. */
     assert_int_equal(publish_big(c, "cast-probe"), 0);
@@ -612,7 +602,7 @@ static void test_kill_clients_at_every_step(void **state) {
     double t0 = wbt_now();
     unsigned killed[STEP_COUNT] = {0};
     unsigned bad = 0, versions = 0;
-    int rot = (int)(mix(base_seed) % STEP_COUNT);
+    int rot = (int)(wbt_mix(base_seed) % STEP_COUNT);
     for (size_t start = 0; start < nclients; start += KILL_PARALLEL) {
         size_t nb =
             nclients - start < KILL_PARALLEL ? nclients - start : KILL_PARALLEL;

@@ -382,6 +382,19 @@ void wbt_wait_clean(const wbt_daemon *d) {
     }
 }
 
+uint64_t wbt_mix(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+uint64_t wbt_seed(const char *env) {
+    const char *v = getenv(env);
+    return v && *v ? strtoull(v, NULL, 0)
+                   : (uint64_t)time(NULL) * 1000003u + (uint64_t)getpid();
+}
+
 double wbt_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -80,6 +80,11 @@ void wbt_pk_str(struct msgpack_packer *pk, const char *s);
 
 /* CLOCK_MONOTONIC in seconds. */
 double wbt_now(void);
+/* splitmix64: a well-mixed 64-bit value of x, for seeded random tests. */
+uint64_t wbt_mix(uint64_t x);
+/* The seed in environment variable env (so a printed seed repeats a run),
+ * else one from the clock and the pid. */
+uint64_t wbt_seed(const char *env);
 /* Sleeps ms milliseconds, the whole time even if a signal comes. */
 void wbt_sleep_ms(int ms);
 /* Median of n > 0 values (sorts v in place). */
