@@ -3,6 +3,7 @@ processes against a daemon, and inspect this process's mappings."""
 import os
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -67,3 +68,14 @@ def assert_same_output(got, want):
     alignment of its operands and the threads free), so they are compared
     within float32's rounding, as torch.testing does by default."""
     torch.testing.assert_close(got, want)
+
+
+def wait_for(cond, timeout=10.0):
+    """cond()'s first true value within timeout seconds, else its last."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.01)
+    return cond()
