@@ -283,8 +283,7 @@ static int roundtrip(wb_client *c, msgpack_sbuffer *sb, uint64_t id, wb__msg *m,
 }
 
 void wb__cl_req_begin(wb_client *c, wb__cl_req *r) {
-    msgpack_sbuffer_init(&r->sb);
-    msgpack_packer_init(&r->pk, &r->sb, msgpack_sbuffer_write);
+    wb__pkbuf_init(&r->out, &r->pk);
     r->id = ++c->next_id;
 }
 
@@ -373,9 +372,11 @@ static int dial(wb_client *c) {
         wb__cl_req r;
         wb__cl_req_begin(c, &r);
         wb__pack_hello_req(&r.pk, r.id, proto, wb_version_string());
-        wb__msg m;
-        rc = roundtrip(c, &r.sb, r.id, &m, NULL, NULL, 0, 0, NULL, NULL);
-        msgpack_sbuffer_destroy(&r.sb);
+        wb__msg m = {0}; /* Freed whether or not a reply came. */
+        rc = r.out.failed ? wb__cl_fail(c, WB_ENOMEM, "out of memory")
+                          : roundtrip(c, &r.out.sb, r.id, &m, NULL, NULL, 0, 0,
+                                      NULL, NULL);
+        msgpack_sbuffer_destroy(&r.out.sb);
         wb__hello_rep hr;
         if (rc == 0 && wb__decode_hello_rep(m.root, &hr))
             rc = wb__cl_fail(c, WB_EPROTO, "malformed hello reply from %s",
@@ -419,19 +420,21 @@ static int ensure_connected(wb_client *c) {
 
 static int call(wb_client *c, wb__cl_req *r, wb__msg *m, int *fds, int *nfds,
                 int maxfds, int cancellable, wb__cl_fast_fn fast, void *arg) {
-    int rc = ensure_connected(c);
+    int rc = r->out.failed ? wb__cl_fail(c, WB_ENOMEM,
+                                         "out of memory packing the request")
+                           : ensure_connected(c);
     if (rc) {
         msgpack_unpacked_init(&m->up);
         m->root = NULL;
         m->owned = NULL;
         if (nfds)
             *nfds = 0;
-        msgpack_sbuffer_destroy(&r->sb);
+        msgpack_sbuffer_destroy(&r->out.sb);
         return rc;
     }
-    rc = roundtrip(c, &r->sb, r->id, m, fds, nfds, maxfds, cancellable, fast,
-                   arg);
-    msgpack_sbuffer_destroy(&r->sb);
+    rc = roundtrip(c, &r->out.sb, r->id, m, fds, nfds, maxfds, cancellable,
+                   fast, arg);
+    msgpack_sbuffer_destroy(&r->out.sb);
     return rc;
 }
 

@@ -12,6 +12,7 @@
 #include <msgpack.h>
 #include <stdint.h>
 
+#include "msg.h"
 #include "wbroker.h"
 #include "wire.h"
 
@@ -41,9 +42,9 @@ struct wb_client {
 
 /* One request on its way: the bytes packed so far and its id. */
 typedef struct wb__cl_req {
-    msgpack_sbuffer sb; /* The packed request. */
-    msgpack_packer pk;  /* Packer writing into sb. */
-    uint64_t id;        /* Id the request carries. */
+    wb__pkbuf out;     /* The packed request. */
+    msgpack_packer pk; /* Packer writing into out. */
+    uint64_t id;       /* Id the request carries. */
 } wb__cl_req;
 
 /* Records a failure on c (when not NULL) and returns code.  For WB_ESYS

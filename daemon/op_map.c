@@ -117,20 +117,6 @@ static const char *emfile_hint(int e) {
                : "";
 }
 
-/* A buffer that remembers a failed write: the packer ignores its
- * callback's result, and a truncated tail must never be kept. */
-typedef struct tail_buf {
-    msgpack_sbuffer sb; /* Bytes. */
-    int failed;         /* 1 once a write did not fit in memory. */
-} tail_buf;
-
-static int tail_write(void *data, const char *buf, size_t len) {
-    tail_buf *t = data;
-    if (msgpack_sbuffer_write(&t->sb, buf, len) != 0)
-        t->failed = 1;
-    return 0;
-}
-
 /* Builds v->map_tail, the tail of the reply to a map of the whole version
  * as stored (mr unresolved, no copies): its table, metadata and empty
  * report are the same for every such map, so it is packed once, at the
@@ -141,10 +127,9 @@ static int plain_tail(map_req *mr, const int *segix) {
     assert(!mr->resolved && mr->conv == NULL);
     if (v->map_tail)
         return 0;
-    tail_buf t = {.failed = 0};
+    wb__pkbuf t;
     msgpack_packer pk;
-    msgpack_sbuffer_init(&t.sb);
-    msgpack_packer_init(&pk, &t, tail_write);
+    wb__pkbuf_init(&t, &pk);
     map_rows rows = {mr, segix};
     wb__report_src rep = report_of(mr);
     uint64_t size = v->seg.size;

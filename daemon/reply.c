@@ -12,17 +12,23 @@
 #define WB_ERRMSG_MAX 1024 /* Bytes of an error sentence. */
 
 void wb__reply_init(wb__reply *r, uint64_t id) {
-    msgpack_sbuffer_init(&r->sb);
-    msgpack_packer_init(&r->pk, &r->sb, msgpack_sbuffer_write);
+    wb__pkbuf_init(&r->out, &r->pk);
     r->id = id;
 }
 
 void wb__reply_send(wb__session *s, wb__reply *r, const int *fds, int nfds) {
-    size_t len = r->sb.size;
-    if (!wb__session_live(s) || len > WB_MAX_FRAME) {
+    size_t len = r->out.sb.size;
+    if (r->out.failed && wb__session_live(s)) {
+        /* The reply is lost, and an error reply may be too: the client
+         * learns of it from the close, at the connection's safe point. */
+        wb__warn("client %llu: out of memory packing a reply: closing",
+                 (unsigned long long)s->id);
+        wb__conn_close_later(s->conn, 0);
+    }
+    if (!wb__session_live(s) || r->out.failed || len > WB_MAX_FRAME) {
         for (int i = 0; i < nfds; i++)
             close(fds[i]);
-        msgpack_sbuffer_destroy(&r->sb);
+        msgpack_sbuffer_destroy(&r->out.sb);
         if (wb__session_live(s))
             wb__reply_error(s, r->id, WB_ETOOBIG,
                             "the reply would take %zu bytes, more than the "
@@ -30,8 +36,8 @@ void wb__reply_send(wb__session *s, wb__reply *r, const int *fds, int nfds) {
                             len, WB_MAX_FRAME);
         return;
     }
-    wb__conn_send(s->conn, r->sb.data, len, fds, nfds);
-    msgpack_sbuffer_destroy(&r->sb);
+    wb__conn_send(s->conn, r->out.sb.data, len, fds, nfds);
+    msgpack_sbuffer_destroy(&r->out.sb);
 }
 
 /* Sends an error reply with the formatted sentence and sys_errno. */

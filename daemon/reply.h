@@ -15,9 +15,9 @@
 #include "session.h"
 
 typedef struct wb__reply {
-    msgpack_sbuffer sb; /* Bytes. */
-    msgpack_packer pk;  /* Packer writing into sb. */
-    uint64_t id;        /* Request answered. */
+    wb__pkbuf out;     /* Bytes. */
+    msgpack_packer pk; /* Packer writing into out. */
+    uint64_t id;       /* Request answered. */
 } wb__reply;
 
 /* Prepares r to answer request id: the body is then packed into r->pk by

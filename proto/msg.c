@@ -130,6 +130,25 @@ int wb__decode_rep_errno(const msgpack_object *root) {
     return (int)e;
 }
 
+/* ---------------------------------------------------------------- output */
+
+void wb__pkbuf_init(wb__pkbuf *b, msgpack_packer *pk) {
+    msgpack_sbuffer_init(&b->sb);
+    b->failed = 0;
+    msgpack_packer_init(pk, b, wb__pkbuf_write);
+}
+
+int wb__pkbuf_write(void *data, const char *buf, size_t len) {
+    wb__pkbuf *b = data;
+    /* Nothing after a failure, and no empty write: msgpack-c's would
+     * memcpy into a buffer that was never allocated. */
+    if (b->failed || len == 0)
+        return b->failed ? -1 : 0;
+    if (msgpack_sbuffer_write(&b->sb, buf, len) != 0)
+        b->failed = 1;
+    return b->failed ? -1 : 0;
+}
+
 /* ---------------------------------------------------------------- hello */
 
 void wb__pack_hello_req(msgpack_packer *pk, uint64_t id, uint64_t proto,

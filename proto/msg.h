@@ -58,6 +58,22 @@ void wb__pack_error_rep(msgpack_packer *pk, uint64_t id, int code,
 /* The errno an error reply carries ("errno"), or 0 when it has none. */
 int wb__decode_rep_errno(const msgpack_object *root);
 
+/* ---------------------------------------------------------------- output */
+
+/* Where a message is packed: msgpack-c's packer ignores what its writer
+ * returns, so this buffer remembers a write that found no memory and drops
+ * everything after it; a message is then whole, or known to be lost, never
+ * sent cut short. */
+typedef struct wb__pkbuf {
+    msgpack_sbuffer sb; /* The bytes packed. */
+    int failed;         /* 1 once a write did not fit in memory. */
+} wb__pkbuf;
+
+/* Empties b and points pk at it. */
+void wb__pkbuf_init(wb__pkbuf *b, msgpack_packer *pk);
+/* The packer's writer (data is a wb__pkbuf). */
+int wb__pkbuf_write(void *data, const char *buf, size_t len);
+
 /* ---------------------------------------------------------------- hello */
 
 typedef struct wb__hello_req {
